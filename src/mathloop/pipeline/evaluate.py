@@ -1,0 +1,232 @@
+"""`mathloop eval`: generate -> extract -> verify -> aggregate, for any backend and benchmark, resumable.
+
+The run folder holds:
+  run.json                 what produced the run: model, backend, sampling, seed, benchmarks, package versions
+  samples/<bench>.jsonl    one `Sample` per response, appended chunk by chunk (a killed run keeps what it wrote)
+  metrics.json             acc (first sample), maj@k, rm@k (with RM scores), pass@k per benchmark and averaged
+  results.md               the same as a Markdown table
+Re-running with the same folder skips the problems that already have all their samples; a different model or
+different sampling parameters for the same folder is refused, so one folder never mixes two runs.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import platform
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from mathloop.backends.base import Backend, SamplingParams
+from mathloop.data.benchmarks import get_benchmark, load_benchmark
+from mathloop.metrics import format_markdown, summarize
+from mathloop.prompts import build_messages
+from mathloop.records import JsonlAppender, Problem, Sample, drop_torn_last_line, read_records, write_jsonl
+from mathloop.verify import Verifier, is_equivalent
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class EvalConfig:
+    """Everything that decides what an evaluation produces (recorded in run.json)."""
+
+    model: str
+    benchmarks: list[str]
+    out: str
+    backend: str = "hf"
+    mode: str = "cot"
+    n: int = 1
+    temperature: float = 0.0
+    top_p: float = 1.0
+    max_new_tokens: int = 2048
+    seed: int = 0
+    limit: int | None = None
+    data_dir: str | None = None
+    split: str = "test"
+    shots: int | None = None  # None: the benchmark's official setting
+    backend_args: dict[str, Any] = field(default_factory=dict)
+
+    def sampling(self) -> SamplingParams:
+        return SamplingParams(n=self.n, temperature=self.temperature, top_p=self.top_p,
+                              max_new_tokens=self.max_new_tokens, seed=self.seed)
+
+
+# Fields that must match for a run folder to be resumed; `limit` and `benchmarks` may grow between runs.
+_RESUME_KEYS = ("model", "backend", "mode", "n", "temperature", "top_p", "max_new_tokens", "seed", "split", "shots")
+
+
+def run_eval(config: EvalConfig, backend: Backend | None = None, progress: bool = True) -> dict:
+    """Run (or resume) an evaluation and return the metrics summary."""
+    if config.mode != "cot":
+        raise ValueError(f"mode '{config.mode}' is not available yet: use --mode cot")
+    out = Path(config.out)
+    out.mkdir(parents=True, exist_ok=True)
+    run_info = _start_run_record(out, config)
+    problems = {name: load_benchmark(name, config.data_dir, config.split, config.limit) for name in config.benchmarks}
+    started = time.time()
+    with Verifier() as verifier:
+        for name, bench_problems in problems.items():
+            path = out / "samples" / f"{name}.jsonl"
+            pending = _pending(bench_problems, path, config.n)
+            if not pending:
+                log.info("%s: all %d problems already done", name, len(bench_problems))
+                continue
+            if backend is None:
+                backend = _load_backend(config)
+            _generate_and_grade(name, pending, path, config, backend, verifier, progress)
+    summary = write_metrics(out, config.benchmarks, problems)
+    run_info.update(finished=time.strftime("%Y-%m-%dT%H:%M:%S"),
+                    wall_seconds=round(run_info.get("wall_seconds", 0) + time.time() - started, 1))
+    (out / "run.json").write_text(json.dumps(run_info, indent=2))
+    return summary
+
+
+def _load_backend(config: EvalConfig) -> Backend:
+    from mathloop.backends import load_backend
+
+    return load_backend(config.backend, config.model, **config.backend_args)
+
+
+def _pending(problems: list[Problem], path: Path, n: int) -> list[Problem]:
+    if not path.exists():
+        return problems
+    drop_torn_last_line(path)
+    counts: dict[str, int] = {}
+    for sample in read_records(Sample, path):
+        counts[sample.problem_id] = counts.get(sample.problem_id, 0) + 1
+    return [p for p in problems if counts.get(p.id, 0) < n]
+
+
+def _generate_and_grade(name: str, problems: list[Problem], path: Path, config: EvalConfig, backend: Backend,
+                        verifier: Verifier, progress: bool) -> None:
+    from tqdm import tqdm
+
+    benchmark = get_benchmark(name)
+    shots = benchmark.shots if config.shots is None else config.shots
+    params = config.sampling()
+    prompts = {p.id: backend.chat_prompt(build_messages(p, config.mode, shots)) for p in problems}
+    problems = sorted(problems, key=lambda p: -len(prompts[p.id]))  # similar lengths share a batch
+    chunk = max(1, getattr(backend, "batch_size", 32) // (1 if params.greedy else params.n)) * 4
+    _drop_partial_problems(path, {p.id for p in problems})
+    bar = tqdm(total=len(problems), desc=name, unit="problem", disable=not progress)
+    with JsonlAppender(path) as appender:
+        for start in range(0, len(problems), chunk):
+            batch = problems[start:start + chunk]
+            completions = backend.generate([prompts[p.id] for p in batch], params)
+            samples = [
+                Sample(problem_id=p.id, benchmark=name, prompt=prompts[p.id], response=c.text, mode=config.mode,
+                       sample_index=j, gold=p.gold, prompt_tokens=c.prompt_tokens,
+                       completion_tokens=c.completion_tokens, finish_reason=c.finish_reason,
+                       model=backend.model_id, sampling=params.to_dict(),
+                       metadata={"answer_type": p.metadata.get("answer_type", "math")})
+                for p, outs in zip(batch, completions) for j, c in enumerate(outs)
+            ]
+            choices = {p.id: p.choices for p in batch}
+            graded = verifier.grade_batch([(s.gold, s.response) for s in samples],
+                                          answer_type=[s.metadata["answer_type"] for s in samples],
+                                          choices=[choices[s.problem_id] for s in samples])
+            for sample, (pred, verdict) in zip(samples, graded):
+                sample.pred, sample.verdict = pred, verdict
+            appender.write(samples)
+            bar.update(len(batch))
+    bar.close()
+
+
+def _drop_partial_problems(path: Path, pending_ids: set[str]) -> None:
+    """Remove the samples of problems that a killed run left half-done, so they are regenerated whole."""
+    if not path.exists():
+        return
+    samples = read_records(Sample, path)
+    kept = [s for s in samples if s.problem_id not in pending_ids]
+    if len(kept) < len(samples):
+        write_jsonl(path, kept)
+
+
+def write_metrics(out: Path, benchmarks: list[str], problems: dict[str, list[Problem]]) -> dict:
+    """Aggregate the samples on disk into metrics.json and results.md."""
+    per_problem = []
+    for name in benchmarks:
+        path = out / "samples" / f"{name}.jsonl"
+        if not path.exists():
+            continue
+        by_problem: dict[str, list[Sample]] = {}
+        for s in read_records(Sample, path):
+            by_problem.setdefault(s.problem_id, []).append(s)
+        for p in problems[name]:
+            samples = sorted(by_problem.get(p.id, []), key=lambda s: s.sample_index)
+            if not samples:
+                continue
+            per_problem.append(problem_outcome(samples, name))
+    ks = sorted({len(row["verdicts"]) for row in per_problem}) or [1]
+    summary = summarize(per_problem, ks=_ks_up_to(max(ks)), same=_same_answer)
+    (out / "metrics.json").write_text(json.dumps(summary, indent=2))
+    run = json.loads((out / "run.json").read_text()) if (out / "run.json").exists() else {}
+    header = f"# mathloop eval\n\nmodel: `{run.get('model_name', run.get('config', {}).get('model', '?'))}`; " \
+             f"sampling: `{json.dumps(run.get('sampling', {}))}`\n\n"
+    (out / "results.md").write_text(header + format_markdown(summary) + "\n")
+    return summary
+
+
+def problem_outcome(samples: list[Sample], benchmark: str) -> dict:
+    """One problem's row for `metrics.summarize`."""
+    row: dict[str, Any] = {"benchmark": benchmark, "verdicts": [s.verdict or "no_answer" for s in samples],
+                           "preds": [s.pred for s in samples]}
+    if all(s.rm_score is not None for s in samples):
+        row["scores"] = [s.rm_score for s in samples]
+    return row
+
+
+def _same_answer(a: str, b: str) -> bool:
+    """Answers vote together in maj@k when they are mathematically equal."""
+    return a.strip() == b.strip() or is_equivalent(a, b, timeout=2.0)
+
+
+def _ks_up_to(n: int) -> list[int]:
+    """
+    >>> _ks_up_to(8)
+    [1, 2, 4, 8]
+    >>> _ks_up_to(6)
+    [1, 2, 4, 6]
+    """
+    ks, k = [], 1
+    while k < n:
+        ks.append(k)
+        k *= 2
+    return ks + [n]
+
+
+def _start_run_record(out: Path, config: EvalConfig) -> dict:
+    """Write run.json (or check it matches when resuming) and return it."""
+    path = out / "run.json"
+    current = asdict(config)
+    if path.exists():
+        previous = json.loads(path.read_text())
+        old = previous.get("config", {})
+        changed = [k for k in _RESUME_KEYS if k in old and old[k] != current[k]]
+        if changed:
+            detail = ", ".join(f"{k}: {old[k]!r} -> {current[k]!r}" for k in changed)
+            raise ValueError(f"{out} holds a run with other settings ({detail}); use a new --out folder")
+        previous["config"]["benchmarks"] = sorted(set(old.get("benchmarks", [])) | set(config.benchmarks))
+        previous["config"]["limit"] = config.limit
+        previous["resumed"] = previous.get("resumed", 0) + 1
+        path.write_text(json.dumps(previous, indent=2))
+        return previous
+    info = {"config": current, "sampling": config.sampling().to_dict(), "model_name": config.model,
+            "started": time.strftime("%Y-%m-%dT%H:%M:%S"), "versions": package_versions()}
+    path.write_text(json.dumps(info, indent=2))
+    return info
+
+
+def package_versions() -> dict[str, str]:
+    import importlib.metadata
+
+    versions = {"python": platform.python_version()}
+    for name in ("mathloop", "torch", "transformers", "math-verify", "sympy", "vllm"):
+        try:
+            versions[name] = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            pass
+    return versions

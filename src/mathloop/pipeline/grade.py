@@ -1,0 +1,115 @@
+"""`mathloop grade`: re-grade samples produced elsewhere with mathloop's verifier.
+
+Two input shapes are read, one row per line:
+- mathloop's own samples (`Sample` rows: `problem_id`, `response`, `gold`, ...), one response per row;
+- the official Qwen2.5-Math harness's output rows: `question`, `gt` (gold), `code` (list of responses) and optionally
+  `pred_score` (list of [score]) — one problem per row.
+Every input row is written back unchanged plus a field `mathloop` = {"preds": [...], "verdicts": [...]}; the
+metrics file gets `acc` (first response), `maj@k`, `rm@k` (when scores exist) and `pass@k` for every k it can.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from mathloop.metrics import pass_at_k
+from mathloop.records import JsonlAppender, RecordError, read_jsonl
+from mathloop.verify import Verifier, is_equivalent
+
+MC_LETTERS = set("ABCDEFGHIJ")
+
+
+def guess_answer_type(gold: str) -> str:
+    """A gold of option letters (A, BD, ...) means a multiple-choice item.
+
+    >>> guess_answer_type("C"), guess_answer_type("ACD"), guess_answer_type("12")
+    ('mc', 'mc', 'math')
+    """
+    text = gold.strip().strip("()")
+    return "mc" if text and len(text) <= 5 and set(text) <= MC_LETTERS and text == "".join(sorted(text)) else "math"
+
+
+def _row_to_items(row: dict[str, Any], where: str) -> tuple[str | None, list[str], list[float] | None, str, Any]:
+    """(gold, responses, scores, answer_type, group key) of one input row, in either shape."""
+    if "code" in row and ("gt" in row or "answer" in row):  # official harness row
+        responses = row["code"] if isinstance(row["code"], list) else [row["code"]]
+        gold = row.get("gt", row.get("answer"))
+        if isinstance(gold, list):
+            gold = ",".join(str(g) for g in gold)
+        scores = None
+        if isinstance(row.get("pred_score"), list) and len(row["pred_score"]) == len(responses):
+            scores = [float(s[0] if isinstance(s, list) else s) for s in row["pred_score"]]
+        gold = None if gold is None else str(gold)
+        answer_type = row.get("answer_type") or guess_answer_type(gold or "")
+        return gold, [str(r) for r in responses], scores, answer_type, row.get("idx", where)
+    if "response" in row and "problem_id" in row:  # mathloop Sample row
+        meta = row.get("metadata") or {}
+        scores = [float(row["rm_score"])] if row.get("rm_score") is not None else None
+        gold = row.get("gold")
+        answer_type = meta.get("answer_type") or guess_answer_type(gold or "")
+        return gold, [row["response"]], scores, answer_type, row["problem_id"]
+    raise RecordError(f"{where}: neither a mathloop sample (problem_id, response) nor an official harness row "
+                      f"(question, gt, code); fields present: {', '.join(sorted(row)) or 'none'}")
+
+
+def grade_file(input_path: str | Path, output_path: str | Path, metrics_path: str | Path | None = None,
+               answer_type: str | None = None, workers: int | None = None, timeout: float = 5.0) -> dict:
+    """Grade every row of `input_path`, write rows with a `mathloop` field, return (and write) the metrics."""
+    input_path, output_path = Path(input_path), Path(output_path)
+    if output_path.resolve() == input_path.resolve():
+        raise ValueError("--output must differ from --input (the input is never overwritten)")
+    rows = list(read_jsonl(input_path))
+    items = [_row_to_items(row, f"{input_path}:{i + 1}") for i, row in enumerate(rows)]
+    flat = [(gold, response, answer_type or kind, row.get("choices") if isinstance(row.get("choices"), list) else None)
+            for row, (gold, responses, _, kind, _) in zip(rows, items) for response in responses]
+    with Verifier(workers=workers, timeout=timeout) as verifier:
+        graded = verifier.grade_batch([(g, r) for g, r, _, _ in flat], answer_type=[t for _, _, t, _ in flat],
+                                      choices=[c for _, _, _, c in flat])
+    tmp = output_path.with_name(output_path.name + ".partial")
+    tmp.unlink(missing_ok=True)
+    groups: dict[Any, dict[str, list]] = {}
+    cursor = 0
+    with JsonlAppender(tmp) as out:
+        for row, (gold, responses, scores, _, key) in zip(rows, items):
+            part = graded[cursor:cursor + len(responses)]
+            cursor += len(responses)
+            preds, verdicts = [p for p, _ in part], [v for _, v in part]
+            out.write([{**row, "mathloop": {"preds": preds, "verdicts": verdicts}}])
+            group = groups.setdefault(key, {"preds": [], "verdicts": [], "scores": []})
+            group["preds"] += preds
+            group["verdicts"] += verdicts
+            group["scores"] += scores if scores is not None else [None] * len(responses)
+    tmp.replace(output_path)
+    metrics = harness_metrics(list(groups.values()))
+    if metrics_path:
+        Path(metrics_path).parent.mkdir(parents=True, exist_ok=True)
+        Path(metrics_path).write_text(json.dumps(metrics, indent=2))
+    return metrics
+
+
+def harness_metrics(groups: list[dict[str, list]]) -> dict[str, Any]:
+    """acc, maj@k, rm@k, pass@k (percentages, like the official harness) over problems with n responses each.
+
+    k runs over powers of two up to the smallest n among the problems, and n itself.
+    """
+    from mathloop.metrics import maj_at_k, rm_at_k
+
+    if not groups:
+        return {"num_problems": 0}
+    n = min(len(g["verdicts"]) for g in groups)
+    ks = sorted({k for k in (1, 2, 4, 8, 16, 32, 64, 128, 256) if k <= n} | {n})
+    pct = lambda xs: round(100 * sum(xs) / len(xs), 2)  # noqa: E731
+    metrics: dict[str, Any] = {"num_problems": len(groups), "num_samples": sum(len(g["verdicts"]) for g in groups),
+                               "acc": pct([g["verdicts"][0] == "correct" for g in groups])}
+    for verdict in ("correct", "incorrect", "no_answer"):
+        metrics[verdict] = sum(g["verdicts"].count(verdict) for g in groups)
+    same = lambda a, b: a.strip() == b.strip() or is_equivalent(a, b, timeout=2.0)  # noqa: E731
+    have_scores = all(s is not None for g in groups for s in g["scores"][:n])
+    for k in ks:
+        metrics[f"maj@{k}"] = pct([maj_at_k(g["preds"], g["verdicts"], k, same=same) for g in groups])
+        if have_scores:
+            metrics[f"rm@{k}"] = pct([rm_at_k(g["scores"], g["verdicts"], k) for g in groups])
+        metrics[f"pass@{k}"] = pct([pass_at_k(len(g["verdicts"]), g["verdicts"].count("correct"), k) for g in groups])
+    return metrics

@@ -1,0 +1,171 @@
+"""The two records every stage of mathloop reads and writes: `Problem` and `Sample`.
+
+Both are plain dataclasses that round-trip through JSON lines. Unknown keys in an input line go to
+`metadata` so nothing a user stored is lost; a malformed line raises `RecordError` naming file and line.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable, Iterator, Literal, TypeVar
+
+Mode = Literal["cot", "tir"]
+Verdict = Literal["correct", "incorrect", "no_answer"]
+VERDICTS: tuple[str, ...] = ("correct", "incorrect", "no_answer")
+
+
+class RecordError(ValueError):
+    """A JSONL file holds a line that is not a valid record; the message names file and line."""
+
+
+@dataclass
+class Problem:
+    """One benchmark or training item.
+
+    `gold` is the reference final answer as text (None when the problem has no gold answer, e.g. synthesized
+    problems waiting for a pseudo-label). `choices` holds the options of a multiple-choice item, in order; then
+    `gold` is the option letter.
+    """
+
+    id: str
+    benchmark: str
+    question: str
+    gold: str | None = None
+    choices: list[str] | None = None
+    metadata: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class Sample:
+    """One generated response to one problem, with everything needed to grade, score and reproduce it."""
+
+    problem_id: str
+    prompt: str
+    response: str
+    mode: Mode = "cot"
+    benchmark: str = ""
+    sample_index: int = 0
+    gold: str | None = None
+    pred: str | None = None
+    verdict: Verdict | None = None
+    rm_score: float | None = None
+    prompt_tokens: int | None = None
+    completion_tokens: int | None = None
+    finish_reason: str | None = None
+    model: str = ""
+    sampling: dict[str, Any] = field(default_factory=dict)
+    # Character spans [start, end) of `response` written by the code executor (TIR), masked in training.
+    tool_output_spans: list[list[int]] = field(default_factory=list)
+    metadata: dict[str, Any] = field(default_factory=dict)
+
+
+R = TypeVar("R", Problem, Sample)
+
+
+def to_dict(record: Problem | Sample) -> dict[str, Any]:
+    return dataclasses.asdict(record)
+
+
+def from_dict(cls: type[R], row: dict[str, Any]) -> R:
+    """Build a record from a dict; keys the record does not know are kept in `metadata`."""
+    names = {f.name for f in dataclasses.fields(cls)}
+    known = {k: v for k, v in row.items() if k in names}
+    extra = {k: v for k, v in row.items() if k not in names}
+    if extra:
+        known["metadata"] = {**extra, **(known.get("metadata") or {})}
+    return cls(**known)
+
+
+def read_jsonl(path: str | os.PathLike) -> Iterator[dict[str, Any]]:
+    """Yield the JSON objects of a JSONL file; blank lines are skipped, a bad line raises `RecordError`."""
+    path = Path(path)
+    with path.open(encoding="utf-8") as f:
+        for lineno, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise RecordError(f"{path}:{lineno}: not valid JSON ({e.msg} at column {e.colno})") from None
+            if not isinstance(row, dict):
+                raise RecordError(f"{path}:{lineno}: expected a JSON object, got {type(row).__name__}")
+            yield row
+
+
+def read_records(cls: type[R], path: str | os.PathLike) -> list[R]:
+    """Read `Problem`s or `Sample`s from JSONL, naming file, line and field on a bad row."""
+    required = [f.name for f in dataclasses.fields(cls)
+                if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING]
+    records = []
+    for lineno, row in enumerate(read_jsonl(path), 1):
+        missing = [name for name in required if name not in row]
+        if missing:
+            raise RecordError(f"{path}: record {lineno}: missing field(s) {', '.join(missing)} for {cls.__name__}")
+        try:
+            records.append(from_dict(cls, row))
+        except TypeError as e:
+            raise RecordError(f"{path}: record {lineno}: {e}") from None
+    return records
+
+
+def write_jsonl(path: str | os.PathLike, rows: Iterable[dict[str, Any] | Problem | Sample]) -> int:
+    """Write rows atomically (temp file + rename), so an interrupted write never truncates `path`."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    n = 0
+    with tmp.open("w", encoding="utf-8") as f:
+        for row in rows:
+            f.write(_dumps(row) + "\n")
+            n += 1
+    os.replace(tmp, path)
+    return n
+
+
+class JsonlAppender:
+    """Append records one line at a time, flushed and fsynced, so a killed run keeps every finished line."""
+
+    def __init__(self, path: str | os.PathLike):
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        drop_torn_last_line(self.path)
+        self._f = self.path.open("a", encoding="utf-8")
+
+    def write(self, rows: Iterable[dict[str, Any] | Problem | Sample]) -> None:
+        for row in rows:
+            self._f.write(_dumps(row) + "\n")
+        self._f.flush()
+        os.fsync(self._f.fileno())
+
+    def close(self) -> None:
+        self._f.close()
+
+    def __enter__(self) -> JsonlAppender:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def _dumps(row: dict[str, Any] | Problem | Sample) -> str:
+    if dataclasses.is_dataclass(row):
+        row = dataclasses.asdict(row)
+    return json.dumps(row, ensure_ascii=False)
+
+
+def drop_torn_last_line(path: str | os.PathLike) -> None:
+    """A kill mid-write can leave a last line without its newline; cut it so the file stays valid JSONL."""
+    path = Path(path)
+    if not path.exists() or path.stat().st_size == 0:
+        return
+    with path.open("rb+") as f:
+        f.seek(-1, os.SEEK_END)
+        if f.read(1) == b"\n":
+            return
+        data = path.read_bytes()
+        keep = data.rfind(b"\n") + 1
+        f.truncate(keep)

@@ -1,0 +1,472 @@
+"""Mathematical equivalence of a predicted answer and a gold answer.
+
+Two layers:
+
+1. ``fast_equivalent`` (in-process, no sympy, cannot hang): normalises both strings (``$``, ``\\text{}`` units, ``\\%``,
+   degrees, ``\\dfrac``, thousands commas, "9 (apples)", ``x=`` prefixes, ...) and decides identical strings, plain numbers
+   (exactly, with ``fractions.Fraction``), tuples/intervals/sets of plain numbers, and option letters. Returns None when
+   it cannot decide.
+2. ``symbolic_equivalent`` (meant to run in a worker process that the parent kills on timeout, see ``pool.py``):
+   math-verify's ``parse``/``verify`` with its signal-based timeouts disabled, behind an exact layer for numbers.
+
+Number rule (both layers): numbers compare exactly. The one tolerance: a decimal written with at least
+``MIN_DECIMALS_FOR_ROUNDING`` (3) digits after the point equals an exact value (fraction, surd, pi, ...) when it is that
+value rounded to the written digits, i.e. within half a unit in its last place (0.333 == 1/3, 0.33 != 1/3,
+2.9999 != 3). Two decimals, or a decimal and an integer, compare exactly (18.00 == 18, 1000000 != 1000050).
+There is no percentage rule (900 != 9) and no relative tolerance.
+
+Why not math-verify alone: ``verify`` rounds floats to 6 places, so 1/2004! == 1/2006! (both round to 0); the exact
+layer decides numbers without floats symbolically/at 60 digits before math-verify is asked. And ``parse`` of a gold
+written without ``$`` falls back to the first bare number (``1-\\frac{1}{e}`` parses as ``1``, so it "equals"
+``1+\\frac{1}{e}``); here every answer is normalised and parsed wrapped in ``$...$``.
+"""
+
+from __future__ import annotations
+
+import re
+from fractions import Fraction
+from functools import lru_cache
+from typing import Any
+
+from mathloop.verify.extract import _LETTERS, clean_answer, option_letter
+
+MIN_DECIMALS_FOR_ROUNDING = 3
+
+# Multi-letter unit words stripped after a plain number. Single letters (m, a, s) are never units here: "a+b" != "b".
+_UNIT_WORDS = (
+    "cm|mm|km|meters?|metres?|inch(?:es)?|feet|foot|ft|miles?|yards?|units?|square units|sq units|degrees?|"
+    "dollars?|cents?|hours?|hrs?|minutes?|mins?|seconds?|secs?|days?|weeks?|months?|years?|kg|grams?|pounds?|lbs?|"
+    "liters?|litres?|ml|mph|people|students|apples|cookies|times|ways|points|percent"
+)
+_NUMBER_WITH_UNIT = re.compile(rf"^(-?[\d.,/]+)\s*(?:{_UNIT_WORDS})(?:\^?\{{?[23]\}}?)?$", re.IGNORECASE)
+_PAREN_WORDS = re.compile(r"^(-?[\d.,/]+)\s*\(\s*[A-Za-z][A-Za-z ]*\)$")  # asdiv: "9 (apples)"
+_THOUSANDS = re.compile(r"^-?\d{1,3}(?:,\d{3})+(?:\.\d+)?$")
+_BASE_NUMBER = re.compile(r"(\w+)_\{?(\d+)\}?")
+_SINGLE_VAR_EQ = re.compile(r"^\s*([a-zA-Z](?:_\{?\w+\}?)?)\s*(?:=|\\in\b)\s*(.+)$", re.DOTALL)
+_SET_BUILDER = re.compile(
+    r"^\\\{\s*[a-z]\s*(?:\||\\mid|:)\s*(-?[\w.\\{}]+)\s*(<|\\leq?|\\le)\s*[a-z]\s*(<|\\leq?|\\le)\s*(-?[\w.\\{}]+)\s*\\\}$"
+)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Normalisation (pure string functions)
+
+
+def _strip_text_commands(s: str) -> str:
+    """``5 \\text{ cm}`` -> ``5``; ``\\text{Evelyn}`` -> ``Evelyn``: text after other content is a unit or a remark."""
+    pattern = re.compile(r"\\(?:text|textbf|mbox|mathrm)\s*\{([^{}]*)\}")
+    while True:
+        match = pattern.search(s)
+        if not match:
+            return s
+        before = s[: match.start()].strip()
+        is_unit = bool(before) and re.search(r"[\d}]$", before) and len(match.group(1).strip()) >= 2
+        replacement = "" if is_unit else match.group(1)
+        tail = s[match.end() :]
+        if is_unit:
+            tail = re.sub(r"^\s*\^\s*\{?[23]\}?", "", tail)  # cm^2
+        s = s[: match.start()] + replacement + tail
+
+
+def normalize(answer: str) -> str:
+    """A canonical string form of an answer, without any math parsing.
+
+    >>> normalize(r"$\\dfrac12$")
+    '\\\\frac{1}{2}'
+    >>> normalize(r"5 \\text{ cm}"), normalize(r"10\\%"), normalize(r"50^\\circ"), normalize("9 (apples)")
+    ('5', '10', '50', '9')
+    """
+    s = clean_answer(answer)
+    s = s.replace("\\dfrac", "\\frac").replace("\\tfrac", "\\frac").replace("\\displaystyle", "")
+    s = re.sub(r"\\left\s*|\\right\s*", "", s)
+    s = re.sub(r"(?<!\\)\\[,;:! ]|~", " ", s)
+    s = re.sub(r"\^\s*\{?\\circ\}?|°|\\degree", "", s)
+    s = s.replace("\\%", "").replace("%", "").replace("\\$", "").replace("$", "")
+    s = _strip_text_commands(s)
+    s = re.sub(r"\\frac(\d)(\d)", r"\\frac{\1}{\2}", s)
+    s = re.sub(r"\\frac\{([^{}]*)\}(\d)", r"\\frac{\1}{\2}", s)
+    s = re.sub(r"\\sqrt(\d)", r"\\sqrt{\1}", s)
+    s = clean_answer(s)
+    for pattern in (_NUMBER_WITH_UNIT, _PAREN_WORDS):
+        match = pattern.match(s)
+        if match:
+            s = match.group(1)
+    paren_letter = re.fullmatch(r"\(([A-J])\)", s)
+    if paren_letter:
+        s = paren_letter.group(1)
+    s = _set_builder_to_interval(s)
+    return _squeeze_spaces(s)
+
+
+def _squeeze_spaces(s: str) -> str:
+    """Drop spaces except between two letters (``\\cdot x`` must not become ``\\cdotx``)."""
+    return re.sub(r"\s+", lambda m: " " if _letters_around(s, m) else "", s).strip()
+
+
+def _letters_around(s: str, match: re.Match[str]) -> bool:
+    left = s[match.start() - 1 : match.start()]
+    right = s[match.end() : match.end() + 1]
+    return left.isalpha() and right.isalpha()
+
+
+def _set_builder_to_interval(s: str) -> str:
+    r"""``\{x|-2\leq x < 1\}`` -> ``[-2,1)``."""
+    match = _SET_BUILDER.match(s)
+    if not match:
+        return s
+    low, low_op, high_op, high = match.groups()
+    left = "(" if low_op == "<" else "["
+    right = ")" if high_op == "<" else "]"
+    return f"{left}{low},{high}{right}"
+
+
+def drop_thousands_commas(answer: str, other: str) -> str:
+    """``1,000`` -> ``1000``, unless the other answer is a list (then ``48,384`` means two answers).
+
+    >>> drop_thousands_commas("1,000", "1000"), drop_thousands_commas("48,384", "48, 384")
+    ('1000', '48,384')
+    """
+    if _THOUSANDS.match(answer) and len(split_top_level(other)) == 1:
+        return answer.replace(",", "")
+    return answer
+
+
+def strip_variable(answer: str, other: str) -> str:
+    """``x=3`` -> ``3`` (also ``x \\in [1,2]`` -> ``[1,2]``) when the other answer does not name the variable.
+
+    >>> strip_variable("x=3", "3"), strip_variable("y=2x+3", "y=2x+4"), strip_variable("x+y=3", "3")
+    ('3', '2x+3', 'x+y=3')
+    """
+    match = _SINGLE_VAR_EQ.match(answer)
+    if not match or "=" in match.group(2):
+        return answer
+    other_match = _SINGLE_VAR_EQ.match(other)
+    if "=" not in other and "\\in" not in other:
+        return match.group(2).strip()
+    if other_match and other_match.group(1) == match.group(1):
+        return match.group(2).strip()  # x=5 vs x=6, y=2x+3 vs y=2x+4: same variable, compare the values
+    return answer
+
+
+def split_top_level(s: str) -> list[str]:
+    """Split on commas outside any brackets.
+
+    >>> split_top_level(r"(1,2),\\frac{1}{2},3")
+    ['(1,2)', '\\\\frac{1}{2}', '3']
+    """
+    parts, depth, current = [], 0, []
+    i = 0
+    while i < len(s):
+        char = s[i]
+        if s.startswith("\\{", i) or s.startswith("\\}", i):
+            depth += 1 if char == "\\" and s[i + 1] == "{" else -1
+            current.append(s[i : i + 2])
+            i += 2
+            continue
+        if char in "([{":
+            depth += 1
+        elif char in ")]}":
+            depth -= 1
+        if char == "," and depth == 0:
+            parts.append("".join(current).strip())
+            current = []
+        else:
+            current.append(char)
+        i += 1
+    parts.append("".join(current).strip())
+    return parts
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Plain numbers, compared exactly
+
+
+def parse_plain_number(s: str) -> tuple[Fraction, int | None] | None:
+    """A plain integer, decimal or integer fraction as (value, digits after the point or None if exact).
+
+    >>> parse_plain_number(r"-\\frac{1}{2}"), parse_plain_number("0.50")
+    ((Fraction(-1, 2), None), (Fraction(1, 2), 2))
+    """
+    if len(s) > 200:
+        return None
+    match = re.fullmatch(r"([+-]?)(\d*)\.(\d+)|([+-]?)(\d+)\.?", s)
+    if match:
+        if match.group(3) is not None:
+            sign, whole, frac = match.group(1), match.group(2) or "0", match.group(3)
+            return Fraction(f"{sign}{whole}.{frac}"), len(frac)
+        return Fraction(int(match.group(4) + match.group(5))), None
+    match = re.fullmatch(r"([+-]?)\\frac\{([+-]?\d+)\}\{([+-]?\d+)\}|([+-]?\d+)/(\d+)", s)
+    if match:
+        if match.group(2) is not None:
+            sign, num, den = match.group(1), int(match.group(2)), int(match.group(3))
+            value = Fraction(num, den) if den else None
+            if value is None:
+                return None
+            return (-value if sign == "-" else value), None
+        den = int(match.group(5))
+        return (Fraction(int(match.group(4)), den), None) if den else None
+    return None
+
+
+def decimal_matches_exact(decimal: Fraction, digits: int, exact: Any) -> bool:
+    """The rounding rule: a decimal with >= 3 digits matches an exact value within half a unit in its last place.
+
+    >>> decimal_matches_exact(Fraction("0.333"), 3, Fraction(1, 3)), decimal_matches_exact(Fraction("0.33"), 2, Fraction(1, 3))
+    (True, False)
+    """
+    if digits < MIN_DECIMALS_FOR_ROUNDING:
+        return decimal == exact
+    return abs(decimal - exact) <= Fraction(1, 2 * 10**digits)
+
+
+def plain_numbers_equal(a: tuple[Fraction, int | None], b: tuple[Fraction, int | None]) -> bool:
+    """Exact equality, except the rounding rule when exactly one side is a decimal."""
+    (value_a, digits_a), (value_b, digits_b) = a, b
+    if (digits_a is None) == (digits_b is None):
+        return value_a == value_b
+    if digits_a is not None:
+        return decimal_matches_exact(value_a, digits_a, value_b)
+    return decimal_matches_exact(value_b, digits_b or 0, value_a)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Fast layer: decide without sympy, or say None
+
+
+def fast_equivalent(gold: str, pred: str, answer_type: str = "math") -> bool | None:
+    """Decide cheap cases in-process: True/False, or None when sympy is needed.
+
+    >>> fast_equivalent("0.5", r"\\frac{1}{2}"), fast_equivalent("900", "9"), fast_equivalent("[1,2]", "(1,2)")
+    (True, False, False)
+    >>> fast_equivalent(r"\\sqrt{12}", r"2\\sqrt{3}") is None
+    True
+    """
+    if answer_type == "mc":  # a digit gold is a 0-based option index (MMLU files store 2 for "C")
+        gold = _LETTERS[int(gold)] if gold.strip().isdigit() and int(gold) < len(_LETTERS) else gold
+        letter_gold = option_letter(gold) or clean_answer(gold).upper()
+        letter_pred = option_letter(pred) or clean_answer(pred).upper()
+        return letter_gold == letter_pred
+    gold_n, pred_n = normalize(gold), normalize(pred)
+    if answer_type == "list":
+        return _match_lists(split_top_level(gold_n), split_top_level(pred_n), _fast_one)
+    return _fast_one(gold_n, pred_n)
+
+
+def _fast_one(gold: str, pred: str) -> bool | None:
+    if gold == pred:
+        return True
+    if not gold or not pred:
+        return False
+    gold, pred = drop_thousands_commas(gold, pred), drop_thousands_commas(pred, gold)
+    gold, pred = strip_variable(gold, pred), strip_variable(pred, gold)
+    if gold == pred:
+        return True
+    number_gold, number_pred = parse_plain_number(gold), parse_plain_number(pred)
+    if number_gold and number_pred:
+        return plain_numbers_equal(number_gold, number_pred)
+    base_g, base_p = _BASE_NUMBER.fullmatch(gold), _BASE_NUMBER.fullmatch(pred)
+    if base_g and base_p:  # 52_8: digits and base must both match
+        return base_g.groups() == base_p.groups()
+    return _compare_structure(gold, pred, _fast_one)
+
+
+def _balanced(s: str) -> bool:
+    depth = 0
+    for char in s.replace("\\{", "{").replace("\\}", "}"):
+        depth += 1 if char in "([{" else -1 if char in ")]}" else 0
+        if depth < 0:
+            return False
+    return depth == 0
+
+
+def _brackets(s: str) -> tuple[str, str, str]:
+    """(open, inner, close) of a bracketed answer; ("", s, "") when bare. ``[1,2)\\cup(3,4]`` is bare."""
+    if s.startswith("\\{") and s.endswith("\\}") and _balanced(s[2:-2]):
+        return "{", s[2:-2], "}"
+    if len(s) >= 2 and s[0] in "([" and s[-1] in ")]" and _balanced(s[1:-1]):
+        return s[0], s[1:-1], s[-1]
+    return "", s, ""
+
+
+def _compare_structure(gold: str, pred: str, equal: Any) -> bool | None:
+    """Tuples/intervals (ordered, brackets must match), sets and bare lists (unordered), element by element.
+
+    None when the answers are not both such structures, or when ``equal`` cannot decide an element.
+    """
+    open_g, inner_g, close_g = _brackets(gold)
+    open_p, inner_p, close_p = _brackets(pred)
+    items_g, items_p = split_top_level(inner_g), split_top_level(inner_p)
+    if len(items_g) < 2 and len(items_p) < 2:
+        return None
+    if (open_g, close_g) != (open_p, close_p):
+        if "" not in (open_g, open_p):
+            return False  # [1,2] vs (1,2), (1,2) vs \{1,2\}
+        if {open_g, open_p} != {"", "{"}:
+            return None  # a bare list vs a tuple: let math-verify decide
+    if len(items_g) != len(items_p):
+        return False
+    if open_g in ("{", "") or open_p in ("{", ""):
+        return _match_lists(items_g, items_p, equal)
+    verdicts = [equal(a, b) for a, b in zip(items_g, items_p)]
+    if False in verdicts:
+        return False
+    return None if None in verdicts else True
+
+
+def _match_lists(gold_items: list[str], pred_items: list[str], equal: Any) -> bool | None:
+    """Unordered matching of two answer lists with ``equal`` (which may answer None = unknown)."""
+    if len(gold_items) != len(pred_items):
+        return False
+    remaining = list(pred_items)
+    unknown = False
+    for gold_item in gold_items:
+        for index, pred_item in enumerate(remaining):
+            verdict = equal(gold_item, pred_item)
+            if verdict is True:
+                del remaining[index]
+                break
+            if verdict is None:
+                unknown = True
+        else:
+            if not unknown:
+                return False
+    return True if not remaining else (None if unknown else False)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Symbolic layer (sympy + math-verify). Can be slow or hang: run it only under a hard timeout (pool.py).
+
+
+def symbolic_equivalent(gold: str, pred: str, answer_type: str = "math") -> bool:
+    """Full check with sympy; call it in a worker process that is killed on timeout. Never raises."""
+    try:
+        decided = fast_equivalent(gold, pred, answer_type)
+        if decided is not None:
+            return decided
+        gold_n, pred_n = normalize(gold), normalize(pred)
+        if answer_type == "list":
+            return bool(_match_lists(split_top_level(gold_n), split_top_level(pred_n), _symbolic_one))
+        return _symbolic_one(gold_n, pred_n)
+    except Exception:  # noqa: BLE001 - a broken comparison is "not equal", never a crash
+        return False
+
+
+def _symbolic_one(gold: str, pred: str) -> bool:
+    decided = _fast_one(gold, pred)
+    if decided is not None:
+        return decided
+    gold, pred = drop_thousands_commas(gold, pred), drop_thousands_commas(pred, gold)
+    gold, pred = strip_variable(gold, pred), strip_variable(pred, gold)
+    structure = _compare_structure(gold, pred, _symbolic_one)
+    if structure is not None:
+        return structure
+    parsed_gold, parsed_pred = _parse(gold), _parse(pred)
+    if not parsed_gold or not parsed_pred:
+        return False
+    exact = _exact_number_check(parsed_gold[0], parsed_pred[0], gold, pred)
+    if exact is not None:
+        return exact
+    if _differ_at_some_point(parsed_gold[0], parsed_pred[0]):
+        return False  # cheap proof of inequality before math-verify's (slower) simplification
+    import math_verify
+
+    return bool(math_verify.verify(parsed_gold, parsed_pred, timeout_seconds=None))
+
+
+@lru_cache(maxsize=4096)
+def _parse(answer: str) -> list[Any]:
+    """math-verify parse of a normalised answer, wrapped in ``$`` so LaTeX is read as a whole (not its first number)."""
+    import math_verify
+    from math_verify import ExprExtractionConfig, LatexExtractionConfig
+
+    configs = [LatexExtractionConfig(boxed_match_priority=0), ExprExtractionConfig()]
+    parsed = math_verify.parse(f"${answer}$", extraction_config=configs, parsing_timeout=None)
+    if not parsed:
+        parsed = math_verify.parse(answer, extraction_config=configs, parsing_timeout=None)
+    return parsed
+
+
+_PROBE_POINTS = ((7, 13), (19, 11), (-5, 17))  # deterministic rational probe values, offset per symbol
+
+
+def _differ_at_some_point(gold: Any, pred: Any) -> bool:
+    """True when two expressions in free symbols (no decimals) take clearly different values at a probe point.
+
+    Sound for "not equal" only; equal values at the probes prove nothing and the caller goes on to math-verify.
+    """
+    import sympy
+
+    if not (isinstance(gold, sympy.Expr) and isinstance(pred, sympy.Expr)) or gold.has(sympy.Float) or pred.has(sympy.Float):
+        return False
+    symbols = sorted(gold.free_symbols | pred.free_symbols, key=str)
+    if not symbols or len(symbols) > 8:
+        return False
+    for num, den in _PROBE_POINTS:
+        point = {symbol: sympy.Rational(num + 3 * k, den) for k, symbol in enumerate(symbols)}
+        try:
+            a, b = complex(gold.xreplace(point).evalf(30)), complex(pred.xreplace(point).evalf(30))
+        except (TypeError, ValueError, ZeroDivisionError, OverflowError):
+            continue
+        if all(map(_finite, (a, b))) and abs(a - b) > 1e-9 * max(1.0, abs(a), abs(b)):
+            return True
+    return False
+
+
+def _finite(value: complex) -> bool:
+    return value == value and abs(value) != float("inf")
+
+
+def _exact_number_check(gold: Any, pred: Any, gold_text: str, pred_text: str) -> bool | None:
+    """Numbers without free symbols: exact (60-digit) comparison, with the decimal rounding rule; None otherwise."""
+    import sympy
+
+    if not (isinstance(gold, sympy.Expr) and isinstance(pred, sympy.Expr)):
+        return None
+    if gold.free_symbols or pred.free_symbols or not gold.is_number or not pred.is_number:
+        return None
+    if not (gold.is_finite and pred.is_finite):
+        return gold == pred  # 5/0 is zoo: never "close" to anything
+    gold_has_float, pred_has_float = gold.has(sympy.Float), pred.has(sympy.Float)
+    if gold_has_float and pred_has_float:
+        return None  # two decimal expressions: leave to math-verify
+    if gold_has_float or pred_has_float:
+        decimal = parse_plain_number(gold_text if gold_has_float else pred_text)
+        if decimal is None or decimal[1] is None:
+            return None
+        other = pred if gold_has_float else gold
+        value = other.evalf(60)
+        if not value.is_real:
+            return False
+        exact = Fraction(str(sympy.Rational(value)))
+        return decimal_matches_exact(decimal[0], decimal[1], exact)
+    try:
+        difference = abs((gold - pred).evalf(60))
+        scale = max(abs(gold.evalf(60)), abs(pred.evalf(60)))
+        # sympy Floats have unbounded exponents: 1/2004! and 1/2006! stay distinguishable (a Python float would be 0).
+        return bool(difference == 0 or difference <= scale * sympy.Float("1e-40", 60))
+    except (TypeError, ValueError):
+        return None
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Public entry point
+
+
+def is_equivalent(gold: str, pred: str, answer_type: str = "math", timeout: float = 5.0) -> bool:
+    """True iff ``pred`` is mathematically equal to ``gold``. Never raises, never hangs (False on error or timeout).
+
+    Safe from any thread or process: cheap cases are decided here, the rest in a worker process killed at ``timeout``.
+
+    >>> is_equivalent("0.5", r"\\frac{1}{2}"), is_equivalent("[1,2]", "(1,2)"), is_equivalent("033", "33")
+    (True, False, True)
+    """
+    try:
+        decided = fast_equivalent(gold, pred, answer_type)
+        if decided is not None:
+            return decided
+        from mathloop.verify.pool import default_pool
+
+        task = {"gold": gold, "pred": pred, "answer_type": answer_type}
+        return default_pool().run(task, timeout)
+    except Exception:  # noqa: BLE001 - the contract is a verdict, never an exception
+        return False

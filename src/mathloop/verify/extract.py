@@ -1,0 +1,212 @@
+"""Answer extraction: pull the final answer out of a model response.
+
+The order follows the official Qwen2.5-Math harness (last brace-matched ``\\boxed{}``; else "the answer is ...";
+else the last number), plus GSM8K's ``#### X`` and a multiple-choice and a multi-answer (OlympiadBench) mode.
+Everything here is plain string work: no sympy, no regex that can backtrack badly, safe to run in-process.
+"""
+
+from __future__ import annotations
+
+import re
+
+_BOX_COMMANDS = ("\\boxed", "\\fbox")
+_LETTERS = "ABCDEFGHIJ"
+
+_ANSWER_IS = re.compile(r"(?:final answer|the answer)\s*(?:is\s*:?|:)\s*", re.IGNORECASE)
+_GSM8K = re.compile(r"####\s*([^\n]+)")
+_NUMBER = re.compile(r"-?\d[\d,]*(?:\.\d+)?|-?\.\d+")
+_MC_PATTERNS = (
+    re.compile(r"answer\s*(?:is|:)?\s*(?:option\s*)?[\(\[]?\s*([A-J])\s*[\)\]]?(?![A-Za-z])", re.IGNORECASE),
+    re.compile(r"^\s*\(?([A-J])\)?\s*[.:)]?\s*$"),
+)
+
+
+def find_boxes(text: str) -> list[str]:
+    """Contents of every ``\\boxed{...}`` / ``\\fbox{...}`` in order, braces matched; also ``\\boxed 5``.
+
+    >>> find_boxes(r"so $\\boxed{\\frac{1}{2}}$ or \\boxed 3.")
+    ['\\\\frac{1}{2}', '3']
+    """
+    boxes: list[str] = []
+    i = 0
+    while True:
+        starts = [(text.find(cmd, i), cmd) for cmd in _BOX_COMMANDS]
+        starts = [(pos, cmd) for pos, cmd in starts if pos >= 0]
+        if not starts:
+            return boxes
+        pos, cmd = min(starts)
+        j = pos + len(cmd)
+        if j < len(text) and text[j] == "{":
+            content, end = _brace_content(text, j)
+            if content is None:
+                return boxes  # unbalanced: the response was cut off inside the box
+            boxes.append(content)
+            i = end
+        elif j < len(text) and text[j] == " ":
+            match = re.match(r" +([^\s$]+)", text[j:])
+            if match:
+                boxes.append(match.group(1).rstrip(".,;"))
+            i = j + 1
+        else:
+            i = j  # e.g. \boxedsomething: not a box
+
+
+def _brace_content(text: str, open_at: int) -> tuple[str | None, int]:
+    """Content between the brace at ``open_at`` and its match, and the index after it; escaped ``\\{`` is skipped."""
+    depth = 0
+    k = open_at
+    while k < len(text):
+        char = text[k]
+        if char == "\\":
+            k += 2
+            continue
+        if char == "{":
+            depth += 1
+        elif char == "}":
+            depth -= 1
+            if depth == 0:
+                return text[open_at + 1 : k], k + 1
+        k += 1
+    return None, len(text)
+
+
+def clean_answer(answer: str) -> str:
+    """Light clean-up of an extracted answer: outer ``$``, trailing period, surrounding spaces.
+
+    >>> clean_answer(" $18$. ")
+    '18'
+    """
+    answer = answer.strip()
+    for _ in range(3):
+        before = answer
+        answer = answer.strip().rstrip(".").strip()
+        if len(answer) >= 2 and answer[0] == "$" and answer[-1] == "$":
+            answer = answer.strip("$")
+        answer = re.sub(r"^\\\(|\\\)$", "", answer).strip()
+        answer = re.sub(r"^\\\[|\\\]$", "", answer).strip()
+        if answer == before:
+            break
+    return answer
+
+
+def _after_answer_phrase(response: str) -> str | None:
+    """Text after the last "the answer is" / "final answer is", up to the end of that line or sentence."""
+    matches = list(_ANSWER_IS.finditer(response))
+    if not matches:
+        return None
+    tail = response[matches[-1].end() :].split("\n")[0]
+    tail = re.split(r"\.(?:\s|$)", tail)[0]  # sentence end, not a decimal point
+    tail = clean_answer(tail)
+    return tail or None
+
+
+def _last_number(response: str) -> str | None:
+    numbers = _NUMBER.findall(response)
+    return numbers[-1].rstrip(",") if numbers else None
+
+
+def _extract_math(response: str) -> str | None:
+    boxes = find_boxes(response)
+    if boxes:
+        return clean_answer(boxes[-1]) or None
+    phrase = _after_answer_phrase(response)
+    if phrase is not None:
+        return phrase
+    gsm = _GSM8K.findall(response)
+    if gsm:
+        return clean_answer(gsm[-1]) or None
+    return _last_number(response)
+
+
+def _strip_choice_label(choice: str) -> str:
+    """``"(A) 12"`` / ``"A. 12"`` / ``"A) 12"`` -> ``"12"``."""
+    return re.sub(r"^\s*\(?[A-J]\s*[).:]\s*", "", choice).strip()
+
+
+def option_letter(text: str) -> str | None:
+    """The option letter written in ``text`` ("C", "(C)", "\\text{(C)}", "C)", "option C"), else None.
+
+    >>> option_letter(r"\\text{(C)}")
+    'C'
+    """
+    text = re.sub(r"\\text(?:bf)?\{([^{}]*)\}", r"\1", text)
+    text = clean_answer(text).strip("*").strip()
+    match = re.fullmatch(r"(?:option\s*)?[\(\[]?\s*([A-J])\s*[\)\]]?(?:\s*[.:].*)?", text, re.IGNORECASE | re.DOTALL)
+    if match and (text[0].isupper() or text[0] in "([" or text.lower().startswith("option")):
+        return match.group(1).upper()
+    return None
+
+
+def _letter_from_choices(answer: str, choices: list[str]) -> str | None:
+    """Map a boxed option text/value back to its letter by comparing normalised strings and numbers."""
+    from mathloop.verify.equivalence import fast_equivalent  # local: equivalence imports this module
+
+    for index, choice in enumerate(choices):
+        label = re.match(r"^\s*\(?([A-J])\s*[).:]", choice)
+        letter = label.group(1) if label else _LETTERS[index]
+        if fast_equivalent(_strip_choice_label(choice), answer) is True:
+            return letter
+    return None
+
+
+def _extract_mc(response: str, choices: list[str] | None) -> str | None:
+    for box in reversed(find_boxes(response)):
+        letter = option_letter(box)
+        if letter:
+            return letter
+        if choices:
+            letter = _letter_from_choices(clean_answer(box), choices)
+            if letter:
+                return letter
+    for pattern in _MC_PATTERNS[:1]:
+        found = pattern.findall(response)
+        if found:
+            return found[-1].upper()
+    if choices:
+        phrase = _after_answer_phrase(response)
+        if phrase:
+            letter = _letter_from_choices(phrase, choices)
+            if letter:
+                return letter
+    lines = [line for line in response.strip().splitlines() if line.strip()]
+    if lines:
+        match = _MC_PATTERNS[1].match(lines[-1])
+        if match:
+            return match.group(1).upper()
+        tail = re.search(r"(?:^|\s)\(?([A-J])\)?\.?\s*$", lines[-1])
+        if tail:
+            return tail.group(1).upper()
+    return None
+
+
+def _extract_list(response: str) -> str | None:
+    """Several final answers (OlympiadBench): the boxes of the paragraph holding the last box, comma-joined."""
+    last_box = max(response.rfind(cmd) for cmd in _BOX_COMMANDS)
+    if last_box < 0:
+        return _extract_math(response)
+    paragraph_start = response.rfind("\n\n", 0, last_box) + 1
+    group = [clean_answer(box) for box in find_boxes(response[paragraph_start:])]
+    group = [box for box in group if box]
+    return ",".join(group) if group else None
+
+
+def extract_answer(response: str, answer_type: str = "math", choices: list[str] | None = None) -> str | None:
+    """The final answer in ``response``, or None when there is none (the verdict "no_answer").
+
+    ``answer_type``: "math" (last ``\\boxed{}``; "the answer is X"; ``#### X``; last number), "mc" (an option letter;
+    a boxed option text is mapped to its letter with ``choices``), "list" (every box of the final paragraph, comma-joined).
+
+    >>> extract_answer(r"So the answer is $\\boxed{\\frac{1}{2}}$.")
+    '\\\\frac{1}{2}'
+    >>> extract_answer("The answer is (C).", "mc")
+    'C'
+    >>> extract_answer(r"$x=\\boxed{1}$ and $y=\\boxed{2}$", "list")
+    '1,2'
+    """
+    if not response:
+        return None
+    if answer_type == "mc":
+        return _extract_mc(response, choices)
+    if answer_type == "list":
+        return _extract_list(response)
+    return _extract_math(response)

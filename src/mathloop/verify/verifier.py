@@ -1,0 +1,104 @@
+"""Grading a response against a gold answer, one at a time (``grade``) or in batches over worker processes (``Verifier``)."""
+
+from __future__ import annotations
+
+from typing import Sequence, TypeVar
+
+from mathloop.verify.equivalence import fast_equivalent, is_equivalent
+from mathloop.verify.extract import extract_answer
+from mathloop.verify.pool import WorkerPool
+
+CORRECT, INCORRECT, NO_ANSWER = "correct", "incorrect", "no_answer"
+
+T = TypeVar("T")
+
+
+def grade(
+    gold: str | None,
+    response: str,
+    answer_type: str = "math",
+    choices: list[str] | None = None,
+    timeout: float = 5.0,
+) -> tuple[str | None, str]:
+    """(extracted prediction, verdict): "correct", "incorrect", or "no_answer" when nothing could be extracted.
+
+    A missing gold (``None``) cannot confirm anything: the verdict is "incorrect" unless there is no answer.
+
+    >>> grade("18", r"She pays $\\$18$, so the answer is $\\boxed{18.00}$.")
+    ('18.00', 'correct')
+    """
+    pred = extract_answer(response, answer_type, choices)
+    if pred is None:
+        return None, NO_ANSWER
+    if gold is None:
+        return pred, INCORRECT
+    return pred, CORRECT if is_equivalent(gold, pred, answer_type, timeout) else INCORRECT
+
+
+def _per_item(value: T | Sequence[T], count: int) -> list[T]:
+    """Broadcast one value to ``count`` items, or check a per-item list has the right length."""
+    if isinstance(value, list):
+        if len(value) != count:
+            raise ValueError(f"expected {count} per-item values, got {len(value)}")
+        return value
+    return [value] * count  # type: ignore[list-item]
+
+
+class Verifier:
+    """Batch grading: cheap cases in-process, sympy cases spread over ``workers`` processes with hard timeouts.
+
+    >>> with Verifier(workers=1) as verifier:
+    ...     verifier.is_equivalent_batch([("1/2", "0.5"), ("2", "3")])
+    [True, False]
+    """
+
+    def __init__(self, workers: int | None = None, timeout: float = 5.0) -> None:
+        self.timeout = timeout
+        self.pool = WorkerPool(workers)
+
+    def is_equivalent_batch(self, pairs: list[tuple[str, str]], answer_type: str | list[str] = "math") -> list[bool]:
+        """``is_equivalent`` for every (gold, pred) pair, in order."""
+        types = _per_item(answer_type, len(pairs))
+        results: list[bool] = [False] * len(pairs)
+        slow: list[int] = []
+        for index, ((gold, pred), kind) in enumerate(zip(pairs, types)):
+            try:
+                decided = fast_equivalent(gold, pred, kind)
+            except Exception:  # noqa: BLE001
+                decided = False
+            if decided is None:
+                slow.append(index)
+            else:
+                results[index] = decided
+        tasks = [{"gold": pairs[i][0], "pred": pairs[i][1], "answer_type": types[i]} for i in slow]
+        for index, ok in zip(slow, self.pool.run_many(tasks, self.timeout)):
+            results[index] = ok
+        return results
+
+    def grade_batch(
+        self,
+        items: list[tuple[str | None, str]],
+        answer_type: str | list[str] = "math",
+        choices: list[str] | None | list[list[str] | None] = None,
+    ) -> list[tuple[str | None, str]]:
+        """``grade`` for every (gold, response) item, in order. ``choices``: one list for all items, or one per item."""
+        types = _per_item(answer_type, len(items))
+        per_item_choices = choices if choices and isinstance(choices[0], list) else [choices] * len(items)
+        if len(per_item_choices) != len(items):
+            raise ValueError(f"expected {len(items)} choice lists, got {len(per_item_choices)}")
+        preds = [extract_answer(response, kind, opts) for (_, response), kind, opts in zip(items, types, per_item_choices)]  # type: ignore[arg-type]
+        to_check = [i for i, (pred, (gold, _)) in enumerate(zip(preds, items)) if pred is not None and gold is not None]
+        verdicts = self.is_equivalent_batch([(items[i][0], preds[i]) for i in to_check], [types[i] for i in to_check])  # type: ignore[misc]
+        graded: list[tuple[str | None, str]] = [(pred, NO_ANSWER if pred is None else INCORRECT) for pred in preds]
+        for index, ok in zip(to_check, verdicts):
+            graded[index] = (preds[index], CORRECT if ok else INCORRECT)
+        return graded
+
+    def close(self) -> None:
+        self.pool.close()
+
+    def __enter__(self) -> "Verifier":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

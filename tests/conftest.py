@@ -1,0 +1,53 @@
+"""Shared fixtures: a tiny random-weight causal LM with a tiny tokenizer (built here, no downloads), and the data folder."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+DATA_DIR = Path(os.environ.get("MATHLOOP_DATA_DIR") or ROOT.parent / "shared" / "data")
+
+CHAT_TEMPLATE = (
+    "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
+    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+CORPUS = [
+    "Please reason step by step, and put your final answer within \\boxed{}.",
+    "What is 2 + 3? The answer is \\boxed{5}. Let x = 7, so 2x = 14.",
+    "```python\nprint(1 + 2)\n```\n```output\n3\n```",
+    "Janet has 16 eggs and sells the remainder for $2 each.",
+] * 20
+
+
+@pytest.fixture(scope="session")
+def data_dir() -> Path:
+    if not (DATA_DIR / "gsm8k" / "test.jsonl").exists():
+        pytest.skip(f"benchmark data not found at {DATA_DIR} (set MATHLOOP_DATA_DIR)")
+    return DATA_DIR
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory) -> Path:
+    """A 2-layer Qwen2 model with random weights and a 300-token byte-level BPE tokenizer, saved to disk."""
+    import torch
+    from tokenizers import ByteLevelBPETokenizer
+    from transformers import PreTrainedTokenizerFast, Qwen2Config, Qwen2ForCausalLM
+
+    out = tmp_path_factory.mktemp("tiny-model")
+    bpe = ByteLevelBPETokenizer()
+    specials = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
+    bpe.train_from_iterator(CORPUS, vocab_size=300, min_frequency=1, special_tokens=specials)
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=bpe._tokenizer, eos_token="<|im_end|>",
+                                        pad_token="<|endoftext|>", bos_token=None)
+    tokenizer.chat_template = CHAT_TEMPLATE
+    tokenizer.save_pretrained(out)
+    torch.manual_seed(0)
+    config = Qwen2Config(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
+                         eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
+                         tie_word_embeddings=True)
+    Qwen2ForCausalLM(config).save_pretrained(out)
+    return out
