@@ -145,5 +145,13 @@ CASES: list[tuple[str, str, str, str, str]] = [
     ("boxed-no-braces", "5", r"Thus \boxed 5.", "math", C),
     ("fbox", "42", r"$\fbox{42}$", "math", C),
     ("answer-is-phrase", r"\frac{1}{2}", r"The answer is $\frac{1}{2}$.", "math", C),
+    # --- constants decided by the numeric disproof layer (values differ) or left to the exact layer (values agree)
+    ("numeric-radical-differs", r"3\sqrt{13}", boxed(r"3\sqrt{14}"), "math", I),
+    ("numeric-complex-differs", "6 - 5i", boxed("6 - 6i"), "math", I),
+    ("numeric-sign-of-pi", r"\frac{\pi}{2}", boxed(r"-\frac{\pi}{2}"), "math", I),
+    ("numeric-rounded-decimal-of-radical", r"\frac{\sqrt{3}}{3}", boxed("0.577"), "math", C),
+    ("numeric-too-coarse-decimal-of-radical", r"\frac{\sqrt{3}}{3}", boxed("0.58"), "math", I),
+    ("numeric-equal-radicals-rewritten", r"\frac{\sqrt{3}}{3}", boxed(r"\frac{1}{\sqrt{3}}"), "math", C),
+    ("numeric-space-thousands", "1000", boxed("1 000"), "math", C),
     ("truncated-box-falls-back-to-last-number", "5", r"... so it is $\boxed{\frac{7", "math", I),
 ]

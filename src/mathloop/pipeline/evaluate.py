@@ -11,6 +11,7 @@ different sampling parameters for the same folder is refused, so one folder neve
 
 from __future__ import annotations
 
+import inspect
 import json
 import logging
 import platform
@@ -115,7 +116,7 @@ def _generate_and_grade(name: str, problems: list[Problem], path: Path, config: 
     with JsonlAppender(path) as appender:
         for start in range(0, len(problems), chunk):
             batch = problems[start:start + chunk]
-            completions = backend.generate([prompts[p.id] for p in batch], params)
+            completions = _generate(backend, [prompts[p.id] for p in batch], params, bar, params.n)
             samples = [
                 Sample(problem_id=p.id, benchmark=name, prompt=prompts[p.id], response=c.text, mode=config.mode,
                        sample_index=j, gold=p.gold, prompt_tokens=c.prompt_tokens,
@@ -131,8 +132,26 @@ def _generate_and_grade(name: str, problems: list[Problem], path: Path, config: 
             for sample, (pred, verdict) in zip(samples, graded):
                 sample.pred, sample.verdict = pred, verdict
             appender.write(samples)
-            bar.update(len(batch))
     bar.close()
+
+
+def _generate(backend: Backend, prompts: list[str], params: SamplingParams, bar, n: int) -> list:
+    """Call the backend, moving the progress bar as completions finish when the backend reports them."""
+    if "on_progress" not in inspect.signature(backend.generate).parameters:
+        completions = backend.generate(prompts, params)
+        bar.update(len(prompts))
+        return completions
+    per_problem = 1 if params.greedy else n
+    done = [0]
+
+    def on_progress(k: int) -> None:
+        before = done[0] // per_problem
+        done[0] += k
+        bar.update(done[0] // per_problem - before)
+
+    completions = backend.generate(prompts, params, on_progress=on_progress)
+    bar.update(len(prompts) - done[0] // per_problem)
+    return completions
 
 
 def _drop_partial_problems(path: Path, pending_ids: set[str]) -> None:

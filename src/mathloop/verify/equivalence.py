@@ -28,6 +28,7 @@ from fractions import Fraction
 from functools import lru_cache
 from typing import Any
 
+from mathloop.verify.numeric import clearly_different, evaluate_constant
 from mathloop.verify.extract import _LETTERS, clean_answer, option_letter
 
 MIN_DECIMALS_FOR_ROUNDING = 3
@@ -267,7 +268,19 @@ def _fast_one(gold: str, pred: str) -> bool | None:
     base_g, base_p = _BASE_NUMBER.fullmatch(gold), _BASE_NUMBER.fullmatch(pred)
     if base_g and base_p:  # 52_8: digits and base must both match
         return base_g.groups() == base_p.groups()
-    return _compare_structure(gold, pred, _fast_one)
+    structured = _compare_structure(gold, pred, _fast_one)
+    if structured is not None:
+        return structured
+    return _numerically_disproved(gold, pred, number_gold, number_pred)
+
+
+def _numerically_disproved(gold: str, pred: str, number_gold: Any, number_pred: Any) -> bool | None:
+    """False when both sides are constants whose values clearly differ; None (undecided) otherwise."""
+    value_gold, value_pred = evaluate_constant(gold), evaluate_constant(pred)
+    if value_gold is None or value_pred is None:
+        return None
+    decimals = max((n[1] for n in (number_gold, number_pred) if n and n[1] is not None), default=None)
+    return False if clearly_different(value_gold, value_pred, decimals) else None
 
 
 def _balanced(s: str) -> bool:

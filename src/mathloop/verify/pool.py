@@ -158,6 +158,13 @@ class WorkerPool:
         self._closed = False
         self._owner_pid = os.getpid()
 
+    def prestart(self) -> None:
+        """Start every worker now, without waiting: their imports overlap the caller's own work."""
+        with self._condition:
+            while self._count < self.size and not self._closed:
+                self._idle.append(_Worker(self.memory_limit_mb))
+                self._count += 1
+
     def _acquire(self, block: bool = True) -> _Worker | None:
         with self._condition:
             while not self._idle and self._count >= self.size:

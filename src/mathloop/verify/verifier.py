@@ -55,6 +55,7 @@ class Verifier:
     def __init__(self, workers: int | None = None, timeout: float = 5.0) -> None:
         self.timeout = timeout
         self.pool = WorkerPool(workers)
+        self.pool.prestart()  # the workers import sympy while this process extracts answers and runs the fast path
 
     def is_equivalent_batch(self, pairs: list[tuple[str, str]], answer_type: str | list[str] = "math") -> list[bool]:
         """``is_equivalent`` for every (gold, pred) pair, in order."""
