@@ -92,3 +92,24 @@ def test_cot_prompt_and_mc_fewshot(data_dir):
     assert all("\\boxed{" in m["content"] for m in messages[2:11:2])
     tir = build_messages(gsm, "tir")
     assert tir[-1]["content"].endswith(TIR_SYSTEM)
+
+
+def test_hub_loader_maps_rows_with_the_same_builders(monkeypatch):
+    """The Hub path cannot reach the network here; a stub `datasets` module checks the call and the row mapping."""
+    import sys
+    import types
+
+    from mathloop.data.benchmarks import load_benchmark_from_hub
+
+    calls = []
+
+    def load_dataset(dataset_id, config, split):
+        calls.append((dataset_id, config, split))
+        return [{"question": "Tom has 3 apples and buys 4. How many?", "answer": "3 + 4 = 7\n#### 7"}] * 3
+
+    monkeypatch.setitem(sys.modules, "datasets", types.SimpleNamespace(load_dataset=load_dataset))
+    problems = load_benchmark_from_hub("gsm8k", limit=2)
+    assert calls == [("openai/gsm8k", "main", "test")]
+    assert [(p.id, p.gold) for p in problems] == [("gsm8k/0", "7"), ("gsm8k/1", "7")]
+    with pytest.raises(ValueError, match="no Hub dataset is registered for 'carp_en'"):
+        load_benchmark_from_hub("carp_en")
