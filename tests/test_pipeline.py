@@ -125,3 +125,22 @@ def test_cli_errors_are_one_line(tmp_path, capsys):
                  "--data-dir", str(tmp_path)])
     assert code == 2
     assert "unknown benchmark 'gsm9k'" in capsys.readouterr().err
+
+
+def test_tir_eval_runs_model_code_in_the_sandbox_and_records_spans(tmp_path, data_dir):
+    """A scripted model writes Python for Janet's ducks; the real sandbox runs it; the answer uses its output."""
+    def tir_model(prompt: str, index: int) -> str:
+        if "```output" not in prompt:
+            return "Let me compute.\n```python\neggs = 16 - 3 - 4\nprint(eggs * 2)\n```\n```output\n"
+        printed = prompt.rsplit("```output\n", 1)[1].split("\n```", 1)[0]
+        return f"She makes $\\boxed{{{printed}}}$ dollars."
+
+    summary = run_eval(config(tmp_path, data_dir, mode="tir", limit=1), backend=FakeBackend(tir_model),
+                       progress=False)
+    sample = read_records(Sample, tmp_path / "run" / "samples" / "gsm8k.jsonl")[0]
+    assert sample.mode == "tir" and sample.metadata["tool_calls"] == 1
+    assert "integrate natural language reasoning with programs" in sample.prompt
+    (start, end), = sample.tool_output_spans
+    assert sample.response[start:end] == "\n18\n```\n"
+    assert sample.pred == "18" and sample.verdict == "correct"
+    assert summary["benchmarks"]["gsm8k"]["acc"]["mean"] == 1.0

@@ -2,6 +2,7 @@
 
   mathloop eval   generate, verify and score a model on benchmarks (resumable run folder)
   mathloop grade  re-grade samples produced elsewhere (mathloop's or the official harness's output)
+  mathloop exec   run one Python file in the sandbox that TIR uses, print a JSON result
 """
 
 from __future__ import annotations
@@ -40,7 +41,11 @@ def add_eval_parser(sub: argparse._SubParsersAction) -> None:
                         "a local folder or .gguf file, or a Hugging Face Hub id (default: %(default)s)")
     p.add_argument("--benchmarks", type=_csv, default=["gsm8k"],
                    help="comma-separated benchmark names, e.g. gsm8k,math500 (default: gsm8k)")
-    p.add_argument("--mode", choices=["cot"], default="cot", help="prompting mode (default: %(default)s)")
+    p.add_argument("--mode", choices=["cot", "tir"], default="cot",
+                   help="cot = chain of thought; tir = tool-integrated reasoning, the model's Python runs in the "
+                        "sandbox (default: %(default)s)")
+    p.add_argument("--max-tool-calls", type=int, default=4, help="tir: code executions per response (default: 4)")
+    p.add_argument("--tool-timeout", type=float, default=5.0, help="tir: seconds per execution (default: 5)")
     p.add_argument("--n", type=int, default=1, help="samples per problem (default: %(default)s)")
     p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default: %(default)s)")
     p.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling (default: %(default)s)")
@@ -71,6 +76,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
                         mode=args.mode, n=args.n, temperature=args.temperature, top_p=args.top_p,
                         max_new_tokens=args.max_new_tokens, seed=args.seed, limit=args.limit,
                         data_dir=args.data_dir, split=args.split, shots=args.shots,
+                        max_tool_calls=args.max_tool_calls, tool_timeout=args.tool_timeout,
                         backend_args=_backend_args(args))
     run_eval(config, progress=not args.quiet)
     print((__import__("pathlib").Path(args.out) / "results.md").read_text())
@@ -99,6 +105,30 @@ def cmd_grade(args: argparse.Namespace) -> int:
     return 0
 
 
+def add_exec_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("exec", help="run a Python file in the TIR sandbox", description=(
+        "Run FILE in the sandbox the TIR loop uses (no network, read-only file system, private temporary folder, "
+        "memory and time limits) and print a JSON result {status, stdout, error, seconds}. "
+        "Exit code 0 when status is ok, else 1."))
+    p.add_argument("file", help="Python file to run")
+    p.add_argument("--timeout", type=float, default=5.0, help="wall-clock seconds (default: %(default)s)")
+    p.add_argument("--memory-mb", type=int, default=1024,
+                   help="memory the program may allocate beyond the preloaded interpreter (default: %(default)s)")
+
+
+def cmd_exec(args: argparse.Namespace) -> int:
+    import dataclasses
+
+    from mathloop.tools.sandbox import Sandbox
+
+    with open(args.file, encoding="utf-8") as f:
+        code = f.read()
+    with Sandbox(workers=1, timeout=args.timeout, memory_mb=args.memory_mb) as sandbox:
+        result = sandbox.run(code)
+    print(json.dumps(dataclasses.asdict(result)))
+    return 0 if result.status == "ok" else 1
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="mathloop", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -106,10 +136,11 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     add_eval_parser(sub)
     add_grade_parser(sub)
+    add_exec_parser(sub)
     return parser
 
 
-COMMANDS = {"eval": cmd_eval, "grade": cmd_grade}
+COMMANDS = {"eval": cmd_eval, "grade": cmd_grade, "exec": cmd_exec}
 
 
 def main(argv: list[str] | None = None) -> int:

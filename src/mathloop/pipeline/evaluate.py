@@ -11,6 +11,7 @@ different sampling parameters for the same folder is refused, so one folder neve
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 import json
 import logging
@@ -20,7 +21,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from mathloop.backends.base import Backend, SamplingParams
+from mathloop.backends.base import Backend, Completion, SamplingParams
 from mathloop.data.benchmarks import get_benchmark, load_benchmark
 from mathloop.metrics import format_markdown, summarize
 from mathloop.prompts import build_messages
@@ -48,6 +49,8 @@ class EvalConfig:
     data_dir: str | None = None
     split: str = "test"
     shots: int | None = None  # None: the benchmark's official setting
+    max_tool_calls: int = 4  # TIR: code executions per response
+    tool_timeout: float = 5.0  # TIR: seconds per code execution (the official harness's limit)
     backend_args: dict[str, Any] = field(default_factory=dict)
 
     def sampling(self) -> SamplingParams:
@@ -56,19 +59,20 @@ class EvalConfig:
 
 
 # Fields that must match for a run folder to be resumed; `limit` and `benchmarks` may grow between runs.
-_RESUME_KEYS = ("model", "backend", "mode", "n", "temperature", "top_p", "max_new_tokens", "seed", "split", "shots")
+_RESUME_KEYS = ("model", "backend", "mode", "n", "temperature", "top_p", "max_new_tokens", "seed", "split", "shots",
+                "max_tool_calls")
 
 
 def run_eval(config: EvalConfig, backend: Backend | None = None, progress: bool = True) -> dict:
     """Run (or resume) an evaluation and return the metrics summary."""
-    if config.mode != "cot":
-        raise ValueError(f"mode '{config.mode}' is not available yet: use --mode cot")
+    if config.mode not in ("cot", "tir"):
+        raise ValueError(f"unknown mode '{config.mode}': use cot or tir")
     out = Path(config.out)
     out.mkdir(parents=True, exist_ok=True)
     run_info = _start_run_record(out, config)
     problems = {name: load_benchmark(name, config.data_dir, config.split, config.limit) for name in config.benchmarks}
     started = time.time()
-    with Verifier() as verifier:
+    with Verifier() as verifier, _executor(config) as executor:
         for name, bench_problems in problems.items():
             path = out / "samples" / f"{name}.jsonl"
             pending = _pending(bench_problems, path, config.n)
@@ -77,12 +81,21 @@ def run_eval(config: EvalConfig, backend: Backend | None = None, progress: bool 
                 continue
             if backend is None:
                 backend = _load_backend(config)
-            _generate_and_grade(name, pending, path, config, backend, verifier, progress)
+            _generate_and_grade(name, pending, path, config, backend, verifier, executor, progress)
     summary = write_metrics(out, config.benchmarks, problems)
     run_info.update(finished=time.strftime("%Y-%m-%dT%H:%M:%S"),
                     wall_seconds=round(run_info.get("wall_seconds", 0) + time.time() - started, 1))
     (out / "run.json").write_text(json.dumps(run_info, indent=2))
     return summary
+
+
+def _executor(config: EvalConfig):
+    """The code sandbox for TIR runs; a do-nothing context for CoT."""
+    if config.mode != "tir":
+        return contextlib.nullcontext()
+    from mathloop.tools.sandbox import Sandbox
+
+    return Sandbox(timeout=config.tool_timeout)
 
 
 def _load_backend(config: EvalConfig) -> Backend:
@@ -102,7 +115,7 @@ def _pending(problems: list[Problem], path: Path, n: int) -> list[Problem]:
 
 
 def _generate_and_grade(name: str, problems: list[Problem], path: Path, config: EvalConfig, backend: Backend,
-                        verifier: Verifier, progress: bool) -> None:
+                        verifier: Verifier, executor, progress: bool) -> None:
     from tqdm import tqdm
 
     benchmark = get_benchmark(name)
@@ -116,13 +129,19 @@ def _generate_and_grade(name: str, problems: list[Problem], path: Path, config: 
     with JsonlAppender(path) as appender:
         for start in range(0, len(problems), chunk):
             batch = problems[start:start + chunk]
-            completions = _generate(backend, [prompts[p.id] for p in batch], params, bar, params.n)
+            if config.mode == "tir":
+                completions = _tir_completions(backend, [prompts[p.id] for p in batch], params, executor, config)
+                bar.update(len(batch))
+            else:
+                completions = _generate(backend, [prompts[p.id] for p in batch], params, bar, params.n)
             samples = [
                 Sample(problem_id=p.id, benchmark=name, prompt=prompts[p.id], response=c.text, mode=config.mode,
                        sample_index=j, gold=p.gold, prompt_tokens=c.prompt_tokens,
                        completion_tokens=c.completion_tokens, finish_reason=c.finish_reason,
                        model=backend.model_id, sampling=params.to_dict(),
-                       metadata={"answer_type": p.metadata.get("answer_type", "math")})
+                       tool_output_spans=c.metadata.get("tool_output_spans", []),
+                       metadata={"answer_type": p.metadata.get("answer_type", "math"),
+                                 **({"tool_calls": c.metadata["tool_calls"]} if "tool_calls" in c.metadata else {})})
                 for p, outs in zip(batch, completions) for j, c in enumerate(outs)
             ]
             choices = {p.id: p.choices for p in batch}
@@ -152,6 +171,18 @@ def _generate(backend: Backend, prompts: list[str], params: SamplingParams, bar,
     completions = backend.generate(prompts, params, on_progress=on_progress)
     bar.update(len(prompts) - done[0] // per_problem)
     return completions
+
+
+def _tir_completions(backend: Backend, prompts: list[str], params: SamplingParams, executor,
+                     config: EvalConfig) -> list[list[Completion]]:
+    """TIR rollouts for a chunk of prompts, as Completions carrying their executor-output spans."""
+    from mathloop.tools.tir import tir_generate
+
+    trajectories = tir_generate(backend, prompts, params, executor, max_tool_calls=config.max_tool_calls)
+    return [[Completion(text=t.response, prompt_tokens=t.prompt_tokens, completion_tokens=t.completion_tokens,
+                        finish_reason=t.finish_reason or "stop",
+                        metadata={"tool_output_spans": t.tool_output_spans, "tool_calls": t.tool_calls})
+             for t in group] for group in trajectories]
 
 
 def _drop_partial_problems(path: Path, pending_ids: set[str]) -> None:

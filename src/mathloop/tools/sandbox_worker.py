@@ -1,0 +1,463 @@
+"""The process side of `mathloop.tools.sandbox`: a zygote that forks one confined process per session.
+
+Run as a script (``python -I -B sandbox_worker.py CONFIG_JSON``) by `Sandbox`; it imports nothing from mathloop so
+it starts with a clean interpreter. The zygote runs no model code: it sets up the shared isolation (network and
+mount namespaces, read-only file systems), preloads math/numpy/sympy, then forks on request. Each forked child
+confines itself (own mount namespace with a private tmpfs as /tmp and working directory, its own unprivileged uid,
+rlimits, no_new_privs, seccomp) before it reads the first cell, and then executes cells in one namespace until its
+socket closes.
+
+Wire format on every socket: 4-byte big-endian length, then UTF-8 JSON.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import gc
+import json
+import os
+import resource
+import select
+import shutil
+import signal
+import socket
+import struct
+import sys
+import tempfile
+import time
+import traceback
+
+CLONE_NEWNS = 0x00020000
+CLONE_NEWNET = 0x40000000
+MS_RDONLY, MS_NOSUID, MS_NODEV, MS_NOEXEC = 1, 2, 4, 8
+MS_REMOUNT, MS_BIND, MS_MOVE, MS_REC, MS_PRIVATE = 32, 4096, 8192, 16384, 1 << 18
+MNT_DETACH = 2
+PR_SET_DUMPABLE, PR_SET_NO_NEW_PRIVS, PR_SET_SECCOMP = 4, 38, 22
+SECCOMP_MODE_FILTER = 2
+
+_libc = ctypes.CDLL(None, use_errno=True)
+_libc.mount.argtypes = [ctypes.c_char_p, ctypes.c_char_p, ctypes.c_char_p, ctypes.c_ulong, ctypes.c_char_p]
+_libc.umount2.argtypes = [ctypes.c_char_p, ctypes.c_int]
+_libc.unshare.argtypes = [ctypes.c_int]
+_libc.prctl.argtypes = [ctypes.c_int, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong]
+
+
+def _check(ret: int, what: str) -> None:
+    if ret != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, f"{what}: {os.strerror(err)}")
+
+
+def _mount(src: str | None, target: str, fstype: str | None, flags: int, data: str | None = None) -> None:
+    enc = lambda s: s.encode() if s is not None else None  # noqa: E731
+    _check(_libc.mount(enc(src), enc(target), enc(fstype), flags, enc(data)), f"mount {target}")
+
+
+# ---------------------------------------------------------------------------------------------------- framing
+
+def send_msg(sock: socket.socket, obj: dict) -> None:
+    data = json.dumps(obj).encode()
+    sock.sendall(struct.pack(">I", len(data)) + data)
+
+
+def recv_exact(sock: socket.socket, n: int) -> bytes | None:
+    chunks, got = [], 0
+    while got < n:
+        chunk = sock.recv(min(n - got, 1 << 20))
+        if not chunk:
+            return None
+        chunks.append(chunk)
+        got += len(chunk)
+    return b"".join(chunks)
+
+
+def recv_msg(sock: socket.socket, max_bytes: int = 1 << 26) -> dict | None:
+    head = recv_exact(sock, 4)
+    if head is None:
+        return None
+    (n,) = struct.unpack(">I", head)
+    if n > max_bytes:
+        raise ValueError(f"message of {n} bytes exceeds {max_bytes}")
+    body = recv_exact(sock, n)
+    return None if body is None else json.loads(body)
+
+
+# ---------------------------------------------------------------------------------------------------- seccomp
+
+# x86_64 syscall numbers; the filter is only installed on x86_64 (other arches: layer reported missing).
+_SYSCALLS_DENIED = {
+    "fork": 57, "vfork": 58, "execve": 59, "execveat": 322, "ptrace": 101, "socket": 41, "socketpair": 53,
+    "connect": 42, "bind": 49, "listen": 50, "accept": 43, "accept4": 288, "mount": 165, "umount2": 166,
+    "unshare": 272, "setns": 308, "pidfd_open": 434, "pidfd_send_signal": 424, "process_vm_readv": 310,
+    "process_vm_writev": 311, "kexec_load": 246, "bpf": 321, "perf_event_open": 298, "userfaultfd": 323,
+    "io_uring_setup": 425, "keyctl": 250, "add_key": 248, "request_key": 249,
+}
+_NR_CLONE, _NR_CLONE3, _NR_KILL, _NR_TKILL, _NR_TGKILL = 56, 435, 62, 200, 234
+_AUDIT_ARCH_X86_64 = 0xC000003E
+_CLONE_THREAD = 0x00010000
+
+
+def _seccomp_program(own_pid: int) -> bytes:
+    """A classic-BPF filter: deny process creation, exec, sockets, namespace and mount calls, and signals to
+    any process but this one (EPERM), allow everything else."""
+    ld_w_abs, jeq_k, jset_k, ret_k = 0x20, 0x15, 0x45, 0x06
+    allow, kill = 0x7FFF0000, 0x80000000  # SECCOMP_RET_ALLOW, SECCOMP_RET_KILL_PROCESS
+    eperm = 0x00050000 | 1  # SECCOMP_RET_ERRNO | EPERM
+    enosys = 0x00050000 | 38
+    prog: list[tuple[int, int, int, int]] = []
+    ins = lambda code, jt, jf, k: prog.append((code, jt, jf, k))  # noqa: E731
+    ins(ld_w_abs, 0, 0, 4)                       # A = arch
+    ins(jeq_k, 1, 0, _AUDIT_ARCH_X86_64)
+    ins(ret_k, 0, 0, kill)
+    ins(ld_w_abs, 0, 0, 0)                       # A = nr
+    ins(0x35, 0, 1, 0x40000000)                  # jge x32 ABI -> deny
+    ins(ret_k, 0, 0, eperm)
+    for nr in _SYSCALLS_DENIED.values():
+        ins(jeq_k, 0, 1, nr)
+        ins(ret_k, 0, 0, eperm)
+    ins(jeq_k, 0, 1, _NR_CLONE3)                 # glibc falls back to clone() on ENOSYS
+    ins(ret_k, 0, 0, enosys)
+    ins(jeq_k, 0, 4, _NR_CLONE)                  # clone: threads only (NPROC forbids those too)
+    ins(ld_w_abs, 0, 0, 16)                      # A = low word of args[0] (flags)
+    ins(jset_k, 1, 0, _CLONE_THREAD)
+    ins(ret_k, 0, 0, eperm)
+    ins(ret_k, 0, 0, allow)
+    for nr in (_NR_KILL, _NR_TKILL, _NR_TGKILL):  # signals: only to ourselves (pid == own pid)
+        ins(jeq_k, 0, 3, nr)
+        ins(ld_w_abs, 0, 0, 16)                  # A = args[0]
+        ins(jeq_k, 1, 0, own_pid)
+        ins(ret_k, 0, 0, eperm)
+        ins(ld_w_abs, 0, 0, 0)                   # A = nr again
+    ins(ret_k, 0, 0, allow)
+    return b"".join(struct.pack("HBBI", *i) for i in prog)
+
+
+def install_seccomp() -> None:
+    import platform
+
+    if platform.machine() != "x86_64":
+        raise OSError("seccomp filter only written for x86_64")
+    prog = _seccomp_program(os.getpid())
+    buf = ctypes.create_string_buffer(prog, len(prog))
+
+    class SockFprog(ctypes.Structure):
+        _fields_ = [("len", ctypes.c_ushort), ("filter", ctypes.c_void_p)]
+
+    fprog = SockFprog(len(prog) // 8, ctypes.addressof(buf))
+    _check(_libc.prctl(PR_SET_SECCOMP, SECCOMP_MODE_FILTER, ctypes.addressof(fprog), 0, 0), "seccomp")
+
+
+# ---------------------------------------------------------------------------------------------------- zygote setup
+
+def _mountpoints() -> list[tuple[str, set[str]]]:
+    out = []
+    with open("/proc/self/mountinfo") as f:
+        for line in f:
+            fields = line.split()
+            path = fields[4].encode().decode("unicode_escape")
+            out.append((path, set(fields[5].split(","))))
+    return out
+
+
+def setup_zygote(cfg: dict) -> dict:
+    """Shared isolation, done once as root: new network + mount namespaces, every mount read-only, /root and /home
+    hidden except the Python installation. Returns {layer: True or the reason it is missing}."""
+    layers: dict = {}
+    if os.geteuid() != 0:
+        reason = "not root: no namespaces, no uid switch"
+        return {"netns": reason, "mountns": reason, "readonly_fs": reason, "hidden_home": reason}
+    try:
+        _check(_libc.unshare(CLONE_NEWNET), "unshare(CLONE_NEWNET)")
+        layers["netns"] = True
+    except OSError as e:
+        layers["netns"] = str(e)
+    try:
+        _check(_libc.unshare(CLONE_NEWNS), "unshare(CLONE_NEWNS)")
+        _mount(None, "/", None, MS_REC | MS_PRIVATE)
+        layers["mountns"] = True
+    except OSError as e:
+        layers["mountns"] = layers["readonly_fs"] = layers["hidden_home"] = str(e)
+        return layers
+    try:
+        _hide_homes()
+        layers["hidden_home"] = True
+    except OSError as e:
+        layers["hidden_home"] = str(e)
+    failed = []
+    for path, opts in sorted(_mountpoints(), key=lambda m: m[0].count("/")):
+        flags = MS_REMOUNT | MS_BIND | MS_RDONLY
+        flags |= (MS_NOSUID if "nosuid" in opts else 0) | (MS_NODEV if "nodev" in opts else 0)
+        flags |= MS_NOEXEC if "noexec" in opts else 0
+        try:
+            _mount(None, path, None, flags)
+        except OSError as e:
+            failed.append(f"{path} ({e.strerror})")
+    layers["readonly_fs"] = True if not failed else "could not remount read-only: " + ", ".join(failed)
+    return layers
+
+
+def _hide_homes() -> None:
+    """Mount an empty read-only tmpfs over /root and /home, re-exposing only the Python installation under them."""
+    keep_roots = {os.path.realpath(p) for p in (sys.prefix, sys.base_prefix, sys.exec_prefix)}
+    keep_roots |= {os.path.realpath(p) for p in sys.path if p and os.path.isdir(p)}
+    staging = "/tmp"
+    _mount("tmpfs", staging, "tmpfs", MS_NOSUID | MS_NODEV, "size=1m,mode=0700")
+    for home in ("/root", "/home"):
+        if not os.path.isdir(home):
+            continue
+        keep = sorted(p for p in keep_roots if p.startswith(home + "/"))
+        keep = [p for p in keep if not any(p.startswith(q + "/") for q in keep if q != p)]  # outermost only
+        staged = []
+        for i, path in enumerate(keep):
+            spot = f"{staging}/{home.strip('/')}-{i}"
+            os.mkdir(spot)
+            _mount(path, spot, None, MS_BIND | MS_REC)
+            staged.append((spot, path))
+        _mount("tmpfs", home, "tmpfs", MS_NOSUID | MS_NODEV, "size=1m,mode=0755")
+        for spot, path in staged:
+            os.makedirs(path, exist_ok=True)
+            _mount(spot, path, None, MS_MOVE)
+    _check(_libc.umount2(staging.encode(), MNT_DETACH), "umount staging")
+
+
+def preload(modules: list[str]) -> None:
+    import importlib
+
+    for name in modules:
+        try:
+            importlib.import_module(name)
+        except ImportError:
+            pass
+    if "sympy" in sys.modules:  # pull in the lazily imported solver/simplify machinery once, before forking
+        import sympy
+
+        x = sympy.Symbol("x")
+        sympy.solve(x**2 - 2 * x - 3, x)
+        sympy.simplify(sympy.sin(x) ** 2 + sympy.cos(x) ** 2)
+        sympy.Rational(3, 4) + sympy.sqrt(8)
+        sympy.factorint(360)
+        sympy.integrate(x**2, (x, 0, 1))
+        sympy.expand((x + 1) ** 3)
+    gc.collect()
+    gc.freeze()  # keep preloaded objects out of gc passes so forked children share their pages
+
+
+# ---------------------------------------------------------------------------------------------------- the child
+
+class _Capture:
+    """sys.stdout replacement that keeps the first and last `keep` characters and counts the rest."""
+
+    encoding = "utf-8"
+    errors = "strict"
+
+    def __init__(self, keep: int) -> None:
+        self.keep, self.head, self.tail, self.total = keep, "", "", 0
+
+    def write(self, s: str) -> int:
+        if not isinstance(s, str):
+            raise TypeError(f"write() argument must be str, not {type(s).__name__}")
+        self.total += len(s)
+        if len(self.head) < self.keep:
+            self.head += s[: self.keep - len(self.head)]
+        self.tail = (self.tail + s[-self.keep:])[-self.keep:]
+        return len(s)
+
+    def text(self) -> str:
+        if self.total <= self.keep:
+            return self.head
+        return self.head + self.tail[-min(self.keep, self.total - self.keep):]
+
+    def flush(self) -> None:
+        pass
+
+    def isatty(self) -> bool:
+        return False
+
+    def writable(self) -> bool:
+        return True
+
+
+def _last_line(exc: BaseException) -> str:
+    try:
+        return traceback.format_exception_only(type(exc), exc)[-1].strip()
+    except BaseException:  # noqa: BLE001 - a hostile __str__ must not kill the worker
+        return type(exc).__name__
+
+
+def confine_child(sock: socket.socket, uid: int, cfg: dict) -> dict:
+    """Everything a session process does to itself before running model code. Returns its layer report."""
+    layers: dict = {}
+    os.setsid()
+    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGCHLD, signal.SIGHUP):
+        signal.signal(sig, signal.SIG_DFL)
+    root = os.geteuid() == 0
+    workdir = None
+    if root and cfg["layers"].get("mountns") is True:
+        try:
+            _check(_libc.unshare(CLONE_NEWNS), "unshare(CLONE_NEWNS)")
+            _mount("tmpfs", "/tmp", "tmpfs", MS_NOSUID | MS_NODEV,
+                   f"size={cfg['disk_mb']}m,mode=0700,uid={uid},gid={uid}")
+            workdir = "/tmp"
+            layers["private_tmpfs"] = True
+        except OSError as e:
+            layers["private_tmpfs"] = str(e)
+    else:
+        layers["private_tmpfs"] = "no mount namespace"
+    if workdir is None:  # no mount namespace: a folder the zygote made, and removes when this process is reaped
+        workdir = cfg["workdir"]
+        if root:
+            os.chown(workdir, uid, uid)
+    os.chdir(workdir)
+    null = os.open(os.devnull, os.O_RDWR)
+    for fd in (0, 1, 2):
+        os.dup2(null, fd)
+    keep = sock.fileno()
+    os.closerange(3, keep)
+    os.closerange(keep + 1, 1 << 16)
+    vsz = int(open("/proc/self/statm").read().split()[0]) * os.sysconf("SC_PAGE_SIZE")
+    limits = {
+        resource.RLIMIT_AS: vsz + cfg["memory_mb"] * 2**20,
+        resource.RLIMIT_CPU: cfg["cpu_budget_s"],
+        resource.RLIMIT_FSIZE: cfg["disk_mb"] * 2**20,
+        resource.RLIMIT_NOFILE: 64,
+        resource.RLIMIT_CORE: 0,
+        resource.RLIMIT_NPROC: 0,
+        resource.RLIMIT_MEMLOCK: 0,
+        resource.RLIMIT_MSGQUEUE: 0,
+    }
+    for res, value in limits.items():
+        hard = value + 1 if res == resource.RLIMIT_CPU else value  # SIGXCPU at soft, SIGKILL at hard
+        resource.setrlimit(res, (value, hard))
+    layers["rlimits"] = True
+    if root:
+        os.setgroups([])
+        os.setresgid(uid, uid, uid)
+        os.setresuid(uid, uid, uid)
+        layers["uid"] = True
+    else:
+        layers["uid"] = f"not root: runs as the caller's uid {os.getuid()}"
+    _check(_libc.prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0), "no_new_privs")
+    layers["no_new_privs"] = True
+    if cfg["seccomp"]:
+        try:
+            install_seccomp()
+            layers["seccomp"] = True
+        except OSError as e:
+            layers["seccomp"] = str(e)
+    else:
+        layers["seccomp"] = "disabled"
+    os.environ.clear()
+    os.environ.update({"HOME": workdir, "TMPDIR": workdir, "PATH": "/usr/bin:/bin", "LANG": "C.UTF-8"})
+    return layers
+
+
+def child_main(sock: socket.socket, uid: int, cfg: dict) -> None:
+    import builtins
+
+    try:
+        layers = confine_child(sock, uid, cfg)
+    except BaseException as e:  # noqa: BLE001
+        send_msg(sock, {"ready": False, "error": f"confinement failed: {e!r}"})
+        return
+    send_msg(sock, {"ready": True, "layers": layers})
+    namespace: dict = {"__name__": "__main__", "__builtins__": builtins}
+    keep = cfg["keep_chars"]
+    _send, _recv, _capture, _clock = send_msg, recv_msg, _Capture, time.perf_counter
+    while True:
+        request = _recv(sock)
+        if request is None:
+            return
+        out = _capture(keep)
+        sys.stdout = out
+        start = _clock()
+        try:
+            exec(compile(request["code"], "<cell>", "exec"), namespace)  # noqa: S102 - confined process
+            status, error = "ok", ""
+        except BaseException as e:  # noqa: BLE001 - SystemExit / KeyboardInterrupt are program errors too
+            status, error = "error", _last_line(e)
+        elapsed = _clock() - start
+        sys.stdout = sys.__stdout__
+        try:
+            text = out.text()
+        except BaseException:  # noqa: BLE001
+            text = ""
+        _send(sock, {"status": status, "stdout": text, "error": error, "exec_seconds": elapsed,
+                     "dropped": max(0, out.total - 2 * keep)})
+
+
+# ---------------------------------------------------------------------------------------------------- zygote loop
+
+def zygote_main(cfg: dict) -> None:
+    ctl = socket.socket(fileno=cfg["ctl_fd"])
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides when we go
+    layers = setup_zygote(cfg)
+    preload(cfg["preload"])
+    cfg["layers"] = layers
+    children: dict[int, int] = {}  # pid -> uid
+    next_uid = 0
+    ready = {"layers": layers, "preloaded": [m for m in cfg["preload"] if m in sys.modules]}
+    ctl.sendmsg([json.dumps(ready).encode()])
+    null = os.open(os.devnull, os.O_RDWR)
+    os.dup2(null, 2)  # the parent stops reading our stderr once we are up
+    workdirs: dict[int, str] = {}  # pid -> folder to remove, without a mount namespace only
+
+    def reap() -> None:
+        while children:
+            try:
+                pid, _ = os.waitpid(-1, os.WNOHANG)
+            except ChildProcessError:
+                return
+            if pid == 0:
+                return
+            children.pop(pid, None)
+            if pid in workdirs:
+                shutil.rmtree(workdirs.pop(pid), ignore_errors=True)
+
+    try:
+        while True:
+            readable, _, _ = select.select([ctl], [], [], 1.0)
+            reap()
+            if not readable:
+                continue
+            data = ctl.recv(1 << 16)
+            if not data:
+                return
+            request = json.loads(data)
+            if request.get("op") != "spawn":
+                continue
+            used = set(children.values())
+            while cfg["uid_base"] + next_uid in used:
+                next_uid = (next_uid + 1) % cfg["uid_span"]
+            uid = cfg["uid_base"] + next_uid
+            next_uid = (next_uid + 1) % cfg["uid_span"]
+            if layers.get("mountns") is not True:
+                cfg["workdir"] = tempfile.mkdtemp(prefix="mathloop-cell-", dir=cfg["scratch"])
+            parent_end, child_end = socket.socketpair()
+            pid = os.fork()
+            if pid == 0:
+                try:
+                    ctl.close()
+                    parent_end.close()
+                    child_main(child_end, uid, cfg)
+                finally:
+                    os._exit(0)
+            children[pid] = uid
+            if layers.get("mountns") is not True:
+                workdirs[pid] = cfg["workdir"]
+            child_end.close()
+            pidfd = os.pidfd_open(pid)
+            socket.send_fds(ctl, [json.dumps({"pid": pid, "uid": uid}).encode()], [parent_end.fileno(), pidfd])
+            parent_end.close()
+            os.close(pidfd)
+    finally:
+        for pid in children:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        for folder in workdirs.values():
+            shutil.rmtree(folder, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    zygote_main(json.loads(sys.argv[1]))
