@@ -26,7 +26,7 @@ from mathloop.data.benchmarks import get_benchmark, load_benchmark
 from mathloop.metrics import format_markdown, summarize
 from mathloop.prompts import build_messages
 from mathloop.records import JsonlAppender, Problem, Sample, drop_torn_last_line, read_records, write_jsonl
-from mathloop.verify import Verifier, is_equivalent
+from mathloop.verify import Verifier, same_answer
 
 log = logging.getLogger(__name__)
 
@@ -211,7 +211,7 @@ def write_metrics(out: Path, benchmarks: list[str], problems: dict[str, list[Pro
                 continue
             per_problem.append(problem_outcome(samples, name))
     ks = sorted({len(row["verdicts"]) for row in per_problem}) or [1]
-    summary = summarize(per_problem, ks=_ks_up_to(max(ks)), same=_same_answer)
+    summary = summarize(per_problem, ks=_ks_up_to(max(ks)), same=same_answer)
     (out / "metrics.json").write_text(json.dumps(summary, indent=2))
     run = json.loads((out / "run.json").read_text()) if (out / "run.json").exists() else {}
     header = f"# mathloop eval\n\nmodel: `{run.get('model_name', run.get('config', {}).get('model', '?'))}`; " \
@@ -227,11 +227,6 @@ def problem_outcome(samples: list[Sample], benchmark: str) -> dict:
     if all(s.rm_score is not None for s in samples):
         row["scores"] = [s.rm_score for s in samples]
     return row
-
-
-def _same_answer(a: str, b: str) -> bool:
-    """Answers vote together in maj@k when they are mathematically equal."""
-    return a.strip() == b.strip() or is_equivalent(a, b, timeout=2.0)
 
 
 def _ks_up_to(n: int) -> list[int]:

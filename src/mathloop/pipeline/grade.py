@@ -14,9 +14,9 @@ import json
 from pathlib import Path
 from typing import Any
 
-from mathloop.metrics import pass_at_k
-from mathloop.records import JsonlAppender, RecordError, read_jsonl
-from mathloop.verify import Verifier, is_equivalent
+from mathloop.metrics import summarize
+from mathloop.records import VERDICTS, JsonlAppender, RecordError, read_jsonl
+from mathloop.verify import Verifier, same_answer
 
 MC_LETTERS = set("ABCDEFGHIJ")
 
@@ -90,26 +90,21 @@ def grade_file(input_path: str | Path, output_path: str | Path, metrics_path: st
 
 
 def harness_metrics(groups: list[dict[str, list]]) -> dict[str, Any]:
-    """acc, maj@k, rm@k, pass@k (percentages, like the official harness) over problems with n responses each.
+    """acc, maj@k, rm@k, pass@k in percent (as the official harness reports them) over problems with n responses.
 
     k runs over powers of two up to the smallest n among the problems, and n itself.
     """
-    from mathloop.metrics import maj_at_k, rm_at_k
-
     if not groups:
         return {"num_problems": 0}
     n = min(len(g["verdicts"]) for g in groups)
     ks = sorted({k for k in (1, 2, 4, 8, 16, 32, 64, 128, 256) if k <= n} | {n})
-    pct = lambda xs: round(100 * sum(xs) / len(xs), 2)  # noqa: E731
-    metrics: dict[str, Any] = {"num_problems": len(groups), "num_samples": sum(len(g["verdicts"]) for g in groups),
-                               "acc": pct([g["verdicts"][0] == "correct" for g in groups])}
-    for verdict in ("correct", "incorrect", "no_answer"):
-        metrics[verdict] = sum(g["verdicts"].count(verdict) for g in groups)
-    same = lambda a, b: a.strip() == b.strip() or is_equivalent(a, b, timeout=2.0)  # noqa: E731
-    have_scores = all(s is not None for g in groups for s in g["scores"][:n])
-    for k in ks:
-        metrics[f"maj@{k}"] = pct([maj_at_k(g["preds"], g["verdicts"], k, same=same) for g in groups])
-        if have_scores:
-            metrics[f"rm@{k}"] = pct([rm_at_k(g["scores"], g["verdicts"], k) for g in groups])
-        metrics[f"pass@{k}"] = pct([pass_at_k(len(g["verdicts"]), g["verdicts"].count("correct"), k) for g in groups])
+    have_scores = all(s is not None for g in groups for s in g["scores"])
+    rows = [{"verdicts": g["verdicts"], "preds": g["preds"], **({"scores": g["scores"]} if have_scores else {})}
+            for g in groups]
+    entry = summarize(rows, ks, same=same_answer)["benchmarks"]["all"]
+    metrics: dict[str, Any] = {"num_problems": entry["n_problems"], "num_samples": entry["n_samples"],
+                               **{v: entry[v] for v in VERDICTS}}
+    for key, value in entry.items():
+        if isinstance(value, dict) and "mean" in value:
+            metrics[key] = round(100 * value["mean"], 2)
     return metrics
