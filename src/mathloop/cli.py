@@ -3,6 +3,8 @@
   mathloop eval   generate, verify and score a model on benchmarks (resumable run folder)
   mathloop grade  re-grade samples produced elsewhere (mathloop's or the official harness's output)
   mathloop exec   run one Python file in the sandbox that TIR uses, print a JSON result
+  mathloop rm     reward model: `rm train` trains one on graded samples (resumable run folder)
+  mathloop score  add reward-model scores (rm_score) to samples
 """
 
 from __future__ import annotations
@@ -129,6 +131,92 @@ def cmd_exec(args: argparse.Namespace) -> int:
     return 0 if result.status == "ok" else 1
 
 
+def add_rm_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("rm", help="train a reward model", description="Reward-model commands.")
+    actions = p.add_subparsers(dest="rm_command", required=True)
+    t = actions.add_parser("train", help="train a reward model on graded samples", description=(
+        "Group graded samples per problem (correct = positive), drop all-correct/all-wrong problems, balance the "
+        "labels, and train a scalar-head reward model with the listwise ranking loss. Settings come from --config "
+        "(YAML, keys as the flags with underscores) and flags, flags winning. Re-running with the same --output-dir "
+        "resumes from the latest checkpoint. The model is written to <output-dir>/final."))
+    t.add_argument("--config", default=None, help="YAML file of settings (RMTrainConfig fields)")
+    t.add_argument("--model", default=None,
+                   help="backbone: 'default' (embedded Qwen2.5-Coder-0.5B-Instruct), a local folder or a Hub id "
+                        "(default: default)")
+    t.add_argument("--samples", type=_csv, default=None,
+                   help="comma-separated graded sample JSONL files; responses of several files are mixed per problem")
+    t.add_argument("--fill-samples", type=_csv, default=None,
+                   help="comma-separated sample files of other models, used only to complete the short label side")
+    t.add_argument("--decontaminate", type=_csv, default=None,
+                   help="comma-separated benchmark names whose test questions are removed (13-gram + LCS rule)")
+    t.add_argument("--data-dir", default=None,
+                   help="benchmark folder for --decontaminate (default: $MATHLOOP_DATA_DIR)")
+    t.add_argument("--output-dir", default=None, help="run folder (created; resumed when it holds checkpoints)")
+    t.add_argument("--group-size", type=int, default=None, help="responses per problem (default: 6)")
+    t.add_argument("--max-ratio", type=float, default=None,
+                   help="majority label at most this times the minority label in a group (default: 2)")
+    t.add_argument("--heldout-fraction", type=float, default=None,
+                   help="fraction of problems held out for pairwise accuracy (default: 0.05)")
+    t.add_argument("--learning-rate", "--lr", type=float, default=None, help="AdamW learning rate (default: 1e-5)")
+    t.add_argument("--warmup-steps", type=int, default=None, help="linear warm-up steps (default: 0)")
+    t.add_argument("--epochs", type=int, default=None, help="passes over the training groups (default: 1)")
+    t.add_argument("--groups-per-batch", type=int, default=None, help="problems per optimizer step (default: 8)")
+    t.add_argument("--micro-batch-groups", type=int, default=None,
+                   help="problems per forward/backward, gradients accumulated (default: the whole batch)")
+    t.add_argument("--max-length", type=int, default=None,
+                   help="tokens per prompt + response; longer ones keep their end (default: 2048)")
+    t.add_argument("--lora", action="store_true", default=None,
+                   help="train LoRA adapters and the head instead of the full backbone (needs mathloop[train])")
+    t.add_argument("--lora-rank", type=int, default=None, help="LoRA rank (default: 16)")
+    t.add_argument("--gradient-checkpointing", action="store_true", default=None,
+                   help="recompute activations in the backward pass to save memory")
+    t.add_argument("--dtype", default=None, help="backbone dtype (default: bfloat16 on GPU, float32 on CPU)")
+    t.add_argument("--eval-every", type=int, default=None,
+                   help="held-out evaluation every N steps (default: at the end)")
+    t.add_argument("--save-every", type=int, default=None, help="checkpoint every N steps (default: at the end)")
+    t.add_argument("--seed", type=int, default=None, help="data order, splits and head init (default: 0)")
+
+
+def cmd_rm(args: argparse.Namespace) -> int:
+    from mathloop.train.rm import config_from_dict, load_config, train
+
+    names = ("model", "samples", "fill_samples", "decontaminate", "data_dir", "output_dir", "group_size", "max_ratio",
+             "heldout_fraction", "learning_rate", "warmup_steps", "epochs", "groups_per_batch",
+             "micro_batch_groups", "max_length", "lora", "lora_rank", "gradient_checkpointing", "dtype",
+             "eval_every", "save_every", "seed")
+    overrides = {name: getattr(args, name) for name in names}
+    if args.config:
+        config = load_config(args.config, overrides)
+    else:
+        config = config_from_dict({}, overrides, source="command line (use --samples and --output-dir)")
+    print(json.dumps(train(config), indent=2))
+    return 0
+
+
+def add_score_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("score", help="add reward-model scores to samples", description=(
+        "Score every sample of --input with a reward model and write the samples, with rm_score set, to --output. "
+        "--rm is a folder written by `mathloop rm train` (its final/ folder), an AutoModelForSequenceClassification "
+        "reward model, or a Qwen2.5-Math-RM-style checkpoint (those read the question from metadata.question)."))
+    p.add_argument("--rm", required=True, help="reward model folder or Hugging Face Hub id")
+    p.add_argument("--input", required=True, help="sample JSONL file")
+    p.add_argument("--output", required=True, help="JSONL file to write (may equal --input)")
+    p.add_argument("--batch-size", type=int, default=8, help="sequences per forward pass (default: %(default)s)")
+    p.add_argument("--max-length", type=int, default=4096,
+                   help="tokens per prompt + response; longer ones keep their end (default: %(default)s)")
+    p.add_argument("--dtype", default=None, help="model dtype (default: bfloat16 on GPU, float32 on CPU)")
+    p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
+
+
+def cmd_score(args: argparse.Namespace) -> int:
+    from mathloop.reward.score import score_file
+
+    n = score_file(args.rm, args.input, args.output, batch_size=args.batch_size, max_length=args.max_length,
+                   dtype=args.dtype, device=args.device)
+    print(f"scored {n} samples -> {args.output}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="mathloop", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -137,10 +225,12 @@ def build_parser() -> argparse.ArgumentParser:
     add_eval_parser(sub)
     add_grade_parser(sub)
     add_exec_parser(sub)
+    add_rm_parser(sub)
+    add_score_parser(sub)
     return parser
 
 
-COMMANDS = {"eval": cmd_eval, "grade": cmd_grade, "exec": cmd_exec}
+COMMANDS = {"eval": cmd_eval, "grade": cmd_grade, "exec": cmd_exec, "rm": cmd_rm, "score": cmd_score}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,0 +1,385 @@
+"""`mathloop rm train`: train the listwise reward model (method steps 3-4) on graded samples, resumable.
+
+The recipe reads top to bottom: `train()` builds the data, the model and the optimizer, then runs the steps.
+It is a plain PyTorch loop rather than transformers' Trainer because the unit of a batch is a *group* of responses
+to one problem (every response scored once, all pairs formed from those scores), which a per-example Trainer
+would have to be bent around; the whole loop fits on a screen and resumes exactly.
+
+It runs under `accelerate launch` for several GPUs (Accelerator().prepare wraps model and optimizer in DDP; each
+process scores its share of every batch's groups; only the main process evaluates, logs and saves). That
+multi-process path is not covered by the CPU tests.
+
+Output folder:
+  run.json                     config, data report, package versions
+  rm_data.jsonl                the RM groups used (train and held-out, marked)
+  metrics.jsonl                one line per logged step: loss, lr, held-out pairwise accuracy
+  checkpoints/step-NNNNNN/     trainable weights, optimizer state, step (the latest ones are kept)
+  final/                       the trained reward model (`mathloop score --rm <out>/final`)
+Re-running the same command resumes from the latest checkpoint and ends at the same total step count.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import logging
+import math
+import random
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from mathloop.records import Sample, read_records, write_jsonl
+from mathloop.reward.data import RMGroup, build_rm_groups, split_groups
+from mathloop.reward.loss import listwise_loss, pairwise_accuracy
+from mathloop.reward.model import RewardModel
+from mathloop.reward.score import encode, pad_batch, pad_token_id
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class RMTrainConfig:
+    """Every setting of a reward-model training run (recorded in run.json; YAML keys use these names)."""
+
+    samples: list[str]  # graded sample JSONL files; several files are mixed per problem
+    output_dir: str  # run folder: checkpoints, logs, final/
+    model: str = "default"  # backbone: 'default' (embedded model), a local folder or a Hub id
+    fill_samples: list[str] = field(default_factory=list)  # other models' samples that complete short sides
+    decontaminate: list[str] = field(default_factory=list)  # benchmark names whose test questions are excluded
+    data_dir: str | None = None  # benchmark folder for `decontaminate` (default: $MATHLOOP_DATA_DIR)
+    group_size: int = 6  # responses per problem (the paper's 6)
+    max_ratio: float | None = 2.0  # majority label at most this times the minority label per group
+    heldout_fraction: float = 0.05  # problems held out for pairwise accuracy
+    learning_rate: float = 1e-5
+    warmup_steps: int = 0  # linear warm-up, then constant
+    weight_decay: float = 0.0
+    max_grad_norm: float = 1.0
+    epochs: int = 1
+    groups_per_batch: int = 8  # problems per optimizer step
+    micro_batch_groups: int | None = None  # problems per forward/backward (gradient accumulation); None = all
+    max_length: int = 2048  # tokens per prompt + response (longer ones keep their end)
+    lora: bool = False  # train LoRA adapters + head instead of the full backbone (needs `mathloop[train]`)
+    lora_rank: int = 16
+    lora_alpha: int = 32
+    gradient_checkpointing: bool = False
+    dtype: str | None = None  # backbone weights: default bfloat16 on GPU, float32 on CPU
+    eval_every: int = 0  # held-out evaluation every N steps (0: only at the end)
+    save_every: int = 0  # checkpoint every N steps (0: only at the end)
+    keep_checkpoints: int = 2
+    log_every: int = 1
+    seed: int = 0
+
+    def validate(self) -> None:
+        if not self.samples:
+            raise ValueError("rm train: give at least one samples file (--samples)")
+        for name in ("group_size", "groups_per_batch", "epochs", "max_length", "log_every", "keep_checkpoints"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"rm train: {name} must be >= 1, got {getattr(self, name)}")
+        if self.micro_batch_groups is not None and self.micro_batch_groups < 1:
+            raise ValueError(f"rm train: micro_batch_groups must be >= 1, got {self.micro_batch_groups}")
+        if self.learning_rate <= 0:
+            raise ValueError(f"rm train: learning_rate must be > 0, got {self.learning_rate}")
+
+
+# Settings a resumed run must share with the run that wrote the checkpoint.
+_RESUME_KEYS = ("samples", "fill_samples", "model", "group_size", "max_ratio", "heldout_fraction", "epochs",
+                "groups_per_batch", "lora", "lora_rank", "seed", "decontaminate")
+
+
+def load_config(path: str, overrides: dict[str, Any] | None = None) -> RMTrainConfig:
+    """Read a YAML config (keys are `RMTrainConfig` fields) and apply non-None overrides (command-line flags)."""
+    import yaml
+
+    with open(path, encoding="utf-8") as f:
+        data = yaml.safe_load(f) or {}
+    if not isinstance(data, dict):
+        raise ValueError(f"{path}: expected a mapping of RMTrainConfig fields, got {type(data).__name__}")
+    return config_from_dict(data, overrides, source=path)
+
+
+def config_from_dict(data: dict[str, Any], overrides: dict[str, Any] | None = None,
+                     source: str = "config") -> RMTrainConfig:
+    names = {f.name for f in dataclasses.fields(RMTrainConfig)}
+    unknown = sorted(set(data) - names)
+    if unknown:
+        raise ValueError(f"{source}: unknown key(s) {', '.join(unknown)}; known: {', '.join(sorted(names))}")
+    merged = {**data, **{k: v for k, v in (overrides or {}).items() if v is not None}}
+    for key in ("samples", "fill_samples", "decontaminate"):
+        if isinstance(merged.get(key), str):
+            merged[key] = [merged[key]]
+    missing = [k for k in ("samples", "output_dir") if k not in merged]
+    if missing:
+        raise ValueError(f"{source}: missing {', '.join(missing)}")
+    config = RMTrainConfig(**merged)
+    config.validate()
+    return config
+
+
+def lr_at(step: int, config: RMTrainConfig) -> float:
+    """Learning rate of optimizer step `step` (0-based): linear warm-up, then constant."""
+    if step < config.warmup_steps:
+        return config.learning_rate * (step + 1) / (config.warmup_steps + 1)
+    return config.learning_rate
+
+
+def batch_indices(step: int, n_groups: int, config: RMTrainConfig) -> list[int]:
+    """The training groups of step `step`: a fresh seeded shuffle per epoch, so a resumed run sees the same
+    batches as an uninterrupted one."""
+    per_epoch = math.ceil(n_groups / config.groups_per_batch)
+    epoch, b = divmod(step, per_epoch)
+    order = list(range(n_groups))
+    random.Random(config.seed * 1000003 + epoch).shuffle(order)
+    return order[b * config.groups_per_batch:(b + 1) * config.groups_per_batch]
+
+
+def group_scores(model: torch.nn.Module, tokenizer, groups: list[RMGroup], max_length: int,
+                 device: torch.device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Score every response of `groups` once; return (scores, labels, mask), each (groups, max group size)."""
+    texts = [RewardModel.input_text(tokenizer, p, r) for g in groups for p, r in zip(g.prompts, g.responses)]
+    input_ids, attention_mask = pad_batch(encode(tokenizer, texts, max_length), pad_token_id(tokenizer),
+                                          device=device)
+    flat = model(input_ids, attention_mask)
+    width = max(len(g.responses) for g in groups)
+    scores = flat.new_zeros((len(groups), width))
+    labels = torch.zeros((len(groups), width), dtype=torch.bool, device=device)
+    mask = torch.zeros_like(labels)
+    start = 0
+    for i, g in enumerate(groups):
+        k = len(g.responses)
+        scores[i, :k] = flat[start:start + k]
+        labels[i, :k] = torch.tensor(g.labels, device=device)
+        mask[i, :k] = True
+        start += k
+    return scores, labels, mask
+
+
+@torch.no_grad()
+def evaluate(model: torch.nn.Module, tokenizer, groups: list[RMGroup], config: RMTrainConfig,
+             device: torch.device) -> dict[str, float]:
+    """Held-out loss and pooled pairwise accuracy (a correct response scored above a wrong one)."""
+    was_training = model.training
+    model.eval()
+    chunk = config.micro_batch_groups or config.groups_per_batch
+    loss_sum, wins, pairs = 0.0, 0.0, 0
+    for start in range(0, len(groups), chunk):
+        scores, labels, mask = group_scores(model, tokenizer, groups[start:start + chunk], config.max_length, device)
+        loss_sum += listwise_loss(scores, labels, mask).item() * scores.shape[0]
+        accuracy, n = pairwise_accuracy(scores, labels, mask)
+        wins, pairs = wins + (accuracy * n if n else 0.0), pairs + n
+    model.train(was_training)
+    return {"heldout_loss": loss_sum / len(groups), "heldout_accuracy": wins / pairs if pairs else float("nan"),
+            "heldout_pairs": pairs}
+
+
+def build_model(config: RMTrainConfig, device: torch.device) -> tuple[RewardModel, Any]:
+    """The reward model on the configured backbone (full or LoRA) and its tokenizer."""
+    from transformers import AutoTokenizer
+
+    from mathloop.models import resolve_model
+
+    path, _ = resolve_model(config.model)
+    dtype = getattr(torch, config.dtype) if config.dtype else (torch.bfloat16 if device.type == "cuda"
+                                                               else torch.float32)
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    torch.manual_seed(config.seed)  # the head's initial weights
+    model = RewardModel.from_backbone(path, dtype=dtype)
+    model.backbone_name = config.model
+    if config.gradient_checkpointing:
+        kwargs = {"use_reentrant": False}
+        if hasattr(model.backbone, "activation_checkpointing_enable"):  # the name since transformers 5.x
+            model.backbone.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
+        else:
+            model.backbone.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
+    if config.lora:
+        try:
+            from peft import LoraConfig, get_peft_model
+        except ImportError:
+            raise ImportError("rm train --lora needs peft: pip install 'mathloop[train]'") from None
+        lora = LoraConfig(r=config.lora_rank, lora_alpha=config.lora_alpha, target_modules="all-linear")
+        model.backbone = get_peft_model(model.backbone, lora)
+    return model.to(device), tokenizer
+
+
+def train(config: RMTrainConfig, stop_after: int | None = None) -> dict[str, Any]:
+    """Train (or resume) a reward model; returns a summary with the final step and held-out accuracy.
+
+    `stop_after` ends the run after that many steps in total, as an interruption would (a checkpoint is saved);
+    calling `train` again with the same config resumes it.
+    """
+    from accelerate import Accelerator
+
+    config.validate()
+    accelerator = Accelerator()
+    out = Path(config.output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+
+    # Data: groups of responses per problem, split by problem into train and held-out.
+    samples = [s for path in config.samples for s in read_records(Sample, path)]
+    fill = [s for path in config.fill_samples for s in read_records(Sample, path)]
+    groups, report = build_rm_groups(samples, config.group_size, config.max_ratio, fill=fill,
+                                     test_texts=_test_questions(config), seed=config.seed)
+    train_groups, heldout_groups = split_groups(groups, config.heldout_fraction, seed=config.seed)
+    if not train_groups:
+        raise ValueError(f"rm train: no problem in {', '.join(config.samples)} has both a correct and a wrong "
+                         f"response ({dict(report.reasons())}); sample more responses per problem")
+    steps_per_epoch = math.ceil(len(train_groups) / config.groups_per_batch)
+    total_steps = config.epochs * steps_per_epoch
+    log.info("rm data: %d groups (%d train, %d held-out), %d positives, %d negatives; dropped %s; %d steps",
+             len(groups), len(train_groups), len(heldout_groups), report.positives, report.negatives,
+             dict(report.reasons()), total_steps)
+
+    # Model and optimizer; resume from the latest checkpoint when one exists.
+    model, tokenizer = build_model(config, accelerator.device)
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(trainable, lr=config.learning_rate, weight_decay=config.weight_decay)
+    step = 0
+    checkpoint = latest_checkpoint(out)
+    if checkpoint is not None:
+        step = load_checkpoint(checkpoint, model, optimizer, config)
+        log.info("resuming from %s (step %d of %d)", checkpoint, step, total_steps)
+        if accelerator.is_main_process:
+            _drop_metrics_after(out / "metrics.jsonl", step)
+    elif accelerator.is_main_process:
+        _write_run_record(out, config, report, total_steps)
+        write_jsonl(out / "rm_data.jsonl", [{**dataclasses.asdict(g), "split": split}
+                                           for split, part in (("train", train_groups), ("heldout", heldout_groups))
+                                           for g in part])
+    model, optimizer = accelerator.prepare(model, optimizer)
+    model.train()
+
+    # The loop: each step scores every response of its groups once and takes one optimizer step.
+    stop = total_steps if stop_after is None else min(total_steps, stop_after)
+    chunk = config.micro_batch_groups or config.groups_per_batch
+    last: dict[str, Any] = {}
+    started = time.time()
+    while step < stop:
+        torch.manual_seed(config.seed + step)  # dropout etc. identical whether or not the run was resumed
+        batch = [train_groups[i] for i in batch_indices(step, len(train_groups), config)]
+        mine = batch[accelerator.process_index::accelerator.num_processes]
+        for group in optimizer.param_groups:
+            group["lr"] = lr_at(step, config)
+        loss_sum = 0.0
+        for start in range(0, len(mine), chunk):
+            part = mine[start:start + chunk]
+            last_part = start + chunk >= len(mine)
+            with contextlib.nullcontext() if last_part else accelerator.no_sync(model):
+                scores, labels, mask = group_scores(model, tokenizer, part, config.max_length, accelerator.device)
+                loss = listwise_loss(scores, labels, mask) * (len(part) / len(mine))
+                accelerator.backward(loss)
+            loss_sum += loss.item()
+        if config.max_grad_norm:
+            accelerator.clip_grad_norm_(trainable, config.max_grad_norm)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        step += 1
+
+        last = {"step": step, "loss": accelerator.reduce(torch.tensor(loss_sum, device=accelerator.device),
+                                                         "mean").item(), "lr": lr_at(step - 1, config)}
+        evaluate_now = heldout_groups and ((config.eval_every and step % config.eval_every == 0)
+                                           or step == total_steps)
+        if accelerator.is_main_process:
+            if evaluate_now:
+                last.update(evaluate(accelerator.unwrap_model(model), tokenizer, heldout_groups, config,
+                                     accelerator.device))
+            if evaluate_now or step % config.log_every == 0:
+                last["seconds"] = round(time.time() - started, 1)
+                log.info("step %d/%d %s", step, total_steps,
+                         " ".join(f"{k}={v:.4g}" for k, v in last.items() if isinstance(v, float)))
+                with (out / "metrics.jsonl").open("a", encoding="utf-8") as f:
+                    f.write(json.dumps(last) + "\n")
+            if (config.save_every and step % config.save_every == 0) or step == stop:
+                save_checkpoint(out, accelerator.unwrap_model(model), optimizer, step, config)
+        accelerator.wait_for_everyone()
+
+    # The finished model.
+    final = out / "final"
+    if step == total_steps and accelerator.is_main_process and not (final / "reward_config.json").exists():
+        tmp = out / "final.partial"
+        shutil.rmtree(tmp, ignore_errors=True)
+        accelerator.unwrap_model(model).save(tmp, tokenizer)
+        tmp.rename(final)
+    return {"step": step, "total_steps": total_steps, "final": str(final) if step == total_steps else None,
+            **{k: v for k, v in last.items() if k != "step"}}
+
+
+def _drop_metrics_after(path: Path, step: int) -> None:
+    """Forget log lines of steps after the checkpoint a run resumes from: those steps run again."""
+    if not path.exists():
+        return
+    lines = [line for line in path.read_text().splitlines() if line.strip()]
+    kept = [line for line in lines if json.loads(line).get("step", 0) <= step]
+    if len(kept) < len(lines):
+        path.write_text("".join(line + "\n" for line in kept))
+
+
+def _test_questions(config: RMTrainConfig) -> list[str] | None:
+    if not config.decontaminate:
+        return None
+    from mathloop.data.benchmarks import load_benchmark
+
+    return [p.question for name in config.decontaminate for p in load_benchmark(name, config.data_dir)]
+
+
+def _write_run_record(out: Path, config: RMTrainConfig, report, total_steps: int) -> None:
+    from mathloop.pipeline.evaluate import package_versions
+
+    info = {"config": dataclasses.asdict(config), "total_steps": total_steps,
+            "data": {"groups": report.groups, "positives": report.positives, "negatives": report.negatives,
+                     "dropped": dict(report.reasons()), "contaminated_samples": report.contaminated_samples,
+                     "ungraded_samples": report.ungraded_samples, "duplicate_samples": report.duplicate_samples},
+            "started": time.strftime("%Y-%m-%dT%H:%M:%S"), "versions": package_versions()}
+    (out / "run.json").write_text(json.dumps(info, indent=2) + "\n")
+
+
+# ---- checkpoints -----------------------------------------------------------------------------------------------
+
+def latest_checkpoint(out: Path) -> Path | None:
+    found = sorted(p for p in (out / "checkpoints").glob("step-*") if (p / "state.json").exists())
+    return found[-1] if found else None
+
+
+def save_checkpoint(out: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer, step: int,
+                    config: RMTrainConfig) -> Path:
+    """Trainable weights (all of them, or LoRA + head), optimizer state and step; written to a temporary folder
+    and renamed, so a kill mid-save never leaves a half checkpoint that resume would pick."""
+    target = out / "checkpoints" / f"step-{step:06d}"
+    tmp = target.with_name(target.name + ".partial")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    weights = {name: p.detach().cpu() for name, p in model.named_parameters() if p.requires_grad}
+    torch.save(weights, tmp / "trainable.pt")
+    torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
+    (tmp / "state.json").write_text(json.dumps({"step": step, "config": dataclasses.asdict(config)}, indent=2))
+    shutil.rmtree(target, ignore_errors=True)
+    tmp.rename(target)
+    kept = sorted(p for p in (out / "checkpoints").glob("step-*") if not p.name.endswith(".partial"))
+    for old in kept[:-config.keep_checkpoints]:
+        shutil.rmtree(old, ignore_errors=True)
+    return target
+
+
+def load_checkpoint(path: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
+                    config: RMTrainConfig) -> int:
+    """Restore weights and optimizer from `path`; return its step. Refuses a checkpoint of other settings."""
+    state = json.loads((path / "state.json").read_text())
+    old = state.get("config", {})
+    current = dataclasses.asdict(config)
+    changed = [k for k in _RESUME_KEYS if k in old and old[k] != current[k]]
+    if changed:
+        detail = ", ".join(f"{k}: {old[k]!r} -> {current[k]!r}" for k in changed)
+        raise ValueError(f"{config.output_dir} holds a run with other settings ({detail}); use a new output_dir")
+    weights = torch.load(path / "trainable.pt", map_location="cpu", weights_only=True)
+    missing = [n for n, p in model.named_parameters() if p.requires_grad and n not in weights]
+    if missing:
+        raise ValueError(f"{path}: checkpoint lacks {len(missing)} trainable weights (e.g. {missing[0]})")
+    model.load_state_dict(weights, strict=False)
+    optimizer.load_state_dict(torch.load(path / "optimizer.pt", map_location="cpu", weights_only=True))
+    return int(state["step"])
