@@ -9,8 +9,8 @@ import pytest
 import torch
 
 from mathloop.records import Sample, read_records, write_jsonl
-from mathloop.reward.data import (ContaminationIndex, build_rm_groups, is_contaminated, lcs_length,
-                                  normalize_tokens, split_groups)
+from mathloop.data.decontaminate import ContaminationIndex
+from mathloop.reward.data import build_rm_groups, split_groups
 from mathloop.reward.loss import listwise_loss, pairwise_accuracy
 from mathloop.reward.model import RewardModel, load_reward_model
 from mathloop.reward.score import encode, pad_batch, score_samples
@@ -184,18 +184,6 @@ def test_rm_groups_are_reproducible_and_split_by_problem():
 
 # ---- decontamination -------------------------------------------------------------------------------------------
 
-def test_lcs_length_matches_dynamic_programming():
-    rng = random.Random(0)
-    for _ in range(50):
-        a = [rng.choice("abcd") for _ in range(rng.randint(0, 70))]
-        b = [rng.choice("abcd") for _ in range(rng.randint(0, 70))]
-        table = [[0] * (len(b) + 1) for _ in range(len(a) + 1)]
-        for i in range(len(a)):
-            for j in range(len(b)):
-                table[i + 1][j + 1] = table[i][j] + 1 if a[i] == b[j] else max(table[i][j + 1], table[i + 1][j])
-        assert lcs_length(a, b) == table[-1][-1]
-
-
 TEST_QUESTION = ("Natalia sold clips to 48 of her friends in April, and then she sold half as many clips in May. "
                  "How many clips did Natalia sell altogether in April and May?")
 
@@ -210,15 +198,15 @@ TEST_QUESTION = ("Natalia sold clips to 48 of her friends in April, and then she
     ("sold clips to 48 of her friends in April, and then she sold half as many " + "other words " * 40, False),
 ])
 def test_contamination_needs_a_shared_13_gram_and_a_high_lcs_ratio(text, contaminated):
-    assert is_contaminated(text, [TEST_QUESTION, "What is 2 + 2?"]) is contaminated
+    index = ContaminationIndex.from_texts([("q", TEST_QUESTION), ("r", "What is 2 + 2?")])
+    assert (index.match(text, local=True) is not None) is contaminated
 
 
 def test_contaminated_samples_are_left_out_of_rm_groups():
     samples = graded("x", ["correct", "incorrect", "incorrect"])
     samples[1].response = TEST_QUESTION
-    groups, report = build_rm_groups(samples, test_texts=ContaminationIndex([TEST_QUESTION]))
+    groups, report = build_rm_groups(samples, test_texts=[TEST_QUESTION])
     assert report.contaminated_samples == 1 and TEST_QUESTION not in groups[0].responses
-    assert normalize_tokens("A-b") == ["a", "b"]
 
 
 # ---- training --------------------------------------------------------------------------------------------------

@@ -1,4 +1,5 @@
-"""Reward-model training data from graded samples (method step 3), and decontamination against benchmarks.
+"""Reward-model training data from graded samples (method step 3), decontaminated against benchmarks with
+`mathloop.data.decontaminate`.
 
 Per problem: correct responses are positives, incorrect or unanswered ones negatives; problems whose responses are
 all correct or all wrong are dropped (there is no pair to learn from); each kept problem gives one group of at most
@@ -11,15 +12,12 @@ from __future__ import annotations
 
 import math
 import random
-import re
 from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
+from mathloop.data.decontaminate import ContaminationIndex
 from mathloop.records import Sample
-
-NGRAM = 13
-LCS_THRESHOLD = 0.6
 
 
 @dataclass
@@ -69,7 +67,7 @@ def build_rm_groups(samples: Iterable[Sample], group_size: int = 6, max_ratio: f
         raise ValueError(f"max_ratio must be >= 1 (or None for no cap), got {max_ratio}")
     report = RMDataReport()
     index = test_texts if isinstance(test_texts, ContaminationIndex) or test_texts is None \
-        else ContaminationIndex(test_texts)
+        else ContaminationIndex.from_texts([(f"test/{i}", text) for i, text in enumerate(test_texts)])
     pools: dict[str, tuple[list[Sample], list[Sample]]] = {}  # problem_id -> (main, fill)
     for which, source in ((0, samples), (1, fill)):
         for s in source:
@@ -94,8 +92,8 @@ def build_rm_groups(samples: Iterable[Sample], group_size: int = 6, max_ratio: f
                     report.duplicate_samples += 1
                     continue
                 seen.add(key)
-                if index is not None and (index.is_contaminated(s.metadata.get("question") or s.prompt)
-                                          or index.is_contaminated(s.response)):
+                if index is not None and (index.match(s.metadata.get("question") or s.prompt, local=True)
+                                          or index.match(s.response, local=True)):
                     report.contaminated_samples += 1
                     continue
                 sides[s.verdict == "correct"].append(s)
@@ -132,98 +130,3 @@ def split_groups(groups: list[RMGroup], heldout_fraction: float, seed: int = 0) 
     if heldout_fraction > 0 and len(order) >= 2:
         n_heldout = min(max(n_heldout, 1), len(order) - 1)
     return order[n_heldout:], order[:n_heldout]
-
-
-# ---- decontamination -------------------------------------------------------------------------------------------
-
-_NON_WORD = re.compile(r"[^0-9a-z]+")
-
-
-def normalize_tokens(text: str) -> list[str]:
-    """Lowercase, treat every run of non-alphanumeric characters as a separator, split into tokens.
-
-    >>> normalize_tokens("What is $2+3$?  The ANSWER: 5.")
-    ['what', 'is', '2', '3', 'the', 'answer', '5']
-    """
-    return _NON_WORD.sub(" ", text.lower()).split()
-
-
-def lcs_length(a: Sequence[str], b: Sequence[str]) -> int:
-    """Length of the longest common subsequence of two token lists (bit-parallel, O(len(a) * len(b) / 64)).
-
-    >>> lcs_length("a b c d e".split(), "a x c e".split())
-    3
-    """
-    if len(a) < len(b):
-        a, b = b, a
-    if not b:
-        return 0
-    masks: dict[str, int] = {}
-    for i, token in enumerate(b):
-        masks[token] = masks.get(token, 0) | (1 << i)
-    full = (1 << len(b)) - 1
-    v = full
-    for token in a:
-        u = v & masks.get(token, 0)
-        v = ((v + u) | (v - u)) & full
-    return len(b) - bin(v).count("1")
-
-
-class ContaminationIndex:
-    """The test items of the evaluation sets, indexed by their 13-grams for fast lookup.
-
-    A text is contaminated when it shares a 13-gram with a test item after normalisation AND the longest common
-    subsequence of their tokens covers more than 60% of the shorter of the two. (The paper does not say what the
-    ratio is relative to; the shorter text makes a response that quotes a whole test question count as
-    contaminated.) A text shorter than 13 tokens has no 13-gram: it matches only a test item with the same
-    normalised tokens.
-    """
-
-    def __init__(self, test_texts: Iterable[str], n: int = NGRAM, threshold: float = LCS_THRESHOLD):
-        self.n, self.threshold = n, threshold
-        self.tests: list[list[str]] = []
-        self.index: dict[tuple[str, ...], list[int]] = {}
-        for text in test_texts:
-            tokens = normalize_tokens(text)
-            if not tokens:
-                continue
-            i = len(self.tests)
-            self.tests.append(tokens)
-            for gram in set(self._ngrams(tokens)):
-                self.index.setdefault(gram, []).append(i)
-
-    def _ngrams(self, tokens: list[str]) -> Iterable[tuple[str, ...]]:
-        if len(tokens) < self.n:
-            yield tuple(tokens)
-            return
-        for i in range(len(tokens) - self.n + 1):
-            yield tuple(tokens[i:i + self.n])
-
-    def is_contaminated(self, text: str) -> bool:
-        tokens = normalize_tokens(text)
-        if not tokens:
-            return False
-        candidates: set[int] = set()
-        for gram in self._ngrams(tokens):
-            candidates.update(self.index.get(gram, ()))
-        for i in candidates:
-            test = self.tests[i]
-            if lcs_length(tokens, test) > self.threshold * min(len(tokens), len(test)):
-                return True
-        return False
-
-
-def is_contaminated(text: str, test_texts: Sequence[str] | ContaminationIndex) -> bool:
-    """Whether `text` overlaps a test item (13-gram shared after normalisation AND LCS ratio > 0.6).
-
-    Build a `ContaminationIndex` once and pass it when checking many texts.
-
-    >>> q = "Janet has 16 eggs and eats three for breakfast every morning and bakes muffins with four"
-    >>> is_contaminated("Q: janet has 16 eggs, and eats three for breakfast every morning and bakes muffins "
-    ...                 "with 4", [q])
-    True
-    >>> is_contaminated("Tom has 16 apples.", [q])
-    False
-    """
-    index = test_texts if isinstance(test_texts, ContaminationIndex) else ContaminationIndex(test_texts)
-    return index.is_contaminated(text)
