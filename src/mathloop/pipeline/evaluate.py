@@ -105,13 +105,20 @@ def _load_backend(config: EvalConfig) -> Backend:
 
 
 def _pending(problems: list[Problem], path: Path, n: int) -> list[Problem]:
+    """Problems without all their samples; samples of half-done problems (a killed run) are dropped so those
+    problems are regenerated whole."""
     if not path.exists():
         return problems
     drop_torn_last_line(path)
+    samples = read_records(Sample, path)
     counts: dict[str, int] = {}
-    for sample in read_records(Sample, path):
+    for sample in samples:
         counts[sample.problem_id] = counts.get(sample.problem_id, 0) + 1
-    return [p for p in problems if counts.get(p.id, 0) < n]
+    pending = [p for p in problems if counts.get(p.id, 0) < n]
+    half_done = {p.id for p in pending if counts.get(p.id, 0)}
+    if half_done:
+        write_jsonl(path, [s for s in samples if s.problem_id not in half_done])
+    return pending
 
 
 def _generate_and_grade(name: str, problems: list[Problem], path: Path, config: EvalConfig, backend: Backend,
@@ -124,7 +131,6 @@ def _generate_and_grade(name: str, problems: list[Problem], path: Path, config: 
     prompts = {p.id: backend.chat_prompt(build_messages(p, config.mode, shots)) for p in problems}
     problems = sorted(problems, key=lambda p: -len(prompts[p.id]))  # similar lengths share a batch
     chunk = max(1, getattr(backend, "batch_size", 32) // (1 if params.greedy else params.n)) * 4
-    _drop_partial_problems(path, {p.id for p in problems})
     bar = tqdm(total=len(problems), desc=name, unit="problem", disable=not progress)
     with JsonlAppender(path) as appender:
         for start in range(0, len(problems), chunk):
@@ -133,7 +139,7 @@ def _generate_and_grade(name: str, problems: list[Problem], path: Path, config: 
                 completions = _tir_completions(backend, [prompts[p.id] for p in batch], params, executor, config)
                 bar.update(len(batch))
             else:
-                completions = _generate(backend, [prompts[p.id] for p in batch], params, bar, params.n)
+                completions = _generate(backend, [prompts[p.id] for p in batch], params, bar)
             samples = [
                 Sample(problem_id=p.id, benchmark=name, prompt=prompts[p.id], response=c.text, mode=config.mode,
                        sample_index=j, gold=p.gold, prompt_tokens=c.prompt_tokens,
@@ -154,13 +160,13 @@ def _generate_and_grade(name: str, problems: list[Problem], path: Path, config: 
     bar.close()
 
 
-def _generate(backend: Backend, prompts: list[str], params: SamplingParams, bar, n: int) -> list:
+def _generate(backend: Backend, prompts: list[str], params: SamplingParams, bar) -> list:
     """Call the backend, moving the progress bar as completions finish when the backend reports them."""
     if "on_progress" not in inspect.signature(backend.generate).parameters:
         completions = backend.generate(prompts, params)
         bar.update(len(prompts))
         return completions
-    per_problem = 1 if params.greedy else n
+    per_problem = 1 if params.greedy else params.n
     done = [0]
 
     def on_progress(k: int) -> None:
@@ -183,16 +189,6 @@ def _tir_completions(backend: Backend, prompts: list[str], params: SamplingParam
                         finish_reason=t.finish_reason or "stop",
                         metadata={"tool_output_spans": t.tool_output_spans, "tool_calls": t.tool_calls})
              for t in group] for group in trajectories]
-
-
-def _drop_partial_problems(path: Path, pending_ids: set[str]) -> None:
-    """Remove the samples of problems that a killed run left half-done, so they are regenerated whole."""
-    if not path.exists():
-        return
-    samples = read_records(Sample, path)
-    kept = [s for s in samples if s.problem_id not in pending_ids]
-    if len(kept) < len(samples):
-        write_jsonl(path, kept)
 
 
 def write_metrics(out: Path, benchmarks: list[str], problems: dict[str, list[Problem]]) -> dict:
