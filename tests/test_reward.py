@@ -271,6 +271,41 @@ def test_score_cli_writes_an_rm_score_for_every_sample(trained_rm, tmp_path):
     assert all(s.verdict == "correct" for s in best_of_six)  # RM@6 picks a \boxed{7} response
 
 
+def test_eval_with_rm_scores_every_sample_reports_rm_at_k_and_rescores_only_for_another_rm(trained_rm, tmp_path,
+                                                                                           data_dir):
+    import shutil
+
+    from mathloop.backends.fake import FakeBackend
+    from mathloop.pipeline.evaluate import EvalConfig, run_eval
+
+    summary, _ = trained_rm
+    # Janet's ducks (gold 18): samples 0-1 right, 2-3 wrong; the other problem: all wrong.
+    answers = FakeBackend(lambda prompt, i: "so x has 18. The answer is \\boxed{18}." if "Janet" in prompt and i < 2
+                          else f"step then {i}. The answer is \\boxed{{{i + 300}}}.")
+    config = EvalConfig(model="fake", benchmarks=["gsm8k"], out=str(tmp_path / "run"), backend="fake", limit=2,
+                        n=4, temperature=0.8, data_dir=str(data_dir), rm=summary["final"], rm_batch_size=3)
+    result = run_eval(config, backend=answers, progress=False)
+    samples = read_records(Sample, tmp_path / "run" / "samples" / "gsm8k.jsonl")
+    assert len(samples) == 8 and all(isinstance(s.rm_score, float) for s in samples)
+    assert {s.metadata["rm"] for s in samples} == {summary["final"]}
+    gsm = result["benchmarks"]["gsm8k"]
+    assert {"rm@1", "rm@4", "maj@4", "pass@4"} <= set(gsm)
+    assert gsm["pass@4"]["mean"] == pytest.approx(0.5) and 0.0 <= gsm["rm@4"]["mean"] <= 0.5
+
+    before = {(s.problem_id, s.sample_index): s.rm_score for s in samples}
+    run_eval(config, backend=answers, progress=False)  # same RM: nothing to generate, nothing rescored
+    again = read_records(Sample, tmp_path / "run" / "samples" / "gsm8k.jsonl")
+    assert {(s.problem_id, s.sample_index): s.rm_score for s in again} == before
+
+    other = tmp_path / "other-rm"
+    shutil.copytree(summary["final"], other)
+    run_eval(EvalConfig(**{**config.__dict__, "rm": str(other)}), backend=answers, progress=False)
+    rescored = read_records(Sample, tmp_path / "run" / "samples" / "gsm8k.jsonl")
+    assert {s.metadata["rm"] for s in rescored} == {str(other)}
+    assert [s.response for s in rescored] == [s.response for s in samples]  # generations kept
+    assert json.loads((tmp_path / "run" / "run.json").read_text())["config"]["rm"] == str(other)
+
+
 def test_resumed_training_continues_from_the_checkpoint_and_matches_an_uninterrupted_run(tiny_model_dir, tmp_path):
     from mathloop.cli import main
     from mathloop.train.rm import latest_checkpoint, train
@@ -311,6 +346,10 @@ def test_lora_training_updates_adapters_and_head_and_saves_a_merged_model(tiny_m
     model, _ = build_model(config, torch.device("cpu"))
     trainable = {n for n, p in model.named_parameters() if p.requires_grad}
     assert trainable and all("lora_" in n or n.startswith("head.") for n in trainable)
+    top_only, _ = build_model(rm_config(tmp_path, tiny_model_dir, lora=True, lora_layers=1), torch.device("cpu"))
+    adapted = {n.split("layers.")[1].split(".")[0] for n, p in top_only.named_parameters()
+               if p.requires_grad and "lora_" in n}
+    assert adapted == {"1"}  # the last of the tiny model's two layers
     summary = train(config)
     loaded, tokenizer = load_reward_model(summary["final"], device="cpu")
     assert not any("lora_" in n for n, _ in loaded.named_parameters())

@@ -5,6 +5,13 @@
   mathloop exec   run one Python file in the sandbox that TIR uses, print a JSON result
   mathloop rm     reward model: `rm train` trains one on graded samples (resumable run folder)
   mathloop score  add reward-model scores (rm_score) to samples
+  mathloop sample sample graded responses to training problems (several temperatures, resumable, shardable)
+  mathloop select pick the best responses per problem (RM score, majority pseudo-labels) as SFT chat rows
+  mathloop loop   self-improvement rounds from a YAML config (sample, RM, select, SFT, eval, GRPO)
+  mathloop grpo   reinforcement learning with GRPO (resumable run folder)
+  mathloop sft    supervised fine-tuning on prompt-completion chat rows with TRL (resumable run folder)
+  mathloop synthesize  new problems evolved from seed problems, answered by majority vote (resumable)
+  mathloop demo   one round of the loop on the embedded model, before/after accuracy
 """
 
 from __future__ import annotations
@@ -68,6 +75,10 @@ def add_eval_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--tokenizer", default=None, help="openai: tokenizer folder or id for the chat template")
     p.add_argument("--concurrency", type=int, default=32, help="openai: parallel requests (default: %(default)s)")
     p.add_argument("--tensor-parallel-size", type=int, default=1, help="vllm: GPUs per model (default: %(default)s)")
+    p.add_argument("--rm", default=None,
+                   help="reward model (a `mathloop rm train` final/ folder or Hub id): scores every sample and "
+                        "adds RM@k (best-of-k by RM score) next to Maj@k and pass@k; may be added to a finished run")
+    p.add_argument("--rm-batch-size", type=int, default=8, help="reward model: sequences per forward pass")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
@@ -79,7 +90,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
                         max_new_tokens=args.max_new_tokens, seed=args.seed, limit=args.limit,
                         data_dir=args.data_dir, split=args.split, shots=args.shots,
                         max_tool_calls=args.max_tool_calls, tool_timeout=args.tool_timeout,
-                        backend_args=_backend_args(args))
+                        backend_args=_backend_args(args), rm=args.rm, rm_batch_size=args.rm_batch_size)
     run_eval(config, progress=not args.quiet)
     print((__import__("pathlib").Path(args.out) / "results.md").read_text())
     return 0
@@ -168,6 +179,8 @@ def add_rm_parser(sub: argparse._SubParsersAction) -> None:
     t.add_argument("--lora", action="store_true", default=None,
                    help="train LoRA adapters and the head instead of the full backbone (needs mathloop[train])")
     t.add_argument("--lora-rank", type=int, default=None, help="LoRA rank (default: 16)")
+    t.add_argument("--lora-layers", type=int, default=None,
+                   help="LoRA in the last N transformer layers only; the rest runs without backward (default: all)")
     t.add_argument("--gradient-checkpointing", action="store_true", default=None,
                    help="recompute activations in the backward pass to save memory")
     t.add_argument("--dtype", default=None, help="backbone dtype (default: bfloat16 on GPU, float32 on CPU)")
@@ -182,7 +195,7 @@ def cmd_rm(args: argparse.Namespace) -> int:
 
     names = ("model", "samples", "fill_samples", "decontaminate", "data_dir", "output_dir", "group_size", "max_ratio",
              "heldout_fraction", "learning_rate", "warmup_steps", "epochs", "groups_per_batch",
-             "micro_batch_groups", "max_length", "lora", "lora_rank", "gradient_checkpointing", "dtype",
+             "micro_batch_groups", "max_length", "lora", "lora_rank", "lora_layers", "gradient_checkpointing", "dtype",
              "eval_every", "save_every", "seed")
     overrides = {name: getattr(args, name) for name in names}
     if args.config:
@@ -217,6 +230,280 @@ def cmd_score(args: argparse.Namespace) -> int:
     return 0
 
 
+def add_sample_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("sample", help="sample graded responses to training problems", description=(
+        "Sample --n responses per problem at each of --temperatures (one pass each), grade them, and write them "
+        "to --out/samples/. Re-running the same command resumes; --shard/--num-shards split the problems over "
+        "processes or machines writing into one folder."))
+    p.add_argument("--model", default="default", help="embedded name (default, smollm2), folder or Hub id")
+    p.add_argument("--problems", required=True,
+                   help="'<benchmark>:<split>' from the data folder (e.g. gsm8k:train), 'synthetic:<count>:<seed>' "
+                        "(built-in procedural problems) or a Problem JSONL file")
+    p.add_argument("--out", required=True, help="sampling folder (created; resumed when it exists)")
+    p.add_argument("--n", type=int, default=8, help="responses per problem per temperature (default: 8)")
+    p.add_argument("--temperatures", default="0.7,1.0",
+                   help="comma-separated, one pass each (default: %(default)s)")
+    p.add_argument("--top-p", type=float, default=0.95)
+    p.add_argument("--max-new-tokens", type=int, default=2048)
+    p.add_argument("--mode", choices=["cot", "tir"], default="cot")
+    p.add_argument("--hard-n", type=int, default=0,
+                   help="extra responses for problems with at most --hard-max-correct correct ones (default: 0)")
+    p.add_argument("--hard-max-correct", type=int, default=0)
+    p.add_argument("--hard-temperature", type=float, default=1.0)
+    p.add_argument("--limit", type=int, default=None, help="first N problems")
+    p.add_argument("--data-dir", default=None, help="benchmark folder (default: $MATHLOOP_DATA_DIR)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--shard", type=int, default=0, help="this process's shard, 0-based (default: 0)")
+    p.add_argument("--num-shards", type=int, default=1)
+    p.add_argument("--backend", choices=["hf", "openai", "vllm"], default="hf")
+    p.add_argument("--batch-size", type=int, default=32, help="hf: sequences per forward batch")
+    p.add_argument("--dtype", default=None)
+    p.add_argument("--base-url", default=None, help="openai: server URL")
+    p.add_argument("--tokenizer", default=None, help="openai: tokenizer for the chat template")
+    p.add_argument("--concurrency", type=int, default=32)
+    p.add_argument("--tensor-parallel-size", type=int, default=1)
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+
+
+def cmd_sample(args: argparse.Namespace) -> int:
+    from mathloop.pipeline.sample import SampleConfig, run_sample
+
+    config = SampleConfig(model=args.model, problems=args.problems, out=args.out, n=args.n,
+                          temperatures=[float(t) for t in _csv(args.temperatures)], top_p=args.top_p,
+                          max_new_tokens=args.max_new_tokens, mode=args.mode, hard_n=args.hard_n,
+                          hard_max_correct=args.hard_max_correct, hard_temperature=args.hard_temperature,
+                          limit=args.limit, data_dir=args.data_dir, seed=args.seed, shard=args.shard,
+                          num_shards=args.num_shards, backend=args.backend, backend_args=_backend_args(args))
+    print(json.dumps(run_sample(config, progress=not args.quiet), indent=2))
+    return 0
+
+
+def add_select_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("select", help="pick the best responses per problem as SFT data", description=(
+        "Read samples (files, or `mathloop sample` folders), keep up to --k correct responses per problem (best RM "
+        "score first when samples have rm_score), pseudo-label problems without a gold answer by majority vote, "
+        "drop truncated and near-duplicate responses, optionally remove responses that match a benchmark, and "
+        "write prompt-completion chat rows for `mathloop sft`."))
+    p.add_argument("--samples", type=_csv, required=True, help="comma-separated sample JSONL files or folders")
+    p.add_argument("--output", required=True, help="SFT data JSONL to write")
+    p.add_argument("--k", type=int, default=4, help="responses per problem (default: %(default)s)")
+    p.add_argument("--no-rm", action="store_true", help="ignore rm_score (order and votes unweighted)")
+    p.add_argument("--min-agreement", type=float, default=0.5,
+                   help="pseudo-labels: share of votes the majority answer needs (default: %(default)s)")
+    p.add_argument("--near-duplicate", type=float, default=0.8,
+                   help="word 3-gram Jaccard similarity at which two responses count as one (default: %(default)s)")
+    p.add_argument("--decontaminate", action="store_true",
+                   help="remove responses and questions that match any benchmark of the data folder")
+    p.add_argument("--data-dir", default=None, help="benchmark folder (default: $MATHLOOP_DATA_DIR)")
+
+
+def cmd_select(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from mathloop.pipeline.sample import read_samples
+    from mathloop.pipeline.select import select_responses, sft_rows
+    from mathloop.records import Sample, read_records, write_jsonl
+
+    samples = [s for source in args.samples
+               for s in (read_samples(source) if Path(source).is_dir() else read_records(Sample, source))]
+    chosen, report = select_responses(samples, k=args.k, use_rm=not args.no_rm, min_agreement=args.min_agreement,
+                                      near_duplicate=args.near_duplicate)
+    info = report.to_dict()
+    if args.decontaminate:
+        from mathloop.data.decontaminate import ContaminationIndex, decontaminate_samples
+
+        chosen, removed, per_benchmark = decontaminate_samples(chosen, ContaminationIndex.from_benchmarks(
+            args.data_dir))
+        info["decontamination"] = {"removed_responses": len(removed), "per_benchmark": per_benchmark}
+    info["rows"] = write_jsonl(args.output, sft_rows(chosen))
+    print(json.dumps(info, indent=2))
+    return 0
+
+
+def add_loop_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("loop", help="run self-improvement rounds from a YAML config", description=(
+        "Rounds of sample -> verify -> train RM -> select -> SFT -> evaluate (and GRPO when configured) in one "
+        "resumable run folder; see configs/*.yaml. Re-running the same command skips finished stages."))
+    p.add_argument("--config", required=True, help="loop YAML file (e.g. configs/cpu-default.yaml)")
+    p.add_argument("--output-dir", default=None, help="override the config's output_dir")
+    p.add_argument("--rounds", type=int, default=None, help="override the number of rounds")
+    p.add_argument("--data-dir", default=None, help="benchmark folder (default: $MATHLOOP_DATA_DIR)")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+
+
+def cmd_loop(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from mathloop.pipeline.loop import load_loop_config, run_loop
+
+    config = load_loop_config(args.config, {"output_dir": args.output_dir, "rounds": args.rounds,
+                                            "data_dir": args.data_dir})
+    run_loop(config, progress=not args.quiet)
+    print((Path(config.output_dir) / "summary.md").read_text())
+    return 0
+
+
+def add_demo_parser(sub: argparse._SubParsersAction) -> None:
+    from mathloop.pipeline import demo
+
+    p = sub.add_parser("demo", help="one round of the loop on the embedded model (under 20 min on a laptop CPU)",
+                       description=demo.__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--out", default="mathloop-demo", help="run folder (default: %(default)s; resumed when it exists)")
+    p.add_argument("--model", default="default", help="starting model (default: %(default)s)")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from mathloop.pipeline.demo import run_demo
+
+    print(run_demo(args.out, model=args.model, progress=not args.quiet))
+    return 0
+
+
+def add_grpo_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("grpo", help="reinforcement learning of a policy with GRPO", description=(
+        "Roll out groups of responses per query from the policy being trained (CoT, or TIR with the sandbox), grade "
+        "them, reward them (default: the paper's shaped reward from verifier and reward model), and update the "
+        "policy with GRPO. Settings come from --config (YAML, keys are GRPOConfig fields, flags with underscores) "
+        "and flags, flags winning. Re-running with the same --output-dir resumes from the latest checkpoint. The "
+        "trained model is written to <output-dir>/final."))
+    p.add_argument("--config", default=None, help="YAML file of settings (GRPOConfig fields)")
+    p.add_argument("--model", default=None,
+                   help="policy: 'default' (embedded Qwen2.5-Coder-0.5B-Instruct), a local folder or a Hub id "
+                        "(default: default)")
+    p.add_argument("--output-dir", default=None, help="run folder (created; resumed when it holds checkpoints)")
+    p.add_argument("--queries", default=None, help="problems JSONL to train on (question, gold)")
+    p.add_argument("--benchmark", default=None, help="or a benchmark's split as the queries, e.g. gsm8k")
+    p.add_argument("--split", default=None, help="split of --benchmark (default: train)")
+    p.add_argument("--data-dir", default=None, help="benchmark folder (default: $MATHLOOP_DATA_DIR)")
+    p.add_argument("--selection-samples", default=None,
+                   help="graded samples JSONL: keep only queries with 2..5 of 8 samples correct")
+    p.add_argument("--mode", choices=["cot", "tir"], default=None,
+                   help="cot = chain of thought; tir = the model's Python runs in the sandbox (default: cot)")
+    p.add_argument("--reward", default=None,
+                   help="shaped (verifier + reward model), verifier, rm, or module.path:function with TRL's reward "
+                        "signature (default: shaped)")
+    p.add_argument("--rm", default=None, help="reward model folder (`mathloop rm train`) or Hub id")
+    p.add_argument("--steps", type=int, default=None, help="optimizer steps in all (default: 100)")
+    p.add_argument("--group-size", type=int, default=None, help="responses per query (default: 8)")
+    p.add_argument("--queries-per-step", type=int, default=None, help="queries per step (default: 16)")
+    p.add_argument("--learning-rate", "--lr", type=float, default=None,
+                   help="AdamW learning rate (default: 1e-6, with --lora 2e-5)")
+    p.add_argument("--lora", action="store_true", default=None,
+                   help="train LoRA adapters instead of all weights (needs mathloop[train])")
+    p.add_argument("--seed", type=int, default=None, help="query order and sampling (default: 0)")
+
+
+def cmd_grpo(args: argparse.Namespace) -> int:
+    from mathloop.train.grpo import config_from_dict, load_config, train_grpo
+
+    names = ("model", "output_dir", "queries", "benchmark", "split", "data_dir", "selection_samples", "mode",
+             "reward", "rm", "steps", "group_size", "queries_per_step", "learning_rate", "lora", "seed")
+    overrides = {name: getattr(args, name) for name in names}
+    if args.config:
+        config = load_config(args.config, overrides)
+    else:
+        config = config_from_dict({}, overrides, source="command line (use --output-dir and --queries)")
+    print(json.dumps(train_grpo(config), indent=2))
+    return 0
+
+
+def add_sft_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("sft", help="supervised fine-tuning on prompt-completion chat rows (TRL)", description=(
+        "Fine-tune a model on a JSONL file of prompt-completion chat rows (`mathloop select` writes them) with "
+        "TRL's SFTTrainer; the loss covers the completion only. Settings come from --config (YAML, keys are "
+        "SFTRunConfig fields) and flags, flags winning. Re-running with the same --output-dir resumes from the "
+        "latest checkpoint; the model is written to <output-dir>/final. Several GPUs: accelerate launch "
+        "--config_file configs/accelerate/multi_gpu.yaml -m mathloop.cli sft --config FILE.yaml"))
+    p.add_argument("--config", default=None, help="YAML file of settings (SFTRunConfig fields)")
+    p.add_argument("--model", default=None,
+                   help="starting model: 'default' (embedded Qwen2.5-Coder-0.5B-Instruct), a local folder or a Hub "
+                        "id (default: default)")
+    p.add_argument("--data", default=None, help="JSONL of {prompt: [messages], completion: [assistant message]}")
+    p.add_argument("--output-dir", default=None, help="run folder (created; resumed when it holds checkpoints)")
+    p.add_argument("--epochs", type=int, default=None, help="passes over the data (default: 3)")
+    p.add_argument("--learning-rate", "--lr", type=float, default=None, help="peak learning rate (default: 2e-5)")
+    p.add_argument("--max-length", type=int, default=None,
+                   help="tokens per prompt + completion; longer examples are dropped (default: 4096)")
+    p.add_argument("--per-device-batch-size", type=int, default=None, help="examples per device per step (default: 8)")
+    p.add_argument("--gradient-accumulation-steps", type=int, default=None,
+                   help="micro-batches per optimizer step (default: 16)")
+    p.add_argument("--lora", action="store_true", default=None,
+                   help="train LoRA adapters instead of all weights; final/ holds the merged model (mathloop[train])")
+    p.add_argument("--deepspeed", default=None, help="DeepSpeed JSON config, e.g. configs/deepspeed/zero2.json")
+    p.add_argument("--seed", type=int, default=None, help="data order and initialisation (default: 0)")
+
+
+def cmd_sft(args: argparse.Namespace) -> int:
+    from mathloop.train import sft
+
+    names = ("model", "data", "output_dir", "epochs", "learning_rate", "max_length", "per_device_batch_size",
+             "gradient_accumulation_steps", "lora", "deepspeed", "seed")
+    overrides = {name: getattr(args, name) for name in names}
+    if args.config:
+        config = sft.load_config(args.config, overrides)
+    else:
+        config = sft.config_from_dict({}, overrides, source="command line (use --data and --output-dir)")
+    print(json.dumps(sft.train_sft(config), indent=2))
+    return 0
+
+
+def add_synthesize_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("synthesize", help="new problems evolved from seed problems", description=(
+        "MuggleMath-style problem synthesis: the model rewrites each seed problem into --variants new ones (change "
+        "the numbers, add fractions or percentages, add a condition, combine with a concept, ask for another "
+        "quantity), answers each new problem --answers times, and keeps those whose majority answer holds at least "
+        "--min-agreement of the answers, with that answer as gold. Kept problems go to --out, rejected candidates "
+        "with their reasons to <out>.rejected.jsonl; re-running the same command skips the seeds already done."))
+    p.add_argument("--model", default="default", help="embedded name (default, smollm2), folder or Hub id")
+    p.add_argument("--seeds", required=True,
+                   help="'<benchmark>:<split>:<count>' from the data folder (e.g. gsm8k:train:100) or a Problem "
+                        "JSONL file")
+    p.add_argument("--out", required=True, help="JSONL file of the kept problems (appended; resumed when it exists)")
+    p.add_argument("--variants", type=int, default=2, help="new problems per seed, one operation each (default: 2)")
+    p.add_argument("--answers", type=int, default=4, help="sampled solutions per new problem (default: 4)")
+    p.add_argument("--min-agreement", type=float, default=0.5,
+                   help="share of the solutions the majority answer needs (default: %(default)s)")
+    p.add_argument("--operations", type=_csv, default=None,
+                   help="comma-separated subset of change_numbers, fractions_percentages, add_condition, "
+                        "combine_concept, change_target (default: all)")
+    p.add_argument("--max-new-tokens", type=int, default=1024, help="per solution (default: %(default)s)")
+    p.add_argument("--seed", type=int, default=0, help="operation choice and sampling (default: 0)")
+    p.add_argument("--chunk-size", type=int, default=32, help="seeds per written chunk (default: %(default)s)")
+    p.add_argument("--decontaminate", action="store_true",
+                   help="reject new problems that match a test item of any benchmark in the data folder")
+    p.add_argument("--data-dir", default=None, help="benchmark folder (default: $MATHLOOP_DATA_DIR)")
+    p.add_argument("--backend", choices=["hf", "openai", "vllm"], default="hf")
+    p.add_argument("--batch-size", type=int, default=32, help="hf: sequences per forward batch")
+    p.add_argument("--dtype", default=None)
+    p.add_argument("--base-url", default=None, help="openai: server URL")
+    p.add_argument("--tokenizer", default=None, help="openai: tokenizer for the chat template")
+    p.add_argument("--concurrency", type=int, default=32)
+    p.add_argument("--tensor-parallel-size", type=int, default=1)
+
+
+def cmd_synthesize(args: argparse.Namespace) -> int:
+    import dataclasses
+
+    from mathloop.backends import load_backend
+    from mathloop.data.evolve import ANSWER_SAMPLING, OPERATIONS, SynthesisConfig, load_seeds, synthesize_file
+
+    config = SynthesisConfig(variants_per_seed=args.variants, n_answers=args.answers,
+                             min_agreement=args.min_agreement, seed=args.seed,
+                             operations=tuple(args.operations or OPERATIONS),
+                             answer_sampling=dataclasses.replace(ANSWER_SAMPLING, max_new_tokens=args.max_new_tokens))
+    config.validate()
+    seeds = load_seeds(args.seeds, args.data_dir)
+    index = None
+    if args.decontaminate:
+        from mathloop.data.decontaminate import ContaminationIndex
+
+        index = ContaminationIndex.from_benchmarks(args.data_dir)
+    backend = load_backend(args.backend, args.model, **_backend_args(args))
+    print(json.dumps(synthesize_file(backend, seeds, args.out, config, index, args.chunk_size), indent=2))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="mathloop", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -227,10 +514,19 @@ def build_parser() -> argparse.ArgumentParser:
     add_exec_parser(sub)
     add_rm_parser(sub)
     add_score_parser(sub)
+    add_sample_parser(sub)
+    add_select_parser(sub)
+    add_loop_parser(sub)
+    add_demo_parser(sub)
+    add_grpo_parser(sub)
+    add_sft_parser(sub)
+    add_synthesize_parser(sub)
     return parser
 
 
-COMMANDS = {"eval": cmd_eval, "grade": cmd_grade, "exec": cmd_exec, "rm": cmd_rm, "score": cmd_score}
+COMMANDS = {"eval": cmd_eval, "grade": cmd_grade, "exec": cmd_exec, "rm": cmd_rm, "score": cmd_score,
+            "sample": cmd_sample, "select": cmd_select, "loop": cmd_loop, "demo": cmd_demo, "grpo": cmd_grpo,
+            "sft": cmd_sft, "synthesize": cmd_synthesize}
 
 
 def main(argv: list[str] | None = None) -> int:

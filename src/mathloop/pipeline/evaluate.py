@@ -3,10 +3,13 @@
 The run folder holds:
   run.json                 what produced the run: model, backend, sampling, seed, benchmarks, package versions
   samples/<bench>.jsonl    one `Sample` per response, appended chunk by chunk (a killed run keeps what it wrote)
-  metrics.json             acc (first sample), maj@k, rm@k (with RM scores), pass@k per benchmark and averaged
+  metrics.json             acc (first sample), maj@k, rm@k (with --rm), pass@k per benchmark and averaged
   results.md               the same as a Markdown table
 Re-running with the same folder skips the problems that already have all their samples; a different model or
 different sampling parameters for the same folder is refused, so one folder never mixes two runs.
+With a reward model (`rm`), every sample gets an `rm_score` after generation and the metrics add RM@k (best-of-k
+by RM score). The reward model may be added to, or changed on, a finished run: samples scored by another RM
+are scored again, the generations are kept.
 """
 
 from __future__ import annotations
@@ -52,6 +55,9 @@ class EvalConfig:
     max_tool_calls: int = 4  # TIR: code executions per response
     tool_timeout: float = 5.0  # TIR: seconds per code execution (the official harness's limit)
     backend_args: dict[str, Any] = field(default_factory=dict)
+    rm: str | None = None  # reward model (folder or Hub id) that scores every sample, for RM@k
+    rm_batch_size: int = 8
+    rm_max_length: int = 4096
 
     def sampling(self) -> SamplingParams:
         return SamplingParams(n=self.n, temperature=self.temperature, top_p=self.top_p,
@@ -63,14 +69,20 @@ _RESUME_KEYS = ("model", "backend", "mode", "n", "temperature", "top_p", "max_ne
                 "max_tool_calls")
 
 
-def run_eval(config: EvalConfig, backend: Backend | None = None, progress: bool = True) -> dict:
-    """Run (or resume) an evaluation and return the metrics summary."""
+def run_eval(config: EvalConfig, backend: Backend | None = None, progress: bool = True,
+             problems: dict[str, list[Problem]] | None = None) -> dict:
+    """Run (or resume) an evaluation and return the metrics summary.
+
+    `problems` replaces loading `config.benchmarks` from the data folder (e.g. built-in procedural problems);
+    its keys name the sample files."""
     if config.mode not in ("cot", "tir"):
         raise ValueError(f"unknown mode '{config.mode}': use cot or tir")
     out = Path(config.out)
     out.mkdir(parents=True, exist_ok=True)
     run_info = _start_run_record(out, config)
-    problems = {name: load_benchmark(name, config.data_dir, config.split, config.limit) for name in config.benchmarks}
+    if problems is None:
+        problems = {name: load_benchmark(name, config.data_dir, config.split, config.limit)
+                    for name in config.benchmarks}
     started = time.time()
     with Verifier() as verifier, _executor(config) as executor:
         for name, bench_problems in problems.items():
@@ -82,7 +94,10 @@ def run_eval(config: EvalConfig, backend: Backend | None = None, progress: bool 
             if backend is None:
                 backend = _load_backend(config)
             _generate_and_grade(name, pending, path, config, backend, verifier, executor, progress)
-    summary = write_metrics(out, config.benchmarks, problems)
+    if config.rm:
+        del backend  # the policy's memory goes back before the reward model loads
+        score_with_rm(out, config, problems)
+    summary = write_metrics(out, list(problems), problems)
     run_info.update(finished=time.strftime("%Y-%m-%dT%H:%M:%S"),
                     wall_seconds=round(run_info.get("wall_seconds", 0) + time.time() - started, 1))
     (out / "run.json").write_text(json.dumps(run_info, indent=2))
@@ -125,8 +140,7 @@ def _generate_and_grade(name: str, problems: list[Problem], path: Path, config: 
                         verifier: Verifier, executor, progress: bool) -> None:
     from tqdm import tqdm
 
-    benchmark = get_benchmark(name)
-    shots = benchmark.shots if config.shots is None else config.shots
+    shots = get_benchmark(name).shots if config.shots is None else config.shots
     params = config.sampling()
     prompts = {p.id: backend.chat_prompt(build_messages(p, config.mode, shots)) for p in problems}
     problems = sorted(problems, key=lambda p: -len(prompts[p.id]))  # similar lengths share a batch
@@ -141,12 +155,12 @@ def _generate_and_grade(name: str, problems: list[Problem], path: Path, config: 
             else:
                 completions = _generate(backend, [prompts[p.id] for p in batch], params, bar)
             samples = [
-                Sample(problem_id=p.id, benchmark=name, prompt=prompts[p.id], response=c.text, mode=config.mode,
+                Sample(problem_id=p.id, benchmark=p.benchmark or name, prompt=prompts[p.id], response=c.text, mode=config.mode,
                        sample_index=j, gold=p.gold, prompt_tokens=c.prompt_tokens,
                        completion_tokens=c.completion_tokens, finish_reason=c.finish_reason,
                        model=backend.model_id, sampling=params.to_dict(),
                        tool_output_spans=c.metadata.get("tool_output_spans", []),
-                       metadata={"answer_type": p.metadata.get("answer_type", "math"),
+                       metadata={"answer_type": p.metadata.get("answer_type", "math"), "question": p.question,
                                  **({"tool_calls": c.metadata["tool_calls"]} if "tool_calls" in c.metadata else {})})
                 for p, outs in zip(batch, completions) for j, c in enumerate(outs)
             ]
@@ -189,6 +203,37 @@ def _tir_completions(backend: Backend, prompts: list[str], params: SamplingParam
                         finish_reason=t.finish_reason or "stop",
                         metadata={"tool_output_spans": t.tool_output_spans, "tool_calls": t.tool_calls})
              for t in group] for group in trajectories]
+
+
+def score_with_rm(out: Path, config: EvalConfig, problems: dict[str, list[Problem]]) -> int:
+    """Give every sample of the run an `rm_score` from `config.rm`; samples already scored by that same reward
+    model are left alone. Returns the number of samples scored now."""
+    from mathloop.reward.model import load_reward_model
+    from mathloop.reward.score import score_samples
+
+    todo: dict[Path, list[Sample]] = {}
+    for name in problems:
+        path = out / "samples" / f"{name}.jsonl"
+        if path.exists():
+            samples = read_records(Sample, path)
+            if any(s.rm_score is None or s.metadata.get("rm") != config.rm for s in samples):
+                todo[path] = samples
+    if not todo:
+        return 0
+    reward_model, tokenizer = load_reward_model(config.rm)
+    questions = {p.id: p.question for bench in problems.values() for p in bench}
+    scored = 0
+    for path, samples in todo.items():
+        stale = [s for s in samples if s.rm_score is None or s.metadata.get("rm") != config.rm]
+        log.info("%s: scoring %d samples with %s", path.name, len(stale), config.rm)
+        scores = score_samples(reward_model, tokenizer, stale, batch_size=config.rm_batch_size,
+                               max_length=config.rm_max_length, questions=questions)
+        for sample, score in zip(stale, scores):
+            sample.rm_score = score
+            sample.metadata["rm"] = config.rm
+        write_jsonl(path, samples)
+        scored += len(stale)
+    return scored
 
 
 def write_metrics(out: Path, benchmarks: list[str], problems: dict[str, list[Problem]]) -> dict:
@@ -252,6 +297,7 @@ def _start_run_record(out: Path, config: EvalConfig) -> dict:
             raise ValueError(f"{out} holds a run with other settings ({detail}); use a new --out folder")
         previous["config"]["benchmarks"] = sorted(set(old.get("benchmarks", [])) | set(config.benchmarks))
         previous["config"]["limit"] = config.limit
+        previous["config"]["rm"] = config.rm
         previous["resumed"] = previous.get("resumed", 0) + 1
         path.write_text(json.dumps(previous, indent=2))
         return previous

@@ -1,0 +1,403 @@
+"""`mathloop loop`: the self-improvement rounds of method steps 1-7 (and GRPO, step 8) as one resumable run.
+
+    round 0   eval                         the starting model on the held-out problems
+    round r   sample -> [rm -> score] -> select -> sft -> eval
+    grpo      (optional) GRPO from the last model on queries its samples solve 2..5 of 8 times -> eval
+
+Everything lives in one run folder; each stage writes its own sub-folder and is skipped when its output is complete,
+so re-running the same command after a kill continues with the stage that was interrupted (each stage also resumes
+inside itself):
+
+  config.yaml                 the settings the run was started with (a resumed run must match them)
+  problems.jsonl              training problems after decontamination; decontamination.json says what was removed
+  round-0/eval/               baseline evaluation (mathloop eval folder)
+  round-<r>/samples/          mathloop sample folder; samples.jsonl merges its passes (with rm_score after scoring)
+  round-<r>/rm/               reward model run (final/ is the RM), when the reward_model section is enabled
+  round-<r>/sft_data.jsonl    selected responses as prompt-completion chat rows; select.json is the report
+  round-<r>/sft/              SFT run (final/ is the next model)
+  round-<r>/eval/             held-out evaluation of that model
+  grpo-after-round-<R>/       the GRPO stage from the last round's model, when enabled (eval/ inside)
+  summary.md, summary.json, accuracy.svg   accuracy per round with 95% intervals
+
+The sections of the YAML file are the settings of the stage commands (`mathloop sample`, `rm train`, `sft`, `eval`,
+`grpo`); the loop fills in the model, data and folder fields itself. `sft_init: base` trains every round from the
+starting model on that round's data (the paper rebuilds the data each round); `previous` continues from the last
+round's model, which is cheaper on a CPU.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from mathloop.records import Problem, read_records, write_jsonl
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class LoopConfig:
+    output_dir: str
+    model: str = "default"
+    problems: str = "gsm8k:train"  # "<benchmark>:<split>", "synthetic:<count>:<seed>" or a Problem JSONL file
+    limit: int | None = None
+    heldout: str = "gsm8k:test"  # the same forms as `problems`
+    heldout_limit: int | None = None
+    data_dir: str | None = None
+    rounds: int = 1
+    sft_init: str = "base"  # "base" or "previous"
+    decontaminate: bool = True  # training problems and selected responses against every benchmark in data_dir
+    seed: int = 0
+    sample: dict[str, Any] = field(default_factory=dict)  # SampleConfig fields
+    reward_model: dict[str, Any] = field(default_factory=dict)  # RMTrainConfig fields, plus enabled: bool
+    select: dict[str, Any] = field(default_factory=dict)  # k, use_rm, min_agreement, near_duplicate
+    sft: dict[str, Any] = field(default_factory=dict)  # SFTRunConfig fields
+    eval: dict[str, Any] = field(default_factory=dict)  # EvalConfig fields (n, temperature, max_new_tokens, ...)
+    grpo: dict[str, Any] = field(default_factory=dict)  # GRPO config fields, plus enabled: bool
+
+    def validate(self) -> None:
+        """Check every section by building its stage config now, so a typo fails before hours of sampling."""
+        if self.rounds < 0:
+            raise ValueError(f"loop: rounds must be >= 0, got {self.rounds}")
+        if self.sft_init not in ("base", "previous"):
+            raise ValueError(f"loop: sft_init must be 'base' or 'previous', got {self.sft_init!r}")
+        unknown = set(self.select) - {"k", "use_rm", "min_agreement", "near_duplicate"}
+        if unknown:
+            raise ValueError(f"loop: select: unknown key(s) {', '.join(sorted(unknown))}; known: k, use_rm, "
+                             f"min_agreement, near_duplicate")
+        probe = Path(self.output_dir) / "round-1"
+        self.sample_config(self.model, probe, 1)
+        self.eval_config(self.model, probe)
+        if self.rm_enabled:
+            self.rm_config(self.model, probe / "samples.jsonl", probe)
+        if self.rounds:
+            self.sft_config(self.model, probe / "sft_data.jsonl", probe)
+        if self.grpo_enabled:
+            if not self.rounds:
+                raise ValueError("loop: the grpo stage selects its queries from a round's samples; set rounds >= 1")
+            rm = str(probe / "rm" / "final") if self.rm_enabled else None
+            self.grpo_config(self.model, probe / "samples.jsonl", Path(self.output_dir) / "grpo-after-round-1", rm)
+
+    @property
+    def rm_enabled(self) -> bool:
+        return bool(self.reward_model.get("enabled", bool(self.reward_model)))
+
+    @property
+    def grpo_enabled(self) -> bool:
+        return bool(self.grpo.get("enabled", bool(self.grpo)))
+
+    # -- the stage configs ---------------------------------------------------------------------------------------
+
+    def sample_config(self, model: str, round_dir: Path, round_index: int):
+        from mathloop.pipeline.sample import SampleConfig
+
+        settings = _known(SampleConfig, self.sample, "sample", exclude=("model", "problems", "out"))
+        settings.setdefault("seed", self.seed)
+        settings["seed"] += 1000 * round_index  # each round draws fresh samples
+        config = SampleConfig(model=model, problems=str(Path(self.output_dir) / "problems.jsonl"),
+                              out=str(round_dir / "samples"), data_dir=self.data_dir, **settings)
+        config.validate()
+        return config
+
+    def rm_config(self, model: str, samples: Path, round_dir: Path):
+        from mathloop.train.rm import config_from_dict
+
+        settings = {k: v for k, v in self.reward_model.items() if k != "enabled"}
+        settings.setdefault("seed", self.seed)
+        return config_from_dict(settings, {"model": model, "samples": [str(samples)],
+                                           "output_dir": str(round_dir / "rm"), "data_dir": self.data_dir},
+                                source="loop: reward_model")
+
+    def sft_config(self, model: str, data: Path, round_dir: Path):
+        from mathloop.train.sft import config_from_dict
+
+        settings = dict(self.sft)
+        settings.setdefault("seed", self.seed)
+        return config_from_dict(settings, {"model": model, "data": str(data), "output_dir": str(round_dir / "sft")},
+                                source="loop: sft")
+
+    def eval_config(self, model: str, round_dir: Path):
+        from mathloop.pipeline.evaluate import EvalConfig
+
+        settings = _known(EvalConfig, self.eval, "eval", exclude=("model", "benchmarks", "out", "limit", "split"))
+        settings.setdefault("seed", self.seed)
+        return EvalConfig(model=model, benchmarks=[], out=str(round_dir / "eval"), data_dir=self.data_dir,
+                          shots=settings.pop("shots", 0), **settings)
+
+    def grpo_config(self, model: str, samples: Path, grpo_dir: Path, rm: str | None = None):
+        """GRPO from `model` on the training problems its samples solve 2..5 of 8 times; the reward model is the
+        section's `rm`, else the last round's (when the loop trains one)."""
+        from mathloop.train.grpo import config_from_dict
+
+        settings = {k: v for k, v in self.grpo.items() if k != "enabled"}
+        settings.setdefault("seed", self.seed)
+        if rm and not settings.get("rm"):
+            settings["rm"] = rm
+        return config_from_dict(settings, {"model": model, "output_dir": str(grpo_dir),
+                                           "queries": str(Path(self.output_dir) / "problems.jsonl"),
+                                           "selection_samples": str(samples), "data_dir": self.data_dir},
+                                source="loop: grpo")
+
+
+def _known(cls, section: dict[str, Any], name: str, exclude: tuple[str, ...]) -> dict[str, Any]:
+    names = {f.name for f in dataclasses.fields(cls)} - set(exclude)
+    unknown = sorted(set(section) - names)
+    if unknown:
+        raise ValueError(f"loop: {name}: unknown key(s) {', '.join(unknown)}; known: {', '.join(sorted(names))}")
+    return dict(section)
+
+
+def load_loop_config(path: str, overrides: dict[str, Any] | None = None) -> LoopConfig:
+    """Read a loop YAML file; `overrides` (non-None values) replace top-level keys."""
+    import yaml
+
+    with open(path, encoding="utf-8") as f:
+        data = yaml.safe_load(f) or {}
+    if not isinstance(data, dict):
+        raise ValueError(f"{path}: expected a mapping of loop settings, got {type(data).__name__}")
+    return loop_config_from_dict(data, overrides, source=path)
+
+
+def loop_config_from_dict(data: dict[str, Any], overrides: dict[str, Any] | None = None,
+                          source: str = "loop config") -> LoopConfig:
+    names = {f.name for f in dataclasses.fields(LoopConfig)}
+    unknown = sorted(set(data) - names)
+    if unknown:
+        raise ValueError(f"{source}: unknown key(s) {', '.join(unknown)}; known: {', '.join(sorted(names))}")
+    merged = {**data, **{k: v for k, v in (overrides or {}).items() if v is not None}}
+    if "output_dir" not in merged:
+        raise ValueError(f"{source}: missing output_dir")
+    for section in ("sample", "reward_model", "select", "sft", "eval", "grpo"):
+        if not isinstance(merged.get(section) or {}, dict):
+            raise ValueError(f"{source}: {section} must be a mapping of settings")
+        merged[section] = dict(merged.get(section) or {})
+    config = LoopConfig(**merged)
+    try:
+        config.validate()
+    except (TypeError, ValueError) as e:
+        raise ValueError(f"{source}: {e}") from None
+    return config
+
+
+# ---- the run --------------------------------------------------------------------------------------------------
+
+def run_loop(config: LoopConfig, progress: bool = True, backend=None) -> dict:
+    """Run (or resume) the loop; returns the summary (also written to summary.json / summary.md).
+
+    `backend` generates for every sampling and evaluation stage instead of loading each round's model (tests use a
+    scripted one); by default each stage loads the model it is given."""
+    from mathloop.pipeline.sample import load_problem_source
+
+    config.validate()
+    out = Path(config.output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    _check_config(out, config)
+    heldout = load_problem_source(config.heldout, config.data_dir, config.heldout_limit)
+    _prepare_problems(out, config)
+
+    rows = [_evaluate(config, config.model, out / "round-0", heldout, progress, backend)
+            | {"round": 0, "model": config.model}]
+    model = config.model
+    for r in range(1, config.rounds + 1):
+        round_dir = out / f"round-{r}"
+        started = time.time()
+        sample_summary = _sample(config, model, round_dir, r, progress, backend)
+        rm_summary = _reward_model(config, model, round_dir) if config.rm_enabled else {}
+        selection = _select(config, round_dir)
+        init = config.model if config.sft_init == "base" else model
+        model = _sft(config, init, round_dir)
+        row = _evaluate(config, model, round_dir, heldout, progress, backend)
+        rows.append(row | {"round": r, "model": model, "samples": sample_summary, "rm": rm_summary,
+                           "selection": selection, "seconds": round(time.time() - started, 1)})
+        _write_summary(out, rows)
+    if config.grpo_enabled:
+        grpo_dir = out / f"grpo-after-round-{config.rounds}"
+        model = _grpo(config, model, grpo_dir, config.rounds)
+        rows.append(_evaluate(config, model, grpo_dir, heldout, progress, backend)
+                    | {"round": "grpo", "model": model})
+    return _write_summary(out, rows)
+
+
+def _check_config(out: Path, config: LoopConfig) -> None:
+    import yaml
+
+    path = out / "config.yaml"
+    current = dataclasses.asdict(config)
+    if path.exists():
+        old = yaml.safe_load(path.read_text()) or {}
+        # rounds may grow (continue a finished run for more rounds); anything else would mix two experiments
+        changed = sorted(k for k in current if k != "rounds" and old.get(k) != current[k])
+        if changed:
+            raise ValueError(f"{out} holds a loop run with other settings ({', '.join(changed)}); use a new "
+                             f"output_dir")
+    path.write_text(yaml.safe_dump(current, sort_keys=False))
+
+
+def _prepare_problems(out: Path, config: LoopConfig) -> list[Problem]:
+    """The training problems, decontaminated against every benchmark of the data folder (once per run)."""
+    from mathloop.pipeline.sample import load_problem_source
+
+    path = out / "problems.jsonl"
+    if path.exists():
+        return read_records(Problem, path)
+    problems = load_problem_source(config.problems, config.data_dir, config.limit)
+    report: dict[str, Any] = {"problems": len(problems), "removed": 0, "per_benchmark": {}, "examples": []}
+    if config.decontaminate:
+        from mathloop.data.decontaminate import ContaminationIndex, decontaminate
+
+        index = ContaminationIndex.from_benchmarks(config.data_dir)
+        problems, removed, per_benchmark = decontaminate(problems, index)
+        report.update(removed=len(removed), per_benchmark=per_benchmark,
+                      examples=[{"id": p.id, **p.metadata["contamination"]} for p in removed])
+        log.info("decontamination: removed %d of %d training problems %s", len(removed), report["problems"],
+                 per_benchmark)
+    (out / "decontamination.json").write_text(json.dumps(report, indent=2) + "\n")
+    write_jsonl(path, problems)
+    return problems
+
+
+def _sample(config: LoopConfig, model: str, round_dir: Path, r: int, progress: bool, backend) -> dict:
+    from mathloop.pipeline.sample import read_samples, run_sample
+
+    merged = round_dir / "samples.jsonl"
+    sample_config = config.sample_config(model, round_dir, r)
+    summary = run_sample(sample_config, backend=backend, progress=progress)
+    if not merged.exists():
+        write_jsonl(merged, read_samples(sample_config.out))
+    return summary
+
+
+def _reward_model(config: LoopConfig, model: str, round_dir: Path) -> dict:
+    """Train the round's RM on the round's samples, then score every sample with it (for selection)."""
+    from mathloop.records import Sample
+    from mathloop.reward.model import load_reward_model
+    from mathloop.reward.score import score_samples
+    from mathloop.train.rm import train
+
+    rm_config = config.rm_config(model, round_dir / "samples.jsonl", round_dir)
+    final = Path(rm_config.output_dir) / "final"
+    summary_path = Path(rm_config.output_dir) / "summary.json"
+    if not (final / "reward_config.json").exists():
+        summary = train(rm_config)
+        summary_path.write_text(json.dumps(summary, indent=2) + "\n")
+    samples_path = round_dir / "samples.jsonl"
+    samples = read_records(Sample, samples_path)
+    if any(s.rm_score is None for s in samples):
+        reward_model, tokenizer = load_reward_model(str(final))
+        for s, score in zip(samples, score_samples(reward_model, tokenizer, samples,
+                                                   max_length=rm_config.max_length)):
+            s.rm_score = score
+        write_jsonl(samples_path, samples)
+    return json.loads(summary_path.read_text()) if summary_path.exists() else {}
+
+
+def _select(config: LoopConfig, round_dir: Path) -> dict:
+    from mathloop.pipeline.select import select_responses, sft_rows
+    from mathloop.records import Sample
+
+    data, report_path = round_dir / "sft_data.jsonl", round_dir / "select.json"
+    if data.exists() and report_path.exists():
+        return json.loads(report_path.read_text())
+    samples = read_records(Sample, round_dir / "samples.jsonl")
+    chosen, report = select_responses(samples, **config.select)
+    info = report.to_dict()
+    if config.decontaminate:
+        from mathloop.data.decontaminate import ContaminationIndex, decontaminate_samples
+
+        chosen, removed, per_benchmark = decontaminate_samples(chosen, ContaminationIndex.from_benchmarks(
+            config.data_dir))
+        info["decontamination"] = {"removed_responses": len(removed), "per_benchmark": per_benchmark}
+    if not chosen:
+        raise ValueError(f"{round_dir}: selection kept no response ({info}); sample more responses per problem or "
+                         f"more problems")
+    problems = {p.id: p for p in read_records(Problem, Path(config.output_dir) / "problems.jsonl")}
+    info["rows"] = write_jsonl(data, sft_rows(chosen, problems))
+    report_path.write_text(json.dumps(info, indent=2) + "\n")
+    return info
+
+
+def _sft(config: LoopConfig, init_model: str, round_dir: Path) -> str:
+    from mathloop.train.sft import train_sft
+
+    sft_config = config.sft_config(init_model, round_dir / "sft_data.jsonl", round_dir)
+    final = Path(sft_config.output_dir) / "final"
+    if not (final / "config.json").exists():
+        train_sft(sft_config)
+    return str(final)
+
+
+def _grpo(config: LoopConfig, model: str, grpo_dir: Path, last_round: int) -> str:
+    from mathloop.train.grpo import train_grpo
+
+    round_dir = Path(config.output_dir) / f"round-{last_round}"
+    rm = str(round_dir / "rm" / "final") if config.rm_enabled else None
+    grpo_config = config.grpo_config(model, round_dir / "samples.jsonl", grpo_dir, rm)
+    final = Path(grpo_config.output_dir) / "final"
+    if not (final / "config.json").exists():
+        train_grpo(grpo_config)
+    return str(final)
+
+
+def _evaluate(config: LoopConfig, model: str, stage_dir: Path, heldout: list[Problem], progress: bool,
+              backend) -> dict:
+    from mathloop.pipeline.evaluate import run_eval
+
+    eval_config = config.eval_config(model, stage_dir)
+    name = config.heldout.split(":")[0] if ":" in config.heldout else Path(config.heldout).stem
+    summary = run_eval(eval_config, backend=backend, progress=progress, problems={name: heldout})
+    acc = summary["benchmarks"][name]["acc"]
+    return {"benchmark": name, "acc": acc["mean"], "ci95": acc["ci95"], "n": len(heldout),
+            "metrics": summary["benchmarks"][name]}
+
+
+def _write_summary(out: Path, rows: list[dict]) -> dict:
+    summary = {"rounds": rows}
+    (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    lines = ["| round | held-out acc | 95% CI | problems | SFT rows | train samples correct | RM held-out pair acc |",
+             "|---|---|---|---|---|---|---|"]
+    for row in rows:
+        samples = row.get("samples") or {}
+        correct = f"{samples['correct']}/{samples['samples']}" if samples.get("samples") else ""
+        rm_acc = row.get("rm", {}).get("heldout_accuracy")
+        lines.append(f"| {row['round']} | {100 * row['acc']:.1f}% | [{100 * row['ci95'][0]:.1f}, "
+                     f"{100 * row['ci95'][1]:.1f}] | {row['n']} | {row.get('selection', {}).get('rows', '')} | "
+                     f"{correct} | {'' if rm_acc is None else f'{rm_acc:.3f}'} |")
+    table = "\n".join(lines)
+    (out / "summary.md").write_text(f"# mathloop loop: {out}\n\n{table}\n")
+    (out / "accuracy.svg").write_text(accuracy_svg(rows))
+    return summary
+
+
+def accuracy_svg(rows: list[dict], width: int = 480, height: int = 300) -> str:
+    """A dependency-free SVG plot of held-out accuracy per round with 95% interval bars."""
+    left, right, top, bottom = 50, 20, 20, 40
+    plot_w, plot_h = width - left - right, height - top - bottom
+    n = max(len(rows), 1)
+
+    def x(i: int) -> float:
+        return left + (plot_w * (i + 0.5) / n)
+
+    def y(value: float) -> float:
+        return top + plot_h * (1 - value)
+
+    parts = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" font-family="sans-serif" '
+             f'font-size="11">',
+             f'<rect x="{left}" y="{top}" width="{plot_w}" height="{plot_h}" fill="none" stroke="#999"/>']
+    for tick in (0.0, 0.25, 0.5, 0.75, 1.0):
+        parts.append(f'<text x="{left - 6}" y="{y(tick) + 4:.1f}" text-anchor="end">{100 * tick:.0f}%</text>')
+    points = []
+    for i, row in enumerate(rows):
+        low, high = row["ci95"]
+        parts.append(f'<line x1="{x(i):.1f}" y1="{y(low):.1f}" x2="{x(i):.1f}" y2="{y(high):.1f}" stroke="#4a7"/>')
+        parts.append(f'<text x="{x(i):.1f}" y="{height - bottom + 16}" text-anchor="middle">{row["round"]}</text>')
+        points.append(f"{x(i):.1f},{y(row['acc']):.1f}")
+    parts.append(f'<polyline points="{" ".join(points)}" fill="none" stroke="#237" stroke-width="2"/>')
+    parts += [f'<circle cx="{p.split(",")[0]}" cy="{p.split(",")[1]}" r="3" fill="#237"/>' for p in points]
+    parts.append(f'<text x="{left + plot_w / 2}" y="{height - 6}" text-anchor="middle">round (held-out accuracy, '
+                 f'95% CI)</text></svg>')
+    return "\n".join(parts) + "\n"

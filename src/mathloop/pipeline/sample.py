@@ -1,0 +1,189 @@
+"""`mathloop sample`: many graded responses per training problem (method step 1), resumable and shardable.
+
+Sampling runs in passes. Each entry of `temperatures` is one pass of `n` responses per problem; an optional last
+pass (`hard_n`) gives more responses to the problems the model rarely solves (at most `hard_max_correct` correct
+after the first passes), because those are the problems whose few correct answers the SFT data most needs.
+
+The run folder holds:
+  run.json                          settings, problem source, package versions
+  samples/pass-<i>[.shard-<s>-of-<k>].jsonl
+                                    graded `Sample`s of pass i, appended chunk by chunk (a kill loses at most the
+                                    chunk in flight; half-done problems are regenerated whole on resume)
+`read_samples(folder)` gives every pass and shard as one list, `sample_index` numbered per problem across passes.
+With `num_shards=k`, process `shard=s` takes the problems whose id hashes to s (stable across machines), so k
+processes or machines fill one folder without coordination; the hard pass of a shard only looks at its own problems.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from mathloop.backends.base import Backend
+from mathloop.data.benchmarks import load_benchmark, load_problems
+from mathloop.records import Problem, Sample, read_records
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class SampleConfig:
+    """Every setting of a sampling run (recorded in run.json)."""
+
+    model: str
+    problems: str  # "<benchmark>:<split>" from the data folder, or a Problem JSONL file
+    out: str
+    n: int = 8  # responses per problem per temperature
+    temperatures: list[float] = field(default_factory=lambda: [0.7, 1.0])
+    top_p: float = 0.95
+    max_new_tokens: int = 2048
+    mode: str = "cot"
+    hard_n: int = 0  # extra responses for hard problems (0: no hard pass)
+    hard_max_correct: int = 0  # a problem is hard when it has at most this many correct responses
+    hard_temperature: float = 1.0
+    limit: int | None = None
+    data_dir: str | None = None
+    seed: int = 0
+    shard: int = 0
+    num_shards: int = 1
+    backend: str = "hf"
+    backend_args: dict[str, Any] = field(default_factory=dict)
+    max_tool_calls: int = 4
+    tool_timeout: float = 5.0
+
+    def validate(self) -> None:
+        if self.n < 1 or not self.temperatures:
+            raise ValueError("sample: n must be >= 1 and temperatures must name at least one temperature")
+        if any(t < 0 for t in self.temperatures):
+            raise ValueError(f"sample: temperatures must be >= 0, got {self.temperatures}")
+        if not 0 <= self.shard < self.num_shards:
+            raise ValueError(f"sample: shard must be in 0..{self.num_shards - 1}, got {self.shard}")
+        if self.hard_n < 0:
+            raise ValueError(f"sample: hard_n must be >= 0, got {self.hard_n}")
+
+
+# Settings that must match for a folder to be resumed (the problem list may grow with `limit`).
+_RESUME_KEYS = ("model", "problems", "n", "temperatures", "top_p", "max_new_tokens", "mode", "hard_n",
+                "hard_max_correct", "hard_temperature", "seed", "num_shards")
+
+
+def load_problem_source(spec: str, data_dir: str | None = None, limit: int | None = None) -> list[Problem]:
+    """Problems from "<benchmark>:<split>" (data folder), "synthetic:<count>:<seed>" (the built-in procedural
+    generator, exact answers) or a Problem JSONL file."""
+    if Path(spec).suffix == ".jsonl" or Path(spec).exists():
+        problems = load_problems(spec)
+        return problems[:limit] if limit is not None else problems
+    if spec.startswith("synthetic:"):
+        from mathloop.data.synthetic import generate_problems
+
+        try:
+            count, seed = (int(x) for x in spec.split(":")[1:3])
+        except ValueError:
+            raise ValueError(f"problem source {spec!r}: write synthetic:<count>:<seed>, e.g. synthetic:64:1") from None
+        return generate_problems(count if limit is None else min(count, limit), seed=seed)
+    name, _, split = spec.partition(":")
+    return load_benchmark(name, data_dir, split or "train", limit)
+
+
+def shard_of(problem_id: str, num_shards: int) -> int:
+    """Stable shard number of a problem id (the same on every machine and Python run).
+
+    >>> shard_of("gsm8k/17", 1), shard_of("gsm8k/17", 4) == shard_of("gsm8k/17", 4)
+    (0, True)
+    """
+    digest = hashlib.sha1(problem_id.encode("utf-8")).digest()
+    return int.from_bytes(digest[:8], "big") % num_shards
+
+
+def run_sample(config: SampleConfig, backend: Backend | None = None, progress: bool = True) -> dict:
+    """Run (or resume) sampling; returns counts per pass and overall."""
+    from mathloop.pipeline.evaluate import EvalConfig, _executor, _generate_and_grade, _load_backend, _pending
+    from mathloop.verify import Verifier
+
+    config.validate()
+    out = Path(config.out)
+    out.mkdir(parents=True, exist_ok=True)
+    _check_run_record(out, config)
+    problems = [p for p in load_problem_source(config.problems, config.data_dir, config.limit)
+                if shard_of(p.id, config.num_shards) == config.shard]
+    started = time.time()
+    passes = [(t, config.n) for t in config.temperatures]
+    if config.hard_n:
+        passes.append((config.hard_temperature, config.hard_n))
+    suffix = "" if config.num_shards == 1 else f".shard-{config.shard}-of-{config.num_shards}"
+    eval_config = EvalConfig(model=config.model, benchmarks=[], out=str(out), backend=config.backend,
+                             mode=config.mode, top_p=config.top_p, max_new_tokens=config.max_new_tokens,
+                             data_dir=config.data_dir, shots=0, max_tool_calls=config.max_tool_calls,
+                             tool_timeout=config.tool_timeout, backend_args=config.backend_args)
+    with Verifier() as verifier, _executor(eval_config) as executor:
+        for i, (temperature, n) in enumerate(passes):
+            pass_problems = problems
+            if config.hard_n and i == len(passes) - 1:
+                pass_problems = _hard_problems(problems, out, suffix, config.hard_max_correct, i)
+            path = out / "samples" / f"pass-{i}{suffix}.jsonl"
+            pending = _pending(pass_problems, path, n)
+            if not pending:
+                continue
+            if backend is None:
+                backend = _load_backend(eval_config)
+            pass_config = dataclasses.replace(eval_config, n=n, temperature=temperature, seed=config.seed + i)
+            log.info("pass %d: %d problems x %d responses at temperature %g", i, len(pending), n, temperature)
+            _generate_and_grade(f"pass {i}", pending, path, pass_config, backend, verifier, executor, progress)
+    samples = read_samples(out)
+    ids = {p.id for p in problems}
+    mine = [s for s in samples if s.problem_id in ids]
+    summary = {"problems": len(problems), "samples": len(mine),
+               "correct": sum(s.verdict == "correct" for s in mine),
+               "solved_problems": len({s.problem_id for s in mine if s.verdict == "correct"}),
+               "wall_seconds": round(time.time() - started, 1)}
+    (out / f"summary{suffix}.json").write_text(json.dumps(summary, indent=2) + "\n")
+    return summary
+
+
+def _hard_problems(problems: list[Problem], out: Path, suffix: str, max_correct: int, hard_pass: int) -> list[Problem]:
+    correct: dict[str, int] = {p.id: 0 for p in problems}
+    for path in sorted((out / "samples").glob(f"pass-*{suffix}.jsonl")):
+        if path.name.startswith(f"pass-{hard_pass}"):
+            continue
+        for s in read_records(Sample, path):
+            if s.problem_id in correct and s.verdict == "correct":
+                correct[s.problem_id] += 1
+    return [p for p in problems if correct[p.id] <= max_correct]
+
+
+def read_samples(folder: str | Path) -> list[Sample]:
+    """Every sample of a sampling folder (all passes and shards), with `sample_index` numbered per problem."""
+    samples: list[Sample] = []
+    for path in sorted(Path(folder, "samples").glob("pass-*.jsonl")):
+        pass_index = int(path.name.split(".")[0].split("-")[1])
+        for s in read_records(Sample, path):
+            s.metadata["pass"] = pass_index
+            samples.append(s)
+    samples.sort(key=lambda s: (s.problem_id, s.metadata["pass"], s.sample_index))
+    counts: dict[str, int] = {}
+    for s in samples:
+        s.sample_index = counts.get(s.problem_id, 0)
+        counts[s.problem_id] = s.sample_index + 1
+    return samples
+
+
+def _check_run_record(out: Path, config: SampleConfig) -> None:
+    from mathloop.pipeline.evaluate import package_versions
+
+    path = out / "run.json"
+    current = dataclasses.asdict(config)
+    if path.exists():
+        old = json.loads(path.read_text()).get("config", {})
+        changed = [k for k in _RESUME_KEYS if k in old and old[k] != current[k]]
+        if changed:
+            detail = ", ".join(f"{k}: {old[k]!r} -> {current[k]!r}" for k in changed)
+            raise ValueError(f"{out} holds samples made with other settings ({detail}); use a new --out folder")
+        return
+    info = {"config": current, "started": time.strftime("%Y-%m-%dT%H:%M:%S"), "versions": package_versions()}
+    path.write_text(json.dumps(info, indent=2) + "\n")

@@ -1,0 +1,167 @@
+"""Rejection sampling into SFT data (method step 5): pick the best responses per problem, write chat rows.
+
+Per problem:
+- with a gold answer: the verified-correct responses, best RM score first (no RM scores: in sampling order);
+- without one (synthesized problems): a pseudo-label by majority vote over the extracted answers, each response
+  weighted by sigmoid(RM score) when scores exist; the problem is kept when the winning answer holds at least
+  `min_agreement` of the weight, and its responses that agree are the candidates.
+Candidates that hit the token limit are dropped (they never finished), then exact and near-duplicate responses
+(word 3-gram Jaccard similarity >= `near_duplicate`, default 0.8) are removed, and the first `k` remain.
+
+`sft_rows` turns the chosen samples into TRL's prompt-completion conversational rows, so SFT computes the loss on
+the response only whatever the chat template:
+  {"prompt": [system, user messages], "completion": [{"role": "assistant", "content": response}], ...}
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections import Counter
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+
+from mathloop.prompts import build_messages
+from mathloop.records import Problem, Sample
+from mathloop.verify import same_answer
+
+
+@dataclass
+class SelectionReport:
+    """What selection kept and why the rest went."""
+
+    problems: int = 0
+    kept_problems: int = 0
+    selected: int = 0
+    pseudo_labelled: int = 0
+    dropped: Counter = field(default_factory=Counter)  # reason -> problems
+    truncated: int = 0
+    duplicates: int = 0
+
+    def to_dict(self) -> dict:
+        return {"problems": self.problems, "kept_problems": self.kept_problems, "selected": self.selected,
+                "pseudo_labelled": self.pseudo_labelled, "dropped": dict(self.dropped),
+                "truncated_responses": self.truncated, "duplicate_responses": self.duplicates}
+
+
+def shingles(text: str, n: int = 3) -> set[tuple[str, ...]]:
+    """Word n-grams of the lower-cased text (punctuation kept as its own words).
+
+    >>> sorted(shingles("So x = 2", n=2))
+    [('=', '2'), ('so', 'x'), ('x', '=')]
+    """
+    words = re.findall(r"\w+|[^\w\s]", text.lower())
+    if len(words) < n:
+        return {tuple(words)}
+    return {tuple(words[i:i + n]) for i in range(len(words) - n + 1)}
+
+
+def jaccard(a: set, b: set) -> float:
+    """|a & b| / |a | b| (1.0 for two empty sets).
+
+    >>> jaccard({1, 2, 3}, {2, 3, 4})
+    0.5
+    """
+    return len(a & b) / len(a | b) if a or b else 1.0
+
+
+def majority_answer(samples: list[Sample], use_rm: bool = True) -> tuple[str | None, float]:
+    """The (RM-weighted) majority answer among the samples' extracted answers and its share of the weight.
+
+    Answers are grouped with the verifier's equivalence (1/2 and 0.5 are one vote). Samples without an answer
+    count in the total weight but vote for nothing.
+
+    >>> s = [Sample("p", "", "", pred=a) for a in ("1/2", "0.5", "3", None)]
+    >>> majority_answer(s)
+    ('1/2', 0.5)
+    """
+    weighted = use_rm and all(s.rm_score is not None for s in samples)
+    clusters: list[tuple[str, float]] = []
+    total = 0.0
+    for s in samples:
+        weight = 1.0 / (1.0 + math.exp(-s.rm_score)) if weighted else 1.0
+        total += weight
+        if s.pred is None:
+            continue
+        for i, (answer, w) in enumerate(clusters):
+            if same_answer(answer, s.pred):
+                clusters[i] = (answer, w + weight)
+                break
+        else:
+            clusters.append((s.pred, weight))
+    if not clusters or total == 0:
+        return None, 0.0
+    answer, weight = max(clusters, key=lambda c: c[1])
+    return answer, weight / total
+
+
+def select_responses(samples: Iterable[Sample], k: int = 4, use_rm: bool = True, min_agreement: float = 0.5,
+                     near_duplicate: float = 0.8) -> tuple[list[Sample], SelectionReport]:
+    """The SFT responses: up to `k` per problem, as described in the module docstring."""
+    if k < 1:
+        raise ValueError(f"select: k must be >= 1, got {k}")
+    if not 0 < min_agreement <= 1:
+        raise ValueError(f"select: min_agreement must be in (0, 1], got {min_agreement}")
+    by_problem: dict[str, list[Sample]] = {}
+    for s in samples:
+        by_problem.setdefault(s.problem_id, []).append(s)
+    report = SelectionReport(problems=len(by_problem))
+    chosen: list[Sample] = []
+    for problem_id in sorted(by_problem):
+        group = sorted(by_problem[problem_id], key=lambda s: s.sample_index)
+        if group[0].gold is not None:
+            candidates = [s for s in group if s.verdict == "correct"]
+            reason = "no correct response"
+        else:
+            label, share = majority_answer(group, use_rm)
+            if label is None or share < min_agreement:
+                report.dropped["no majority answer"] += 1
+                continue
+            candidates = [s for s in group if s.pred is not None and same_answer(label, s.pred)]
+            for s in candidates:
+                s.metadata.update(pseudo_label=label, agreement=round(share, 4))
+            report.pseudo_labelled += 1
+            reason = "no agreeing response"
+        finished = [s for s in candidates if s.finish_reason != "length"]
+        report.truncated += len(candidates) - len(finished)
+        if use_rm and finished and all(s.rm_score is not None for s in finished):
+            finished.sort(key=lambda s: -s.rm_score)
+        kept: list[Sample] = []
+        kept_shingles: list[set] = []
+        for s in finished:
+            mine = shingles(s.response)
+            if any(jaccard(mine, other) >= near_duplicate for other in kept_shingles):
+                report.duplicates += 1
+                continue
+            kept.append(s)
+            kept_shingles.append(mine)
+            if len(kept) == k:
+                break
+        if not kept:
+            report.dropped[reason if not candidates or finished else "only truncated responses"] += 1
+            continue
+        report.kept_problems += 1
+        chosen += kept
+    report.selected = len(chosen)
+    return chosen, report
+
+
+def sft_rows(samples: Iterable[Sample], problems: Mapping[str, Problem] | None = None) -> list[dict]:
+    """Prompt-completion chat rows for SFT. The prompt messages are rebuilt from the problem (from `problems`, or
+    from the question stored in `Sample.metadata["question"]`) in the sample's mode, without few-shot turns.
+    TIR responses keep their executor spans (`tool_output_spans`) for trainers that mask them."""
+    rows = []
+    for s in samples:
+        problem = (problems or {}).get(s.problem_id)
+        if problem is None:
+            question = s.metadata.get("question")
+            if question is None:
+                raise ValueError(f"sample of problem {s.problem_id} has no question: pass the problems, or sample "
+                                 f"with a mathloop version that stores metadata.question")
+            problem = Problem(id=s.problem_id, benchmark=s.benchmark, question=question, gold=s.gold)
+        rows.append({"prompt": build_messages(problem, s.mode, 0),
+                     "completion": [{"role": "assistant", "content": s.response}],
+                     "problem_id": s.problem_id, "gold": s.gold if s.gold is not None
+                     else s.metadata.get("pseudo_label"), "rm_score": s.rm_score, "mode": s.mode,
+                     "tool_output_spans": s.tool_output_spans})
+    return rows

@@ -1,0 +1,370 @@
+"""`mathloop sft`: supervised fine-tuning (method step 6) on rejection-sampled solutions, with TRL's SFTTrainer.
+
+The data is a JSONL file in TRL's conversational prompt-completion format, one example per line:
+
+    {"prompt": [{"role": "system", "content": "..."}, {"role": "user", "content": "..."}],
+     "completion": [{"role": "assistant", "content": "... \\boxed{42}"}], ...any other keys, ignored}
+
+TRL renders both with the model's chat template and computes the loss on the completion tokens only (the prompt's
+labels are -100), whatever the template. Examples longer than `max_length` tokens are dropped rather than truncated:
+a cut solution has no final answer and no end-of-turn token, and would teach the model not to finish.
+
+The defaults follow the paper where it gives a value: 3 epochs, sequence length 4096, learning rate 2e-5 with a
+cosine decay (set `min_learning_rate: 7.0e-7` for the paper's floor), global batch 128 (8 per device x 16
+accumulation steps on one GPU; divide the accumulation by the number of GPUs to keep 128). Weights are float32; on a
+GPU the forward/backward run in bfloat16 autocast (mixed precision). `dtype: bfloat16` keeps the weights themselves
+in bfloat16 to halve their memory (small updates then round away more easily). On CPU the default is plain float32:
+bfloat16 autocast (`bf16: true`) is faster only on CPUs with bfloat16 instructions (avx512_bf16/AMX: about 1.8x per
+step for a 4-layer, 512-wide model on this project's CPU) and emulated, slower, elsewhere.
+
+`packing: true` concatenates examples into `max_length`-token rows instead of padding each batch to its longest
+example. It pays when examples are much shorter than `max_length` and vary in length (GSM8K solutions of a few
+hundred tokens under 4096). TRL then runs padding-free, and only FlashAttention's variable-length kernels keep
+packed examples from attending to each other (with sdpa or eager attention they do attend across, which is why
+packing requires `attn_implementation: flash_attention_2`, a GPU and `pip install flash-attn`).
+
+Several GPUs (data parallel; the Trainer shards batches and only the main process writes files):
+
+    accelerate launch --config_file configs/accelerate/multi_gpu.yaml -m mathloop.cli sft --config sft.yaml
+
+and for models whose optimizer state does not fit one GPU, add `deepspeed: configs/deepspeed/zero2.json` (optimizer
+and gradients sharded) or `zero3.json` (weights sharded too) to the config (needs `pip install deepspeed`). The
+multi-process paths are not covered by the CPU tests.
+
+Output folder:
+  run.json                    config, data counts, package versions
+  metrics.jsonl               one line per logged step: loss, learning rate, gradient norm
+  checkpoints/checkpoint-N/   Trainer checkpoints (weights or adapters, optimizer, scheduler, RNG); the latest are kept
+  adapter/                    the trained LoRA adapters (LoRA runs only)
+  final/                      the fine-tuned model, LoRA merged, with its tokenizer: a plain transformers folder
+                              (`mathloop eval --model <out>/final`)
+  summary.json                what `train_sft` returned
+Re-running the same command resumes from the latest checkpoint; once final/ exists it returns at once.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from transformers import TrainerCallback
+
+from mathloop.records import RecordError, read_jsonl
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class SFTRunConfig:
+    """Every setting of an SFT run (recorded in run.json; YAML keys use these names)."""
+
+    data: str  # JSONL of {"prompt": [messages], "completion": [assistant message]} examples
+    output_dir: str  # run folder: checkpoints, logs, final/
+    model: str = "default"  # starting model: 'default' (embedded), a local folder or a Hub id
+    epochs: int = 3  # the paper's 3
+    learning_rate: float = 2e-5  # the paper's 2e-5 (1.5B/7B); it used 5e-6 for 72B
+    lr_scheduler: str = "cosine"  # any transformers scheduler name: cosine, linear, constant, ...
+    min_learning_rate: float = 0.0  # floor of the cosine decay (the paper decays to 7e-7); needs lr_scheduler cosine
+    warmup_ratio: float = 0.0  # fraction of the steps with a linear warm-up (not stated in the paper)
+    weight_decay: float = 0.0
+    max_grad_norm: float = 1.0
+    max_length: int = 4096  # tokens per prompt + completion (the paper's 4096); longer examples are dropped
+    per_device_batch_size: int = 8  # examples per forward/backward on each device
+    gradient_accumulation_steps: int = 16  # global batch = per_device_batch_size x this x devices (paper: 128)
+    gradient_checkpointing: bool = False  # recompute activations in the backward pass to save memory
+    packing: bool = False  # pack examples into max_length rows (needs FlashAttention; see the module docstring)
+    attn_implementation: str | None = None  # e.g. flash_attention_2 (GPU); default: transformers' choice (sdpa)
+    lora: bool = False  # train LoRA adapters instead of all weights; final/ holds the merged model
+    lora_rank: int = 16
+    lora_alpha: int = 32
+    dtype: str = "float32"  # weights: float32 or bfloat16 (half the memory, coarser updates)
+    bf16: bool | None = None  # bfloat16 autocast; default: on for GPUs that support it, off on CPU
+    save_steps: int = 200  # checkpoint every N optimizer steps (and at the end)
+    keep_checkpoints: int = 2
+    log_every: int = 10  # optimizer steps between metrics.jsonl lines (the first step is always logged)
+    seed: int = 0  # data order, LoRA initialisation, dropout
+    deepspeed: str | None = None  # DeepSpeed JSON config for multi-GPU runs, e.g. configs/deepspeed/zero2.json
+
+    def validate(self) -> None:
+        for name in ("epochs", "max_length", "per_device_batch_size", "gradient_accumulation_steps", "lora_rank",
+                     "lora_alpha", "save_steps", "keep_checkpoints", "log_every"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"sft: {name} must be >= 1, got {getattr(self, name)}")
+        if self.learning_rate <= 0:
+            raise ValueError(f"sft: learning_rate must be > 0, got {self.learning_rate}")
+        if not 0 <= self.min_learning_rate < self.learning_rate:
+            raise ValueError(f"sft: min_learning_rate must be in [0, learning_rate), got {self.min_learning_rate}")
+        if self.min_learning_rate and self.lr_scheduler != "cosine":
+            raise ValueError(f"sft: min_learning_rate needs lr_scheduler 'cosine', got {self.lr_scheduler!r}")
+        from transformers.trainer_utils import SchedulerType
+
+        schedulers = [s.value for s in SchedulerType]
+        if self.lr_scheduler not in schedulers:
+            raise ValueError(f"sft: lr_scheduler {self.lr_scheduler!r} is not one of {', '.join(schedulers)}")
+        if not 0 <= self.warmup_ratio < 1:
+            raise ValueError(f"sft: warmup_ratio must be in [0, 1), got {self.warmup_ratio}")
+        if self.dtype not in ("float32", "bfloat16"):
+            raise ValueError(f"sft: dtype must be float32 or bfloat16, got {self.dtype!r}")
+        if self.packing and self.attn_implementation not in ("flash_attention_2", "flash_attention_3"):
+            raise ValueError("sft: packing needs attn_implementation flash_attention_2 or flash_attention_3 (GPU, "
+                             "pip install flash-attn); with other attention kernels packed examples attend to each "
+                             "other")
+        if self.deepspeed is not None:
+            try:
+                json.loads(Path(self.deepspeed).read_text())
+            except (OSError, json.JSONDecodeError) as e:
+                raise ValueError(f"sft: deepspeed {self.deepspeed!r} is not a readable JSON file ({e})") from None
+
+
+# Settings a resumed run must share with the run that wrote the checkpoints.
+_RESUME_KEYS = ("data", "model", "epochs", "learning_rate", "lr_scheduler", "min_learning_rate", "warmup_ratio",
+                "max_length", "per_device_batch_size", "gradient_accumulation_steps", "packing", "lora", "lora_rank",
+                "lora_alpha", "dtype", "bf16", "seed")
+
+
+def load_config(path: str, overrides: dict[str, Any] | None = None) -> SFTRunConfig:
+    """Read a YAML config (keys are `SFTRunConfig` fields) and apply non-None overrides (command-line flags)."""
+    import yaml
+
+    with open(path, encoding="utf-8") as f:
+        data = yaml.safe_load(f) or {}
+    if not isinstance(data, dict):
+        raise ValueError(f"{path}: expected a mapping of SFTRunConfig fields, got {type(data).__name__}")
+    return config_from_dict(data, overrides, source=path)
+
+
+def config_from_dict(data: dict[str, Any], overrides: dict[str, Any] | None = None,
+                     source: str = "config") -> SFTRunConfig:
+    names = {f.name for f in dataclasses.fields(SFTRunConfig)}
+    unknown = sorted(set(data) - names)
+    if unknown:
+        raise ValueError(f"{source}: unknown key(s) {', '.join(unknown)}; known: {', '.join(sorted(names))}")
+    merged = {**data, **{k: v for k, v in (overrides or {}).items() if v is not None}}
+    missing = [k for k in ("data", "output_dir") if k not in merged]
+    if missing:
+        raise ValueError(f"{source}: missing {', '.join(missing)}")
+    config = SFTRunConfig(**merged)
+    config.validate()
+    return config
+
+
+def read_sft_examples(path: str | Path) -> list[dict[str, list[dict[str, str]]]]:
+    """The prompt-completion pairs of an SFT JSONL file (other keys are left out); a malformed line raises
+    `RecordError` naming file and line."""
+    examples = []
+    for lineno, row in enumerate(read_jsonl(path), 1):
+        for key in ("prompt", "completion"):
+            messages = row.get(key)
+            if not (isinstance(messages, list) and messages and all(
+                    isinstance(m, dict) and isinstance(m.get("role"), str) and isinstance(m.get("content"), str)
+                    for m in messages)):
+                raise RecordError(f"{path}: record {lineno}: '{key}' must be a non-empty list of chat messages "
+                                  f"{{\"role\": ..., \"content\": ...}}")
+        if [m["role"] for m in row["completion"]] != ["assistant"]:
+            raise RecordError(f"{path}: record {lineno}: 'completion' must be one assistant message")
+        examples.append({"prompt": row["prompt"], "completion": row["completion"]})
+    if not examples:
+        raise RecordError(f"{path}: no examples")
+    return examples
+
+
+def drop_too_long(examples: list[dict], tokenizer, max_length: int) -> tuple[list[dict], int]:
+    """Keep the examples whose rendered prompt + completion fits `max_length` tokens; return them and the count
+    dropped."""
+    kept = [e for e in examples if len(tokenizer.apply_chat_template(
+        e["prompt"] + e["completion"], tokenize=True, return_dict=True)["input_ids"]) <= max_length]
+    return kept, len(examples) - len(kept)
+
+
+def build_trainer(config: SFTRunConfig, callbacks: list[TrainerCallback] | None = None) -> tuple[Any, dict[str, Any]]:
+    """The model, its tokenizer, the data and TRL's SFTTrainer for `config`; returns the
+    trainer and a data report {model_path, model_name, examples, dropped_too_long}."""
+    from datasets import Dataset
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from trl import SFTConfig, SFTTrainer
+
+    from mathloop.models import make_trainable, resolve_model
+
+    path, model_name = resolve_model(config.model)
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    examples, dropped = drop_too_long(read_sft_examples(config.data), tokenizer, config.max_length)
+    if not examples:
+        raise ValueError(f"sft: every example of {config.data} is longer than max_length={config.max_length} "
+                         f"tokens; raise max_length")
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=getattr(torch, config.dtype),
+                                                 attn_implementation=config.attn_implementation)
+    make_trainable(model)  # GGUF-derived models are marked quantized, which Trainer refuses
+
+    # Loss on the completion tokens only, checkpoints under checkpoints/, no external loggers.
+    on_gpu = torch.cuda.is_available()
+    bf16 = config.bf16 if config.bf16 is not None else on_gpu and torch.cuda.is_bf16_supported()
+    args = SFTConfig(
+        output_dir=str(Path(config.output_dir) / "checkpoints"), num_train_epochs=config.epochs,
+        learning_rate=config.learning_rate,
+        lr_scheduler_type="cosine_with_min_lr" if config.min_learning_rate else config.lr_scheduler,
+        lr_scheduler_kwargs={"min_lr": config.min_learning_rate} if config.min_learning_rate else None,
+        warmup_steps=config.warmup_ratio, weight_decay=config.weight_decay, max_grad_norm=config.max_grad_norm,
+        max_length=config.max_length, packing=config.packing, completion_only_loss=True,
+        per_device_train_batch_size=config.per_device_batch_size,
+        gradient_accumulation_steps=config.gradient_accumulation_steps,
+        activation_checkpointing=config.gradient_checkpointing,
+        bf16=bf16, dataloader_pin_memory=on_gpu,
+        save_strategy="steps", save_steps=config.save_steps, save_total_limit=config.keep_checkpoints,
+        logging_steps=config.log_every, logging_first_step=True, report_to="none", seed=config.seed,
+        data_seed=config.seed, deepspeed=config.deepspeed,
+    )
+    peft_config = None
+    if config.lora:
+        try:
+            from peft import LoraConfig
+        except ImportError:
+            raise ImportError("sft --lora needs peft: pip install 'mathloop[train]'") from None
+        peft_config = LoraConfig(r=config.lora_rank, lora_alpha=config.lora_alpha, target_modules="all-linear",
+                                 task_type="CAUSAL_LM")
+    trainer = SFTTrainer(model=model, args=args, train_dataset=Dataset.from_list(examples),
+                         processing_class=tokenizer, peft_config=peft_config, callbacks=callbacks)
+    return trainer, {"model_path": path, "model_name": model_name, "examples": len(examples),
+                     "dropped_too_long": dropped}
+
+
+def train_sft(config: SFTRunConfig, stop_after: int | None = None) -> dict[str, Any]:
+    """Fine-tune (or resume, or return at once when final/ exists); returns a summary with the steps, the mean
+    training loss and the path of the final model.
+
+    `stop_after` ends the run after that many optimizer steps in total, as an interruption would (a checkpoint is
+    saved); calling `train_sft` again with the same config resumes it.
+    """
+    from transformers.trainer_utils import get_last_checkpoint
+
+    config.validate()
+    out = Path(config.output_dir)
+    final = out / "final"
+    if (final / "config.json").exists():
+        log.info("%s exists: SFT already done", final)
+        done = json.loads((out / "summary.json").read_text()) if (out / "summary.json").exists() else {}
+        return {**done, "final": str(final), "already_done": True}
+    out.mkdir(parents=True, exist_ok=True)
+    checkpoint = get_last_checkpoint(str(out / "checkpoints")) if (out / "checkpoints").is_dir() else None
+    if checkpoint is not None:
+        _check_resumable(out, config)
+
+    callbacks = [_MetricsLog(out / "metrics.jsonl")] + ([_StopAfter(stop_after)] if stop_after else [])
+    trainer, report = build_trainer(config, callbacks)
+    if trainer.is_world_process_zero():
+        if checkpoint is None:
+            _write_run_record(out, config, report)
+        else:
+            log.info("resuming from %s", checkpoint)
+            _drop_metrics_after(out / "metrics.jsonl", trainer_step(checkpoint))
+
+    result = trainer.train(resume_from_checkpoint=checkpoint)
+    state = trainer.state
+    summary = {"step": state.global_step, "total_steps": state.max_steps, "train_loss": result.training_loss,
+               "examples": report["examples"], "dropped_too_long": report["dropped_too_long"],
+               "resumed_from": checkpoint, "final": None}
+    if state.global_step < state.max_steps:  # stopped early (stop_after): the checkpoint is there to resume
+        return summary
+
+    # The finished model: a standalone folder with the tokenizer, LoRA adapters merged into the weights.
+    partial = out / "final.partial"
+    if trainer.is_world_process_zero():
+        shutil.rmtree(partial, ignore_errors=True)
+    trainer.save_model(str(out / "adapter" if config.lora else partial))  # gathers sharded weights first
+    if trainer.is_world_process_zero():
+        if config.lora:
+            _merge_adapter(report["model_path"], out / "adapter", partial, config, trainer.processing_class)
+        shutil.rmtree(final, ignore_errors=True)
+        partial.rename(final)
+        summary["final"] = str(final)
+        (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    trainer.accelerator.wait_for_everyone()
+    return summary
+
+
+def trainer_step(checkpoint: str) -> int:
+    """The optimizer step of a Trainer checkpoint folder.
+
+    >>> trainer_step("runs/sft/checkpoints/checkpoint-120")
+    120
+    """
+    return int(Path(checkpoint).name.rsplit("-", 1)[-1])
+
+
+def _merge_adapter(base_path: str, adapter_dir: Path, target: Path, config: SFTRunConfig, tokenizer) -> None:
+    """Load the base model, apply the saved LoRA adapter, merge it into the weights and save a plain model.
+
+    Reading the adapter back from disk (instead of merging the in-memory model) works the same whether or not
+    DeepSpeed sharded the weights during training."""
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    from mathloop.models import make_trainable
+
+    base = AutoModelForCausalLM.from_pretrained(base_path, dtype=getattr(torch, config.dtype))
+    make_trainable(base)
+    merged = PeftModel.from_pretrained(base, str(adapter_dir)).merge_and_unload()
+    shutil.rmtree(target, ignore_errors=True)
+    merged.save_pretrained(target)
+    tokenizer.save_pretrained(target)
+
+
+def _check_resumable(out: Path, config: SFTRunConfig) -> None:
+    record = out / "run.json"
+    if not record.exists():
+        return
+    old = json.loads(record.read_text()).get("config", {})
+    current = dataclasses.asdict(config)
+    changed = [k for k in _RESUME_KEYS if k in old and old[k] != current[k]]
+    if changed:
+        detail = ", ".join(f"{k}: {old[k]!r} -> {current[k]!r}" for k in changed)
+        raise ValueError(f"{out} holds a run with other settings ({detail}); use a new output_dir")
+
+
+def _write_run_record(out: Path, config: SFTRunConfig, report: dict[str, Any]) -> None:
+    from mathloop.pipeline.evaluate import package_versions
+
+    info = {"config": dataclasses.asdict(config), "model_name": report["model_name"],
+            "data": {"examples": report["examples"], "dropped_too_long": report["dropped_too_long"]},
+            "started": time.strftime("%Y-%m-%dT%H:%M:%S"), "versions": package_versions()}
+    (out / "run.json").write_text(json.dumps(info, indent=2) + "\n")
+
+
+def _drop_metrics_after(path: Path, step: int) -> None:
+    """Forget log lines of steps after the checkpoint a run resumes from: those steps run again."""
+    if not path.exists():
+        return
+    lines = [line for line in path.read_text().splitlines() if line.strip()]
+    kept = [line for line in lines if json.loads(line).get("step", 0) <= step]
+    if len(kept) < len(lines):
+        path.write_text("".join(line + "\n" for line in kept))
+
+
+class _MetricsLog(TrainerCallback):
+    """Append every Trainer log (loss, learning rate, gradient norm) to metrics.jsonl, from the main process."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def on_log(self, args, state, control, logs=None, **kwargs) -> None:
+        if state.is_world_process_zero and logs:
+            with self.path.open("a", encoding="utf-8") as f:
+                f.write(json.dumps({"step": state.global_step, **logs}) + "\n")
+
+
+class _StopAfter(TrainerCallback):
+    """End training after `step` optimizer steps with a checkpoint, as an interruption at that point would."""
+
+    def __init__(self, step: int) -> None:
+        self.step = step
+
+    def on_step_end(self, args, state, control, **kwargs) -> None:
+        if state.global_step >= self.step:
+            control.should_training_stop = True
+            control.should_save = True

@@ -1,0 +1,318 @@
+"""The GRPO trainer on the tiny random model: it learns, masks executor output, resumes exactly, selects queries,
+and uses the configured reward."""
+
+from __future__ import annotations
+
+import json
+import sys
+
+import pytest
+import torch
+
+from mathloop.records import Sample, read_records, write_jsonl
+
+USER_REWARDS = '''
+def contains_seven(prompts, completions, **columns):
+    """1 for a completion that writes a 7 anywhere, else 0."""
+    return [1.0 if "7" in completion else 0.0 for completion in completions]
+
+
+def text_length(prompts, completions, **columns):
+    """The number of characters: random responses differ in it, so every group has a learning signal."""
+    return [float(len(completion)) for completion in completions]
+'''
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_torch_thread():
+    """Tiny models run fastest on one thread (several threads on tiny matrices mostly wait for each other)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def user_rewards(tmp_path_factory):
+    """A user reward module on sys.path; configs name its functions as 'grpo_user_rewards:<function>'."""
+    folder = tmp_path_factory.mktemp("user-reward")
+    (folder / "grpo_user_rewards.py").write_text(USER_REWARDS)
+    sys.path.insert(0, str(folder))
+    yield "grpo_user_rewards"
+    sys.path.remove(str(folder))
+    sys.modules.pop("grpo_user_rewards", None)
+
+
+def grpo_config(tmp_path, model_dir, **changes):
+    from mathloop.train.grpo import GRPOConfig
+
+    queries = tmp_path / "queries.jsonl"
+    if not queries.exists():
+        write_jsonl(queries, [{"id": f"q{i}", "question": f"What is {i} + {7 - i}?", "gold": "7"} for i in range(8)])
+    settings = dict(output_dir=str(tmp_path / "run"), model=str(model_dir), queries=str(queries), reward="verifier",
+                    group_size=8, queries_per_step=4, steps=2, max_new_tokens=8, learning_rate=1e-2, micro_batch=32,
+                    save_every=0, seed=0)
+    return GRPOConfig(**{**settings, **changes})
+
+
+def metric(run_dir, name):
+    return [json.loads(line)[name] for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+
+
+# ---- learning --------------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("seed", [0, 3])
+def test_the_policy_learns_a_trivially_rewarded_answer(tiny_model_dir, tmp_path, user_rewards, seed):
+    """Reward 1 for writing a 7: a random policy writes one in ~3% of 8-token responses; GRPO makes it the rule."""
+    from mathloop.train.grpo import train_grpo
+
+    config = grpo_config(tmp_path, tiny_model_dir, reward=f"{user_rewards}:contains_seven", steps=20,
+                         seed=seed)
+    summary = train_grpo(config)
+    rewards = metric(tmp_path / "run", "reward_mean")
+    assert len(rewards) == 20 and summary["step"] == 20
+    first, last = sum(rewards[:5]) / 5, sum(rewards[-5:]) / 5
+    assert first < 0.15 and last > first + 0.5, rewards
+    assert all(k > 0 for k in metric(tmp_path / "run", "kl")[5:])  # the policy left the reference behind
+    # The rollouts of a step are recorded with the user function's reward.
+    rollouts = read_records(Sample, tmp_path / "run" / "rollouts" / "step-000020.jsonl")
+    assert len(rollouts) == 4 * 8
+    assert all(s.metadata["reward"] == (1.0 if "7" in s.response else 0.0) for s in rollouts)
+
+
+# ---- masking of the code executor's output ---------------------------------------------------------------------
+
+class ScriptedTIRModel:
+    """A backend that writes code then stops at ```output, and after the executor's output ends with an answer."""
+
+    name, model_id = "scripted", "scripted"
+
+    def chat_prompt(self, messages):
+        return messages[-1]["content"]
+
+    def generate(self, prompts, params):
+        from mathloop.backends.base import Completion
+        from mathloop.tools.tir import OUTPUT_STOP
+
+        def answer(prompt):
+            if OUTPUT_STOP in prompt:
+                return Completion("So x = \\boxed{3}.", completion_tokens=5)
+            return Completion("Let me compute.\n```python\nprint(1 + 2)\n```\n", completion_tokens=9,
+                              stop_string=OUTPUT_STOP)
+
+        return [[answer(p) for _ in range(params.n)] for p in prompts]
+
+
+class Executor:
+    def __init__(self, output):
+        self.output = output
+
+    def run_cells(self, cells):
+        return [self.output for _ in cells]
+
+    def close_session(self, session):
+        pass
+
+
+def tir_rollouts(executor_output, config):
+    from mathloop.backends.base import SamplingParams
+    from mathloop.records import Problem
+    from mathloop.train.grpo import generate_rollouts
+
+    query = Problem(id="q", benchmark="t", question="What is 1 + 2?", gold="3")
+    params = SamplingParams(n=2, temperature=1.0, max_new_tokens=64)
+    return generate_rollouts(ScriptedTIRModel(), Executor(executor_output), [query], {"q": "Q: 1 + 2?\n"}, config,
+                             params)
+
+
+def test_executor_output_is_masked_out_of_the_loss(tiny_model_dir, tmp_path):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from mathloop.train.grpo import encode_rollouts, micro_batch_loss
+
+    config = grpo_config(tmp_path, tiny_model_dir, mode="tir", beta=0.0)
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
+    rollout = tir_rollouts("3", config)[0]
+    (start, end), = rollout.tool_output_spans
+    assert rollout.response[start:end] == "\n3\n```\n" and rollout.response.endswith("\\boxed{3}.")
+    assert rollout.ended_by_eos
+
+    # The loss mask keeps exactly the model's text (and its end-of-turn token), never the prompt or the executor's.
+    input_ids, _, loss_mask = encode_rollouts(tokenizer, [rollout], torch.device("cpu"))
+    targets = input_ids[0, 1:]
+    kept, dropped = targets[loss_mask[0]].tolist(), targets[~loss_mask[0]].tolist()
+    assert tokenizer.decode(kept) == rollout.response[:start] + rollout.response[end:] + tokenizer.eos_token
+    assert rollout.response[start:end] in tokenizer.decode(dropped)
+
+    # The loss moves the logits of exactly those positions: logits at position t predict target t.
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32)
+    outputs = []
+    model.register_forward_hook(lambda module, args, output: outputs.append(output))
+    rollout.advantage = 1.0
+    loss, _ = micro_batch_loss(model, None, tokenizer, [rollout], config, torch.device("cpu"))
+    logits = outputs[0].logits
+    logits.retain_grad()
+    loss.backward()
+    grad = logits.grad[0, :-1].abs().sum(dim=-1)
+    assert (grad[~loss_mask[0]] == 0).all() and (grad[loss_mask[0]] > 0).all()
+
+
+def test_executor_text_changes_nothing_when_it_ends_the_response(tiny_model_dir, tmp_path):
+    """With nothing after the executor's output, its text cannot reach the loss: another output gives the same
+    gradients, and without the mask (no spans) they change. (The loss value is -A whatever the tokens: with one
+    update per batch the ratio is 1.)"""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from mathloop.train.grpo import micro_batch_loss
+
+    config = grpo_config(tmp_path, tiny_model_dir, mode="tir", beta=0.0)
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32)
+    results = []
+    for output, masked in (("3", True), ("123456789 Traceback", True), ("123456789 Traceback", False)):
+        rollout = tir_rollouts(output, config)[0]
+        start, end = rollout.tool_output_spans[0]
+        rollout.response, rollout.ended_by_eos = rollout.response[:end], False  # stopped right after the output
+        rollout.tool_output_spans = [[start, end]] if masked else []
+        rollout.advantage = 1.0
+        model.zero_grad()
+        loss, _ = micro_batch_loss(model, None, tokenizer, [rollout], config, torch.device("cpu"))
+        loss.backward()
+        results.append(torch.cat([p.grad.flatten() for p in model.parameters()]))
+    grads_a, grads_b, grads_unmasked = results
+    assert torch.allclose(grads_a, grads_b, atol=1e-7) and not torch.allclose(grads_a, grads_unmasked, atol=1e-4)
+
+
+# ---- resume ----------------------------------------------------------------------------------------------------
+
+def test_resumed_lora_run_matches_an_uninterrupted_one_and_saves_a_merged_model(tiny_model_dir, tmp_path,
+                                                                                user_rewards):
+    pytest.importorskip("peft")
+    from transformers import AutoModelForCausalLM
+
+    from mathloop.backends.base import SamplingParams
+    from mathloop.backends.hf import HFBackend
+    from mathloop.cli import main
+    from mathloop.train.grpo import train_grpo
+    from mathloop.train.rm import latest_checkpoint
+
+    small = dict(steps=4, lora=True, lora_rank=4, micro_batch=12, gradient_checkpointing=True, beta=0.1,
+                 reward=f"{user_rewards}:text_length", queries_per_step=3)  # 3 steps per epoch
+    straight = train_grpo(grpo_config(tmp_path, tiny_model_dir, output_dir=str(tmp_path / "straight"), **small))
+    config = grpo_config(tmp_path, tiny_model_dir, output_dir=str(tmp_path / "resumed"), **small)
+    first = train_grpo(config, stop_after=2)
+    assert first["step"] == 2 and first["final"] is None
+    assert latest_checkpoint(tmp_path / "resumed").name == "step-000002"
+    (tmp_path / "grpo.yaml").write_text(json.dumps({k: v for k, v in vars(config).items() if k != "steps"}))
+    assert main(["grpo", "--config", str(tmp_path / "grpo.yaml"), "--steps", "4"]) == 0
+    assert metric(tmp_path / "resumed", "step") == [1, 2, 3, 4] and straight["step"] == 4
+    kl = metric(tmp_path / "resumed", "kl")
+    assert kl == pytest.approx(metric(tmp_path / "straight", "kl"), abs=1e-7) and kl[0] == 0 and kl[-1] > 0
+
+    weights = [AutoModelForCausalLM.from_pretrained(tmp_path / run / "final").state_dict()
+               for run in ("straight", "resumed")]
+    start = AutoModelForCausalLM.from_pretrained(tiny_model_dir).state_dict()
+    assert set(weights[0]) == set(start)  # merged: no LoRA weights left
+    assert all(torch.allclose(weights[0][k], weights[1][k], atol=1e-6) for k in start)
+    assert any(not torch.allclose(weights[0][k], start[k]) for k in start)  # training changed the model
+    backend = HFBackend(str(tmp_path / "straight" / "final"), dtype="float32", device="cpu")
+    assert len(backend.generate(["What is 3 + 4?"], SamplingParams(n=2, temperature=1.0, max_new_tokens=4))[0]) == 2
+
+
+def test_resume_refuses_other_settings(tiny_model_dir, tmp_path):
+    from mathloop.train.grpo import train_grpo
+
+    train_grpo(grpo_config(tmp_path, tiny_model_dir, steps=2, max_new_tokens=4), stop_after=1)
+    with pytest.raises(ValueError, match="group_size"):
+        train_grpo(grpo_config(tmp_path, tiny_model_dir, steps=2, max_new_tokens=4, group_size=4))
+
+
+# ---- queries and configuration ---------------------------------------------------------------------------------
+
+def test_selection_keeps_queries_solved_2_to_5_of_8_times(tiny_model_dir, tmp_path):
+    from mathloop.train.grpo import load_queries
+
+    correct_counts = {"q0": 0, "q1": 1, "q2": 2, "q3": 5, "q4": 6, "q5": 8, "q6": 3}  # q7 was never sampled
+    samples = [Sample(problem_id=pid, prompt="p", response="r", sample_index=i,
+                      verdict="correct" if i < k else ("no_answer" if i % 2 else "incorrect"))
+               for pid, k in correct_counts.items() for i in range(8)]
+    write_jsonl(tmp_path / "samples.jsonl", samples)
+    config = grpo_config(tmp_path, tiny_model_dir, selection_samples=str(tmp_path / "samples.jsonl"))
+    queries, report = load_queries(config)
+    assert [q.id for q in queries] == ["q2", "q3", "q6"]
+    assert report == {"loaded": 8, "without_gold": 0, "not_sampled": 1, "not_selected": 4, "queries": 3}
+
+    samples[0].verdict = None
+    write_jsonl(tmp_path / "samples.jsonl", samples)
+    with pytest.raises(ValueError, match="samples.jsonl: the sample of q0 .* no verdict"):
+        load_queries(config)
+
+
+def test_config_errors_name_the_key(tmp_path):
+    from mathloop.train.grpo import config_from_dict, load_config
+
+    (tmp_path / "bad.yaml").write_text("output_dir: out\nqueries: q.jsonl\nreward: verifier\ngroup_sise: 4\n")
+    with pytest.raises(ValueError, match="bad.yaml: unknown key.*group_sise"):
+        load_config(str(tmp_path / "bad.yaml"))
+    base = {"output_dir": "out", "queries": "q.jsonl"}
+    with pytest.raises(ValueError, match="reward 'shaped' needs rm"):
+        config_from_dict(base)
+    with pytest.raises(ValueError, match="group_size must be >= 2"):
+        config_from_dict({**base, "reward": "verifier", "group_size": 1})
+    with pytest.raises(ValueError, match="exactly one of queries .* and benchmark"):
+        config_from_dict({"output_dir": "out", "reward": "verifier"})
+    with pytest.raises(ValueError, match="reward must be one of"):
+        config_from_dict({**base, "reward": "best"})
+    verifier = {**base, "reward": "verifier"}
+    assert config_from_dict(verifier).learning_rate == 1e-6
+    assert config_from_dict(verifier, {"lora": True}).learning_rate == 2e-5  # adapters need larger steps
+
+
+def test_cli_runs_a_step_from_a_yaml_config(tiny_model_dir, tmp_path, capsys):
+    from mathloop.cli import main
+
+    config = grpo_config(tmp_path, tiny_model_dir)
+    (tmp_path / "grpo.yaml").write_text(
+        f"model: {tiny_model_dir}\nqueries: {config.queries}\nreward: verifier\ngroup_size: 2\nqueries_per_step: 2\n"
+        f"max_new_tokens: 4\nsteps: 5\n")
+    assert main(["grpo", "--config", str(tmp_path / "grpo.yaml"), "--steps", "1",
+                 "--output-dir", str(tmp_path / "cli")]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["step"] == 1 and summary["final"] == str(tmp_path / "cli" / "final")
+    assert (tmp_path / "cli" / "final" / "config.json").exists()
+    assert json.loads((tmp_path / "cli" / "run.json").read_text())["config"]["steps"] == 1
+    assert main(["grpo", "--config", str(tmp_path / "grpo.yaml"), "--output-dir", str(tmp_path / "cli2"),
+                 "--reward", "no_such_module:fn"]) == 2
+    assert "cannot import no_such_module" in capsys.readouterr().err
+
+
+# ---- rewards ---------------------------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def tiny_reward_model(tiny_model_dir, tmp_path_factory):
+    from transformers import AutoTokenizer
+
+    from mathloop.reward.model import RewardModel
+
+    path = tmp_path_factory.mktemp("tiny-rm")
+    torch.manual_seed(0)
+    RewardModel.from_backbone(str(tiny_model_dir)).save(path, AutoTokenizer.from_pretrained(tiny_model_dir))
+    return path
+
+
+@pytest.mark.parametrize("reward", ["shaped", "rm"])
+def test_rm_based_rewards_use_the_reward_model_scores(tiny_model_dir, tiny_reward_model, tmp_path, reward):
+    from mathloop.reward.model import load_reward_model
+    from mathloop.reward.score import score_samples
+    from mathloop.reward.shaping import shaped_reward
+    from mathloop.train.grpo import train_grpo
+
+    train_grpo(grpo_config(tmp_path, tiny_model_dir, reward=reward, rm=str(tiny_reward_model), steps=1,
+                           group_size=4, queries_per_step=2))
+    rollouts = read_records(Sample, tmp_path / "run" / "rollouts" / "step-000001.jsonl")
+    model, tokenizer = load_reward_model(str(tiny_reward_model), device="cpu")
+    scores = score_samples(model, tokenizer, rollouts)
+    assert len(set(scores)) > 1  # the random RM tells the responses apart
+    expected = [shaped_reward(score, s.verdict == "correct") if reward == "shaped" else score
+                for s, score in zip(rollouts, scores)]
+    assert [s.metadata["reward"] for s in rollouts] == pytest.approx(expected, abs=1e-5)

@@ -1,0 +1,125 @@
+"""`mathloop loop` and `mathloop demo`: shipped configs validate, a whole round runs on the tiny model with a scripted
+sampler, finished stages are skipped on re-run, rounds can be added, and planted contamination is removed."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+
+from mathloop.backends.fake import FakeBackend
+from mathloop.data.benchmarks import load_benchmark
+from mathloop.data.synthetic import generate_problems
+from mathloop.pipeline.loop import LoopConfig, load_loop_config, loop_config_from_dict, run_loop
+from mathloop.records import Problem, Sample, read_records, write_jsonl
+
+ROOT = Path(__file__).resolve().parents[1]
+TRAIN = generate_problems(8, seed=11)
+HELDOUT = generate_problems(4, seed=12)
+GOLDS = {p.question: p.gold for p in TRAIN + HELDOUT}
+
+
+def half_right(prompt: str, index: int) -> str:
+    """Samples 0 and 2 of every problem are right, 1 and 3 wrong; greedy (index 0) is right."""
+    gold = next((g for q, g in GOLDS.items() if q in prompt), "0")
+    if index % 2 == 0:
+        return f"We compute it step by step, attempt {index}. The answer is \\boxed{{{gold}}}."
+    return f"A rushed guess number {index}. The answer is \\boxed{{987654}}."
+
+
+@pytest.mark.parametrize("path", sorted((ROOT / "configs").glob("*.yaml")), ids=lambda p: p.name)
+def test_shipped_loop_configs_validate(path, tmp_path):
+    config = load_loop_config(str(path), {"output_dir": str(tmp_path / "run")})
+    assert config.rounds >= 1 and config.sample and config.sft
+
+
+def test_config_errors_name_the_section_and_key(tmp_path):
+    with pytest.raises(ValueError, match=r"loop: sft.*unknown key\(s\) epoch\b"):
+        loop_config_from_dict({"output_dir": str(tmp_path), "sft": {"epoch": 2}})
+    with pytest.raises(ValueError, match=r"sample: unknown key\(s\) temperature\b"):
+        loop_config_from_dict({"output_dir": str(tmp_path), "sample": {"temperature": 0.7}})
+    with pytest.raises(ValueError, match="unknown key\\(s\\) round\\b"):
+        loop_config_from_dict({"output_dir": str(tmp_path), "round": 2})
+
+
+def tiny_loop(tmp_path, model_dir, data_dir, **changes) -> LoopConfig:
+    leaked = load_benchmark("math500", data_dir, limit=1)[0]
+    planted = Problem(id="planted/0", benchmark="planted", gold="1",
+                      question=leaked.question.replace("What", "Find") + " Show your work.")
+    write_jsonl(tmp_path / "problems.jsonl", TRAIN + [planted])
+    write_jsonl(tmp_path / "heldout.jsonl", HELDOUT)
+    settings = dict(output_dir=str(tmp_path / "run"), model=str(model_dir), problems=str(tmp_path / "problems.jsonl"),
+                    heldout=str(tmp_path / "heldout.jsonl"), data_dir=str(data_dir), rounds=1,
+                    sample={"n": 4, "temperatures": [0.8], "max_new_tokens": 32},
+                    reward_model={"enabled": True, "group_size": 4, "epochs": 1, "groups_per_batch": 4,
+                                  "max_length": 64, "heldout_fraction": 0.25, "learning_rate": 1e-3},
+                    select={"k": 2},
+                    sft={"epochs": 1, "max_length": 128, "per_device_batch_size": 4, "gradient_accumulation_steps": 1,
+                         "learning_rate": 1e-3, "save_steps": 50},
+                    eval={"max_new_tokens": 32},
+                    grpo={"enabled": True, "reward": "shaped", "steps": 2, "group_size": 4, "queries_per_step": 2,
+                          "max_new_tokens": 12, "selection_n": 4, "selection_low": 1, "selection_high": 3,
+                          "learning_rate": 1e-4, "micro_batch": 4})
+    return loop_config_from_dict({**settings, **changes})
+
+
+def test_a_round_runs_every_stage_and_a_rerun_skips_them(tiny_model_dir, data_dir, tmp_path):
+    backend = FakeBackend(half_right)
+    summary = run_loop(tiny_loop(tmp_path, tiny_model_dir, data_dir), progress=False, backend=backend)
+    run = tmp_path / "run"
+    decontamination = json.loads((run / "decontamination.json").read_text())
+    assert decontamination["removed"] == 1  # MATH-500 is a subset of MATH test: either may be named
+    assert list(decontamination["per_benchmark"].values()) == [1] and decontamination["examples"][0]["id"] == "planted/0"
+    assert [p.id for p in read_records(Problem, run / "problems.jsonl")] == [p.id for p in TRAIN]
+
+    samples = read_records(Sample, run / "round-1" / "samples.jsonl")
+    assert len(samples) == 8 * 4 and all(s.rm_score is not None for s in samples)
+    assert (run / "round-1" / "rm" / "final" / "reward_config.json").exists()
+    rows = [json.loads(line) for line in (run / "round-1" / "sft_data.jsonl").read_text().splitlines()]
+    assert len(rows) == 8 * 2 and all("\\boxed{987654}" not in r["completion"][0]["content"] for r in rows)
+    assert (run / "round-1" / "sft" / "final" / "config.json").exists()
+
+    assert [r["round"] for r in summary["rounds"]] == [0, 1, "grpo"]
+    assert summary["rounds"][1]["model"] == str(run / "round-1" / "sft" / "final")
+    grpo_dir = run / "grpo-after-round-1"
+    grpo_run = json.loads((grpo_dir / "run.json").read_text())
+    assert grpo_run["config"]["model"] == summary["rounds"][1]["model"]  # GRPO starts from the last SFT model
+    assert grpo_run["config"]["rm"] == str(run / "round-1" / "rm" / "final")
+    assert len((grpo_dir / "metrics.jsonl").read_text().splitlines()) == 2
+    assert summary["rounds"][2]["model"] == str(grpo_dir / "final")
+    assert summary["rounds"][0]["acc"] == 1.0 and summary["rounds"][0]["n"] == 4
+    assert "| 1 |" in (run / "summary.md").read_text() and (run / "accuracy.svg").read_text().startswith("<svg")
+
+    final = run / "round-1" / "sft" / "final" / "config.json"
+    stamp = final.stat().st_mtime_ns
+    backend.calls.clear()
+    run_loop(tiny_loop(tmp_path, tiny_model_dir, data_dir), progress=False, backend=backend)
+    assert backend.calls == [] and final.stat().st_mtime_ns == stamp  # nothing sampled, nothing retrained
+
+    summary = run_loop(tiny_loop(tmp_path, tiny_model_dir, data_dir, rounds=2), progress=False, backend=backend)
+    assert [r["round"] for r in summary["rounds"]] == [0, 1, 2, "grpo"] and final.stat().st_mtime_ns == stamp
+    assert (run / "grpo-after-round-2" / "final" / "config.json").exists()
+    second = read_records(Sample, run / "round-2" / "samples.jsonl")
+    assert len(second) == 32 and second[0].model == "fake"
+
+
+def test_a_run_folder_refuses_other_settings(tiny_model_dir, data_dir, tmp_path):
+    with pytest.raises(ValueError, match="grpo stage selects its queries from a round's samples"):
+        tiny_loop(tmp_path, tiny_model_dir, data_dir, rounds=0)
+    config = tiny_loop(tmp_path, tiny_model_dir, data_dir, rounds=0, grpo={})
+    run_loop(config, progress=False, backend=FakeBackend(half_right))
+    with pytest.raises(ValueError, match="select"):
+        run_loop(tiny_loop(tmp_path, tiny_model_dir, data_dir, rounds=0, grpo={}, select={"k": 3}), progress=False,
+                 backend=FakeBackend(half_right))
+
+
+def test_demo_settings_are_a_valid_loop_that_fits_a_laptop(tmp_path):
+    from mathloop.pipeline.demo import demo_config
+
+    config = demo_config(str(tmp_path / "demo"))
+    config.validate()
+    assert config.model == "default" and config.rounds == 1 and config.sft["lora"]
+    assert config.problems.startswith("synthetic:") and config.heldout.startswith("synthetic:")
+    assert yaml.safe_dump(config.sample)  # plain data, recorded in config.yaml

@@ -1,0 +1,157 @@
+"""`mathloop sample` (passes, resume after a kill, shards, hard problems) and `mathloop select` (RM order, majority
+pseudo-labels, duplicates, chat rows), with the scripted backend and built-in procedural problems."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from mathloop.backends.fake import FakeBackend
+from mathloop.cli import main
+from mathloop.data.synthetic import generate_problems
+from mathloop.pipeline.sample import SampleConfig, read_samples, run_sample, shard_of
+from mathloop.pipeline.select import majority_answer, select_responses, sft_rows
+from mathloop.records import Sample, read_records, write_jsonl
+
+PROBLEMS = generate_problems(6, seed=3)
+HARD = {PROBLEMS[0].question, PROBLEMS[1].question}  # the scripted model never solves these
+
+
+def solver(prompt: str, index: int) -> str:
+    """Right on samples 0 and 2 of each easy problem, wrong otherwise."""
+    problem = next(p for p in PROBLEMS if p.question in prompt)
+    if problem.question not in HARD and index % 2 == 0:
+        return f"Step {index}: work it out. The answer is \\boxed{{{problem.gold}}}."
+    return f"Attempt {index}. The answer is \\boxed{{123456}}."
+
+
+def sample_config(tmp_path, **changes) -> SampleConfig:
+    write_jsonl(tmp_path / "problems.jsonl", PROBLEMS)
+    settings = dict(model="fake", problems=str(tmp_path / "problems.jsonl"), out=str(tmp_path / "samples"), n=3,
+                    temperatures=[0.7, 1.0], max_new_tokens=64)
+    return SampleConfig(**{**settings, **changes})
+
+
+def test_each_temperature_is_a_pass_of_n_graded_responses(tmp_path):
+    backend = FakeBackend(solver)
+    summary = run_sample(sample_config(tmp_path), backend=backend, progress=False)
+    samples = read_samples(tmp_path / "samples")
+    assert summary["samples"] == len(samples) == 6 * 3 * 2
+    assert sorted({p.temperature for _, p in backend.calls}) == [0.7, 1.0]
+    per_problem = {}
+    for s in samples:
+        per_problem.setdefault(s.problem_id, []).append(s.sample_index)
+    assert all(sorted(indexes) == list(range(6)) for indexes in per_problem.values())
+    assert summary["correct"] == 4 * 2 * 2 and summary["solved_problems"] == 4
+    assert all(s.gold and s.verdict and s.metadata["question"] for s in samples)
+
+
+def test_resume_after_a_kill_loses_and_duplicates_nothing(tmp_path):
+    backend = FakeBackend(solver)
+    run_sample(sample_config(tmp_path), backend=backend, progress=False)
+    pass0 = tmp_path / "samples" / "samples" / "pass-0.jsonl"
+    lines = pass0.read_text().splitlines()
+    pass0.write_text("\n".join(lines[:7]) + "\n" + lines[7][:30])  # killed: problem 3 half written, a torn line
+    (tmp_path / "samples" / "samples" / "pass-1.jsonl").unlink()  # the second pass never started
+    backend.calls.clear()
+    run_sample(sample_config(tmp_path), backend=backend, progress=False)
+    samples = read_samples(tmp_path / "samples")
+    keys = [(s.problem_id, s.metadata["pass"], s.sample_index) for s in samples]
+    assert len(keys) == len(set(keys)) == 36
+    regenerated = [prompt for prompts, _ in backend.calls for prompt in prompts]
+    assert len(regenerated) == 4 + 6  # pass 0: problems 3-6 (one half done, three missing); pass 1: all six
+
+
+def test_shards_split_the_problems_and_fill_one_folder(tmp_path):
+    for shard in (0, 1):
+        run_sample(sample_config(tmp_path, shard=shard, num_shards=2, temperatures=[0.7]), backend=FakeBackend(solver),
+                   progress=False)
+    files = sorted(p.name for p in (tmp_path / "samples" / "samples").iterdir())
+    assert files == ["pass-0.shard-0-of-2.jsonl", "pass-0.shard-1-of-2.jsonl"]
+    samples = read_samples(tmp_path / "samples")
+    assert sorted({s.problem_id for s in samples}) == sorted(p.id for p in PROBLEMS)
+    for shard in (0, 1):
+        in_file = read_records(Sample, tmp_path / "samples" / "samples" / f"pass-0.shard-{shard}-of-2.jsonl")
+        assert in_file and {shard_of(s.problem_id, 2) for s in in_file} == {shard}
+    assert len(samples) == 18
+
+
+def test_hard_problems_get_extra_samples(tmp_path):
+    run_sample(sample_config(tmp_path, temperatures=[0.7], hard_n=5, hard_max_correct=0), backend=FakeBackend(solver),
+               progress=False)
+    samples = read_samples(tmp_path / "samples")
+    extra = [s for s in samples if s.metadata["pass"] == 1]
+    assert {s.problem_id for s in extra} == {PROBLEMS[0].id, PROBLEMS[1].id} and len(extra) == 10
+
+
+def test_resuming_with_other_settings_is_refused(tmp_path):
+    run_sample(sample_config(tmp_path, temperatures=[0.7]), backend=FakeBackend(solver), progress=False)
+    with pytest.raises(ValueError, match=r"n: 3 -> 4"):
+        run_sample(sample_config(tmp_path, temperatures=[0.7], n=4), backend=FakeBackend(solver), progress=False)
+
+
+def test_sample_cli_reads_benchmark_splits_and_names_a_bad_source(tmp_path, data_dir, capsys):
+    code = main(["sample", "--problems", "synthetic:oops", "--out", str(tmp_path / "s"), "--quiet"])
+    assert code == 2 and "synthetic:<count>:<seed>" in capsys.readouterr().err
+
+
+# ---- select -------------------------------------------------------------------------------------------------------
+
+def graded(problem_id, response, verdict=None, rm=None, gold="7", pred=None, finish="stop", index=0):
+    return Sample(problem_id=problem_id, prompt="p", response=response, gold=gold, verdict=verdict, rm_score=rm,
+                  pred=pred, finish_reason=finish, sample_index=index,
+                  metadata={"question": f"Question {problem_id}: what is 3 + 4?"})
+
+
+def test_gold_problems_keep_the_top_k_correct_by_rm_score_without_truncated_or_duplicates():
+    long = ("First we note that Tom has three apples and buys four more at the market, then he counts all of "
+            "his apples again on the table one by one to be sure, and the total he gets is seven")
+    samples = [graded("a", long + ", so \\boxed{7}.", "correct", rm=0.1, index=0),
+               graded("a", long + "  so \\boxed{7}!", "correct", rm=2.0, index=1),
+               graded("a", "Three plus four: 3 + 4 = 7. \\boxed{7}", "correct", rm=1.0, index=2),
+               graded("a", "Counting up from 3 by four gives 7 \\boxed{7}", "correct", rm=5.0, finish="length",
+                      index=3),
+               graded("a", "It is \\boxed{8}.", "incorrect", rm=9.0, index=4),
+               graded("b", "It is \\boxed{8}.", "incorrect", rm=1.0)]
+    chosen, report = select_responses(samples, k=3)
+    assert [s.rm_score for s in chosen] == [2.0, 1.0]  # 5.0 truncated, 0.1 near-copy of 2.0, 9.0 wrong
+    assert report.truncated == 1 and report.duplicates == 1
+    assert report.dropped == {"no correct response": 1} and report.kept_problems == 1
+    chosen, _ = select_responses(samples, k=2, use_rm=False)
+    assert [s.sample_index for s in chosen] == [0, 2]  # sampling order when RM scores are ignored
+
+
+def test_problems_without_gold_get_a_majority_pseudo_label_weighted_by_rm():
+    votes = [graded("q", f"Way {i}: the total is {a}, \\boxed{{{a}}}", gold=None, pred=a, rm=rm, index=i)
+             for i, (a, rm) in enumerate([("12", -4.0), ("12", -4.0), ("12", -4.0), ("15", 4.0), ("15", 4.0)])]
+    assert majority_answer(votes, use_rm=False) == ("12", 0.6)
+    label, share = majority_answer(votes)  # weights sigmoid(rm): 3 x 0.018 vs 2 x 0.982
+    assert label == "15" and share == pytest.approx(0.9735, abs=1e-3)
+    chosen, report = select_responses(votes, k=4)
+    assert {s.pred for s in chosen} == {"15"} and report.pseudo_labelled == 1
+    assert chosen[0].metadata["pseudo_label"] == "15"
+    _, report = select_responses(votes, k=4, use_rm=False, min_agreement=0.7)
+    assert report.dropped == {"no majority answer": 1}
+
+
+def test_sft_rows_are_prompt_completion_chats():
+    rows = sft_rows([graded("a", "3 + 4 = 7, so \\boxed{7}.", "correct", rm=1.5)])
+    assert rows[0]["prompt"][0]["role"] == "system" and "3 + 4" in rows[0]["prompt"][-1]["content"]
+    assert rows[0]["prompt"][-1]["role"] == "user"
+    assert rows[0]["completion"] == [{"role": "assistant", "content": "3 + 4 = 7, so \\boxed{7}."}]
+    assert rows[0]["gold"] == "7" and rows[0]["rm_score"] == 1.5
+
+
+def test_select_cli_removes_a_planted_math500_near_copy_and_keeps_a_new_problem(tmp_path, data_dir):
+    from mathloop.data.benchmarks import load_benchmark
+
+    leaked = load_benchmark("math500", data_dir, limit=1)[0].question
+    near_copy = leaked.replace("What", "Compute") + " Explain."
+    samples = [graded("leak", "Solving: \\boxed{7}", "correct"), graded("new", "So 3 + 4 = \\boxed{7}", "correct")]
+    samples[0].metadata["question"] = near_copy
+    write_jsonl(tmp_path / "s.jsonl", samples)
+    assert main(["select", "--samples", str(tmp_path / "s.jsonl"), "--output", str(tmp_path / "sft.jsonl"),
+                 "--decontaminate", "--data-dir", str(data_dir)]) == 0
+    rows = [json.loads(line) for line in (tmp_path / "sft.jsonl").read_text().splitlines()]
+    assert [r["problem_id"] for r in rows] == ["new"]

@@ -1,0 +1,200 @@
+"""`mathloop sft`: TRL SFT on the tiny random model (completion-only loss, loss goes down, final/ loads and
+generates, resume, LoRA merge), config errors, and the shipped multi-GPU configs."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from mathloop.records import RecordError, write_jsonl
+
+pytest.importorskip("trl")
+
+from mathloop.train.sft import (  # noqa: E402
+    SFTRunConfig,
+    build_trainer,
+    config_from_dict,
+    drop_too_long,
+    load_config,
+    read_sft_examples,
+    train_sft,
+)
+
+ROOT = Path(__file__).resolve().parents[1]
+SYSTEM = "Please reason step by step, and put your final answer within \\boxed{}."
+
+
+def sft_rows(n: int = 8) -> list[dict]:
+    """Prompt-completion chat rows, the format `mathloop select` writes (extra keys included)."""
+    return [{"prompt": [{"role": "system", "content": SYSTEM}, {"role": "user", "content": f"What is 2 + {i}?"}],
+             "completion": [{"role": "assistant", "content": f"2 + {i} = {2 + i}. The answer is \\boxed{{{2 + i}}}."}],
+             "problem_id": f"p{i}", "gold": str(2 + i), "rm_score": None} for i in range(n)]
+
+
+def sft_config(tmp_path: Path, model_dir: Path, **changes) -> SFTRunConfig:
+    data = tmp_path / "sft_data.jsonl"
+    if not data.exists():
+        write_jsonl(data, sft_rows())
+    settings = dict(model=str(model_dir), data=str(data), output_dir=str(tmp_path / "sft"), epochs=3,
+                    learning_rate=3e-3, per_device_batch_size=4, gradient_accumulation_steps=1, max_length=128,
+                    log_every=1)
+    return SFTRunConfig(**{**settings, **changes})
+
+
+def logged_losses(out: Path) -> list[tuple[int, float]]:
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    return [(row["step"], row["loss"]) for row in rows if "loss" in row]
+
+
+def test_labels_cover_the_completion_only(tiny_model_dir, tmp_path):
+    trainer, report = build_trainer(sft_config(tmp_path, tiny_model_dir))
+    assert report["examples"] == 8 and report["dropped_too_long"] == 0
+    batch = trainer.data_collator([trainer.train_dataset[i] for i in range(3)])
+    tokenizer = trainer.processing_class
+    for row, ids, labels in zip(sft_rows(3), batch["input_ids"], batch["labels"]):
+        prompt_ids = tokenizer.apply_chat_template(row["prompt"], add_generation_prompt=True, tokenize=True,
+                                                   return_dict=True)["input_ids"]
+        assert (labels[:len(prompt_ids)] == -100).all()  # no loss on the system and user turns
+        trained = labels[labels != -100]
+        assert tokenizer.decode(trained) == row["completion"][0]["content"] + "<|im_end|>\n"
+        assert torch.equal(trained, ids[len(prompt_ids):len(prompt_ids) + len(trained)])
+
+
+def test_training_lowers_the_loss_and_writes_a_model_the_hf_backend_loads(tiny_model_dir, tmp_path):
+    from mathloop.backends.base import SamplingParams
+    from mathloop.backends.hf import HFBackend
+
+    summary = train_sft(sft_config(tmp_path, tiny_model_dir))
+    assert summary["step"] == summary["total_steps"] == 6  # 8 examples / 4 per step x 3 epochs
+    losses = [loss for _, loss in logged_losses(tmp_path / "sft")]
+    assert len(losses) == 6 and losses[-1] < losses[0] - 0.2
+    final = Path(summary["final"])
+    assert "quantization_config" not in json.loads((final / "config.json").read_text())
+    backend = HFBackend(str(final), dtype="float32")
+    prompt = backend.chat_prompt(sft_rows(1)[0]["prompt"])
+    completion = backend.generate([prompt], SamplingParams(max_new_tokens=8))[0][0]
+    assert completion.completion_tokens > 0
+    run = json.loads((tmp_path / "sft" / "run.json").read_text())
+    assert run["config"]["learning_rate"] == 3e-3 and run["data"]["examples"] == 8
+
+    again = train_sft(sft_config(tmp_path, tiny_model_dir))  # stage done: returns at once
+    assert again["already_done"] and again["final"] == summary["final"] and again["step"] == 6
+
+
+def test_an_interrupted_run_resumes_from_its_checkpoint_and_matches_an_uninterrupted_one(tiny_model_dir, tmp_path):
+    from transformers import AutoModelForCausalLM
+
+    straight = train_sft(sft_config(tmp_path, tiny_model_dir, output_dir=str(tmp_path / "straight")))
+    config = sft_config(tmp_path, tiny_model_dir, output_dir=str(tmp_path / "resumed"))
+    first = train_sft(config, stop_after=4)  # killed in the middle of the third epoch
+    assert first["step"] == 4 and first["final"] is None
+    assert (tmp_path / "resumed" / "checkpoints" / "checkpoint-4").is_dir()
+    second = train_sft(config)
+    assert second["resumed_from"].endswith("checkpoint-4") and second["step"] == 6 and second["final"]
+    assert [step for step, _ in logged_losses(tmp_path / "resumed")] == [1, 2, 3, 4, 5, 6]
+    weights = [AutoModelForCausalLM.from_pretrained(run["final"]).state_dict() for run in (straight, second)]
+    for name, tensor in weights[0].items():
+        assert torch.allclose(tensor, weights[1][name], atol=1e-5), name
+
+
+def test_resume_refuses_other_settings(tiny_model_dir, tmp_path):
+    train_sft(sft_config(tmp_path, tiny_model_dir, epochs=1), stop_after=1)
+    with pytest.raises(ValueError, match="learning_rate"):
+        train_sft(sft_config(tmp_path, tiny_model_dir, epochs=1, learning_rate=1e-3))
+
+
+def test_lora_training_writes_a_merged_standalone_model(tiny_model_dir, tmp_path):
+    pytest.importorskip("peft")
+    from transformers import AutoModelForCausalLM
+
+    summary = train_sft(sft_config(tmp_path, tiny_model_dir, lora=True, lora_rank=4, learning_rate=1e-2,
+                                   gradient_checkpointing=True))
+    final = Path(summary["final"])
+    assert (tmp_path / "sft" / "adapter" / "adapter_config.json").exists()
+    assert not (final / "adapter_config.json").exists()
+    merged = AutoModelForCausalLM.from_pretrained(final).state_dict()
+    base = AutoModelForCausalLM.from_pretrained(tiny_model_dir).state_dict()
+    assert not any("lora_" in name for name in merged)
+    assert set(merged) == set(base)
+    changed = [n for n in base if not torch.equal(base[n], merged[n])]
+    assert changed and all("proj" in n for n in changed)  # only the adapted linear layers moved
+
+
+def test_examples_longer_than_max_length_are_dropped_not_truncated(tiny_model_dir, tmp_path):
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
+    rows = sft_rows(2)
+    rows[1]["completion"][0]["content"] *= 20
+    kept, dropped = drop_too_long(rows, tokenizer, max_length=128)
+    assert kept == rows[:1] and dropped == 1
+    write_jsonl(tmp_path / "long.jsonl", rows[1:])
+    with pytest.raises(ValueError, match="longer than max_length=128"):
+        build_trainer(sft_config(tmp_path, tiny_model_dir, data=str(tmp_path / "long.jsonl")))
+
+
+@pytest.mark.parametrize("row, message", [
+    ({"prompt": "What is 1+1?", "completion": [{"role": "assistant", "content": "2"}]}, "'prompt' must be"),
+    ({"prompt": [{"role": "user", "content": "1+1?"}]}, "'completion' must be"),
+    ({"prompt": [{"role": "user", "content": "1+1?"}], "completion": [{"role": "user", "content": "2"}]},
+     "'completion' must be one assistant message"),
+])
+def test_malformed_data_names_file_and_record(tmp_path, row, message):
+    path = tmp_path / "data.jsonl"
+    write_jsonl(path, [sft_rows(1)[0], row])
+    with pytest.raises(RecordError, match=f"data.jsonl: record 2: {message}"):
+        read_sft_examples(path)
+
+
+@pytest.mark.parametrize("settings, message", [
+    ({"learning_rat": 0.1}, "unknown key.*learning_rat"),
+    ({"data": None}, "missing data"),
+    ({"epochs": 0}, "epochs must be >= 1"),
+    ({"lr_scheduler": "cosin"}, "lr_scheduler 'cosin' is not one of"),
+    ({"lr_scheduler": "linear", "min_learning_rate": 1e-7}, "min_learning_rate needs lr_scheduler 'cosine'"),
+    ({"dtype": "float16"}, "dtype must be float32 or bfloat16"),
+    ({"packing": True}, "packing needs attn_implementation flash_attention_2"),
+    ({"deepspeed": "missing.json"}, "deepspeed 'missing.json' is not a readable JSON file"),
+])
+def test_config_errors_name_the_key(tmp_path, settings, message):
+    data = {"data": "sft.jsonl", "output_dir": "out", **settings}
+    (tmp_path / "sft.yaml").write_text(yaml.safe_dump({k: v for k, v in data.items() if v is not None}))
+    with pytest.raises(ValueError, match=message):
+        load_config(str(tmp_path / "sft.yaml"))
+
+
+def test_overrides_win_over_the_file_and_none_keeps_the_file_value():
+    config = config_from_dict({"data": "a.jsonl", "output_dir": "out", "epochs": 2},
+                              {"epochs": 1, "learning_rate": None, "lora": True})
+    assert (config.epochs, config.learning_rate, config.lora) == (1, 2e-5, True)
+
+
+def test_shipped_multi_gpu_configs_are_valid(monkeypatch):
+    accelerate = yaml.safe_load((ROOT / "configs" / "accelerate" / "multi_gpu.yaml").read_text())
+    assert accelerate["distributed_type"] == "MULTI_GPU" and accelerate["mixed_precision"] == "bf16"
+    for stage in (2, 3):
+        deepspeed = json.loads((ROOT / "configs" / "deepspeed" / f"zero{stage}.json").read_text())
+        assert deepspeed["zero_optimization"]["stage"] == stage
+        assert deepspeed["train_micro_batch_size_per_gpu"] == "auto"  # filled in by the Trainer from SFTRunConfig
+    monkeypatch.chdir(ROOT)  # the SFT config names the DeepSpeed file relative to the repository
+    for path in sorted((ROOT / "configs" / "sft").glob("*.yaml")):
+        config = load_config(str(path))
+        assert config.per_device_batch_size * config.gradient_accumulation_steps * 8 == 128  # the paper's batch
+
+
+def test_cli_maps_flags_onto_the_config_file(tmp_path, monkeypatch):
+    import mathloop.train.sft as sft
+    from mathloop.cli import main
+
+    seen = []
+    monkeypatch.setattr(sft, "train_sft", lambda config: seen.append(config) or {"final": "x"})
+    (tmp_path / "sft.yaml").write_text("data: a.jsonl\noutput_dir: out\nepochs: 2\nlearning_rate: 1.0e-5\n")
+    assert main(["sft", "--config", str(tmp_path / "sft.yaml"), "--epochs", "1", "--lora", "--max-length", "512",
+                 "--model", "smollm2"]) == 0
+    assert (seen[0].epochs, seen[0].lora, seen[0].max_length, seen[0].model) == (1, True, 512, "smollm2")
+    assert seen[0].learning_rate == 1e-5 and seen[0].data == "a.jsonl"
+    assert main(["sft", "--data", "a.jsonl"]) == 2  # no output dir: a one-line error, not a traceback
