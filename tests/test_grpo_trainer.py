@@ -23,13 +23,7 @@ def text_length(prompts, completions, **columns):
 '''
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread():
-    """Tiny models run fastest on one thread (several threads on tiny matrices mostly wait for each other)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")
@@ -194,7 +188,7 @@ def test_resumed_lora_run_matches_an_uninterrupted_one_and_saves_a_merged_model(
     from mathloop.backends.hf import HFBackend
     from mathloop.cli import main
     from mathloop.train.grpo import train_grpo
-    from mathloop.train.rm import latest_checkpoint
+    from mathloop.train.checkpoint import latest_checkpoint
 
     small = dict(steps=4, lora=True, lora_rank=4, micro_batch=12, gradient_checkpointing=True, beta=0.1,
                  reward=f"{user_rewards}:text_length", queries_per_step=3)  # 3 steps per epoch

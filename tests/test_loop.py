@@ -15,6 +15,7 @@ from mathloop.data.synthetic import generate_problems
 from mathloop.pipeline.loop import LoopConfig, load_loop_config, loop_config_from_dict, run_loop
 from mathloop.records import Problem, Sample, read_records, write_jsonl
 
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 ROOT = Path(__file__).resolve().parents[1]
 TRAIN = generate_problems(8, seed=11)
 HELDOUT = generate_problems(4, seed=12)

@@ -18,13 +18,7 @@ from mathloop.reward.score import encode, pad_batch, score_samples
 PROMPT = "<|im_start|>user\nWhat is x? Problem {i}.<|im_end|>\n<|im_start|>assistant\n"
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread():
-    """Tiny models run fastest on one thread (several threads on tiny matrices mostly wait for each other)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 # ---- loss ------------------------------------------------------------------------------------------------------
@@ -308,7 +302,8 @@ def test_eval_with_rm_scores_every_sample_reports_rm_at_k_and_rescores_only_for_
 
 def test_resumed_training_continues_from_the_checkpoint_and_matches_an_uninterrupted_run(tiny_model_dir, tmp_path):
     from mathloop.cli import main
-    from mathloop.train.rm import latest_checkpoint, train
+    from mathloop.train.checkpoint import latest_checkpoint
+    from mathloop.train.rm import train
 
     small = dict(n_problems=12, epochs=2, groups_per_batch=5)  # 9 train groups: 2 steps per epoch, 4 in all
     straight = train(rm_config(tmp_path, tiny_model_dir, output_dir=str(tmp_path / "straight"), **small))

@@ -41,6 +41,18 @@ def _backend_args(args: argparse.Namespace) -> dict:
     return {}
 
 
+def add_backend_arguments(p: argparse.ArgumentParser) -> None:
+    """The generation backend flags shared by eval, sample and synthesize (read by `_backend_args`)."""
+    p.add_argument("--backend", choices=["hf", "openai", "vllm"], default="hf",
+                   help="hf = transformers (CPU/GPU), openai = any OpenAI-compatible server, vllm = local vLLM")
+    p.add_argument("--batch-size", type=int, default=32, help="hf: sequences per forward batch (default: %(default)s)")
+    p.add_argument("--dtype", default=None, help="model dtype, e.g. bfloat16 or float32 (default: bfloat16)")
+    p.add_argument("--base-url", default=None, help="openai: server URL, e.g. http://localhost:8000/v1")
+    p.add_argument("--tokenizer", default=None, help="openai: tokenizer folder or id for the chat template")
+    p.add_argument("--concurrency", type=int, default=32, help="openai: parallel requests (default: %(default)s)")
+    p.add_argument("--tensor-parallel-size", type=int, default=1, help="vllm: GPUs per model (default: %(default)s)")
+
+
 def add_eval_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("eval", help="evaluate a model on benchmarks", description=(
         "Generate solutions, extract and verify answers, and write samples, metrics.json and results.md to --out. "
@@ -67,14 +79,7 @@ def add_eval_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--data-dir", default=None,
                    help="benchmark folder in the official harness layout (default: $MATHLOOP_DATA_DIR)")
     p.add_argument("--out", required=True, help="run folder (created; resumed when it exists)")
-    p.add_argument("--backend", choices=["hf", "openai", "vllm"], default="hf",
-                   help="hf = transformers (CPU/GPU), openai = any OpenAI-compatible server, vllm = local vLLM")
-    p.add_argument("--batch-size", type=int, default=32, help="hf: sequences per forward batch (default: %(default)s)")
-    p.add_argument("--dtype", default=None, help="model dtype, e.g. bfloat16 or float32 (default: bfloat16)")
-    p.add_argument("--base-url", default=None, help="openai: server URL, e.g. http://localhost:8000/v1")
-    p.add_argument("--tokenizer", default=None, help="openai: tokenizer folder or id for the chat template")
-    p.add_argument("--concurrency", type=int, default=32, help="openai: parallel requests (default: %(default)s)")
-    p.add_argument("--tensor-parallel-size", type=int, default=1, help="vllm: GPUs per model (default: %(default)s)")
+    add_backend_arguments(p)
     p.add_argument("--rm", default=None,
                    help="reward model (a `mathloop rm train` final/ folder or Hub id): scores every sample and "
                         "adds RM@k (best-of-k by RM score) next to Maj@k and pass@k; may be added to a finished run")
@@ -255,13 +260,7 @@ def add_sample_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--shard", type=int, default=0, help="this process's shard, 0-based (default: 0)")
     p.add_argument("--num-shards", type=int, default=1)
-    p.add_argument("--backend", choices=["hf", "openai", "vllm"], default="hf")
-    p.add_argument("--batch-size", type=int, default=32, help="hf: sequences per forward batch")
-    p.add_argument("--dtype", default=None)
-    p.add_argument("--base-url", default=None, help="openai: server URL")
-    p.add_argument("--tokenizer", default=None, help="openai: tokenizer for the chat template")
-    p.add_argument("--concurrency", type=int, default=32)
-    p.add_argument("--tensor-parallel-size", type=int, default=1)
+    add_backend_arguments(p)
     p.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
@@ -473,13 +472,7 @@ def add_synthesize_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--decontaminate", action="store_true",
                    help="reject new problems that match a test item of any benchmark in the data folder")
     p.add_argument("--data-dir", default=None, help="benchmark folder (default: $MATHLOOP_DATA_DIR)")
-    p.add_argument("--backend", choices=["hf", "openai", "vllm"], default="hf")
-    p.add_argument("--batch-size", type=int, default=32, help="hf: sequences per forward batch")
-    p.add_argument("--dtype", default=None)
-    p.add_argument("--base-url", default=None, help="openai: server URL")
-    p.add_argument("--tokenizer", default=None, help="openai: tokenizer for the chat template")
-    p.add_argument("--concurrency", type=int, default=32)
-    p.add_argument("--tensor-parallel-size", type=int, default=1)
+    add_backend_arguments(p)
 
 
 def cmd_synthesize(args: argparse.Namespace) -> int:

@@ -35,6 +35,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from mathloop.config import read_yaml_mapping, settings_from_dict
 from mathloop.records import Problem, read_records, write_jsonl
 
 log = logging.getLogger(__name__)
@@ -154,34 +155,20 @@ def _known(cls, section: dict[str, Any], name: str, exclude: tuple[str, ...]) ->
 
 def load_loop_config(path: str, overrides: dict[str, Any] | None = None) -> LoopConfig:
     """Read a loop YAML file; `overrides` (non-None values) replace top-level keys."""
-    import yaml
-
-    with open(path, encoding="utf-8") as f:
-        data = yaml.safe_load(f) or {}
-    if not isinstance(data, dict):
-        raise ValueError(f"{path}: expected a mapping of loop settings, got {type(data).__name__}")
-    return loop_config_from_dict(data, overrides, source=path)
+    return loop_config_from_dict(read_yaml_mapping(path, "loop"), overrides, source=path)
 
 
 def loop_config_from_dict(data: dict[str, Any], overrides: dict[str, Any] | None = None,
                           source: str = "loop config") -> LoopConfig:
-    names = {f.name for f in dataclasses.fields(LoopConfig)}
-    unknown = sorted(set(data) - names)
-    if unknown:
-        raise ValueError(f"{source}: unknown key(s) {', '.join(unknown)}; known: {', '.join(sorted(names))}")
-    merged = {**data, **{k: v for k, v in (overrides or {}).items() if v is not None}}
-    if "output_dir" not in merged:
-        raise ValueError(f"{source}: missing output_dir")
     for section in ("sample", "reward_model", "select", "sft", "eval", "grpo"):
-        if not isinstance(merged.get(section) or {}, dict):
+        if not isinstance(data.get(section) or {}, dict):
             raise ValueError(f"{source}: {section} must be a mapping of settings")
-        merged[section] = dict(merged.get(section) or {})
-    config = LoopConfig(**merged)
+    sections = {section: dict(data.get(section) or {}) for section in ("sample", "reward_model", "select", "sft",
+                                                                        "eval", "grpo")}
     try:
-        config.validate()
-    except (TypeError, ValueError) as e:
+        return settings_from_dict(LoopConfig, {**data, **sections}, overrides, source, required=("output_dir",))
+    except TypeError as e:
         raise ValueError(f"{source}: {e}") from None
-    return config
 
 
 # ---- the run --------------------------------------------------------------------------------------------------

@@ -64,12 +64,13 @@ from typing import Any
 import torch
 
 from mathloop.backends.base import SamplingParams
+from mathloop.config import read_yaml_mapping, settings_from_dict
 from mathloop.prompts import build_messages
 from mathloop.records import Problem, Sample, read_records, write_jsonl
 from mathloop.reward.score import pad_batch, pad_token_id
 from mathloop.reward.shaping import RewardFn, make_rm_reward, make_shaped_reward, select_queries, verifier_reward
 from mathloop.train.grpo_math import group_advantages, grpo_loss, response_loss_mask, token_logprobs
-from mathloop.train.rm import latest_checkpoint, save_checkpoint
+from mathloop.train.checkpoint import drop_metrics_after, latest_checkpoint, load_checkpoint, save_checkpoint
 from mathloop.verify import CORRECT, grade
 
 log = logging.getLogger(__name__)
@@ -168,27 +169,12 @@ def _is_function_spec(text: str) -> bool:
 
 def load_config(path: str, overrides: dict[str, Any] | None = None) -> GRPOConfig:
     """Read a YAML config (keys are `GRPOConfig` fields) and apply non-None overrides (command-line flags)."""
-    import yaml
-
-    with open(path, encoding="utf-8") as f:
-        data = yaml.safe_load(f) or {}
-    if not isinstance(data, dict):
-        raise ValueError(f"{path}: expected a mapping of GRPOConfig fields, got {type(data).__name__}")
-    return config_from_dict(data, overrides, source=path)
+    return config_from_dict(read_yaml_mapping(path, "GRPOConfig"), overrides, source=path)
 
 
 def config_from_dict(data: dict[str, Any], overrides: dict[str, Any] | None = None,
                      source: str = "config") -> GRPOConfig:
-    names = {f.name for f in dataclasses.fields(GRPOConfig)}
-    unknown = sorted(set(data) - names)
-    if unknown:
-        raise ValueError(f"{source}: unknown key(s) {', '.join(unknown)}; known: {', '.join(sorted(names))}")
-    merged = {**data, **{k: v for k, v in (overrides or {}).items() if v is not None}}
-    if "output_dir" not in merged:
-        raise ValueError(f"{source}: missing output_dir")
-    config = GRPOConfig(**merged)
-    config.validate()
-    return config
+    return settings_from_dict(GRPOConfig, data, overrides, source, required=("output_dir",))
 
 
 # ---- queries ---------------------------------------------------------------------------------------------------
@@ -451,9 +437,9 @@ def train_grpo(config: GRPOConfig, stop_after: int | None = None) -> dict[str, A
     step = 0
     checkpoint = latest_checkpoint(out)
     if checkpoint is not None:
-        step = load_checkpoint(checkpoint, model, optimizer, config)
+        step = load_checkpoint(checkpoint, model, optimizer, config, _RESUME_KEYS)
         log.info("resuming from %s (step %d of %d)", checkpoint, step, config.steps)
-        _drop_metrics_after(out / "metrics.jsonl", step)
+        drop_metrics_after(out / "metrics.jsonl", step)
     else:
         _write_run_record(out, config, report)
 
@@ -515,7 +501,7 @@ def train_grpo(config: GRPOConfig, stop_after: int | None = None) -> dict[str, A
             write_jsonl(out / "rollouts" / f"step-{step:06d}.jsonl",
                         [rollout_sample(r, config, params, step) for r in rollouts])
             if (config.save_every and step % config.save_every == 0) or step == stop:
-                save_checkpoint(out, model, optimizer, step, config)
+                save_checkpoint(out, model, optimizer, step, config, config.keep_checkpoints)
 
     final = out / "final"
     if step == config.steps and not (final / "config.json").exists():
@@ -563,14 +549,6 @@ def _executor(config: GRPOConfig):
     return Sandbox(timeout=config.tool_timeout)
 
 
-def _drop_metrics_after(path: Path, step: int) -> None:
-    """Forget log lines of steps after the checkpoint a run resumes from: those steps run again."""
-    if not path.exists():
-        return
-    lines = [line for line in path.read_text().splitlines() if line.strip()]
-    kept = [line for line in lines if json.loads(line).get("step", 0) <= step]
-    if len(kept) < len(lines):
-        path.write_text("".join(line + "\n" for line in kept))
 
 
 def _write_run_record(out: Path, config: GRPOConfig, report: dict[str, int]) -> None:
@@ -579,23 +557,3 @@ def _write_run_record(out: Path, config: GRPOConfig, report: dict[str, int]) -> 
     info = {"config": dataclasses.asdict(config), "queries": report,
             "started": time.strftime("%Y-%m-%dT%H:%M:%S"), "versions": package_versions()}
     (out / "run.json").write_text(json.dumps(info, indent=2) + "\n")
-
-
-def load_checkpoint(path: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
-                    config: GRPOConfig) -> int:
-    """Restore weights and optimizer from `path` (written by `save_checkpoint`); return its step. Refuses a
-    checkpoint of other settings."""
-    state = json.loads((path / "state.json").read_text())
-    old = state.get("config", {})
-    current = dataclasses.asdict(config)
-    changed = [k for k in _RESUME_KEYS if k in old and old[k] != current[k]]
-    if changed:
-        detail = ", ".join(f"{k}: {old[k]!r} -> {current[k]!r}" for k in changed)
-        raise ValueError(f"{config.output_dir} holds a run with other settings ({detail}); use a new output_dir")
-    weights = torch.load(path / "trainable.pt", map_location="cpu", weights_only=True)
-    missing = [n for n, p in model.named_parameters() if p.requires_grad and n not in weights]
-    if missing:
-        raise ValueError(f"{path}: checkpoint lacks {len(missing)} trainable weights (e.g. {missing[0]})")
-    model.load_state_dict(weights, strict=False)
-    optimizer.load_state_dict(torch.load(path / "optimizer.pt", map_location="cpu", weights_only=True))
-    return int(state["step"])

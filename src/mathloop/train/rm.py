@@ -34,11 +34,13 @@ from typing import Any
 
 import torch
 
+from mathloop.config import read_yaml_mapping, settings_from_dict
 from mathloop.records import Sample, read_records, write_jsonl
 from mathloop.reward.data import RMGroup, build_rm_groups, split_groups
 from mathloop.reward.loss import listwise_loss, pairwise_accuracy
 from mathloop.reward.model import RewardModel
 from mathloop.reward.score import encode, pad_batch, pad_token_id
+from mathloop.train.checkpoint import drop_metrics_after, latest_checkpoint, load_checkpoint, save_checkpoint
 
 log = logging.getLogger(__name__)
 
@@ -96,31 +98,13 @@ _RESUME_KEYS = ("samples", "fill_samples", "model", "group_size", "max_ratio", "
 
 def load_config(path: str, overrides: dict[str, Any] | None = None) -> RMTrainConfig:
     """Read a YAML config (keys are `RMTrainConfig` fields) and apply non-None overrides (command-line flags)."""
-    import yaml
-
-    with open(path, encoding="utf-8") as f:
-        data = yaml.safe_load(f) or {}
-    if not isinstance(data, dict):
-        raise ValueError(f"{path}: expected a mapping of RMTrainConfig fields, got {type(data).__name__}")
-    return config_from_dict(data, overrides, source=path)
+    return config_from_dict(read_yaml_mapping(path, "RMTrainConfig"), overrides, source=path)
 
 
 def config_from_dict(data: dict[str, Any], overrides: dict[str, Any] | None = None,
                      source: str = "config") -> RMTrainConfig:
-    names = {f.name for f in dataclasses.fields(RMTrainConfig)}
-    unknown = sorted(set(data) - names)
-    if unknown:
-        raise ValueError(f"{source}: unknown key(s) {', '.join(unknown)}; known: {', '.join(sorted(names))}")
-    merged = {**data, **{k: v for k, v in (overrides or {}).items() if v is not None}}
-    for key in ("samples", "fill_samples", "decontaminate"):
-        if isinstance(merged.get(key), str):
-            merged[key] = [merged[key]]
-    missing = [k for k in ("samples", "output_dir") if k not in merged]
-    if missing:
-        raise ValueError(f"{source}: missing {', '.join(missing)}")
-    config = RMTrainConfig(**merged)
-    config.validate()
-    return config
+    return settings_from_dict(RMTrainConfig, data, overrides, source, required=("samples", "output_dir"),
+                              list_fields=("samples", "fill_samples", "decontaminate"))
 
 
 def lr_at(step: int, config: RMTrainConfig) -> float:
@@ -253,10 +237,10 @@ def train(config: RMTrainConfig, stop_after: int | None = None) -> dict[str, Any
     step = 0
     checkpoint = latest_checkpoint(out)
     if checkpoint is not None:
-        step = load_checkpoint(checkpoint, model, optimizer, config)
+        step = load_checkpoint(checkpoint, model, optimizer, config, _RESUME_KEYS)
         log.info("resuming from %s (step %d of %d)", checkpoint, step, total_steps)
         if accelerator.is_main_process:
-            _drop_metrics_after(out / "metrics.jsonl", step)
+            drop_metrics_after(out / "metrics.jsonl", step)
     elif accelerator.is_main_process:
         _write_run_record(out, config, report, total_steps)
         write_jsonl(out / "rm_data.jsonl", [{**dataclasses.asdict(g), "split": split}
@@ -306,7 +290,8 @@ def train(config: RMTrainConfig, stop_after: int | None = None) -> dict[str, Any
                 with (out / "metrics.jsonl").open("a", encoding="utf-8") as f:
                     f.write(json.dumps(last) + "\n")
             if (config.save_every and step % config.save_every == 0) or step == stop:
-                save_checkpoint(out, accelerator.unwrap_model(model), optimizer, step, config)
+                save_checkpoint(out, accelerator.unwrap_model(model), optimizer, step, config,
+                                config.keep_checkpoints)
         accelerator.wait_for_everyone()
 
     # The finished model.
@@ -320,14 +305,6 @@ def train(config: RMTrainConfig, stop_after: int | None = None) -> dict[str, Any
             **{k: v for k, v in last.items() if k != "step"}}
 
 
-def _drop_metrics_after(path: Path, step: int) -> None:
-    """Forget log lines of steps after the checkpoint a run resumes from: those steps run again."""
-    if not path.exists():
-        return
-    lines = [line for line in path.read_text().splitlines() if line.strip()]
-    kept = [line for line in lines if json.loads(line).get("step", 0) <= step]
-    if len(kept) < len(lines):
-        path.write_text("".join(line + "\n" for line in kept))
 
 
 def _test_questions(config: RMTrainConfig) -> list[str] | None:
@@ -347,49 +324,3 @@ def _write_run_record(out: Path, config: RMTrainConfig, report, total_steps: int
                      "ungraded_samples": report.ungraded_samples, "duplicate_samples": report.duplicate_samples},
             "started": time.strftime("%Y-%m-%dT%H:%M:%S"), "versions": package_versions()}
     (out / "run.json").write_text(json.dumps(info, indent=2) + "\n")
-
-
-# ---- checkpoints -----------------------------------------------------------------------------------------------
-
-def latest_checkpoint(out: Path) -> Path | None:
-    found = sorted(p for p in (out / "checkpoints").glob("step-*") if (p / "state.json").exists())
-    return found[-1] if found else None
-
-
-def save_checkpoint(out: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer, step: int,
-                    config: RMTrainConfig) -> Path:
-    """Trainable weights (all of them, or LoRA + head), optimizer state and step; written to a temporary folder
-    and renamed, so a kill mid-save never leaves a half checkpoint that resume would pick."""
-    target = out / "checkpoints" / f"step-{step:06d}"
-    tmp = target.with_name(target.name + ".partial")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    weights = {name: p.detach().cpu() for name, p in model.named_parameters() if p.requires_grad}
-    torch.save(weights, tmp / "trainable.pt")
-    torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
-    (tmp / "state.json").write_text(json.dumps({"step": step, "config": dataclasses.asdict(config)}, indent=2))
-    shutil.rmtree(target, ignore_errors=True)
-    tmp.rename(target)
-    kept = sorted(p for p in (out / "checkpoints").glob("step-*") if not p.name.endswith(".partial"))
-    for old in kept[:-config.keep_checkpoints]:
-        shutil.rmtree(old, ignore_errors=True)
-    return target
-
-
-def load_checkpoint(path: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
-                    config: RMTrainConfig) -> int:
-    """Restore weights and optimizer from `path`; return its step. Refuses a checkpoint of other settings."""
-    state = json.loads((path / "state.json").read_text())
-    old = state.get("config", {})
-    current = dataclasses.asdict(config)
-    changed = [k for k in _RESUME_KEYS if k in old and old[k] != current[k]]
-    if changed:
-        detail = ", ".join(f"{k}: {old[k]!r} -> {current[k]!r}" for k in changed)
-        raise ValueError(f"{config.output_dir} holds a run with other settings ({detail}); use a new output_dir")
-    weights = torch.load(path / "trainable.pt", map_location="cpu", weights_only=True)
-    missing = [n for n, p in model.named_parameters() if p.requires_grad and n not in weights]
-    if missing:
-        raise ValueError(f"{path}: checkpoint lacks {len(missing)} trainable weights (e.g. {missing[0]})")
-    model.load_state_dict(weights, strict=False)
-    optimizer.load_state_dict(torch.load(path / "optimizer.pt", map_location="cpu", weights_only=True))
-    return int(state["step"])

@@ -56,7 +56,9 @@ from typing import Any
 import torch
 from transformers import TrainerCallback
 
+from mathloop.config import read_yaml_mapping, settings_from_dict
 from mathloop.records import RecordError, read_jsonl
+from mathloop.train.checkpoint import drop_metrics_after
 
 log = logging.getLogger(__name__)
 
@@ -131,28 +133,12 @@ _RESUME_KEYS = ("data", "model", "epochs", "learning_rate", "lr_scheduler", "min
 
 def load_config(path: str, overrides: dict[str, Any] | None = None) -> SFTRunConfig:
     """Read a YAML config (keys are `SFTRunConfig` fields) and apply non-None overrides (command-line flags)."""
-    import yaml
-
-    with open(path, encoding="utf-8") as f:
-        data = yaml.safe_load(f) or {}
-    if not isinstance(data, dict):
-        raise ValueError(f"{path}: expected a mapping of SFTRunConfig fields, got {type(data).__name__}")
-    return config_from_dict(data, overrides, source=path)
+    return config_from_dict(read_yaml_mapping(path, "SFTRunConfig"), overrides, source=path)
 
 
 def config_from_dict(data: dict[str, Any], overrides: dict[str, Any] | None = None,
                      source: str = "config") -> SFTRunConfig:
-    names = {f.name for f in dataclasses.fields(SFTRunConfig)}
-    unknown = sorted(set(data) - names)
-    if unknown:
-        raise ValueError(f"{source}: unknown key(s) {', '.join(unknown)}; known: {', '.join(sorted(names))}")
-    merged = {**data, **{k: v for k, v in (overrides or {}).items() if v is not None}}
-    missing = [k for k in ("data", "output_dir") if k not in merged]
-    if missing:
-        raise ValueError(f"{source}: missing {', '.join(missing)}")
-    config = SFTRunConfig(**merged)
-    config.validate()
-    return config
+    return settings_from_dict(SFTRunConfig, data, overrides, source, required=("data", "output_dir"))
 
 
 def read_sft_examples(path: str | Path) -> list[dict[str, list[dict[str, str]]]]:
@@ -215,7 +201,7 @@ def build_trainer(config: SFTRunConfig, callbacks: list[TrainerCallback] | None 
         per_device_train_batch_size=config.per_device_batch_size,
         gradient_accumulation_steps=config.gradient_accumulation_steps,
         activation_checkpointing=config.gradient_checkpointing,
-        bf16=bf16, dataloader_pin_memory=on_gpu,
+        bf16=bf16, use_cpu=not on_gpu, dataloader_pin_memory=on_gpu,
         save_strategy="steps", save_steps=config.save_steps, save_total_limit=config.keep_checkpoints,
         logging_steps=config.log_every, logging_first_step=True, report_to="none", seed=config.seed,
         data_seed=config.seed, deepspeed=config.deepspeed,
@@ -262,7 +248,7 @@ def train_sft(config: SFTRunConfig, stop_after: int | None = None) -> dict[str, 
             _write_run_record(out, config, report)
         else:
             log.info("resuming from %s", checkpoint)
-            _drop_metrics_after(out / "metrics.jsonl", trainer_step(checkpoint))
+            drop_metrics_after(out / "metrics.jsonl", trainer_step(checkpoint))
 
     result = trainer.train(resume_from_checkpoint=checkpoint)
     state = trainer.state
@@ -336,14 +322,6 @@ def _write_run_record(out: Path, config: SFTRunConfig, report: dict[str, Any]) -
     (out / "run.json").write_text(json.dumps(info, indent=2) + "\n")
 
 
-def _drop_metrics_after(path: Path, step: int) -> None:
-    """Forget log lines of steps after the checkpoint a run resumes from: those steps run again."""
-    if not path.exists():
-        return
-    lines = [line for line in path.read_text().splitlines() if line.strip()]
-    kept = [line for line in lines if json.loads(line).get("step", 0) <= step]
-    if len(kept) < len(lines):
-        path.write_text("".join(line + "\n" for line in kept))
 
 
 class _MetricsLog(TrainerCallback):

@@ -1,0 +1,57 @@
+"""Settings files: every stage's settings are one dataclass, read from YAML with command-line overrides.
+
+One rule for all of them: an unknown key is an error that names it (a typo must not silently fall back to a
+default), an override of None means "not given on the command line", and a missing required key names itself.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, TypeVar
+
+C = TypeVar("C")
+
+
+def read_yaml_mapping(path: str, what: str) -> dict[str, Any]:
+    """The top-level mapping of a YAML file (an empty file is an empty mapping)."""
+    import yaml
+
+    with open(path, encoding="utf-8") as f:
+        data = yaml.safe_load(f) or {}
+    if not isinstance(data, dict):
+        raise ValueError(f"{path}: expected a mapping of {what} settings, got {type(data).__name__}")
+    return data
+
+
+def settings_from_dict(cls: type[C], data: dict[str, Any], overrides: dict[str, Any] | None = None,
+                       source: str = "config", required: tuple[str, ...] = (),
+                       list_fields: tuple[str, ...] = ()) -> C:
+    """Build `cls` from `data` plus non-None `overrides`, then run its `validate()` when it has one.
+
+    `list_fields` accept a single string for a one-item list.
+
+    >>> @dataclasses.dataclass
+    ... class Demo:
+    ...     out: str
+    ...     files: list = dataclasses.field(default_factory=list)
+    >>> settings_from_dict(Demo, {"files": "a.jsonl"}, {"out": "run", "files": None}, list_fields=("files",))
+    Demo(out='run', files=['a.jsonl'])
+    >>> settings_from_dict(Demo, {"fils": []}, source="x.yaml")
+    Traceback (most recent call last):
+    ValueError: x.yaml: unknown key(s) fils; known: files, out
+    """
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - names)
+    if unknown:
+        raise ValueError(f"{source}: unknown key(s) {', '.join(unknown)}; known: {', '.join(sorted(names))}")
+    merged = {**data, **{k: v for k, v in (overrides or {}).items() if v is not None}}
+    for key in list_fields:
+        if isinstance(merged.get(key), str):
+            merged[key] = [merged[key]]
+    missing = [k for k in required if k not in merged]
+    if missing:
+        raise ValueError(f"{source}: missing {', '.join(missing)}")
+    settings = cls(**merged)
+    if hasattr(settings, "validate"):
+        settings.validate()
+    return settings

@@ -1,0 +1,70 @@
+"""Checkpoints of mathloop's own training loops (reward model, GRPO): trainable weights, optimizer state, step.
+
+A checkpoint is written to a temporary folder and renamed, so a kill mid-save never leaves a half checkpoint that
+resume would pick; the latest `keep` are kept. A resumed run must share the settings named by the loop's resume
+keys with the run that wrote the checkpoint, else it is refused with the settings that differ.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import shutil
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+
+
+def latest_checkpoint(out: Path) -> Path | None:
+    found = sorted(p for p in (out / "checkpoints").glob("step-*") if (p / "state.json").exists())
+    return found[-1] if found else None
+
+
+def save_checkpoint(out: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer, step: int, config,
+                    keep: int = 2) -> Path:
+    """Trainable weights (all of them, or LoRA + head), optimizer state, step and the run's settings."""
+    target = out / "checkpoints" / f"step-{step:06d}"
+    tmp = target.with_name(target.name + ".partial")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    weights = {name: p.detach().cpu() for name, p in model.named_parameters() if p.requires_grad}
+    torch.save(weights, tmp / "trainable.pt")
+    torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
+    (tmp / "state.json").write_text(json.dumps({"step": step, "config": dataclasses.asdict(config)}, indent=2))
+    shutil.rmtree(target, ignore_errors=True)
+    tmp.rename(target)
+    kept = sorted(p for p in (out / "checkpoints").glob("step-*") if not p.name.endswith(".partial"))
+    for old in kept[:-keep]:
+        shutil.rmtree(old, ignore_errors=True)
+    return target
+
+
+def load_checkpoint(path: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer, config,
+                    resume_keys: Sequence[str]) -> int:
+    """Restore weights and optimizer from `path`; return its step. Refuses a checkpoint whose settings differ
+    from `config` in any of `resume_keys`."""
+    state = json.loads((path / "state.json").read_text())
+    old = state.get("config", {})
+    current = dataclasses.asdict(config)
+    changed = [k for k in resume_keys if k in old and old[k] != current[k]]
+    if changed:
+        detail = ", ".join(f"{k}: {old[k]!r} -> {current[k]!r}" for k in changed)
+        raise ValueError(f"{config.output_dir} holds a run with other settings ({detail}); use a new output_dir")
+    weights = torch.load(path / "trainable.pt", map_location="cpu", weights_only=True)
+    missing = [n for n, p in model.named_parameters() if p.requires_grad and n not in weights]
+    if missing:
+        raise ValueError(f"{path}: checkpoint lacks {len(missing)} trainable weights (e.g. {missing[0]})")
+    model.load_state_dict(weights, strict=False)
+    optimizer.load_state_dict(torch.load(path / "optimizer.pt", map_location="cpu", weights_only=True))
+    return int(state["step"])
+
+
+def drop_metrics_after(path: Path, step: int) -> None:
+    """Forget log lines of steps after the checkpoint a run resumes from: those steps run again."""
+    if not path.exists():
+        return
+    lines = [line for line in path.read_text().splitlines() if line.strip()]
+    kept = [line for line in lines if json.loads(line).get("step", 0) <= step]
+    if len(kept) < len(lines):
+        path.write_text("".join(line + "\n" for line in kept))
