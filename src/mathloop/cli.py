@@ -84,6 +84,9 @@ def add_eval_parser(sub: argparse._SubParsersAction) -> None:
                    help="reward model (a `mathloop rm train` final/ folder or Hub id): scores every sample and "
                         "adds RM@k (best-of-k by RM score) next to Maj@k and pass@k; may be added to a finished run")
     p.add_argument("--rm-batch-size", type=int, default=8, help="reward model: sequences per forward pass")
+    p.add_argument("--rm-dtype", default=None,
+                   help="reward model dtype (default: bfloat16 on GPU, float32 on CPU; bfloat16 is faster on CPUs "
+                        "with bfloat16 instructions)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
@@ -95,7 +98,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
                         max_new_tokens=args.max_new_tokens, seed=args.seed, limit=args.limit,
                         data_dir=args.data_dir, split=args.split, shots=args.shots,
                         max_tool_calls=args.max_tool_calls, tool_timeout=args.tool_timeout,
-                        backend_args=_backend_args(args), rm=args.rm, rm_batch_size=args.rm_batch_size)
+                        backend_args=_backend_args(args), rm=args.rm, rm_batch_size=args.rm_batch_size,
+                        rm_dtype=args.rm_dtype)
     run_eval(config, progress=not args.quiet)
     print((__import__("pathlib").Path(args.out) / "results.md").read_text())
     return 0

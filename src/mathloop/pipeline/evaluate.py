@@ -58,6 +58,7 @@ class EvalConfig:
     rm: str | None = None  # reward model (folder or Hub id) that scores every sample, for RM@k
     rm_batch_size: int = 8
     rm_max_length: int = 4096
+    rm_dtype: str | None = None  # default: bfloat16 on GPU, float32 on CPU
 
     def sampling(self) -> SamplingParams:
         return SamplingParams(n=self.n, temperature=self.temperature, top_p=self.top_p,
@@ -220,7 +221,7 @@ def score_with_rm(out: Path, config: EvalConfig, problems: dict[str, list[Proble
                 todo[path] = samples
     if not todo:
         return 0
-    reward_model, tokenizer = load_reward_model(config.rm)
+    reward_model, tokenizer = load_reward_model(config.rm, dtype=config.rm_dtype)
     questions = {p.id: p.question for bench in problems.values() for p in bench}
     scored = 0
     for path, samples in todo.items():
