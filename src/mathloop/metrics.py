@@ -45,13 +45,42 @@ def _same_after_strip(a: str, b: str) -> bool:
     return a.strip() == b.strip()
 
 
+def majority(answers: Sequence[str | None], same: Callable[[str, str], bool] | None = None,
+             weights: Sequence[float] | None = None) -> tuple[int | None, float]:
+    """The majority answer: (index of its first occurrence, its votes), or (None, 0.0) when nobody answered.
+
+    Answers fall into classes under `same` (default: equal after stripping whitespace); a class is compared by its
+    first member. None answers do not vote. Each answer brings its weight (default 1); the heaviest class wins and
+    a tie goes to the class that appeared first.
+
+    >>> majority(["4", "3", "4", None])
+    (0, 2.0)
+    >>> majority(["4", "3", "4"], weights=[0.1, 0.9, 0.1])
+    (1, 0.9)
+    """
+    same = same or _same_after_strip
+    classes: list[tuple[int, float]] = []  # (first index, votes), in order of first appearance
+    for i, answer in enumerate(answers):
+        if answer is None:
+            continue
+        weight = 1.0 if weights is None else float(weights[i])
+        for c, (first, votes) in enumerate(classes):
+            if same(answers[first], answer):
+                classes[c] = (first, votes + weight)
+                break
+        else:
+            classes.append((i, weight))
+    if not classes:
+        return None, 0.0
+    return max(classes, key=lambda c: c[1])  # max keeps the first of equal classes
+
+
 def maj_at_k(answers: Sequence[str | None], verdicts: Sequence[str], k: int,
              same: Callable[[str, str], bool] | None = None) -> float:
     """1.0 if the majority answer of the first k samples is correct, else 0.0.
 
-    Answers fall into classes under `same` (default: equal after stripping whitespace); a class is compared by
-    its first member. None answers do not vote. The class with most votes wins, a tie goes to the class that
-    appeared first, and the winner is graded by its first member's verdict. No answers at all scores 0.0.
+    The majority is `majority` over the first k answers; the winner is graded by its first member's verdict.
+    No answers at all scores 0.0.
 
     >>> maj_at_k(["3", "4", "4", None, None], ["correct", "incorrect", "incorrect", "no_answer", "no_answer"], 5)
     0.0
@@ -61,21 +90,8 @@ def maj_at_k(answers: Sequence[str | None], verdicts: Sequence[str], k: int,
     if len(answers) != len(verdicts):
         raise ValueError(f"maj@k got {len(answers)} answers but {len(verdicts)} verdicts")
     _check_k(k, len(answers), "maj@k")
-    same = same or _same_after_strip
-    classes: list[list[int]] = []  # sample indices per class, classes in order of first appearance
-    for i, answer in enumerate(answers[:k]):
-        if answer is None:
-            continue
-        for members in classes:
-            if same(answers[members[0]], answer):
-                members.append(i)
-                break
-        else:
-            classes.append([i])
-    if not classes:
-        return 0.0
-    winner = max(classes, key=len)  # max keeps the first of equal-sized classes
-    return 1.0 if verdicts[winner[0]] == "correct" else 0.0
+    winner, _ = majority(answers[:k], same)
+    return 0.0 if winner is None else float(verdicts[winner] == "correct")
 
 
 def rm_at_k(scores: Sequence[float | None], verdicts: Sequence[str], k: int) -> float:

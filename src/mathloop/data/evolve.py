@@ -40,6 +40,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from mathloop.backends.base import Backend, SamplingParams
+from mathloop.metrics import majority
 from mathloop.prompts import build_messages
 from mathloop.records import JsonlAppender, Problem, drop_torn_last_line, read_jsonl, write_jsonl
 from mathloop.verify import extract_answer, same_answer
@@ -258,28 +259,15 @@ def evolve_problems(backend: Backend, seeds: list[Problem], variants_per_seed: i
 
 def majority_vote(answers: list[str | None], verifier: Callable[[str, str], bool] = same_answer
                   ) -> tuple[str | None, int]:
-    """The most common answer and its votes. Answers are grouped by `verifier` (each group compared through its
-    first member); None votes for nothing; a tie goes to the answer seen first.
+    """The most common answer and its votes (`mathloop.metrics.majority` under the verifier's equivalence).
 
     >>> majority_vote(["1/2", "3", "0.5", None])
     ('1/2', 2)
     >>> majority_vote([None, None])
     (None, 0)
     """
-    groups: list[list[str]] = []
-    for answer in answers:
-        if answer is None:
-            continue
-        for group in groups:
-            if verifier(group[0], answer):
-                group.append(answer)
-                break
-        else:
-            groups.append([answer])
-    if not groups:
-        return None, 0
-    best = max(groups, key=len)  # max keeps the first of equal groups
-    return best[0], len(best)
+    winner, votes = majority(answers, verifier)
+    return (None, 0) if winner is None else (answers[winner], int(votes))
 
 
 def answer_by_majority(backend: Backend, problems: list[Problem], n_answers: int = 4, min_agreement: float = 0.5,

@@ -21,6 +21,7 @@ from collections import Counter
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
+from mathloop.metrics import majority
 from mathloop.prompts import build_messages
 from mathloop.records import Problem, Sample
 from mathloop.verify import same_answer
@@ -68,31 +69,19 @@ def jaccard(a: set, b: set) -> float:
 def majority_answer(samples: list[Sample], use_rm: bool = True) -> tuple[str | None, float]:
     """The (RM-weighted) majority answer among the samples' extracted answers and its share of the weight.
 
-    Answers are grouped with the verifier's equivalence (1/2 and 0.5 are one vote). Samples without an answer
-    count in the total weight but vote for nothing.
+    Answers are grouped with the verifier's equivalence (1/2 and 0.5 are one vote); with RM scores on every sample
+    each vote weighs sigmoid(score). Samples without an answer count in the total weight but vote for nothing.
 
     >>> s = [Sample("p", "", "", pred=a) for a in ("1/2", "0.5", "3", None)]
     >>> majority_answer(s)
     ('1/2', 0.5)
     """
     weighted = use_rm and all(s.rm_score is not None for s in samples)
-    clusters: list[tuple[str, float]] = []
-    total = 0.0
-    for s in samples:
-        weight = 1.0 / (1.0 + math.exp(-s.rm_score)) if weighted else 1.0
-        total += weight
-        if s.pred is None:
-            continue
-        for i, (answer, w) in enumerate(clusters):
-            if same_answer(answer, s.pred):
-                clusters[i] = (answer, w + weight)
-                break
-        else:
-            clusters.append((s.pred, weight))
-    if not clusters or total == 0:
+    weights = [1.0 / (1.0 + math.exp(-s.rm_score)) if weighted else 1.0 for s in samples]
+    winner, votes = majority([s.pred for s in samples], same_answer, weights)
+    if winner is None:
         return None, 0.0
-    answer, weight = max(clusters, key=lambda c: c[1])
-    return answer, weight / total
+    return samples[winner].pred, votes / sum(weights)
 
 
 def select_responses(samples: Iterable[Sample], k: int = 4, use_rm: bool = True, min_agreement: float = 0.5,
