@@ -28,6 +28,14 @@ def _csv(text: str) -> list[str]:
     return [part.strip() for part in text.split(",") if part.strip()]
 
 
+def _settings_from_args(args: argparse.Namespace, names: tuple[str, ...], module, hint: str):
+    """A training command's settings: --config's YAML (when given) with the flags in `names` on top."""
+    overrides = {name: getattr(args, name) for name in names}
+    if args.config:
+        return module.load_config(args.config, overrides)
+    return module.config_from_dict({}, overrides, source=f"command line ({hint})")
+
+
 def _backend_args(args: argparse.Namespace) -> dict:
     if args.backend == "hf":
         return {"batch_size": args.batch_size, **({"dtype": args.dtype} if args.dtype else {})}
@@ -200,18 +208,14 @@ def add_rm_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def cmd_rm(args: argparse.Namespace) -> int:
-    from mathloop.train.rm import config_from_dict, load_config, train
+    from mathloop.train import rm
 
     names = ("model", "samples", "fill_samples", "decontaminate", "data_dir", "output_dir", "group_size", "max_ratio",
              "heldout_fraction", "learning_rate", "warmup_steps", "epochs", "groups_per_batch",
              "micro_batch_groups", "max_length", "lora", "lora_rank", "lora_layers", "gradient_checkpointing", "dtype",
              "eval_every", "save_every", "seed")
-    overrides = {name: getattr(args, name) for name in names}
-    if args.config:
-        config = load_config(args.config, overrides)
-    else:
-        config = config_from_dict({}, overrides, source="command line (use --samples and --output-dir)")
-    print(json.dumps(train(config), indent=2))
+    config = _settings_from_args(args, names, rm, "use --samples and --output-dir")
+    print(json.dumps(rm.train(config), indent=2))
     return 0
 
 
@@ -398,16 +402,12 @@ def add_grpo_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def cmd_grpo(args: argparse.Namespace) -> int:
-    from mathloop.train.grpo import config_from_dict, load_config, train_grpo
+    from mathloop.train import grpo
 
     names = ("model", "output_dir", "queries", "benchmark", "split", "data_dir", "selection_samples", "mode",
              "reward", "rm", "steps", "group_size", "queries_per_step", "learning_rate", "lora", "seed")
-    overrides = {name: getattr(args, name) for name in names}
-    if args.config:
-        config = load_config(args.config, overrides)
-    else:
-        config = config_from_dict({}, overrides, source="command line (use --output-dir and --queries)")
-    print(json.dumps(train_grpo(config), indent=2))
+    config = _settings_from_args(args, names, grpo, "use --output-dir and --queries")
+    print(json.dumps(grpo.train_grpo(config), indent=2))
     return 0
 
 
@@ -442,11 +442,7 @@ def cmd_sft(args: argparse.Namespace) -> int:
 
     names = ("model", "data", "output_dir", "epochs", "learning_rate", "max_length", "per_device_batch_size",
              "gradient_accumulation_steps", "lora", "deepspeed", "seed")
-    overrides = {name: getattr(args, name) for name in names}
-    if args.config:
-        config = sft.load_config(args.config, overrides)
-    else:
-        config = sft.config_from_dict({}, overrides, source="command line (use --data and --output-dir)")
+    config = _settings_from_args(args, names, sft, "use --data and --output-dir")
     print(json.dumps(sft.train_sft(config), indent=2))
     return 0
 
