@@ -143,7 +143,7 @@ def test_sft_rows_are_prompt_completion_chats():
     assert rows[0]["gold"] == "7" and rows[0]["rm_score"] == 1.5
 
 
-def test_select_cli_removes_a_planted_math500_near_copy_and_keeps_a_new_problem(tmp_path, data_dir):
+def test_select_cli_removes_a_planted_math500_near_copy_and_keeps_a_new_problem(tmp_path, data_dir, capsys):
     from mathloop.data.benchmarks import load_benchmark
 
     leaked = load_benchmark("math500", data_dir, limit=1)[0].question
@@ -155,3 +155,6 @@ def test_select_cli_removes_a_planted_math500_near_copy_and_keeps_a_new_problem(
                  "--decontaminate", "--data-dir", str(data_dir)]) == 0
     rows = [json.loads(line) for line in (tmp_path / "sft.jsonl").read_text().splitlines()]
     assert [r["problem_id"] for r in rows] == ["new"]
+    report = json.loads(capsys.readouterr().out)["decontamination"]
+    assert report["removed_responses"] == 1 and report["examples"][0]["problem_id"] == "leak"
+    assert report["examples"][0]["field"] == "question" and report["examples"][0]["lcs_ratio"] > 0.6

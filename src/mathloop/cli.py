@@ -308,7 +308,7 @@ def cmd_select(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from mathloop.pipeline.sample import read_samples
-    from mathloop.pipeline.select import select_responses, sft_rows
+    from mathloop.pipeline.select import decontaminate_selection, select_responses, sft_rows
     from mathloop.records import Sample, read_records, write_jsonl
 
     samples = [s for source in args.samples
@@ -317,11 +317,7 @@ def cmd_select(args: argparse.Namespace) -> int:
                                       near_duplicate=args.near_duplicate)
     info = report.to_dict()
     if args.decontaminate:
-        from mathloop.data.decontaminate import ContaminationIndex, decontaminate_samples
-
-        chosen, removed, per_benchmark = decontaminate_samples(chosen, ContaminationIndex.from_benchmarks(
-            args.data_dir))
-        info["decontamination"] = {"removed_responses": len(removed), "per_benchmark": per_benchmark}
+        chosen, info["decontamination"] = decontaminate_selection(chosen, args.data_dir)
     info["rows"] = write_jsonl(args.output, sft_rows(chosen))
     print(json.dumps(info, indent=2))
     return 0

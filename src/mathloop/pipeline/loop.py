@@ -284,7 +284,7 @@ def _reward_model(config: LoopConfig, model: str, round_dir: Path) -> dict:
 
 
 def _select(config: LoopConfig, round_dir: Path) -> dict:
-    from mathloop.pipeline.select import select_responses, sft_rows
+    from mathloop.pipeline.select import decontaminate_selection, select_responses, sft_rows
     from mathloop.records import Sample
 
     data, report_path = round_dir / "sft_data.jsonl", round_dir / "select.json"
@@ -294,11 +294,7 @@ def _select(config: LoopConfig, round_dir: Path) -> dict:
     chosen, report = select_responses(samples, **config.select)
     info = report.to_dict()
     if config.decontaminate:
-        from mathloop.data.decontaminate import ContaminationIndex, decontaminate_samples
-
-        chosen, removed, per_benchmark = decontaminate_samples(chosen, ContaminationIndex.from_benchmarks(
-            config.data_dir))
-        info["decontamination"] = {"removed_responses": len(removed), "per_benchmark": per_benchmark}
+        chosen, info["decontamination"] = decontaminate_selection(chosen, config.data_dir)
     if not chosen:
         raise ValueError(f"{round_dir}: selection kept no response ({info}); sample more responses per problem or "
                          f"more problems")

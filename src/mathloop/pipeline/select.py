@@ -154,3 +154,14 @@ def sft_rows(samples: Iterable[Sample], problems: Mapping[str, Problem] | None =
                      else s.metadata.get("pseudo_label"), "rm_score": s.rm_score, "mode": s.mode,
                      "tool_output_spans": s.tool_output_spans})
     return rows
+
+
+def decontaminate_selection(samples: list[Sample], data_dir: str | None = None) -> tuple[list[Sample], dict]:
+    """Remove selected responses whose question or text matches a test item of any benchmark in the data folder
+    (13-gram + LCS rule); returns the kept samples and a report: counts per benchmark and every removal's reason."""
+    from mathloop.data.decontaminate import ContaminationIndex, decontaminate_samples
+
+    kept, removed, per_benchmark = decontaminate_samples(samples, ContaminationIndex.from_benchmarks(data_dir))
+    return kept, {"removed_responses": len(removed), "per_benchmark": per_benchmark,
+                  "examples": [{"problem_id": s.problem_id, "sample_index": s.sample_index,
+                                **s.metadata["contamination"]} for s in removed]}
