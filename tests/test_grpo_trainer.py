@@ -310,3 +310,66 @@ def test_rm_based_rewards_use_the_reward_model_scores(tiny_model_dir, tiny_rewar
     expected = [shaped_reward(score, s.verdict == "correct") if reward == "shaped" else score
                 for s, score in zip(rollouts, scores)]
     assert [s.metadata["reward"] for s in rollouts] == pytest.approx(expected, abs=1e-5)
+
+
+# ---- vLLM rollouts -----------------------------------------------------------------------------------------------
+
+@pytest.fixture
+def stub_vllm(monkeypatch):
+    """A fake `vllm` whose engine answers "\\boxed{7}" to even-numbered samples and records every LoRA request,
+    checking that the adapter folder it names holds a saved adapter when generation starts."""
+    import sys
+    import types
+    from pathlib import Path
+    from types import SimpleNamespace
+
+    from transformers import AutoTokenizer
+
+    vllm, lora, request = (types.ModuleType(name) for name in ("vllm", "vllm.lora", "vllm.lora.request"))
+    vllm.engines, vllm.requests = [], []
+
+    class LoRARequest:
+        def __init__(self, name, lora_id, path):
+            self.name, self.lora_id, self.path = name, lora_id, path
+
+    class SamplingParams:
+        def __init__(self, **kwargs):
+            self.kwargs = kwargs
+
+    class LLM:
+        def __init__(self, **kwargs):
+            self.kwargs = kwargs
+            vllm.engines.append(self)
+
+        def get_tokenizer(self):
+            return AutoTokenizer.from_pretrained(self.kwargs["model"])
+
+        def generate(self, prompts, sampling, use_tqdm=True, lora_request=None):
+            assert (Path(lora_request.path) / "adapter_config.json").exists()
+            vllm.requests.append(lora_request)
+            outputs = [SimpleNamespace(text="so \\boxed{7}" if j % 2 == 0 else "so \\boxed{3}", token_ids=[1, 2],
+                                       finish_reason="stop", stop_reason=None) for j in range(sampling.kwargs["n"])]
+            return [SimpleNamespace(prompt_token_ids=[0], outputs=outputs) for _ in prompts]
+
+    vllm.LLM, vllm.SamplingParams, request.LoRARequest = LLM, SamplingParams, LoRARequest
+    vllm.lora, lora.request = lora, request
+    for name, module in (("vllm", vllm), ("vllm.lora", lora), ("vllm.lora.request", request)):
+        monkeypatch.setitem(sys.modules, name, module)
+    return vllm
+
+
+def test_vllm_rollouts_sample_through_the_adapter_of_each_step(tiny_model_dir, tmp_path, stub_vllm):
+    from mathloop.train.grpo import train_grpo
+
+    with pytest.raises(ValueError, match="rollout_backend vllm needs lora"):
+        grpo_config(tmp_path, tiny_model_dir, rollout_backend="vllm").validate()
+    config = grpo_config(tmp_path, tiny_model_dir, rollout_backend="vllm", lora=True, lora_rank=4, steps=2,
+                         queries_per_step=2, group_size=4, vllm_args={"gpu_memory_utilization": 0.4})
+    summary = train_grpo(config)
+    [engine] = stub_vllm.engines
+    assert engine.kwargs["model"] == str(tiny_model_dir) and engine.kwargs["enable_lora"] is True
+    assert engine.kwargs["max_lora_rank"] == 4 and engine.kwargs["gpu_memory_utilization"] == 0.4
+    assert [(r.lora_id, r.path.endswith(f"step-{r.lora_id - 1:06d}")) for r in stub_vllm.requests] == [
+        (1, True), (2, True)]
+    assert metric(tmp_path / "run", "accuracy") == [0.5, 0.5] and summary["final"]
+    assert [p.name for p in (tmp_path / "run" / "rollout-adapter").iterdir()] == ["step-000001"]

@@ -30,6 +30,14 @@ class VLLMBackend:
         self.llm = vllm.LLM(model=model, dtype=dtype, tensor_parallel_size=tensor_parallel_size,
                             gpu_memory_utilization=gpu_memory_utilization, seed=seed, **engine_kwargs)
         self.tokenizer = self.llm.get_tokenizer()
+        self.lora_request = None
+
+    def use_lora(self, path: str, name: str, lora_id: int) -> None:
+        """Generate through the LoRA adapter saved at `path` from now on (the engine must be built with
+        `enable_lora=True`). A new `lora_id` makes vLLM load the adapter afresh: GRPO passes each step's adapter."""
+        from vllm.lora.request import LoRARequest
+
+        self.lora_request = LoRARequest(name, lora_id, path)
 
     def chat_prompt(self, messages: list[Message]) -> str:
         return self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
@@ -42,7 +50,8 @@ class VLLMBackend:
         sampling = self._vllm.SamplingParams(
             n=1 if params.greedy else params.n, temperature=params.temperature, top_p=params.top_p,
             max_tokens=params.max_new_tokens, seed=params.seed, stop=list(params.stop))
-        results = self.llm.generate(prompts, sampling, use_tqdm=False)
+        extra = {"lora_request": self.lora_request} if self.lora_request is not None else {}
+        results = self.llm.generate(prompts, sampling, use_tqdm=False, **extra)
         completions = []
         for result in results:
             prompt_tokens = len(result.prompt_token_ids or [])

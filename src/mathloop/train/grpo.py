@@ -3,8 +3,9 @@
 The recipe reads top to bottom: `train_grpo()` loads the queries, the policy, its reference and the reward, then
 runs the steps. One step:
   1. take `queries_per_step` queries (a fresh seeded shuffle per epoch);
-  2. roll out `group_size` responses per query: CoT through `HFBackend`, TIR through `tir_generate` with the code
-     running in the sandbox;
+  2. roll out `group_size` responses per query: CoT through the generation backend (`HFBackend` on the model being
+     trained, or a vLLM engine that samples through the policy's LoRA adapter, handed over every step), TIR
+     through `tir_generate` with the code running in the sandbox;
   3. grade every response against the query's gold answer (the step's accuracy) and compute its reward: the
      paper's shaped reward sigmoid(alpha * r_m) + (r_v - 1), the verifier alone, the reward model alone, or a user
      function with TRL's signature;
@@ -102,7 +103,9 @@ class GRPOConfig:
     max_new_tokens: int = 1024  # per response
     temperature: float = 1.0  # sampling temperature, also applied to the log-probabilities
     top_p: float = 1.0
-    rollout_batch_size: int = 64  # sequences per generation batch
+    rollout_batch_size: int = 64  # sequences per generation batch (hf rollouts)
+    rollout_backend: str = "hf"  # hf: the training model generates; vllm: a vLLM engine with the step's LoRA adapter
+    vllm_args: dict[str, Any] = dataclasses.field(default_factory=dict)  # e.g. gpu_memory_utilization: 0.4
     reward: str = "shaped"  # shaped | verifier | rm | 'module.path:function' (TRL signature)
     rm: str | None = None  # reward model folder or Hub id, for reward shaped or rm
     alpha: float = 0.5  # shaped reward: sigmoid(alpha * r_m) + (r_v - 1)
@@ -135,6 +138,11 @@ class GRPOConfig:
         if self.reward in ("shaped", "rm") and not self.rm:
             raise ValueError(f"grpo: reward {self.reward!r} needs rm (a reward model folder from `mathloop rm "
                              f"train`, or a Hub id); or set reward: verifier")
+        if self.rollout_backend not in ("hf", "vllm"):
+            raise ValueError(f"grpo: rollout_backend must be hf or vllm, got {self.rollout_backend!r}")
+        if self.rollout_backend == "vllm" and not self.lora:
+            raise ValueError("grpo: rollout_backend vllm needs lora: true (the policy reaches the vLLM engine as a "
+                             "LoRA adapter each step)")
         if self.group_size < 2:
             raise ValueError(f"grpo: group_size must be >= 2 (advantages compare responses within a group), "
                              f"got {self.group_size}")
@@ -418,8 +426,6 @@ def train_grpo(config: GRPOConfig, stop_after: int | None = None) -> dict[str, A
     `stop_after` ends the run after that many steps in total, as an interruption would (a checkpoint is saved);
     calling `train_grpo` again with the same config resumes it.
     """
-    from mathloop.backends.hf import HFBackend
-
     config.validate()
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     out = Path(config.output_dir)
@@ -444,8 +450,7 @@ def train_grpo(config: GRPOConfig, stop_after: int | None = None) -> dict[str, A
         _write_run_record(out, config, report)
 
     # Rollouts come from the policy being trained; the reward sees the prompts as the policy saw them.
-    backend = HFBackend(config.model, model_obj=model, tokenizer_obj=tokenizer,
-                        batch_size=config.rollout_batch_size, device=str(device))
+    backend = rollout_backend(config, model, tokenizer, device)
     prompts = {q.id: backend.chat_prompt(build_messages(q, config.mode)) for q in queries}
     reward_fn = reward_function(config, device, {prompts[q.id]: q.question for q in queries})
 
@@ -461,6 +466,8 @@ def train_grpo(config: GRPOConfig, stop_after: int | None = None) -> dict[str, A
             # Rollout, grading and reward, advantages within each query's group.
             started = time.time()
             model.eval()
+            if config.rollout_backend == "vllm":
+                sync_adapter(backend, model, out, step)
             with _autocast(device):
                 rollouts = generate_rollouts(backend, executor, batch, prompts, config, params)
             grade_and_reward(rollouts, reward_fn)
@@ -508,6 +515,34 @@ def train_grpo(config: GRPOConfig, stop_after: int | None = None) -> dict[str, A
         save_final(model, tokenizer, final, config)
     return {"step": step, "steps": config.steps, "final": str(final) if step == config.steps else None,
             **{k: v for k, v in last.items() if k != "step"}}
+
+
+def rollout_backend(config: GRPOConfig, model: torch.nn.Module, tokenizer, device: torch.device):
+    """hf: the model being trained generates (no copy, always current). vllm: a vLLM engine on the starting
+    weights that generates through the policy's LoRA adapter, saved and handed over at every step."""
+    if config.rollout_backend == "vllm":
+        from mathloop.backends.vllm import VLLMBackend
+        from mathloop.models import resolve_model
+
+        path, _ = resolve_model(config.model)
+        return VLLMBackend(path, seed=config.seed, enable_lora=True, max_lora_rank=config.lora_rank,
+                           **config.vllm_args)
+    from mathloop.backends.hf import HFBackend
+
+    return HFBackend(config.model, model_obj=model, tokenizer_obj=tokenizer, batch_size=config.rollout_batch_size,
+                     device=str(device))
+
+
+def sync_adapter(backend, model: torch.nn.Module, out: Path, step: int) -> None:
+    """Save the policy's current LoRA adapter and make the vLLM engine sample through it (the previous step's
+    adapter folder is removed)."""
+    folder = out / "rollout-adapter"
+    target = folder / f"step-{step:06d}"
+    model.save_pretrained(str(target))
+    backend.use_lora(str(target), f"policy-step-{step}", step + 1)
+    for old in folder.glob("step-*"):
+        if old != target:
+            shutil.rmtree(old, ignore_errors=True)
 
 
 def rollout_seed(config: GRPOConfig, step: int) -> int:
