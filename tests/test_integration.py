@@ -41,3 +41,33 @@ def test_assembled_gguf_is_checked_against_its_pin(tmp_path, monkeypatch):
         assemble_gguf(wrong)
     assert not list(tmp_path.iterdir())  # nothing half-written is left behind
     assert assemble_gguf(EMBEDDED_MODELS["smollm2"]).stat().st_size > 50_000_000
+
+
+def test_default_model_trains_with_sft_and_grpo_and_the_results_load(tmp_path):
+    """The GGUF-derived model goes through TRL's SFT (LoRA) and mathloop's GRPO (LoRA), and both final/ folders
+    load and generate: the path the demo and the loop take, at the smallest size."""
+    from mathloop.backends.base import SamplingParams
+    from mathloop.backends.hf import HFBackend
+    from mathloop.records import write_jsonl
+    from mathloop.train.grpo import GRPOConfig, train_grpo
+    from mathloop.train.sft import SFTRunConfig, train_sft
+
+    question = "Tom has 3 apples and buys 4 more. How many apples does he have?"
+    prompt = [{"role": "system", "content": "Please reason step by step, and put your final answer within "
+                                            "\\boxed{}."}, {"role": "user", "content": question}]
+    write_jsonl(tmp_path / "sft.jsonl", [{"prompt": prompt, "completion": [
+        {"role": "assistant", "content": "He has 3 + 4 = 7 apples. The answer is \\boxed{7}."}]}] * 2)
+    sft = train_sft(SFTRunConfig(data=str(tmp_path / "sft.jsonl"), output_dir=str(tmp_path / "sft"), lora=True,
+                                 epochs=1, max_length=256, per_device_batch_size=2, gradient_accumulation_steps=1,
+                                 learning_rate=1e-4))
+    assert sft["step"] == 1 and sft["final"]
+
+    write_jsonl(tmp_path / "queries.jsonl", [{"id": "q0", "question": question, "gold": "7"}])
+    grpo = train_grpo(GRPOConfig(output_dir=str(tmp_path / "grpo"), model=sft["final"],
+                                 queries=str(tmp_path / "queries.jsonl"), reward="verifier", group_size=2,
+                                 queries_per_step=1, steps=1, max_new_tokens=16, lora=True, dtype="bfloat16"))
+    assert grpo["step"] == 1 and grpo["final"]
+
+    backend = HFBackend(grpo["final"], batch_size=1)
+    completion = backend.generate([backend.chat_prompt(prompt)], SamplingParams(max_new_tokens=8))[0][0]
+    assert completion.completion_tokens > 0 and completion.text.strip()
