@@ -55,3 +55,14 @@ def settings_from_dict(cls: type[C], data: dict[str, Any], overrides: dict[str, 
     if hasattr(settings, "validate"):
         settings.validate()
     return settings
+
+
+def changed_settings(old: dict[str, Any], current: dict[str, Any], keys: tuple[str, ...] | list[str]) -> str:
+    """The resume keys whose value differs between a stored run and this one, as "key: old -> new, ..." ("" when
+    none do; keys the stored run lacks are not compared).
+
+    >>> changed_settings({"n": 3, "seed": 0}, {"n": 4, "seed": 0, "new": 1}, ("n", "seed", "new"))
+    'n: 3 -> 4'
+    """
+    return ", ".join(f"{k}: {old[k]!r} -> {current[k]!r}" for k in keys if k in old and old[k] != current[k])
+

@@ -24,6 +24,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from mathloop.config import changed_settings
 from mathloop.backends.base import Backend, Completion, SamplingParams
 from mathloop.data.benchmarks import get_benchmark, load_benchmark
 from mathloop.metrics import format_markdown, summarize
@@ -292,9 +293,8 @@ def _start_run_record(out: Path, config: EvalConfig) -> dict:
     if path.exists():
         previous = json.loads(path.read_text())
         old = previous.get("config", {})
-        changed = [k for k in _RESUME_KEYS if k in old and old[k] != current[k]]
-        if changed:
-            detail = ", ".join(f"{k}: {old[k]!r} -> {current[k]!r}" for k in changed)
+        detail = changed_settings(old, current, _RESUME_KEYS)
+        if detail:
             raise ValueError(f"{out} holds a run with other settings ({detail}); use a new --out folder")
         previous["config"]["benchmarks"] = sorted(set(old.get("benchmarks", [])) | set(config.benchmarks))
         previous["config"]["limit"] = config.limit

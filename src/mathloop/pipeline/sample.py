@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from mathloop.config import changed_settings
 from mathloop.backends.base import Backend
 from mathloop.data.benchmarks import load_benchmark, load_problems
 from mathloop.records import Problem, Sample, read_records
@@ -180,9 +181,8 @@ def _check_run_record(out: Path, config: SampleConfig) -> None:
     current = dataclasses.asdict(config)
     if path.exists():
         old = json.loads(path.read_text()).get("config", {})
-        changed = [k for k in _RESUME_KEYS if k in old and old[k] != current[k]]
-        if changed:
-            detail = ", ".join(f"{k}: {old[k]!r} -> {current[k]!r}" for k in changed)
+        detail = changed_settings(old, current, _RESUME_KEYS)
+        if detail:
             raise ValueError(f"{out} holds samples made with other settings ({detail}); use a new --out folder")
         return
     info = {"config": current, "started": time.strftime("%Y-%m-%dT%H:%M:%S"), "versions": package_versions()}

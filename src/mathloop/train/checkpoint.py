@@ -15,6 +15,8 @@ from pathlib import Path
 
 import torch
 
+from mathloop.config import changed_settings
+
 
 def latest_checkpoint(out: Path) -> Path | None:
     found = sorted(p for p in (out / "checkpoints").glob("step-*") if (p / "state.json").exists())
@@ -47,9 +49,8 @@ def load_checkpoint(path: Path, model: torch.nn.Module, optimizer: torch.optim.O
     state = json.loads((path / "state.json").read_text())
     old = state.get("config", {})
     current = dataclasses.asdict(config)
-    changed = [k for k in resume_keys if k in old and old[k] != current[k]]
-    if changed:
-        detail = ", ".join(f"{k}: {old[k]!r} -> {current[k]!r}" for k in changed)
+    detail = changed_settings(old, current, resume_keys)
+    if detail:
         raise ValueError(f"{config.output_dir} holds a run with other settings ({detail}); use a new output_dir")
     weights = torch.load(path / "trainable.pt", map_location="cpu", weights_only=True)
     missing = [n for n, p in model.named_parameters() if p.requires_grad and n not in weights]

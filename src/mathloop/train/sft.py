@@ -56,7 +56,7 @@ from typing import Any
 import torch
 from transformers import TrainerCallback
 
-from mathloop.config import read_yaml_mapping, settings_from_dict
+from mathloop.config import changed_settings, read_yaml_mapping, settings_from_dict
 from mathloop.records import RecordError, read_jsonl
 from mathloop.train.checkpoint import drop_metrics_after
 
@@ -320,9 +320,8 @@ def _check_resumable(out: Path, config: SFTRunConfig) -> None:
         return
     old = json.loads(record.read_text()).get("config", {})
     current = dataclasses.asdict(config)
-    changed = [k for k in _RESUME_KEYS if k in old and old[k] != current[k]]
-    if changed:
-        detail = ", ".join(f"{k}: {old[k]!r} -> {current[k]!r}" for k in changed)
+    detail = changed_settings(old, current, _RESUME_KEYS)
+    if detail:
         raise ValueError(f"{out} holds a run with other settings ({detail}); use a new output_dir")
 
 
