@@ -124,3 +124,46 @@ def test_demo_settings_are_a_valid_loop_that_fits_a_laptop(tmp_path):
     assert config.model == "default" and config.rounds == 1 and config.sft["lora"]
     assert config.problems.startswith("synthetic:") and config.heldout.startswith("synthetic:")
     assert yaml.safe_dump(config.sample)  # plain data, recorded in config.yaml
+
+
+def evolving(prompt: str, index: int) -> str:
+    """Evolves a seed into "<seed> Then add 10." and answers evolved problems 42, except for the problem evolved from
+    the second seed, whose answers all differ (no majority); seed problems are answered as in `half_right`."""
+    if "Write one new math problem" in prompt:
+        seed = next(p for p in TRAIN if p.question in prompt)
+        return f"New problem: {seed.question} Then add 10 to the result."
+    if "Then add 10" in prompt:
+        answer = 100 + index if TRAIN[1].question in prompt else 42
+        return f"Adding ten. The answer is \\boxed{{{answer}}}."
+    return half_right(prompt, index)
+
+
+def test_synthesized_problems_join_the_training_problems_once(tiny_model_dir, data_dir, tmp_path):
+    synthesize = {"seeds": 3, "variants_per_seed": 1, "n_answers": 4, "min_agreement": 0.75,
+                  "operations": ["add_condition"], "max_new_tokens": 64}
+    config = tiny_loop(tmp_path, tiny_model_dir, data_dir, rounds=0, grpo={}, synthesize=synthesize)
+    backend = FakeBackend(evolving)
+    run_loop(config, progress=False, backend=backend)
+    run = tmp_path / "run"
+    problems = read_records(Problem, run / "problems.jsonl")
+    evolved = [p for p in problems if p.benchmark == "evolved"]
+    assert [p.id for p in problems[:len(TRAIN)]] == [p.id for p in TRAIN]  # the planted copy is still removed
+    assert [p.id for p in evolved] == [f"{TRAIN[i].id}/evolved/add_condition" for i in (0, 2)]
+    assert all(p.gold == "42" and p.metadata["agreement"] == 1.0 for p in evolved)
+    rejected = [json.loads(line) for line in (run / "synthesized.rejected.jsonl").read_text().splitlines()]
+    assert [r["id"] for r in rejected] == [f"{TRAIN[1].id}/evolved/add_condition"]
+    assert json.loads((run / "synthesis.json").read_text())["kept"] == 2
+
+    # the stage ran once: a re-run asks nothing; a record written before the synthesize setting existed resumes
+    record = yaml.safe_load((run / "config.yaml").read_text())
+    (run / "config.yaml").write_text(yaml.safe_dump({k: v for k, v in record.items() if k != "synthesize"}))
+    backend.calls.clear()
+    run_loop(tiny_loop(tmp_path, tiny_model_dir, data_dir, rounds=0, grpo={}), progress=False, backend=backend)
+    assert backend.calls == []
+
+
+def test_synthesize_section_errors_name_the_key(tmp_path):
+    with pytest.raises(ValueError, match=r"synthesize: unknown key\(s\) variants\b"):
+        loop_config_from_dict({"output_dir": str(tmp_path), "synthesize": {"variants": 2}}).validate()
+    with pytest.raises(ValueError, match="synthesize: min_agreement must be in"):
+        loop_config_from_dict({"output_dir": str(tmp_path), "synthesize": {"min_agreement": 2}}).validate()

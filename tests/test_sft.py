@@ -64,6 +64,54 @@ def test_labels_cover_the_completion_only(tiny_model_dir, tmp_path):
         assert torch.equal(trained, ids[len(prompt_ids):len(prompt_ids) + len(trained)])
 
 
+def tir_row() -> dict:
+    """A TIR completion as `mathloop select` writes it: model text, a code block, the executor's output block (its
+    character range in `tool_output_spans`), then the model's answer."""
+    before = "Let me compute.\n```python\nprint(17 * 23)\n```\n"
+    executor = "```output\n391\n```\n"
+    content = before + executor + "So the answer is \\boxed{391}."
+    row = sft_rows(1)[0]
+    row.update(completion=[{"role": "assistant", "content": content}], mode="tir",
+               tool_output_spans=[[len(before), len(before) + len(executor)]])
+    return row
+
+
+def test_tir_rows_keep_the_executor_output_out_of_the_loss(tiny_model_dir, tmp_path):
+    rows = [tir_row(), sft_rows(2)[1]]  # one TIR row, one CoT row without spans
+    write_jsonl(tmp_path / "tir.jsonl", rows)
+    trainer, report = build_trainer(sft_config(tmp_path, tiny_model_dir, data=str(tmp_path / "tir.jsonl"),
+                                                  max_length=512))
+    assert report["examples"] == 2 and report["executor_output_masked"]
+    batch = trainer.data_collator([trainer.train_dataset[i] for i in range(2)])
+    tokenizer = trainer.processing_class
+    labels = batch["labels"][0]
+    trained = tokenizer.decode(labels[labels != -100])
+    assert "391\n```\n" not in trained.split("print(17 * 23)")[1].split("So the answer")[0]  # nothing of the output
+    assert trained.startswith("Let me compute.\n```python\nprint(17 * 23)\n```")
+    assert trained.endswith("So the answer is \\boxed{391}.<|im_end|>\n")
+    # every token is either the prompt, the model's text, the executor's output or the end of turn
+    content = rows[0]["completion"][0]["content"]
+    masked = [i for i, label in enumerate(labels.tolist()) if label == -100 and batch["attention_mask"][0][i]]
+    prompt_len = len(tokenizer.apply_chat_template(rows[0]["prompt"], add_generation_prompt=True, tokenize=True,
+                                                   return_dict=True)["input_ids"])
+    executor_tokens = [i for i in masked if i >= prompt_len]
+    start, end = rows[0]["tool_output_spans"][0]
+    assert tokenizer.decode(batch["input_ids"][0][executor_tokens]) in content[start - 1:end + 1]
+    assert "391" in tokenizer.decode(batch["input_ids"][0][executor_tokens])
+    # the CoT row in the same file: the whole completion is trained, as TRL would do it
+    cot = batch["labels"][1]
+    assert tokenizer.decode(cot[cot != -100]) == rows[1]["completion"][0]["content"] + "<|im_end|>\n"
+
+
+def test_tir_training_runs_and_records_the_masking(tiny_model_dir, tmp_path):
+    write_jsonl(tmp_path / "tir.jsonl", [tir_row()] * 4)
+    summary = train_sft(sft_config(tmp_path, tiny_model_dir, data=str(tmp_path / "tir.jsonl"), epochs=1,
+                                   max_length=512))
+    assert summary["step"] == 1 and Path(summary["final"], "config.json").exists()
+    run = json.loads((tmp_path / "sft" / "run.json").read_text())
+    assert run["data"] == {"examples": 4, "dropped_too_long": 0, "executor_output_masked": True}
+
+
 def test_training_lowers_the_loss_and_writes_a_model_the_hf_backend_loads(tiny_model_dir, tmp_path):
     from mathloop.backends.base import SamplingParams
     from mathloop.backends.hf import HFBackend
@@ -142,6 +190,9 @@ def test_examples_longer_than_max_length_are_dropped_not_truncated(tiny_model_di
     ({"prompt": [{"role": "user", "content": "1+1?"}]}, "'completion' must be"),
     ({"prompt": [{"role": "user", "content": "1+1?"}], "completion": [{"role": "user", "content": "2"}]},
      "'completion' must be one assistant message"),
+    ({"prompt": [{"role": "user", "content": "1+1?"}], "completion": [{"role": "assistant", "content": "2"}],
+      "tool_output_spans": [[0, 5]]}, r"'tool_output_spans' must be \[start, end\] character ranges inside the "
+                                      r"completion \(1 characters\)"),
 ])
 def test_malformed_data_names_file_and_record(tmp_path, row, message):
     path = tmp_path / "data.jsonl"

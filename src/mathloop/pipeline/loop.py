@@ -1,5 +1,6 @@
 """`mathloop loop`: the self-improvement rounds of method steps 1-7 (and GRPO, step 8) as one resumable run.
 
+    setup     decontaminate [-> synthesize] the training problems (synthesis: `synthesize` section, off by default)
     round 0   eval                         the starting model on the held-out problems
     round r   sample -> [rm -> score] -> select -> sft -> eval
     grpo      (optional) GRPO from the last model on queries its samples solve 2..5 of 8 times -> eval
@@ -10,6 +11,9 @@ inside itself):
 
   config.yaml                 the settings the run was started with (a resumed run must match them)
   problems.jsonl              training problems after decontamination; decontamination.json says what was removed
+  synthesized.jsonl           problems evolved from the training problems and answered by majority vote (when the
+                              synthesize section is on; in problems.jsonl too); synthesis.json counts, and
+                              synthesized.rejected.jsonl holds every rejected candidate with its reason
   round-0/eval/               baseline evaluation (mathloop eval folder)
   round-<r>/samples/          mathloop sample folder; samples.jsonl merges its passes (with rm_score after scoring)
   round-<r>/rm/               reward model run (final/ is the RM), when the reward_model section is enabled
@@ -23,6 +27,11 @@ The sections of the YAML file are the settings of the stage commands (`mathloop 
 `grpo`); the loop fills in the model, data and folder fields itself. `sft_init: base` trains every round from the
 starting model on that round's data (the paper rebuilds the data each round); `previous` continues from the last
 round's model, which is cheaper on a CPU.
+
+The `synthesize` section (`mathloop synthesize`'s settings: variants_per_seed, n_answers, min_agreement,
+operations, max_new_tokens, seed; plus `seeds`, how many of the training problems seed it, and `model`/`backend`/
+`backend_args`, since the paper synthesized with a stronger model than the one it trains) adds evolved problems,
+with majority-vote answers as their gold, to the training problems once, before round 1.
 """
 
 from __future__ import annotations
@@ -60,6 +69,7 @@ class LoopConfig:
     sft: dict[str, Any] = field(default_factory=dict)  # SFTRunConfig fields
     eval: dict[str, Any] = field(default_factory=dict)  # EvalConfig fields (n, temperature, max_new_tokens, ...)
     grpo: dict[str, Any] = field(default_factory=dict)  # GRPO config fields, plus enabled: bool
+    synthesize: dict[str, Any] = field(default_factory=dict)  # problem synthesis before round 1; SYNTHESIS_KEYS
 
     def validate(self) -> None:
         """Check every section by building its stage config now, so a typo fails before hours of sampling."""
@@ -71,6 +81,8 @@ class LoopConfig:
         if unknown:
             raise ValueError(f"loop: select: unknown key(s) {', '.join(sorted(unknown))}; known: k, use_rm, "
                              f"min_agreement, near_duplicate")
+        if self.synthesis_enabled:
+            self.synthesis_config()
         probe = Path(self.output_dir) / "round-1"
         self.sample_config(self.model, probe, 1)
         self.eval_config(self.model, probe)
@@ -85,6 +97,10 @@ class LoopConfig:
             self.grpo_config(self.model, probe / "samples.jsonl", Path(self.output_dir) / "grpo-after-round-1", rm)
 
     @property
+    def synthesis_enabled(self) -> bool:
+        return bool(self.synthesize.get("enabled", bool(self.synthesize)))
+
+    @property
     def rm_enabled(self) -> bool:
         return bool(self.reward_model.get("enabled", bool(self.reward_model)))
 
@@ -93,6 +109,33 @@ class LoopConfig:
         return bool(self.grpo.get("enabled", bool(self.grpo)))
 
     # -- the stage configs ---------------------------------------------------------------------------------------
+
+    def synthesis_config(self):
+        """The `SynthesisConfig` of the synthesize section (its model, backend and seed count are read apart)."""
+        from mathloop.data.evolve import ANSWER_SAMPLING, EVOLVE_SAMPLING, OPERATIONS, SynthesisConfig
+
+        unknown = sorted(set(self.synthesize) - set(SYNTHESIS_KEYS))
+        if unknown:
+            raise ValueError(f"loop: synthesize: unknown key(s) {', '.join(unknown)}; known: "
+                             f"{', '.join(SYNTHESIS_KEYS)}")
+        section = self.synthesize
+        seeds = section.get("seeds")
+        if seeds is not None and (not isinstance(seeds, int) or seeds < 1):
+            raise ValueError(f"loop: synthesize: seeds must be a count >= 1 (the first N training problems), "
+                             f"got {seeds!r}")
+        try:
+            config = SynthesisConfig(
+                variants_per_seed=section.get("variants_per_seed", 2), n_answers=section.get("n_answers", 4),
+                min_agreement=section.get("min_agreement", 0.5), seed=section.get("seed", self.seed),
+                operations=tuple(section.get("operations") or OPERATIONS),
+                evolve_sampling=dataclasses.replace(
+                    EVOLVE_SAMPLING, max_new_tokens=section.get("evolve_max_new_tokens", EVOLVE_SAMPLING.max_new_tokens)),
+                answer_sampling=dataclasses.replace(
+                    ANSWER_SAMPLING, max_new_tokens=section.get("max_new_tokens", ANSWER_SAMPLING.max_new_tokens)))
+            config.validate()
+        except ValueError as e:
+            raise ValueError(f"loop: synthesize: {e}") from None
+        return config
 
     def sample_config(self, model: str, round_dir: Path, round_index: int):
         from mathloop.pipeline.sample import SampleConfig
@@ -145,6 +188,11 @@ class LoopConfig:
                                 source="loop: grpo")
 
 
+# Keys of the synthesize section: `mathloop synthesize`'s settings, plus where the seeds and the model come from.
+SYNTHESIS_KEYS = ("enabled", "seeds", "model", "backend", "backend_args", "variants_per_seed", "n_answers",
+                  "min_agreement", "seed", "operations", "max_new_tokens", "evolve_max_new_tokens")
+
+
 def _known(cls, section: dict[str, Any], name: str, exclude: tuple[str, ...]) -> dict[str, Any]:
     names = {f.name for f in dataclasses.fields(cls)} - set(exclude)
     unknown = sorted(set(section) - names)
@@ -160,11 +208,11 @@ def load_loop_config(path: str, overrides: dict[str, Any] | None = None) -> Loop
 
 def loop_config_from_dict(data: dict[str, Any], overrides: dict[str, Any] | None = None,
                           source: str = "loop config") -> LoopConfig:
-    for section in ("sample", "reward_model", "select", "sft", "eval", "grpo"):
+    names = ("sample", "reward_model", "select", "sft", "eval", "grpo", "synthesize")
+    for section in names:
         if not isinstance(data.get(section) or {}, dict):
             raise ValueError(f"{source}: {section} must be a mapping of settings")
-    sections = {section: dict(data.get(section) or {}) for section in ("sample", "reward_model", "select", "sft",
-                                                                        "eval", "grpo")}
+    sections = {section: dict(data.get(section) or {}) for section in names}
     try:
         return settings_from_dict(LoopConfig, {**data, **sections}, overrides, source, required=("output_dir",))
     except TypeError as e:
@@ -185,7 +233,7 @@ def run_loop(config: LoopConfig, progress: bool = True, backend=None) -> dict:
     out.mkdir(parents=True, exist_ok=True)
     _check_config(out, config)
     heldout = load_problem_source(config.heldout, config.data_dir, config.heldout_limit)
-    _prepare_problems(out, config)
+    _prepare_problems(out, config, backend)
 
     rows = [_evaluate(config, config.model, out / "round-0", heldout, progress, backend)
             | {"round": 0, "model": config.model}]
@@ -217,16 +265,20 @@ def _check_config(out: Path, config: LoopConfig) -> None:
     current = dataclasses.asdict(config)
     if path.exists():
         old = yaml.safe_load(path.read_text()) or {}
-        # rounds may grow (continue a finished run for more rounds); anything else would mix two experiments
-        changed = sorted(k for k in current if k != "rounds" and old.get(k) != current[k])
+        # rounds may grow (continue a finished run for more rounds); anything else would mix two experiments.
+        # A setting the record lacks (added to mathloop after the run started) counts as its default.
+        defaults = {f.name: f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
+                    for f in dataclasses.fields(LoopConfig)}
+        changed = sorted(k for k in current if k != "rounds" and old.get(k, defaults[k]) != current[k])
         if changed:
             raise ValueError(f"{out} holds a loop run with other settings ({', '.join(changed)}); use a new "
                              f"output_dir")
     path.write_text(yaml.safe_dump(current, sort_keys=False))
 
 
-def _prepare_problems(out: Path, config: LoopConfig) -> list[Problem]:
-    """The training problems, decontaminated against every benchmark of the data folder (once per run)."""
+def _prepare_problems(out: Path, config: LoopConfig, backend=None) -> list[Problem]:
+    """The training problems, decontaminated against every benchmark of the data folder, plus the problems
+    synthesized from them when the synthesize section is on (once per run: problems.jsonl)."""
     from mathloop.pipeline.sample import load_problem_source
 
     path = out / "problems.jsonl"
@@ -234,6 +286,7 @@ def _prepare_problems(out: Path, config: LoopConfig) -> list[Problem]:
         return read_records(Problem, path)
     problems = load_problem_source(config.problems, config.data_dir, config.limit)
     report: dict[str, Any] = {"problems": len(problems), "removed": 0, "per_benchmark": {}, "examples": []}
+    index = None
     if config.decontaminate:
         from mathloop.data.decontaminate import ContaminationIndex, decontaminate
 
@@ -244,8 +297,30 @@ def _prepare_problems(out: Path, config: LoopConfig) -> list[Problem]:
         log.info("decontamination: removed %d of %d training problems %s", len(removed), report["problems"],
                  per_benchmark)
     (out / "decontamination.json").write_text(json.dumps(report, indent=2) + "\n")
+    if config.synthesis_enabled:
+        problems = problems + _synthesize(config, out, problems, index, backend)
     write_jsonl(path, problems)
     return problems
+
+
+def _synthesize(config: LoopConfig, out: Path, problems: list[Problem], index, backend) -> list[Problem]:
+    """New problems evolved from the first `seeds` training problems and answered by majority vote
+    (`mathloop synthesize`), checked against the benchmarks when the run decontaminates; resumable, with the
+    rejected candidates in synthesized.rejected.jsonl and the counts in synthesis.json."""
+    from mathloop.data.evolve import synthesize_file
+
+    section = config.synthesize
+    synthesis = config.synthesis_config()
+    seeds = problems[:section.get("seeds") or len(problems)]
+    if backend is None:
+        from mathloop.backends import load_backend
+
+        backend = load_backend(section.get("backend", "hf"), section.get("model") or config.model,
+                               **section.get("backend_args", {}))
+    result = synthesize_file(backend, seeds, out / "synthesized.jsonl", synthesis, index)
+    (out / "synthesis.json").write_text(json.dumps(result, indent=2) + "\n")
+    log.info("synthesis: %d new problems from %d seeds", result["kept"], len(seeds))
+    return read_records(Problem, out / "synthesized.jsonl")
 
 
 def _sample(config: LoopConfig, model: str, round_dir: Path, r: int, progress: bool, backend) -> dict:

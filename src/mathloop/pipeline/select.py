@@ -138,7 +138,7 @@ def select_responses(samples: Iterable[Sample], k: int = 4, use_rm: bool = True,
 def sft_rows(samples: Iterable[Sample], problems: Mapping[str, Problem] | None = None) -> list[dict]:
     """Prompt-completion chat rows for SFT. The prompt messages are rebuilt from the problem (from `problems`, or
     from the question stored in `Sample.metadata["question"]`) in the sample's mode, without few-shot turns.
-    TIR responses keep their executor spans (`tool_output_spans`) for trainers that mask them."""
+    TIR responses keep their executor spans (`tool_output_spans`), which `mathloop sft` keeps out of the loss."""
     rows = []
     for s in samples:
         problem = (problems or {}).get(s.problem_id)

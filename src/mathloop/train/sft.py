@@ -6,7 +6,10 @@ The data is a JSONL file in TRL's conversational prompt-completion format, one e
      "completion": [{"role": "assistant", "content": "... \\boxed{42}"}], ...any other keys, ignored}
 
 TRL renders both with the model's chat template and computes the loss on the completion tokens only (the prompt's
-labels are -100), whatever the template. Examples longer than `max_length` tokens are dropped rather than truncated:
+labels are -100), whatever the template. TIR rows (`mathloop select` on TIR samples) also carry
+`"tool_output_spans": [[start, end], ...]`, character ranges of the completion that the Python executor wrote, not
+the model; a data file with such rows is tokenized here (`tokenize_example`) so that those tokens are out of the loss
+too, as in the paper's TIR training, and TRL receives `input_ids` with a `completion_mask`. Examples longer than `max_length` tokens are dropped rather than truncated:
 a cut solution has no final answer and no end-of-turn token, and would teach the model not to finish.
 
 The defaults follow the paper where it gives a value: 3 epochs, sequence length 4096, learning rate 2e-5 with a
@@ -141,9 +144,9 @@ def config_from_dict(data: dict[str, Any], overrides: dict[str, Any] | None = No
     return settings_from_dict(SFTRunConfig, data, overrides, source, required=("data", "output_dir"))
 
 
-def read_sft_examples(path: str | Path) -> list[dict[str, list[dict[str, str]]]]:
-    """The prompt-completion pairs of an SFT JSONL file (other keys are left out); a malformed line raises
-    `RecordError` naming file and line."""
+def read_sft_examples(path: str | Path) -> list[dict[str, Any]]:
+    """The prompt-completion pairs of an SFT JSONL file, with their `tool_output_spans` when a row has any (other
+    keys are left out); a malformed line raises `RecordError` naming file and line."""
     examples = []
     for lineno, row in enumerate(read_jsonl(path), 1):
         for key in ("prompt", "completion"):
@@ -155,23 +158,64 @@ def read_sft_examples(path: str | Path) -> list[dict[str, list[dict[str, str]]]]
                                   f"{{\"role\": ..., \"content\": ...}}")
         if [m["role"] for m in row["completion"]] != ["assistant"]:
             raise RecordError(f"{path}: record {lineno}: 'completion' must be one assistant message")
-        examples.append({"prompt": row["prompt"], "completion": row["completion"]})
+        example = {"prompt": row["prompt"], "completion": row["completion"]}
+        spans = row.get("tool_output_spans") or []
+        length = len(row["completion"][0]["content"])
+        if not (isinstance(spans, list) and all(
+                isinstance(span, list) and len(span) == 2 and all(isinstance(x, int) for x in span)
+                and 0 <= span[0] <= span[1] <= length for span in spans)):
+            raise RecordError(f"{path}: record {lineno}: 'tool_output_spans' must be [start, end] character ranges "
+                              f"inside the completion ({length} characters), got {spans!r}")
+        if spans:
+            example["tool_output_spans"] = spans
+        examples.append(example)
     if not examples:
         raise RecordError(f"{path}: no examples")
     return examples
 
 
 def drop_too_long(examples: list[dict], tokenizer, max_length: int) -> tuple[list[dict], int]:
-    """Keep the examples whose rendered prompt + completion fits `max_length` tokens; return them and the count
-    dropped."""
-    kept = [e for e in examples if len(tokenizer.apply_chat_template(
-        e["prompt"] + e["completion"], tokenize=True, return_dict=True)["input_ids"]) <= max_length]
+    """Keep the examples whose rendered prompt + completion fits `max_length` tokens (already tokenized examples:
+    whose `input_ids` fit); return them and the count dropped."""
+    def length(e: dict) -> int:
+        if "input_ids" in e:
+            return len(e["input_ids"])
+        return len(tokenizer.apply_chat_template(e["prompt"] + e["completion"], tokenize=True,
+                                                 return_dict=True)["input_ids"])
+
+    kept = [e for e in examples if length(e) <= max_length]
     return kept, len(examples) - len(kept)
+
+
+def tokenize_example(tokenizer, example: dict[str, Any]) -> dict[str, list[int]]:
+    """`input_ids` and `completion_mask` (1 = in the loss) of one prompt-completion example, with the executor's
+    output (`tool_output_spans`, character ranges of the completion) out of the loss.
+
+    The chat template renders the prompt (with the assistant header) and the whole conversation; the completion is
+    what follows the prompt: the response text, then the template's end of turn (e.g. `<|im_end|>\n`), which stays
+    in the loss so the model learns to stop. Prompt, response and end of turn are tokenized separately, as TRL does
+    for prompt-completion rows, and the response's tokens that overlap an executor span are masked as in GRPO
+    (`response_loss_mask`). A template that does not render the prompt as a prefix of the conversation, or that
+    changes the response text (trimming it, say), cannot be masked by character ranges and raises ValueError."""
+    from mathloop.train.grpo_math import response_loss_mask
+
+    response = example["completion"][0]["content"]
+    prompt_text = tokenizer.apply_chat_template(example["prompt"], add_generation_prompt=True, tokenize=False)
+    full_text = tokenizer.apply_chat_template(example["prompt"] + example["completion"], tokenize=False)
+    if not (full_text.startswith(prompt_text) and full_text[len(prompt_text):].startswith(response)):
+        raise ValueError("sft: the chat template does not render prompt + completion as the prompt followed by the "
+                         "response text, so the executor's output cannot be masked by its character ranges")
+    end_of_turn = full_text[len(prompt_text) + len(response):]
+    prompt_ids = tokenizer(prompt_text, add_special_tokens=False)["input_ids"]
+    response_ids, keep = response_loss_mask(tokenizer, response, example.get("tool_output_spans", []))
+    end_ids = tokenizer(end_of_turn, add_special_tokens=False)["input_ids"] if end_of_turn else []
+    return {"input_ids": prompt_ids + response_ids.tolist() + end_ids,
+            "completion_mask": [0] * len(prompt_ids) + [int(k) for k in keep.tolist()] + [1] * len(end_ids)}
 
 
 def build_trainer(config: SFTRunConfig, callbacks: list[TrainerCallback] | None = None) -> tuple[Any, dict[str, Any]]:
     """The model, its tokenizer, the data and TRL's SFTTrainer for `config`; returns the
-    trainer and a data report {model_path, model_name, examples, dropped_too_long}."""
+    trainer and a data report {model_path, model_name, examples, dropped_too_long, executor_output_masked}."""
     from datasets import Dataset
     from transformers import AutoModelForCausalLM, AutoTokenizer
     from trl import SFTConfig, SFTTrainer
@@ -180,7 +224,11 @@ def build_trainer(config: SFTRunConfig, callbacks: list[TrainerCallback] | None 
 
     path, model_name = resolve_model(config.model)
     tokenizer = AutoTokenizer.from_pretrained(path)
-    examples, dropped = drop_too_long(read_sft_examples(config.data), tokenizer, config.max_length)
+    examples = read_sft_examples(config.data)
+    masked_executor = any("tool_output_spans" in e for e in examples)
+    if masked_executor:  # TIR data: tokenized here so that the executor's output is out of the loss
+        examples = [tokenize_example(tokenizer, e) for e in examples]
+    examples, dropped = drop_too_long(examples, tokenizer, config.max_length)
     if not examples:
         raise ValueError(f"sft: every example of {config.data} is longer than max_length={config.max_length} "
                          f"tokens; raise max_length")
@@ -220,7 +268,7 @@ def build_trainer(config: SFTRunConfig, callbacks: list[TrainerCallback] | None 
     trainer = SFTTrainer(model=model, args=args, train_dataset=Dataset.from_list(examples),
                          processing_class=tokenizer, peft_config=peft_config, callbacks=callbacks)
     return trainer, {"model_path": path, "model_name": model_name, "examples": len(examples),
-                     "dropped_too_long": dropped}
+                     "dropped_too_long": dropped, "executor_output_masked": masked_executor}
 
 
 def cpu_has_bfloat16() -> bool:
@@ -329,7 +377,8 @@ def _write_run_record(out: Path, config: SFTRunConfig, report: dict[str, Any]) -
     from mathloop.pipeline.evaluate import package_versions
 
     info = {"config": dataclasses.asdict(config), "model_name": report["model_name"],
-            "data": {"examples": report["examples"], "dropped_too_long": report["dropped_too_long"]},
+            "data": {"examples": report["examples"], "dropped_too_long": report["dropped_too_long"],
+                     "executor_output_masked": report["executor_output_masked"]},
             "started": time.strftime("%Y-%m-%dT%H:%M:%S"), "versions": package_versions()}
     (out / "run.json").write_text(json.dumps(info, indent=2) + "\n")
 
