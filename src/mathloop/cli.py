@@ -472,16 +472,12 @@ def add_synthesize_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def cmd_synthesize(args: argparse.Namespace) -> int:
-    import dataclasses
-
     from mathloop.backends import load_backend
-    from mathloop.data.evolve import ANSWER_SAMPLING, OPERATIONS, SynthesisConfig, load_seeds, synthesize_file
+    from mathloop.data.evolve import load_seeds, synthesis_config, synthesize_file
 
-    config = SynthesisConfig(variants_per_seed=args.variants, n_answers=args.answers,
-                             min_agreement=args.min_agreement, seed=args.seed,
-                             operations=tuple(args.operations or OPERATIONS),
-                             answer_sampling=dataclasses.replace(ANSWER_SAMPLING, max_new_tokens=args.max_new_tokens))
-    config.validate()
+    config = synthesis_config(variants_per_seed=args.variants, n_answers=args.answers,
+                              min_agreement=args.min_agreement, seed=args.seed, operations=args.operations,
+                              max_new_tokens=args.max_new_tokens)
     seeds = load_seeds(args.seeds, args.data_dir)
     index = None
     if args.decontaminate:

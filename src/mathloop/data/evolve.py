@@ -149,6 +149,21 @@ class SynthesisConfig:
             raise ValueError("greedy answers are all the same: a majority vote needs answer temperature > 0")
 
 
+
+def synthesis_config(variants_per_seed: int = 2, n_answers: int = 4, min_agreement: float = 0.5, seed: int = 0,
+                     operations: Iterable[str] | None = None,
+                     max_new_tokens: int = ANSWER_SAMPLING.max_new_tokens,
+                     evolve_max_new_tokens: int = EVOLVE_SAMPLING.max_new_tokens) -> SynthesisConfig:
+    """A validated `SynthesisConfig` from flat settings (`mathloop synthesize`'s flags, the loop's synthesize
+    section): `max_new_tokens` per answer, `evolve_max_new_tokens` per rewrite; no operations means all."""
+    config = SynthesisConfig(
+        variants_per_seed=variants_per_seed, n_answers=n_answers, min_agreement=min_agreement, seed=seed,
+        operations=tuple(operations or OPERATIONS),
+        evolve_sampling=dataclasses.replace(EVOLVE_SAMPLING, max_new_tokens=evolve_max_new_tokens),
+        answer_sampling=dataclasses.replace(ANSWER_SAMPLING, max_new_tokens=max_new_tokens))
+    config.validate()
+    return config
+
 # ---- evolution ---------------------------------------------------------------------------------------------------
 
 def evolution_messages(question: str, operation: str) -> list[dict[str, str]]:

@@ -69,7 +69,7 @@ class LoopConfig:
     sft: dict[str, Any] = field(default_factory=dict)  # SFTRunConfig fields
     eval: dict[str, Any] = field(default_factory=dict)  # EvalConfig fields (n, temperature, max_new_tokens, ...)
     grpo: dict[str, Any] = field(default_factory=dict)  # GRPO config fields, plus enabled: bool
-    synthesize: dict[str, Any] = field(default_factory=dict)  # problem synthesis before round 1; SYNTHESIS_KEYS
+    synthesize: dict[str, Any] = field(default_factory=dict)  # problem synthesis before round 1 (see below)
 
     def validate(self) -> None:
         """Check every section by building its stage config now, so a typo fails before hours of sampling."""
@@ -111,31 +111,25 @@ class LoopConfig:
     # -- the stage configs ---------------------------------------------------------------------------------------
 
     def synthesis_config(self):
-        """The `SynthesisConfig` of the synthesize section (its model, backend and seed count are read apart)."""
-        from mathloop.data.evolve import ANSWER_SAMPLING, EVOLVE_SAMPLING, OPERATIONS, SynthesisConfig
+        """The `SynthesisConfig` of the synthesize section (its seed count, model and backend are read apart)."""
+        import inspect
 
-        unknown = sorted(set(self.synthesize) - set(SYNTHESIS_KEYS))
+        from mathloop.data.evolve import synthesis_config
+
+        settings = {k: v for k, v in self.synthesize.items() if k not in _SYNTHESIS_SOURCE_KEYS}
+        known = list(inspect.signature(synthesis_config).parameters)
+        unknown = sorted(set(settings) - set(known))
         if unknown:
             raise ValueError(f"loop: synthesize: unknown key(s) {', '.join(unknown)}; known: "
-                             f"{', '.join(SYNTHESIS_KEYS)}")
-        section = self.synthesize
-        seeds = section.get("seeds")
+                             f"{', '.join(_SYNTHESIS_SOURCE_KEYS + tuple(known))}")
+        seeds = self.synthesize.get("seeds")
         if seeds is not None and (not isinstance(seeds, int) or seeds < 1):
             raise ValueError(f"loop: synthesize: seeds must be a count >= 1 (the first N training problems), "
                              f"got {seeds!r}")
         try:
-            config = SynthesisConfig(
-                variants_per_seed=section.get("variants_per_seed", 2), n_answers=section.get("n_answers", 4),
-                min_agreement=section.get("min_agreement", 0.5), seed=section.get("seed", self.seed),
-                operations=tuple(section.get("operations") or OPERATIONS),
-                evolve_sampling=dataclasses.replace(
-                    EVOLVE_SAMPLING, max_new_tokens=section.get("evolve_max_new_tokens", EVOLVE_SAMPLING.max_new_tokens)),
-                answer_sampling=dataclasses.replace(
-                    ANSWER_SAMPLING, max_new_tokens=section.get("max_new_tokens", ANSWER_SAMPLING.max_new_tokens)))
-            config.validate()
+            return synthesis_config(**{"seed": self.seed, **settings})
         except ValueError as e:
             raise ValueError(f"loop: synthesize: {e}") from None
-        return config
 
     def sample_config(self, model: str, round_dir: Path, round_index: int):
         from mathloop.pipeline.sample import SampleConfig
@@ -188,9 +182,9 @@ class LoopConfig:
                                 source="loop: grpo")
 
 
-# Keys of the synthesize section: `mathloop synthesize`'s settings, plus where the seeds and the model come from.
-SYNTHESIS_KEYS = ("enabled", "seeds", "model", "backend", "backend_args", "variants_per_seed", "n_answers",
-                  "min_agreement", "seed", "operations", "max_new_tokens", "evolve_max_new_tokens")
+# Keys of the synthesize section besides `evolve.synthesis_config`'s settings: whether it runs, how many training
+# problems seed it, and the model that writes and answers the new problems.
+_SYNTHESIS_SOURCE_KEYS = ("enabled", "seeds", "model", "backend", "backend_args")
 
 
 def _known(cls, section: dict[str, Any], name: str, exclude: tuple[str, ...]) -> dict[str, Any]:
@@ -267,8 +261,7 @@ def _check_config(out: Path, config: LoopConfig) -> None:
         old = yaml.safe_load(path.read_text()) or {}
         # rounds may grow (continue a finished run for more rounds); anything else would mix two experiments.
         # A setting the record lacks (added to mathloop after the run started) counts as its default.
-        defaults = {f.name: f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
-                    for f in dataclasses.fields(LoopConfig)}
+        defaults = dataclasses.asdict(LoopConfig(output_dir=config.output_dir))
         changed = sorted(k for k in current if k != "rounds" and old.get(k, defaults[k]) != current[k])
         if changed:
             raise ValueError(f"{out} holds a loop run with other settings ({', '.join(changed)}); use a new "

@@ -9,8 +9,10 @@ TRL renders both with the model's chat template and computes the loss on the com
 labels are -100), whatever the template. TIR rows (`mathloop select` on TIR samples) also carry
 `"tool_output_spans": [[start, end], ...]`, character ranges of the completion that the Python executor wrote, not
 the model; a data file with such rows is tokenized here (`tokenize_example`) so that those tokens are out of the loss
-too, as in the paper's TIR training, and TRL receives `input_ids` with a `completion_mask`. Examples longer than `max_length` tokens are dropped rather than truncated:
-a cut solution has no final answer and no end-of-turn token, and would teach the model not to finish.
+too, as in the paper's TIR training, and TRL receives `input_ids` with a `completion_mask`.
+
+Examples longer than `max_length` tokens are dropped rather than truncated: a cut solution has no final answer and
+no end-of-turn token, and would teach the model not to finish.
 
 The defaults follow the paper where it gives a value: 3 epochs, sequence length 4096, learning rate 2e-5 with a
 cosine decay (set `min_learning_rate: 7.0e-7` for the paper's floor), global batch 128 (8 per device x 16
