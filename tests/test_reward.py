@@ -110,7 +110,7 @@ def test_save_and_load_give_identical_scores(tiny_rm, tmp_path):
     model.save(tmp_path / "rm", tokenizer)
     config = json.loads((tmp_path / "rm" / "reward_config.json").read_text())
     assert config["format"] == "mathloop-reward-model" and config["backbone"] == model.backbone_name
-    loaded, loaded_tokenizer = load_reward_model(str(tmp_path / "rm"), device="cpu")
+    loaded, loaded_tokenizer = load_reward_model(str(tmp_path / "rm"), device="cpu", dtype="float32")
     assert score_samples(loaded, loaded_tokenizer, samples, batch_size=3) == pytest.approx(before, abs=1e-6)
 
 

@@ -54,7 +54,8 @@ def add_backend_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--backend", choices=["hf", "openai", "vllm"], default="hf",
                    help="hf = transformers (CPU/GPU), openai = any OpenAI-compatible server, vllm = local vLLM")
     p.add_argument("--batch-size", type=int, default=32, help="hf: sequences per forward batch (default: %(default)s)")
-    p.add_argument("--dtype", default=None, help="model dtype, e.g. bfloat16 or float32 (default: bfloat16)")
+    p.add_argument("--dtype", default=None, choices=["auto", "float32", "bfloat16", "float16"],
+                   help="model dtype; auto (the default) is bfloat16 where the device computes it natively, else float32")
     p.add_argument("--base-url", default=None, help="openai: server URL, e.g. http://localhost:8000/v1")
     p.add_argument("--tokenizer", default=None, help="openai: tokenizer folder or id for the chat template")
     p.add_argument("--concurrency", type=int, default=32, help="openai: parallel requests (default: %(default)s)")
@@ -93,8 +94,7 @@ def add_eval_parser(sub: argparse._SubParsersAction) -> None:
                         "adds RM@k (best-of-k by RM score) next to Maj@k and pass@k; may be added to a finished run")
     p.add_argument("--rm-batch-size", type=int, default=8, help="reward model: sequences per forward pass")
     p.add_argument("--rm-dtype", default=None,
-                   help="reward model dtype (default: bfloat16 on GPU, float32 on CPU; bfloat16 is faster on CPUs "
-                        "with bfloat16 instructions)")
+                   help="reward model dtype (default: bfloat16 where the device computes it natively, else float32)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
@@ -200,7 +200,8 @@ def add_rm_parser(sub: argparse._SubParsersAction) -> None:
                    help="LoRA in the last N transformer layers only; the rest runs without backward (default: all)")
     t.add_argument("--gradient-checkpointing", action="store_true", default=None,
                    help="recompute activations in the backward pass to save memory")
-    t.add_argument("--dtype", default=None, help="backbone dtype (default: bfloat16 on GPU, float32 on CPU)")
+    t.add_argument("--dtype", default=None, help="backbone weights dtype (default: bfloat16 on GPU, float32 on CPU; forward "
+                   "passes run in bfloat16 autocast where the device computes it natively)")
     t.add_argument("--eval-every", type=int, default=None,
                    help="held-out evaluation every N steps (default: at the end)")
     t.add_argument("--save-every", type=int, default=None, help="checkpoint every N steps (default: at the end)")
@@ -230,7 +231,8 @@ def add_score_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--batch-size", type=int, default=8, help="sequences per forward pass (default: %(default)s)")
     p.add_argument("--max-length", type=int, default=4096,
                    help="tokens per prompt + response; longer ones keep their end (default: %(default)s)")
-    p.add_argument("--dtype", default=None, help="model dtype (default: bfloat16 on GPU, float32 on CPU)")
+    p.add_argument("--dtype", default=None, help="model dtype (default: bfloat16 where the device computes it natively, "
+                   "else float32)")
     p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
 
 

@@ -6,7 +6,8 @@ finished slots busy. `segment_tokens=K` generates in segments of K tokens instea
 sequences leave and the unfinished ones return to the queue with their tokens so far, to be batched with other
 unfinished ones (their prompt+partial response is prefilled again). On this project's 2-core CPU the re-prefill
 costs more than the idle slots (bench/generate.py prints the ratio), so it is off by default; it pays where
-prefill is cheap relative to decoding (GPUs, long max_new_tokens). On CPU the model runs in bfloat16. Sampling
+prefill is cheap relative to decoding (GPUs, long max_new_tokens). `dtype="auto"` runs the model in bfloat16
+where the device computes it natively and in float32 elsewhere (`mathloop.hardware`). Sampling
 is seeded per batch, so a run is reproducible for the same prompts, batch size, segment size and seed.
 """
 
@@ -50,14 +51,16 @@ class HFBackend:
         else:
             from transformers import AutoModelForCausalLM, AutoTokenizer
 
+            from mathloop.hardware import resolve_dtype
             from mathloop.models import make_trainable, resolve_model
 
             path, self.model_id = resolve_model(model)
-            torch_dtype = torch.bfloat16 if dtype == "auto" else getattr(torch, dtype)
+            torch_dtype = resolve_dtype(dtype, self.device)
             self.tokenizer = AutoTokenizer.from_pretrained(path)
             self.model = AutoModelForCausalLM.from_pretrained(path, dtype=torch_dtype).to(self.device)
             make_trainable(self.model)
         self.model.eval()
+        self.dtype = str(next(self.model.parameters()).dtype).removeprefix("torch.")
         if self.tokenizer.pad_token_id is None:
             self.tokenizer.pad_token = self.tokenizer.eos_token
         self.eos_token_ids = _eos_ids(self.model, self.tokenizer)

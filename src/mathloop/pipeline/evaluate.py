@@ -27,6 +27,7 @@ from typing import Any
 from mathloop.config import changed_settings
 from mathloop.backends.base import Backend, Completion, SamplingParams
 from mathloop.data.benchmarks import get_benchmark, load_benchmark
+from mathloop.hardware import hardware_info
 from mathloop.metrics import format_markdown, summarize
 from mathloop.prompts import build_messages
 from mathloop.records import JsonlAppender, Problem, Sample, drop_torn_last_line, read_records, write_jsonl
@@ -59,7 +60,7 @@ class EvalConfig:
     rm: str | None = None  # reward model (folder or Hub id) that scores every sample, for RM@k
     rm_batch_size: int = 8
     rm_max_length: int = 4096
-    rm_dtype: str | None = None  # default: bfloat16 on GPU, float32 on CPU
+    rm_dtype: str | None = None  # default: bfloat16 where the device computes it natively, else float32
 
     def sampling(self) -> SamplingParams:
         return SamplingParams(n=self.n, temperature=self.temperature, top_p=self.top_p,
@@ -303,7 +304,8 @@ def _start_run_record(out: Path, config: EvalConfig) -> dict:
         path.write_text(json.dumps(previous, indent=2))
         return previous
     info = {"config": current, "sampling": config.sampling().to_dict(), "model_name": config.model,
-            "started": time.strftime("%Y-%m-%dT%H:%M:%S"), "versions": package_versions()}
+            "started": time.strftime("%Y-%m-%dT%H:%M:%S"), "versions": package_versions(),
+            "hardware": hardware_info()}
     path.write_text(json.dumps(info, indent=2))
     return info
 

@@ -175,6 +175,7 @@ def read_samples(folder: str | Path) -> list[Sample]:
 
 
 def _check_run_record(out: Path, config: SampleConfig) -> None:
+    from mathloop.hardware import hardware_info
     from mathloop.pipeline.evaluate import package_versions
 
     path = out / "run.json"
@@ -185,5 +186,6 @@ def _check_run_record(out: Path, config: SampleConfig) -> None:
         if detail:
             raise ValueError(f"{out} holds samples made with other settings ({detail}); use a new --out folder")
         return
-    info = {"config": current, "started": time.strftime("%Y-%m-%dT%H:%M:%S"), "versions": package_versions()}
+    info = {"config": current, "started": time.strftime("%Y-%m-%dT%H:%M:%S"), "versions": package_versions(),
+            "hardware": hardware_info()}
     path.write_text(json.dumps(info, indent=2) + "\n")

@@ -26,6 +26,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from mathloop.hardware import resolve_dtype
+
 REWARD_CONFIG = "reward_config.json"
 HEAD_FILE = "head.safetensors"
 FORMAT = "mathloop-reward-model"
@@ -186,6 +188,7 @@ def load_reward_model(name_or_path: str, dtype: str | torch.dtype | None = None,
                       device: str | None = None) -> tuple[nn.Module, Any]:
     """Load any supported reward model and its tokenizer, in eval mode.
 
+    `dtype` None or "auto" is bfloat16 where the device computes it natively, else float32 (`mathloop.hardware`).
     A mathloop folder (has reward_config.json) loads on `device` (default: cuda when available, else cpu).
     `AutoModelForSequenceClassification` and Qwen2.5-Math-RM checkpoints (a local folder or Hub id) load with
     `device_map="auto"` on GPU so a 72B model spreads over the visible GPUs; that needs `accelerate`.
@@ -193,7 +196,7 @@ def load_reward_model(name_or_path: str, dtype: str | torch.dtype | None = None,
     from transformers import AutoConfig, AutoTokenizer
 
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-    torch_dtype = _dtype(dtype, device)
+    torch_dtype = resolve_dtype(dtype, device)
     path = Path(name_or_path).expanduser()
     if (path / REWARD_CONFIG).exists():
         model = RewardModel.load(path, dtype=torch_dtype).to(device)
@@ -224,14 +227,3 @@ def load_reward_model(name_or_path: str, dtype: str | torch.dtype | None = None,
     if not placement:
         wrapped = wrapped.to(device)
     return wrapped.eval(), tokenizer
-
-
-def _dtype(dtype: str | torch.dtype | None, device: str) -> torch.dtype:
-    if isinstance(dtype, torch.dtype):
-        return dtype
-    if dtype is None:
-        return torch.bfloat16 if device.startswith("cuda") else torch.float32
-    try:
-        return getattr(torch, dtype)
-    except AttributeError:
-        raise ValueError(f"unknown dtype {dtype!r}: use e.g. bfloat16, float16 or float32") from None

@@ -26,7 +26,8 @@ Choices the paper leaves open, or where mathloop differs from it:
     ones the rollouts came from;
   - the reference policy is the starting model: with LoRA, the same model with its adapters switched off (no
     second copy); with full fine-tuning a frozen copy (none when beta = 0);
-  - weights are float32 by default, even on GPU (forward passes run under bfloat16 autocast there): AdamW moves a
+  - weights are float32 by default, even on GPU (forward passes run under bfloat16 autocast where the device computes
+    it natively, `mathloop.hardware`): AdamW moves a
     weight by about the learning rate per step, and bfloat16 cannot store a change of 1e-6 to a weight of 0.02
     (its spacing there is ~1e-4), so full fine-tuning in bfloat16 weights barely moves; with LoRA the adapters
     stay float32 (peft) and `dtype: bfloat16` for the frozen base only saves memory;
@@ -66,12 +67,13 @@ import torch
 
 from mathloop.backends.base import SamplingParams
 from mathloop.config import read_yaml_mapping, settings_from_dict
+from mathloop.hardware import autocast
 from mathloop.prompts import build_messages
 from mathloop.records import Problem, Sample, read_records, write_jsonl
 from mathloop.reward.score import pad_batch, pad_token_id
 from mathloop.reward.shaping import RewardFn, make_rm_reward, make_shaped_reward, select_queries, verifier_reward
-from mathloop.train.grpo_math import group_advantages, grpo_loss, response_loss_mask, token_logprobs
 from mathloop.train.checkpoint import drop_metrics_after, latest_checkpoint, load_checkpoint, save_checkpoint
+from mathloop.train.grpo_math import group_advantages, grpo_loss, response_loss_mask, token_logprobs
 from mathloop.verify import CORRECT, grade
 
 log = logging.getLogger(__name__)
@@ -468,7 +470,7 @@ def train_grpo(config: GRPOConfig, stop_after: int | None = None) -> dict[str, A
             model.eval()
             if config.rollout_backend == "vllm":
                 sync_adapter(backend, model, out, step)
-            with _autocast(device):
+            with autocast(device):
                 rollouts = generate_rollouts(backend, executor, batch, prompts, config, params)
             grade_and_reward(rollouts, reward_fn)
             rewards = torch.tensor([r.reward for r in rollouts]).view(len(batch), config.group_size)
@@ -484,7 +486,7 @@ def train_grpo(config: GRPOConfig, stop_after: int | None = None) -> dict[str, A
             for start in range(0, len(rollouts), config.micro_batch):
                 part = rollouts[start:start + config.micro_batch]
                 share = len(part) / len(rollouts)
-                with _autocast(device):
+                with autocast(device):
                     loss, stats = micro_batch_loss(model, reference, tokenizer, part, config, device)
                 (loss * share).backward()
                 loss_sum += loss.item() * share
@@ -570,10 +572,6 @@ def save_final(model: torch.nn.Module, tokenizer, final: Path, config: GRPOConfi
     tmp.rename(final)
 
 
-def _autocast(device: torch.device):
-    """bfloat16 autocast for forward passes on GPU (the weights stay in their own dtype); nothing on CPU."""
-    return torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else contextlib.nullcontext()
-
 
 def _executor(config: GRPOConfig):
     """The code sandbox for TIR rollouts; a do-nothing context for CoT."""
@@ -587,8 +585,10 @@ def _executor(config: GRPOConfig):
 
 
 def _write_run_record(out: Path, config: GRPOConfig, report: dict[str, int]) -> None:
+    from mathloop.hardware import hardware_info
     from mathloop.pipeline.evaluate import package_versions
 
     info = {"config": dataclasses.asdict(config), "queries": report,
-            "started": time.strftime("%Y-%m-%dT%H:%M:%S"), "versions": package_versions()}
+            "started": time.strftime("%Y-%m-%dT%H:%M:%S"), "versions": package_versions(),
+            "hardware": hardware_info()}
     (out / "run.json").write_text(json.dumps(info, indent=2) + "\n")

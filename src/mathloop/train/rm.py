@@ -35,6 +35,7 @@ from typing import Any
 import torch
 
 from mathloop.config import read_yaml_mapping, settings_from_dict
+from mathloop.hardware import autocast
 from mathloop.records import Sample, read_records, write_jsonl
 from mathloop.reward.data import RMGroup, build_rm_groups, split_groups
 from mathloop.reward.loss import listwise_loss, pairwise_accuracy
@@ -130,7 +131,8 @@ def group_scores(model: torch.nn.Module, tokenizer, groups: list[RMGroup], max_l
     texts = [RewardModel.input_text(tokenizer, p, r) for g in groups for p, r in zip(g.prompts, g.responses)]
     input_ids, attention_mask = pad_batch(encode(tokenizer, texts, max_length), pad_token_id(tokenizer),
                                           device=device)
-    flat = model(input_ids, attention_mask)
+    with autocast(device):
+        flat = model(input_ids, attention_mask)
     width = max(len(g.responses) for g in groups)
     scores = flat.new_zeros((len(groups), width))
     labels = torch.zeros((len(groups), width), dtype=torch.bool, device=device)
@@ -170,6 +172,8 @@ def build_model(config: RMTrainConfig, device: torch.device) -> tuple[RewardMode
     from mathloop.models import resolve_model
 
     path, _ = resolve_model(config.model)
+    # Trained weights stay float32 on CPU (bfloat16 would round small updates away); forward passes run under
+    # bfloat16 autocast where the CPU computes it natively (mathloop.hardware.autocast).
     dtype = getattr(torch, config.dtype) if config.dtype else (torch.bfloat16 if device.type == "cuda"
                                                                else torch.float32)
     tokenizer = AutoTokenizer.from_pretrained(path)
@@ -316,11 +320,13 @@ def _test_questions(config: RMTrainConfig) -> list[str] | None:
 
 
 def _write_run_record(out: Path, config: RMTrainConfig, report, total_steps: int) -> None:
+    from mathloop.hardware import hardware_info
     from mathloop.pipeline.evaluate import package_versions
 
     info = {"config": dataclasses.asdict(config), "total_steps": total_steps,
             "data": {"groups": report.groups, "positives": report.positives, "negatives": report.negatives,
                      "dropped": dict(report.reasons()), "contaminated_samples": report.contaminated_samples,
                      "ungraded_samples": report.ungraded_samples, "duplicate_samples": report.duplicate_samples},
-            "started": time.strftime("%Y-%m-%dT%H:%M:%S"), "versions": package_versions()}
+            "started": time.strftime("%Y-%m-%dT%H:%M:%S"), "versions": package_versions(),
+            "hardware": hardware_info()}
     (out / "run.json").write_text(json.dumps(info, indent=2) + "\n")

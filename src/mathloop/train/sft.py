@@ -19,8 +19,8 @@ cosine decay (set `min_learning_rate: 7.0e-7` for the paper's floor), global bat
 accumulation steps on one GPU; divide the accumulation by the number of GPUs to keep 128). Weights are float32; on a
 GPU the forward/backward run in bfloat16 autocast (mixed precision). `dtype: bfloat16` keeps the weights themselves
 in bfloat16 to halve their memory (small updates then round away more easily). On CPU, bfloat16 autocast is on by default only
-when the CPU has bfloat16 instructions (avx512_bf16 or AMX in /proc/cpuinfo: about 1.8x faster per step for a
-4-layer, 512-wide model on this project's CPU); elsewhere it would be emulated and slower, so float32 it is.
+when the CPU computes bfloat16 natively (AVX512-BF16 or AMX; `mathloop.hardware`): about 1.8x faster per step for a
+4-layer, 512-wide model on an AMX CPU; elsewhere it is emulated and many times slower, so float32 it is.
 
 `packing: true` concatenates examples into `max_length`-token rows instead of padding each batch to its longest
 example. It pays when examples are much shorter than `max_length` and vary in length (GSM8K solutions of a few
@@ -62,6 +62,7 @@ import torch
 from transformers import TrainerCallback
 
 from mathloop.config import changed_settings, read_yaml_mapping, settings_from_dict
+from mathloop.hardware import compute_dtype
 from mathloop.records import RecordError, read_jsonl
 from mathloop.train.checkpoint import drop_metrics_after
 
@@ -243,7 +244,7 @@ def build_trainer(config: SFTRunConfig, callbacks: list[TrainerCallback] | None 
     if config.bf16 is not None:
         bf16 = config.bf16
     else:
-        bf16 = torch.cuda.is_bf16_supported() if on_gpu else cpu_has_bfloat16()
+        bf16 = compute_dtype("cuda" if on_gpu else "cpu") == torch.bfloat16
     args = SFTConfig(
         output_dir=str(Path(config.output_dir) / "checkpoints"), num_train_epochs=config.epochs,
         learning_rate=config.learning_rate,
@@ -271,16 +272,6 @@ def build_trainer(config: SFTRunConfig, callbacks: list[TrainerCallback] | None 
                          processing_class=tokenizer, peft_config=peft_config, callbacks=callbacks)
     return trainer, {"model_path": path, "model_name": model_name, "examples": len(examples),
                      "dropped_too_long": dropped, "executor_output_masked": masked_executor}
-
-
-def cpu_has_bfloat16() -> bool:
-    """Whether this CPU computes in bfloat16 natively (avx512_bf16 or AMX), from /proc/cpuinfo (False elsewhere)."""
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as f:
-            flags = next((line.split(":", 1)[1].split() for line in f if line.startswith("flags")), [])
-    except OSError:
-        return False
-    return "avx512_bf16" in flags or "amx_bf16" in flags
 
 
 def train_sft(config: SFTRunConfig, stop_after: int | None = None) -> dict[str, Any]:
@@ -376,15 +367,15 @@ def _check_resumable(out: Path, config: SFTRunConfig) -> None:
 
 
 def _write_run_record(out: Path, config: SFTRunConfig, report: dict[str, Any]) -> None:
+    from mathloop.hardware import hardware_info
     from mathloop.pipeline.evaluate import package_versions
 
     info = {"config": dataclasses.asdict(config), "model_name": report["model_name"],
             "data": {"examples": report["examples"], "dropped_too_long": report["dropped_too_long"],
                      "executor_output_masked": report["executor_output_masked"]},
-            "started": time.strftime("%Y-%m-%dT%H:%M:%S"), "versions": package_versions()}
+            "started": time.strftime("%Y-%m-%dT%H:%M:%S"), "versions": package_versions(),
+            "hardware": hardware_info()}
     (out / "run.json").write_text(json.dumps(info, indent=2) + "\n")
-
-
 
 
 class _MetricsLog(TrainerCallback):
