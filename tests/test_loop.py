@@ -92,6 +92,11 @@ def test_a_round_runs_every_stage_and_a_rerun_skips_them(tiny_model_dir, data_di
     assert summary["rounds"][2]["model"] == str(grpo_dir / "final")
     assert summary["rounds"][0]["acc"] == 1.0 and summary["rounds"][0]["n"] == 4
     assert "| 1 |" in (run / "summary.md").read_text() and (run / "accuracy.svg").read_text().startswith("<svg")
+    # every later stage is paired with round 0 on the same held-out problems (all 4 right both times here)
+    for row in summary["rounds"][1:]:
+        first = row["vs_round_0"]["first_sample"]
+        assert (first["both"], first["b"], first["c"], first["mcnemar_p"]) == (4, 0, 0, 1.0)
+    assert (run / "summary.md").read_text().count("| +0.0 [-49.0, +49.0] | 0 / 0 | 1.000 |") == 2
 
     final = run / "round-1" / "sft" / "final" / "config.json"
     stamp = final.stat().st_mtime_ns

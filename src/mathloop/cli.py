@@ -2,6 +2,7 @@
 
   mathloop eval   generate, verify and score a model on benchmarks (resumable run folder)
   mathloop grade  re-grade samples produced elsewhere (mathloop's or the official harness's output)
+  mathloop compare  paired comparison of two runs (delta with interval, McNemar p) on their shared problems
   mathloop exec   run one Python file in the sandbox that TIR uses, print a JSON result
   mathloop rm     reward model: `rm train` trains one on graded samples (resumable run folder)
   mathloop score  add reward-model scores (rm_score) to samples
@@ -132,6 +133,30 @@ def cmd_grade(args: argparse.Namespace) -> int:
     metrics = grade_file(args.input, args.output, args.metrics, answer_type=args.answer_type,
                          workers=args.workers, timeout=args.timeout)
     print(json.dumps(metrics, indent=2))
+    return 0
+
+
+def add_compare_parser(sub: argparse._SubParsersAction) -> None:
+    from mathloop.pipeline import compare
+
+    p = sub.add_parser("compare", help="paired comparison of two runs on the problems both have",
+                       description=compare.__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("a", help="reference run: eval folder, LOOP_DIR:<round> (or LOOP_DIR:grpo), or graded JSONL file")
+    p.add_argument("b", help="the run compared with it, in the same forms; differences are B - A")
+    p.add_argument("--out", default=None, help="write the Markdown here instead of printing it")
+    p.add_argument("--json", default=None, help="also write the comparison as JSON here")
+    p.add_argument("--resamples", type=int, default=compare.BOOTSTRAP_RESAMPLES,
+                   help="bootstrap resamples for runs with several samples per problem (default: %(default)s)")
+    p.add_argument("--seed", type=int, default=0, help="bootstrap seed (default: %(default)s)")
+
+
+def cmd_compare(args: argparse.Namespace) -> int:
+    from mathloop.pipeline.compare import compare_runs, write_comparison
+
+    result, markdown = compare_runs(args.a, args.b, resamples=args.resamples, seed=args.seed)
+    write_comparison(result, markdown, args.out, args.json)
+    if not args.out:
+        print(markdown, end="")
     return 0
 
 
@@ -498,6 +523,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     add_eval_parser(sub)
     add_grade_parser(sub)
+    add_compare_parser(sub)
     add_exec_parser(sub)
     add_rm_parser(sub)
     add_score_parser(sub)
@@ -511,7 +537,7 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-COMMANDS = {"eval": cmd_eval, "grade": cmd_grade, "exec": cmd_exec, "rm": cmd_rm, "score": cmd_score,
+COMMANDS = {"eval": cmd_eval, "grade": cmd_grade, "compare": cmd_compare, "exec": cmd_exec, "rm": cmd_rm, "score": cmd_score,
             "sample": cmd_sample, "select": cmd_select, "loop": cmd_loop, "demo": cmd_demo, "grpo": cmd_grpo,
             "sft": cmd_sft, "synthesize": cmd_synthesize}
 

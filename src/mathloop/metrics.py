@@ -111,6 +111,21 @@ def rm_at_k(scores: Sequence[float | None], verdicts: Sequence[str], k: int) -> 
     return 1.0 if verdicts[best] == "correct" else 0.0
 
 
+def wilson_ci95(successes: int, n: int) -> tuple[float, float]:
+    """The Wilson score 95% interval for a proportion `successes / n`.
+
+    >>> [round(x, 4) for x in wilson_ci95(2, 4)]
+    [0.15, 0.85]
+    """
+    if not 0 <= successes <= n or n == 0:
+        raise ValueError(f"wilson_ci95 needs 0 <= successes <= n and n >= 1, got successes={successes}, n={n}")
+    p = successes / n
+    z2 = Z95 * Z95
+    center = (p + z2 / (2 * n)) / (1 + z2 / n)
+    half = Z95 * math.sqrt(p * (1 - p) / n + z2 / (4 * n * n)) / (1 + z2 / n)
+    return max(0.0, center - half), min(1.0, center + half)
+
+
 def mean_ci95(values: Sequence[float]) -> tuple[float, float, float]:
     """Mean and 95% interval: Wilson score interval for 0/1 values, else mean +- 1.96 standard errors
     (sample std), clipped to [0, 1].
@@ -123,10 +138,7 @@ def mean_ci95(values: Sequence[float]) -> tuple[float, float, float]:
         raise ValueError("mean_ci95 needs at least one value")
     mean = sum(values) / n
     if all(v in (0, 1) for v in values):
-        z2 = Z95 * Z95
-        center = (mean + z2 / (2 * n)) / (1 + z2 / n)
-        half = Z95 * math.sqrt(mean * (1 - mean) / n + z2 / (4 * n * n)) / (1 + z2 / n)
-        return mean, max(0.0, center - half), min(1.0, center + half)
+        return (mean, *wilson_ci95(int(sum(values)), n))
     std = math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1)) if n > 1 else 0.0
     half = Z95 * std / math.sqrt(n)
     return mean, max(0.0, mean - half), min(1.0, mean + half)

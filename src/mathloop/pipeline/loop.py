@@ -21,7 +21,8 @@ inside itself):
   round-<r>/sft/              SFT run (final/ is the next model)
   round-<r>/eval/             held-out evaluation of that model
   grpo-after-round-<R>/       the GRPO stage from the last round's model, when enabled (eval/ inside)
-  summary.md, summary.json, accuracy.svg   accuracy per round with 95% intervals
+  summary.md, summary.json, accuracy.svg   accuracy per round with 95% intervals; each later stage paired with
+                              round 0 (delta with interval, discordant counts b / c, McNemar p: `mathloop compare`)
 
 The sections of the YAML file are the settings of the stage commands (`mathloop sample`, `rm train`, `sft`, `eval`,
 `grpo`); the loop fills in the model, data and folder fields itself. `sft_init: base` trains every round from the
@@ -241,14 +242,16 @@ def run_loop(config: LoopConfig, progress: bool = True, backend=None) -> dict:
         init = config.model if config.sft_init == "base" else model
         model = _sft(config, init, round_dir)
         row = _evaluate(config, model, round_dir, heldout, progress, backend)
+        row["vs_round_0"] = _against_round_0(out, round_dir, row["benchmark"])
         rows.append(row | {"round": r, "model": model, "samples": sample_summary, "rm": rm_summary,
                            "selection": selection, "seconds": round(time.time() - started, 1)})
         _write_summary(out, rows)
     if config.grpo_enabled:
         grpo_dir = out / f"grpo-after-round-{config.rounds}"
         model = _grpo(config, model, grpo_dir, config.rounds)
-        rows.append(_evaluate(config, model, grpo_dir, heldout, progress, backend)
-                    | {"round": "grpo", "model": model})
+        row = _evaluate(config, model, grpo_dir, heldout, progress, backend)
+        rows.append(row | {"round": "grpo", "model": model,
+                           "vs_round_0": _against_round_0(out, grpo_dir, row["benchmark"])})
     return _write_summary(out, rows)
 
 
@@ -406,20 +409,36 @@ def _evaluate(config: LoopConfig, model: str, stage_dir: Path, heldout: list[Pro
             "metrics": summary["benchmarks"][name]}
 
 
+def _against_round_0(out: Path, stage_dir: Path, benchmark: str) -> dict:
+    """The stage's held-out evaluation paired with round 0's, problem by problem (`mathloop compare`)."""
+    from mathloop.pipeline.compare import compare_benchmark, read_eval_folder
+
+    before, after = read_eval_folder(out / "round-0" / "eval"), read_eval_folder(stage_dir / "eval")
+    return compare_benchmark(before[benchmark], after[benchmark])
+
+
 def _write_summary(out: Path, rows: list[dict]) -> dict:
+    from mathloop.pipeline.compare import paired_cells
+
     summary = {"rounds": rows}
     (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
-    lines = ["| round | held-out acc | 95% CI | problems | SFT rows | train samples correct | RM held-out pair acc |",
-             "|---|---|---|---|---|---|---|"]
+    lines = ["| round | held-out acc | 95% CI | delta vs round 0 [95% CI] | b / c | McNemar p | problems | SFT rows | "
+             "train samples correct | RM held-out pair acc |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
     for row in rows:
         samples = row.get("samples") or {}
         correct = f"{samples['correct']}/{samples['samples']}" if samples.get("samples") else ""
         rm_acc = row.get("rm", {}).get("heldout_accuracy")
+        paired = paired_cells(row["vs_round_0"].get("first_sample")) if "vs_round_0" in row else ["", "", ""]
         lines.append(f"| {row['round']} | {100 * row['acc']:.1f}% | [{100 * row['ci95'][0]:.1f}, "
-                     f"{100 * row['ci95'][1]:.1f}] | {row['n']} | {row.get('selection', {}).get('rows', '')} | "
-                     f"{correct} | {'' if rm_acc is None else f'{rm_acc:.3f}'} |")
+                     f"{100 * row['ci95'][1]:.1f}] | {' | '.join(paired)} | {row['n']} | "
+                     f"{row.get('selection', {}).get('rows', '')} | {correct} | "
+                     f"{'' if rm_acc is None else f'{rm_acc:.3f}'} |")
     table = "\n".join(lines)
-    (out / "summary.md").write_text(f"# mathloop loop: {out}\n\n{table}\n")
+    note = ("delta: points against round 0 on the same held-out problems (first sample), Tango's 95% score interval "
+            "for paired proportions; b = right only in round 0, c = right only in this round; p = exact two-sided "
+            "McNemar test (`mathloop compare` gives the full comparison).")
+    (out / "summary.md").write_text(f"# mathloop loop: {out}\n\n{table}\n\n{note}\n")
     (out / "accuracy.svg").write_text(accuracy_svg(rows))
     return summary
 
