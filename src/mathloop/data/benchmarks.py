@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
-from mathloop.data.sources import DATA_DIR_ENV, default_data_dir, read_data_file, resolve_data_file
+from mathloop.data.sources import DATA_DIR_ENV, default_data_dir, read_rows, resolve_data_file
 from mathloop.records import Problem, RecordError, read_jsonl
 
 LETTERS = "ABCDEFGHIJ"
@@ -225,7 +225,7 @@ def load_benchmark(name: str, data_dir: str | os.PathLike | None = None, split: 
     if source != "local":
         raise ValueError(f"unknown data source '{source}': use local (data folder, else packaged data) or hub")
     path = resolve_data_file(name, split, data_dir)
-    rows, _ = read_data_file(path)
+    rows, _ = read_rows(path)
     return problems_from_rows(benchmark, rows[:limit] if limit is not None else rows, str(path))
 
 

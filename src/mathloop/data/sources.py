@@ -109,7 +109,7 @@ def data_record(name: str, split: str = "test", data_dir: str | os.PathLike | No
         version = origin
     else:
         path = resolve_data_file(name, split, data_dir)
-        rows, digest = _read_cached(path, path.stat().st_mtime_ns, path.stat().st_size)
+        rows, digest = read_rows(path)
         origin = "packaged" if path.is_relative_to(PACKAGED_DIR) else str(path)
         entry = packaged_entry(name, split)
         version = entry["version"] if entry is not None and entry["sha256"] == digest else "local"
@@ -120,6 +120,12 @@ def data_record(name: str, split: str = "test", data_dir: str | os.PathLike | No
 def _uncompressed_bytes(path: Path) -> bytes:
     raw = path.read_bytes()
     return gzip.decompress(raw) if path.suffix == ".gz" else raw
+
+
+def read_rows(path: Path) -> tuple[list[dict[str, Any]], str]:
+    """`read_data_file`, read once per file version (loading a set and recording its checksum share the read)."""
+    stat = path.stat()
+    return _read_cached(path, stat.st_mtime_ns, stat.st_size)
 
 
 @functools.lru_cache(maxsize=8)
