@@ -1,4 +1,6 @@
-"""Shared fixtures: a tiny random-weight causal LM with a tiny tokenizer (built here, no downloads), and the data folder."""
+"""Shared fixtures: a tiny random-weight causal LM with a tiny tokenizer (built here, no downloads), and the benchmark
+data: `data_dir` is the data packaged with mathloop (always there); `full_data_dir` is a folder with every set, for the
+sets that cannot ship ($MATHLOOP_DATA_DIR, else ../shared/data; tests that need it skip without it)."""
 
 from __future__ import annotations
 
@@ -8,7 +10,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-DATA_DIR = Path(os.environ.get("MATHLOOP_DATA_DIR") or ROOT.parent / "shared" / "data")
+FULL_DATA_DIR = Path(os.environ.get("MATHLOOP_DATA_DIR") or ROOT.parent / "shared" / "data")
 
 CHAT_TEMPLATE = (
     "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
@@ -36,9 +38,19 @@ def one_torch_thread():
 
 @pytest.fixture(scope="session")
 def data_dir() -> Path:
-    if not (DATA_DIR / "gsm8k" / "test.jsonl").exists():
-        pytest.skip(f"benchmark data not found at {DATA_DIR} (set MATHLOOP_DATA_DIR)")
-    return DATA_DIR
+    """The packaged benchmark data (a folder in the harness layout, gzipped)."""
+    from mathloop.data.sources import PACKAGED_DIR
+
+    assert (PACKAGED_DIR / "gsm8k" / "test.jsonl.gz").exists(), f"packaged data missing from {PACKAGED_DIR}"
+    return PACKAGED_DIR
+
+
+@pytest.fixture(scope="session")
+def full_data_dir() -> Path:
+    """Every benchmark, including those mathloop may not ship."""
+    if not (FULL_DATA_DIR / "minerva_math" / "test.jsonl").exists():
+        pytest.skip(f"the sets that cannot ship are not at {FULL_DATA_DIR} (set MATHLOOP_DATA_DIR)")
+    return FULL_DATA_DIR
 
 
 @pytest.fixture(scope="session")

@@ -1,4 +1,5 @@
-"""The benchmark registry against the real data folder (official harness layout)."""
+"""The benchmark registry against the real data: the packaged sets, and a full data folder (official harness layout)
+for the sets that cannot ship."""
 
 from __future__ import annotations
 
@@ -7,20 +8,36 @@ import json
 import pytest
 
 from mathloop.data.benchmarks import BENCHMARKS, get_benchmark, load_benchmark, load_problems
+from mathloop.data.sources import packaged_entry, packaged_manifest
 from mathloop.prompts import COT_SYSTEM, TIR_SYSTEM, build_messages
 from mathloop.records import RecordError
 
 
-def test_registry_covers_every_benchmark_in_the_data_folder(data_dir):
-    folders = {p.name for p in data_dir.iterdir() if p.is_dir()}
+def folder_for(name: str, request) -> "Path":
+    """The packaged data when the set ships, else the full data folder (skips without one)."""
+    return request.getfixturevalue("data_dir" if packaged_entry(name, "test") else "full_data_dir")
+
+
+def test_registry_covers_every_benchmark_in_the_data_folder(full_data_dir, data_dir):
+    folders = {p.name for p in full_data_dir.iterdir() if p.is_dir()}
     assert folders <= set(BENCHMARKS), f"unregistered: {folders - set(BENCHMARKS)}"
+    manifest = packaged_manifest()
+    shipped = {e["benchmark"] for e in manifest["files"]}
+    listed = {item["benchmark"] for item in manifest["not_shipped"]}
+    assert shipped | listed >= set(BENCHMARKS) and not shipped & listed  # each set: shipped, or why not
+    assert {p.name for p in data_dir.iterdir() if p.is_dir()} == shipped
 
 
 @pytest.mark.parametrize("name", sorted(BENCHMARKS))
-def test_every_benchmark_loads_with_golds_and_unique_ids(name, data_dir):
-    problems = load_benchmark(name, data_dir)
-    manifest = {f["file"]: f["rows"] for f in json.loads((data_dir / "MANIFEST.json").read_text())["files"]}
-    assert len(problems) == manifest[f"{name}/test.jsonl"]
+def test_every_benchmark_loads_with_golds_and_unique_ids(name, request):
+    folder = folder_for(name, request)
+    problems = load_benchmark(name, folder)
+    entry = packaged_entry(name, "test")
+    if entry is not None:
+        assert len(problems) == entry["rows"]
+    else:
+        manifest = {f["file"]: f["rows"] for f in json.loads((folder / "MANIFEST.json").read_text())["files"]}
+        assert len(problems) == manifest[f"{name}/test.jsonl"]
     assert len({p.id for p in problems}) == len(problems)
     assert all(p.question for p in problems)
     # Two gaokao2023en rows ship with an empty answer (it leaked into the question); they stay, without a gold.
@@ -42,18 +59,18 @@ def test_every_benchmark_loads_with_golds_and_unique_ids(name, data_dir):
     ("olympiadbench", 0, "Xenia and Sergey", "2", None),
     ("amc23", 0, "Cities $A$ and $B$", "27.0", None),
 ])
-def test_question_gold_and_options(name, index, question_part, gold, choices, data_dir):
-    problem = load_benchmark(name, data_dir)[index]
+def test_question_gold_and_options(name, index, question_part, gold, choices, request):
+    problem = load_benchmark(name, folder_for(name, request))[index]
     assert question_part in problem.question
     assert problem.gold == gold
     assert (len(problem.choices) if problem.choices else None) == choices
 
 
-def test_answer_types_of_mixed_sets(data_dir):
+def test_answer_types_of_mixed_sets(data_dir, full_data_dir):
     olympiad = load_benchmark("olympiadbench", data_dir)
     multi = [p for p in olympiad if p.metadata["answer_type"] == "list"]
     assert len(multi) == 94 and all("," in p.gold for p in multi[:5])
-    cn = load_benchmark("cn_middle_school", data_dir)
+    cn = load_benchmark("cn_middle_school", full_data_dir)
     assert {p.metadata["answer_type"] for p in cn} == {"mc", "math"}
 
 
@@ -66,8 +83,9 @@ def test_limit_split_and_errors(data_dir, tmp_path):
     assert len(load_benchmark("gsm8k", data_dir, split="train", limit=5)) == 5
     with pytest.raises(ValueError, match="unknown benchmark 'gsm9k'"):
         load_benchmark("gsm9k", data_dir)
-    with pytest.raises(FileNotFoundError, match="does not exist"):
-        load_benchmark("gsm8k", tmp_path)
+    assert load_benchmark("gsm8k", tmp_path, limit=1)[0].gold == "18"  # not in the folder: the packaged copy
+    with pytest.raises(FileNotFoundError, match=r"minerva_math.*does not exist.*does not ship it.*--data-dir"):
+        load_benchmark("minerva_math", tmp_path)
     (tmp_path / "gsm8k").mkdir()
     (tmp_path / "gsm8k" / "test.jsonl").write_text('{"question": "q", "answer": "no hashes"}\n')
     with pytest.raises(RecordError, match=r"test\.jsonl: row 1: .*####"):

@@ -11,6 +11,7 @@ import yaml
 
 from mathloop.backends.fake import FakeBackend
 from mathloop.data.benchmarks import load_benchmark
+from mathloop.data.sources import pull_benchmarks
 from mathloop.data.synthetic import generate_problems
 from mathloop.pipeline.loop import LoopConfig, load_loop_config, loop_config_from_dict, run_loop
 from mathloop.records import Problem, Sample, read_records, write_jsonl
@@ -172,3 +173,49 @@ def test_synthesize_section_errors_name_the_key(tmp_path):
         loop_config_from_dict({"output_dir": str(tmp_path), "synthesize": {"variants": 2}}).validate()
     with pytest.raises(ValueError, match="synthesize: min_agreement must be in"):
         loop_config_from_dict({"output_dir": str(tmp_path), "synthesize": {"min_agreement": 2}}).validate()
+
+
+def interrupt(prompt: str, index: int) -> str:
+    raise KeyboardInterrupt
+
+
+def test_a_loop_interrupted_before_its_first_round_resumes_with_a_data_folder_or_another_batch_size(
+        tiny_model_dir, data_dir, tmp_path, monkeypatch):
+    monkeypatch.delenv("MATHLOOP_DATA_DIR", raising=False)
+    settings = dict(output_dir=str(tmp_path / "run"), model=str(tiny_model_dir), problems="gsm8k:train", limit=4,
+                    heldout="gsm8k:test", heldout_limit=2, rounds=1, decontaminate=False,
+                    sample={"n": 2, "temperatures": [0.8], "max_new_tokens": 16, "backend_args": {"batch_size": 8}},
+                    eval={"max_new_tokens": 16, "backend_args": {"batch_size": 8}})
+    with pytest.raises(KeyboardInterrupt):  # round 0 starts from the packaged data, then is interrupted
+        run_loop(loop_config_from_dict(settings), progress=False, backend=FakeBackend(interrupt))
+    data = json.loads((tmp_path / "run" / "data.json").read_text())
+    assert set(data) == {"gsm8k:train", "gsm8k:test"} and data["gsm8k:test"]["source"] == "packaged"
+
+    pulled = tmp_path / "data"  # the same files in a folder: the user adds --data-dir, and another batch size
+    pull_benchmarks(pulled, ["gsm8k"])
+    resumed = {**settings, "data_dir": str(pulled), "eval": {"max_new_tokens": 16, "backend_args": {"batch_size": 2}},
+               "sample": {**settings["sample"], "backend_args": {"batch_size": 1}}}
+    answered = []
+
+    def evaluate_then_interrupt(prompt: str, index: int) -> str:
+        if len(answered) == 2:  # the two held-out problems are answered; round 1's sampling is interrupted
+            raise KeyboardInterrupt
+        answered.append(prompt)
+        return "The answer is \\boxed{18}."
+
+    with pytest.raises(KeyboardInterrupt):
+        run_loop(loop_config_from_dict(resumed), progress=False, backend=FakeBackend(evaluate_then_interrupt))
+    assert len(answered) == 2 and len(read_records(Sample, tmp_path / "run" / "round-0" / "eval" / "samples" /
+                                                   "gsm8k.jsonl")) == 2
+    assert yaml.safe_load((tmp_path / "run" / "config.yaml").read_text())["data_dir"] == str(pulled)
+    with pytest.raises(ValueError, match=r"holds a loop run with other settings \(sample\)"):
+        run_loop(loop_config_from_dict({**resumed, "sample": {**resumed["sample"], "max_new_tokens": 17}}),
+                 progress=False, backend=FakeBackend(interrupt))
+
+
+def test_a_loop_without_its_data_leaves_no_run_folder(tmp_path, monkeypatch):
+    monkeypatch.delenv("MATHLOOP_DATA_DIR", raising=False)
+    config = loop_config_from_dict({"output_dir": str(tmp_path / "run"), "heldout": "minerva_math:test"})
+    with pytest.raises(FileNotFoundError, match="minerva_math"):
+        run_loop(config, progress=False, backend=FakeBackend(interrupt))
+    assert not (tmp_path / "run").exists()

@@ -13,6 +13,7 @@
   mathloop sft    supervised fine-tuning on prompt-completion chat rows with TRL (resumable run folder)
   mathloop synthesize  new problems evolved from seed problems, answered by majority vote (resumable)
   mathloop demo   one round of the loop on the embedded model, before/after accuracy
+  mathloop data   the benchmark data: `data list` (sources, versions, licences), `data pull` (harness layout)
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ import json
 import logging
 import sys
 
+from mathloop import __version__
 from mathloop.records import RecordError
 
 
@@ -87,7 +89,11 @@ def add_eval_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--shots", type=int, default=None,
                    help="few-shot examples for multiple-choice sets (default: the official setting, 5 for MC sets)")
     p.add_argument("--data-dir", default=None,
-                   help="benchmark folder in the official harness layout (default: $MATHLOOP_DATA_DIR)")
+                   help="benchmark folder in the official harness layout (default: $MATHLOOP_DATA_DIR); sets it "
+                        "lacks come from the data packaged with mathloop")
+    p.add_argument("--data-source", choices=["local", "hub"], default="local",
+                   help="local = --data-dir, else the packaged data; hub = the Hugging Face Hub (pip install "
+                        "'mathloop[hub]') (default: %(default)s)")
     p.add_argument("--out", required=True, help="run folder (created; resumed when it exists)")
     add_backend_arguments(p)
     p.add_argument("--rm", default=None,
@@ -105,7 +111,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     config = EvalConfig(model=args.model, benchmarks=args.benchmarks, out=args.out, backend=args.backend,
                         mode=args.mode, n=args.n, temperature=args.temperature, top_p=args.top_p,
                         max_new_tokens=args.max_new_tokens, seed=args.seed, limit=args.limit,
-                        data_dir=args.data_dir, split=args.split, shots=args.shots,
+                        data_dir=args.data_dir, data_source=args.data_source, split=args.split, shots=args.shots,
                         max_tool_calls=args.max_tool_calls, tool_timeout=args.tool_timeout,
                         backend_args=_backend_args(args), rm=args.rm, rm_batch_size=args.rm_batch_size,
                         rm_dtype=args.rm_dtype)
@@ -516,10 +522,44 @@ def cmd_synthesize(args: argparse.Namespace) -> int:
     return 0
 
 
+def add_data_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("data", help="list or pull the benchmark data", description=(
+        "Benchmarks are read from --data-dir / $MATHLOOP_DATA_DIR when given, else from the test sets packaged with "
+        "mathloop (those whose licence allows it), else not at all; `--data-source hub` reads the Hub instead."))
+    actions = p.add_subparsers(dest="action", required=True)
+    ls = actions.add_parser("list", help="each benchmark: where it is read from, version, rows, licence")
+    ls.add_argument("--data-dir", default=None, help="benchmark folder (default: $MATHLOOP_DATA_DIR)")
+    pull = actions.add_parser("pull", help="write benchmarks in the harness layout (<out>/<name>/<split>.jsonl)",
+                              description="From the data folder or the packaged data, else from the Hugging Face "
+                                          "Hub (pip install 'mathloop[hub]', network) where a Hub copy is registered.")
+    pull.add_argument("--out", required=True, help="folder to write (created; files are replaced)")
+    pull.add_argument("--benchmarks", type=_csv, default=None,
+                      help="comma-separated names, or 'all' (default: every packaged benchmark)")
+    pull.add_argument("--data-dir", default=None, help="benchmark folder to copy from (default: $MATHLOOP_DATA_DIR)")
+
+
+def cmd_data(args: argparse.Namespace) -> int:
+    from mathloop.data.benchmarks import BENCHMARKS
+    from mathloop.data.sources import list_benchmarks, pull_benchmarks
+
+    if args.action == "list":
+        rows = list_benchmarks(args.data_dir)
+        print(f"{'benchmark':<18} {'split':<6} {'rows':>5}  {'source':<34} {'version':<36} licence")
+        for r in rows:
+            print(f"{r['benchmark']:<18} {r['split']:<6} {r['rows'] or '':>5}  {r['source']:<34} {r['version']:<36} "
+                  f"{r['licence']}")
+        return 0
+    names = list(BENCHMARKS) if args.benchmarks == ["all"] else args.benchmarks
+    for file, what in pull_benchmarks(args.out, names, args.data_dir).items():
+        print(f"{args.out}/{file}: {what}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="mathloop", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("-v", "--verbose", action="store_true", help="log debug information")
+    parser.add_argument("--version", action="version", version=f"mathloop {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
     add_eval_parser(sub)
     add_grade_parser(sub)
@@ -534,12 +574,13 @@ def build_parser() -> argparse.ArgumentParser:
     add_grpo_parser(sub)
     add_sft_parser(sub)
     add_synthesize_parser(sub)
+    add_data_parser(sub)
     return parser
 
 
 COMMANDS = {"eval": cmd_eval, "grade": cmd_grade, "compare": cmd_compare, "exec": cmd_exec, "rm": cmd_rm, "score": cmd_score,
             "sample": cmd_sample, "select": cmd_select, "loop": cmd_loop, "demo": cmd_demo, "grpo": cmd_grpo,
-            "sft": cmd_sft, "synthesize": cmd_synthesize}
+            "sft": cmd_sft, "synthesize": cmd_synthesize, "data": cmd_data}
 
 
 def main(argv: list[str] | None = None) -> int:

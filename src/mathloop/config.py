@@ -66,3 +66,24 @@ def changed_settings(old: dict[str, Any], current: dict[str, Any], keys: tuple[s
     """
     return ", ".join(f"{k}: {old[k]!r} -> {current[k]!r}" for k in keys if k in old and old[k] != current[k])
 
+
+
+# Settings that decide where or how fast a stage runs, never what it produces: changing them between runs of one
+# folder is allowed (a data folder added later, another batch size on another machine). The data itself is
+# identified by its version and sha256 (`mathloop.data.sources.data_record`), not by the path it was read from.
+NOT_RESUME_KEYS = frozenset({
+    "data_dir", "output_dir", "out", "batch_size", "rm_batch_size", "rollout_batch_size", "micro_batch",
+    "micro_batch_groups", "gradient_checkpointing", "concurrency", "threads", "num_workers", "workers", "progress",
+    "quiet",
+})
+
+
+def result_settings(settings: Any) -> Any:
+    """`settings` without the `NOT_RESUME_KEYS`, at any depth.
+
+    >>> result_settings({"n": 4, "data_dir": "/data", "sample": {"backend_args": {"batch_size": 8}, "n": 2}})
+    {'n': 4, 'sample': {'backend_args': {}, 'n': 2}}
+    """
+    if isinstance(settings, dict):
+        return {k: result_settings(v) for k, v in settings.items() if k not in NOT_RESUME_KEYS}
+    return settings

@@ -4,7 +4,8 @@ Each entry says which file holds the set (`<data-dir>/<name>/<split>.jsonl`), ho
 (question text, gold answer, options), how answers are extracted and compared (`answer_type`: "math", "mc" or
 "list"), the official shot setting and a version number that is bumped whenever the prompt or the gold answer of the
 entry changes, so results of different versions are never mixed silently. The same row builders read the Hugging
-Face Hub copies (`hub`), for users who have network access.
+Face Hub copies (`hub`), for users who have network access. Where the files come from (a data folder, the data
+packaged with mathloop, the Hub) is `mathloop.data.sources`.
 """
 
 from __future__ import annotations
@@ -16,9 +17,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
+from mathloop.data.sources import DATA_DIR_ENV, default_data_dir, read_rows, resolve_data_file
 from mathloop.records import Problem, RecordError, read_jsonl
 
-DATA_DIR_ENV = "MATHLOOP_DATA_DIR"
 LETTERS = "ABCDEFGHIJ"
 
 Row = dict[str, Any]
@@ -188,11 +189,6 @@ def get_benchmark(name: str) -> Benchmark:
         raise ValueError(f"unknown benchmark '{name}'; known: {', '.join(BENCHMARKS)}") from None
 
 
-def default_data_dir() -> Path | None:
-    value = os.environ.get(DATA_DIR_ENV)
-    return Path(value) if value else None
-
-
 def problems_from_rows(benchmark: Benchmark, rows: Iterable[Row], source: str) -> list[Problem]:
     """Turn raw rows into Problems; a row that lacks a field raises one error naming source and line."""
     problems = []
@@ -215,29 +211,26 @@ def problems_from_rows(benchmark: Benchmark, rows: Iterable[Row], source: str) -
 
 
 def load_benchmark(name: str, data_dir: str | os.PathLike | None = None, split: str = "test",
-                   limit: int | None = None) -> list[Problem]:
-    """Load a benchmark from a folder in the official harness layout (`<data_dir>/<name>/<split>.jsonl`).
+                   limit: int | None = None, source: str = "local") -> list[Problem]:
+    """Load a benchmark's split as Problems.
 
-    `data_dir` defaults to $MATHLOOP_DATA_DIR. Without a folder, use `load_benchmark_from_hub`.
+    `source="local"`: `<data_dir>/<name>/<split>.jsonl` (`data_dir` defaults to $MATHLOOP_DATA_DIR) when that file
+    exists, else the copy packaged with mathloop (checksum verified); `source="hub"`: the Hugging Face Hub.
     """
     benchmark = get_benchmark(name)
     if split not in benchmark.splits:
         raise ValueError(f"benchmark '{name}' has splits {', '.join(benchmark.splits)}, not '{split}'")
-    root = Path(data_dir) if data_dir else default_data_dir()
-    if root is None:
-        raise FileNotFoundError(f"no data folder: pass --data-dir or set ${DATA_DIR_ENV} "
-                                f"(a folder laid out as <name>/<split>.jsonl, like the official harness's data/)")
-    path = root / name / f"{split}.jsonl"
-    if not path.exists():
-        raise FileNotFoundError(f"{path} does not exist: is {root} a data folder in the harness layout?")
-    rows = read_jsonl(path)
-    if limit is not None:
-        rows = (row for _, row in zip(range(limit), rows))
-    return problems_from_rows(benchmark, rows, str(path))
+    if source == "hub":
+        return load_benchmark_from_hub(name, None if split == "test" else split, limit)
+    if source != "local":
+        raise ValueError(f"unknown data source '{source}': use local (data folder, else packaged data) or hub")
+    path = resolve_data_file(name, split, data_dir)
+    rows, _ = read_rows(path)
+    return problems_from_rows(benchmark, rows[:limit] if limit is not None else rows, str(path))
 
 
-def load_benchmark_from_hub(name: str, split: str | None = None, limit: int | None = None) -> list[Problem]:
-    """Load a benchmark from the Hugging Face Hub (needs `pip install mathloop[hub]` and network access)."""
+def hub_rows(name: str, split: str | None = None) -> tuple[list[Row], str]:
+    """The raw rows of a benchmark's Hub copy and the dataset id (needs `pip install mathloop[hub]`, network)."""
     benchmark = get_benchmark(name)
     if benchmark.hub is None:
         raise ValueError(f"no Hub dataset is registered for '{name}'; use --data-dir with the harness's data folder")
@@ -246,11 +239,17 @@ def load_benchmark_from_hub(name: str, split: str | None = None, limit: int | No
     except ImportError:
         raise ImportError("loading from the Hub needs the `datasets` package: pip install 'mathloop[hub]'") from None
     dataset_id, config, default_split = benchmark.hub
+    if split == "test":
+        split = None
     ds = datasets.load_dataset(dataset_id, config, split=split or default_split)
-    rows = (dict(row) for row in ds)
-    if limit is not None:
-        rows = (row for _, row in zip(range(limit), rows))
-    return problems_from_rows(benchmark, rows, f"hub:{dataset_id}")
+    return [dict(row) for row in ds], dataset_id
+
+
+def load_benchmark_from_hub(name: str, split: str | None = None, limit: int | None = None) -> list[Problem]:
+    """Load a benchmark from the Hugging Face Hub (needs `pip install mathloop[hub]` and network access)."""
+    benchmark = get_benchmark(name)
+    rows, dataset_id = hub_rows(name, split)
+    return problems_from_rows(benchmark, rows[:limit] if limit is not None else rows, f"hub:{dataset_id}")
 
 
 def load_problems(path: str | os.PathLike) -> list[Problem]:

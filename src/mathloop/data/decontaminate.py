@@ -27,6 +27,7 @@ reason in `metadata["contamination"]`, and a per-benchmark count.
 from __future__ import annotations
 
 import dataclasses
+import logging
 import os
 import re
 from collections import Counter
@@ -35,8 +36,10 @@ from typing import Iterable, Sequence
 
 import numpy as np
 
-from mathloop.data.benchmarks import BENCHMARKS, load_benchmark
+from mathloop.data.benchmarks import load_benchmark
 from mathloop.records import Problem, Sample
+
+log = logging.getLogger(__name__)
 
 NGRAM = 13
 MIN_RATIO = 0.6  # contaminated when the LCS ratio is strictly above this
@@ -151,6 +154,7 @@ class ContaminationIndex:
                  max_candidates: int = MAX_CANDIDATES):
         """`items`: (test id, benchmark, text) triples. Prefer `from_benchmarks` or `from_texts`."""
         self.n, self.min_ratio, self.max_candidates = n, min_ratio, max_candidates
+        self.unavailable: list[str] = []  # registered benchmarks `from_benchmarks` could not find
         self.ids: list[str] = []
         self.benchmarks: list[str] = []
         self.vocab: dict[str, int] = {}
@@ -192,15 +196,26 @@ class ContaminationIndex:
     @classmethod
     def from_benchmarks(cls, data_dir: str | os.PathLike | None = None, names: Iterable[str] | None = None,
                         split: str = "test", **kwargs) -> "ContaminationIndex":
-        """Index the questions of every registered benchmark's test split (or of `names`) under `data_dir`.
+        """Index the questions of the benchmarks `names` (test split) from the data folder or the packaged data.
 
-        A missing benchmark file raises `FileNotFoundError`: silently skipping an evaluation set would let its
-        items leak into training data.
+        A named benchmark that is missing raises `FileNotFoundError`. Without `names`, every registered benchmark
+        that is available is indexed, and the others are named in a warning and in `index.unavailable` (a run
+        reports them), never skipped silently.
         """
+        from mathloop.data.sources import available_benchmarks
+
+        unavailable: list[str] = []
+        if names is None:
+            names, unavailable = available_benchmarks(data_dir, split)
+            if unavailable:
+                log.warning("decontamination: not checked against %s (not in the data folder, not packaged; "
+                            "pass --data-dir with the harness's data folder)", ", ".join(unavailable))
         problems: list[Problem] = []
-        for name in (names if names is not None else BENCHMARKS):
+        for name in names:
             problems.extend(load_benchmark(name, data_dir, split))
-        return cls.from_problems(problems, **kwargs)
+        index = cls.from_problems(problems, **kwargs)
+        index.unavailable = unavailable
+        return index
 
     def __len__(self) -> int:
         return len(self.ids)

@@ -32,12 +32,13 @@ DEMO_SETTINGS: dict[str, Any] = {
 
 
 def demo_config(output_dir: str, model: str = "default", data_dir: str | None = None) -> LoopConfig:
-    """The demo's loop settings. Training problems are checked against the benchmarks when a data folder is
-    known ($MATHLOOP_DATA_DIR or `data_dir`); the demo itself needs none."""
+    """The demo's loop settings. Training problems and selected responses are checked against the packaged
+    benchmarks, plus those of a data folder when one is known ($MATHLOOP_DATA_DIR or `data_dir`); setting one
+    later does not stop a run from resuming."""
     from mathloop.data.benchmarks import default_data_dir
 
     data_dir = data_dir or (str(default_data_dir()) if default_data_dir() else None)
-    return LoopConfig(output_dir=output_dir, data_dir=data_dir, decontaminate=data_dir is not None,
+    return LoopConfig(output_dir=output_dir, data_dir=data_dir, decontaminate=True,
                       **{**DEMO_SETTINGS, "model": model})
 
 

@@ -1,12 +1,14 @@
 """`mathloop eval`: generate -> extract -> verify -> aggregate, for any backend and benchmark, resumable.
 
 The run folder holds:
-  run.json                 what produced the run: model, backend, sampling, seed, benchmarks, package versions
+  run.json                 what produced the run: model, backend, sampling, seed, benchmarks (with each data
+                           file's version and sha256), package versions
   samples/<bench>.jsonl    one `Sample` per response, appended chunk by chunk (a killed run keeps what it wrote)
   metrics.json             acc (first sample), maj@k, rm@k (with --rm), pass@k per benchmark and averaged
   results.md               the same as a Markdown table
 Re-running with the same folder skips the problems that already have all their samples; a different model or
-different sampling parameters for the same folder is refused, so one folder never mixes two runs.
+different sampling parameters or different benchmark data (sha256) for the same folder is refused, so one folder
+never mixes two runs; paths, batch sizes and worker counts may change.
 With a reward model (`rm`), every sample gets an `rm_score` after generation and the metrics add RM@k (best-of-k
 by RM score). The reward model may be added to, or changed on, a finished run: samples scored by another RM
 are scored again, the generations are kept.
@@ -27,6 +29,7 @@ from typing import Any
 from mathloop.config import changed_settings
 from mathloop.backends.base import Backend, Completion, SamplingParams
 from mathloop.data.benchmarks import get_benchmark, load_benchmark
+from mathloop.data.sources import changed_data, data_record
 from mathloop.hardware import hardware_info
 from mathloop.metrics import format_markdown, summarize
 from mathloop.prompts import build_messages
@@ -52,6 +55,7 @@ class EvalConfig:
     seed: int = 0
     limit: int | None = None
     data_dir: str | None = None
+    data_source: str = "local"  # "local": data_dir, else the packaged data; "hub": the Hugging Face Hub
     split: str = "test"
     shots: int | None = None  # None: the benchmark's official setting
     max_tool_calls: int = 4  # TIR: code executions per response
@@ -80,12 +84,15 @@ def run_eval(config: EvalConfig, backend: Backend | None = None, progress: bool 
     its keys name the sample files."""
     if config.mode not in ("cot", "tir"):
         raise ValueError(f"unknown mode '{config.mode}': use cot or tir")
+    data = {}
+    if problems is None:  # loaded before the run folder exists, so a missing set leaves nothing behind
+        problems = {name: load_benchmark(name, config.data_dir, config.split, config.limit, config.data_source)
+                    for name in config.benchmarks}
+        data = {f"{name}:{config.split}": data_record(name, config.split, config.data_dir, config.data_source)
+                for name in config.benchmarks}
     out = Path(config.out)
     out.mkdir(parents=True, exist_ok=True)
-    run_info = _start_run_record(out, config)
-    if problems is None:
-        problems = {name: load_benchmark(name, config.data_dir, config.split, config.limit)
-                    for name in config.benchmarks}
+    run_info = _start_run_record(out, config, data)
     started = time.time()
     with Verifier() as verifier, _executor(config) as executor:
         for name, bench_problems in problems.items():
@@ -287,23 +294,28 @@ def _ks_up_to(n: int) -> list[int]:
     return ks + [n]
 
 
-def _start_run_record(out: Path, config: EvalConfig) -> dict:
-    """Write run.json (or check it matches when resuming) and return it."""
+def _start_run_record(out: Path, config: EvalConfig, data: dict[str, dict] | None = None) -> dict:
+    """Write run.json (or check it matches when resuming) and return it. `data` holds each benchmark's
+    `data_record` (version and sha256): where the data was read from does not matter, its checksum does."""
     path = out / "run.json"
     current = asdict(config)
+    data = data or {}
     if path.exists():
         previous = json.loads(path.read_text())
         old = previous.get("config", {})
-        detail = changed_settings(old, current, _RESUME_KEYS)
+        detail = changed_settings(old, current, _RESUME_KEYS) or changed_data(previous.get("data", {}), data)
         if detail:
             raise ValueError(f"{out} holds a run with other settings ({detail}); use a new --out folder")
+        previous["data"] = {**previous.get("data", {}), **data}
+        previous["config"]["data_dir"] = config.data_dir
+        previous["config"]["data_source"] = config.data_source
         previous["config"]["benchmarks"] = sorted(set(old.get("benchmarks", [])) | set(config.benchmarks))
         previous["config"]["limit"] = config.limit
         previous["config"]["rm"] = config.rm
         previous["resumed"] = previous.get("resumed", 0) + 1
         path.write_text(json.dumps(previous, indent=2))
         return previous
-    info = {"config": current, "sampling": config.sampling().to_dict(), "model_name": config.model,
+    info = {"config": current, "sampling": config.sampling().to_dict(), "model_name": config.model, "data": data,
             "started": time.strftime("%Y-%m-%dT%H:%M:%S"), "versions": package_versions(),
             "hardware": hardware_info()}
     path.write_text(json.dumps(info, indent=2))

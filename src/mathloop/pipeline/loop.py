@@ -9,7 +9,9 @@ Everything lives in one run folder; each stage writes its own sub-folder and is 
 so re-running the same command after a kill continues with the stage that was interrupted (each stage also resumes
 inside itself):
 
-  config.yaml                 the settings the run was started with (a resumed run must match them)
+  config.yaml                 the settings of the run (a resumed run must match them, except paths, batch sizes and
+                              worker counts, which do not change results)
+  data.json                   version and sha256 of the benchmark data it reads (a resumed run must match them)
   problems.jsonl              training problems after decontamination; decontamination.json says what was removed
   synthesized.jsonl           problems evolved from the training problems and answered by majority vote (when the
                               synthesize section is on; in problems.jsonl too); synthesis.json counts, and
@@ -221,13 +223,16 @@ def run_loop(config: LoopConfig, progress: bool = True, backend=None) -> dict:
 
     `backend` generates for every sampling and evaluation stage instead of loading each round's model (tests use a
     scripted one); by default each stage loads the model it is given."""
-    from mathloop.pipeline.sample import load_problem_source
+    from mathloop.pipeline.sample import load_problem_source, problem_source_data
 
     config.validate()
+    # the data is found (and identified by its checksums) before the run folder exists: a missing set leaves none
+    heldout = load_problem_source(config.heldout, config.data_dir, config.heldout_limit)
+    data = {**problem_source_data(config.problems, config.data_dir),
+            **problem_source_data(config.heldout, config.data_dir)}
     out = Path(config.output_dir)
     out.mkdir(parents=True, exist_ok=True)
-    _check_config(out, config)
-    heldout = load_problem_source(config.heldout, config.data_dir, config.heldout_limit)
+    _check_config(out, config, data)
     _prepare_problems(out, config, backend)
 
     rows = [_evaluate(config, config.model, out / "round-0", heldout, progress, backend)
@@ -255,21 +260,30 @@ def run_loop(config: LoopConfig, progress: bool = True, backend=None) -> dict:
     return _write_summary(out, rows)
 
 
-def _check_config(out: Path, config: LoopConfig) -> None:
+def _check_config(out: Path, config: LoopConfig, data: dict[str, dict]) -> None:
+    """Write config.yaml and data.json (each data file's version and sha256), or check that a resumed run
+    matches them. Rounds may grow (continue a finished run for more rounds), and settings that cannot change
+    results (paths, batch sizes, worker counts: `NOT_RESUME_KEYS`) may change; anything else would mix two
+    experiments. A setting the record lacks (added to mathloop after the run started) counts as its default."""
     import yaml
 
-    path = out / "config.yaml"
+    from mathloop.config import result_settings
+    from mathloop.data.sources import changed_data
+
+    path, data_path = out / "config.yaml", out / "data.json"
     current = dataclasses.asdict(config)
     if path.exists():
         old = yaml.safe_load(path.read_text()) or {}
-        # rounds may grow (continue a finished run for more rounds); anything else would mix two experiments.
-        # A setting the record lacks (added to mathloop after the run started) counts as its default.
         defaults = dataclasses.asdict(LoopConfig(output_dir=config.output_dir))
-        changed = sorted(k for k in current if k != "rounds" and old.get(k, defaults[k]) != current[k])
-        if changed:
-            raise ValueError(f"{out} holds a loop run with other settings ({', '.join(changed)}); use a new "
-                             f"output_dir")
+        old_results = result_settings({k: old.get(k, v) for k, v in defaults.items()})
+        changed = sorted(k for k, v in result_settings(current).items() if k != "rounds" and old_results[k] != v)
+        old_data = json.loads(data_path.read_text()) if data_path.exists() else {}
+        detail = ", ".join(changed) or changed_data(old_data, data)
+        if detail:
+            raise ValueError(f"{out} holds a loop run with other settings ({detail}); use a new output_dir")
+        data = {**old_data, **data}
     path.write_text(yaml.safe_dump(current, sort_keys=False))
+    data_path.write_text(json.dumps(data, indent=2) + "\n")
 
 
 def _prepare_problems(out: Path, config: LoopConfig, backend=None) -> list[Problem]:
@@ -288,7 +302,7 @@ def _prepare_problems(out: Path, config: LoopConfig, backend=None) -> list[Probl
 
         index = ContaminationIndex.from_benchmarks(config.data_dir)
         problems, removed, per_benchmark = decontaminate(problems, index)
-        report.update(removed=len(removed), per_benchmark=per_benchmark,
+        report.update(removed=len(removed), per_benchmark=per_benchmark, not_checked=index.unavailable,
                       examples=[{"id": p.id, **p.metadata["contamination"]} for p in removed])
         log.info("decontamination: removed %d of %d training problems %s", len(removed), report["problems"],
                  per_benchmark)

@@ -108,11 +108,11 @@ def run_sample(config: SampleConfig, backend: Backend | None = None, progress: b
     from mathloop.verify import Verifier
 
     config.validate()
+    problems = [p for p in load_problem_source(config.problems, config.data_dir, config.limit)
+                if shard_of(p.id, config.num_shards) == config.shard]  # before the folder: a missing set leaves none
     out = Path(config.out)
     out.mkdir(parents=True, exist_ok=True)
     _check_run_record(out, config)
-    problems = [p for p in load_problem_source(config.problems, config.data_dir, config.limit)
-                if shard_of(p.id, config.num_shards) == config.shard]
     started = time.time()
     passes = [(t, config.n) for t in config.temperatures]
     if config.hard_n:
@@ -174,18 +174,31 @@ def read_samples(folder: str | Path) -> list[Sample]:
     return samples
 
 
+def problem_source_data(spec: str, data_dir: str | None = None) -> dict[str, dict]:
+    """The `data_record` of a "<benchmark>:<split>" problem source ({} for files and synthetic problems)."""
+    from mathloop.data.sources import data_record
+
+    if Path(spec).suffix == ".jsonl" or Path(spec).exists() or spec.startswith("synthetic:"):
+        return {}
+    name, _, split = spec.partition(":")
+    return {f"{name}:{split or 'train'}": data_record(name, split or "train", data_dir)}
+
+
 def _check_run_record(out: Path, config: SampleConfig) -> None:
+    from mathloop.data.sources import changed_data
     from mathloop.hardware import hardware_info
     from mathloop.pipeline.evaluate import package_versions
 
     path = out / "run.json"
     current = dataclasses.asdict(config)
+    data = problem_source_data(config.problems, config.data_dir)
     if path.exists():
-        old = json.loads(path.read_text()).get("config", {})
-        detail = changed_settings(old, current, _RESUME_KEYS)
+        previous = json.loads(path.read_text())
+        detail = (changed_settings(previous.get("config", {}), current, _RESUME_KEYS)
+                  or changed_data(previous.get("data", {}), data))
         if detail:
             raise ValueError(f"{out} holds samples made with other settings ({detail}); use a new --out folder")
         return
-    info = {"config": current, "started": time.strftime("%Y-%m-%dT%H:%M:%S"), "versions": package_versions(),
-            "hardware": hardware_info()}
+    info = {"config": current, "data": data, "started": time.strftime("%Y-%m-%dT%H:%M:%S"),
+            "versions": package_versions(), "hardware": hardware_info()}
     path.write_text(json.dumps(info, indent=2) + "\n")

@@ -161,7 +161,8 @@ def decontaminate_selection(samples: list[Sample], data_dir: str | None = None) 
     (13-gram + LCS rule); returns the kept samples and a report: counts per benchmark and every removal's reason."""
     from mathloop.data.decontaminate import ContaminationIndex, decontaminate_samples
 
-    kept, removed, per_benchmark = decontaminate_samples(samples, ContaminationIndex.from_benchmarks(data_dir))
-    return kept, {"removed_responses": len(removed), "per_benchmark": per_benchmark,
+    index = ContaminationIndex.from_benchmarks(data_dir)
+    kept, removed, per_benchmark = decontaminate_samples(samples, index)
+    return kept, {"removed_responses": len(removed), "per_benchmark": per_benchmark, "not_checked": index.unavailable,
                   "examples": [{"problem_id": s.problem_id, "sample_index": s.sample_index,
                                 **s.metadata["contamination"]} for s in removed]}
