@@ -44,6 +44,7 @@ from mathloop.metrics import majority
 from mathloop.prompts import build_messages
 from mathloop.records import JsonlAppender, Problem, drop_torn_last_line, read_jsonl, write_jsonl
 from mathloop.verify import extract_answer, same_answer
+from mathloop.runs import read_json, write_json
 
 if TYPE_CHECKING:
     from mathloop.data.decontaminate import ContaminationIndex
@@ -402,14 +403,14 @@ def _check_run_record(out: Path, backend: Backend, config: SynthesisConfig) -> N
     current = {"model": backend.model_id, **dataclasses.asdict(config), "operations": list(config.operations)}
     current = json.loads(json.dumps(current))  # tuples as lists, as they read back
     if record.exists():
-        old = json.loads(record.read_text())
+        old = read_json(record)
         changed = [k for k in _RESUME_KEYS if k in old and old[k] != current[k]]
         if changed:
             detail = ", ".join(f"{k}: {old[k]!r} -> {current[k]!r}" for k in changed)
             raise ValueError(f"{out} holds problems synthesized with other settings ({detail}); use another output")
         return
     record.parent.mkdir(parents=True, exist_ok=True)
-    record.write_text(json.dumps(current, indent=2) + "\n")
+    write_json(record, current)
 
 
 def load_seeds(spec: str, data_dir: str | None = None) -> list[Problem]:

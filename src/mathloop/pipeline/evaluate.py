@@ -31,6 +31,7 @@ from mathloop.metrics import format_markdown, summarize
 from mathloop.prompts import build_messages
 from mathloop.records import JsonlAppender, Problem, Sample, drop_torn_last_line, read_records, write_jsonl
 from mathloop.verify import Verifier, same_answer
+from mathloop.runs import read_json, write_json, write_text_atomic
 
 log = logging.getLogger(__name__)
 
@@ -102,7 +103,7 @@ def run_eval(config: EvalConfig, backend: Backend | None = None, progress: bool 
     summary = write_metrics(out, list(problems), problems)
     run_info.update(finished=time.strftime("%Y-%m-%dT%H:%M:%S"),
                     wall_seconds=round(run_info.get("wall_seconds", 0) + time.time() - started, 1))
-    (out / "run.json").write_text(json.dumps(run_info, indent=2))
+    write_json(out / "run.json", run_info)
     return summary
 
 
@@ -255,11 +256,11 @@ def write_metrics(out: Path, benchmarks: list[str], problems: dict[str, list[Pro
             per_problem.append(problem_outcome(samples, name))
     ks = sorted({len(row["verdicts"]) for row in per_problem}) or [1]
     summary = summarize(per_problem, ks=_ks_up_to(max(ks)), same=same_answer)
-    (out / "metrics.json").write_text(json.dumps(summary, indent=2))
-    run = json.loads((out / "run.json").read_text()) if (out / "run.json").exists() else {}
+    write_json(out / "metrics.json", summary)
+    run = read_json(out / "run.json") if (out / "run.json").exists() else {}
     header = f"# mathloop eval\n\nmodel: `{run.get('model_name', run.get('config', {}).get('model', '?'))}`; " \
              f"sampling: `{json.dumps(run.get('sampling', {}))}`\n\n"
-    (out / "results.md").write_text(header + format_markdown(summary) + "\n")
+    write_text_atomic(out / "results.md", header + format_markdown(summary) + "\n")
     return summary
 
 
@@ -291,7 +292,7 @@ def _start_run_record(out: Path, config: EvalConfig) -> dict:
     path = out / "run.json"
     current = asdict(config)
     if path.exists():
-        previous = json.loads(path.read_text())
+        previous = read_json(path)
         old = previous.get("config", {})
         detail = changed_settings(old, current, _RESUME_KEYS)
         if detail:
@@ -300,11 +301,11 @@ def _start_run_record(out: Path, config: EvalConfig) -> dict:
         previous["config"]["limit"] = config.limit
         previous["config"]["rm"] = config.rm
         previous["resumed"] = previous.get("resumed", 0) + 1
-        path.write_text(json.dumps(previous, indent=2))
+        write_json(path, previous)
         return previous
     info = {"config": current, "sampling": config.sampling().to_dict(), "model_name": config.model,
             "started": time.strftime("%Y-%m-%dT%H:%M:%S"), "versions": package_versions()}
-    path.write_text(json.dumps(info, indent=2))
+    write_json(path, info)
     return info
 
 

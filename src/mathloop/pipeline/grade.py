@@ -10,13 +10,13 @@ metrics file gets `acc` (first response), `maj@k`, `rm@k` (when scores exist) an
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
 from mathloop.metrics import summarize
 from mathloop.records import VERDICTS, JsonlAppender, RecordError, read_jsonl
 from mathloop.verify import Verifier, same_answer
+from mathloop.runs import write_json
 
 MC_LETTERS = set("ABCDEFGHIJ")
 
@@ -85,7 +85,7 @@ def grade_file(input_path: str | Path, output_path: str | Path, metrics_path: st
     metrics = harness_metrics(list(groups.values()))
     if metrics_path:
         Path(metrics_path).parent.mkdir(parents=True, exist_ok=True)
-        Path(metrics_path).write_text(json.dumps(metrics, indent=2))
+        write_json(Path(metrics_path), metrics)
     return metrics
 
 

@@ -46,6 +46,7 @@ from typing import Any
 
 from mathloop.config import read_yaml_mapping, settings_from_dict
 from mathloop.records import Problem, read_records, write_jsonl
+from mathloop.runs import read_json, write_json, write_text_atomic
 
 log = logging.getLogger(__name__)
 
@@ -266,7 +267,7 @@ def _check_config(out: Path, config: LoopConfig) -> None:
         if changed:
             raise ValueError(f"{out} holds a loop run with other settings ({', '.join(changed)}); use a new "
                              f"output_dir")
-    path.write_text(yaml.safe_dump(current, sort_keys=False))
+    write_text_atomic(path, yaml.safe_dump(current, sort_keys=False))
 
 
 def _prepare_problems(out: Path, config: LoopConfig, backend=None) -> list[Problem]:
@@ -289,7 +290,7 @@ def _prepare_problems(out: Path, config: LoopConfig, backend=None) -> list[Probl
                       examples=[{"id": p.id, **p.metadata["contamination"]} for p in removed])
         log.info("decontamination: removed %d of %d training problems %s", len(removed), report["problems"],
                  per_benchmark)
-    (out / "decontamination.json").write_text(json.dumps(report, indent=2) + "\n")
+    write_json(out / "decontamination.json", report)
     if config.synthesis_enabled:
         problems = problems + _synthesize(config, out, problems, index, backend)
     write_jsonl(path, problems)
@@ -311,7 +312,7 @@ def _synthesize(config: LoopConfig, out: Path, problems: list[Problem], index, b
         backend = load_backend(section.get("backend", "hf"), section.get("model") or config.model,
                                **section.get("backend_args", {}))
     result = synthesize_file(backend, seeds, out / "synthesized.jsonl", synthesis, index)
-    (out / "synthesis.json").write_text(json.dumps(result, indent=2) + "\n")
+    write_json(out / "synthesis.json", result)
     log.info("synthesis: %d new problems from %d seeds", result["kept"], len(seeds))
     return read_records(Problem, out / "synthesized.jsonl")
 
@@ -339,7 +340,7 @@ def _reward_model(config: LoopConfig, model: str, round_dir: Path) -> dict:
     summary_path = Path(rm_config.output_dir) / "summary.json"
     if not (final / "reward_config.json").exists():
         summary = train(rm_config)
-        summary_path.write_text(json.dumps(summary, indent=2) + "\n")
+        write_json(summary_path, summary)
     samples_path = round_dir / "samples.jsonl"
     samples = read_records(Sample, samples_path)
     if any(s.rm_score is None for s in samples):
@@ -348,7 +349,7 @@ def _reward_model(config: LoopConfig, model: str, round_dir: Path) -> dict:
                                                    max_length=rm_config.max_length)):
             s.rm_score = score
         write_jsonl(samples_path, samples)
-    return json.loads(summary_path.read_text()) if summary_path.exists() else {}
+    return read_json(summary_path) if summary_path.exists() else {}
 
 
 def _select(config: LoopConfig, round_dir: Path) -> dict:
@@ -357,7 +358,7 @@ def _select(config: LoopConfig, round_dir: Path) -> dict:
 
     data, report_path = round_dir / "sft_data.jsonl", round_dir / "select.json"
     if data.exists() and report_path.exists():
-        return json.loads(report_path.read_text())
+        return read_json(report_path)
     samples = read_records(Sample, round_dir / "samples.jsonl")
     chosen, report = select_responses(samples, **config.select)
     info = report.to_dict()
@@ -368,7 +369,7 @@ def _select(config: LoopConfig, round_dir: Path) -> dict:
                          f"more problems")
     problems = {p.id: p for p in read_records(Problem, Path(config.output_dir) / "problems.jsonl")}
     info["rows"] = write_jsonl(data, sft_rows(chosen, problems))
-    report_path.write_text(json.dumps(info, indent=2) + "\n")
+    write_json(report_path, info)
     return info
 
 
@@ -408,7 +409,7 @@ def _evaluate(config: LoopConfig, model: str, stage_dir: Path, heldout: list[Pro
 
 def _write_summary(out: Path, rows: list[dict]) -> dict:
     summary = {"rounds": rows}
-    (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    write_json(out / "summary.json", summary)
     lines = ["| round | held-out acc | 95% CI | problems | SFT rows | train samples correct | RM held-out pair acc |",
              "|---|---|---|---|---|---|---|"]
     for row in rows:
@@ -419,8 +420,8 @@ def _write_summary(out: Path, rows: list[dict]) -> dict:
                      f"{100 * row['ci95'][1]:.1f}] | {row['n']} | {row.get('selection', {}).get('rows', '')} | "
                      f"{correct} | {'' if rm_acc is None else f'{rm_acc:.3f}'} |")
     table = "\n".join(lines)
-    (out / "summary.md").write_text(f"# mathloop loop: {out}\n\n{table}\n")
-    (out / "accuracy.svg").write_text(accuracy_svg(rows))
+    write_text_atomic(out / "summary.md", f"# mathloop loop: {out}\n\n{table}\n")
+    write_text_atomic(out / "accuracy.svg", accuracy_svg(rows))
     return summary
 
 

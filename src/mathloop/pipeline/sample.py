@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import json
 import logging
 import time
 from dataclasses import dataclass, field
@@ -29,6 +28,7 @@ from mathloop.config import changed_settings
 from mathloop.backends.base import Backend
 from mathloop.data.benchmarks import load_benchmark, load_problems
 from mathloop.records import Problem, Sample, read_records
+from mathloop.runs import read_json, write_json
 
 log = logging.getLogger(__name__)
 
@@ -143,7 +143,7 @@ def run_sample(config: SampleConfig, backend: Backend | None = None, progress: b
                "correct": sum(s.verdict == "correct" for s in mine),
                "solved_problems": len({s.problem_id for s in mine if s.verdict == "correct"}),
                "wall_seconds": round(time.time() - started, 1)}
-    (out / f"summary{suffix}.json").write_text(json.dumps(summary, indent=2) + "\n")
+    write_json(out / f"summary{suffix}.json", summary)
     return summary
 
 
@@ -180,10 +180,10 @@ def _check_run_record(out: Path, config: SampleConfig) -> None:
     path = out / "run.json"
     current = dataclasses.asdict(config)
     if path.exists():
-        old = json.loads(path.read_text()).get("config", {})
+        old = read_json(path).get("config", {})
         detail = changed_settings(old, current, _RESUME_KEYS)
         if detail:
             raise ValueError(f"{out} holds samples made with other settings ({detail}); use a new --out folder")
         return
     info = {"config": current, "started": time.strftime("%Y-%m-%dT%H:%M:%S"), "versions": package_versions()}
-    path.write_text(json.dumps(info, indent=2) + "\n")
+    write_json(path, info)

@@ -73,6 +73,7 @@ from mathloop.reward.shaping import RewardFn, make_rm_reward, make_shaped_reward
 from mathloop.train.grpo_math import group_advantages, grpo_loss, response_loss_mask, token_logprobs
 from mathloop.train.checkpoint import drop_metrics_after, latest_checkpoint, load_checkpoint, save_checkpoint
 from mathloop.verify import CORRECT, grade
+from mathloop.runs import write_json
 
 log = logging.getLogger(__name__)
 
@@ -591,4 +592,4 @@ def _write_run_record(out: Path, config: GRPOConfig, report: dict[str, int]) -> 
 
     info = {"config": dataclasses.asdict(config), "queries": report,
             "started": time.strftime("%Y-%m-%dT%H:%M:%S"), "versions": package_versions()}
-    (out / "run.json").write_text(json.dumps(info, indent=2) + "\n")
+    write_json(out / "run.json", info)

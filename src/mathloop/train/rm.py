@@ -41,6 +41,7 @@ from mathloop.reward.loss import listwise_loss, pairwise_accuracy
 from mathloop.reward.model import RewardModel
 from mathloop.reward.score import encode, pad_batch, pad_token_id
 from mathloop.train.checkpoint import drop_metrics_after, latest_checkpoint, load_checkpoint, save_checkpoint
+from mathloop.runs import write_json
 
 log = logging.getLogger(__name__)
 
@@ -323,4 +324,4 @@ def _write_run_record(out: Path, config: RMTrainConfig, report, total_steps: int
                      "dropped": dict(report.reasons()), "contaminated_samples": report.contaminated_samples,
                      "ungraded_samples": report.ungraded_samples, "duplicate_samples": report.duplicate_samples},
             "started": time.strftime("%Y-%m-%dT%H:%M:%S"), "versions": package_versions()}
-    (out / "run.json").write_text(json.dumps(info, indent=2) + "\n")
+    write_json(out / "run.json", info)

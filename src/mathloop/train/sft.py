@@ -64,6 +64,7 @@ from transformers import TrainerCallback
 from mathloop.config import changed_settings, read_yaml_mapping, settings_from_dict
 from mathloop.records import RecordError, read_jsonl
 from mathloop.train.checkpoint import drop_metrics_after
+from mathloop.runs import read_json, write_json
 
 log = logging.getLogger(__name__)
 
@@ -125,8 +126,8 @@ class SFTRunConfig:
                              "other")
         if self.deepspeed is not None:
             try:
-                json.loads(Path(self.deepspeed).read_text())
-            except (OSError, json.JSONDecodeError) as e:
+                read_json(Path(self.deepspeed))
+            except (OSError, ValueError) as e:
                 raise ValueError(f"sft: deepspeed {self.deepspeed!r} is not a readable JSON file ({e})") from None
 
 
@@ -297,7 +298,7 @@ def train_sft(config: SFTRunConfig, stop_after: int | None = None) -> dict[str, 
     final = out / "final"
     if (final / "config.json").exists():
         log.info("%s exists: SFT already done", final)
-        done = json.loads((out / "summary.json").read_text()) if (out / "summary.json").exists() else {}
+        done = read_json(out / "summary.json") if (out / "summary.json").exists() else {}
         return {**done, "final": str(final), "already_done": True}
     out.mkdir(parents=True, exist_ok=True)
     checkpoint = get_last_checkpoint(str(out / "checkpoints")) if (out / "checkpoints").is_dir() else None
@@ -332,7 +333,7 @@ def train_sft(config: SFTRunConfig, stop_after: int | None = None) -> dict[str, 
         shutil.rmtree(final, ignore_errors=True)
         partial.rename(final)
         summary["final"] = str(final)
-        (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+        write_json(out / "summary.json", summary)
     trainer.accelerator.wait_for_everyone()
     return summary
 
@@ -368,7 +369,7 @@ def _check_resumable(out: Path, config: SFTRunConfig) -> None:
     record = out / "run.json"
     if not record.exists():
         return
-    old = json.loads(record.read_text()).get("config", {})
+    old = read_json(record).get("config", {})
     current = dataclasses.asdict(config)
     detail = changed_settings(old, current, _RESUME_KEYS)
     if detail:
@@ -382,7 +383,7 @@ def _write_run_record(out: Path, config: SFTRunConfig, report: dict[str, Any]) -
             "data": {"examples": report["examples"], "dropped_too_long": report["dropped_too_long"],
                      "executor_output_masked": report["executor_output_masked"]},
             "started": time.strftime("%Y-%m-%dT%H:%M:%S"), "versions": package_versions()}
-    (out / "run.json").write_text(json.dumps(info, indent=2) + "\n")
+    write_json(out / "run.json", info)
 
 
 
