@@ -39,10 +39,14 @@ def lock_run_dir(folder: str | os.PathLike, name: str = LOCK_NAME) -> Iterator[P
     """Own `folder` (created when missing) for the duration of the block; another live owner is refused.
 
     `name` is the lock file inside the folder: processes that write disjoint files of one folder (the shards of
-    `mathloop sample`) each lock their own name.
+    `mathloop sample`) each lock their own name. Under a distributed launch (torchrun, accelerate: RANK is set)
+    every rank writes the same folder, so rank 0 owns it for the whole launch and the other ranks do not lock.
     """
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
+    if os.environ.get("RANK", "0") != "0":
+        yield folder
+        return
     path = folder / name
     key = os.path.realpath(path)
     if key in _held:

@@ -44,7 +44,7 @@ from mathloop.metrics import majority
 from mathloop.prompts import build_messages
 from mathloop.records import JsonlAppender, Problem, drop_torn_last_line, read_jsonl, write_jsonl
 from mathloop.verify import extract_answer, same_answer
-from mathloop.runs import read_json, write_json
+from mathloop.runs import lock_run_dir, read_json, write_json
 
 if TYPE_CHECKING:
     from mathloop.data.decontaminate import ContaminationIndex
@@ -338,10 +338,17 @@ def synthesize_file(backend: Backend, seeds: list[Problem], out: str | Path,
 
     Re-running with the same files skips the seeds whose candidates are all written; rows of a seed that a kill
     left half-written are dropped and the seed is done again. Settings are recorded in `<name>.run.json`, and
-    other settings for the same files are refused. Returns counts over the whole files.
+    other settings for the same files are refused; one run at a time owns the files (`lock_run_dir`). Returns
+    counts over the whole files.
     """
     config.validate()
     out = Path(out)
+    with lock_run_dir(out.parent, name=f".{out.name}.lock"):
+        return _synthesize_file(backend, seeds, out, config, index, chunk_size)
+
+
+def _synthesize_file(backend: Backend, seeds: list[Problem], out: Path, config: SynthesisConfig,
+                     index: ContaminationIndex | None, chunk_size: int) -> dict[str, Any]:
     rejected_file = rejected_path(out)
     _check_run_record(out, backend, config)
     done_ids = _drop_half_done_seeds([out, rejected_file], seeds, config)

@@ -31,7 +31,7 @@ from mathloop.metrics import format_markdown, summarize
 from mathloop.prompts import build_messages
 from mathloop.records import JsonlAppender, Problem, Sample, drop_torn_last_line, read_records, write_jsonl
 from mathloop.verify import Verifier, same_answer
-from mathloop.runs import read_json, write_json, write_text_atomic
+from mathloop.runs import lock_run_dir, read_json, write_json, write_text_atomic
 
 log = logging.getLogger(__name__)
 
@@ -77,7 +77,13 @@ def run_eval(config: EvalConfig, backend: Backend | None = None, progress: bool 
     """Run (or resume) an evaluation and return the metrics summary.
 
     `problems` replaces loading `config.benchmarks` from the data folder (e.g. built-in procedural problems);
-    its keys name the sample files."""
+    its keys name the sample files. The run folder is owned by this run while it works (`lock_run_dir`)."""
+    with lock_run_dir(config.out):
+        return _run_eval(config, backend, progress, problems)
+
+
+def _run_eval(config: EvalConfig, backend: Backend | None, progress: bool,
+              problems: dict[str, list[Problem]] | None) -> dict:
     if config.mode not in ("cot", "tir"):
         raise ValueError(f"unknown mode '{config.mode}': use cot or tir")
     out = Path(config.out)

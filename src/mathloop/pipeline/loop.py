@@ -46,7 +46,7 @@ from typing import Any
 
 from mathloop.config import read_yaml_mapping, settings_from_dict
 from mathloop.records import Problem, read_records, write_jsonl
-from mathloop.runs import read_json, write_json, write_text_atomic
+from mathloop.runs import lock_run_dir, read_json, write_json, write_text_atomic
 
 log = logging.getLogger(__name__)
 
@@ -220,12 +220,17 @@ def run_loop(config: LoopConfig, progress: bool = True, backend=None) -> dict:
     """Run (or resume) the loop; returns the summary (also written to summary.json / summary.md).
 
     `backend` generates for every sampling and evaluation stage instead of loading each round's model (tests use a
-    scripted one); by default each stage loads the model it is given."""
+    scripted one); by default each stage loads the model it is given. The run folder is owned by this run while
+    it works (`lock_run_dir`)."""
+    config.validate()
+    with lock_run_dir(config.output_dir):
+        return _run_loop(config, progress, backend)
+
+
+def _run_loop(config: LoopConfig, progress: bool, backend) -> dict:
     from mathloop.pipeline.sample import load_problem_source
 
-    config.validate()
     out = Path(config.output_dir)
-    out.mkdir(parents=True, exist_ok=True)
     _check_config(out, config)
     heldout = load_problem_source(config.heldout, config.data_dir, config.heldout_limit)
     _prepare_problems(out, config, backend)

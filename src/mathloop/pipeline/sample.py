@@ -28,7 +28,7 @@ from mathloop.config import changed_settings
 from mathloop.backends.base import Backend
 from mathloop.data.benchmarks import load_benchmark, load_problems
 from mathloop.records import Problem, Sample, read_records
-from mathloop.runs import read_json, write_json
+from mathloop.runs import lock_run_dir, read_json, write_json
 
 log = logging.getLogger(__name__)
 
@@ -103,13 +103,19 @@ def shard_of(problem_id: str, num_shards: int) -> int:
 
 
 def run_sample(config: SampleConfig, backend: Backend | None = None, progress: bool = True) -> dict:
-    """Run (or resume) sampling; returns counts per pass and overall."""
+    """Run (or resume) sampling; returns counts per pass and overall. The folder (this shard of it) is owned by
+    this run while it works (`lock_run_dir`)."""
+    config.validate()
+    suffix = "" if config.num_shards == 1 else f".shard-{config.shard}-of-{config.num_shards}"
+    with lock_run_dir(config.out, name=f".mathloop{suffix}.lock"):
+        return _run_sample(config, backend, progress)
+
+
+def _run_sample(config: SampleConfig, backend: Backend | None, progress: bool) -> dict:
     from mathloop.pipeline.evaluate import EvalConfig, _executor, _generate_and_grade, _load_backend, _pending
     from mathloop.verify import Verifier
 
-    config.validate()
     out = Path(config.out)
-    out.mkdir(parents=True, exist_ok=True)
     _check_run_record(out, config)
     problems = [p for p in load_problem_source(config.problems, config.data_dir, config.limit)
                 if shard_of(p.id, config.num_shards) == config.shard]

@@ -64,7 +64,7 @@ from transformers import TrainerCallback
 from mathloop.config import changed_settings, read_yaml_mapping, settings_from_dict
 from mathloop.records import RecordError, read_jsonl
 from mathloop.train.checkpoint import drop_metrics_after
-from mathloop.runs import read_json, write_json
+from mathloop.runs import lock_run_dir, read_json, write_json
 
 log = logging.getLogger(__name__)
 
@@ -289,11 +289,17 @@ def train_sft(config: SFTRunConfig, stop_after: int | None = None) -> dict[str, 
     training loss and the path of the final model.
 
     `stop_after` ends the run after that many optimizer steps in total, as an interruption would (a checkpoint is
-    saved); calling `train_sft` again with the same config resumes it.
+    saved); calling `train_sft` again with the same config resumes it. The output folder is owned by this run
+    (rank 0 of a distributed launch) while it works (`lock_run_dir`).
     """
+    config.validate()
+    with lock_run_dir(config.output_dir):
+        return _train_sft(config, stop_after)
+
+
+def _train_sft(config: SFTRunConfig, stop_after: int | None) -> dict[str, Any]:
     from transformers.trainer_utils import get_last_checkpoint
 
-    config.validate()
     out = Path(config.output_dir)
     final = out / "final"
     if (final / "config.json").exists():
