@@ -310,7 +310,9 @@ def cmd_select(args: argparse.Namespace) -> int:
     from mathloop.pipeline.sample import read_samples
     from mathloop.pipeline.select import decontaminate_selection, select_responses, sft_rows
     from mathloop.records import Sample, read_records, write_jsonl
+    from mathloop.runs import refuse_overwriting_inputs
 
+    refuse_overwriting_inputs({"--output": args.output}, {"--samples": args.samples})
     samples = [s for source in args.samples
                for s in (read_samples(source) if Path(source).is_dir() else read_records(Sample, source))]
     chosen, report = select_responses(samples, k=args.k, use_rm=not args.no_rm, min_agreement=args.min_agreement,
@@ -472,8 +474,14 @@ def add_synthesize_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def cmd_synthesize(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
     from mathloop.backends import load_backend
-    from mathloop.data.evolve import load_seeds, synthesis_config, synthesize_file
+    from mathloop.data.evolve import load_seeds, rejected_path, synthesis_config, synthesize_file
+    from mathloop.runs import refuse_overwriting_inputs
+
+    refuse_overwriting_inputs({"--out": args.out, "--out (rejected)": rejected_path(args.out)},
+                              {"--seeds": args.seeds if Path(args.seeds).is_file() else None})
 
     config = synthesis_config(variants_per_seed=args.variants, n_answers=args.answers,
                               min_agreement=args.min_agreement, seed=args.seed, operations=args.operations,

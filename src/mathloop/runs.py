@@ -97,7 +97,8 @@ def refuse_overwriting_inputs(outputs: Mapping[str, str | os.PathLike | None],
     """Raise ValueError when an output file is one of the inputs (same path, a symlink to it, or a hard link).
 
     Both mappings go from the flag that names a path to the path (inputs may map to a list of paths); a folder
-    given as an input counts with every file under it.
+    given as an input counts with every file under it, and an output folder (an existing one, or a path ending in
+    "/") refuses every input inside it.
 
     >>> refuse_overwriting_inputs({"--output": "a.jsonl"}, {"--samples": ["a.jsonl"]})
     Traceback (most recent call last):
@@ -116,8 +117,10 @@ def refuse_overwriting_inputs(outputs: Mapping[str, str | os.PathLike | None],
     for out_flag, out in outputs.items():
         if out is None:
             continue
+        folder = os.path.isdir(out) or str(out).endswith("/")
         for in_flag, path in files:
-            if _same_file(str(out), path):
+            inside = folder and os.path.realpath(path).startswith(os.path.realpath(out).rstrip("/") + "/")
+            if inside or _same_file(str(out), path):
                 raise ValueError(f"{out_flag} {out} is also {in_flag} {path}; writing it would destroy the input: "
                                  f"choose another {out_flag}")
 

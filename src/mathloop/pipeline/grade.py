@@ -16,7 +16,7 @@ from typing import Any
 from mathloop.metrics import summarize
 from mathloop.records import VERDICTS, JsonlAppender, RecordError, read_jsonl
 from mathloop.verify import Verifier, same_answer
-from mathloop.runs import write_json
+from mathloop.runs import refuse_overwriting_inputs, write_json
 
 MC_LETTERS = set("ABCDEFGHIJ")
 
@@ -58,8 +58,7 @@ def grade_file(input_path: str | Path, output_path: str | Path, metrics_path: st
                answer_type: str | None = None, workers: int | None = None, timeout: float = 5.0) -> dict:
     """Grade every row of `input_path`, write rows with a `mathloop` field, return (and write) the metrics."""
     input_path, output_path = Path(input_path), Path(output_path)
-    if output_path.resolve() == input_path.resolve():
-        raise ValueError("--output must differ from --input (the input is never overwritten)")
+    refuse_overwriting_inputs({"--output": output_path, "--metrics": metrics_path}, {"--input": input_path})
     rows = list(read_jsonl(input_path))
     items = [_row_to_items(row, f"{input_path}:{i + 1}") for i, row in enumerate(rows)]
     flat = [(gold, response, answer_type or kind, row.get("choices") if isinstance(row.get("choices"), list) else None)

@@ -28,7 +28,7 @@ from mathloop.config import changed_settings
 from mathloop.backends.base import Backend
 from mathloop.data.benchmarks import load_benchmark, load_problems
 from mathloop.records import Problem, Sample, read_records
-from mathloop.runs import lock_run_dir, read_json, write_json
+from mathloop.runs import lock_run_dir, read_json, refuse_overwriting_inputs, write_json
 
 log = logging.getLogger(__name__)
 
@@ -116,6 +116,8 @@ def _run_sample(config: SampleConfig, backend: Backend | None, progress: bool) -
     from mathloop.verify import Verifier
 
     out = Path(config.out)
+    source = config.problems if Path(config.problems).is_file() else None
+    refuse_overwriting_inputs({"--out": f"{out / 'samples'}/", "--out (run.json)": out / "run.json"}, {"--problems": source})
     _check_run_record(out, config)
     problems = [p for p in load_problem_source(config.problems, config.data_dir, config.limit)
                 if shard_of(p.id, config.num_shards) == config.shard]
