@@ -68,7 +68,10 @@ def settings_from_dict(cls: type[C], data: dict[str, Any], overrides: dict[str, 
         merged[key] = checked_value(value, hints.get(key, Any), f"{source}: {key}")
     settings = cls(**merged)
     if hasattr(settings, "validate"):
-        settings.validate()
+        try:
+            settings.validate()
+        except ValueError as e:
+            raise ValueError(str(e) if str(e).startswith(source) else f"{source}: {e}") from None
     return settings
 
 

@@ -43,6 +43,8 @@ def lock_run_dir(folder: str | os.PathLike, name: str = LOCK_NAME) -> Iterator[P
     every rank writes the same folder, so rank 0 owns it for the whole launch and the other ranks do not lock.
     """
     folder = Path(folder)
+    if folder.exists() and not folder.is_dir():
+        raise NotADirectoryError(errno.ENOTDIR, "is a file, not a run folder: choose another path", str(folder))
     folder.mkdir(parents=True, exist_ok=True)
     if os.environ.get("RANK", "0") != "0":
         yield folder

@@ -233,7 +233,10 @@ def load_benchmark(name: str, data_dir: str | os.PathLike | None = None, split: 
     rows = read_jsonl(path)
     if limit is not None:
         rows = (row for _, row in zip(range(limit), rows))
-    return problems_from_rows(benchmark, rows, str(path))
+    problems = problems_from_rows(benchmark, rows, str(path))
+    if not problems:
+        raise ValueError(f"{path}: no problems (the file is empty)")
+    return problems
 
 
 def load_benchmark_from_hub(name: str, split: str | None = None, limit: int | None = None) -> list[Problem]:
@@ -268,5 +271,7 @@ def load_problems(path: str | os.PathLike) -> list[Problem]:
         problems.append(Problem(id=str(row.get("id", f"{Path(path).stem}/{lineno - 1}")),
                                 benchmark=str(row.get("benchmark", Path(path).stem)), question=str(question),
                                 gold=None if gold is None else str(gold), choices=row.get("choices"), metadata=meta))
+    if not problems:
+        raise ValueError(f"{path}: no problems (the file is empty)")
     return problems
 

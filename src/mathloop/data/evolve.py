@@ -342,6 +342,10 @@ def synthesize_file(backend: Backend, seeds: list[Problem], out: str | Path,
     counts over the whole files.
     """
     config.validate()
+    if chunk_size < 1:
+        raise ValueError(f"synthesize: chunk_size must be >= 1, got {chunk_size}")
+    if not seeds:
+        raise ValueError("synthesize: no seed problems")
     out = Path(out)
     with lock_run_dir(out.parent, name=f".{out.name}.lock"):
         return _synthesize_file(backend, seeds, out, config, index, chunk_size)

@@ -62,6 +62,16 @@ class EvalConfig:
     rm_max_length: int = 4096
     rm_dtype: str | None = None  # default: bfloat16 on GPU, float32 on CPU
 
+    def validate(self) -> None:
+        if self.mode not in ("cot", "tir"):
+            raise ValueError(f"eval: unknown mode '{self.mode}': use cot or tir")
+        if self.n < 1:
+            raise ValueError(f"eval: n must be >= 1, got {self.n}")
+        if self.limit is not None and self.limit < 1:
+            raise ValueError(f"eval: limit must be >= 1 (or left out for all problems), got {self.limit}")
+        if not self.tool_timeout > 0:
+            raise ValueError(f"eval: tool_timeout must be > 0 seconds, got {self.tool_timeout}")
+
     def sampling(self) -> SamplingParams:
         return SamplingParams(n=self.n, temperature=self.temperature, top_p=self.top_p,
                               max_new_tokens=self.max_new_tokens, seed=self.seed)
@@ -78,16 +88,14 @@ def run_eval(config: EvalConfig, backend: Backend | None = None, progress: bool 
 
     `problems` replaces loading `config.benchmarks` from the data folder (e.g. built-in procedural problems);
     its keys name the sample files. The run folder is owned by this run while it works (`lock_run_dir`)."""
+    config.validate()
     with lock_run_dir(config.out):
         return _run_eval(config, backend, progress, problems)
 
 
 def _run_eval(config: EvalConfig, backend: Backend | None, progress: bool,
               problems: dict[str, list[Problem]] | None) -> dict:
-    if config.mode not in ("cot", "tir"):
-        raise ValueError(f"unknown mode '{config.mode}': use cot or tir")
     out = Path(config.out)
-    out.mkdir(parents=True, exist_ok=True)
     run_info = _start_run_record(out, config)
     if problems is None:
         problems = {name: load_benchmark(name, config.data_dir, config.split, config.limit)

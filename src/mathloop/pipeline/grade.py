@@ -45,6 +45,8 @@ def _row_to_items(row: dict[str, Any], where: str) -> tuple[str | None, list[str
         answer_type = row.get("answer_type") or guess_answer_type(gold or "")
         return gold, [str(r) for r in responses], scores, answer_type, row.get("idx", where)
     if "response" in row and "problem_id" in row:  # mathloop Sample row
+        if not isinstance(row["response"], str):
+            raise RecordError(f"{where}: response must be a string, got {type(row['response']).__name__}")
         meta = row.get("metadata") or {}
         scores = [float(row["rm_score"])] if row.get("rm_score") is not None else None
         gold = row.get("gold")
@@ -60,6 +62,8 @@ def grade_file(input_path: str | Path, output_path: str | Path, metrics_path: st
     input_path, output_path = Path(input_path), Path(output_path)
     refuse_overwriting_inputs({"--output": output_path, "--metrics": metrics_path}, {"--input": input_path})
     rows = list(read_jsonl(input_path))
+    if not rows:
+        raise ValueError(f"{input_path}: no rows to grade (the file is empty)")
     items = [_row_to_items(row, f"{input_path}:{i + 1}") for i, row in enumerate(rows)]
     flat = [(gold, response, answer_type or kind, row.get("choices") if isinstance(row.get("choices"), list) else None)
             for row, (gold, responses, _, kind, _) in zip(rows, items) for response in responses]

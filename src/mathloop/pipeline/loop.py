@@ -76,6 +76,9 @@ class LoopConfig:
         """Check every section by building its stage config now, so a typo fails before hours of sampling."""
         if self.rounds < 0:
             raise ValueError(f"loop: rounds must be >= 0, got {self.rounds}")
+        for name in ("limit", "heldout_limit"):
+            if getattr(self, name) is not None and getattr(self, name) < 1:
+                raise ValueError(f"loop: {name} must be >= 1 (or left out for all problems), got {getattr(self, name)}")
         if self.sft_init not in ("base", "previous"):
             raise ValueError(f"loop: sft_init must be 'base' or 'previous', got {self.sft_init!r}")
         unknown = set(self.select) - {"k", "use_rm", "min_agreement", "near_duplicate"}

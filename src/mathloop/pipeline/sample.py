@@ -63,10 +63,16 @@ class SampleConfig:
             raise ValueError("sample: n must be >= 1 and temperatures must name at least one temperature")
         if any(t < 0 for t in self.temperatures):
             raise ValueError(f"sample: temperatures must be >= 0, got {self.temperatures}")
+        if self.num_shards < 1:
+            raise ValueError(f"sample: num_shards must be >= 1, got {self.num_shards}")
         if not 0 <= self.shard < self.num_shards:
             raise ValueError(f"sample: shard must be in 0..{self.num_shards - 1}, got {self.shard}")
         if self.hard_n < 0:
             raise ValueError(f"sample: hard_n must be >= 0, got {self.hard_n}")
+        if self.limit is not None and self.limit < 1:
+            raise ValueError(f"sample: limit must be >= 1 (or left out for all problems), got {self.limit}")
+        if not self.tool_timeout > 0:
+            raise ValueError(f"sample: tool_timeout must be > 0 seconds, got {self.tool_timeout}")
 
 
 # Settings that must match for a folder to be resumed (the problem list may grow with `limit`).
