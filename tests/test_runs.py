@@ -202,3 +202,29 @@ def test_a_cut_inside_a_multibyte_character_is_torn(tmp_path):
     path.write_bytes(b'{"id": "a"}\n' + '{"id": "\u00e9"}'.encode()[:-3])
     drop_torn_last_line(path)
     assert path.read_bytes() == b'{"id": "a"}\n'
+
+
+def test_the_cli_refuses_a_folder_in_use_in_one_line(tmp_path, capsys):
+    from mathloop.cli import main
+
+    (tmp_path / "p.jsonl").write_text('{"question": "What is 3 + 4?", "gold": "7"}\n')
+    holder = _python(str(tmp_path / "s"), "30")
+    try:
+        assert holder.stdout.readline().strip() == "won"
+        code = main(["sample", "--model", "no-such-model", "--problems", str(tmp_path / "p.jsonl"),
+                     "--out", str(tmp_path / "s"), "--quiet"])
+        err = capsys.readouterr().err.strip()
+        assert code == 2 and len(err.splitlines()) == 1
+        assert f"{tmp_path / 's'} is in use by another run (pid {holder.pid}" in err
+    finally:
+        holder.kill()
+        holder.wait()
+
+
+def test_a_torn_training_log_line_does_not_block_resume(tmp_path):
+    from mathloop.train.checkpoint import drop_metrics_after
+
+    log_file = tmp_path / "metrics.jsonl"
+    log_file.write_text('{"step": 1}\n{"step": 2}\n{"step": 3, "lo')
+    drop_metrics_after(log_file, 2)
+    assert log_file.read_text() == '{"step": 1}\n{"step": 2}\n'

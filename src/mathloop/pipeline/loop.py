@@ -267,7 +267,7 @@ def _check_config(out: Path, config: LoopConfig) -> None:
     path = out / "config.yaml"
     current = dataclasses.asdict(config)
     if path.exists():
-        old = yaml.safe_load(path.read_text()) or {}
+        old = read_yaml_mapping(str(path), "loop")
         # rounds may grow (continue a finished run for more rounds); anything else would mix two experiments.
         # A setting the record lacks (added to mathloop after the run started) counts as its default.
         defaults = dataclasses.asdict(LoopConfig(output_dir=config.output_dir))

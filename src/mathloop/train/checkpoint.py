@@ -16,6 +16,7 @@ from pathlib import Path
 import torch
 
 from mathloop.config import changed_settings
+from mathloop.records import drop_torn_last_line
 from mathloop.runs import read_json, write_json, write_text_atomic
 
 
@@ -66,6 +67,7 @@ def drop_metrics_after(path: Path, step: int) -> None:
     """Forget log lines of steps after the checkpoint a run resumes from: those steps run again."""
     if not path.exists():
         return
+    drop_torn_last_line(path)  # a kill mid-line
     lines = [line for line in path.read_text().splitlines() if line.strip()]
     kept = [line for line in lines if json.loads(line).get("step", 0) <= step]
     if len(kept) < len(lines):
