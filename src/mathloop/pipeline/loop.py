@@ -40,11 +40,12 @@ import dataclasses
 import json
 import logging
 import time
+import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from mathloop.config import read_yaml_mapping, settings_from_dict
+from mathloop.config import checked_value, read_yaml_mapping, settings_from_dict
 from mathloop.records import Problem, read_records, write_jsonl
 from mathloop.runs import lock_run_dir, read_json, write_json, write_text_atomic
 
@@ -168,8 +169,10 @@ class LoopConfig:
 
         settings = _known(EvalConfig, self.eval, "eval", exclude=("model", "benchmarks", "out", "limit", "split"))
         settings.setdefault("seed", self.seed)
-        return EvalConfig(model=model, benchmarks=[], out=str(round_dir / "eval"), data_dir=self.data_dir,
-                          shots=settings.pop("shots", 0), **settings)
+        config = EvalConfig(model=model, benchmarks=[], out=str(round_dir / "eval"), data_dir=self.data_dir,
+                            shots=settings.pop("shots", 0), **settings)
+        config.validate()
+        return config
 
     def grpo_config(self, model: str, samples: Path, grpo_dir: Path, rm: str | None = None):
         """GRPO from `model` on the training problems its samples solve 2..5 of 8 times; the reward model is the
@@ -196,7 +199,8 @@ def _known(cls, section: dict[str, Any], name: str, exclude: tuple[str, ...]) ->
     unknown = sorted(set(section) - names)
     if unknown:
         raise ValueError(f"loop: {name}: unknown key(s) {', '.join(unknown)}; known: {', '.join(sorted(names))}")
-    return dict(section)
+    hints = typing.get_type_hints(cls)
+    return {key: checked_value(value, hints[key], f"loop: {name}: {key}") for key, value in section.items()}
 
 
 def load_loop_config(path: str, overrides: dict[str, Any] | None = None) -> LoopConfig:
