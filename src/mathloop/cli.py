@@ -22,13 +22,65 @@ import argparse
 import json
 import logging
 import sys
+import typing
 
 from mathloop import __version__
 from mathloop.records import RecordError
+from mathloop.runs import RunLockedError
+
+# Errors a user can cause (a bad file, flag, setting or path, a folder in use): one line and exit code 2.
+USER_ERRORS = (RecordError, ValueError, OSError, ImportError, RunLockedError)
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse with its errors on one line: `mathloop <command>: error: ...`."""
+
+    def error(self, message: str) -> typing.NoReturn:
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 
 def _csv(text: str) -> list[str]:
     return [part.strip() for part in text.split(",") if part.strip()]
+
+
+def _positive_int(text: str) -> int:
+    """argparse type: an integer >= 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
+
+
+def _positive_float(text: str) -> float:
+    """argparse type: a number > 0."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number > 0, got {text!r}") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be > 0, got {text}")
+    return value
+
+
+def _temperatures(text: str) -> list[float]:
+    """argparse type: comma-separated temperatures >= 0, at least one."""
+    try:
+        values = [float(part) for part in _csv(text)]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated numbers such as 0.7,1.0, got {text!r}") from None
+    if not values or any(not t >= 0 for t in values):
+        raise argparse.ArgumentTypeError(f"expected one or more temperatures >= 0, got {text!r}")
+    return values
+
+
+def _error_line(e: BaseException) -> str:
+    """The one line a user sees for `e`: an OSError names its path first; other messages are joined onto one line."""
+    if isinstance(e, OSError) and e.filename is not None:
+        return f"{e.filename}: {e.strerror or e}"
+    return "; ".join(line.strip() for line in str(e).splitlines() if line.strip()) or type(e).__name__
 
 
 def _settings_from_args(args: argparse.Namespace, names: tuple[str, ...], module, hint: str):
@@ -78,13 +130,14 @@ def add_eval_parser(sub: argparse._SubParsersAction) -> None:
                    help="cot = chain of thought; tir = tool-integrated reasoning, the model's Python runs in the "
                         "sandbox (default: %(default)s)")
     p.add_argument("--max-tool-calls", type=int, default=4, help="tir: code executions per response (default: 4)")
-    p.add_argument("--tool-timeout", type=float, default=5.0, help="tir: seconds per execution (default: 5)")
-    p.add_argument("--n", type=int, default=1, help="samples per problem (default: %(default)s)")
+    p.add_argument("--tool-timeout", type=_positive_float, default=5.0, help="tir: seconds per execution (default: 5)")
+    p.add_argument("--n", type=_positive_int, default=1, help="samples per problem (default: %(default)s)")
     p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default: %(default)s)")
     p.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling (default: %(default)s)")
     p.add_argument("--max-new-tokens", type=int, default=2048, help="per response (default: %(default)s)")
     p.add_argument("--seed", type=int, default=0, help="sampling seed (default: %(default)s)")
-    p.add_argument("--limit", type=int, default=None, help="first N problems of each benchmark (default: all)")
+    p.add_argument("--limit", type=_positive_int, default=None,
+                   help="first N problems of each benchmark (default: all)")
     p.add_argument("--split", default="test", help="data split (default: %(default)s)")
     p.add_argument("--shots", type=int, default=None,
                    help="few-shot examples for multiple-choice sets (default: the official setting, 5 for MC sets)")
@@ -129,8 +182,8 @@ def add_grade_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--metrics", default=None, help="JSON file for the metrics (default: printed only)")
     p.add_argument("--answer-type", choices=["math", "mc", "list"], default=None,
                    help="force the answer type (default: per row; letters as gold mean multiple choice)")
-    p.add_argument("--workers", type=int, default=None, help="verifier processes (default: all cores)")
-    p.add_argument("--timeout", type=float, default=5.0, help="seconds per comparison (default: %(default)s)")
+    p.add_argument("--workers", type=_positive_int, default=None, help="verifier processes (default: all cores)")
+    p.add_argument("--timeout", type=_positive_float, default=5.0, help="seconds per comparison (default: %(default)s)")
 
 
 def cmd_grade(args: argparse.Namespace) -> int:
@@ -172,7 +225,7 @@ def add_exec_parser(sub: argparse._SubParsersAction) -> None:
         "memory and time limits) and print a JSON result {status, stdout, error, seconds}. "
         "Exit code 0 when status is ok, else 1."))
     p.add_argument("file", help="Python file to run")
-    p.add_argument("--timeout", type=float, default=5.0, help="wall-clock seconds (default: %(default)s)")
+    p.add_argument("--timeout", type=_positive_float, default=5.0, help="wall-clock seconds (default: %(default)s)")
     p.add_argument("--memory-mb", type=int, default=1024,
                    help="memory the program may allocate beyond the preloaded interpreter (default: %(default)s)")
 
@@ -182,8 +235,12 @@ def cmd_exec(args: argparse.Namespace) -> int:
 
     from mathloop.tools.sandbox import Sandbox
 
-    with open(args.file, encoding="utf-8") as f:
-        code = f.read()
+    with open(args.file, "rb") as f:
+        data = f.read()
+    try:
+        code = data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise ValueError(f"{args.file}: not UTF-8 text (byte {e.start}); save the program as UTF-8") from None
     with Sandbox(workers=1, timeout=args.timeout, memory_mb=args.memory_mb) as sandbox:
         result = sandbox.run(code)
     print(json.dumps(dataclasses.asdict(result)))
@@ -286,9 +343,9 @@ def add_sample_parser(sub: argparse._SubParsersAction) -> None:
                    help="'<benchmark>:<split>' from the data folder (e.g. gsm8k:train), 'synthetic:<count>:<seed>' "
                         "(built-in procedural problems) or a Problem JSONL file")
     p.add_argument("--out", required=True, help="sampling folder (created; resumed when it exists)")
-    p.add_argument("--n", type=int, default=8, help="responses per problem per temperature (default: 8)")
-    p.add_argument("--temperatures", default="0.7,1.0",
-                   help="comma-separated, one pass each (default: %(default)s)")
+    p.add_argument("--n", type=_positive_int, default=8, help="responses per problem per temperature (default: 8)")
+    p.add_argument("--temperatures", type=_temperatures, default=[0.7, 1.0],
+                   help="comma-separated, one pass each (default: 0.7,1.0)")
     p.add_argument("--top-p", type=float, default=0.95)
     p.add_argument("--max-new-tokens", type=int, default=2048)
     p.add_argument("--mode", choices=["cot", "tir"], default="cot")
@@ -296,11 +353,11 @@ def add_sample_parser(sub: argparse._SubParsersAction) -> None:
                    help="extra responses for problems with at most --hard-max-correct correct ones (default: 0)")
     p.add_argument("--hard-max-correct", type=int, default=0)
     p.add_argument("--hard-temperature", type=float, default=1.0)
-    p.add_argument("--limit", type=int, default=None, help="first N problems")
+    p.add_argument("--limit", type=_positive_int, default=None, help="first N problems")
     p.add_argument("--data-dir", default=None, help="benchmark folder (default: $MATHLOOP_DATA_DIR)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--shard", type=int, default=0, help="this process's shard, 0-based (default: 0)")
-    p.add_argument("--num-shards", type=int, default=1)
+    p.add_argument("--num-shards", type=_positive_int, default=1, help="processes sharing the folder (default: 1)")
     add_backend_arguments(p)
     p.add_argument("--quiet", action="store_true", help="no progress bars")
 
@@ -309,7 +366,7 @@ def cmd_sample(args: argparse.Namespace) -> int:
     from mathloop.pipeline.sample import SampleConfig, run_sample
 
     config = SampleConfig(model=args.model, problems=args.problems, out=args.out, n=args.n,
-                          temperatures=[float(t) for t in _csv(args.temperatures)], top_p=args.top_p,
+                          temperatures=args.temperatures, top_p=args.top_p,
                           max_new_tokens=args.max_new_tokens, mode=args.mode, hard_n=args.hard_n,
                           hard_max_correct=args.hard_max_correct, hard_temperature=args.hard_temperature,
                           limit=args.limit, data_dir=args.data_dir, seed=args.seed, shard=args.shard,
@@ -326,7 +383,7 @@ def add_select_parser(sub: argparse._SubParsersAction) -> None:
         "write prompt-completion chat rows for `mathloop sft`."))
     p.add_argument("--samples", type=_csv, required=True, help="comma-separated sample JSONL files or folders")
     p.add_argument("--output", required=True, help="SFT data JSONL to write")
-    p.add_argument("--k", type=int, default=4, help="responses per problem (default: %(default)s)")
+    p.add_argument("--k", type=_positive_int, default=4, help="responses per problem (default: %(default)s)")
     p.add_argument("--no-rm", action="store_true", help="ignore rm_score (order and votes unweighted)")
     p.add_argument("--min-agreement", type=float, default=0.5,
                    help="pseudo-labels: share of votes the majority answer needs (default: %(default)s)")
@@ -343,7 +400,9 @@ def cmd_select(args: argparse.Namespace) -> int:
     from mathloop.pipeline.sample import read_samples
     from mathloop.pipeline.select import decontaminate_selection, select_responses, sft_rows
     from mathloop.records import Sample, read_records, write_jsonl
+    from mathloop.runs import refuse_overwriting_inputs
 
+    refuse_overwriting_inputs({"--output": args.output}, {"--samples": args.samples})
     samples = [s for source in args.samples
                for s in (read_samples(source) if Path(source).is_dir() else read_records(Sample, source))]
     chosen, report = select_responses(samples, k=args.k, use_rm=not args.no_rm, min_agreement=args.min_agreement,
@@ -488,8 +547,8 @@ def add_synthesize_parser(sub: argparse._SubParsersAction) -> None:
                    help="'<benchmark>:<split>:<count>' from the data folder (e.g. gsm8k:train:100) or a Problem "
                         "JSONL file")
     p.add_argument("--out", required=True, help="JSONL file of the kept problems (appended; resumed when it exists)")
-    p.add_argument("--variants", type=int, default=2, help="new problems per seed, one operation each (default: 2)")
-    p.add_argument("--answers", type=int, default=4, help="sampled solutions per new problem (default: 4)")
+    p.add_argument("--variants", type=_positive_int, default=2, help="new problems per seed, one operation each (default: 2)")
+    p.add_argument("--answers", type=_positive_int, default=4, help="sampled solutions per new problem (default: 4)")
     p.add_argument("--min-agreement", type=float, default=0.5,
                    help="share of the solutions the majority answer needs (default: %(default)s)")
     p.add_argument("--operations", type=_csv, default=None,
@@ -497,7 +556,8 @@ def add_synthesize_parser(sub: argparse._SubParsersAction) -> None:
                         "combine_concept, change_target (default: all)")
     p.add_argument("--max-new-tokens", type=int, default=1024, help="per solution (default: %(default)s)")
     p.add_argument("--seed", type=int, default=0, help="operation choice and sampling (default: 0)")
-    p.add_argument("--chunk-size", type=int, default=32, help="seeds per written chunk (default: %(default)s)")
+    p.add_argument("--chunk-size", type=_positive_int, default=32,
+                   help="seeds per written chunk (default: %(default)s)")
     p.add_argument("--decontaminate", action="store_true",
                    help="reject new problems that match a test item of any benchmark in the data folder")
     p.add_argument("--data-dir", default=None, help="benchmark folder (default: $MATHLOOP_DATA_DIR)")
@@ -505,8 +565,14 @@ def add_synthesize_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def cmd_synthesize(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
     from mathloop.backends import load_backend
-    from mathloop.data.evolve import load_seeds, synthesis_config, synthesize_file
+    from mathloop.data.evolve import load_seeds, rejected_path, synthesis_config, synthesize_file
+    from mathloop.runs import refuse_overwriting_inputs
+
+    refuse_overwriting_inputs({"--out": args.out, "--out (rejected)": rejected_path(args.out)},
+                              {"--seeds": args.seeds if Path(args.seeds).is_file() else None})
 
     config = synthesis_config(variants_per_seed=args.variants, n_answers=args.answers,
                               min_agreement=args.min_agreement, seed=args.seed, operations=args.operations,
@@ -556,7 +622,7 @@ def cmd_data(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="mathloop", description=__doc__,
+    parser = _Parser(prog="mathloop", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("-v", "--verbose", action="store_true", help="log debug information")
     parser.add_argument("--version", action="version", version=f"mathloop {__version__}")
@@ -588,8 +654,8 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(message)s")
     try:
         return COMMANDS[args.command](args)
-    except (RecordError, FileNotFoundError, ValueError, ImportError) as e:
-        print(f"mathloop {args.command}: error: {e}", file=sys.stderr)
+    except USER_ERRORS as e:
+        print(f"mathloop {args.command}: error: {_error_line(e)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"mathloop {args.command}: interrupted; run the same command again to resume", file=sys.stderr)

@@ -1,13 +1,16 @@
 """Settings files: every stage's settings are one dataclass, read from YAML with command-line overrides.
 
 One rule for all of them: an unknown key is an error that names it (a typo must not silently fall back to a
-default), an override of None means "not given on the command line", and a missing required key names itself.
+default), a value of the wrong type names its key (`epochs: two`), an override of None means "not given on the
+command line", and a missing required key names itself. A malformed YAML file is named with its line.
 """
 
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, TypeVar
+import types
+import typing
+from typing import Any, Literal, TypeVar, Union
 
 C = TypeVar("C")
 
@@ -17,7 +20,13 @@ def read_yaml_mapping(path: str, what: str) -> dict[str, Any]:
     import yaml
 
     with open(path, encoding="utf-8") as f:
-        data = yaml.safe_load(f) or {}
+        try:
+            data = yaml.safe_load(f) or {}
+        except yaml.YAMLError as e:
+            mark = getattr(e, "problem_mark", None)
+            where = f"{path}:{mark.line + 1}" if mark is not None else str(path)
+            problem = getattr(e, "problem", None) or type(e).__name__
+            raise ValueError(f"{where}: not valid YAML ({problem})") from None
     if not isinstance(data, dict):
         raise ValueError(f"{path}: expected a mapping of {what} settings, got {type(data).__name__}")
     return data
@@ -39,6 +48,9 @@ def settings_from_dict(cls: type[C], data: dict[str, Any], overrides: dict[str, 
     >>> settings_from_dict(Demo, {"fils": []}, source="x.yaml")
     Traceback (most recent call last):
     ValueError: x.yaml: unknown key(s) fils; known: files, out
+    >>> settings_from_dict(Demo, {"out": 3}, source="x.yaml")
+    Traceback (most recent call last):
+    ValueError: x.yaml: out must be a string, got 3
     """
     names = {f.name for f in dataclasses.fields(cls)}
     unknown = sorted(set(data) - names)
@@ -51,9 +63,15 @@ def settings_from_dict(cls: type[C], data: dict[str, Any], overrides: dict[str, 
     missing = [k for k in required if k not in merged]
     if missing:
         raise ValueError(f"{source}: missing {', '.join(missing)}")
+    hints = typing.get_type_hints(cls)
+    for key, value in merged.items():
+        merged[key] = checked_value(value, hints.get(key, Any), f"{source}: {key}")
     settings = cls(**merged)
     if hasattr(settings, "validate"):
-        settings.validate()
+        try:
+            settings.validate()
+        except ValueError as e:
+            raise ValueError(str(e) if str(e).startswith(source) else f"{source}: {e}") from None
     return settings
 
 
@@ -87,3 +105,64 @@ def result_settings(settings: Any) -> Any:
     if isinstance(settings, dict):
         return {k: result_settings(v) for k, v in settings.items() if k not in NOT_RESUME_KEYS}
     return settings
+def checked_value(value: Any, hint: Any, where: str) -> Any:
+    """`value` when it fits the type `hint`, else a ValueError naming `where`. A float setting also takes a string
+    that reads as a number (YAML 1.1 reads `1e-5`, without a dot, as a string); types not listed are not checked.
+
+    >>> checked_value("2e-5", float, "lr"), checked_value(3, float | None, "lr")
+    (2e-05, 3)
+    >>> checked_value("two", int, "x.yaml: epochs")
+    Traceback (most recent call last):
+    ValueError: x.yaml: epochs must be an integer, got 'two'
+    """
+    if hint is float and isinstance(value, str):
+        try:
+            return float(value)
+        except ValueError:
+            pass
+    if not _fits(value, hint):
+        raise ValueError(f"{where} must be {_describe(hint)}, got {value!r}")
+    return value
+
+
+def _fits(value: Any, hint: Any) -> bool:
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin in (Union, types.UnionType):
+        return any(_fits(value, arg) for arg in args)
+    if origin is Literal:
+        return value in args
+    if hint is type(None):
+        return value is None
+    if hint is bool:
+        return isinstance(value, bool)
+    if hint is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if hint is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if hint is str:
+        return isinstance(value, str)
+    if hint in (list, tuple) or origin in (list, tuple):
+        if not isinstance(value, (list, tuple)):
+            return False
+        item = args[0] if args and (origin is list or args[-1] is Ellipsis or len(args) == 1) else Any
+        return all(_fits(v, item) for v in value)
+    if hint is dict or origin is dict:
+        return isinstance(value, dict)
+    return True
+
+
+def _describe(hint: Any) -> str:
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin in (Union, types.UnionType):
+        return " or ".join(_describe(arg) for arg in args)
+    if origin is Literal:
+        return "one of " + ", ".join(repr(a) for a in args)
+    names = {bool: "true or false", int: "an integer", float: "a number", str: "a string", dict: "a mapping",
+             type(None): "null"}
+    if hint in names:
+        return names[hint]
+    if hint in (list, tuple) or origin in (list, tuple):
+        return f"a list of {_describe(args[0]).removeprefix('a ').removeprefix('an ')}s" if args else "a list"
+    if origin is dict:
+        return "a mapping"
+    return getattr(hint, "__name__", str(hint))

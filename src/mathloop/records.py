@@ -114,15 +114,13 @@ def read_records(cls: type[R], path: str | os.PathLike) -> list[R]:
 
 def write_jsonl(path: str | os.PathLike, rows: Iterable[dict[str, Any] | Problem | Sample]) -> int:
     """Write rows atomically (temp file + rename), so an interrupted write never truncates `path`."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
+    from mathloop.runs import atomic_open
+
     n = 0
-    with tmp.open("w", encoding="utf-8") as f:
+    with atomic_open(path) as f:
         for row in rows:
             f.write(_dumps(row) + "\n")
             n += 1
-    os.replace(tmp, path)
     return n
 
 
@@ -136,10 +134,13 @@ class JsonlAppender:
         self._f = self.path.open("a", encoding="utf-8")
 
     def write(self, rows: Iterable[dict[str, Any] | Problem | Sample]) -> None:
-        for row in rows:
-            self._f.write(_dumps(row) + "\n")
-        self._f.flush()
-        os.fsync(self._f.fileno())
+        try:
+            for row in rows:
+                self._f.write(_dumps(row) + "\n")
+            self._f.flush()
+            os.fsync(self._f.fileno())
+        except OSError as e:  # a full disk: name the file; the lines already fsynced stay
+            raise OSError(e.errno, e.strerror, str(self.path)) from None
 
     def close(self) -> None:
         self._f.close()
@@ -158,7 +159,8 @@ def _dumps(row: dict[str, Any] | Problem | Sample) -> str:
 
 
 def drop_torn_last_line(path: str | os.PathLike) -> None:
-    """A kill mid-write can leave a last line without its newline; cut it so the file stays valid JSONL."""
+    """A kill mid-write can leave a last line without its newline. When that line does not parse it is torn and cut;
+    when it is a complete JSON record it is kept and given its newline, so the next append starts a new line."""
     path = Path(path)
     if not path.exists() or path.stat().st_size == 0:
         return
@@ -168,4 +170,14 @@ def drop_torn_last_line(path: str | os.PathLike) -> None:
             return
         data = path.read_bytes()
         keep = data.rfind(b"\n") + 1
-        f.truncate(keep)
+        try:
+            complete = isinstance(json.loads(data[keep:]), dict)
+        except ValueError:  # also a cut inside a multi-byte character
+            complete = False
+        if not complete:
+            f.truncate(keep)
+            return
+        f.seek(0, os.SEEK_END)
+        f.write(b"\n")
+        f.flush()
+        os.fsync(f.fileno())

@@ -226,7 +226,10 @@ def load_benchmark(name: str, data_dir: str | os.PathLike | None = None, split: 
         raise ValueError(f"unknown data source '{source}': use local (data folder, else packaged data) or hub")
     path = resolve_data_file(name, split, data_dir)
     rows, _ = read_rows(path)
-    return problems_from_rows(benchmark, rows[:limit] if limit is not None else rows, str(path))
+    problems = problems_from_rows(benchmark, rows[:limit] if limit is not None else rows, str(path))
+    if not problems:
+        raise ValueError(f"{path}: no problems (the file is empty)")
+    return problems
 
 
 def hub_rows(name: str, split: str | None = None) -> tuple[list[Row], str]:
@@ -267,5 +270,7 @@ def load_problems(path: str | os.PathLike) -> list[Problem]:
         problems.append(Problem(id=str(row.get("id", f"{Path(path).stem}/{lineno - 1}")),
                                 benchmark=str(row.get("benchmark", Path(path).stem)), question=str(question),
                                 gold=None if gold is None else str(gold), choices=row.get("choices"), metadata=meta))
+    if not problems:
+        raise ValueError(f"{path}: no problems (the file is empty)")
     return problems
 

@@ -44,6 +44,7 @@ from mathloop.metrics import majority
 from mathloop.prompts import build_messages
 from mathloop.records import JsonlAppender, Problem, drop_torn_last_line, read_jsonl, write_jsonl
 from mathloop.verify import extract_answer, same_answer
+from mathloop.runs import lock_run_dir, read_json, write_json
 
 if TYPE_CHECKING:
     from mathloop.data.decontaminate import ContaminationIndex
@@ -337,10 +338,21 @@ def synthesize_file(backend: Backend, seeds: list[Problem], out: str | Path,
 
     Re-running with the same files skips the seeds whose candidates are all written; rows of a seed that a kill
     left half-written are dropped and the seed is done again. Settings are recorded in `<name>.run.json`, and
-    other settings for the same files are refused. Returns counts over the whole files.
+    other settings for the same files are refused; one run at a time owns the files (`lock_run_dir`). Returns
+    counts over the whole files.
     """
     config.validate()
+    if chunk_size < 1:
+        raise ValueError(f"synthesize: chunk_size must be >= 1, got {chunk_size}")
+    if not seeds:
+        raise ValueError("synthesize: no seed problems")
     out = Path(out)
+    with lock_run_dir(out.parent, name=f".{out.name}.lock"):
+        return _synthesize_file(backend, seeds, out, config, index, chunk_size)
+
+
+def _synthesize_file(backend: Backend, seeds: list[Problem], out: Path, config: SynthesisConfig,
+                     index: ContaminationIndex | None, chunk_size: int) -> dict[str, Any]:
     rejected_file = rejected_path(out)
     _check_run_record(out, backend, config)
     done_ids = _drop_half_done_seeds([out, rejected_file], seeds, config)
@@ -402,14 +414,14 @@ def _check_run_record(out: Path, backend: Backend, config: SynthesisConfig) -> N
     current = {"model": backend.model_id, **dataclasses.asdict(config), "operations": list(config.operations)}
     current = json.loads(json.dumps(current))  # tuples as lists, as they read back
     if record.exists():
-        old = json.loads(record.read_text())
+        old = read_json(record)
         changed = [k for k in _RESUME_KEYS if k in old and old[k] != current[k]]
         if changed:
             detail = ", ".join(f"{k}: {old[k]!r} -> {current[k]!r}" for k in changed)
             raise ValueError(f"{out} holds problems synthesized with other settings ({detail}); use another output")
         return
     record.parent.mkdir(parents=True, exist_ok=True)
-    record.write_text(json.dumps(current, indent=2) + "\n")
+    write_json(record, current)
 
 
 def load_seeds(spec: str, data_dir: str | None = None) -> list[Problem]:

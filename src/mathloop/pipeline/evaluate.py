@@ -35,6 +35,7 @@ from mathloop.metrics import format_markdown, summarize
 from mathloop.prompts import build_messages
 from mathloop.records import JsonlAppender, Problem, Sample, drop_torn_last_line, read_records, write_jsonl
 from mathloop.verify import Verifier, same_answer
+from mathloop.runs import lock_run_dir, read_json, write_json, write_text_atomic
 
 log = logging.getLogger(__name__)
 
@@ -66,6 +67,16 @@ class EvalConfig:
     rm_max_length: int = 4096
     rm_dtype: str | None = None  # default: bfloat16 where the device computes it natively, else float32
 
+    def validate(self) -> None:
+        if self.mode not in ("cot", "tir"):
+            raise ValueError(f"eval: unknown mode '{self.mode}': use cot or tir")
+        if self.n < 1:
+            raise ValueError(f"eval: n must be >= 1, got {self.n}")
+        if self.limit is not None and self.limit < 1:
+            raise ValueError(f"eval: limit must be >= 1 (or left out for all problems), got {self.limit}")
+        if not self.tool_timeout > 0:
+            raise ValueError(f"eval: tool_timeout must be > 0 seconds, got {self.tool_timeout}")
+
     def sampling(self) -> SamplingParams:
         return SamplingParams(n=self.n, temperature=self.temperature, top_p=self.top_p,
                               max_new_tokens=self.max_new_tokens, seed=self.seed)
@@ -81,17 +92,21 @@ def run_eval(config: EvalConfig, backend: Backend | None = None, progress: bool 
     """Run (or resume) an evaluation and return the metrics summary.
 
     `problems` replaces loading `config.benchmarks` from the data folder (e.g. built-in procedural problems);
-    its keys name the sample files."""
-    if config.mode not in ("cot", "tir"):
-        raise ValueError(f"unknown mode '{config.mode}': use cot or tir")
+    its keys name the sample files. The run folder is owned by this run while it works (`lock_run_dir`)."""
+    config.validate()
     data = {}
     if problems is None:  # loaded before the run folder exists, so a missing set leaves nothing behind
         problems = {name: load_benchmark(name, config.data_dir, config.split, config.limit, config.data_source)
                     for name in config.benchmarks}
         data = {f"{name}:{config.split}": data_record(name, config.split, config.data_dir, config.data_source)
                 for name in config.benchmarks}
+    with lock_run_dir(config.out):
+        return _run_eval(config, backend, progress, problems, data)
+
+
+def _run_eval(config: EvalConfig, backend: Backend | None, progress: bool, problems: dict[str, list[Problem]],
+              data: dict) -> dict:
     out = Path(config.out)
-    out.mkdir(parents=True, exist_ok=True)
     run_info = _start_run_record(out, config, data)
     started = time.time()
     with Verifier() as verifier, _executor(config) as executor:
@@ -110,7 +125,7 @@ def run_eval(config: EvalConfig, backend: Backend | None = None, progress: bool 
     summary = write_metrics(out, list(problems), problems)
     run_info.update(finished=time.strftime("%Y-%m-%dT%H:%M:%S"),
                     wall_seconds=round(run_info.get("wall_seconds", 0) + time.time() - started, 1))
-    (out / "run.json").write_text(json.dumps(run_info, indent=2))
+    write_json(out / "run.json", run_info)
     return summary
 
 
@@ -263,11 +278,11 @@ def write_metrics(out: Path, benchmarks: list[str], problems: dict[str, list[Pro
             per_problem.append(problem_outcome(samples, name))
     ks = sorted({len(row["verdicts"]) for row in per_problem}) or [1]
     summary = summarize(per_problem, ks=_ks_up_to(max(ks)), same=same_answer)
-    (out / "metrics.json").write_text(json.dumps(summary, indent=2))
-    run = json.loads((out / "run.json").read_text()) if (out / "run.json").exists() else {}
+    write_json(out / "metrics.json", summary)
+    run = read_json(out / "run.json") if (out / "run.json").exists() else {}
     header = f"# mathloop eval\n\nmodel: `{run.get('model_name', run.get('config', {}).get('model', '?'))}`; " \
              f"sampling: `{json.dumps(run.get('sampling', {}))}`\n\n"
-    (out / "results.md").write_text(header + format_markdown(summary) + "\n")
+    write_text_atomic(out / "results.md", header + format_markdown(summary) + "\n")
     return summary
 
 
@@ -301,7 +316,7 @@ def _start_run_record(out: Path, config: EvalConfig, data: dict[str, dict] | Non
     current = asdict(config)
     data = data or {}
     if path.exists():
-        previous = json.loads(path.read_text())
+        previous = read_json(path)
         old = previous.get("config", {})
         detail = changed_settings(old, current, _RESUME_KEYS) or changed_data(previous.get("data", {}), data)
         if detail:
@@ -313,12 +328,12 @@ def _start_run_record(out: Path, config: EvalConfig, data: dict[str, dict] | Non
         previous["config"]["limit"] = config.limit
         previous["config"]["rm"] = config.rm
         previous["resumed"] = previous.get("resumed", 0) + 1
-        path.write_text(json.dumps(previous, indent=2))
+        write_json(path, previous)
         return previous
     info = {"config": current, "sampling": config.sampling().to_dict(), "model_name": config.model, "data": data,
             "started": time.strftime("%Y-%m-%dT%H:%M:%S"), "versions": package_versions(),
             "hardware": hardware_info()}
-    path.write_text(json.dumps(info, indent=2))
+    write_json(path, info)
     return info
 
 

@@ -10,13 +10,13 @@ metrics file gets `acc` (first response), `maj@k`, `rm@k` (when scores exist) an
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
 from mathloop.metrics import summarize
 from mathloop.records import VERDICTS, JsonlAppender, RecordError, read_jsonl
 from mathloop.verify import Verifier, same_answer
+from mathloop.runs import refuse_overwriting_inputs, write_json
 
 MC_LETTERS = set("ABCDEFGHIJ")
 
@@ -45,6 +45,8 @@ def _row_to_items(row: dict[str, Any], where: str) -> tuple[str | None, list[str
         answer_type = row.get("answer_type") or guess_answer_type(gold or "")
         return gold, [str(r) for r in responses], scores, answer_type, row.get("idx", where)
     if "response" in row and "problem_id" in row:  # mathloop Sample row
+        if not isinstance(row["response"], str):
+            raise RecordError(f"{where}: response must be a string, got {type(row['response']).__name__}")
         meta = row.get("metadata") or {}
         scores = [float(row["rm_score"])] if row.get("rm_score") is not None else None
         gold = row.get("gold")
@@ -58,9 +60,10 @@ def grade_file(input_path: str | Path, output_path: str | Path, metrics_path: st
                answer_type: str | None = None, workers: int | None = None, timeout: float = 5.0) -> dict:
     """Grade every row of `input_path`, write rows with a `mathloop` field, return (and write) the metrics."""
     input_path, output_path = Path(input_path), Path(output_path)
-    if output_path.resolve() == input_path.resolve():
-        raise ValueError("--output must differ from --input (the input is never overwritten)")
+    refuse_overwriting_inputs({"--output": output_path, "--metrics": metrics_path}, {"--input": input_path})
     rows = list(read_jsonl(input_path))
+    if not rows:
+        raise ValueError(f"{input_path}: no rows to grade (the file is empty)")
     items = [_row_to_items(row, f"{input_path}:{i + 1}") for i, row in enumerate(rows)]
     flat = [(gold, response, answer_type or kind, row.get("choices") if isinstance(row.get("choices"), list) else None)
             for row, (gold, responses, _, kind, _) in zip(rows, items) for response in responses]
@@ -85,7 +88,7 @@ def grade_file(input_path: str | Path, output_path: str | Path, metrics_path: st
     metrics = harness_metrics(list(groups.values()))
     if metrics_path:
         Path(metrics_path).parent.mkdir(parents=True, exist_ok=True)
-        Path(metrics_path).write_text(json.dumps(metrics, indent=2))
+        write_json(Path(metrics_path), metrics)
     return metrics
 
 

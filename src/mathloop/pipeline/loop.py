@@ -43,12 +43,14 @@ import dataclasses
 import json
 import logging
 import time
+import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from mathloop.config import read_yaml_mapping, settings_from_dict
+from mathloop.config import checked_value, read_yaml_mapping, settings_from_dict
 from mathloop.records import Problem, read_records, write_jsonl
+from mathloop.runs import lock_run_dir, read_json, write_json, write_text_atomic
 
 log = logging.getLogger(__name__)
 
@@ -78,6 +80,9 @@ class LoopConfig:
         """Check every section by building its stage config now, so a typo fails before hours of sampling."""
         if self.rounds < 0:
             raise ValueError(f"loop: rounds must be >= 0, got {self.rounds}")
+        for name in ("limit", "heldout_limit"):
+            if getattr(self, name) is not None and getattr(self, name) < 1:
+                raise ValueError(f"loop: {name} must be >= 1 (or left out for all problems), got {getattr(self, name)}")
         if self.sft_init not in ("base", "previous"):
             raise ValueError(f"loop: sft_init must be 'base' or 'previous', got {self.sft_init!r}")
         unknown = set(self.select) - {"k", "use_rm", "min_agreement", "near_duplicate"}
@@ -167,8 +172,10 @@ class LoopConfig:
 
         settings = _known(EvalConfig, self.eval, "eval", exclude=("model", "benchmarks", "out", "limit", "split"))
         settings.setdefault("seed", self.seed)
-        return EvalConfig(model=model, benchmarks=[], out=str(round_dir / "eval"), data_dir=self.data_dir,
-                          shots=settings.pop("shots", 0), **settings)
+        config = EvalConfig(model=model, benchmarks=[], out=str(round_dir / "eval"), data_dir=self.data_dir,
+                            shots=settings.pop("shots", 0), **settings)
+        config.validate()
+        return config
 
     def grpo_config(self, model: str, samples: Path, grpo_dir: Path, rm: str | None = None):
         """GRPO from `model` on the training problems its samples solve 2..5 of 8 times; the reward model is the
@@ -195,7 +202,8 @@ def _known(cls, section: dict[str, Any], name: str, exclude: tuple[str, ...]) ->
     unknown = sorted(set(section) - names)
     if unknown:
         raise ValueError(f"loop: {name}: unknown key(s) {', '.join(unknown)}; known: {', '.join(sorted(names))}")
-    return dict(section)
+    hints = typing.get_type_hints(cls)
+    return {key: checked_value(value, hints[key], f"loop: {name}: {key}") for key, value in section.items()}
 
 
 def load_loop_config(path: str, overrides: dict[str, Any] | None = None) -> LoopConfig:
@@ -222,7 +230,8 @@ def run_loop(config: LoopConfig, progress: bool = True, backend=None) -> dict:
     """Run (or resume) the loop; returns the summary (also written to summary.json / summary.md).
 
     `backend` generates for every sampling and evaluation stage instead of loading each round's model (tests use a
-    scripted one); by default each stage loads the model it is given."""
+    scripted one); by default each stage loads the model it is given. The run folder is owned by this run while
+    it works (`lock_run_dir`)."""
     from mathloop.pipeline.sample import load_problem_source, problem_source_data
 
     config.validate()
@@ -230,8 +239,12 @@ def run_loop(config: LoopConfig, progress: bool = True, backend=None) -> dict:
     heldout = load_problem_source(config.heldout, config.data_dir, config.heldout_limit)
     data = {**problem_source_data(config.problems, config.data_dir),
             **problem_source_data(config.heldout, config.data_dir)}
+    with lock_run_dir(config.output_dir):
+        return _run_loop(config, progress, backend, heldout, data)
+
+
+def _run_loop(config: LoopConfig, progress: bool, backend, heldout: list[Problem], data: dict[str, dict]) -> dict:
     out = Path(config.output_dir)
-    out.mkdir(parents=True, exist_ok=True)
     _check_config(out, config, data)
     _prepare_problems(out, config, backend)
 
@@ -273,17 +286,17 @@ def _check_config(out: Path, config: LoopConfig, data: dict[str, dict]) -> None:
     path, data_path = out / "config.yaml", out / "data.json"
     current = dataclasses.asdict(config)
     if path.exists():
-        old = yaml.safe_load(path.read_text()) or {}
+        old = read_yaml_mapping(str(path), "loop")
         defaults = dataclasses.asdict(LoopConfig(output_dir=config.output_dir))
         old_results = result_settings({k: old.get(k, v) for k, v in defaults.items()})
         changed = sorted(k for k, v in result_settings(current).items() if k != "rounds" and old_results[k] != v)
-        old_data = json.loads(data_path.read_text()) if data_path.exists() else {}
+        old_data = read_json(data_path) if data_path.exists() else {}
         detail = ", ".join(changed) or changed_data(old_data, data)
         if detail:
             raise ValueError(f"{out} holds a loop run with other settings ({detail}); use a new output_dir")
         data = {**old_data, **data}
-    path.write_text(yaml.safe_dump(current, sort_keys=False))
-    data_path.write_text(json.dumps(data, indent=2) + "\n")
+    write_text_atomic(path, yaml.safe_dump(current, sort_keys=False))
+    write_json(data_path, data)
 
 
 def _prepare_problems(out: Path, config: LoopConfig, backend=None) -> list[Problem]:
@@ -306,7 +319,7 @@ def _prepare_problems(out: Path, config: LoopConfig, backend=None) -> list[Probl
                       examples=[{"id": p.id, **p.metadata["contamination"]} for p in removed])
         log.info("decontamination: removed %d of %d training problems %s", len(removed), report["problems"],
                  per_benchmark)
-    (out / "decontamination.json").write_text(json.dumps(report, indent=2) + "\n")
+    write_json(out / "decontamination.json", report)
     if config.synthesis_enabled:
         problems = problems + _synthesize(config, out, problems, index, backend)
     write_jsonl(path, problems)
@@ -328,7 +341,7 @@ def _synthesize(config: LoopConfig, out: Path, problems: list[Problem], index, b
         backend = load_backend(section.get("backend", "hf"), section.get("model") or config.model,
                                **section.get("backend_args", {}))
     result = synthesize_file(backend, seeds, out / "synthesized.jsonl", synthesis, index)
-    (out / "synthesis.json").write_text(json.dumps(result, indent=2) + "\n")
+    write_json(out / "synthesis.json", result)
     log.info("synthesis: %d new problems from %d seeds", result["kept"], len(seeds))
     return read_records(Problem, out / "synthesized.jsonl")
 
@@ -356,7 +369,7 @@ def _reward_model(config: LoopConfig, model: str, round_dir: Path) -> dict:
     summary_path = Path(rm_config.output_dir) / "summary.json"
     if not (final / "reward_config.json").exists():
         summary = train(rm_config)
-        summary_path.write_text(json.dumps(summary, indent=2) + "\n")
+        write_json(summary_path, summary)
     samples_path = round_dir / "samples.jsonl"
     samples = read_records(Sample, samples_path)
     if any(s.rm_score is None for s in samples):
@@ -365,7 +378,7 @@ def _reward_model(config: LoopConfig, model: str, round_dir: Path) -> dict:
                                                    max_length=rm_config.max_length)):
             s.rm_score = score
         write_jsonl(samples_path, samples)
-    return json.loads(summary_path.read_text()) if summary_path.exists() else {}
+    return read_json(summary_path) if summary_path.exists() else {}
 
 
 def _select(config: LoopConfig, round_dir: Path) -> dict:
@@ -374,7 +387,7 @@ def _select(config: LoopConfig, round_dir: Path) -> dict:
 
     data, report_path = round_dir / "sft_data.jsonl", round_dir / "select.json"
     if data.exists() and report_path.exists():
-        return json.loads(report_path.read_text())
+        return read_json(report_path)
     samples = read_records(Sample, round_dir / "samples.jsonl")
     chosen, report = select_responses(samples, **config.select)
     info = report.to_dict()
@@ -385,7 +398,7 @@ def _select(config: LoopConfig, round_dir: Path) -> dict:
                          f"more problems")
     problems = {p.id: p for p in read_records(Problem, Path(config.output_dir) / "problems.jsonl")}
     info["rows"] = write_jsonl(data, sft_rows(chosen, problems))
-    report_path.write_text(json.dumps(info, indent=2) + "\n")
+    write_json(report_path, info)
     return info
 
 
@@ -435,7 +448,7 @@ def _write_summary(out: Path, rows: list[dict]) -> dict:
     from mathloop.pipeline.compare import paired_cells
 
     summary = {"rounds": rows}
-    (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    write_json(out / "summary.json", summary)
     lines = ["| round | held-out acc | 95% CI | delta vs round 0 [95% CI] | b / c | McNemar p | problems | SFT rows | "
              "train samples correct | RM held-out pair acc |",
              "|---|---|---|---|---|---|---|---|---|---|"]
@@ -452,8 +465,8 @@ def _write_summary(out: Path, rows: list[dict]) -> dict:
     note = ("delta: points against round 0 on the same held-out problems (first sample), Tango's 95% score interval "
             "for paired proportions; b = right only in round 0, c = right only in this round; p = exact two-sided "
             "McNemar test (`mathloop compare` gives the full comparison).")
-    (out / "summary.md").write_text(f"# mathloop loop: {out}\n\n{table}\n\n{note}\n")
-    (out / "accuracy.svg").write_text(accuracy_svg(rows))
+    write_text_atomic(out / "summary.md", f"# mathloop loop: {out}\n\n{table}\n\n{note}\n")
+    write_text_atomic(out / "accuracy.svg", accuracy_svg(rows))
     return summary
 
 

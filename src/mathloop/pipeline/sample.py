@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import json
 import logging
 import time
 from dataclasses import dataclass, field
@@ -29,6 +28,7 @@ from mathloop.config import changed_settings
 from mathloop.backends.base import Backend
 from mathloop.data.benchmarks import load_benchmark, load_problems
 from mathloop.records import Problem, Sample, read_records
+from mathloop.runs import lock_run_dir, read_json, refuse_overwriting_inputs, write_json
 
 log = logging.getLogger(__name__)
 
@@ -63,10 +63,16 @@ class SampleConfig:
             raise ValueError("sample: n must be >= 1 and temperatures must name at least one temperature")
         if any(t < 0 for t in self.temperatures):
             raise ValueError(f"sample: temperatures must be >= 0, got {self.temperatures}")
+        if self.num_shards < 1:
+            raise ValueError(f"sample: num_shards must be >= 1, got {self.num_shards}")
         if not 0 <= self.shard < self.num_shards:
             raise ValueError(f"sample: shard must be in 0..{self.num_shards - 1}, got {self.shard}")
         if self.hard_n < 0:
             raise ValueError(f"sample: hard_n must be >= 0, got {self.hard_n}")
+        if self.limit is not None and self.limit < 1:
+            raise ValueError(f"sample: limit must be >= 1 (or left out for all problems), got {self.limit}")
+        if not self.tool_timeout > 0:
+            raise ValueError(f"sample: tool_timeout must be > 0 seconds, got {self.tool_timeout}")
 
 
 # Settings that must match for a folder to be resumed (the problem list may grow with `limit`).
@@ -103,15 +109,23 @@ def shard_of(problem_id: str, num_shards: int) -> int:
 
 
 def run_sample(config: SampleConfig, backend: Backend | None = None, progress: bool = True) -> dict:
-    """Run (or resume) sampling; returns counts per pass and overall."""
-    from mathloop.pipeline.evaluate import EvalConfig, _executor, _generate_and_grade, _load_backend, _pending
-    from mathloop.verify import Verifier
-
+    """Run (or resume) sampling; returns counts per pass and overall. The folder (this shard of it) is owned by
+    this run while it works (`lock_run_dir`)."""
     config.validate()
     problems = [p for p in load_problem_source(config.problems, config.data_dir, config.limit)
                 if shard_of(p.id, config.num_shards) == config.shard]  # before the folder: a missing set leaves none
+    suffix = "" if config.num_shards == 1 else f".shard-{config.shard}-of-{config.num_shards}"
+    with lock_run_dir(config.out, name=f".mathloop{suffix}.lock"):
+        return _run_sample(config, problems, backend, progress)
+
+
+def _run_sample(config: SampleConfig, problems: list[Problem], backend: Backend | None, progress: bool) -> dict:
+    from mathloop.pipeline.evaluate import EvalConfig, _executor, _generate_and_grade, _load_backend, _pending
+    from mathloop.verify import Verifier
+
     out = Path(config.out)
-    out.mkdir(parents=True, exist_ok=True)
+    source = config.problems if Path(config.problems).is_file() else None
+    refuse_overwriting_inputs({"--out": f"{out / 'samples'}/", "--out (run.json)": out / "run.json"}, {"--problems": source})
     _check_run_record(out, config)
     started = time.time()
     passes = [(t, config.n) for t in config.temperatures]
@@ -143,7 +157,7 @@ def run_sample(config: SampleConfig, backend: Backend | None = None, progress: b
                "correct": sum(s.verdict == "correct" for s in mine),
                "solved_problems": len({s.problem_id for s in mine if s.verdict == "correct"}),
                "wall_seconds": round(time.time() - started, 1)}
-    (out / f"summary{suffix}.json").write_text(json.dumps(summary, indent=2) + "\n")
+    write_json(out / f"summary{suffix}.json", summary)
     return summary
 
 
@@ -193,7 +207,7 @@ def _check_run_record(out: Path, config: SampleConfig) -> None:
     current = dataclasses.asdict(config)
     data = problem_source_data(config.problems, config.data_dir)
     if path.exists():
-        previous = json.loads(path.read_text())
+        previous = read_json(path)
         detail = (changed_settings(previous.get("config", {}), current, _RESUME_KEYS)
                   or changed_data(previous.get("data", {}), data))
         if detail:
@@ -201,4 +215,4 @@ def _check_run_record(out: Path, config: SampleConfig) -> None:
         return
     info = {"config": current, "data": data, "started": time.strftime("%Y-%m-%dT%H:%M:%S"),
             "versions": package_versions(), "hardware": hardware_info()}
-    path.write_text(json.dumps(info, indent=2) + "\n")
+    write_json(path, info)

@@ -18,7 +18,6 @@ exercised by the tests.
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 from typing import Any
@@ -27,6 +26,7 @@ import torch
 from torch import nn
 
 from mathloop.hardware import resolve_dtype
+from mathloop.runs import read_json, write_json
 
 REWARD_CONFIG = "reward_config.json"
 HEAD_FILE = "head.safetensors"
@@ -105,7 +105,7 @@ class RewardModel(nn.Module):
         config = {"format": FORMAT, "version": FORMAT_VERSION, "backbone": self.backbone_name,
                   "hidden_size": self.backbone.config.hidden_size, "head": "linear-relu-linear",
                   "pooling": "last_non_padding_token", "input": "prompt + response + eos_token"}
-        (out / REWARD_CONFIG).write_text(json.dumps(config, indent=2) + "\n")
+        write_json(out / REWARD_CONFIG, config)
         return out
 
     @classmethod
@@ -126,7 +126,7 @@ class RewardModel(nn.Module):
 
 
 def _read_reward_config(path: Path) -> dict:
-    config = json.loads((path / REWARD_CONFIG).read_text())
+    config = read_json(path / REWARD_CONFIG)
     if config.get("format") != FORMAT:
         raise ValueError(f"{path / REWARD_CONFIG}: format is {config.get('format')!r}, expected {FORMAT!r}")
     if config.get("version", 0) > FORMAT_VERSION:

@@ -16,6 +16,8 @@ from pathlib import Path
 import torch
 
 from mathloop.config import changed_settings
+from mathloop.records import drop_torn_last_line
+from mathloop.runs import read_json, write_json, write_text_atomic
 
 
 def latest_checkpoint(out: Path) -> Path | None:
@@ -33,7 +35,7 @@ def save_checkpoint(out: Path, model: torch.nn.Module, optimizer: torch.optim.Op
     weights = {name: p.detach().cpu() for name, p in model.named_parameters() if p.requires_grad}
     torch.save(weights, tmp / "trainable.pt")
     torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
-    (tmp / "state.json").write_text(json.dumps({"step": step, "config": dataclasses.asdict(config)}, indent=2))
+    write_json(tmp / "state.json", {"step": step, "config": dataclasses.asdict(config)})
     shutil.rmtree(target, ignore_errors=True)
     tmp.rename(target)
     kept = sorted(p for p in (out / "checkpoints").glob("step-*") if not p.name.endswith(".partial"))
@@ -46,7 +48,7 @@ def load_checkpoint(path: Path, model: torch.nn.Module, optimizer: torch.optim.O
                     resume_keys: Sequence[str]) -> int:
     """Restore weights and optimizer from `path`; return its step. Refuses a checkpoint whose settings differ
     from `config` in any of `resume_keys`."""
-    state = json.loads((path / "state.json").read_text())
+    state = read_json(path / "state.json")
     old = state.get("config", {})
     current = dataclasses.asdict(config)
     detail = changed_settings(old, current, resume_keys)
@@ -65,7 +67,8 @@ def drop_metrics_after(path: Path, step: int) -> None:
     """Forget log lines of steps after the checkpoint a run resumes from: those steps run again."""
     if not path.exists():
         return
+    drop_torn_last_line(path)  # a kill mid-line
     lines = [line for line in path.read_text().splitlines() if line.strip()]
     kept = [line for line in lines if json.loads(line).get("step", 0) <= step]
     if len(kept) < len(lines):
-        path.write_text("".join(line + "\n" for line in kept))
+        write_text_atomic(path, "".join(line + "\n" for line in kept))

@@ -75,6 +75,7 @@ from mathloop.reward.shaping import RewardFn, make_rm_reward, make_shaped_reward
 from mathloop.train.checkpoint import drop_metrics_after, latest_checkpoint, load_checkpoint, save_checkpoint
 from mathloop.train.grpo_math import group_advantages, grpo_loss, response_loss_mask, token_logprobs
 from mathloop.verify import CORRECT, grade
+from mathloop.runs import lock_run_dir, write_json
 
 log = logging.getLogger(__name__)
 
@@ -426,9 +427,15 @@ def train_grpo(config: GRPOConfig, stop_after: int | None = None) -> dict[str, A
     """Train (or resume) a policy with GRPO; returns a summary with the final step and the last step's metrics.
 
     `stop_after` ends the run after that many steps in total, as an interruption would (a checkpoint is saved);
-    calling `train_grpo` again with the same config resumes it.
+    calling `train_grpo` again with the same config resumes it. The output folder is owned by this run while it
+    works (`lock_run_dir`).
     """
     config.validate()
+    with lock_run_dir(config.output_dir):
+        return _train_grpo(config, stop_after)
+
+
+def _train_grpo(config: GRPOConfig, stop_after: int | None) -> dict[str, Any]:
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     out = Path(config.output_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -591,4 +598,4 @@ def _write_run_record(out: Path, config: GRPOConfig, report: dict[str, int]) -> 
     info = {"config": dataclasses.asdict(config), "queries": report,
             "started": time.strftime("%Y-%m-%dT%H:%M:%S"), "versions": package_versions(),
             "hardware": hardware_info()}
-    (out / "run.json").write_text(json.dumps(info, indent=2) + "\n")
+    write_json(out / "run.json", info)

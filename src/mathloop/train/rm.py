@@ -42,6 +42,7 @@ from mathloop.reward.loss import listwise_loss, pairwise_accuracy
 from mathloop.reward.model import RewardModel
 from mathloop.reward.score import encode, pad_batch, pad_token_id
 from mathloop.train.checkpoint import drop_metrics_after, latest_checkpoint, load_checkpoint, save_checkpoint
+from mathloop.runs import lock_run_dir, write_json
 
 log = logging.getLogger(__name__)
 
@@ -210,11 +211,17 @@ def train(config: RMTrainConfig, stop_after: int | None = None) -> dict[str, Any
     """Train (or resume) a reward model; returns a summary with the final step and held-out accuracy.
 
     `stop_after` ends the run after that many steps in total, as an interruption would (a checkpoint is saved);
-    calling `train` again with the same config resumes it.
+    calling `train` again with the same config resumes it. The output folder is owned by this run (rank 0 of a
+    distributed launch) while it works (`lock_run_dir`).
     """
+    config.validate()
+    with lock_run_dir(config.output_dir):
+        return _train(config, stop_after)
+
+
+def _train(config: RMTrainConfig, stop_after: int | None) -> dict[str, Any]:
     from accelerate import Accelerator
 
-    config.validate()
     accelerator = Accelerator()
     out = Path(config.output_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -329,4 +336,4 @@ def _write_run_record(out: Path, config: RMTrainConfig, report, total_steps: int
                      "ungraded_samples": report.ungraded_samples, "duplicate_samples": report.duplicate_samples},
             "started": time.strftime("%Y-%m-%dT%H:%M:%S"), "versions": package_versions(),
             "hardware": hardware_info()}
-    (out / "run.json").write_text(json.dumps(info, indent=2) + "\n")
+    write_json(out / "run.json", info)

@@ -65,6 +65,7 @@ from mathloop.config import changed_settings, read_yaml_mapping, settings_from_d
 from mathloop.hardware import compute_dtype
 from mathloop.records import RecordError, read_jsonl
 from mathloop.train.checkpoint import drop_metrics_after
+from mathloop.runs import lock_run_dir, read_json, write_json
 
 log = logging.getLogger(__name__)
 
@@ -126,8 +127,8 @@ class SFTRunConfig:
                              "other")
         if self.deepspeed is not None:
             try:
-                json.loads(Path(self.deepspeed).read_text())
-            except (OSError, json.JSONDecodeError) as e:
+                read_json(Path(self.deepspeed))
+            except (OSError, ValueError) as e:
                 raise ValueError(f"sft: deepspeed {self.deepspeed!r} is not a readable JSON file ({e})") from None
 
 
@@ -279,16 +280,22 @@ def train_sft(config: SFTRunConfig, stop_after: int | None = None) -> dict[str, 
     training loss and the path of the final model.
 
     `stop_after` ends the run after that many optimizer steps in total, as an interruption would (a checkpoint is
-    saved); calling `train_sft` again with the same config resumes it.
+    saved); calling `train_sft` again with the same config resumes it. The output folder is owned by this run
+    (rank 0 of a distributed launch) while it works (`lock_run_dir`).
     """
+    config.validate()
+    with lock_run_dir(config.output_dir):
+        return _train_sft(config, stop_after)
+
+
+def _train_sft(config: SFTRunConfig, stop_after: int | None) -> dict[str, Any]:
     from transformers.trainer_utils import get_last_checkpoint
 
-    config.validate()
     out = Path(config.output_dir)
     final = out / "final"
     if (final / "config.json").exists():
         log.info("%s exists: SFT already done", final)
-        done = json.loads((out / "summary.json").read_text()) if (out / "summary.json").exists() else {}
+        done = read_json(out / "summary.json") if (out / "summary.json").exists() else {}
         return {**done, "final": str(final), "already_done": True}
     out.mkdir(parents=True, exist_ok=True)
     checkpoint = get_last_checkpoint(str(out / "checkpoints")) if (out / "checkpoints").is_dir() else None
@@ -323,7 +330,7 @@ def train_sft(config: SFTRunConfig, stop_after: int | None = None) -> dict[str, 
         shutil.rmtree(final, ignore_errors=True)
         partial.rename(final)
         summary["final"] = str(final)
-        (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+        write_json(out / "summary.json", summary)
     trainer.accelerator.wait_for_everyone()
     return summary
 
@@ -359,7 +366,7 @@ def _check_resumable(out: Path, config: SFTRunConfig) -> None:
     record = out / "run.json"
     if not record.exists():
         return
-    old = json.loads(record.read_text()).get("config", {})
+    old = read_json(record).get("config", {})
     current = dataclasses.asdict(config)
     detail = changed_settings(old, current, _RESUME_KEYS)
     if detail:
@@ -375,7 +382,7 @@ def _write_run_record(out: Path, config: SFTRunConfig, report: dict[str, Any]) -
                      "executor_output_masked": report["executor_output_masked"]},
             "started": time.strftime("%Y-%m-%dT%H:%M:%S"), "versions": package_versions(),
             "hardware": hardware_info()}
-    (out / "run.json").write_text(json.dumps(info, indent=2) + "\n")
+    write_json(out / "run.json", info)
 
 
 class _MetricsLog(TrainerCallback):

@@ -1,0 +1,181 @@
+"""Run folders and the files stages write: one owner per folder, no write over an input, atomic summaries.
+
+- `lock_run_dir(folder)`: a run folder is owned by one process at a time. The lock file `.mathloop.lock` holds the
+  owner's pid and host; the kernel lock (`fcntl.flock`) on it decides who wins, so two racing processes cannot both
+  own a folder, and a killed owner's lock is free again (it is taken over with a message naming the dead pid).
+- `refuse_overwriting_inputs(outputs, inputs)`: no command writes over one of its own inputs (same path, symlink,
+  hard link).
+- `write_text_atomic` / `write_json` / `read_json`: a summary file is either the old one or the new one, never a
+  torn mix (temporary file in the same folder + fsync + rename); a corrupt JSON file is named when read.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import fcntl
+import json
+import logging
+import os
+import socket
+from pathlib import Path
+from typing import Any, Iterator, Mapping
+
+log = logging.getLogger(__name__)
+
+LOCK_NAME = ".mathloop.lock"
+
+
+class RunLockedError(RuntimeError):
+    """The run folder is owned by another live process."""
+
+
+# Folders this process holds, with a count, so a stage called from another stage on the same folder nests.
+_held: dict[str, list] = {}
+
+
+@contextlib.contextmanager
+def lock_run_dir(folder: str | os.PathLike, name: str = LOCK_NAME) -> Iterator[Path]:
+    """Own `folder` (created when missing) for the duration of the block; another live owner is refused.
+
+    `name` is the lock file inside the folder: processes that write disjoint files of one folder (the shards of
+    `mathloop sample`) each lock their own name. Under a distributed launch (torchrun, accelerate: RANK is set)
+    every rank writes the same folder, so rank 0 owns it for the whole launch and the other ranks do not lock.
+    """
+    folder = Path(folder)
+    if folder.exists() and not folder.is_dir():
+        raise NotADirectoryError(errno.ENOTDIR, "is a file, not a run folder: choose another path", str(folder))
+    folder.mkdir(parents=True, exist_ok=True)
+    if os.environ.get("RANK", "0") != "0":
+        yield folder
+        return
+    path = folder / name
+    key = os.path.realpath(path)
+    if key in _held:
+        _held[key][1] += 1
+        try:
+            yield folder
+        finally:
+            _held[key][1] -= 1
+        return
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as e:
+            if e.errno not in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+                raise
+            owner = _read_owner(fd)
+            raise RunLockedError(f"{folder} is in use by another run (pid {owner.get('pid', '?')} on "
+                                 f"{owner.get('host', '?')}); wait for it to finish or use another folder") from None
+        previous = _read_owner(fd)
+        if previous:
+            log.warning("%s: taking over the lock of pid %s on %s, which is no longer running", folder,
+                        previous.get("pid", "?"), previous.get("host", "?"))
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, json.dumps({"pid": os.getpid(), "host": socket.gethostname()}).encode() + b"\n", 0)
+        os.fsync(fd)
+        _held[key] = [fd, 1]
+        try:
+            yield folder
+        finally:
+            del _held[key]
+            os.ftruncate(fd, 0)  # an empty lock file means "released cleanly"; the file stays (no unlink race)
+    finally:
+        os.close(fd)
+
+
+def _read_owner(fd: int) -> dict[str, Any]:
+    data = os.pread(fd, 4096, 0)
+    try:
+        owner = json.loads(data) if data.strip() else {}
+    except ValueError:
+        owner = {"pid": "?", "host": "?"}
+    return owner if isinstance(owner, dict) else {}
+
+
+def refuse_overwriting_inputs(outputs: Mapping[str, str | os.PathLike | None],
+                              inputs: Mapping[str, Any]) -> None:
+    """Raise ValueError when an output file is one of the inputs (same path, a symlink to it, or a hard link).
+
+    Both mappings go from the flag that names a path to the path (inputs may map to a list of paths); a folder
+    given as an input counts with every file under it, and an output folder (an existing one, or a path ending in
+    "/") refuses every input inside it.
+
+    >>> refuse_overwriting_inputs({"--output": "a.jsonl"}, {"--samples": ["a.jsonl"]})
+    Traceback (most recent call last):
+    ValueError: --output a.jsonl is also --samples a.jsonl; writing it would destroy the input: choose another --output
+    """
+    files: list[tuple[str, str]] = []
+    for flag, value in inputs.items():
+        for path in value if isinstance(value, (list, tuple)) else [value]:
+            if path is None:
+                continue
+            path = str(path)
+            if os.path.isdir(path):
+                files += [(flag, str(p)) for p in Path(path).rglob("*") if p.is_file()]
+            else:
+                files.append((flag, path))
+    for out_flag, out in outputs.items():
+        if out is None:
+            continue
+        folder = os.path.isdir(out) or str(out).endswith("/")
+        for in_flag, path in files:
+            inside = folder and os.path.realpath(path).startswith(os.path.realpath(out).rstrip("/") + "/")
+            if inside or _same_file(str(out), path):
+                raise ValueError(f"{out_flag} {out} is also {in_flag} {path}; writing it would destroy the input: "
+                                 f"choose another {out_flag}")
+
+
+def _same_file(a: str, b: str) -> bool:
+    if os.path.realpath(a) == os.path.realpath(b):
+        return True
+    try:
+        return os.path.samefile(a, b)
+    except OSError:
+        return False
+
+
+def write_text_atomic(path: str | os.PathLike, text: str) -> None:
+    """Replace `path` with `text` so that a kill at any moment leaves the old file or the new one, whole."""
+    with atomic_open(path) as f:
+        f.write(text)
+
+
+@contextlib.contextmanager
+def atomic_open(path: str | os.PathLike) -> Iterator[Any]:
+    """A text file to write that becomes `path` only when the block ends without error (fsynced, renamed).
+
+    An OSError while writing (full disk, read-only folder) names `path`; the old file is left as it was."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        with open(tmp, "w", encoding="utf-8") as f:
+            yield f
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except OSError as e:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        raise OSError(e.errno, e.strerror, str(path)) from None
+    except BaseException:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        raise
+
+
+def write_json(path: str | os.PathLike, data: Any) -> None:
+    """`data` as indented JSON, written atomically."""
+    write_text_atomic(path, json.dumps(data, indent=2) + "\n")
+
+
+def read_json(path: str | os.PathLike) -> Any:
+    """Read a JSON file; a corrupt one raises ValueError naming it."""
+    text = Path(path).read_text(encoding="utf-8")
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{path}:{e.lineno}: not valid JSON ({e.msg}); the file is damaged: restore or delete "
+                         f"it") from None
