@@ -66,6 +66,7 @@ from __future__ import annotations
 import json
 import os
 import random
+import select
 import signal
 import socket
 import subprocess
@@ -151,25 +152,57 @@ class _Process:
             os.close(self.pidfd)
 
     def execute(self, code: str, timeout: float) -> ExecResult:
+        """Send one cell and read its reply. Anything but exactly one well-formed reply carrying this request's id
+        (garbage, a forged or left-over reply, bytes written between cells) is a protocol error: the process is
+        killed, so its channel can never answer a later cell."""
         start = time.monotonic()
         deadline = start + timeout
+        request_id = os.urandom(8).hex()
         try:
+            if self._pending():
+                raise _wire.ProtocolError("bytes on the channel before the cell was sent (an extra reply from an "
+                                          "earlier cell)")
             self.sock.settimeout(timeout)
-            _wire.send_msg(self.sock, {"code": code})
+            _wire.send_msg(self.sock, {"id": request_id, "code": code})
             self.sock.settimeout(max(0.001, deadline - time.monotonic()))
             reply = _wire.recv_msg(self.sock, _MAX_REPLY)
+            if reply is not None:
+                _check_reply(reply, request_id)
         except (socket.timeout, TimeoutError):
             self.kill()
             return ExecResult("timeout", error=f"timed out after {timeout:g} s", seconds=time.monotonic() - start)
-        except (OSError, ValueError) as e:  # broken socket or garbage written on it by the code
-            reply = None if isinstance(e, OSError) else {"garbage": True}
+        except _wire.ProtocolError as e:  # the code wrote on its channel
+            self.kill()
+            return ExecResult("killed", error=f"Killed: protocol error, the program's process sent {e}; it was "
+                                              "killed", seconds=time.monotonic() - start)
+        except OSError:  # the channel broke: the process died or closed it
+            reply = None
         seconds = time.monotonic() - start
-        if not isinstance(reply, dict) or reply.get("status") not in ("ok", "error"):
+        if reply is None:
             self.kill()
             return ExecResult("killed", error="Killed: the program's process died (memory limit, CPU budget, "
-                                              "crash or exit)", seconds=seconds)
-        return ExecResult(reply["status"], stdout=truncate(str(reply.get("stdout", "")).strip()),
-                          error=truncate(str(reply.get("error", "")).strip()), seconds=seconds)
+                                              "crash or exit) or closed its channel", seconds=seconds)
+        return ExecResult(reply["status"], stdout=truncate(reply["stdout"].strip()),
+                          error=truncate(reply["error"].strip()), seconds=seconds)
+
+    def _pending(self) -> bool:
+        """Whether bytes wait on the channel (an end of file is not a protocol error: send or recv report it)."""
+        if not select.select([self.sock], [], [], 0)[0]:
+            return False
+        try:
+            return bool(self.sock.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT))
+        except (BlockingIOError, InterruptedError):
+            return False
+
+
+def _check_reply(reply: dict, request_id: str) -> None:
+    """Raise ProtocolError unless `reply` is the session process's answer to request `request_id`."""
+    if reply.get("id") != request_id:
+        raise _wire.ProtocolError("a reply to another request (forged, or left over from an earlier cell)")
+    if reply.get("status") not in ("ok", "error"):
+        raise _wire.ProtocolError(f"a reply with status {str(reply.get('status'))[:40]!r}")
+    if not isinstance(reply.get("stdout"), str) or not isinstance(reply.get("error"), str):
+        raise _wire.ProtocolError("a reply whose stdout or error is not text")
 
 
 class _Zygote:
