@@ -313,7 +313,8 @@ def test_memfd_cannot_hold_memory_beyond_the_limits(sandbox):
     needs(sandbox, "seccomp")
     # 3 x 48 MB in anonymous files: over the 64 MB tmpfs, and invisible to RLIMIT_AS as long as nothing maps them
     attack = ("import os\nfds = []\nfor _ in range(3):\n    fd = os.memfd_create('hold')\n"
-              "    for _ in range(48):\n        os.write(fd, b'x' * 2**20)\n    fds.append(fd)\nprint('held', len(fds) * 48)")
+              "    for _ in range(48):\n        os.write(fd, b'x' * 2**20)\n    fds.append(fd)\n"
+              "print('held', len(fds) * 48)")
     result = sandbox.run(attack)
     assert result.status == "error" and result.error.startswith("PermissionError"), result
     raw = sandbox.run("import ctypes\nprint(ctypes.CDLL(None).syscall(319, b'x', 0))")  # the syscall itself
@@ -352,31 +353,43 @@ def test_host_command_lines_are_invisible(sandbox):
     assert_still_works(sandbox)
 
 
+_UNDER_TMP_SCRIPT = """
+import json, sys
+from mathloop.tools.sandbox import Sandbox
+
+probe = "try:\\n    open({!r}, 'w')\\n    print('ok')\\nexcept OSError:\\n    print('OSError')"
+with Sandbox(workers=1, timeout=20) as sb:
+    imports = sb.run("import sys, numpy, numpy.random, sympy.stats\\nprint(sys.prefix, numpy.__file__)\\n"
+                     "print(numpy.random.default_rng(0).integers(10, 11), sympy.stats.E(sympy.stats.Die('X', 6)))")
+    writes = [sb.run(probe.format(path)).stdout for path in (sys.argv[1], "/tmp/scratch")]
+    normal = sb.run("print(sum(range(10)))")
+    print(json.dumps([imports.status, imports.stdout, imports.error, writes, normal.stdout, sb.isolation]))
+"""
+
+
 def test_interpreter_under_tmp_keeps_its_site_packages(tmp_path):
     """A venv under /tmp whose numpy and sympy live in its own site-packages (hard links, no copy)."""
     venv = Path("/tmp") / f"mathloop-venv-{uuid.uuid4().hex[:8]}"
     purelib = Path(sysconfig.get_paths()["purelib"])
+    script = tmp_path / "under_tmp.py"
+    script.write_text(_UNDER_TMP_SCRIPT)
     try:
         subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True)
         site = venv / "lib" / f"python{sys.version_info.major}.{sys.version_info.minor}" / "site-packages"
         for name in ("numpy", "numpy.libs", "sympy", "mpmath"):
             if (purelib / name).exists():
                 subprocess.run(["cp", "-al", str(purelib / name), str(site / name)], check=True)
-        script = ("import json\nfrom mathloop.tools.sandbox import Sandbox\n"
-                  "with Sandbox(workers=1, timeout=20) as sb:\n"
-                  "    r = sb.run('import sys, numpy, numpy.random, sympy.stats\\nprint(sys.prefix, numpy.__file__)\\n"
-                  "print(numpy.random.default_rng(0).integers(10, 11), sympy.stats.E(sympy.stats.Die(\"X\", 6)))')\n"
-                  "    ok = sb.run('print(sum(range(10)))')\n"
-                  "    print(json.dumps([r.status, r.stdout, r.error, ok.stdout, sb.isolation]))")
         env = dict(os.environ, PYTHONPATH=str(REPO / "src"), PYTHONDONTWRITEBYTECODE="1")
-        proc = subprocess.run([str(venv / "bin" / "python"), "-c", script], capture_output=True, text=True, env=env,
-                              timeout=300)
+        proc = subprocess.run([str(venv / "bin" / "python"), str(script), str(site / "pwned")], capture_output=True,
+                              text=True, env=env, timeout=300)
         assert proc.returncode == 0, proc.stderr[-2000:]
-        status, stdout, error, ok, isolation = json.loads(proc.stdout.strip().splitlines()[-1])
+        status, stdout, error, writes, normal, isolation = json.loads(proc.stdout.strip().splitlines()[-1])
         assert (status, error) == ("ok", ""), (stdout, error)
         assert stdout.splitlines() == [f"{venv} {site}/numpy/__init__.py", "10 7/2"]
-        assert ok == "45"
-        assert isolation.get("private_tmpfs") in (True, "no mount namespace")
+        assert not (site / "pwned").exists()
+        if isolation.get("private_tmpfs") is True:  # the installation is back, read-only; the rest of /tmp is private
+            assert writes == ["OSError", "ok"]
+        assert normal == "45"
     finally:
         shutil.rmtree(venv, ignore_errors=True)
 
@@ -385,12 +398,15 @@ def test_interpreter_under_tmp_keeps_its_site_packages(tmp_path):
 # socket among its descriptors) and writes to it directly.
 _PROTOCOL_CELL = """
 import os, stat, struct
-fd = [fd for fd in range(3, 64) if _is_sock(fd)][0]
+def is_socket(fd):
+    try:
+        return stat.S_ISSOCK(os.fstat(fd).st_mode)
+    except OSError:
+        return False
+fd = [fd for fd in range(3, 64) if is_socket(fd)][0]
 {action}
 print('previous')
 """
-_IS_SOCK = ("def _is_sock(fd):\n    try:\n        return __import__('stat').S_ISSOCK(__import__('os').fstat(fd).st_mode)\n"
-            "    except OSError:\n        return False\n")
 
 
 @pytest.mark.parametrize("action", [
@@ -403,13 +419,28 @@ _IS_SOCK = ("def _is_sock(fd):\n    try:\n        return __import__('stat').S_IS
 def test_protocol_errors_kill_the_session_process(sandbox, action):
     session = "proto-" + uuid.uuid4().hex[:6]
     assert sandbox.run("state = 1", session=session).status == "ok"
-    result = sandbox.run(_IS_SOCK + _PROTOCOL_CELL.format(action=action), session=session)
+    result = sandbox.run(_PROTOCOL_CELL.format(action=action), session=session)
     assert result.status == "killed" and "previous" not in result.stdout, result
     assert "could not start" not in result.error and result.error.startswith("Killed:"), result
     if not action.startswith("os.close"):
         assert "protocol" in result.error, result
     nxt = sandbox.run("print(sum(range(10)) + state - 1)", session=session)  # a fresh process, replayed: no stale reply
     assert (nxt.status, nxt.stdout) == ("ok", "45"), nxt
+    sandbox.close_session(session)
+    assert_still_works(sandbox)
+
+
+def test_a_forged_reply_with_the_right_id_cannot_answer_the_next_cell(sandbox):
+    """The documented limit: a cell that reads its request's id from the worker's frame can forge its own reply (it is
+    believed), but the real reply left on the channel is caught before the next cell, which never sees it."""
+    forge = ("import json, struct, sys\nrid = sys._getframe(0).f_back.f_locals['request']['id']\n"
+             "body = json.dumps({'id': rid, 'status': 'ok', 'stdout': 'forged', 'error': ''}).encode()\n"
+             "os.write(fd, struct.pack('>I', len(body)) + body)")
+    session = "forge-" + uuid.uuid4().hex[:6]
+    result = sandbox.run(_PROTOCOL_CELL.format(action=forge), session=session)
+    assert (result.status, result.stdout) == ("ok", "forged"), result
+    nxt = sandbox.run("print(sum(range(10)))", session=session)
+    assert nxt.status == "killed" and "protocol" in nxt.error and "previous" not in nxt.stdout, nxt
     sandbox.close_session(session)
     assert_still_works(sandbox)
 
