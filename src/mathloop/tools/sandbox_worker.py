@@ -321,14 +321,16 @@ def session_namespaces(uid: int, cfg: dict) -> tuple[str | None, dict]:
     Python installation when it lives under /tmp, and (when the child is the init of its own PID namespace) a /proc
     of that namespace in which only processes of the same uid are visible. Returns (workdir or None, layers)."""
     layers: dict = {}
-    if os.geteuid() != 0 or cfg["layers"].get("mountns") is not True:
-        reason = "not root: no namespaces" if os.geteuid() != 0 else "no mount namespace"
+    if os.geteuid() != 0:
+        reason = "not root: no namespaces"
         return None, {"ipcns": reason, "private_tmpfs": reason, "private_proc": reason}
     try:
         _check(_libc.unshare(CLONE_NEWIPC), "unshare(CLONE_NEWIPC)")
         layers["ipcns"] = True
     except OSError as e:
         layers["ipcns"] = str(e)
+    if cfg["layers"].get("mountns") is not True:
+        return None, dict(layers, private_tmpfs="no mount namespace", private_proc="no mount namespace")
     try:
         _check(_libc.unshare(CLONE_NEWNS), "unshare(CLONE_NEWNS)")
     except OSError as e:
