@@ -331,6 +331,7 @@ def test_memfd_cannot_hold_memory_beyond_the_limits(sandbox):
 
 
 def test_host_command_lines_are_invisible(sandbox):
+    needs(sandbox, "pidns", "private_proc")
     marker = "argv-secret-" + uuid.uuid4().hex
     host = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)", marker])
     try:
@@ -341,7 +342,6 @@ def test_host_command_lines_are_invisible(sandbox):
                 "print(len([p for p in os.listdir('/proc') if p.isdigit()]), os.getpid())\nprint(seen)")
         result = sandbox.run(code)
         assert result.status == "ok" and marker not in result.stdout, result
-        needs(sandbox, "pidns")
         assert result.stdout.splitlines()[0] == "1 2"  # only itself, pid 2 under its namespace's init
         own = sandbox.run("import os\nprint(open('/proc/self/status').read().count('Pid:') > 0, os.getpid())")
         assert own.stdout == "True 2"  # its own /proc still works

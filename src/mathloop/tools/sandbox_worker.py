@@ -344,7 +344,10 @@ def session_namespaces(uid: int, cfg: dict) -> tuple[str | None, dict]:
         layers["private_tmpfs"] = str(e)
     if cfg["layers"].get("pidns") is True:
         try:
-            _mount("proc", "/proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC | MS_RDONLY, "hidepid=invisible")
+            try:
+                _mount("proc", "/proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC | MS_RDONLY, "hidepid=invisible")
+            except OSError:  # kernels before 5.8 spell it 2
+                _mount("proc", "/proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC | MS_RDONLY, "hidepid=2")
             layers["private_proc"] = True
         except OSError as e:
             layers["private_proc"] = str(e)
