@@ -11,7 +11,7 @@ session, or per call when `session` is None. A session process keeps one noteboo
 variables of calls 1 and 2 without re-running them. At most `workers` calls execute at a time; `run_many` spreads a
 batch over them. The caller always gets an `ExecResult`: a cell that runs past `timeout` (wall clock) has its process
 SIGKILLed (status "timeout"); a process that dies (memory, CPU budget, crash, os._exit) gives status "killed"; a
-protocol error (the code scribbled on the socket) also kills the process. A dead zygote is restarted.
+protocol error (the code scribbled on its socket) also kills the process and says so. A dead zygote is restarted.
 
 Sessions after a kill. When the process holding a session is killed (timeout, crash), its state is gone. The next call
 in that session transparently gets a fresh process which first replays, silently and with the same per-cell timeout,
@@ -33,32 +33,50 @@ tests/test_sandbox.py attacks each):
   - network: the zygote is in a new network namespace with no interface up: no network at all, not even
     127.0.0.1; seccomp additionally refuses socket(), connect(), bind().
   - files: a new mount namespace in which every mount is remounted read-only; /root and /home are covered by an
-    empty tmpfs, re-exposing only the Python installation beneath them. Each session process gets its own mount
-    namespace with a private tmpfs on /tmp (size `disk_mb`, mode 0700, owned by its uid) as working directory and
-    HOME; it vanishes with the process. RLIMIT_FSIZE caps any file at `disk_mb`.
-  - identity: each session process runs under its own unprivileged uid/gid (a random block of otherwise unused
-    uids), no supplementary groups, so it can neither signal nor read (/proc/PID/environ) the parent, the zygote or
-    other sessions. The environment is emptied (HOME, TMPDIR, PATH, LANG only): parent secrets are not visible.
-  - processes: RLIMIT_NPROC = 0 for that uid (fork, threads and subprocesses fail with EAGAIN); seccomp refuses
-    fork/vfork/execve/execveat, clone without CLONE_THREAD, ptrace, mount/unshare/setns, bpf, and kill/tkill/tgkill
-    to any pid other than its own; PR_SET_NO_NEW_PRIVS.
-  - resources: RLIMIT_AS = the preloaded image + `memory_mb` (big allocations raise MemoryError); a wall-clock
-    `timeout` per cell enforced by SIGKILL from the parent; RLIMIT_CPU = `cpu_budget_s` CPU seconds per session
-    process (protects against an orphaned busy loop if the parent dies); core dumps off; 64 open files.
+    empty tmpfs, re-exposing only the Python installation beneath them. Each session gets its own mount namespace
+    with a private tmpfs on /tmp (size `disk_mb`, mode 0700, owned by its uid) as working directory, HOME and
+    TMPDIR; it hides the host's /tmp, re-exposes read-only the Python installation if it lives there (a venv under
+    /tmp keeps its site-packages), and vanishes with the session. RLIMIT_FSIZE caps any file at `disk_mb`.
+  - processes: each session is a new PID namespace whose init (pid 1, root, runs no model code) waits for the
+    session process (pid 2); /proc is that namespace's, mounted read-only with hidepid=invisible, so the cell sees
+    only its own process: no command line (argv), environment or status of any host process. The parent's SIGKILL
+    to the init ends the whole namespace.
+  - IPC: each session has its own IPC namespace (SysV shared memory, semaphores, message queues and POSIX message
+    queues are invisible to other sessions and the host and are freed with the session), and seccomp refuses all
+    of them anyway; RLIMIT_MSGQUEUE = 0. POSIX shm_open needs /dev/shm, which is read-only.
+  - memory: RLIMIT_AS = the preloaded image + `memory_mb` (big allocations raise MemoryError); seccomp refuses
+    memfd_create and memfd_secret, the anonymous files that would hold memory outside RLIMIT_AS and the tmpfs.
+  - identity: the session process runs under its own unprivileged uid/gid (a random block of otherwise unused
+    uids), no supplementary groups, so it can neither signal nor read the parent, the zygote or other sessions.
+    The environment is emptied (HOME, TMPDIR, PATH, LANG only): parent secrets are not visible.
+  - process creation: RLIMIT_NPROC = 0 for that uid (fork, threads and subprocesses fail with EAGAIN); seccomp
+    refuses fork/vfork/execve/execveat, clone without CLONE_THREAD, ptrace, mount/unshare/setns, bpf, and
+    kill/tkill/tgkill to any pid other than its own; PR_SET_NO_NEW_PRIVS.
+  - time: a wall-clock `timeout` per cell enforced by SIGKILL from the parent; RLIMIT_CPU = `cpu_budget_s` CPU
+    seconds per session process (protects against an orphaned busy loop if the parent dies); core dumps off; 64
+    open files.
+  - channel: each request carries a random id that its reply must echo. Anything else on the session's socket
+    (garbage, a reply that does not decode or names another request, bytes left over from an earlier cell) is a
+    protocol error: the process is killed and the cell's result is status "killed" with "protocol error" and what
+    was received, so no later cell can be answered with a stale reply.
 Weaker hosts, degraded honestly (each item shows as a reason string in `Sandbox.isolation`):
   - not root (or no CAP_SYS_ADMIN): no namespaces and no uid switch (UNTESTED on this host, which runs as root).
     Then the code CAN use the network (unless seccomp is on), CAN write wherever the calling user can (its
     working directory is a private temporary folder, removed when the process ends, but not a jail), CAN read the
-    caller's files and /proc/PID/environ of the caller's processes, and CAN signal them (unless seccomp is on).
-    RLIMIT_NPROC = 0 still applies to a non-root user and blocks every fork and thread of the cell (the user
-    already has processes). Still guaranteed: the empty environment, the wall-clock timeout, the memory / CPU /
-    file-size rlimits, output truncation, no_new_privs, and seccomp on x86_64 (it needs no privilege).
-  - no seccomp (non-x86_64 or a kernel without it): processes are stopped only by RLIMIT_NPROC, sockets only by the
-    network namespace.
+    caller's files, every process's command line under /proc and /proc/PID/environ of the caller's processes,
+    and CAN signal them (unless seccomp is on). RLIMIT_NPROC = 0 still applies to a non-root user and blocks every
+    fork and thread of the cell (the user already has processes). Still guaranteed: the empty environment, the
+    wall-clock timeout, the memory / CPU / file-size rlimits, output truncation, no_new_privs, the protocol check,
+    and seccomp on x86_64 (it needs no privilege), which also closes SysV IPC, message queues and memfd.
+  - no seccomp (non-x86_64, a kernel without it, or `seccomp=False`): processes are stopped only by RLIMIT_NPROC,
+    sockets only by the network namespace, IPC only by the IPC namespace, and memfd_create is NOT bounded (up to
+    64 open files of `disk_mb` each count against host memory).
 Not guaranteed anywhere: isolation from kernel exploits (this is not a VM); CPU time of a cell is bounded by the wall
 timeout, not throttled; the tmpfs counts against host memory (bounded by `disk_mb` per live session); a cell can read
-world-readable files outside /root and /home (e.g. the repository); cells of one session can corrupt that session,
-including writing a forged result on its own socket (garbage kills the process; a well-formed fake is believed).
+world-readable files outside /root, /home and /tmp (e.g. the repository) and system-wide /proc files (meminfo, ...);
+cells of one session can corrupt that session, including forging its own reply: a cell that digs its request's id out
+of the worker's frame is believed for that cell (the real reply it leaves behind is then caught as a protocol error
+before the session's next cell, which is killed instead of answered).
 """
 
 from __future__ import annotations
@@ -66,6 +84,7 @@ from __future__ import annotations
 import json
 import os
 import random
+import select
 import signal
 import socket
 import subprocess
@@ -151,25 +170,57 @@ class _Process:
             os.close(self.pidfd)
 
     def execute(self, code: str, timeout: float) -> ExecResult:
+        """Send one cell and read its reply. Anything but exactly one well-formed reply carrying this request's id
+        (garbage, a forged or left-over reply, bytes written between cells) is a protocol error: the process is
+        killed, so its channel can never answer a later cell."""
         start = time.monotonic()
         deadline = start + timeout
+        request_id = os.urandom(8).hex()
         try:
+            if self._pending():
+                raise _wire.ProtocolError("bytes on the channel before the cell was sent (an extra reply from an "
+                                          "earlier cell)")
             self.sock.settimeout(timeout)
-            _wire.send_msg(self.sock, {"code": code})
+            _wire.send_msg(self.sock, {"id": request_id, "code": code})
             self.sock.settimeout(max(0.001, deadline - time.monotonic()))
             reply = _wire.recv_msg(self.sock, _MAX_REPLY)
+            if reply is not None:
+                _check_reply(reply, request_id)
         except (socket.timeout, TimeoutError):
             self.kill()
             return ExecResult("timeout", error=f"timed out after {timeout:g} s", seconds=time.monotonic() - start)
-        except (OSError, ValueError) as e:  # broken socket or garbage written on it by the code
-            reply = None if isinstance(e, OSError) else {"garbage": True}
+        except _wire.ProtocolError as e:  # the code wrote on its channel
+            self.kill()
+            return ExecResult("killed", error=f"Killed: protocol error, the program's process sent {e}; it was "
+                                              "killed", seconds=time.monotonic() - start)
+        except OSError:  # the channel broke: the process died or closed it
+            reply = None
         seconds = time.monotonic() - start
-        if not isinstance(reply, dict) or reply.get("status") not in ("ok", "error"):
+        if reply is None:
             self.kill()
             return ExecResult("killed", error="Killed: the program's process died (memory limit, CPU budget, "
-                                              "crash or exit)", seconds=seconds)
-        return ExecResult(reply["status"], stdout=truncate(str(reply.get("stdout", "")).strip()),
-                          error=truncate(str(reply.get("error", "")).strip()), seconds=seconds)
+                                              "crash or exit) or closed its channel", seconds=seconds)
+        return ExecResult(reply["status"], stdout=truncate(reply["stdout"].strip()),
+                          error=truncate(reply["error"].strip()), seconds=seconds)
+
+    def _pending(self) -> bool:
+        """Whether bytes wait on the channel (an end of file is not a protocol error: send or recv report it)."""
+        if not select.select([self.sock], [], [], 0)[0]:
+            return False
+        try:
+            return bool(self.sock.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT))
+        except (BlockingIOError, InterruptedError):
+            return False
+
+
+def _check_reply(reply: dict, request_id: str) -> None:
+    """Raise ProtocolError unless `reply` is the session process's answer to request `request_id`."""
+    if reply.get("id") != request_id:
+        raise _wire.ProtocolError("a reply to another request (forged, or left over from an earlier cell)")
+    if reply.get("status") not in ("ok", "error"):
+        raise _wire.ProtocolError(f"a reply with status {str(reply.get('status'))[:40]!r}")
+    if not isinstance(reply.get("stdout"), str) or not isinstance(reply.get("error"), str):
+        raise _wire.ProtocolError("a reply whose stdout or error is not text")
 
 
 class _Zygote:
@@ -280,7 +331,8 @@ class Sandbox:
 
     @property
     def isolation(self) -> dict:
-        """{layer: True, or the reason it is missing}; the per-process layers appear after the first call."""
+        """{layer: True, or the reason it is missing}: netns, pidns, mountns, hidden_home, readonly_fs (the zygote),
+        then after the first call ipcns, private_tmpfs, private_proc, rlimits, uid, no_new_privs, seccomp."""
         return dict(self._isolation)
 
     # ------------------------------------------------------------------------------------------------ processes

@@ -2,12 +2,15 @@
 
 Run as a script (``python -I -B sandbox_worker.py CONFIG_JSON``) by `Sandbox`; it imports nothing from mathloop so
 it starts with a clean interpreter. The zygote runs no model code: it sets up the shared isolation (network and
-mount namespaces, read-only file systems), preloads math/numpy/sympy, then forks on request. Each forked child
-confines itself (own mount namespace with a private tmpfs as /tmp and working directory, its own unprivileged uid,
-rlimits, no_new_privs, seccomp) before it reads the first cell, and then executes cells in one namespace until its
-socket closes.
+mount namespaces, read-only file systems), preloads math/numpy/sympy, then forks on request. Each forked child is
+the init (pid 1) of a new PID namespace: it gives the session its own mount and IPC namespaces (a private tmpfs as
+/tmp, re-exposing the Python installation if it lives under /tmp; a /proc of the new PID namespace), forks the
+session process (pid 2) and waits for it; killing the init kills the session. The session process confines itself
+(its own unprivileged uid, rlimits, no_new_privs, seccomp) before it reads the first cell, and then executes cells
+in one namespace until its socket closes.
 
-Wire format on every socket: 4-byte big-endian length, then UTF-8 JSON.
+Wire format on every socket: 4-byte big-endian length, then UTF-8 JSON. A request is {"id", "code"}; its reply
+echoes the id, so a reply the code forged or one left over from an earlier cell is a protocol error.
 """
 
 from __future__ import annotations
@@ -27,8 +30,7 @@ import tempfile
 import time
 import traceback
 
-CLONE_NEWNS = 0x00020000
-CLONE_NEWNET = 0x40000000
+CLONE_NEWNS, CLONE_NEWIPC, CLONE_NEWPID, CLONE_NEWNET = 0x00020000, 0x08000000, 0x20000000, 0x40000000
 MS_RDONLY, MS_NOSUID, MS_NODEV, MS_NOEXEC = 1, 2, 4, 8
 MS_REMOUNT, MS_BIND, MS_MOVE, MS_REC, MS_PRIVATE = 32, 4096, 8192, 16384, 1 << 18
 MNT_DETACH = 2
@@ -39,6 +41,7 @@ _libc = ctypes.CDLL(None, use_errno=True)
 _libc.mount.argtypes = [ctypes.c_char_p, ctypes.c_char_p, ctypes.c_char_p, ctypes.c_ulong, ctypes.c_char_p]
 _libc.umount2.argtypes = [ctypes.c_char_p, ctypes.c_int]
 _libc.unshare.argtypes = [ctypes.c_int]
+_libc.setns.argtypes = [ctypes.c_int, ctypes.c_int]
 _libc.prctl.argtypes = [ctypes.c_int, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong]
 
 
@@ -71,15 +74,28 @@ def recv_exact(sock: socket.socket, n: int) -> bytes | None:
     return b"".join(chunks)
 
 
+class ProtocolError(ValueError):
+    """A message that is not a length-prefixed JSON object within the size limit."""
+
+
 def recv_msg(sock: socket.socket, max_bytes: int = 1 << 26) -> dict | None:
+    """The next message, or None when the peer closed the socket. Raises ProtocolError for anything undecodable."""
     head = recv_exact(sock, 4)
     if head is None:
         return None
     (n,) = struct.unpack(">I", head)
     if n > max_bytes:
-        raise ValueError(f"message of {n} bytes exceeds {max_bytes}")
+        raise ProtocolError(f"a message of {n} bytes (the limit is {max_bytes})")
     body = recv_exact(sock, n)
-    return None if body is None else json.loads(body)
+    if body is None:
+        return None
+    try:
+        msg = json.loads(body)
+    except Exception as e:  # noqa: BLE001 - bad UTF-8, bad JSON, nesting past the recursion limit
+        raise ProtocolError(f"a message that is not JSON ({type(e).__name__})") from None
+    if not isinstance(msg, dict):
+        raise ProtocolError(f"a JSON {type(msg).__name__} instead of an object")
+    return msg
 
 
 # ---------------------------------------------------------------------------------------------------- seccomp
@@ -91,6 +107,11 @@ _SYSCALLS_DENIED = {
     "unshare": 272, "setns": 308, "pidfd_open": 434, "pidfd_send_signal": 424, "process_vm_readv": 310,
     "process_vm_writev": 311, "kexec_load": 246, "bpf": 321, "perf_event_open": 298, "userfaultfd": 323,
     "io_uring_setup": 425, "keyctl": 250, "add_key": 248, "request_key": 249,
+    # SysV IPC and POSIX message queues (the IPC namespace isolates them too), memory-backed files outside the tmpfs
+    "shmget": 29, "shmat": 30, "shmctl": 31, "shmdt": 67, "semget": 64, "semop": 65, "semctl": 66,
+    "semtimedop": 220, "msgget": 68, "msgsnd": 69, "msgrcv": 70, "msgctl": 71, "mq_open": 240, "mq_unlink": 241,
+    "mq_timedsend": 242, "mq_timedreceive": 243, "mq_notify": 244, "mq_getsetattr": 245, "memfd_create": 319,
+    "memfd_secret": 447,
 }
 _NR_CLONE, _NR_CLONE3, _NR_KILL, _NR_TKILL, _NR_TGKILL = 56, 435, 62, 200, 234
 _AUDIT_ARCH_X86_64 = 0xC000003E
@@ -98,8 +119,8 @@ _CLONE_THREAD = 0x00010000
 
 
 def _seccomp_program(own_pid: int) -> bytes:
-    """A classic-BPF filter: deny process creation, exec, sockets, namespace and mount calls, and signals to
-    any process but this one (EPERM), allow everything else."""
+    """A classic-BPF filter: deny process creation, exec, sockets, namespace and mount calls, SysV IPC, message
+    queues, memfd, and signals to any process but this one (EPERM), allow everything else."""
     ld_w_abs, jeq_k, jset_k, ret_k = 0x20, 0x15, 0x45, 0x06
     allow, kill = 0x7FFF0000, 0x80000000  # SECCOMP_RET_ALLOW, SECCOMP_RET_KILL_PROCESS
     eperm = 0x00050000 | 1  # SECCOMP_RET_ERRNO | EPERM
@@ -159,18 +180,33 @@ def _mountpoints() -> list[tuple[str, set[str]]]:
     return out
 
 
+def python_paths() -> list[str]:
+    """The folders the interpreter may still read from: its prefixes and every sys.path entry (real paths)."""
+    paths = {os.path.realpath(p) for p in (sys.prefix, sys.base_prefix, sys.exec_prefix)}
+    paths |= {os.path.realpath(p) for p in sys.path if p and os.path.isdir(p)}
+    return sorted(paths)
+
+
 def setup_zygote(cfg: dict) -> dict:
     """Shared isolation, done once as root: new network + mount namespaces, every mount read-only, /root and /home
-    hidden except the Python installation. Returns {layer: True or the reason it is missing}."""
+    hidden except the Python installation, and a check that each session can get its own PID namespace.
+    Returns {layer: True or the reason it is missing}."""
     layers: dict = {}
     if os.geteuid() != 0:
         reason = "not root: no namespaces, no uid switch"
-        return {"netns": reason, "mountns": reason, "readonly_fs": reason, "hidden_home": reason}
+        return {k: reason for k in ("netns", "pidns", "mountns", "readonly_fs", "hidden_home")}
     try:
         _check(_libc.unshare(CLONE_NEWNET), "unshare(CLONE_NEWNET)")
         layers["netns"] = True
     except OSError as e:
         layers["netns"] = str(e)
+    try:
+        cfg["pidns_fd"] = os.open("/proc/self/ns/pid", os.O_RDONLY)
+        _check(_libc.unshare(CLONE_NEWPID), "unshare(CLONE_NEWPID)")  # takes effect for children only...
+        _check(_libc.setns(cfg["pidns_fd"], CLONE_NEWPID), "setns(CLONE_NEWPID)")  # ...and is undone at once
+        layers["pidns"] = True
+    except OSError as e:
+        layers["pidns"] = str(e)
     try:
         _check(_libc.unshare(CLONE_NEWNS), "unshare(CLONE_NEWNS)")
         _mount(None, "/", None, MS_REC | MS_PRIVATE)
@@ -179,7 +215,9 @@ def setup_zygote(cfg: dict) -> dict:
         layers["mountns"] = layers["readonly_fs"] = layers["hidden_home"] = str(e)
         return layers
     try:
-        _hide_homes()
+        for home in ("/root", "/home"):
+            if os.path.isdir(home):
+                cover(home, cfg["python_paths"], "size=1m,mode=0755")
         layers["hidden_home"] = True
     except OSError as e:
         layers["hidden_home"] = str(e)
@@ -196,28 +234,22 @@ def setup_zygote(cfg: dict) -> dict:
     return layers
 
 
-def _hide_homes() -> None:
-    """Mount an empty read-only tmpfs over /root and /home, re-exposing only the Python installation under them."""
-    keep_roots = {os.path.realpath(p) for p in (sys.prefix, sys.base_prefix, sys.exec_prefix)}
-    keep_roots |= {os.path.realpath(p) for p in sys.path if p and os.path.isdir(p)}
-    staging = "/tmp"
-    _mount("tmpfs", staging, "tmpfs", MS_NOSUID | MS_NODEV, "size=1m,mode=0700")
-    for home in ("/root", "/home"):
-        if not os.path.isdir(home):
-            continue
-        keep = sorted(p for p in keep_roots if p.startswith(home + "/"))
-        keep = [p for p in keep if not any(p.startswith(q + "/") for q in keep if q != p)]  # outermost only
-        staged = []
-        for i, path in enumerate(keep):
-            spot = f"{staging}/{home.strip('/')}-{i}"
-            os.mkdir(spot)
-            _mount(path, spot, None, MS_BIND | MS_REC)
-            staged.append((spot, path))
-        _mount("tmpfs", home, "tmpfs", MS_NOSUID | MS_NODEV, "size=1m,mode=0755")
-        for spot, path in staged:
+def cover(target: str, keep: list[str], options: str) -> None:
+    """Mount a tmpfs (mount `options`) over the folder `target`, re-exposing read-only, at their own places, the
+    folders of `keep` that lie beneath it. Each is held by an O_PATH descriptor while covered, then bind-mounted
+    back through /proc/self/fd."""
+    below = [p for p in keep if p.startswith(target.rstrip("/") + "/")]
+    below = [p for p in below if not any(p.startswith(q + "/") for q in below if q != p)]  # outermost only
+    held = [(p, os.open(p, os.O_PATH | os.O_DIRECTORY)) for p in below]
+    try:
+        _mount("tmpfs", target, "tmpfs", MS_NOSUID | MS_NODEV, options)
+        for path, fd in held:
             os.makedirs(path, exist_ok=True)
-            _mount(spot, path, None, MS_MOVE)
-    _check(_libc.umount2(staging.encode(), MNT_DETACH), "umount staging")
+            _mount(f"/proc/self/fd/{fd}", path, None, MS_BIND | MS_REC)
+            _mount(None, path, None, MS_REMOUNT | MS_BIND | MS_RDONLY)
+    finally:
+        for _, fd in held:
+            os.close(fd)
 
 
 def preload(modules: list[str]) -> None:
@@ -284,25 +316,53 @@ def _last_line(exc: BaseException) -> str:
         return type(exc).__name__
 
 
-def confine_child(sock: socket.socket, uid: int, cfg: dict) -> dict:
-    """Everything a session process does to itself before running model code. Returns its layer report."""
+def session_namespaces(uid: int, cfg: dict) -> tuple[str | None, dict]:
+    """As root, in the forked child: its own mount and IPC namespaces, a private tmpfs on /tmp that re-exposes the
+    Python installation when it lives under /tmp, and (when the child is the init of its own PID namespace) a /proc
+    of that namespace in which only processes of the same uid are visible. Returns (workdir or None, layers)."""
+    layers: dict = {}
+    if os.geteuid() != 0:
+        reason = "not root: no namespaces"
+        return None, {"ipcns": reason, "private_tmpfs": reason, "private_proc": reason}
+    try:
+        _check(_libc.unshare(CLONE_NEWIPC), "unshare(CLONE_NEWIPC)")
+        layers["ipcns"] = True
+    except OSError as e:
+        layers["ipcns"] = str(e)
+    if cfg["layers"].get("mountns") is not True:
+        return None, dict(layers, private_tmpfs="no mount namespace", private_proc="no mount namespace")
+    try:
+        _check(_libc.unshare(CLONE_NEWNS), "unshare(CLONE_NEWNS)")
+    except OSError as e:
+        return None, dict(layers, private_tmpfs=str(e), private_proc=str(e))
+    workdir = None
+    try:
+        cover("/tmp", cfg["python_paths"], f"size={cfg['disk_mb']}m,mode=0700,uid={uid},gid={uid}")
+        workdir = "/tmp"
+        layers["private_tmpfs"] = True
+    except OSError as e:
+        layers["private_tmpfs"] = str(e)
+    if cfg["layers"].get("pidns") is True:
+        try:
+            try:
+                _mount("proc", "/proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC | MS_RDONLY, "hidepid=invisible")
+            except OSError:  # kernels before 5.8 spell it 2
+                _mount("proc", "/proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC | MS_RDONLY, "hidepid=2")
+            layers["private_proc"] = True
+        except OSError as e:
+            layers["private_proc"] = str(e)
+    else:
+        layers["private_proc"] = "no PID namespace"
+    return workdir, layers
+
+
+def confine_process(sock: socket.socket, uid: int, cfg: dict, workdir: str | None) -> dict:
+    """Everything the session process does to itself before running model code. Returns its layer report."""
     layers: dict = {}
     os.setsid()
     for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGCHLD, signal.SIGHUP):
         signal.signal(sig, signal.SIG_DFL)
     root = os.geteuid() == 0
-    workdir = None
-    if root and cfg["layers"].get("mountns") is True:
-        try:
-            _check(_libc.unshare(CLONE_NEWNS), "unshare(CLONE_NEWNS)")
-            _mount("tmpfs", "/tmp", "tmpfs", MS_NOSUID | MS_NODEV,
-                   f"size={cfg['disk_mb']}m,mode=0700,uid={uid},gid={uid}")
-            workdir = "/tmp"
-            layers["private_tmpfs"] = True
-        except OSError as e:
-            layers["private_tmpfs"] = str(e)
-    else:
-        layers["private_tmpfs"] = "no mount namespace"
     if workdir is None:  # no mount namespace: a folder the zygote made, and removes when this process is reaped
         workdir = cfg["workdir"]
         if root:
@@ -351,14 +411,35 @@ def confine_child(sock: socket.socket, uid: int, cfg: dict) -> dict:
     return layers
 
 
-def child_main(sock: socket.socket, uid: int, cfg: dict) -> None:
-    import builtins
-
+def session_main(sock: socket.socket, uid: int, cfg: dict) -> None:
+    """The zygote's forked child. In a PID namespace it is that namespace's init: it sets up the session's
+    namespaces, forks the session process (pid 2, so that signals to itself work as usual) and waits for it; the
+    parent's SIGKILL to this init kills the whole namespace. Without one it is the session process itself."""
     try:
-        layers = confine_child(sock, uid, cfg)
+        workdir, layers = session_namespaces(uid, cfg)
+        if cfg["layers"].get("pidns") is True:
+            pid = os.fork()
+            if pid:
+                sock.close()
+                os.closerange(3, 1 << 16)
+                while True:
+                    try:
+                        os.waitpid(pid, 0)
+                        return
+                    except ChildProcessError:
+                        return
+                    except InterruptedError:
+                        continue
+        layers.update(confine_process(sock, uid, cfg, workdir))
     except BaseException as e:  # noqa: BLE001
         send_msg(sock, {"ready": False, "error": f"confinement failed: {e!r}"})
         return
+    child_main(sock, layers, cfg)
+
+
+def child_main(sock: socket.socket, layers: dict, cfg: dict) -> None:
+    import builtins
+
     send_msg(sock, {"ready": True, "layers": layers})
     namespace: dict = {"__name__": "__main__", "__builtins__": builtins}
     keep = cfg["keep_chars"]
@@ -381,7 +462,7 @@ def child_main(sock: socket.socket, uid: int, cfg: dict) -> None:
             text = out.text()
         except BaseException:  # noqa: BLE001
             text = ""
-        _send(sock, {"status": status, "stdout": text, "error": error, "exec_seconds": elapsed,
+        _send(sock, {"id": request.get("id"), "status": status, "stdout": text, "error": error, "exec_seconds": elapsed,
                      "dropped": max(0, out.total - 2 * keep)})
 
 
@@ -390,6 +471,7 @@ def child_main(sock: socket.socket, uid: int, cfg: dict) -> None:
 def zygote_main(cfg: dict) -> None:
     ctl = socket.socket(fileno=cfg["ctl_fd"])
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides when we go
+    cfg["python_paths"] = python_paths()
     layers = setup_zygote(cfg)
     preload(cfg["preload"])
     cfg["layers"] = layers
@@ -433,12 +515,19 @@ def zygote_main(cfg: dict) -> None:
             if layers.get("mountns") is not True:
                 cfg["workdir"] = tempfile.mkdtemp(prefix="mathloop-cell-", dir=cfg["scratch"])
             parent_end, child_end = socket.socketpair()
-            pid = os.fork()
+            pid, own_pidns = -1, layers.get("pidns") is True
+            if own_pidns:
+                _check(_libc.unshare(CLONE_NEWPID), "unshare(CLONE_NEWPID)")  # the next child is pid 1 of a new one
+            try:
+                pid = os.fork()
+            finally:
+                if own_pidns and pid != 0:
+                    _check(_libc.setns(cfg["pidns_fd"], CLONE_NEWPID), "setns(CLONE_NEWPID)")
             if pid == 0:
                 try:
                     ctl.close()
                     parent_end.close()
-                    child_main(child_end, uid, cfg)
+                    session_main(child_end, uid, cfg)
                 finally:
                     os._exit(0)
             children[pid] = uid
