@@ -29,7 +29,7 @@ from functools import lru_cache
 from typing import Any
 
 from mathloop.verify.numeric import clearly_different, evaluate_constant
-from mathloop.verify.extract import _LETTERS, clean_answer, option_letter
+from mathloop.verify.extract import _LETTERS, clean_answer, find_boxes, option_letter
 
 MIN_DECIMALS_FOR_ROUNDING = 3
 
@@ -97,6 +97,8 @@ def normalize(answer: str) -> str:
     ('5', '10', '50', '9')
     """
     s = clean_answer(answer)
+    if "\\boxed" in s or "\\fbox" in s:  # a gold written as a solution: its boxes are the answer
+        s = ",".join(clean_answer(box) for box in find_boxes(s)) or s
     s = s.replace("\\dfrac", "\\frac").replace("\\tfrac", "\\frac").replace("\\displaystyle", "")
     s = re.sub(r"\\left\s*|\\right\s*", "", s)
     s = re.sub(r"(?<!\\)\\[,;:! ]|~", " ", s)

@@ -96,8 +96,47 @@ def _after_answer_phrase(response: str) -> str | None:
         return None
     tail = response[matches[-1].end() :].split("\n")[0]
     tail = re.split(r"\.(?:\s|$)", tail)[0]  # sentence end, not a decimal point
-    tail = clean_answer(tail)
+    tail = clean_answer(_answer_in_sentence(clean_answer(tail)))
     return tail or None
+
+
+_MATH_DELIMITERS = (("$$", "$$"), ("\\[", "\\]"), ("\\(", "\\)"), ("$", "$"))
+_PROSE_WORD = re.compile(r"(?<![\\A-Za-z])[A-Za-z]{3,}")
+
+
+def last_math(text: str) -> str | None:
+    """The content of the last ``$...$`` / ``$$...$$`` / ``\\(...\\)`` / ``\\[...\\]`` in ``text``, or None.
+
+    One left-to-right scan (linear); an unclosed delimiter ends the scan.
+
+    >>> last_math(r"so $x \\geq 5$ holds, and \\(y=2\\) too")
+    'y=2'
+    """
+    found = None
+    i = 0
+    while i < len(text):
+        for opener, closer in _MATH_DELIMITERS:
+            if text.startswith(opener, i) and not (opener == "$" and i and text[i - 1] == "\\"):
+                end = text.find(closer, i + len(opener))
+                while opener == "$" and end > 0 and text[end - 1] == "\\":
+                    end = text.find(closer, end + 1)  # \$ inside math is a dollar sign
+                if end < 0:
+                    return found
+                content = text[i + len(opener) : end].strip()
+                found = content or found
+                i = end + len(closer)
+                break
+        else:
+            i += 1
+    return found
+
+
+def _answer_in_sentence(sentence: str) -> str:
+    """``The largest $n$ is 34`` -> ``34``: a prose sentence after "Final Answer:" gives its last number or math."""
+    if not _PROSE_WORD.search(re.sub(r"\$[^$]*\$|\\[A-Za-z]+|\\text\{[^{}]*\}", " ", sentence)):
+        return sentence
+    tail = re.split(r"\b(?:is|are|equals|was|be)\b", sentence)[-1]
+    return last_math(tail) or _last_number(tail) or sentence
 
 
 def _last_number(response: str) -> str | None:
@@ -115,6 +154,9 @@ def _extract_math(response: str) -> str | None:
     gsm = _GSM8K.findall(response)
     if gsm:
         return clean_answer(gsm[-1]) or None
+    math = last_math(response)
+    if math is not None:
+        return clean_answer(math) or None
     return _last_number(response)
 
 
