@@ -105,6 +105,8 @@ def normalize(answer: str) -> str:
     s = re.sub(r"\^\s*\{?\\circ\}?|°|\\degree", "", s)
     s = s.replace("\\%", "").replace("%", "").replace("\\$", "").replace("$", "")
     s = _strip_text_commands(s)
+    s = re.sub(r"(?<=[\w)\]}])\s*,?\s*\b(?:and|or)\b\s*(?=[-+\w(\[\\{])", ",", s)  # "1 and 2", "(1,2) or (2,1)"
+    s = s.replace(";", ",") if ";" in s and "," not in s.replace("\\,", "") or _only_semicolons_at_top(s) else s
     s = re.sub(r"\\frac(\d)(\d)", r"\\frac{\1}{\2}", s)
     s = re.sub(r"\\frac\{([^{}]*)\}(\d)", r"\\frac{\1}{\2}", s)
     s = re.sub(r"\\sqrt(\d)", r"\\sqrt{\1}", s)
@@ -118,6 +120,11 @@ def normalize(answer: str) -> str:
         s = paren_letter.group(1)
     s = _set_builder_to_interval(s)
     return _squeeze_spaces(s)
+
+
+def _only_semicolons_at_top(s: str) -> bool:
+    """``(0;-2;0),(4;0;6)``: semicolons separate coordinates inside brackets, commas the items."""
+    return ";" in s and all(";" not in part or part[:1] in "([" for part in split_top_level(s))
 
 
 def _squeeze_spaces(s: str) -> str:

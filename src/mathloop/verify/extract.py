@@ -21,13 +21,37 @@ _MC_PATTERNS = (
 )
 
 
+_BOX_SEPARATOR = re.compile(r"(?:[\s,;.$]|\\quad|\\qquad|\\[,;! ]|\\\(|\\\)|\\\[|\\\]|\\text\{\s*(?:and|or|,)?\s*\}|\b(?:and|or)\b)*")
+
+
 def find_boxes(text: str) -> list[str]:
-    """Contents of every ``\\boxed{...}`` / ``\\fbox{...}`` in order, braces matched; also ``\\boxed 5``.
+    return [content for content, _, _ in box_spans(text)]
+
+
+def final_boxes(text: str) -> list[str]:
+    """The last box with the boxes right before it that only commas, "and"/"or" or spacing separate from it.
+
+    >>> final_boxes(r"first \\boxed{7}. So \\boxed{1} and \\boxed{2}.")
+    ['1', '2']
+    """
+    spans = box_spans(text)
+    if not spans:
+        return []
+    group = [spans[-1]]
+    for span in reversed(spans[:-1]):
+        if not _BOX_SEPARATOR.fullmatch(text[span[2] : group[0][1]]):
+            break
+        group.insert(0, span)
+    return [content for content, _, _ in group]
+
+
+def box_spans(text: str) -> list[tuple[str, int, int]]:
+    """(content, start, end) of every ``\\boxed{...}`` / ``\\fbox{...}`` in order, braces matched; also ``\\boxed 5``.
 
     >>> find_boxes(r"so $\\boxed{\\frac{1}{2}}$ or \\boxed 3.")
     ['\\\\frac{1}{2}', '3']
     """
-    boxes: list[str] = []
+    boxes: list[tuple[str, int, int]] = []
     i = 0
     while True:
         starts = [(text.find(cmd, i), cmd) for cmd in _BOX_COMMANDS]
@@ -40,12 +64,12 @@ def find_boxes(text: str) -> list[str]:
             content, end = _brace_content(text, j)
             if content is None:
                 return boxes  # unbalanced: the response was cut off inside the box
-            boxes.append(content)
+            boxes.append((content, pos, end))
             i = end
         elif j < len(text) and text[j] == " ":
             match = re.match(r" +([^\s$]+)", text[j:])
             if match:
-                boxes.append(match.group(1).rstrip(".,;"))
+                boxes.append((match.group(1).rstrip(".,;"), pos, j + match.end()))
             i = j + 1
         else:
             i = j  # e.g. \boxedsomething: not a box
@@ -145,9 +169,9 @@ def _last_number(response: str) -> str | None:
 
 
 def _extract_math(response: str) -> str | None:
-    boxes = find_boxes(response)
-    if boxes:
-        return clean_answer(boxes[-1]) or None
+    boxes = [clean_answer(box) for box in final_boxes(response)]
+    if any(boxes):
+        return ",".join(box for box in boxes if box)
     phrase = _after_answer_phrase(response)
     if phrase is not None:
         return phrase
