@@ -29,7 +29,7 @@ from functools import lru_cache
 from typing import Any
 
 from mathloop.verify.numeric import clearly_different, evaluate_constant
-from mathloop.verify.extract import _LETTERS, clean_answer, find_boxes, option_letter
+from mathloop.verify.extract import _LETTERS, clean_answer, final_boxes, option_letter
 
 MIN_DECIMALS_FOR_ROUNDING = 3
 
@@ -98,7 +98,9 @@ def normalize(answer: str) -> str:
     """
     s = clean_answer(answer)
     if "\\boxed" in s or "\\fbox" in s:  # a gold written as a solution: its boxes are the answer
-        s = ",".join(clean_answer(box) for box in find_boxes(s)) or s
+        s = ",".join(clean_answer(box) for box in final_boxes(s)) or s
+    if s.startswith("{") and s.endswith("}") and _balanced(s[1:-1]) and len(split_top_level(s[1:-1])) > 1:
+        s = f"\\{{{s[1:-1]}\\}}"  # bare braces around a list: a set
     s = s.replace("\\dfrac", "\\frac").replace("\\tfrac", "\\frac").replace("\\displaystyle", "")
     s = re.sub(r"\\left\s*|\\right\s*", "", s)
     s = re.sub(r"(?<!\\)\\[,;:! ]|~", " ", s)

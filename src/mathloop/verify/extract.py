@@ -14,7 +14,7 @@ _LETTERS = "ABCDEFGHIJ"
 
 _ANSWER_IS = re.compile(r"(?:final answer|the answer)\s*(?:is\s*:?|:)\s*", re.IGNORECASE)
 _GSM8K = re.compile(r"####\s*([^\n]+)")
-_NUMBER = re.compile(r"-?\d[\d,]*(?:\.\d+)?|-?\.\d+")
+_NUMBER = re.compile(r"(?<![A-Za-z\d])(?:-?\d[\d,]*(?:\.\d+)?(?:/\d+(?!\d|\.\d))?|-?\.\d+)(?![A-Za-z\d])")
 _MC_PATTERNS = (
     re.compile(r"answer\s*(?:is|:)?\s*(?:option\s*)?[\(\[]?\s*([A-J])\s*[\)\]]?(?![A-Za-z])", re.IGNORECASE),
     re.compile(r"^\s*\(?([A-J])\)?\s*[.:)]?\s*$"),
@@ -169,9 +169,12 @@ def _last_number(response: str) -> str | None:
 
 
 def _extract_math(response: str) -> str | None:
-    boxes = [clean_answer(box) for box in final_boxes(response)]
-    if any(boxes):
-        return ",".join(box for box in boxes if box)
+    spans = box_spans(response)
+    phrases = list(_ANSWER_IS.finditer(response))
+    if spans and not (phrases and phrases[-1].start() > spans[-1][2]):  # "Final Answer: ..." after the last box wins
+        boxes = [clean_answer(box) for box in final_boxes(response)]
+        if any(boxes):
+            return ",".join(box for box in boxes if box)
     phrase = _after_answer_phrase(response)
     if phrase is not None:
         return phrase
