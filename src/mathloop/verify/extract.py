@@ -14,7 +14,7 @@ _LETTERS = "ABCDEFGHIJ"
 
 _ANSWER_IS = re.compile(r"(?:final answer|the answer)\s*(?:is\s*:?|:)\s*", re.IGNORECASE)
 _GSM8K = re.compile(r"####\s*([^\n]+)")
-_NUMBER = re.compile(r"(?<![A-Za-z\d])(?:-?\d[\d,]*(?:\.\d+)?(?:/\d+(?!\d|\.\d))?|-?\.\d+)(?![A-Za-z\d])")
+_NUMBER = re.compile(r"(?<![A-Za-z\d])(?:-?\d[\d,]*(?:\.\d+)?(?:/\d+(?!\d|\.\d))?|-?\.\d+)(?!\d)")
 _MC_PATTERNS = (
     re.compile(r"answer\s*(?:is|:)?\s*(?:option\s*)?[\(\[]?\s*([A-J])\s*[\)\]]?(?![A-Za-z])", re.IGNORECASE),
     re.compile(r"^\s*\(?([A-J])\)?\s*[.:)]?\s*$"),
