@@ -168,3 +168,13 @@ def test_verifier_batch_order_types_and_choices() -> None:
 def test_verifier_rejects_mismatched_types() -> None:
     with Verifier(workers=1) as verifier, pytest.raises(ValueError):
         verifier.is_equivalent_batch([("1", "1")], answer_type=["math", "math"])
+
+
+def test_verdict_does_not_depend_on_earlier_comparisons() -> None:
+    pair = ("5", r"\frac{\pi}{0}")
+    with Verifier(workers=1) as fresh:
+        first = fresh.is_equivalent_batch([pair])
+    with Verifier(workers=1) as used:
+        after = used.is_equivalent_batch([(r"\sqrt{12}", r"2\sqrt{3}"), pair])[1:]
+    assert first == after == [False]
+    assert is_equivalent(*pair) is False

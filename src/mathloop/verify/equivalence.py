@@ -29,7 +29,7 @@ from functools import lru_cache
 from typing import Any
 
 from mathloop.verify.numeric import clearly_different, evaluate_constant
-from mathloop.verify.extract import _LETTERS, clean_answer, option_letter
+from mathloop.verify.extract import _LETTERS, clean_answer, final_boxes, option_letter
 
 MIN_DECIMALS_FOR_ROUNDING = 3
 
@@ -53,20 +53,39 @@ _SET_BUILDER = re.compile(
 # Normalisation (pure string functions)
 
 
+_TEXT_COMMAND = re.compile(r"\\(?:text|textbf|textrm|mbox|mathrm)\s*\{([^{}]*)\}")
+_CONNECTIVE = re.compile(r"^\s*(?:,|;)?\s*(?:and|or|&)\s*$", re.IGNORECASE)
+
+
 def _strip_text_commands(s: str) -> str:
-    """``5 \\text{ cm}`` -> ``5``; ``\\text{Evelyn}`` -> ``Evelyn``: text after other content is a unit or a remark."""
-    pattern = re.compile(r"\\(?:text|textbf|mbox|mathrm)\s*\{([^{}]*)\}")
-    while True:
-        match = pattern.search(s)
-        if not match:
-            return s
-        before = s[: match.start()].strip()
-        is_unit = bool(before) and re.search(r"[\d}]$", before) and len(match.group(1).strip()) >= 2
-        replacement = "" if is_unit else match.group(1)
-        tail = s[match.end() :]
-        if is_unit:
-            tail = re.sub(r"^\s*\^\s*\{?[23]\}?", "", tail)  # cm^2
-        s = s[: match.start()] + replacement + tail
+    """``5 \\text{ cm}`` -> ``5``; ``\\text{Evelyn}`` -> ``Evelyn``; ``6 \\text{ and } 8`` -> ``6,8``.
+
+    Text right after a number or a closing brace, at the end of the answer (or before a ``^2``/``^3``), is a unit and is
+    dropped; a connective ("and", "or") between two parts is a list separator; any other text keeps its words, so two
+    numbers are never glued together. One left-to-right pass (linear in the length).
+    """
+    out: list[str] = []
+    last, tail = 0, ""  # tail: the last non-space character written so far
+    for match in _TEXT_COMMAND.finditer(s):
+        between = s[last : match.start()]
+        out.append(between)
+        tail = between.rstrip()[-1:] or tail
+        last = match.end()
+        words = match.group(1)
+        rest = s[match.end() :]
+        if tail and _CONNECTIVE.match(words) and rest.strip():
+            if tail not in ",;":
+                out.append(",")
+                tail = ","
+            continue
+        unit_tail = re.match(r"\s*(?:\^\s*\{?[23]\}?)?\s*$", rest)
+        if tail and tail in "0123456789}" and len(words.strip()) >= 2 and unit_tail:
+            last = len(s)
+            break
+        out.append(f" {words} " if tail else words)
+        tail = words.rstrip()[-1:] or tail
+    out.append(s[last:])
+    return "".join(out)
 
 
 def normalize(answer: str) -> str:
@@ -78,12 +97,18 @@ def normalize(answer: str) -> str:
     ('5', '10', '50', '9')
     """
     s = clean_answer(answer)
+    if "\\boxed" in s or "\\fbox" in s:  # a gold written as a solution: its boxes are the answer
+        s = ",".join(clean_answer(box) for box in final_boxes(s)) or s
+    if s.startswith("{") and s.endswith("}") and _balanced(s[1:-1]) and len(split_top_level(s[1:-1])) > 1:
+        s = f"\\{{{s[1:-1]}\\}}"  # bare braces around a list: a set
     s = s.replace("\\dfrac", "\\frac").replace("\\tfrac", "\\frac").replace("\\displaystyle", "")
     s = re.sub(r"\\left\s*|\\right\s*", "", s)
     s = re.sub(r"(?<!\\)\\[,;:! ]|~", " ", s)
     s = re.sub(r"\^\s*\{?\\circ\}?|°|\\degree", "", s)
     s = s.replace("\\%", "").replace("%", "").replace("\\$", "").replace("$", "")
     s = _strip_text_commands(s)
+    s = re.sub(r"(?<=[\w)\]}])\s*,?\s*\b(?:and|or)\b\s*(?=[-+\w(\[\\{])", ",", s)  # "1 and 2", "(1,2) or (2,1)"
+    s = s.replace(";", ",") if ";" in s and "," not in s.replace("\\,", "") or _only_semicolons_at_top(s) else s
     s = re.sub(r"\\frac(\d)(\d)", r"\\frac{\1}{\2}", s)
     s = re.sub(r"\\frac\{([^{}]*)\}(\d)", r"\\frac{\1}{\2}", s)
     s = re.sub(r"\\sqrt(\d)", r"\\sqrt{\1}", s)
@@ -97,6 +122,11 @@ def normalize(answer: str) -> str:
         s = paren_letter.group(1)
     s = _set_builder_to_interval(s)
     return _squeeze_spaces(s)
+
+
+def _only_semicolons_at_top(s: str) -> bool:
+    """``(0;-2;0),(4;0;6)``: semicolons separate coordinates inside brackets, commas the items."""
+    return ";" in s and all(";" not in part or part[:1] in "([" for part in split_top_level(s))
 
 
 def _squeeze_spaces(s: str) -> str:
@@ -176,6 +206,41 @@ def split_top_level(s: str) -> list[str]:
         i += 1
     parts.append("".join(current).strip())
     return parts
+
+
+_TRAILING_OPERATOR = re.compile(r"(?:[-+*/^_=<>]|\\(?:cdot|times|div|pm|mp|le|leq|ge|geq|ne|neq|to|frac|sqrt))\s*$")
+_LEADING_OPERATOR = re.compile(r"^\s*(?:[*/^_=<>]|\\(?:cdot|times|div|to)(?![a-zA-Z]))")
+_ARROW = re.compile(r"\\(?:to|rightarrow|Rightarrow|longrightarrow|Longrightarrow|mapsto|implies|iff|leftarrow)(?![a-zA-Z])")
+_EMPTY_GROUP = re.compile(r"\\(?:frac|sqrt|binom)\s*(?:\[[^\]]*\])?\s*\{\s*\}|\\frac\s*\{[^{}]*\}\s*\{\s*\}|[\^_]\s*\{\s*\}")
+_CLOCK = re.compile(r"(\d{1,2}):(\d{2})(?::(\d{2}))?\s*((?:[ap]\.?\s*m\.?)?)", re.IGNORECASE)
+
+
+def is_malformed(answer: str) -> bool:
+    """An unfinished or broken answer that no parse may read a prefix of: a trailing or leading operator, an empty
+    ``\\frac{}{}``/``\\sqrt{}``/``^{}``, an arrow (``12 \\to 13`` is a change, not a value), unbalanced brackets.
+
+    >>> is_malformed(r"2 \\cdot"), is_malformed(r"4 \\sqrt{}"), is_malformed(r"12 \\to 13"), is_malformed(r"2\\sqrt{3}")
+    (True, True, True, False)
+    """
+    if _TRAILING_OPERATOR.search(answer) or _LEADING_OPERATOR.search(answer) or _EMPTY_GROUP.search(answer):
+        return True
+    if _ARROW.search(answer) and "\\lim" not in answer:
+        return True
+    return answer.count("{") - answer.count("\\{") != answer.count("}") - answer.count("\\}") or not _balanced(answer)
+
+
+def _clock_or_ratio(answer: str) -> tuple[Any, ...] | None:
+    """``4:30`` / ``4:30 p.m.`` / ``11:21``: the parts of a time of day or a ratio, compared part by part (never as a
+    division: ``12:00`` is not ``12/0``). None for anything else.
+    """
+    match = _CLOCK.fullmatch(answer.strip())
+    if match:
+        hours, minutes, seconds, half = match.groups()
+        return int(hours), int(minutes), int(seconds or 0), re.sub(r"[\s.]", "", half).lower()
+    parts = answer.split(":")
+    if len(parts) >= 2 and all(parse_plain_number(part.strip()) for part in parts):
+        return tuple(parse_plain_number(part.strip())[0] for part in parts)  # type: ignore[index]
+    return None
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -265,6 +330,9 @@ def _fast_one(gold: str, pred: str) -> bool | None:
     number_gold, number_pred = parse_plain_number(gold), parse_plain_number(pred)
     if number_gold and number_pred:
         return plain_numbers_equal(number_gold, number_pred)
+    clock_gold, clock_pred = _clock_or_ratio(gold), _clock_or_ratio(pred)
+    if clock_gold is not None or clock_pred is not None:
+        return clock_gold == clock_pred
     base_g, base_p = _BASE_NUMBER.fullmatch(gold), _BASE_NUMBER.fullmatch(pred)
     if base_g and base_p:  # 52_8: digits and base must both match
         return base_g.groups() == base_p.groups()
@@ -373,8 +441,12 @@ def _symbolic_one(gold: str, pred: str) -> bool:
     structure = _compare_structure(gold, pred, _symbolic_one)
     if structure is not None:
         return structure
+    if is_malformed(gold) or is_malformed(pred):
+        return False
     parsed_gold, parsed_pred = _parse(gold), _parse(pred)
     if not parsed_gold or not parsed_pred:
+        return False
+    if any(_parse_lost_content(text, parsed[0]) for text, parsed in ((gold, parsed_gold), (pred, parsed_pred))):
         return False
     exact = _exact_number_check(parsed_gold[0], parsed_pred[0], gold, pred)
     if exact is not None:
@@ -390,13 +462,33 @@ def _symbolic_one(gold: str, pred: str) -> bool:
 def _parse(answer: str) -> list[Any]:
     """math-verify parse of a normalised answer, wrapped in ``$`` so LaTeX is read as a whole (not its first number)."""
     import math_verify
-    from math_verify import ExprExtractionConfig, LatexExtractionConfig
+    from math_verify import LatexExtractionConfig
 
-    configs = [LatexExtractionConfig(boxed_match_priority=0), ExprExtractionConfig()]
-    parsed = math_verify.parse(f"${answer}$", extraction_config=configs, parsing_timeout=None)
-    if not parsed:
-        parsed = math_verify.parse(answer, extraction_config=configs, parsing_timeout=None)
-    return parsed
+    # LaTeX only: where the LaTeX reading fails, math-verify's plain-expression reading takes the first number it
+    # finds (``10^{<4400 digits>}`` -> 10); an answer that cannot be read whole is not read at all.
+    parsed = math_verify.parse(f"${answer}$", extraction_config=[LatexExtractionConfig(boxed_match_priority=0)],
+                               parsing_timeout=None)
+    return parsed if parsed and not isinstance(parsed[0], str) else []
+
+
+_LONE_LETTER = re.compile(r"(?<![\\A-Za-z])[A-Za-z](?![A-Za-z])")
+
+
+def _parse_lost_content(text: str, parsed: Any) -> bool:
+    """True when the parse cannot be the whole answer: a division by zero or an undefined value (``12:00`` read as
+    ``12/0``, ``\\frac{\\pi}{0}``), or a plain number read from text with a variable-like letter (``4t``, ``5m``: a
+    letter after a number is never dropped as a unit).
+    """
+    import sympy
+
+    if not isinstance(parsed, sympy.Basic):
+        return False
+    if parsed.has(sympy.zoo, sympy.nan) or any(
+        power.base == 0 and power.exp.is_negative for power in parsed.atoms(sympy.Pow)
+    ):
+        return True
+    letters = set(_LONE_LETTER.findall(re.sub(r"\\[A-Za-z]+", " ", text))) - {"e", "i", "E"}
+    return bool(letters) and isinstance(parsed, sympy.Expr) and not parsed.free_symbols
 
 
 _PROBE_POINTS = ((7, 13), (19, 11), (-5, 17))  # deterministic rational probe values, offset per symbol
@@ -438,7 +530,7 @@ def _exact_number_check(gold: Any, pred: Any, gold_text: str, pred_text: str) ->
     if gold.free_symbols or pred.free_symbols or not gold.is_number or not pred.is_number:
         return None
     if not (gold.is_finite and pred.is_finite):
-        return gold == pred  # 5/0 is zoo: never "close" to anything
+        return gold == pred and gold in (sympy.oo, -sympy.oo)  # zoo and nan equal nothing, not even themselves
     gold_has_float, pred_has_float = gold.has(sympy.Float), pred.has(sympy.Float)
     if gold_has_float and pred_has_float:
         return None  # two decimal expressions: leave to math-verify
@@ -452,11 +544,26 @@ def _exact_number_check(gold: Any, pred: Any, gold_text: str, pred_text: str) ->
             return False
         exact = Fraction(str(sympy.Rational(value)))
         return decimal_matches_exact(decimal[0], decimal[1], exact)
+    gold, pred = gold.doit(), pred.doit()  # unevaluated products/powers become exact Rationals where they are
+    if gold.is_Rational and pred.is_Rational:
+        return bool(gold == pred)  # exact, at any size: 2^200 != 2^200-1
     try:
-        difference = abs((gold - pred).evalf(60))
-        scale = max(abs(gold.evalf(60)), abs(pred.evalf(60)))
-        # sympy Floats have unbounded exponents: 1/2004! and 1/2006! stay distinguishable (a Python float would be 0).
-        return bool(difference == 0 or difference <= scale * sympy.Float("1e-40", 60))
+        scale = max(abs(gold.evalf(30)), abs(pred.evalf(30)))
+        magnitude = int(sympy.log(scale, 10).evalf(15)) if scale > 1 else 0
+        if magnitude > 5000:
+            return None  # too large to settle by evaluation: math-verify decides (under the worker deadline)
+        # No tolerance: a difference that is not zero at d digits is evaluated again at 4d digits, where two equal
+        # values differ by at most ~10^-4d and two different ones keep their difference (10^50+1 vs 10^50,
+        # sqrt(10^80+1) vs 10^40). Sympy Floats have unbounded exponents, so 1/2004! vs 1/2006! stays apart too.
+        base = 60 + magnitude
+        relative = scale if scale < 1 else sympy.Integer(1)
+        for digits in (base, 4 * base):
+            difference = abs((gold - pred).evalf(digits))
+            if difference == 0:
+                return True
+            if difference > relative * sympy.Float(10, digits) ** (-(digits // 2)):
+                return False
+        return True
     except (TypeError, ValueError):
         return None
 

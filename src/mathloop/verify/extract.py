@@ -14,20 +14,44 @@ _LETTERS = "ABCDEFGHIJ"
 
 _ANSWER_IS = re.compile(r"(?:final answer|the answer)\s*(?:is\s*:?|:)\s*", re.IGNORECASE)
 _GSM8K = re.compile(r"####\s*([^\n]+)")
-_NUMBER = re.compile(r"-?\d[\d,]*(?:\.\d+)?|-?\.\d+")
+_NUMBER = re.compile(r"(?<![A-Za-z\d])(?:-?\d[\d,]*(?:\.\d+)?(?:/\d+(?!\d|\.\d))?|-?\.\d+)(?!\d)")
 _MC_PATTERNS = (
     re.compile(r"answer\s*(?:is|:)?\s*(?:option\s*)?[\(\[]?\s*([A-J])\s*[\)\]]?(?![A-Za-z])", re.IGNORECASE),
     re.compile(r"^\s*\(?([A-J])\)?\s*[.:)]?\s*$"),
 )
 
 
+_BOX_SEPARATOR = re.compile(r"(?:[\s,;.$]|\\quad|\\qquad|\\[,;! ]|\\\(|\\\)|\\\[|\\\]|\\text\{\s*(?:and|or|,)?\s*\}|\b(?:and|or)\b)*")
+
+
 def find_boxes(text: str) -> list[str]:
-    """Contents of every ``\\boxed{...}`` / ``\\fbox{...}`` in order, braces matched; also ``\\boxed 5``.
+    return [content for content, _, _ in box_spans(text)]
+
+
+def final_boxes(text: str) -> list[str]:
+    """The last box with the boxes right before it that only commas, "and"/"or" or spacing separate from it.
+
+    >>> final_boxes(r"first \\boxed{7}. So \\boxed{1} and \\boxed{2}.")
+    ['1', '2']
+    """
+    spans = box_spans(text)
+    if not spans:
+        return []
+    group = [spans[-1]]
+    for span in reversed(spans[:-1]):
+        if not _BOX_SEPARATOR.fullmatch(text[span[2] : group[0][1]]):
+            break
+        group.insert(0, span)
+    return [content for content, _, _ in group]
+
+
+def box_spans(text: str) -> list[tuple[str, int, int]]:
+    """(content, start, end) of every ``\\boxed{...}`` / ``\\fbox{...}`` in order, braces matched; also ``\\boxed 5``.
 
     >>> find_boxes(r"so $\\boxed{\\frac{1}{2}}$ or \\boxed 3.")
     ['\\\\frac{1}{2}', '3']
     """
-    boxes: list[str] = []
+    boxes: list[tuple[str, int, int]] = []
     i = 0
     while True:
         starts = [(text.find(cmd, i), cmd) for cmd in _BOX_COMMANDS]
@@ -40,12 +64,12 @@ def find_boxes(text: str) -> list[str]:
             content, end = _brace_content(text, j)
             if content is None:
                 return boxes  # unbalanced: the response was cut off inside the box
-            boxes.append(content)
+            boxes.append((content, pos, end))
             i = end
         elif j < len(text) and text[j] == " ":
             match = re.match(r" +([^\s$]+)", text[j:])
             if match:
-                boxes.append(match.group(1).rstrip(".,;"))
+                boxes.append((match.group(1).rstrip(".,;"), pos, j + match.end()))
             i = j + 1
         else:
             i = j  # e.g. \boxedsomething: not a box
@@ -96,8 +120,47 @@ def _after_answer_phrase(response: str) -> str | None:
         return None
     tail = response[matches[-1].end() :].split("\n")[0]
     tail = re.split(r"\.(?:\s|$)", tail)[0]  # sentence end, not a decimal point
-    tail = clean_answer(tail)
+    tail = clean_answer(_answer_in_sentence(clean_answer(tail)))
     return tail or None
+
+
+_MATH_DELIMITERS = (("$$", "$$"), ("\\[", "\\]"), ("\\(", "\\)"), ("$", "$"))
+_PROSE_WORD = re.compile(r"(?<![\\A-Za-z])[A-Za-z]{3,}")
+
+
+def last_math(text: str) -> str | None:
+    """The content of the last ``$...$`` / ``$$...$$`` / ``\\(...\\)`` / ``\\[...\\]`` in ``text``, or None.
+
+    One left-to-right scan (linear); an unclosed delimiter ends the scan.
+
+    >>> last_math(r"so $x \\geq 5$ holds, and \\(y=2\\) too")
+    'y=2'
+    """
+    found = None
+    i = 0
+    while i < len(text):
+        for opener, closer in _MATH_DELIMITERS:
+            if text.startswith(opener, i) and not (opener == "$" and i and text[i - 1] == "\\"):
+                end = text.find(closer, i + len(opener))
+                while opener == "$" and end > 0 and text[end - 1] == "\\":
+                    end = text.find(closer, end + 1)  # \$ inside math is a dollar sign
+                if end < 0:
+                    return found
+                content = text[i + len(opener) : end].strip()
+                found = content or found
+                i = end + len(closer)
+                break
+        else:
+            i += 1
+    return found
+
+
+def _answer_in_sentence(sentence: str) -> str:
+    """``The largest $n$ is 34`` -> ``34``: a prose sentence after "Final Answer:" gives its last number or math."""
+    if not _PROSE_WORD.search(re.sub(r"\$[^$]*\$|\\[A-Za-z]+|\\text\{[^{}]*\}", " ", sentence)):
+        return sentence
+    tail = re.split(r"\b(?:is|are|equals|was|be)\b", sentence)[-1]
+    return last_math(tail) or _last_number(tail) or sentence
 
 
 def _last_number(response: str) -> str | None:
@@ -106,15 +169,21 @@ def _last_number(response: str) -> str | None:
 
 
 def _extract_math(response: str) -> str | None:
-    boxes = find_boxes(response)
-    if boxes:
-        return clean_answer(boxes[-1]) or None
+    spans = box_spans(response)
+    phrases = list(_ANSWER_IS.finditer(response))
+    if spans and not (phrases and phrases[-1].start() > spans[-1][2]):  # "Final Answer: ..." after the last box wins
+        boxes = [clean_answer(box) for box in final_boxes(response)]
+        if any(boxes):
+            return ",".join(box for box in boxes if box)
     phrase = _after_answer_phrase(response)
     if phrase is not None:
         return phrase
     gsm = _GSM8K.findall(response)
     if gsm:
         return clean_answer(gsm[-1]) or None
+    math = last_math(response)
+    if math is not None:
+        return clean_answer(math) or None
     return _last_number(response)
 
 
