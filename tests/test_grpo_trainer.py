@@ -132,7 +132,8 @@ def test_executor_output_is_masked_out_of_the_loss(tiny_model_dir, tmp_path):
     assert rollout.ended_by_eos
 
     # The loss mask keeps exactly the model's text (and its end-of-turn token), never the prompt or the executor's.
-    input_ids, _, loss_mask = encode_rollouts(tokenizer, [rollout], torch.device("cpu"))
+    batch = encode_rollouts(tokenizer, [rollout], torch.device("cpu"))
+    input_ids, loss_mask = batch.input_ids, batch.loss_mask
     targets = input_ids[0, 1:]
     kept, dropped = targets[loss_mask[0]].tolist(), targets[~loss_mask[0]].tolist()
     assert tokenizer.decode(kept) == rollout.response[:start] + rollout.response[end:] + tokenizer.eos_token
@@ -143,7 +144,7 @@ def test_executor_output_is_masked_out_of_the_loss(tiny_model_dir, tmp_path):
     outputs = []
     model.register_forward_hook(lambda module, args, output: outputs.append(output))
     rollout.advantage = 1.0
-    loss, _ = micro_batch_loss(model, None, tokenizer, [rollout], config, torch.device("cpu"))
+    loss, _ = micro_batch_loss(model, None, encode_rollouts(tokenizer, [rollout], torch.device("cpu")), config)
     logits = outputs[0].logits
     logits.retain_grad()
     loss.backward()
@@ -157,7 +158,7 @@ def test_executor_text_changes_nothing_when_it_ends_the_response(tiny_model_dir,
     update per batch the ratio is 1.)"""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from mathloop.train.grpo import micro_batch_loss
+    from mathloop.train.grpo import encode_rollouts, micro_batch_loss
 
     config = grpo_config(tmp_path, tiny_model_dir, mode="tir", beta=0.0)
     tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
@@ -170,7 +171,7 @@ def test_executor_text_changes_nothing_when_it_ends_the_response(tiny_model_dir,
         rollout.tool_output_spans = [[start, end]] if masked else []
         rollout.advantage = 1.0
         model.zero_grad()
-        loss, _ = micro_batch_loss(model, None, tokenizer, [rollout], config, torch.device("cpu"))
+        loss, _ = micro_batch_loss(model, None, encode_rollouts(tokenizer, [rollout], torch.device("cpu")), config)
         loss.backward()
         results.append(torch.cat([p.grad.flatten() for p in model.parameters()]))
     grads_a, grads_b, grads_unmasked = results
