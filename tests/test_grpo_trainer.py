@@ -4,6 +4,7 @@ and uses the configured reward."""
 from __future__ import annotations
 
 import json
+import math
 import sys
 
 import pytest
@@ -15,6 +16,11 @@ USER_REWARDS = '''
 def contains_seven(prompts, completions, **columns):
     """1 for a completion that writes a 7 anywhere, else 0."""
     return [1.0 if "7" in completion else 0.0 for completion in completions]
+
+
+def length_on_odd_queries(prompts, completions, problem_id, **columns):
+    """text_length on q1, q3, q5, q7; 0 on the even queries, so their groups are always flat."""
+    return [float(len(c)) if int(pid[1:]) % 2 else 0.0 for c, pid in zip(completions, problem_id)]
 
 
 def text_length(prompts, completions, **columns):
@@ -55,13 +61,17 @@ def metric(run_dir, name):
 
 # ---- learning --------------------------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("seed", [0, 3])
-def test_the_policy_learns_a_trivially_rewarded_answer(tiny_model_dir, tmp_path, user_rewards, seed):
-    """Reward 1 for writing a 7: a random policy writes one in ~3% of 8-token responses; GRPO makes it the rule."""
+@pytest.mark.parametrize("seed, variant", [
+    (0, {}), (3, {}), (0, {"loss_type": "dapo"}), (0, {"loss_type": "dr_grpo", "scale_rewards": "none"}),
+    (0, {"loss_type": "dapo", "scale_rewards": "batch", "updates_per_batch": 2, "clip_high": 0.28}),
+], ids=["grpo-0", "grpo-3", "dapo", "dr_grpo", "dapo-2-updates"])
+def test_the_policy_learns_a_trivially_rewarded_answer(tiny_model_dir, tmp_path, user_rewards, seed, variant):
+    """Reward 1 for writing a 7: a random policy writes one in ~3% of 8-token responses; GRPO makes it the rule,
+    with every loss type."""
     from mathloop.train.grpo import train_grpo
 
     config = grpo_config(tmp_path, tiny_model_dir, reward=f"{user_rewards}:contains_seven", steps=20,
-                         seed=seed)
+                         seed=seed, **variant)
     summary = train_grpo(config)
     rewards = metric(tmp_path / "run", "reward_mean")
     assert len(rewards) == 20 and summary["step"] == 20
@@ -72,6 +82,64 @@ def test_the_policy_learns_a_trivially_rewarded_answer(tiny_model_dir, tmp_path,
     rollouts = read_records(Sample, tmp_path / "run" / "rollouts" / "step-000020.jsonl")
     assert len(rollouts) == 4 * 8
     assert all(s.metadata["reward"] == (1.0 if "7" in s.response else 0.0) for s in rollouts)
+    # Diagnostics per step: entropy of the policy on its response tokens, clipping only where the ratio can move.
+    assert all(0 < h < math.log(300) for h in metric(tmp_path / "run", "entropy"))
+    clip = metric(tmp_path / "run", "clip_fraction")
+    assert any(c > 0 for c in clip) if config.updates_per_batch > 1 else all(c == 0 for c in clip)
+    assert metric(tmp_path / "run", "is_ratio_mean") == [None] * 20  # hf rollouts: nothing to correct
+
+
+# ---- issue 17: dynamic sampling, overlong handling -------------------------------------------------------------
+
+def test_dynamic_sampling_trains_only_groups_with_distinct_rewards(tiny_model_dir, tmp_path, user_rewards):
+    from mathloop.train.grpo import train_grpo
+
+    reward = f"{user_rewards}:length_on_odd_queries"
+    train_grpo(grpo_config(tmp_path, tiny_model_dir, reward=reward, steps=2, queries_per_step=2,
+                           dynamic_sampling=True, dynamic_sampling_tries=6, learning_rate=0.05))
+    for step in (1, 2):
+        rollouts = read_records(Sample, tmp_path / "run" / "rollouts" / f"step-{step:06d}.jsonl")
+        groups: dict = {}
+        for s in rollouts:
+            groups.setdefault((s.problem_id, s.sampling["seed"]), []).append(s)
+        flat = {key: len({s.metadata["reward"] for s in g}) == 1 for key, g in groups.items()}
+        trained = {key for key, g in groups.items() if g[0].metadata["trained"]}
+        assert all(len(g) == 8 and len({s.metadata["trained"] for s in g}) == 1 for g in groups.values())
+        assert trained and not any(flat[key] for key in trained)  # every trained group carries a signal
+        assert all(int(pid[1:]) % 2 == 1 for pid, _ in trained)
+        line = json.loads((tmp_path / "run" / "metrics.jsonl").read_text().splitlines()[step - 1])
+        assert line["groups_trained"] == len(trained) == 2 and line["sampling_tries"] == len(
+            {seed for _, seed in groups})
+        assert line["flat_groups"] == pytest.approx(sum(flat.values()) / len(flat))
+        assert line["reward_mean"] == pytest.approx(sum(s.metadata["reward"] for s in rollouts) / len(rollouts))
+    assert any(f > 0 for f in metric(tmp_path / "run", "flat_groups"))  # flat groups were sampled and dropped
+
+
+def test_overlong_mask_and_soft_penalty(tiny_model_dir, tmp_path, user_rewards):
+    from transformers import AutoModelForCausalLM
+
+    from mathloop.train.grpo import train_grpo
+    from mathloop.train.grpo_math import soft_overlong_penalty
+
+    # mask: every response is cut off at 3 tokens, so nothing is left in the loss and the weights do not move.
+    train_grpo(grpo_config(tmp_path, tiny_model_dir, output_dir=str(tmp_path / "mask"), overlong="mask", beta=0.0,
+                           steps=1, max_new_tokens=3, reward=f"{user_rewards}:text_length"))
+    assert metric(tmp_path / "mask", "truncation_rate") == [1.0] and metric(tmp_path / "mask", "loss") == [0.0]
+    start = AutoModelForCausalLM.from_pretrained(tiny_model_dir).state_dict()
+    after = AutoModelForCausalLM.from_pretrained(tmp_path / "mask" / "final").state_dict()
+    assert all(torch.equal(start[k], after[k]) for k in start)
+
+    # soft_penalty: the reward is the function's plus the length ramp of the last 4 of 8 tokens.
+    train_grpo(grpo_config(tmp_path, tiny_model_dir, output_dir=str(tmp_path / "soft"), overlong="soft_penalty",
+                           overlong_buffer=4, steps=1, reward=f"{user_rewards}:contains_seven"))
+    rollouts = read_records(Sample, tmp_path / "soft" / "rollouts" / "step-000001.jsonl")
+    lengths = torch.tensor([s.completion_tokens for s in rollouts])
+    penalties = soft_overlong_penalty(lengths, 8, 4).tolist()
+    assert [s.metadata["reward"] for s in rollouts] == pytest.approx(
+        [(1.0 if "7" in s.response else 0.0) + p for s, p in zip(rollouts, penalties)], abs=1e-6)
+    assert min(penalties) == -1.0
+    assert metric(tmp_path / "soft", "truncation_rate") == [
+        pytest.approx(sum(s.finish_reason == "length" for s in rollouts) / len(rollouts))]
 
 
 # ---- masking of the code executor's output ---------------------------------------------------------------------
