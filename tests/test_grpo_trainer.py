@@ -418,6 +418,11 @@ def stub_vllm(monkeypatch):
             vllm.requests.append(lora_request)
             outputs = [SimpleNamespace(text="so \\boxed{7}" if j % 2 == 0 else "so \\boxed{3}", token_ids=[1, 2],
                                        finish_reason="stop", stop_reason=None) for j in range(sampling.kwargs["n"])]
+            if sampling.kwargs.get("logprobs") == 0:  # the sampled tokens (eos included), each with log mu = -1
+                tokenizer = self.get_tokenizer()
+                for o in outputs:
+                    o.token_ids = tokenizer(o.text, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
+                    o.logprobs = [{t: SimpleNamespace(logprob=-1.0)} for t in o.token_ids]
             return [SimpleNamespace(prompt_token_ids=[0], outputs=outputs) for _ in prompts]
 
     vllm.LLM, vllm.SamplingParams, request.LoRARequest = LLM, SamplingParams, LoRARequest
@@ -442,3 +447,59 @@ def test_vllm_rollouts_sample_through_the_adapter_of_each_step(tiny_model_dir, t
         (1, True), (2, True)]
     assert metric(tmp_path / "run", "accuracy") == [0.5, 0.5] and summary["final"]
     assert [p.name for p in (tmp_path / "run" / "rollout-adapter").iterdir()] == ["step-000001"]
+
+
+def test_vllm_rollouts_are_corrected_by_truncated_importance_sampling(tiny_model_dir, tmp_path, stub_vllm):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from mathloop.train.grpo import encode_rollouts, sequence_logprobs, train_grpo
+
+    with pytest.raises(ValueError, match="tis_cap corrects rollouts from another engine"):
+        grpo_config(tmp_path, tiny_model_dir, tis_cap=2.0).validate()
+    config = grpo_config(tmp_path, tiny_model_dir, rollout_backend="vllm", lora=True, lora_rank=4, steps=1,
+                         queries_per_step=2, group_size=4, tis_cap=2.0)
+    train_grpo(config)
+    [engine] = stub_vllm.engines
+    assert engine.kwargs["logprobs_mode"] == "processed_logprobs"
+    # The logged ratio is pi_old / mu over the engine's tokens: the starting model's probabilities (the LoRA
+    # adapter starts at zero) times e, recomputed here from the recorded rollouts (the stub's ids are the text's).
+    from mathloop.records import Problem
+    from mathloop.train.grpo import Rollout
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
+    recorded = read_records(Sample, tmp_path / "run" / "rollouts" / "step-000001.jsonl")
+    ids = [tokenizer(s.response, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id] for s in recorded]
+    rollouts = [Rollout(Problem(id=s.problem_id, benchmark="t", question="", gold="7"), s.prompt, s.response, 0, 0,
+                        "stop", True, token_ids=i, behaviour_logprobs=[-1.0] * len(i)) for s, i in zip(recorded, ids)]
+    batch = encode_rollouts(tokenizer, rollouts, torch.device("cpu"))
+    assert batch.input_ids[:, 1:][batch.loss_mask].tolist() == [t for i in ids for t in i]  # the engine's ids
+    assert (batch.behaviour_logp[batch.loss_mask] == -1.0).all()
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32)
+    logp, _ = sequence_logprobs(model, batch.input_ids, batch.attention_mask, 1.0)
+    ratio = torch.exp(logp[batch.loss_mask] + 1.0)
+    assert metric(tmp_path / "run", "is_ratio_mean") == [pytest.approx(ratio.mean().item(), rel=1e-2)]  # LoRA-wrapped, train mode: float noise
+    assert metric(tmp_path / "run", "is_ratio_max") == [pytest.approx(ratio.max().item(), rel=1e-2)]
+
+
+def test_cli_runs_the_practitioner_variants_from_a_yaml_config(tiny_model_dir, tmp_path, capsys):
+    from mathloop.cli import main
+
+    config = grpo_config(tmp_path, tiny_model_dir)
+    (tmp_path / "grpo.yaml").write_text(
+        f"model: {tiny_model_dir}\nqueries: {config.queries}\nreward: verifier\ngroup_size: 2\nqueries_per_step: 2\n"
+        f"max_new_tokens: 4\nsteps: 1\nloss_type: dr_grpo\nscale_rewards: batch\ndynamic_sampling: true\n"
+        f"dynamic_sampling_tries: 2\noverlong: soft_penalty\noverlong_buffer: 2\nupdates_per_batch: 2\n"
+        f"clip_low: 0.2\nclip_high: 0.28\n")
+    assert main(["grpo", "--config", str(tmp_path / "grpo.yaml"), "--output-dir", str(tmp_path / "cli"),
+                 "--loss-type", "dapo"]) == 0
+    recorded = json.loads((tmp_path / "cli" / "run.json").read_text())["config"]
+    assert recorded["loss_type"] == "dapo" and recorded["dynamic_sampling"] is True  # the flag wins over the YAML
+    assert recorded["updates_per_batch"] == 2 and recorded["clip_high"] == 0.28 and recorded["overlong"] == "soft_penalty"
+    [line] = [json.loads(x) for x in (tmp_path / "cli" / "metrics.jsonl").read_text().splitlines()]
+    assert {"flat_groups", "entropy", "clip_fraction", "truncation_rate", "is_ratio_mean", "is_ratio_max",
+            "sampling_tries", "groups_trained"} <= line.keys()
+    assert 1 <= line["sampling_tries"] <= 2
+    capsys.readouterr()
+    (tmp_path / "bad.yaml").write_text((tmp_path / "grpo.yaml").read_text().replace("dr_grpo", "ppo"))
+    assert main(["grpo", "--config", str(tmp_path / "bad.yaml"), "--output-dir", str(tmp_path / "bad")]) == 2
+    assert "loss_type must be one of grpo, dapo, dr_grpo, got 'ppo'" in capsys.readouterr().err
