@@ -19,8 +19,13 @@ together; both would have to be bent into TRL's generation and reward hooks. Use
 use it with the TRL-style reward functions of `mathloop.reward.shaping`.
 
 Choices the paper leaves open, or where mathloop differs from it:
-  - one update per rollout batch (pi_old = pi, as DeepSeekMath's GRPO with one inner iteration): the ratio is 1,
-    so PPO's clip never acts and there is no clip_eps to set; the gradient is A * grad log pi plus the KL pull;
+  - one update per rollout batch by default (pi_old = pi, as DeepSeekMath's GRPO with one inner iteration): the
+    ratio is 1, so PPO's clip never acts; the gradient is A * grad log pi plus the KL pull. `updates_per_batch` > 1
+    reuses the batch: pi_old is the trainer's log-probs from the first update (the weights of rollout time) and the
+    ratio is clipped to [1 - clip_low, 1 + clip_high]. The behaviour policy mu is the rollout engine; with vLLM
+    rollouts and `tis_cap`, its reported log-probs weight each token by min(pi_old / mu, tis_cap);
+  - practitioners' variants, all off by default: dynamic sampling, overlong mask / soft penalty, loss_type dapo /
+    dr_grpo, scale_rewards batch / none (README "GRPO options");
   - beta = 1e-3 (the paper's KL coefficient), k3 estimator, token mean per response then mean over responses;
   - log-probabilities are taken at the sampling temperature, so the reference and policy distributions are the
     ones the rollouts came from;
