@@ -9,14 +9,20 @@ import torch
 
 from mathloop.train.grpo_math import (
     aggregate_token_loss,
+    aggregation_units,
     clipped_surrogate_loss,
+    drop_truncated,
     group_advantages,
     grpo_loss,
     k3_kl,
     masked_sequence_mean,
     response_loss_mask,
+    soft_overlong_penalty,
+    token_entropy,
     token_logprobs,
     tool_output_token_mask,
+    truncated_importance_weights,
+    zero_variance_groups,
 )
 
 # --- advantages ---------------------------------------------------------------------------------------------------
@@ -313,3 +319,117 @@ def test_response_loss_mask_with_a_fast_tokenizer(fast_tokenizer):
     ids2, mask2 = response_loss_mask(fast_tokenizer, response, [span], use_offsets=False)
     assert fast_tokenizer.decode(ids2[mask2].tolist()) == head + tail
     assert fast_tokenizer.decode(ids2[~mask2].tolist()) == executor
+
+
+# --- issue 17: the variants practitioners use (each against hand-computed values) --------------------------------
+
+
+def test_batch_scale_divides_by_the_std_of_all_rewards():
+    rewards = torch.tensor([[1.0, 0.0, 0.0, 0.0], [2.0, 2.0, 2.0, 2.0]])
+    # group means 0.25 and 2; batch mean 1.125, sum of squared deviations 3 * 1.125^2 + 0.125^2 + 4 * 0.875^2 = 6.875,
+    # sample std sqrt(6.875 / 7) = 0.99103
+    std = math.sqrt(6.875 / 7)
+    adv = group_advantages(rewards, scale="batch", eps=0.0)
+    assert torch.allclose(adv[0], torch.tensor([0.75, -0.25, -0.25, -0.25]) / std, atol=1e-6)
+    assert torch.equal(adv[1], torch.zeros(4))  # a flat group still gives exact zeros
+    assert torch.allclose(group_advantages(rewards.flatten(), group_ids=[0] * 4 + [1] * 4, scale="batch", eps=0.0),
+                          adv.flatten(), atol=1e-6)
+
+
+def test_zero_variance_groups():
+    rewards = torch.tensor([[0.0, 0.0, 0.0], [0.0, 1.0, 0.0], [0.3, 0.3, 0.3], [1e-7, 0.0, 0.0]])
+    assert zero_variance_groups(rewards).tolist() == [True, False, True, False]
+    with pytest.raises(ValueError, match="num_groups, G"):
+        zero_variance_groups(torch.zeros(4))
+
+
+def test_soft_overlong_penalty_ramps_over_the_buffer():
+    # L_max 512, buffer 128: no penalty up to 384, then -(L - 384) / 128, -1 at and beyond 512.
+    lengths = torch.tensor([100, 384, 385, 448, 511, 512, 600])
+    expected = [0.0, 0.0, -1 / 128, -0.5, -127 / 128, -1.0, -1.0]
+    assert soft_overlong_penalty(lengths, 512, 128).tolist() == pytest.approx(expected, abs=1e-6)
+    assert soft_overlong_penalty(lengths, 512, 128, penalty=0.5).tolist() == pytest.approx(
+        [x / 2 for x in expected], abs=1e-6)
+    assert soft_overlong_penalty(torch.tensor([0, 5, 10]), 10, 10).tolist() == pytest.approx([0.0, -0.5, -1.0])
+    with pytest.raises(ValueError, match="buffer"):
+        soft_overlong_penalty(lengths, 512, 0)
+
+
+def test_drop_truncated_masks_whole_responses_and_the_loss_ignores_them():
+    mask = torch.tensor([[True, True, False], [True, True, True], [False, True, True]])
+    kept = drop_truncated(mask, torch.tensor([False, True, False]))
+    assert kept.tolist() == [[True, True, False], [False, False, False], [False, True, True]]
+    values = torch.tensor([[1.0, 3.0, 0.0], [100.0, 100.0, 100.0], [0.0, 5.0, 7.0]])
+    assert aggregate_token_loss(values, kept).item() == pytest.approx((2.0 + 6.0) / 2)  # the truncated row is out
+    with pytest.raises(ValueError, match="truncated"):
+        drop_truncated(mask, torch.tensor([True]))
+
+
+def test_dr_grpo_aggregation_divides_by_a_constant():
+    values = torch.tensor([[1.0, 2.0, 3.0, 0.0], [4.0, 0.0, 0.0, 0.0]])
+    mask = torch.tensor([[True, True, True, False], [True, False, False, False]])
+    # grpo: (6/3 + 4/1) / 2 = 3; dapo: 10 / 4 = 2.5; dr_grpo: 10 / (2 * 8) = 0.625
+    assert aggregate_token_loss(values, mask).item() == pytest.approx(3.0)
+    assert aggregate_token_loss(values, mask, "token_mean").item() == pytest.approx(2.5)
+    assert aggregate_token_loss(values, mask, "seq_mean_token_sum_norm", max_tokens=8).item() == pytest.approx(0.625)
+    with pytest.raises(ValueError, match="max_tokens"):
+        aggregate_token_loss(values, mask, "seq_mean_token_sum_norm")
+
+
+@pytest.mark.parametrize("aggregation", ["seq_mean_token_mean", "token_mean", "seq_mean_token_sum_norm"])
+def test_micro_batches_weighted_by_their_units_give_the_batch_loss(aggregation):
+    torch.manual_seed(1)
+    values = torch.randn(7, 5)
+    mask = torch.rand(7, 5) > 0.4
+    mask[3] = False  # a response with no token in the loss (all executor output, or truncated and filtered)
+    whole = aggregate_token_loss(values, mask, aggregation, max_tokens=5)
+    total = aggregation_units(mask, aggregation)
+    parts = [(values[i:i + 3], mask[i:i + 3]) for i in range(0, 7, 3)]
+    summed = sum(aggregate_token_loss(v, m, aggregation, max_tokens=5) * aggregation_units(m, aggregation) / total
+                 for v, m in parts)
+    assert summed.item() == pytest.approx(whole.item(), abs=1e-6)
+
+
+def test_asymmetric_clip_lets_good_tokens_rise_further():
+    # ratio 1.25 with A > 0: clipped at 1.2 by the symmetric range (no gradient), inside clip_high 0.28 (gradient).
+    loss, stats, grad = _one_token_batch([1.25, 0.75], [1.0, -1.0], clip_eps=0.2, clip_eps_high=0.28)
+    assert loss.item() == pytest.approx((-1.25 + 0.8) / 2, abs=1e-6)  # -min(1.25, 1.28); -min(-0.75, -0.8)
+    assert grad.tolist() == pytest.approx([-1.25 / 2, 0.0], abs=1e-6)
+    assert stats["clip_fraction"].item() == pytest.approx(0.5) and stats["clip_fraction_low"].item() == 0.5
+    _, stats, grad = _one_token_batch([1.25, 0.75], [1.0, -1.0], clip_eps=0.2)
+    assert grad.tolist() == pytest.approx([0.0, 0.0]) and stats["clip_fraction"].item() == 1.0
+
+
+def test_truncated_importance_weights_cap_the_ratio_and_report_it():
+    old = torch.log(torch.tensor([[0.5, 0.9, 0.2, 0.1], [0.6, 0.4, 0.3, 0.2]]))
+    mu = torch.log(torch.tensor([[0.5, 0.3, 0.4, 0.9], [0.2, 0.5, 0.3, 0.1]]))
+    mask = torch.tensor([[True, True, True, False], [True, True, False, False]])
+    weights, stats = truncated_importance_weights(old, mu, mask, cap=2.0)
+    # ratios on the mask: 1, 3, 0.5 | 3, 0.8; capped at 2
+    assert weights[mask].tolist() == pytest.approx([1.0, 2.0, 0.5, 2.0, 0.8], abs=1e-6)
+    assert stats["is_ratio_mean"].item() == pytest.approx((1 + 3 + 0.5 + 3 + 0.8) / 5, abs=1e-6)
+    assert stats["is_ratio_max"].item() == pytest.approx(3.0, abs=1e-5)
+    assert stats["is_truncated_fraction"].item() == pytest.approx(2 / 5)
+    assert not weights.requires_grad
+
+
+def test_importance_weights_scale_each_tokens_policy_gradient_not_the_kl():
+    logp = torch.log(torch.tensor([[0.5, 0.25]])).requires_grad_()
+    mask = torch.ones(1, 2, dtype=torch.bool)
+    weights = torch.tensor([[2.0, 0.5]])
+    loss, _ = clipped_surrogate_loss(logp, logp.detach(), torch.tensor([1.0]), mask, is_weights=weights)
+    (grad,) = torch.autograd.grad(loss, logp)
+    # ratio 1: per token -w * A, token mean: -(2 + 0.5) / 2; gradient -w / 2 per token
+    assert loss.item() == pytest.approx(-1.25) and grad[0].tolist() == pytest.approx([-1.0, -0.25])
+    ref = torch.log(torch.tensor([[0.5, 0.5]]))
+    with_kl, stats = grpo_loss(logp, None, torch.tensor([0.0]), mask, ref, beta=1.0, is_weights=weights)
+    assert with_kl.item() == pytest.approx(stats["kl"].item()) == pytest.approx((0.0 + 0.306853) / 2, abs=1e-5)
+
+
+def test_token_entropy_matches_the_definition():
+    logits = torch.tensor([[[0.0, 0.0, 0.0, 0.0], [2.0, 0.0, 0.0, -1.0]]])
+    p = torch.softmax(logits[0, 1], -1)
+    assert token_entropy(logits)[0].tolist() == pytest.approx([math.log(4), -(p * p.log()).sum().item()], abs=1e-6)
+    hot = token_entropy(logits, temperature=0.5, chunk_size=1)  # temperature 0.5 doubles the logits
+    p2 = torch.softmax(2 * logits[0, 1], -1)
+    assert hot[0, 1].item() == pytest.approx(-(p2 * p2.log()).sum().item(), abs=1e-6)

@@ -4,6 +4,7 @@ and uses the configured reward."""
 from __future__ import annotations
 
 import json
+import math
 import sys
 
 import pytest
@@ -15,6 +16,11 @@ USER_REWARDS = '''
 def contains_seven(prompts, completions, **columns):
     """1 for a completion that writes a 7 anywhere, else 0."""
     return [1.0 if "7" in completion else 0.0 for completion in completions]
+
+
+def length_on_odd_queries(prompts, completions, problem_id, **columns):
+    """text_length on q1, q3, q5, q7; 0 on the even queries, so their groups are always flat."""
+    return [float(len(c)) if int(pid[1:]) % 2 else 0.0 for c, pid in zip(completions, problem_id)]
 
 
 def text_length(prompts, completions, **columns):
@@ -55,13 +61,17 @@ def metric(run_dir, name):
 
 # ---- learning --------------------------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("seed", [0, 3])
-def test_the_policy_learns_a_trivially_rewarded_answer(tiny_model_dir, tmp_path, user_rewards, seed):
-    """Reward 1 for writing a 7: a random policy writes one in ~3% of 8-token responses; GRPO makes it the rule."""
+@pytest.mark.parametrize("seed, variant", [
+    (0, {}), (3, {}), (0, {"loss_type": "dapo"}), (0, {"loss_type": "dr_grpo", "scale_rewards": "none"}),
+    (0, {"loss_type": "dapo", "scale_rewards": "batch", "updates_per_batch": 2, "clip_high": 0.28}),
+], ids=["grpo-0", "grpo-3", "dapo", "dr_grpo", "dapo-2-updates"])
+def test_the_policy_learns_a_trivially_rewarded_answer(tiny_model_dir, tmp_path, user_rewards, seed, variant):
+    """Reward 1 for writing a 7: a random policy writes one in ~3% of 8-token responses; GRPO makes it the rule,
+    with every loss type."""
     from mathloop.train.grpo import train_grpo
 
     config = grpo_config(tmp_path, tiny_model_dir, reward=f"{user_rewards}:contains_seven", steps=20,
-                         seed=seed)
+                         seed=seed, **variant)
     summary = train_grpo(config)
     rewards = metric(tmp_path / "run", "reward_mean")
     assert len(rewards) == 20 and summary["step"] == 20
@@ -72,6 +82,64 @@ def test_the_policy_learns_a_trivially_rewarded_answer(tiny_model_dir, tmp_path,
     rollouts = read_records(Sample, tmp_path / "run" / "rollouts" / "step-000020.jsonl")
     assert len(rollouts) == 4 * 8
     assert all(s.metadata["reward"] == (1.0 if "7" in s.response else 0.0) for s in rollouts)
+    # Diagnostics per step: entropy of the policy on its response tokens, clipping only where the ratio can move.
+    assert all(0 < h < math.log(300) for h in metric(tmp_path / "run", "entropy"))
+    clip = metric(tmp_path / "run", "clip_fraction")
+    assert any(c > 0 for c in clip) if config.updates_per_batch > 1 else all(c == 0 for c in clip)
+    assert metric(tmp_path / "run", "is_ratio_mean") == [None] * 20  # hf rollouts: nothing to correct
+
+
+# ---- issue 17: dynamic sampling, overlong handling -------------------------------------------------------------
+
+def test_dynamic_sampling_trains_only_groups_with_distinct_rewards(tiny_model_dir, tmp_path, user_rewards):
+    from mathloop.train.grpo import train_grpo
+
+    reward = f"{user_rewards}:length_on_odd_queries"
+    train_grpo(grpo_config(tmp_path, tiny_model_dir, reward=reward, steps=2, queries_per_step=2,
+                           dynamic_sampling=True, dynamic_sampling_tries=6, learning_rate=0.05))
+    for step in (1, 2):
+        rollouts = read_records(Sample, tmp_path / "run" / "rollouts" / f"step-{step:06d}.jsonl")
+        groups: dict = {}
+        for s in rollouts:
+            groups.setdefault((s.problem_id, s.sampling["seed"]), []).append(s)
+        flat = {key: len({s.metadata["reward"] for s in g}) == 1 for key, g in groups.items()}
+        trained = {key for key, g in groups.items() if g[0].metadata["trained"]}
+        assert all(len(g) == 8 and len({s.metadata["trained"] for s in g}) == 1 for g in groups.values())
+        assert trained and not any(flat[key] for key in trained)  # every trained group carries a signal
+        assert all(int(pid[1:]) % 2 == 1 for pid, _ in trained)
+        line = json.loads((tmp_path / "run" / "metrics.jsonl").read_text().splitlines()[step - 1])
+        assert line["groups_trained"] == len(trained) == 2 and line["sampling_tries"] == len(
+            {seed for _, seed in groups})
+        assert line["flat_groups"] == pytest.approx(sum(flat.values()) / len(flat))
+        assert line["reward_mean"] == pytest.approx(sum(s.metadata["reward"] for s in rollouts) / len(rollouts))
+    assert any(f > 0 for f in metric(tmp_path / "run", "flat_groups"))  # flat groups were sampled and dropped
+
+
+def test_overlong_mask_and_soft_penalty(tiny_model_dir, tmp_path, user_rewards):
+    from transformers import AutoModelForCausalLM
+
+    from mathloop.train.grpo import train_grpo
+    from mathloop.train.grpo_math import soft_overlong_penalty
+
+    # mask: every response is cut off at 3 tokens, so nothing is left in the loss and the weights do not move.
+    train_grpo(grpo_config(tmp_path, tiny_model_dir, output_dir=str(tmp_path / "mask"), overlong="mask", beta=0.0,
+                           steps=1, max_new_tokens=3, reward=f"{user_rewards}:text_length"))
+    assert metric(tmp_path / "mask", "truncation_rate") == [1.0] and metric(tmp_path / "mask", "loss") == [0.0]
+    start = AutoModelForCausalLM.from_pretrained(tiny_model_dir).state_dict()
+    after = AutoModelForCausalLM.from_pretrained(tmp_path / "mask" / "final").state_dict()
+    assert all(torch.equal(start[k], after[k]) for k in start)
+
+    # soft_penalty: the reward is the function's plus the length ramp of the last 4 of 8 tokens.
+    train_grpo(grpo_config(tmp_path, tiny_model_dir, output_dir=str(tmp_path / "soft"), overlong="soft_penalty",
+                           overlong_buffer=4, steps=1, reward=f"{user_rewards}:contains_seven"))
+    rollouts = read_records(Sample, tmp_path / "soft" / "rollouts" / "step-000001.jsonl")
+    lengths = torch.tensor([s.completion_tokens for s in rollouts])
+    penalties = soft_overlong_penalty(lengths, 8, 4).tolist()
+    assert [s.metadata["reward"] for s in rollouts] == pytest.approx(
+        [(1.0 if "7" in s.response else 0.0) + p for s, p in zip(rollouts, penalties)], abs=1e-6)
+    assert min(penalties) == -1.0
+    assert metric(tmp_path / "soft", "truncation_rate") == [
+        pytest.approx(sum(s.finish_reason == "length" for s in rollouts) / len(rollouts))]
 
 
 # ---- masking of the code executor's output ---------------------------------------------------------------------
@@ -132,7 +200,8 @@ def test_executor_output_is_masked_out_of_the_loss(tiny_model_dir, tmp_path):
     assert rollout.ended_by_eos
 
     # The loss mask keeps exactly the model's text (and its end-of-turn token), never the prompt or the executor's.
-    input_ids, _, loss_mask = encode_rollouts(tokenizer, [rollout], torch.device("cpu"))
+    batch = encode_rollouts(tokenizer, [rollout], torch.device("cpu"))
+    input_ids, loss_mask = batch.input_ids, batch.loss_mask
     targets = input_ids[0, 1:]
     kept, dropped = targets[loss_mask[0]].tolist(), targets[~loss_mask[0]].tolist()
     assert tokenizer.decode(kept) == rollout.response[:start] + rollout.response[end:] + tokenizer.eos_token
@@ -143,7 +212,7 @@ def test_executor_output_is_masked_out_of_the_loss(tiny_model_dir, tmp_path):
     outputs = []
     model.register_forward_hook(lambda module, args, output: outputs.append(output))
     rollout.advantage = 1.0
-    loss, _ = micro_batch_loss(model, None, tokenizer, [rollout], config, torch.device("cpu"))
+    loss, _ = micro_batch_loss(model, None, encode_rollouts(tokenizer, [rollout], torch.device("cpu")), config)
     logits = outputs[0].logits
     logits.retain_grad()
     loss.backward()
@@ -157,7 +226,7 @@ def test_executor_text_changes_nothing_when_it_ends_the_response(tiny_model_dir,
     update per batch the ratio is 1.)"""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from mathloop.train.grpo import micro_batch_loss
+    from mathloop.train.grpo import encode_rollouts, micro_batch_loss
 
     config = grpo_config(tmp_path, tiny_model_dir, mode="tir", beta=0.0)
     tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
@@ -170,7 +239,7 @@ def test_executor_text_changes_nothing_when_it_ends_the_response(tiny_model_dir,
         rollout.tool_output_spans = [[start, end]] if masked else []
         rollout.advantage = 1.0
         model.zero_grad()
-        loss, _ = micro_batch_loss(model, None, tokenizer, [rollout], config, torch.device("cpu"))
+        loss, _ = micro_batch_loss(model, None, encode_rollouts(tokenizer, [rollout], torch.device("cpu")), config)
         loss.backward()
         results.append(torch.cat([p.grad.flatten() for p in model.parameters()]))
     grads_a, grads_b, grads_unmasked = results
@@ -349,6 +418,11 @@ def stub_vllm(monkeypatch):
             vllm.requests.append(lora_request)
             outputs = [SimpleNamespace(text="so \\boxed{7}" if j % 2 == 0 else "so \\boxed{3}", token_ids=[1, 2],
                                        finish_reason="stop", stop_reason=None) for j in range(sampling.kwargs["n"])]
+            if sampling.kwargs.get("logprobs") == 0:  # the sampled tokens (eos included), each with log mu = -1
+                tokenizer = self.get_tokenizer()
+                for o in outputs:
+                    o.token_ids = tokenizer(o.text, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
+                    o.logprobs = [{t: SimpleNamespace(logprob=-1.0)} for t in o.token_ids]
             return [SimpleNamespace(prompt_token_ids=[0], outputs=outputs) for _ in prompts]
 
     vllm.LLM, vllm.SamplingParams, request.LoRARequest = LLM, SamplingParams, LoRARequest
@@ -373,3 +447,59 @@ def test_vllm_rollouts_sample_through_the_adapter_of_each_step(tiny_model_dir, t
         (1, True), (2, True)]
     assert metric(tmp_path / "run", "accuracy") == [0.5, 0.5] and summary["final"]
     assert [p.name for p in (tmp_path / "run" / "rollout-adapter").iterdir()] == ["step-000001"]
+
+
+def test_vllm_rollouts_are_corrected_by_truncated_importance_sampling(tiny_model_dir, tmp_path, stub_vllm):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from mathloop.train.grpo import encode_rollouts, sequence_logprobs, train_grpo
+
+    with pytest.raises(ValueError, match="tis_cap corrects rollouts from another engine"):
+        grpo_config(tmp_path, tiny_model_dir, tis_cap=2.0).validate()
+    config = grpo_config(tmp_path, tiny_model_dir, rollout_backend="vllm", lora=True, lora_rank=4, steps=1,
+                         queries_per_step=2, group_size=4, tis_cap=2.0)
+    train_grpo(config)
+    [engine] = stub_vllm.engines
+    assert engine.kwargs["logprobs_mode"] == "processed_logprobs"
+    # The logged ratio is pi_old / mu over the engine's tokens: the starting model's probabilities (the LoRA
+    # adapter starts at zero) times e, recomputed here from the recorded rollouts (the stub's ids are the text's).
+    from mathloop.records import Problem
+    from mathloop.train.grpo import Rollout
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
+    recorded = read_records(Sample, tmp_path / "run" / "rollouts" / "step-000001.jsonl")
+    ids = [tokenizer(s.response, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id] for s in recorded]
+    rollouts = [Rollout(Problem(id=s.problem_id, benchmark="t", question="", gold="7"), s.prompt, s.response, 0, 0,
+                        "stop", True, token_ids=i, behaviour_logprobs=[-1.0] * len(i)) for s, i in zip(recorded, ids)]
+    batch = encode_rollouts(tokenizer, rollouts, torch.device("cpu"))
+    assert batch.input_ids[:, 1:][batch.loss_mask].tolist() == [t for i in ids for t in i]  # the engine's ids
+    assert (batch.behaviour_logp[batch.loss_mask] == -1.0).all()
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32)
+    logp, _ = sequence_logprobs(model, batch.input_ids, batch.attention_mask, 1.0)
+    ratio = torch.exp(logp[batch.loss_mask] + 1.0)
+    assert metric(tmp_path / "run", "is_ratio_mean") == [pytest.approx(ratio.mean().item(), rel=1e-2)]  # LoRA-wrapped, train mode: float noise
+    assert metric(tmp_path / "run", "is_ratio_max") == [pytest.approx(ratio.max().item(), rel=1e-2)]
+
+
+def test_cli_runs_the_practitioner_variants_from_a_yaml_config(tiny_model_dir, tmp_path, capsys):
+    from mathloop.cli import main
+
+    config = grpo_config(tmp_path, tiny_model_dir)
+    (tmp_path / "grpo.yaml").write_text(
+        f"model: {tiny_model_dir}\nqueries: {config.queries}\nreward: verifier\ngroup_size: 2\nqueries_per_step: 2\n"
+        f"max_new_tokens: 4\nsteps: 1\nloss_type: dr_grpo\nscale_rewards: batch\ndynamic_sampling: true\n"
+        f"dynamic_sampling_tries: 2\noverlong: soft_penalty\noverlong_buffer: 2\nupdates_per_batch: 2\n"
+        f"clip_low: 0.2\nclip_high: 0.28\n")
+    assert main(["grpo", "--config", str(tmp_path / "grpo.yaml"), "--output-dir", str(tmp_path / "cli"),
+                 "--loss-type", "dapo"]) == 0
+    recorded = json.loads((tmp_path / "cli" / "run.json").read_text())["config"]
+    assert recorded["loss_type"] == "dapo" and recorded["dynamic_sampling"] is True  # the flag wins over the YAML
+    assert recorded["updates_per_batch"] == 2 and recorded["clip_high"] == 0.28 and recorded["overlong"] == "soft_penalty"
+    [line] = [json.loads(x) for x in (tmp_path / "cli" / "metrics.jsonl").read_text().splitlines()]
+    assert {"flat_groups", "entropy", "clip_fraction", "truncation_rate", "is_ratio_mean", "is_ratio_max",
+            "sampling_tries", "groups_trained"} <= line.keys()
+    assert 1 <= line["sampling_tries"] <= 2
+    capsys.readouterr()
+    (tmp_path / "bad.yaml").write_text((tmp_path / "grpo.yaml").read_text().replace("dr_grpo", "ppo"))
+    assert main(["grpo", "--config", str(tmp_path / "bad.yaml"), "--output-dir", str(tmp_path / "bad")]) == 2
+    assert "loss_type must be one of grpo, dapo, dr_grpo, got 'ppo'" in capsys.readouterr().err

@@ -487,13 +487,28 @@ def add_grpo_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--lora", action="store_true", default=None,
                    help="train LoRA adapters instead of all weights (needs mathloop[train])")
     p.add_argument("--seed", type=int, default=None, help="query order and sampling (default: 0)")
+    p.add_argument("--loss-type", choices=["grpo", "dapo", "dr_grpo"], default=None,
+                   help="loss aggregation: grpo (per-response token mean), dapo (batch token mean), dr_grpo "
+                        "(constant normalizer) (default: grpo)")
+    p.add_argument("--scale-rewards", choices=["group", "batch", "none"], default=None,
+                   help="divide advantages by the group's reward std, the batch's, or none (default: group)")
+    p.add_argument("--dynamic-sampling", action="store_true", default=None,
+                   help="drop groups whose rewards are all equal and sample more queries to fill the step (DAPO)")
+    p.add_argument("--overlong", choices=["none", "mask", "soft_penalty"], default=None,
+                   help="truncated responses: trained as is, masked out of the loss, or DAPO's soft length "
+                        "penalty (default: none)")
+    p.add_argument("--updates-per-batch", type=int, default=None,
+                   help="optimizer steps per rollout batch; > 1 makes the clipped ratio act (default: 1)")
+    p.add_argument("--tis-cap", type=float, default=None,
+                   help="vllm rollouts: truncated importance sampling pi_old/mu capped at this (e.g. 2)")
 
 
 def cmd_grpo(args: argparse.Namespace) -> int:
     from mathloop.train import grpo
 
     names = ("model", "output_dir", "queries", "benchmark", "split", "data_dir", "selection_samples", "mode",
-             "reward", "rm", "steps", "group_size", "queries_per_step", "learning_rate", "lora", "seed")
+             "reward", "rm", "steps", "group_size", "queries_per_step", "learning_rate", "lora", "seed", "loss_type",
+             "scale_rewards", "dynamic_sampling", "overlong", "updates_per_batch", "tis_cap")
     config = _settings_from_args(args, names, grpo, "use --output-dir and --queries")
     print(json.dumps(grpo.train_grpo(config), indent=2))
     return 0

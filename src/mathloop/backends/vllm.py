@@ -11,13 +11,16 @@ from mathloop.backends.base import Completion, Message, SamplingParams, cut_at_s
 
 
 class VLLMBackend:
-    """Generate with `vllm.LLM`; `engine_kwargs` go to `vllm.LLM` unchanged (e.g. `enable_prefix_caching=True`)."""
+    """Generate with `vllm.LLM`; `engine_kwargs` go to `vllm.LLM` unchanged (e.g. `enable_prefix_caching=True`).
+
+    `logprobs=True` also returns each completion's sampled token ids and their log-probabilities, in
+    `Completion.metadata["token_ids"]` and `["token_logprobs"]` (GRPO's rollout-engine correction reads them)."""
 
     name = "vllm"
 
     def __init__(self, model: str, dtype: str = "auto", tensor_parallel_size: int = 1,
                  gpu_memory_utilization: float = 0.9, max_model_len: int | None = None, seed: int = 0,
-                 **engine_kwargs: Any) -> None:
+                 logprobs: bool = False, **engine_kwargs: Any) -> None:
         try:
             import vllm
         except ImportError as exc:
@@ -25,6 +28,7 @@ class VLLMBackend:
                               "(Linux with a CUDA GPU), or use the hf or openai backend") from exc
         self._vllm = vllm
         self.model_id = model
+        self.logprobs = logprobs
         if max_model_len is not None:
             engine_kwargs["max_model_len"] = max_model_len
         self.llm = vllm.LLM(model=model, dtype=dtype, tensor_parallel_size=tensor_parallel_size,
@@ -49,7 +53,8 @@ class VLLMBackend:
             return []
         sampling = self._vllm.SamplingParams(
             n=1 if params.greedy else params.n, temperature=params.temperature, top_p=params.top_p,
-            max_tokens=params.max_new_tokens, seed=params.seed, stop=list(params.stop))
+            max_tokens=params.max_new_tokens, seed=params.seed, stop=list(params.stop),
+            **({"logprobs": 0} if self.logprobs else {}))
         extra = {"lora_request": self.lora_request} if self.lora_request is not None else {}
         results = self.llm.generate(prompts, sampling, use_tqdm=False, **extra)
         completions = []
@@ -70,6 +75,10 @@ def to_completion(output: Any, prompt_tokens: int, stop: tuple[str, ...]) -> Com
         stop_string = stop_reason
     elif isinstance(stop_reason, int):
         metadata["stop_token_id"] = stop_reason
+    if getattr(output, "logprobs", None) is not None:  # requested: one {token_id: Logprob} per sampled token
+        metadata["token_ids"] = list(output.token_ids)
+        metadata["token_logprobs"] = [float(step[token].logprob) for step, token in zip(output.logprobs,
+                                                                                       output.token_ids)]
     if output.finish_reason not in ("stop", "length"):
         metadata["finish_reason_raw"] = output.finish_reason
     finish_reason = "length" if output.finish_reason == "length" and stop_string is None else "stop"

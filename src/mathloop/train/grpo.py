@@ -19,8 +19,13 @@ together; both would have to be bent into TRL's generation and reward hooks. Use
 use it with the TRL-style reward functions of `mathloop.reward.shaping`.
 
 Choices the paper leaves open, or where mathloop differs from it:
-  - one update per rollout batch (pi_old = pi, as DeepSeekMath's GRPO with one inner iteration): the ratio is 1,
-    so PPO's clip never acts and there is no clip_eps to set; the gradient is A * grad log pi plus the KL pull;
+  - one update per rollout batch by default (pi_old = pi, as DeepSeekMath's GRPO with one inner iteration): the
+    ratio is 1, so PPO's clip never acts; the gradient is A * grad log pi plus the KL pull. `updates_per_batch` > 1
+    reuses the batch: pi_old is the trainer's log-probs from the first update (the weights of rollout time) and the
+    ratio is clipped to [1 - clip_low, 1 + clip_high]. The behaviour policy mu is the rollout engine; with vLLM
+    rollouts and `tis_cap`, its reported log-probs weight each token by min(pi_old / mu, tis_cap);
+  - practitioners' variants, all off by default: dynamic sampling, overlong mask / soft penalty, loss_type dapo /
+    dr_grpo, scale_rewards batch / none (README "GRPO options");
   - beta = 1e-3 (the paper's KL coefficient), k3 estimator, token mean per response then mean over responses;
   - log-probabilities are taken at the sampling temperature, so the reference and policy distributions are the
     ones the rollouts came from;
@@ -73,13 +78,26 @@ from mathloop.records import Problem, Sample, read_records, write_jsonl
 from mathloop.reward.score import pad_batch, pad_token_id
 from mathloop.reward.shaping import RewardFn, make_rm_reward, make_shaped_reward, select_queries, verifier_reward
 from mathloop.train.checkpoint import drop_metrics_after, latest_checkpoint, load_checkpoint, save_checkpoint
-from mathloop.train.grpo_math import group_advantages, grpo_loss, response_loss_mask, token_logprobs
+from mathloop.train.grpo_math import (
+    aggregation_units,
+    drop_truncated,
+    group_advantages,
+    grpo_loss,
+    response_loss_mask,
+    soft_overlong_penalty,
+    token_entropy,
+    token_logprobs,
+    truncated_importance_weights,
+    zero_variance_groups,
+)
 from mathloop.verify import CORRECT, grade
 from mathloop.runs import lock_run_dir, write_json
 
 log = logging.getLogger(__name__)
 
 BUILTIN_REWARDS = ("shaped", "verifier", "rm")
+# loss_type -> how `grpo_loss` reduces the per-token loss (`aggregate_token_loss`)
+LOSS_AGGREGATION = {"grpo": "seq_mean_token_mean", "dapo": "token_mean", "dr_grpo": "seq_mean_token_sum_norm"}
 
 
 @dataclass
@@ -116,6 +134,17 @@ class GRPOConfig:
     weight_decay: float = 0.0
     max_grad_norm: float = 1.0
     beta: float = 1e-3  # KL coefficient (k3 estimator) to the reference policy; 0 drops the reference
+    loss_type: str = "grpo"  # grpo (token mean per response, then mean) | dapo (token mean) | dr_grpo (sum / B*L_max)
+    scale_rewards: str = "group"  # advantages divided by the group's std | the batch's std | none (Dr. GRPO)
+    dynamic_sampling: bool = False  # DAPO: drop groups whose rewards are all equal, sample more queries to fill the step
+    dynamic_sampling_tries: int = 4  # rollout rounds per step at most (the first included) when dynamic_sampling
+    overlong: str = "none"  # none | mask (truncated responses out of the loss) | soft_penalty (DAPO's length ramp)
+    overlong_buffer: int = 256  # soft_penalty: tokens before max_new_tokens where the penalty ramps from 0 to -1
+    overlong_penalty: float = 1.0  # soft_penalty: the penalty at max_new_tokens
+    updates_per_batch: int = 1  # optimizer steps per rollout batch; > 1 makes the clipped ratio pi / pi_old act
+    clip_low: float = 0.2  # ratio clipped to [1 - clip_low, 1 + clip_high] (DAPO's clip-higher: clip_high 0.28)
+    clip_high: float = 0.2
+    tis_cap: float | None = None  # rollout-engine correction (vllm rollouts): per-token weight min(pi_old / mu, cap)
     micro_batch: int = 8  # sequences per forward/backward (gradients accumulated over the step)
     lora: bool = False  # train LoRA adapters instead of all weights (needs `mathloop[train]`)
     lora_rank: int = 16
@@ -165,6 +194,28 @@ class GRPOConfig:
             raise ValueError(f"grpo: beta must be >= 0, got {self.beta}")
         if self.save_every < 0:
             raise ValueError(f"grpo: save_every must be >= 0, got {self.save_every}")
+        for name, allowed in (("loss_type", LOSS_AGGREGATION), ("scale_rewards", ("group", "batch", "none")),
+                              ("overlong", ("none", "mask", "soft_penalty"))):
+            if getattr(self, name) not in allowed:
+                raise ValueError(f"grpo: {name} must be one of {', '.join(allowed)}, got {getattr(self, name)!r}")
+        for name in ("dynamic_sampling_tries", "updates_per_batch"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"grpo: {name} must be >= 1, got {getattr(self, name)}")
+        if self.overlong == "soft_penalty" and not 0 < self.overlong_buffer <= self.max_new_tokens:
+            raise ValueError(f"grpo: overlong_buffer must be in 1..max_new_tokens ({self.max_new_tokens}), got "
+                             f"{self.overlong_buffer}")
+        if not 0 <= self.clip_low < 1 or self.clip_high < 0:
+            raise ValueError(f"grpo: need 0 <= clip_low < 1 and clip_high >= 0, got {self.clip_low}, {self.clip_high}")
+        if self.tis_cap is not None:
+            if self.tis_cap <= 0:
+                raise ValueError(f"grpo: tis_cap must be > 0, got {self.tis_cap}")
+            if self.rollout_backend == "hf":
+                raise ValueError("grpo: tis_cap corrects rollouts from another engine; with rollout_backend hf the "
+                                 "trained model samples itself (nothing to correct): use rollout_backend vllm or "
+                                 "drop tis_cap")
+            if self.mode != "cot":
+                raise ValueError("grpo: tis_cap needs mode cot (TIR trajectories are several engine calls with "
+                                 "executor text between them; their token log-probabilities are not kept)")
 
 
 # Settings a resumed run must share with the run that wrote the checkpoint.
@@ -326,6 +377,9 @@ class Rollout:
     finish_reason: str | None
     ended_by_eos: bool  # the model wrote its end-of-turn token (trained as the tokenizer's eos token)
     tool_output_spans: list[list[int]] = dataclasses.field(default_factory=list)
+    token_ids: list[int] | None = None  # the engine's sampled token ids, when it reports them (then trained as is)
+    behaviour_logprobs: list[float] | None = None  # the engine's log-probability of each of those tokens (mu)
+    sampling: dict[str, Any] = dataclasses.field(default_factory=dict)  # the SamplingParams it was drawn with
     pred: str | None = None
     verdict: str | None = None
     reward: float = 0.0
@@ -335,6 +389,14 @@ class Rollout:
 def generate_rollouts(backend, executor, queries: list[Problem], prompts: dict[str, str], config: GRPOConfig,
                       params: SamplingParams) -> list[Rollout]:
     """`group_size` responses per query, query by query (a group's rollouts are consecutive)."""
+    rollouts = _generate_rollouts(backend, executor, queries, prompts, config, params)
+    for r in rollouts:
+        r.sampling = params.to_dict()
+    return rollouts
+
+
+def _generate_rollouts(backend, executor, queries: list[Problem], prompts: dict[str, str], config: GRPOConfig,
+                       params: SamplingParams) -> list[Rollout]:
     texts = [prompts[q.id] for q in queries]
     if config.mode == "tir":
         from mathloop.tools.tir import OUTPUT_STOP, tir_generate
@@ -347,7 +409,8 @@ def generate_rollouts(backend, executor, queries: list[Problem], prompts: dict[s
                 for q, p, group in zip(queries, texts, groups) for j, t in enumerate(group)]
     groups = backend.generate(texts, params)
     return [Rollout(q, p, c.text, j, c.completion_tokens, c.finish_reason,
-                    ended_by_eos=c.finish_reason == "stop" and c.stop_string is None)
+                    ended_by_eos=c.finish_reason == "stop" and c.stop_string is None,
+                    token_ids=c.metadata.get("token_ids"), behaviour_logprobs=c.metadata.get("token_logprobs"))
             for q, p, group in zip(queries, texts, groups) for j, c in enumerate(group)]
 
 
@@ -373,30 +436,73 @@ def grade_and_reward(rollouts: list[Rollout], reward_fn: RewardFn) -> None:
 
 # ---- the loss --------------------------------------------------------------------------------------------------
 
-def encode_rollouts(tokenizer, rollouts: Sequence[Rollout],
-                    device: torch.device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+@dataclass
+class MicroBatch:
+    """The tensors of a micro-batch of rollouts, encoded once per rollout batch and reused by every update.
+
+    Log-probabilities of the predicted tokens ids[:, 1:], (B, T-1), by policy (see `mathloop.train.grpo_math`):
+    `behaviour_logp` the rollout engine's (mu; None when it reported none), `old_logp` the trainer's under the
+    weights of rollout time (pi_old; filled by the first update, which runs on exactly those weights), `ref_logp`
+    the reference policy's (filled once, when beta > 0).
+    """
+
+    input_ids: torch.Tensor  # (B, T) right-padded prompt + response (+ eos)
+    attention_mask: torch.Tensor  # (B, T)
+    loss_mask: torch.Tensor  # (B, T-1) True on the model's own response tokens
+    advantages: torch.Tensor  # (B,)
+    truncated: torch.Tensor  # (B,) bool: the token budget cut the response off
+    behaviour_logp: torch.Tensor | None = None
+    old_logp: torch.Tensor | None = None
+    ref_logp: torch.Tensor | None = None
+
+
+def encode_rollouts(tokenizer, rollouts: Sequence[Rollout], device: torch.device) -> MicroBatch:
     """Right-padded prompt + response (+ eos) ids (B, T), their attention mask (B, T), and the loss mask (B, T-1)
     over the *predicted* tokens ids[:, 1:]: True on the model's own response tokens, False on the prompt, padding
-    and the code executor's output (`response_loss_mask`)."""
-    rows, keeps = [], []
+    and the code executor's output (`response_loss_mask`).
+
+    A rollout that carries the engine's token ids is trained on those ids (its eos included, when it wrote one),
+    so the engine's log-probabilities line up token by token; others are re-tokenized from their text."""
+    rows, keeps, behaviour = [], [], []
     for r in rollouts:
         prompt_ids = tokenizer(r.prompt, add_special_tokens=False)["input_ids"]
-        response_ids, response_keep = response_loss_mask(tokenizer, r.response, r.tool_output_spans)
-        eos = [tokenizer.eos_token_id] if r.ended_by_eos else []
-        rows.append(prompt_ids + response_ids.tolist() + eos)
-        keeps.append([False] * len(prompt_ids) + response_keep.tolist() + [True] * len(eos))
+        if r.token_ids is not None:
+            response, keep = list(r.token_ids), [True] * len(r.token_ids)
+            if r.behaviour_logprobs is not None and len(r.behaviour_logprobs) != len(response):
+                raise ValueError(f"rollout of {r.query.id}: {len(r.behaviour_logprobs)} log-probabilities for "
+                                 f"{len(response)} tokens from the rollout engine")
+        else:
+            response_ids, response_keep = response_loss_mask(tokenizer, r.response, r.tool_output_spans)
+            eos = [tokenizer.eos_token_id] if r.ended_by_eos else []
+            response, keep = response_ids.tolist() + eos, response_keep.tolist() + [True] * len(eos)
+        rows.append(prompt_ids + response)
+        keeps.append([False] * len(prompt_ids) + keep)
+        behaviour.append((len(prompt_ids), r.behaviour_logprobs))
     input_ids, attention_mask = pad_batch(rows, pad_token_id(tokenizer), side="right", device=device)
     loss_mask = torch.zeros_like(input_ids, dtype=torch.bool)
     for i, keep in enumerate(keeps):
         loss_mask[i, :len(keep)] = torch.tensor(keep, dtype=torch.bool)
-    return input_ids, attention_mask, loss_mask[:, 1:]
+    behaviour_logp = None
+    if any(logprobs is not None for _, logprobs in behaviour):
+        if not all(logprobs is not None for _, logprobs in behaviour):
+            raise ValueError("the rollout engine reported log-probabilities for some responses of a batch only")
+        behaviour_logp = torch.zeros(input_ids.shape, dtype=torch.float32, device=device)
+        for i, (prompt_length, logprobs) in enumerate(behaviour):
+            behaviour_logp[i, prompt_length:prompt_length + len(logprobs)] = torch.tensor(logprobs)
+        behaviour_logp = behaviour_logp[:, 1:]  # log mu(token t+1), aligned with the loss mask
+    return MicroBatch(input_ids, attention_mask, loss_mask[:, 1:],
+                      advantages=torch.tensor([r.advantage for r in rollouts], dtype=torch.float32, device=device),
+                      truncated=torch.tensor([r.finish_reason == "length" for r in rollouts], device=device),
+                      behaviour_logp=behaviour_logp)
 
 
 def sequence_logprobs(model: torch.nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor,
-                      temperature: float) -> torch.Tensor:
-    """log pi(token t+1 | tokens <= t) for every position: (B, T-1) float32."""
-    logits = model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).logits
-    return token_logprobs(logits[:, :-1], input_ids[:, 1:], temperature=temperature)
+                      temperature: float, *, entropy: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """log pi(token t+1 | tokens <= t) for every position, (B, T-1) float32, and (with `entropy`) the entropy of
+    the policy's distribution there (B, T-1), without gradient."""
+    logits = model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).logits[:, :-1]
+    logp = token_logprobs(logits, input_ids[:, 1:], temperature=temperature)
+    return logp, token_entropy(logits, temperature=temperature) if entropy else None
 
 
 @torch.no_grad()
@@ -404,21 +510,40 @@ def reference_logprobs(model: torch.nn.Module, reference: torch.nn.Module | None
                        attention_mask: torch.Tensor, temperature: float) -> torch.Tensor:
     """The reference policy's log-probabilities: the frozen copy, or (LoRA) the policy with adapters switched off."""
     if reference is not None:
-        return sequence_logprobs(reference, input_ids, attention_mask, temperature)
+        return sequence_logprobs(reference, input_ids, attention_mask, temperature)[0]
     with model.disable_adapter():
-        return sequence_logprobs(model, input_ids, attention_mask, temperature)
+        return sequence_logprobs(model, input_ids, attention_mask, temperature)[0]
 
 
-def micro_batch_loss(model: torch.nn.Module, reference: torch.nn.Module | None, tokenizer,
-                     rollouts: Sequence[Rollout], config: GRPOConfig,
-                     device: torch.device) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    """The GRPO loss of a micro-batch of rollouts (their advantages already set), and its stats."""
-    input_ids, attention_mask, loss_mask = encode_rollouts(tokenizer, rollouts, device)
-    logp = sequence_logprobs(model, input_ids, attention_mask, config.temperature)
-    ref_logp = (reference_logprobs(model, reference, input_ids, attention_mask, config.temperature)
-                if config.beta > 0 else None)
-    advantages = torch.tensor([r.advantage for r in rollouts], dtype=torch.float32, device=device)
-    return grpo_loss(logp, None, advantages, loss_mask, ref_logp, config.beta)
+def micro_batch_loss(model: torch.nn.Module, reference: torch.nn.Module | None, batch: MicroBatch,
+                     config: GRPOConfig) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """The GRPO loss of a micro-batch, and its stats (those of `grpo_loss`; on the first update of a batch also
+    "entropy_sum" and "tokens", and with `tis_cap` the importance-ratio stats).
+
+    The first call on a batch stores the trainer's log-probabilities as pi_old (the weights have not moved yet, so
+    its ratio is exactly 1), and the reference's; later updates reuse both.
+    """
+    mask = batch.loss_mask
+    first = batch.old_logp is None
+    logp, entropy = sequence_logprobs(model, batch.input_ids, batch.attention_mask, config.temperature,
+                                      entropy=first)
+    if first:
+        batch.old_logp = logp.detach()
+        if config.beta > 0:
+            batch.ref_logp = reference_logprobs(model, reference, batch.input_ids, batch.attention_mask,
+                                                config.temperature)
+    is_weights, is_stats = None, {}
+    if config.tis_cap is not None and batch.behaviour_logp is not None:
+        is_weights, is_stats = truncated_importance_weights(batch.old_logp, batch.behaviour_logp, mask,
+                                                            config.tis_cap)
+    loss, stats = grpo_loss(logp, batch.old_logp, batch.advantages, mask, batch.ref_logp, config.beta,
+                            config.clip_low, config.clip_high, LOSS_AGGREGATION[config.loss_type],
+                            max_tokens=config.max_new_tokens, is_weights=is_weights)
+    stats.update(is_stats)
+    stats["tokens"] = mask.sum()
+    if entropy is not None:
+        stats["entropy_sum"] = entropy.masked_fill(~mask, 0.0).sum()
+    return loss, stats
 
 
 # ---- the loop --------------------------------------------------------------------------------------------------
@@ -464,58 +589,82 @@ def _train_grpo(config: GRPOConfig, stop_after: int | None) -> dict[str, Any]:
     reward_fn = reward_function(config, device, {prompts[q.id]: q.question for q in queries})
 
     stop = config.steps if stop_after is None else min(config.steps, stop_after)
+    aggregation = LOSS_AGGREGATION[config.loss_type]
     last: dict[str, Any] = {}
     with _executor(config) as executor:
         while step < stop:
             torch.manual_seed(config.seed + step)
-            batch = [queries[i] for i in query_indices(step, len(queries), config)]
-            params = SamplingParams(n=config.group_size, temperature=config.temperature, top_p=config.top_p,
-                                    max_new_tokens=config.max_new_tokens, seed=rollout_seed(config, step))
 
-            # Rollout, grading and reward, advantages within each query's group.
+            # Rollout, grading and reward (dynamic sampling: until the step's groups all carry a signal).
             started = time.time()
             model.eval()
             if config.rollout_backend == "vllm":
                 sync_adapter(backend, model, out, step)
-            with autocast(device):
-                rollouts = generate_rollouts(backend, executor, batch, prompts, config, params)
-            grade_and_reward(rollouts, reward_fn)
-            rewards = torch.tensor([r.reward for r in rollouts]).view(len(batch), config.group_size)
-            advantages = group_advantages(rewards)
-            for r, advantage in zip(rollouts, advantages.flatten().tolist()):
+            sampled, trained, flat, tries = rollout_step(step, queries, backend, executor, prompts, reward_fn,
+                                                         config, device)
+            rewards = torch.tensor([r.reward for r in trained]).view(-1, config.group_size)
+            for r, advantage in zip(trained, group_advantages(rewards, scale=config.scale_rewards).flatten().tolist()):
                 r.advantage = advantage
             rollout_seconds = time.time() - started
 
-            # One optimizer step over all rollouts, micro-batch by micro-batch.
+            # `updates_per_batch` optimizer steps over the trained rollouts, micro-batch by micro-batch; each
+            # micro-batch's loss weighs by its share of what the loss averages over (responses or tokens).
             started = time.time()
             model.train()
-            loss_sum, kl_sum = 0.0, 0.0
-            for start in range(0, len(rollouts), config.micro_batch):
-                part = rollouts[start:start + config.micro_batch]
-                share = len(part) / len(rollouts)
-                with autocast(device):
-                    loss, stats = micro_batch_loss(model, reference, tokenizer, part, config, device)
-                (loss * share).backward()
-                loss_sum += loss.item() * share
-                kl_sum += stats["kl"].item() * share
-            grad_norm = torch.nn.utils.clip_grad_norm_(trainable, config.max_grad_norm)
-            optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
+            batches = [encode_rollouts(tokenizer, trained[i:i + config.micro_batch], device)
+                       for i in range(0, len(trained), config.micro_batch)]
+            if config.overlong == "mask":
+                for batch in batches:
+                    batch.loss_mask = drop_truncated(batch.loss_mask, batch.truncated)
+            units = [aggregation_units(batch.loss_mask, aggregation) for batch in batches]
+            sums: dict[str, float] = dict.fromkeys(("loss", "kl", "grad_norm", "tokens", "clipped", "entropy",
+                                                    "entropy_tokens", "is_ratio", "is_tokens"), 0.0)
+            is_ratio_max = None
+            for update in range(config.updates_per_batch):
+                for batch, n in zip(batches, units):
+                    share = n / sum(units) if sum(units) else 0.0
+                    with autocast(device):
+                        loss, stats = micro_batch_loss(model, reference, batch, config)
+                    (loss * share).backward()
+                    tokens = stats["tokens"].item()
+                    sums["loss"] += loss.item() * share
+                    sums["kl"] += stats["kl"].item() * share
+                    sums["tokens"] += tokens
+                    sums["clipped"] += stats["clip_fraction"].item() * tokens
+                    if "entropy_sum" in stats:
+                        sums["entropy"] += stats["entropy_sum"].item()
+                        sums["entropy_tokens"] += tokens
+                    if "is_ratio_mean" in stats and update == 0:
+                        sums["is_ratio"] += stats["is_ratio_mean"].item() * tokens
+                        sums["is_tokens"] += tokens
+                        is_ratio_max = max(is_ratio_max or 0.0, stats["is_ratio_max"].item())
+                sums["grad_norm"] += torch.nn.utils.clip_grad_norm_(trainable, config.max_grad_norm).item()
+                optimizer.step()
+                optimizer.zero_grad(set_to_none=True)
             step += 1
 
-            graded = [r for r in rollouts if r.verdict is not None]
-            last = {"step": step, "reward_mean": rewards.mean().item(),
+            graded = [r for r in sampled if r.verdict is not None]
+            n_updates = config.updates_per_batch
+            last = {"step": step, "reward_mean": sum(r.reward for r in sampled) / len(sampled),
                     "accuracy": sum(r.verdict == CORRECT for r in graded) / len(graded) if graded else None,
-                    "kl": kl_sum, "loss": loss_sum, "grad_norm": grad_norm.item(),
-                    "response_length": sum(r.completion_tokens for r in rollouts) / len(rollouts),
-                    "flat_groups": (advantages.abs().amax(dim=1) == 0).float().mean().item(),
+                    "kl": sums["kl"] / n_updates, "loss": sums["loss"] / n_updates,
+                    "grad_norm": sums["grad_norm"] / n_updates,
+                    "response_length": sum(r.completion_tokens for r in sampled) / len(sampled),
+                    "flat_groups": flat,
+                    "truncation_rate": sum(r.finish_reason == "length" for r in sampled) / len(sampled),
+                    "entropy": sums["entropy"] / sums["entropy_tokens"] if sums["entropy_tokens"] else None,
+                    "clip_fraction": sums["clipped"] / sums["tokens"] if sums["tokens"] else 0.0,
+                    "is_ratio_mean": sums["is_ratio"] / sums["is_tokens"] if sums["is_tokens"] else None,
+                    "is_ratio_max": is_ratio_max,
+                    "sampling_tries": tries, "groups_trained": len(trained) // config.group_size,
                     "rollout_seconds": round(rollout_seconds, 2), "update_seconds": round(time.time() - started, 2)}
             log.info("step %d/%d %s", step, config.steps,
                      " ".join(f"{k}={v:.4g}" for k, v in last.items() if isinstance(v, float)))
             with (out / "metrics.jsonl").open("a", encoding="utf-8") as f:
                 f.write(json.dumps(last) + "\n")
+            trained_ids = {id(r) for r in trained}
             write_jsonl(out / "rollouts" / f"step-{step:06d}.jsonl",
-                        [rollout_sample(r, config, params, step) for r in rollouts])
+                        [rollout_sample(r, config, step, id(r) in trained_ids) for r in sampled])
             if (config.save_every and step % config.save_every == 0) or step == stop:
                 save_checkpoint(out, model, optimizer, step, config, config.keep_checkpoints)
 
@@ -526,6 +675,57 @@ def _train_grpo(config: GRPOConfig, stop_after: int | None) -> dict[str, Any]:
             **{k: v for k, v in last.items() if k != "step"}}
 
 
+def rollout_step(step: int, queries: list[Problem], backend, executor, prompts: dict[str, str], reward_fn: RewardFn,
+                 config: GRPOConfig, device: torch.device) -> tuple[list[Rollout], list[Rollout], float, int]:
+    """Sample, grade and reward the step's groups: (every rollout sampled, the rollouts to train on, the fraction
+    of sampled groups whose rewards are all equal, the number of rollout rounds).
+
+    Without dynamic sampling that is one round on the step's `queries_per_step` queries, all trained. With it,
+    groups whose rewards are all equal are dropped and further queries (a seeded draw per step and round, so a
+    resumed run draws the same) are sampled for the missing groups, for at most `dynamic_sampling_tries` rounds.
+    A step still short after them trains on the groups it has (logged); one with none trains on its first
+    round's groups (only the KL term acts).
+    """
+    target = config.queries_per_step
+    sampled: list[Rollout] = []
+    kept: list[Rollout] = []
+    flat_count = groups = rounds = 0
+    while rounds < (config.dynamic_sampling_tries if config.dynamic_sampling else 1):
+        missing = target - len(kept) // config.group_size
+        if rounds == 0:
+            indices = query_indices(step, len(queries), config)
+        else:
+            indices = random.Random(f"grpo-queries-{config.seed}-{step}-{rounds}").sample(
+                range(len(queries)), min(missing, len(queries)))
+        params = SamplingParams(n=config.group_size, temperature=config.temperature, top_p=config.top_p,
+                                max_new_tokens=config.max_new_tokens, seed=rollout_seed(config, step, rounds))
+        with autocast(device):
+            rollouts = generate_rollouts(backend, executor, [queries[i] for i in indices], prompts, config, params)
+        grade_and_reward(rollouts, reward_fn)
+        if config.overlong == "soft_penalty":
+            lengths = torch.tensor([r.completion_tokens for r in rollouts])
+            penalties = soft_overlong_penalty(lengths, config.max_new_tokens, config.overlong_buffer,
+                                              config.overlong_penalty)
+            for r, penalty in zip(rollouts, penalties.tolist()):
+                r.reward += penalty
+        rounds += 1
+        sampled += rollouts
+        flat = zero_variance_groups(torch.tensor([r.reward for r in rollouts]).view(-1, config.group_size))
+        flat_count, groups = flat_count + int(flat.sum()), groups + len(flat)
+        for g, is_flat in enumerate(flat.tolist()):
+            if not (config.dynamic_sampling and is_flat):
+                kept += rollouts[g * config.group_size:(g + 1) * config.group_size]
+        if len(kept) >= target * config.group_size:
+            break
+    kept = kept[:target * config.group_size]
+    if config.dynamic_sampling and len(kept) < target * config.group_size:
+        log.warning("step %d: dynamic sampling found %d of %d groups with distinct rewards in %d rounds; training "
+                    "on those", step + 1, len(kept) // config.group_size, target, rounds)
+        if not kept:
+            kept = sampled[:len(query_indices(step, len(queries), config)) * config.group_size]
+    return sampled, kept, flat_count / groups, rounds
+
+
 def rollout_backend(config: GRPOConfig, model: torch.nn.Module, tokenizer, device: torch.device):
     """hf: the model being trained generates (no copy, always current). vllm: a vLLM engine on the starting
     weights that generates through the policy's LoRA adapter, saved and handed over at every step."""
@@ -534,8 +734,13 @@ def rollout_backend(config: GRPOConfig, model: torch.nn.Module, tokenizer, devic
         from mathloop.models import resolve_model
 
         path, _ = resolve_model(config.model)
+        engine_args = dict(config.vllm_args)
+        if config.tis_cap is not None:
+            # The sampled tokens' log-probabilities after temperature and top-p (vLLM >= 0.10.2; its default,
+            # raw_logprobs, is the distribution before them), so mu is the distribution actually sampled from.
+            engine_args.setdefault("logprobs_mode", "processed_logprobs")
         return VLLMBackend(path, seed=config.seed, enable_lora=True, max_lora_rank=config.lora_rank,
-                           **config.vllm_args)
+                           logprobs=config.tis_cap is not None, **engine_args)
     from mathloop.backends.hf import HFBackend
 
     return HFBackend(config.model, model_obj=model, tokenizer_obj=tokenizer, batch_size=config.rollout_batch_size,
@@ -554,18 +759,21 @@ def sync_adapter(backend, model: torch.nn.Module, out: Path, step: int) -> None:
             shutil.rmtree(old, ignore_errors=True)
 
 
-def rollout_seed(config: GRPOConfig, step: int) -> int:
-    """The sampling seed of step `step`: a function of (seed, step) only, so a resumed run samples the same
-    rollouts. Random rather than seed + step because the backend adds its batch number to it."""
-    return random.Random(config.seed * 1000003 + step).randrange(2 ** 31)
+def rollout_seed(config: GRPOConfig, step: int, round_: int = 0) -> int:
+    """The sampling seed of step `step` (and dynamic-sampling round `round_`): a function of (seed, step, round)
+    only, so a resumed run samples the same rollouts. Random rather than seed + step because the backend adds its
+    batch number to it."""
+    if round_ == 0:
+        return random.Random(config.seed * 1000003 + step).randrange(2 ** 31)
+    return random.Random(f"grpo-rollout-{config.seed}-{step}-{round_}").randrange(2 ** 31)
 
 
-def rollout_sample(r: Rollout, config: GRPOConfig, params: SamplingParams, step: int) -> Sample:
+def rollout_sample(r: Rollout, config: GRPOConfig, step: int, trained: bool = True) -> Sample:
     return Sample(problem_id=r.query.id, prompt=r.prompt, response=r.response, mode=config.mode,
                   benchmark=r.query.benchmark, sample_index=r.sample_index, gold=r.query.gold, pred=r.pred,
                   verdict=r.verdict, completion_tokens=r.completion_tokens, finish_reason=r.finish_reason,
-                  model=config.model, sampling=params.to_dict(), tool_output_spans=r.tool_output_spans,
-                  metadata={"step": step, "reward": r.reward, "advantage": r.advantage})
+                  model=config.model, sampling=r.sampling, tool_output_spans=r.tool_output_spans,
+                  metadata={"step": step, "reward": r.reward, "advantage": r.advantage, "trained": trained})
 
 
 def save_final(model: torch.nn.Module, tokenizer, final: Path, config: GRPOConfig) -> None:

@@ -9,7 +9,16 @@ of response i), and KL_it the k3 estimator pi_ref/pi - log(pi_ref/pi) - 1. `grpo
 
 Shapes: B sequences (responses) of T token positions; `mask` (B, T) is True on the tokens that count in the loss
 (response tokens the model wrote: not the prompt, not padding, not TIR executor output, see `tool_output_token_mask`).
-All log-probabilities are of the sampled tokens, (B, T), as `token_logprobs` gives them.
+All log-probabilities are of the sampled tokens, (B, T), as `token_logprobs` gives them. Three policies appear:
+
+- behaviour policy mu: the one that actually sampled the rollouts, i.e. the rollout engine (vLLM, a server) with
+  its own kernels and numerics; its log-probabilities come back from the engine with the tokens;
+- old policy pi_old: the *trainer's* model with the weights it had when the batch was rolled out; its
+  log-probabilities are computed by the trainer and stored for the batch, and rho = pi / pi_old is the ratio PPO
+  clips when the batch is used for several updates;
+- current policy pi: the trainer's model being updated (the only one with a gradient).
+When the trainer's own model samples, mu = pi_old. When another engine samples, mu != pi_old even with the same
+weights; `truncated_importance_weights` corrects for it (pi_old / mu, capped).
 
 >>> rewards = torch.tensor([[1.0, 0.0, 0.0, 1.0]])           # one query, G = 4
 >>> adv = group_advantages(rewards).flatten()                # sample std of [1, 0, 0, 1] is 1/sqrt(3)
@@ -28,7 +37,8 @@ from typing import Literal
 
 import torch
 
-Aggregation = Literal["seq_mean_token_mean", "token_mean"]
+Aggregation = Literal["seq_mean_token_mean", "token_mean", "seq_mean_token_sum_norm"]
+AGGREGATIONS = ("seq_mean_token_mean", "token_mean", "seq_mean_token_sum_norm")
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -40,9 +50,9 @@ def group_advantages(
     group_ids: torch.Tensor | Sequence[int] | None = None,
     *,
     eps: float = 1e-6,
-    scale: Literal["std", "none"] = "std",
+    scale: Literal["group", "batch", "none"] = "group",
 ) -> torch.Tensor:
-    """Group-relative advantages: (r - mean(group)) / (std(group) + eps), one value per response.
+    """Group-relative advantages: (r - mean(group)) / (std + eps), one value per response.
 
     `rewards` is either (num_groups, G), one row per query, or flat (N,) with `group_ids` (N,) naming each
     response's query (any integers, any order, groups may differ in size). The result has the shape of `rewards`.
@@ -54,6 +64,9 @@ def group_advantages(
     - a group whose rewards are all equal (every response correct, or every one wrong with the same RM score, or a
       group of one) gives exactly 0 for all its responses: it carries no learning signal. This is decided by
       comparing max and min, so floating-point noise in the mean never turns into a huge advantage.
+    - `scale` says which std divides: "group" (GRPO: each group's own std), "batch" (the std of all the rewards
+      passed in, one number for the batch, as TRL's scale_rewards="batch" and Liu et al. 2025's "Lite PPO": group
+      mean, batch std, which keeps a group's spread meaningful against the others'), or "none".
     - `scale="none"` skips the division by std (Dr. GRPO, Liu et al. 2025, "Understanding R1-Zero-Like Training"):
       std scaling up-weights queries whose rewards barely differ (nearly all right or nearly all wrong), which
       biases updates toward too-easy and too-hard queries; without it the advantage keeps the reward's own units.
@@ -63,9 +76,12 @@ def group_advantages(
             [ 0.0000,  0.0000,  0.0000,  0.0000]])
     >>> group_advantages(torch.tensor([2.0, 7.0, 0.0, 4.0, 0.0]), group_ids=[5, 9, 5, 9, 5])  # stds 1.1547, 2.1213
     tensor([ 1.1547,  0.7071, -0.5773, -0.7071, -0.5773])
+    >>> group_advantages(torch.tensor([[1.0, 0.0], [3.0, 3.0]]), scale="batch", eps=0.0)  # batch std 1.5
+    tensor([[ 0.3333, -0.3333],
+            [ 0.0000,  0.0000]])
     """
-    if scale not in ("std", "none"):
-        raise ValueError(f"scale must be 'std' or 'none', got {scale!r}")
+    if scale not in ("group", "batch", "none"):
+        raise ValueError(f"scale must be 'group', 'batch' or 'none', got {scale!r}")
     rewards = torch.as_tensor(rewards)
     if not rewards.is_floating_point():
         rewards = rewards.float()
@@ -92,8 +108,61 @@ def group_advantages(
         low = zeros.scatter_reduce(0, inverse, rewards, reduce="amin", include_self=False)
         spread = (high - low)[inverse]
     centered = rewards - mean
-    advantages = centered / (std + eps) if scale == "std" else centered
+    if scale == "batch":
+        std = rewards.std() if rewards.numel() > 1 else rewards.new_tensor(0.0)
+    advantages = centered if scale == "none" else centered / (std + eps)
     return torch.where(spread > 0, advantages, torch.zeros_like(advantages))
+
+
+def zero_variance_groups(rewards: torch.Tensor) -> torch.Tensor:
+    """(num_groups, G) -> (num_groups,) bool: True for a group whose rewards are all equal (max == min).
+
+    Such a group has zero advantage for every response, so it adds nothing to the policy gradient (only to the KL
+    term and to the normaliser of a token-mean loss). DAPO's dynamic sampling drops these groups and samples
+    further queries instead; its fraction per step shows how much of the rollout compute taught nothing.
+
+    >>> zero_variance_groups(torch.tensor([[1.0, 1.0, 1.0], [0.0, 1.0, 0.0], [0.2, 0.2, 0.2]]))
+    tensor([ True, False,  True])
+    """
+    if rewards.dim() != 2:
+        raise ValueError(f"rewards must be (num_groups, G); got shape {tuple(rewards.shape)}")
+    return rewards.amax(dim=1) == rewards.amin(dim=1)
+
+
+def soft_overlong_penalty(lengths: torch.Tensor, max_length: int, buffer: int, penalty: float = 1.0) -> torch.Tensor:
+    """DAPO's soft overlong punishment (Yu et al. 2025, eq. 13), added to the reward of each response:
+
+        0                                  if L <= L_max - L_buffer
+        (L_max - L_buffer - L) / L_buffer  if L_max - L_buffer < L <= L_max   (from 0 down to -1, linearly)
+        -1                                 if L > L_max
+
+    times `penalty`. `max_length` is the generation budget (max_new_tokens), `buffer` the length of the ramp in
+    tokens. A response the budget cut off gets the full penalty; one that ends inside the ramp gets part of it, so
+    the policy learns to finish before the budget rather than being told only "truncated = wrong".
+
+    >>> soft_overlong_penalty(torch.tensor([10, 60, 75, 100, 120]), max_length=100, buffer=40)
+    tensor([ 0.0000,  0.0000, -0.3750, -1.0000, -1.0000])
+    """
+    if not 0 < buffer <= max_length:
+        raise ValueError(f"buffer must be in 1..max_length ({max_length}), got {buffer}")
+    lengths = torch.as_tensor(lengths, dtype=torch.float32)
+    ramp = (max_length - buffer - lengths) / buffer
+    return penalty * ramp.clamp(min=-1.0, max=0.0)
+
+
+def drop_truncated(mask: torch.Tensor, truncated: torch.Tensor) -> torch.Tensor:
+    """Overlong filtering (DAPO): the loss mask (B, T) with every token of a truncated response (B,) dropped.
+
+    A response cut off by the token budget is not wrong for its reasoning, only unfinished; its (usually low)
+    reward would push down whatever it wrote. Masked out, it still counts in its group's mean and std.
+
+    >>> drop_truncated(torch.ones(2, 3, dtype=torch.bool), torch.tensor([False, True])).tolist()
+    [[True, True, True], [False, False, False]]
+    """
+    truncated = torch.as_tensor(truncated, dtype=torch.bool, device=mask.device)
+    if truncated.shape != mask.shape[:1]:
+        raise ValueError(f"truncated must be (B,) for a mask {tuple(mask.shape)}; got {tuple(truncated.shape)}")
+    return mask.bool() & ~truncated[:, None]
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -140,6 +209,30 @@ def token_logprobs(
     return torch.cat(pieces).reshape(tokens.shape)
 
 
+@torch.no_grad()
+def token_entropy(logits: torch.Tensor, *, temperature: float = 1.0, chunk_size: int = 1024) -> torch.Tensor:
+    """The entropy of the policy's next-token distribution at every position: logits (..., V) -> (...) float32.
+
+    H = logsumexp(z) - sum softmax(z) * z with z = logits / temperature (the distribution rollouts are sampled
+    from). A diagnostic, without gradient: entropy collapsing toward 0 means the policy stopped exploring.
+    Chunked like `token_logprobs`.
+
+    >>> token_entropy(torch.tensor([[0.0, 0.0], [0.0, 2.0]]))   # log 2; then H(0.119, 0.881)
+    tensor([0.6931, 0.3653])
+    """
+    flat = logits.reshape(-1, logits.shape[-1])
+    pieces = []
+    for start in range(0, flat.shape[0], chunk_size):
+        z = flat[start:start + chunk_size].float()
+        if temperature != 1.0:
+            z = z / temperature
+        log_p = torch.log_softmax(z, dim=-1)
+        pieces.append(-(log_p.exp() * log_p).sum(dim=-1))
+    if not pieces:
+        return logits.new_zeros(logits.shape[:-1], dtype=torch.float32)
+    return torch.cat(pieces).reshape(logits.shape[:-1])
+
+
 # --------------------------------------------------------------------------------------------------------------------
 # Aggregating per-token values with the mask
 # --------------------------------------------------------------------------------------------------------------------
@@ -156,14 +249,19 @@ def masked_sequence_mean(values: torch.Tensor, mask: torch.Tensor) -> torch.Tens
 
 
 def aggregate_token_loss(values: torch.Tensor, mask: torch.Tensor,
-                         aggregation: Aggregation = "seq_mean_token_mean") -> torch.Tensor:
-    """Reduce a per-token loss (B, T) to a scalar over the masked-in tokens.
+                         aggregation: Aggregation = "seq_mean_token_mean",
+                         max_tokens: int | None = None) -> torch.Tensor:
+    """Reduce a per-token loss (B, T) to a scalar over the masked-in tokens (the `loss_type` of the trainer).
 
-    - "seq_mean_token_mean" (GRPO as in DeepSeekMath and the paper): the token mean of each response, then the mean
-      over responses; every response weighs the same whatever its length. Responses with no token in the mask
-      (e.g. all executor output) are left out of the mean over responses.
-    - "token_mean" (DAPO's token-level loss): the mean over all masked-in tokens of the batch; long responses weigh
-      more. Offered for comparison; not the paper's choice.
+    - "seq_mean_token_mean" (loss_type grpo: DeepSeekMath and the paper): the token mean of each response, then the
+      mean over responses; every response weighs the same whatever its length, so a token of a long response
+      weighs less. Responses with no token in the mask (all executor output, a filtered truncated response) are
+      left out of the mean over responses.
+    - "token_mean" (loss_type dapo): the mean over all masked-in tokens of the batch; every token weighs the same,
+      so long (often wrong, rambling) responses are not under-penalised.
+    - "seq_mean_token_sum_norm" (loss_type dr_grpo, Liu et al. 2025): the sum over all masked-in tokens divided by
+      the constant B * max_tokens (the generation budget): no per-response length normaliser, so there is no
+      length bias toward long wrong answers, and the scale does not depend on the batch's lengths.
 
     An empty mask gives 0, still attached to the graph so `backward()` works.
 
@@ -171,6 +269,8 @@ def aggregate_token_loss(values: torch.Tensor, mask: torch.Tensor,
     >>> m = torch.tensor([[True, True, True, True], [True, False, False, False]])
     >>> aggregate_token_loss(v, m).item(), round(aggregate_token_loss(v, m, "token_mean").item(), 4)
     (3.0, 1.8)
+    >>> round(aggregate_token_loss(v, m, "seq_mean_token_sum_norm", max_tokens=10).item(), 4)   # 9 / (2 * 10)
+    0.45
     """
     mask = mask.bool()
     if values.shape != mask.shape:
@@ -186,7 +286,30 @@ def aggregate_token_loss(values: torch.Tensor, mask: torch.Tensor,
         return per_seq.mean()
     if aggregation == "token_mean":
         return values.sum() / mask.sum().clamp(min=1)
-    raise ValueError(f"aggregation must be 'seq_mean_token_mean' or 'token_mean', got {aggregation!r}")
+    if aggregation == "seq_mean_token_sum_norm":
+        if max_tokens is None or max_tokens < 1:
+            raise ValueError(f"aggregation 'seq_mean_token_sum_norm' needs max_tokens >= 1, got {max_tokens}")
+        return values.sum() / (max(values.shape[0], 1) * max_tokens)
+    raise ValueError(f"aggregation must be one of {', '.join(AGGREGATIONS)}, got {aggregation!r}")
+
+
+def aggregation_units(mask: torch.Tensor, aggregation: Aggregation = "seq_mean_token_mean") -> int:
+    """How many things `aggregate_token_loss` averages over: responses with a token in the mask, tokens, or
+    responses. A batch split into micro-batches gets the whole batch's loss back as
+    sum_k aggregate(micro-batch k) * units(k) / units(batch), whichever the aggregation.
+
+    >>> m = torch.tensor([[True, True, False], [False, False, False], [True, False, False]])
+    >>> [aggregation_units(m, a) for a in ("seq_mean_token_mean", "token_mean", "seq_mean_token_sum_norm")]
+    [2, 3, 3]
+    """
+    mask = mask.bool()
+    if aggregation == "seq_mean_token_mean":
+        return int(mask.any(dim=-1).sum())
+    if aggregation == "token_mean":
+        return int(mask.sum())
+    if aggregation == "seq_mean_token_sum_norm":
+        return int(mask.shape[0])
+    raise ValueError(f"aggregation must be one of {', '.join(AGGREGATIONS)}, got {aggregation!r}")
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -211,13 +334,18 @@ def clipped_surrogate_loss(
     clip_eps: float = 0.2,
     clip_eps_high: float | None = None,
     aggregation: Aggregation = "seq_mean_token_mean",
+    *,
+    max_tokens: int | None = None,
+    is_weights: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    """PPO's clipped ratio objective, negated as a loss: -min(rho * A, clip(rho, 1-eps, 1+eps_high) * A).
+    """PPO's clipped ratio objective, negated as a loss: -w * min(rho * A, clip(rho, 1-eps, 1+eps_high) * A).
 
     `logp` (B, T) carries the gradient; `old_logp` (B, T) is from the policy that sampled the rollouts (treated
     as a constant); `advantages` is (B,), one per response as GRPO gives, or (B, T). `clip_eps_high` (default:
     `clip_eps`) allows an asymmetric range ("clip-higher", DAPO). The per-token loss is reduced by
-    `aggregate_token_loss` (default: token mean per response, then mean over responses).
+    `aggregate_token_loss` (default: token mean per response, then mean over responses; `max_tokens` for
+    "seq_mean_token_sum_norm"). `is_weights` (B, T), default 1, multiplies each token's term as a constant: the
+    truncated importance weights of `truncated_importance_weights` when another engine sampled the rollouts.
 
     Where the ratio has left the trust region in the direction the advantage pushes it (rho > 1+eps_high with
     A > 0, or rho < 1-eps with A < 0) the clipped term wins the min and the token gives no gradient.
@@ -245,7 +373,11 @@ def clipped_surrogate_loss(
     unclipped = ratio * adv
     clipped = torch.clamp(ratio, 1.0 - eps_low, 1.0 + eps_high) * adv
     per_token = -torch.minimum(unclipped, clipped)
-    loss = aggregate_token_loss(per_token, mask, aggregation)
+    if is_weights is not None:
+        if is_weights.shape != logp.shape:
+            raise ValueError(f"is_weights must be (B, T) like logp {tuple(logp.shape)}; got {tuple(is_weights.shape)}")
+        per_token = per_token * is_weights.detach().masked_fill(~mask, 0.0)
+    loss = aggregate_token_loss(per_token, mask, aggregation, max_tokens)
 
     with torch.no_grad():
         n = mask.sum().clamp(min=1)
@@ -259,6 +391,48 @@ def clipped_surrogate_loss(
             "ratio_max": ratio.masked_fill(~mask, 0.0).max() if mask.any() else ratio.new_tensor(0.0),
         }
     return loss, stats
+
+
+def truncated_importance_weights(
+    old_logp: torch.Tensor,
+    behaviour_logp: torch.Tensor,
+    mask: torch.Tensor,
+    cap: float,
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """Truncated importance sampling (TIS) for rollouts sampled by another engine: w = min(pi_old / mu, C), per token.
+
+    `old_logp` is the trainer's log-probability of each sampled token under the weights of rollout time (pi_old),
+    `behaviour_logp` the rollout engine's own (mu, e.g. vLLM's). Even with the same weights they differ (other
+    kernels, precision, sampling processors), so the engine's samples are slightly off-policy for the trainer;
+    weighting each token's policy-gradient term by pi_old / mu makes the update on-policy in expectation, and the
+    cap C bounds the variance that rare large ratios bring (Yao et al. 2025, "Your efficient RL framework secretly
+    brings you off-policy RL training"; C = 2 there). Both inputs are constants (no gradient).
+
+    Returns the weights (B, T) (1 on dropped tokens) and stats over the mask, of the ratio before the cap:
+    "is_ratio_mean", "is_ratio_max", and "is_truncated_fraction" (tokens whose ratio exceeded C).
+
+    >>> old = torch.log(torch.tensor([[0.5, 0.9, 0.2]]))
+    >>> mu = torch.log(torch.tensor([[0.5, 0.3, 0.4]]))     # ratios 1, 3, 0.5
+    >>> w, stats = truncated_importance_weights(old, mu, torch.ones(1, 3, dtype=torch.bool), cap=2.0)
+    >>> [round(x, 4) for x in w.flatten().tolist()], round(stats["is_ratio_mean"].item(), 4)
+    ([1.0, 2.0, 0.5], 1.5)
+    """
+    if old_logp.shape != behaviour_logp.shape or old_logp.shape != mask.shape:
+        raise ValueError(f"old_logp, behaviour_logp and mask must have the same (B, T) shape; got "
+                         f"{tuple(old_logp.shape)}, {tuple(behaviour_logp.shape)}, {tuple(mask.shape)}")
+    if cap <= 0:
+        raise ValueError(f"cap must be > 0, got {cap}")
+    mask = mask.bool()
+    with torch.no_grad():
+        log_ratio = (old_logp.float() - behaviour_logp.float()).masked_fill(~mask, 0.0)
+        ratio = torch.exp(log_ratio)
+        n = mask.sum().clamp(min=1)
+        stats = {
+            "is_ratio_mean": ratio.masked_fill(~mask, 0.0).sum() / n,
+            "is_ratio_max": ratio.masked_fill(~mask, 0.0).max() if mask.any() else ratio.new_tensor(0.0),
+            "is_truncated_fraction": ((ratio > cap) & mask).sum() / n,
+        }
+        return ratio.clamp(max=cap), stats
 
 
 def k3_kl(logp: torch.Tensor, ref_logp: torch.Tensor, max_log_ratio: float | None = None) -> torch.Tensor:
@@ -294,13 +468,17 @@ def grpo_loss(
     clip_eps_high: float | None = None,
     aggregation: Aggregation = "seq_mean_token_mean",
     max_log_ratio: float | None = None,
+    *,
+    max_tokens: int | None = None,
+    is_weights: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """The GRPO loss: clipped surrogate + beta * k3 KL to the reference, per token, reduced over the mask.
 
     Both terms are reduced the same way (default: token mean per response, then mean over responses), so the
     total equals surrogate + beta * KL reduced separately. `old_logp=None` means the batch is used for a single
     update right after sampling (pi_old = pi): the ratio is 1 and the gradient is A * grad log pi. `ref_logp=None`
-    or `beta=0` drops the KL term (no reference model needed).
+    or `beta=0` drops the KL term (no reference model needed). `is_weights` (the rollout-engine correction) weighs
+    the surrogate only: the KL term is an estimate under the current policy's own samples either way.
 
     Stats: those of `clipped_surrogate_loss`, plus "policy_loss" and "kl" (the reduced k3 KL, before beta).
 
@@ -313,7 +491,7 @@ def grpo_loss(
     if old_logp is None:
         old_logp = logp.detach()
     policy_loss, stats = clipped_surrogate_loss(logp, old_logp, advantages, mask, clip_eps, clip_eps_high,
-                                                aggregation)
+                                                aggregation, max_tokens=max_tokens, is_weights=is_weights)
     stats["policy_loss"] = policy_loss.detach()
     if ref_logp is None or beta == 0.0:
         stats["kl"] = policy_loss.new_tensor(0.0)
@@ -322,7 +500,7 @@ def grpo_loss(
     # zero gradient of a masked-out position is NaN.
     dropped = ~mask.bool()
     per_token_kl = k3_kl(logp.masked_fill(dropped, 0.0), ref_logp.masked_fill(dropped, 0.0), max_log_ratio)
-    kl = aggregate_token_loss(per_token_kl, mask, aggregation)
+    kl = aggregate_token_loss(per_token_kl, mask, aggregation, max_tokens)
     stats["kl"] = kl.detach()
     return policy_loss + beta * kl, stats
 
