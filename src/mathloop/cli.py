@@ -14,6 +14,7 @@
   mathloop synthesize  new problems evolved from seed problems, answered by majority vote (resumable)
   mathloop demo   one round of the loop on the embedded model, before/after accuracy
   mathloop data   the benchmark data: `data list` (sources, versions, licences), `data pull` (harness layout)
+  mathloop report one self-contained HTML page of runs: metrics, comparison, plots, sample browser
 """
 
 from __future__ import annotations
@@ -575,12 +576,33 @@ def build_parser() -> argparse.ArgumentParser:
     add_sft_parser(sub)
     add_synthesize_parser(sub)
     add_data_parser(sub)
+    add_report_parser(sub)
     return parser
+
+
+def add_report_parser(sub: argparse._SubParsersAction) -> None:
+    from mathloop import report
+
+    p = sub.add_parser("report", help="one self-contained HTML page of runs (plots, tables, sample browser)",
+                       description=report.__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("runs", nargs="+", metavar="RUN",
+                   help="eval folder, loop folder, rm/sft/grpo output folder, or graded JSONL file; several are shown "
+                        "side by side and paired with the first")
+    p.add_argument("--out", default="report.html", help="HTML file to write (default: %(default)s)")
+    p.add_argument("--title", default=None, help="page title (default: the run names)")
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from mathloop.report import build_report
+
+    print(json.dumps(build_report(args.runs, args.out, title=args.title)))
+    return 0
 
 
 COMMANDS = {"eval": cmd_eval, "grade": cmd_grade, "compare": cmd_compare, "exec": cmd_exec, "rm": cmd_rm, "score": cmd_score,
             "sample": cmd_sample, "select": cmd_select, "loop": cmd_loop, "demo": cmd_demo, "grpo": cmd_grpo,
-            "sft": cmd_sft, "synthesize": cmd_synthesize, "data": cmd_data}
+            "sft": cmd_sft, "synthesize": cmd_synthesize, "data": cmd_data,
+            "report": cmd_report}
 
 
 def main(argv: list[str] | None = None) -> int:
