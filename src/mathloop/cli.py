@@ -238,6 +238,9 @@ def add_rm_parser(sub: argparse._SubParsersAction) -> None:
                    help="held-out evaluation every N steps (default: at the end)")
     t.add_argument("--save-every", type=int, default=None, help="checkpoint every N steps (default: at the end)")
     t.add_argument("--seed", type=int, default=None, help="data order, splits and head init (default: 0)")
+    t.add_argument("--report-to", type=_csv, default=None,
+                   help="also log metrics to tensorboard and/or wandb, comma-separated (<output-dir>/tensorboard; "
+                        "pip install 'mathloop[tensorboard]')")
 
 
 def cmd_rm(args: argparse.Namespace) -> int:
@@ -246,7 +249,7 @@ def cmd_rm(args: argparse.Namespace) -> int:
     names = ("model", "samples", "fill_samples", "decontaminate", "data_dir", "output_dir", "group_size", "max_ratio",
              "heldout_fraction", "learning_rate", "warmup_steps", "epochs", "groups_per_batch",
              "micro_batch_groups", "max_length", "lora", "lora_rank", "lora_layers", "gradient_checkpointing", "dtype",
-             "eval_every", "save_every", "seed")
+             "eval_every", "save_every", "report_to", "seed")
     config = _settings_from_args(args, names, rm, "use --samples and --output-dir")
     print(json.dumps(rm.train(config), indent=2))
     return 0
@@ -429,13 +432,16 @@ def add_grpo_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--lora", action="store_true", default=None,
                    help="train LoRA adapters instead of all weights (needs mathloop[train])")
     p.add_argument("--seed", type=int, default=None, help="query order and sampling (default: 0)")
+    p.add_argument("--report-to", type=_csv, default=None,
+                   help="also log metrics to tensorboard and/or wandb, comma-separated (<output-dir>/tensorboard; "
+                        "pip install 'mathloop[tensorboard]')")
 
 
 def cmd_grpo(args: argparse.Namespace) -> int:
     from mathloop.train import grpo
 
     names = ("model", "output_dir", "queries", "benchmark", "split", "data_dir", "selection_samples", "mode",
-             "reward", "rm", "steps", "group_size", "queries_per_step", "learning_rate", "lora", "seed")
+             "reward", "rm", "steps", "group_size", "queries_per_step", "learning_rate", "lora", "report_to", "seed")
     config = _settings_from_args(args, names, grpo, "use --output-dir and --queries")
     print(json.dumps(grpo.train_grpo(config), indent=2))
     return 0

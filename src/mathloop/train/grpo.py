@@ -38,7 +38,8 @@ Choices the paper leaves open, or where mathloop differs from it:
 
 Output folder:
   run.json                       config, query report, package versions
-  metrics.jsonl                  one line per step: reward, accuracy, KL, loss, response length, seconds
+  metrics.jsonl                  one line per step: reward mean and std, accuracy, KL, loss, response length, share
+                                 of truncated responses, seconds (also to TensorBoard / W&B with report_to)
   rollouts/step-NNNNNN.jsonl     the step's responses as Samples (verdict; reward and advantage in metadata)
   checkpoints/step-NNNNNN/       trainable weights, optimizer state, step (the latest ones are kept)
   final/                         the trained policy, LoRA merged (`mathloop eval --model <out>/final`)
@@ -73,6 +74,7 @@ from mathloop.records import Problem, Sample, read_records, write_jsonl
 from mathloop.reward.score import pad_batch, pad_token_id
 from mathloop.reward.shaping import RewardFn, make_rm_reward, make_shaped_reward, select_queries, verifier_reward
 from mathloop.train.checkpoint import drop_metrics_after, latest_checkpoint, load_checkpoint, save_checkpoint
+from mathloop.train.tracking import MetricsReporter, check_report_to
 from mathloop.train.grpo_math import group_advantages, grpo_loss, response_loss_mask, token_logprobs
 from mathloop.verify import CORRECT, grade
 
@@ -123,6 +125,7 @@ class GRPOConfig:
     dtype: str | None = None  # policy weights: float32 by default; bfloat16 saves memory with LoRA
     save_every: int = 25  # checkpoint every N steps (and always at the end)
     keep_checkpoints: int = 2
+    report_to: list[str] = dataclasses.field(default_factory=list)  # tensorboard and/or wandb, besides metrics.jsonl
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -164,6 +167,7 @@ class GRPOConfig:
             raise ValueError(f"grpo: beta must be >= 0, got {self.beta}")
         if self.save_every < 0:
             raise ValueError(f"grpo: save_every must be >= 0, got {self.save_every}")
+        check_report_to(self.report_to, "grpo")
 
 
 # Settings a resumed run must share with the run that wrote the checkpoint.
@@ -184,7 +188,8 @@ def load_config(path: str, overrides: dict[str, Any] | None = None) -> GRPOConfi
 
 def config_from_dict(data: dict[str, Any], overrides: dict[str, Any] | None = None,
                      source: str = "config") -> GRPOConfig:
-    return settings_from_dict(GRPOConfig, data, overrides, source, required=("output_dir",))
+    return settings_from_dict(GRPOConfig, data, overrides, source, required=("output_dir",),
+                              list_fields=("report_to",))
 
 
 # ---- queries ---------------------------------------------------------------------------------------------------
@@ -458,7 +463,8 @@ def train_grpo(config: GRPOConfig, stop_after: int | None = None) -> dict[str, A
 
     stop = config.steps if stop_after is None else min(config.steps, stop_after)
     last: dict[str, Any] = {}
-    with _executor(config) as executor:
+    reporter = MetricsReporter(config.report_to, out, "grpo", dataclasses.asdict(config), resume_step=step)
+    with _executor(config) as executor, reporter:
         while step < stop:
             torch.manual_seed(config.seed + step)
             batch = [queries[i] for i in query_indices(step, len(queries), config)]
@@ -497,16 +503,18 @@ def train_grpo(config: GRPOConfig, stop_after: int | None = None) -> dict[str, A
             step += 1
 
             graded = [r for r in rollouts if r.verdict is not None]
-            last = {"step": step, "reward_mean": rewards.mean().item(),
+            last = {"step": step, "reward_mean": rewards.mean().item(), "reward_std": rewards.std().item(),
                     "accuracy": sum(r.verdict == CORRECT for r in graded) / len(graded) if graded else None,
                     "kl": kl_sum, "loss": loss_sum, "grad_norm": grad_norm.item(),
                     "response_length": sum(r.completion_tokens for r in rollouts) / len(rollouts),
+                    "truncated": sum(r.finish_reason == "length" for r in rollouts) / len(rollouts),
                     "flat_groups": (advantages.abs().amax(dim=1) == 0).float().mean().item(),
                     "rollout_seconds": round(rollout_seconds, 2), "update_seconds": round(time.time() - started, 2)}
             log.info("step %d/%d %s", step, config.steps,
                      " ".join(f"{k}={v:.4g}" for k, v in last.items() if isinstance(v, float)))
             with (out / "metrics.jsonl").open("a", encoding="utf-8") as f:
                 f.write(json.dumps(last) + "\n")
+            reporter.log(last, step)
             write_jsonl(out / "rollouts" / f"step-{step:06d}.jsonl",
                         [rollout_sample(r, config, params, step) for r in rollouts])
             if (config.save_every and step % config.save_every == 0) or step == stop:
