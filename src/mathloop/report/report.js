@@ -1,5 +1,5 @@
 // The sample browser of a mathloop report: filters, paging, and one sample's details with math rendered by KaTeX.
-// Plain JavaScript, no network: the samples are the JSON in <script id="samples-data">.
+// Plain JavaScript, no network: the samples are the JSON of the element #samples-data.
 (function () {
   "use strict";
   var PAGE = 50;
@@ -129,7 +129,9 @@
      ["RM score", s.r === null ? "none" : s.r.toFixed(4)], ["finish reason", s.f || ""]].forEach(function (f) {
       facts.appendChild(el("dt", null, f[0]));
       var dd = el("dd");
-      if (f[0] === "question") mathText(dd, questions[s.q]); else mathText(dd, f[1] === null ? "" : f[1]);
+      if (f[0] === "question") mathText(dd, questions[s.q]);
+      else if (f[0] === "gold" || f[0] === "extracted answer") answer(dd, f[1]);
+      else dd.textContent = f[1] === null ? "" : String(f[1]);
       facts.appendChild(dd);
     });
     box.appendChild(facts);
@@ -161,12 +163,17 @@
     var fence = /```(\w*)\n([\s\S]*?)(```|$)/g, pos = 0, m;
     while ((m = fence.exec(text)) !== null) {
       if (m[0].length === 0) break;
-      mathText(node, text.slice(pos, m.index));
+      mathText(node, trimLines(text.slice(pos, m.index)));
       var lang = m[1] || "code";
       block(node, lang === "output" ? "exec-output" : "code", lang === "output" ? "output (as written in the response)" : lang, m[2]);
       pos = m.index + m[0].length;
     }
-    mathText(node, text.slice(pos));
+    mathText(node, trimLines(text.slice(pos)));
+  }
+
+  // Blank lines next to a code or output block: the block is set apart already.
+  function trimLines(text) {
+    return text.replace(/^\s*\n/, "").replace(/\n\s*$/, "");
   }
 
   var MATH = /\$\$([\s\S]+?)\$\$|\\\[([\s\S]+?)\\\]|\\\(([\s\S]+?)\\\)|\$([^$\n]+?)\$/g;
@@ -175,19 +182,45 @@
     var pos = 0, m;
     MATH.lastIndex = 0;
     while ((m = MATH.exec(text)) !== null) {
-      node.appendChild(document.createTextNode(text.slice(pos, m.index)));
+      boxed(node, text.slice(pos, m.index));
       var display = m[1] !== undefined || m[2] !== undefined;
-      var tex = m[1] || m[2] || m[3] || m[4];
-      var span = el("span", display ? "math display" : "math");
-      if (window.katex) {
-        window.katex.render(tex, span, {displayMode: display, throwOnError: false, strict: "ignore", trust: false});
-      } else {
-        span.textContent = m[0];
-      }
-      node.appendChild(span);
+      tex(node, m[1] || m[2] || m[3] || m[4], display, m[0]);
       pos = m.index + m[0].length;
     }
+    boxed(node, text.slice(pos));
+  }
+
+  // A bare \boxed{...} outside math delimiters (models write it so) is rendered too, its braces matched.
+  function boxed(node, text) {
+    var pos = 0, start;
+    while ((start = text.indexOf("\\boxed{", pos)) >= 0) {
+      var depth = 0, end = -1;
+      for (var k = start + 6; k < text.length; k++) {
+        if (text[k] === "{") depth++;
+        else if (text[k] === "}" && --depth === 0) { end = k + 1; break; }
+      }
+      if (end < 0) break;
+      node.appendChild(document.createTextNode(text.slice(pos, start)));
+      tex(node, text.slice(start, end), false, text.slice(start, end));
+      pos = end;
+    }
     node.appendChild(document.createTextNode(text.slice(pos)));
+  }
+
+  function tex(node, source, display, original) {
+    var span = el("span", display ? "math display" : "math");
+    if (window.katex) {
+      window.katex.render(source, span, {displayMode: display, throwOnError: false, strict: "ignore", trust: false});
+    } else {
+      span.textContent = original;
+    }
+    node.appendChild(span);
+  }
+
+  // An answer (gold or extracted) is LaTeX without delimiters: render it as math when it looks like LaTeX.
+  function answer(node, text) {
+    if (text && /[\\^_{]/.test(text) && text.indexOf("$") < 0) tex(node, text, false, text);
+    else node.appendChild(document.createTextNode(text || ""));
   }
 
   // ---- wiring ---------------------------------------------------------------------------------------------------
@@ -203,11 +236,6 @@
   });
   $("page-prev").addEventListener("click", function () { page -= 1; render(); });
   $("page-next").addEventListener("click", function () { page += 1; render(); });
-  document.querySelectorAll("td.tex, span.tex").forEach(function (node) {
-    var text = node.textContent;
-    node.textContent = "";
-    mathText(node, text);
-  });
   apply();
   document.body.dataset.ready = "1";
 })();
