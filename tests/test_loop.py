@@ -98,6 +98,8 @@ def test_a_round_runs_every_stage_and_a_rerun_skips_them(tiny_model_dir, data_di
         first = row["vs_round_0"]["first_sample"]
         assert (first["both"], first["b"], first["c"], first["mcnemar_p"]) == (4, 0, 0, 1.0)
     assert (run / "summary.md").read_text().count("| +0.0 [-49.0, +49.0] | 0 / 0 | 1.000 |") == 2
+    report = (run / "report.html").read_text()  # `mathloop report` of the folder (tests/test_report.py opens it)
+    assert report.count("<tr><td>run:") == 3 + 2  # metrics of rounds 0, 1 and grpo; two paired comparisons
 
     final = run / "round-1" / "sft" / "final" / "config.json"
     stamp = final.stat().st_mtime_ns

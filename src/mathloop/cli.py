@@ -14,6 +14,7 @@
   mathloop synthesize  new problems evolved from seed problems, answered by majority vote (resumable)
   mathloop demo   one round of the loop on the embedded model, before/after accuracy
   mathloop data   the benchmark data: `data list` (sources, versions, licences), `data pull` (harness layout)
+  mathloop report one self-contained HTML page of runs: metrics, comparison, plots, sample browser
 """
 
 from __future__ import annotations
@@ -294,6 +295,9 @@ def add_rm_parser(sub: argparse._SubParsersAction) -> None:
                    help="held-out evaluation every N steps (default: at the end)")
     t.add_argument("--save-every", type=int, default=None, help="checkpoint every N steps (default: at the end)")
     t.add_argument("--seed", type=int, default=None, help="data order, splits and head init (default: 0)")
+    t.add_argument("--report-to", type=_csv, default=None,
+                   help="also log metrics to tensorboard and/or wandb, comma-separated (<output-dir>/tensorboard; "
+                        "pip install 'mathloop[tensorboard]')")
 
 
 def cmd_rm(args: argparse.Namespace) -> int:
@@ -302,7 +306,7 @@ def cmd_rm(args: argparse.Namespace) -> int:
     names = ("model", "samples", "fill_samples", "decontaminate", "data_dir", "output_dir", "group_size", "max_ratio",
              "heldout_fraction", "learning_rate", "warmup_steps", "epochs", "groups_per_batch",
              "micro_batch_groups", "max_length", "lora", "lora_rank", "lora_layers", "gradient_checkpointing", "dtype",
-             "eval_every", "save_every", "seed")
+             "eval_every", "save_every", "report_to", "seed")
     config = _settings_from_args(args, names, rm, "use --samples and --output-dir")
     print(json.dumps(rm.train(config), indent=2))
     return 0
@@ -501,14 +505,17 @@ def add_grpo_parser(sub: argparse._SubParsersAction) -> None:
                    help="optimizer steps per rollout batch; > 1 makes the clipped ratio act (default: 1)")
     p.add_argument("--tis-cap", type=float, default=None,
                    help="vllm rollouts: truncated importance sampling pi_old/mu capped at this (e.g. 2)")
+    p.add_argument("--report-to", type=_csv, default=None,
+                   help="also log metrics to tensorboard and/or wandb, comma-separated (<output-dir>/tensorboard; "
+                        "pip install 'mathloop[tensorboard]')")
 
 
 def cmd_grpo(args: argparse.Namespace) -> int:
     from mathloop.train import grpo
 
     names = ("model", "output_dir", "queries", "benchmark", "split", "data_dir", "selection_samples", "mode",
-             "reward", "rm", "steps", "group_size", "queries_per_step", "learning_rate", "lora", "seed", "loss_type",
-             "scale_rewards", "dynamic_sampling", "overlong", "updates_per_batch", "tis_cap")
+             "reward", "rm", "steps", "group_size", "queries_per_step", "learning_rate", "lora", "report_to", "seed",
+             "loss_type", "scale_rewards", "dynamic_sampling", "overlong", "updates_per_batch", "tis_cap")
     config = _settings_from_args(args, names, grpo, "use --output-dir and --queries")
     print(json.dumps(grpo.train_grpo(config), indent=2))
     return 0
@@ -656,12 +663,33 @@ def build_parser() -> argparse.ArgumentParser:
     add_sft_parser(sub)
     add_synthesize_parser(sub)
     add_data_parser(sub)
+    add_report_parser(sub)
     return parser
+
+
+def add_report_parser(sub: argparse._SubParsersAction) -> None:
+    from mathloop import report
+
+    p = sub.add_parser("report", help="one self-contained HTML page of runs (plots, tables, sample browser)",
+                       description=report.__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("runs", nargs="+", metavar="RUN",
+                   help="eval folder, loop folder, rm/sft/grpo output folder, or graded JSONL file; several are shown "
+                        "side by side and paired with the first")
+    p.add_argument("--out", default="report.html", help="HTML file to write (default: %(default)s)")
+    p.add_argument("--title", default=None, help="page title (default: the run names)")
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from mathloop.report import build_report
+
+    print(json.dumps(build_report(args.runs, args.out, title=args.title)))
+    return 0
 
 
 COMMANDS = {"eval": cmd_eval, "grade": cmd_grade, "compare": cmd_compare, "exec": cmd_exec, "rm": cmd_rm, "score": cmd_score,
             "sample": cmd_sample, "select": cmd_select, "loop": cmd_loop, "demo": cmd_demo, "grpo": cmd_grpo,
-            "sft": cmd_sft, "synthesize": cmd_synthesize, "data": cmd_data}
+            "sft": cmd_sft, "synthesize": cmd_synthesize, "data": cmd_data,
+            "report": cmd_report}
 
 
 def main(argv: list[str] | None = None) -> int:

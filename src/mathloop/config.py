@@ -92,7 +92,7 @@ def changed_settings(old: dict[str, Any], current: dict[str, Any], keys: tuple[s
 NOT_RESUME_KEYS = frozenset({
     "data_dir", "output_dir", "out", "batch_size", "rm_batch_size", "rollout_batch_size", "micro_batch",
     "micro_batch_groups", "gradient_checkpointing", "concurrency", "threads", "num_workers", "workers", "progress",
-    "quiet",
+    "quiet", "report_to",
 })
 
 

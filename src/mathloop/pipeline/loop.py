@@ -25,6 +25,8 @@ inside itself):
   grpo-after-round-<R>/       the GRPO stage from the last round's model, when enabled (eval/ inside)
   summary.md, summary.json, accuracy.svg   accuracy per round with 95% intervals; each later stage paired with
                               round 0 (delta with interval, discordant counts b / c, McNemar p: `mathloop compare`)
+  report.html                 `mathloop report` of the folder, rewritten at the end of each round (plots, tables,
+                              sample browser); a report that fails logs a warning and the loop goes on
 
 The sections of the YAML file are the settings of the stage commands (`mathloop sample`, `rm train`, `sft`, `eval`,
 `grpo`); the loop fills in the model, data and folder fields itself. `sft_init: base` trains every round from the
@@ -264,13 +266,16 @@ def _run_loop(config: LoopConfig, progress: bool, backend, heldout: list[Problem
         rows.append(row | {"round": r, "model": model, "samples": sample_summary, "rm": rm_summary,
                            "selection": selection, "seconds": round(time.time() - started, 1)})
         _write_summary(out, rows)
+        _write_report(out)
     if config.grpo_enabled:
         grpo_dir = out / f"grpo-after-round-{config.rounds}"
         model = _grpo(config, model, grpo_dir, config.rounds)
         row = _evaluate(config, model, grpo_dir, heldout, progress, backend)
         rows.append(row | {"round": "grpo", "model": model,
                            "vs_round_0": _against_round_0(out, grpo_dir, row["benchmark"])})
-    return _write_summary(out, rows)
+    summary = _write_summary(out, rows)
+    _write_report(out)
+    return summary
 
 
 def _check_config(out: Path, config: LoopConfig, data: dict[str, dict]) -> None:
@@ -468,6 +473,17 @@ def _write_summary(out: Path, rows: list[dict]) -> dict:
     write_text_atomic(out / "summary.md", f"# mathloop loop: {out}\n\n{table}\n\n{note}\n")
     write_text_atomic(out / "accuracy.svg", accuracy_svg(rows))
     return summary
+
+
+def _write_report(out: Path) -> None:
+    """report.html of the run so far (`mathloop report`); a report is a view, so its failure never stops the loop."""
+    try:
+        from mathloop.report import build_report
+
+        build_report([str(out)], out / "report.html")
+    except Exception as e:  # noqa: BLE001 - any failure of the view is logged, the run goes on
+        log.warning("loop: could not write %s (%s: %s); the run goes on, `mathloop report %s` retries it",
+                    out / "report.html", type(e).__name__, e, out)
 
 
 def accuracy_svg(rows: list[dict], width: int = 480, height: int = 300) -> str:

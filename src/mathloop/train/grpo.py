@@ -43,7 +43,8 @@ Choices the paper leaves open, or where mathloop differs from it:
 
 Output folder:
   run.json                       config, query report, package versions
-  metrics.jsonl                  one line per step: reward, accuracy, KL, loss, response length, seconds
+  metrics.jsonl                  one line per step: reward mean and std, accuracy, KL, loss, response length, share
+                                 of truncated responses, seconds (also to TensorBoard / W&B with report_to)
   rollouts/step-NNNNNN.jsonl     the step's responses as Samples (verdict; reward and advantage in metadata)
   checkpoints/step-NNNNNN/       trainable weights, optimizer state, step (the latest ones are kept)
   final/                         the trained policy, LoRA merged (`mathloop eval --model <out>/final`)
@@ -77,6 +78,7 @@ from mathloop.prompts import build_messages
 from mathloop.records import Problem, Sample, read_records, write_jsonl
 from mathloop.reward.score import pad_batch, pad_token_id
 from mathloop.reward.shaping import RewardFn, make_rm_reward, make_shaped_reward, select_queries, verifier_reward
+from mathloop.runs import lock_run_dir, write_json
 from mathloop.train.checkpoint import drop_metrics_after, latest_checkpoint, load_checkpoint, save_checkpoint
 from mathloop.train.grpo_math import (
     aggregation_units,
@@ -90,8 +92,8 @@ from mathloop.train.grpo_math import (
     truncated_importance_weights,
     zero_variance_groups,
 )
+from mathloop.train.tracking import MetricsReporter, check_report_to
 from mathloop.verify import CORRECT, grade
-from mathloop.runs import lock_run_dir, write_json
 
 log = logging.getLogger(__name__)
 
@@ -153,6 +155,7 @@ class GRPOConfig:
     dtype: str | None = None  # policy weights: float32 by default; bfloat16 saves memory with LoRA
     save_every: int = 25  # checkpoint every N steps (and always at the end)
     keep_checkpoints: int = 2
+    report_to: list[str] = dataclasses.field(default_factory=list)  # tensorboard and/or wandb, besides metrics.jsonl
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -216,6 +219,7 @@ class GRPOConfig:
             if self.mode != "cot":
                 raise ValueError("grpo: tis_cap needs mode cot (TIR trajectories are several engine calls with "
                                  "executor text between them; their token log-probabilities are not kept)")
+        check_report_to(self.report_to, "grpo")
 
 
 # Settings a resumed run must share with the run that wrote the checkpoint.
@@ -236,7 +240,8 @@ def load_config(path: str, overrides: dict[str, Any] | None = None) -> GRPOConfi
 
 def config_from_dict(data: dict[str, Any], overrides: dict[str, Any] | None = None,
                      source: str = "config") -> GRPOConfig:
-    return settings_from_dict(GRPOConfig, data, overrides, source, required=("output_dir",))
+    return settings_from_dict(GRPOConfig, data, overrides, source, required=("output_dir",),
+                              list_fields=("report_to",))
 
 
 # ---- queries ---------------------------------------------------------------------------------------------------
@@ -591,7 +596,8 @@ def _train_grpo(config: GRPOConfig, stop_after: int | None) -> dict[str, Any]:
     stop = config.steps if stop_after is None else min(config.steps, stop_after)
     aggregation = LOSS_AGGREGATION[config.loss_type]
     last: dict[str, Any] = {}
-    with _executor(config) as executor:
+    reporter = MetricsReporter(config.report_to, out, "grpo", dataclasses.asdict(config), resume_step=step)
+    with _executor(config) as executor, reporter:
         while step < stop:
             torch.manual_seed(config.seed + step)
 
@@ -645,7 +651,9 @@ def _train_grpo(config: GRPOConfig, stop_after: int | None) -> dict[str, Any]:
 
             graded = [r for r in sampled if r.verdict is not None]
             n_updates = config.updates_per_batch
-            last = {"step": step, "reward_mean": sum(r.reward for r in sampled) / len(sampled),
+            sampled_rewards = torch.tensor([r.reward for r in sampled], dtype=torch.float64)
+            last = {"step": step, "reward_mean": sampled_rewards.mean().item(),
+                    "reward_std": sampled_rewards.std().item() if len(sampled) > 1 else 0.0,
                     "accuracy": sum(r.verdict == CORRECT for r in graded) / len(graded) if graded else None,
                     "kl": sums["kl"] / n_updates, "loss": sums["loss"] / n_updates,
                     "grad_norm": sums["grad_norm"] / n_updates,
@@ -662,6 +670,7 @@ def _train_grpo(config: GRPOConfig, stop_after: int | None) -> dict[str, Any]:
                      " ".join(f"{k}={v:.4g}" for k, v in last.items() if isinstance(v, float)))
             with (out / "metrics.jsonl").open("a", encoding="utf-8") as f:
                 f.write(json.dumps(last) + "\n")
+            reporter.log(last, step)
             trained_ids = {id(r) for r in trained}
             write_jsonl(out / "rollouts" / f"step-{step:06d}.jsonl",
                         [rollout_sample(r, config, step, id(r) in trained_ids) for r in sampled])

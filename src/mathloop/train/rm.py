@@ -12,7 +12,8 @@ multi-process path is not covered by the CPU tests.
 Output folder:
   run.json                     config, data report, package versions
   rm_data.jsonl                the RM groups used (train and held-out, marked)
-  metrics.jsonl                one line per logged step: loss, lr, held-out pairwise accuracy
+  metrics.jsonl                one line per logged step: loss, lr, held-out pairwise accuracy (also to TensorBoard /
+                               W&B with report_to: tensorboard/ holds the event files)
   checkpoints/step-NNNNNN/     trainable weights, optimizer state, step (the latest ones are kept)
   final/                       the trained reward model (`mathloop score --rm <out>/final`)
 Re-running the same command resumes from the latest checkpoint and ends at the same total step count.
@@ -41,8 +42,9 @@ from mathloop.reward.data import RMGroup, build_rm_groups, split_groups
 from mathloop.reward.loss import listwise_loss, pairwise_accuracy
 from mathloop.reward.model import RewardModel
 from mathloop.reward.score import encode, pad_batch, pad_token_id
-from mathloop.train.checkpoint import drop_metrics_after, latest_checkpoint, load_checkpoint, save_checkpoint
 from mathloop.runs import lock_run_dir, write_json
+from mathloop.train.checkpoint import drop_metrics_after, latest_checkpoint, load_checkpoint, save_checkpoint
+from mathloop.train.tracking import MetricsReporter, check_report_to
 
 log = logging.getLogger(__name__)
 
@@ -79,6 +81,7 @@ class RMTrainConfig:
     save_every: int = 0  # checkpoint every N steps (0: only at the end)
     keep_checkpoints: int = 2
     log_every: int = 1
+    report_to: list[str] = field(default_factory=list)  # tensorboard and/or wandb, besides metrics.jsonl (rank 0)
     seed: int = 0
 
     def validate(self) -> None:
@@ -91,6 +94,7 @@ class RMTrainConfig:
             raise ValueError(f"rm train: micro_batch_groups must be >= 1, got {self.micro_batch_groups}")
         if self.learning_rate <= 0:
             raise ValueError(f"rm train: learning_rate must be > 0, got {self.learning_rate}")
+        check_report_to(self.report_to, "rm train")
 
 
 # Settings a resumed run must share with the run that wrote the checkpoint.
@@ -106,7 +110,7 @@ def load_config(path: str, overrides: dict[str, Any] | None = None) -> RMTrainCo
 def config_from_dict(data: dict[str, Any], overrides: dict[str, Any] | None = None,
                      source: str = "config") -> RMTrainConfig:
     return settings_from_dict(RMTrainConfig, data, overrides, source, required=("samples", "output_dir"),
-                              list_fields=("samples", "fill_samples", "decontaminate"))
+                              list_fields=("samples", "fill_samples", "decontaminate", "report_to"))
 
 
 def lr_at(step: int, config: RMTrainConfig) -> float:
@@ -265,6 +269,8 @@ def _train(config: RMTrainConfig, stop_after: int | None) -> dict[str, Any]:
     chunk = config.micro_batch_groups or config.groups_per_batch
     last: dict[str, Any] = {}
     started = time.time()
+    reporter = MetricsReporter(config.report_to, out, "rm", dataclasses.asdict(config), resume_step=step,
+                               main_process=accelerator.is_main_process)
     while step < stop:
         torch.manual_seed(config.seed + step)  # dropout etc. identical whether or not the run was resumed
         batch = [train_groups[i] for i in batch_indices(step, len(train_groups), config)]
@@ -300,10 +306,12 @@ def _train(config: RMTrainConfig, stop_after: int | None) -> dict[str, Any]:
                          " ".join(f"{k}={v:.4g}" for k, v in last.items() if isinstance(v, float)))
                 with (out / "metrics.jsonl").open("a", encoding="utf-8") as f:
                     f.write(json.dumps(last) + "\n")
+                reporter.log(last, step)
             if (config.save_every and step % config.save_every == 0) or step == stop:
                 save_checkpoint(out, accelerator.unwrap_model(model), optimizer, step, config,
                                 config.keep_checkpoints)
         accelerator.wait_for_everyone()
+    reporter.close()
 
     # The finished model.
     final = out / "final"

@@ -1,0 +1,198 @@
+"""Read what a report shows from the folders mathloop writes: evaluations, sample sets, training curves, reports.
+
+One `RunView` per path given to `mathloop report`:
+  eval folder        samples/<benchmark>.jsonl (+ metrics.json): one evaluation
+  loop folder        round-<r>/eval and grpo-after-round-<R>/eval (evaluations, in round order), round-<r>/samples.jsonl
+                     (training samples with RM scores), rm/ sft/ and GRPO metrics.jsonl (curves), decontamination.json,
+                     synthesis.json and round-<r>/select.json (what was removed and why)
+  training folder    metrics.jsonl of `mathloop rm train`, `sft` or `grpo` (curves), run.json's data report,
+                     eval/ when the folder has one
+  graded file        a `mathloop grade` output file or any graded Sample JSONL: one evaluation
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from mathloop.pipeline.compare import Outcomes, read_eval_folder, read_graded_file
+from mathloop.records import read_jsonl
+
+
+@dataclass
+class SampleSet:
+    """Samples shown in the browser; `evaluation` when they come from a held-out evaluation (then they also feed
+    the tables and the paired comparison), else training samples."""
+
+    label: str
+    samples: list[dict[str, Any]]  # normalized: see `normalize_sample`
+    evaluation: bool = True
+    summary: dict | None = None  # metrics.summarize() shape: {"benchmarks": {...}, "average": {...}}
+    outcomes: Outcomes | None = None  # per-problem correctness, as `mathloop compare` reads it
+
+
+@dataclass
+class Curves:
+    """metrics.jsonl records of one training run."""
+
+    label: str
+    kind: str  # grpo | rm | sft
+    records: list[dict[str, Any]]
+
+
+@dataclass
+class RunView:
+    label: str
+    path: str
+    kind: str  # eval | loop | grpo | rm | sft | graded
+    sample_sets: list[SampleSet] = field(default_factory=list)
+    curves: list[Curves] = field(default_factory=list)
+    data_reports: list[tuple[str, Any]] = field(default_factory=list)  # (title, JSON value)
+
+
+def read_run(path: str | Path, label: str | None = None) -> RunView:
+    """Everything the report shows of one run folder or graded file (see the module docstring)."""
+    path = Path(path)
+    label = label or path.name or str(path)
+    if path.is_file():
+        view = RunView(label, str(path), "graded")
+        view.sample_sets.append(_graded_file(path, label))
+        return view
+    if not path.is_dir():
+        raise FileNotFoundError(f"{path}: no such run folder or graded JSONL file")
+    if (path / "round-0").is_dir():
+        return _loop(path, label)
+    view = RunView(label, str(path), "eval")
+    _stage(view, path, label)
+    if not view.sample_sets and not view.curves:
+        raise FileNotFoundError(f"{path}: not a mathloop eval, loop, rm/sft/grpo folder (no samples/, round-0/ or "
+                                f"metrics.jsonl)")
+    if view.curves and not any(s.evaluation for s in view.sample_sets):
+        view.kind = view.curves[0].kind
+    return view
+
+
+def _loop(path: Path, label: str) -> RunView:
+    view = RunView(label, str(path), "loop")
+    for name, title in (("decontamination.json", "training problems removed by decontamination"),
+                        ("synthesis.json", "problem synthesis")):
+        if (path / name).exists():
+            view.data_reports.append((f"{label}: {title}", _json(path / name)))
+    stages = sorted((p for p in path.glob("round-*") if p.name[6:].isdigit()), key=lambda p: int(p.name[6:]))
+    stages += sorted(path.glob("grpo-after-round-*"))
+    for stage in stages:
+        name = "grpo" if stage.name.startswith("grpo") else stage.name[6:]
+        stage_label = f"{label}:{name}"
+        if (stage / "samples.jsonl").exists():
+            rows = [normalize_sample(r, f"{stage}/samples.jsonl:{i}") for i, r in
+                    enumerate(read_jsonl(stage / "samples.jsonl"), 1)]
+            view.sample_sets.append(SampleSet(f"{stage_label} training samples", rows, evaluation=False))
+        if (stage / "select.json").exists():
+            view.data_reports.append((f"{stage_label}: selection of SFT data", _json(stage / "select.json")))
+        for sub in ("rm", "sft"):
+            if (stage / sub).is_dir():
+                _stage(view, stage / sub, f"{stage_label} {sub}")
+        _stage(view, stage, stage_label, eval_dirs=("eval",))  # round-<r>/samples/ is the sampling run
+    return view
+
+
+def _stage(view: RunView, folder: Path, label: str, eval_dirs: tuple[str, ...] = (".", "eval")) -> None:
+    """The evaluation, curves and data report of one folder (an eval folder, a training run, or a loop stage)."""
+    if (folder / "metrics.jsonl").exists():
+        records = [r for r in read_jsonl(folder / "metrics.jsonl")]
+        kind = ("grpo" if (folder / "rollouts").is_dir() or any("reward_mean" in r for r in records) else
+                "rm" if (folder / "rm_data.jsonl").exists() else "sft")
+        view.curves.append(Curves(label, kind, records))
+        run = _json(folder / "run.json") if (folder / "run.json").exists() else {}
+        if kind == "rm" and isinstance(run.get("data"), dict):
+            view.data_reports.append((f"{label}: reward-model data", run["data"]))
+        if kind == "grpo" and isinstance(run.get("queries"), dict):
+            view.data_reports.append((f"{label}: GRPO queries", run["queries"]))
+    for eval_dir in (folder / name for name in eval_dirs):
+        if (eval_dir / "samples").is_dir() and any((eval_dir / "samples").glob("*.jsonl")):
+            view.sample_sets.append(_eval_folder(eval_dir, label))
+            break
+
+
+def _eval_folder(folder: Path, label: str) -> SampleSet:
+    samples = []
+    for path in sorted((folder / "samples").glob("*.jsonl")):
+        samples += [normalize_sample(row, f"{path}:{i}", benchmark=path.stem)
+                    for i, row in enumerate(read_jsonl(path), 1)]
+    summary = _json(folder / "metrics.json") if (folder / "metrics.json").exists() else summarize_samples(samples)
+    return SampleSet(label, samples, summary=summary, outcomes=read_eval_folder(folder))
+
+
+def _graded_file(path: Path, label: str) -> SampleSet:
+    samples = []
+    for i, row in enumerate(read_jsonl(path), 1):
+        graded = row.get("mathloop")
+        if isinstance(graded, dict) and isinstance(row.get("code"), list):  # an official harness row, graded
+            key = row.get("idx", row.get("question", i))
+            for j, response in enumerate(row["code"]):
+                samples.append(normalize_sample(
+                    {"problem_id": str(key), "benchmark": row.get("benchmark") or "all", "sample_index": j,
+                     "response": response, "gold": row.get("gt", row.get("answer")), "question": row.get("question"),
+                     "pred": (graded.get("preds") or [None] * (j + 1))[j], "verdict": graded["verdicts"][j]},
+                    f"{path}:{i}"))
+        else:
+            samples.append(normalize_sample({**row, "benchmark": row.get("benchmark") or "all"}, f"{path}:{i}"))
+    return SampleSet(label, samples, summary=summarize_samples(samples), outcomes=read_graded_file(path))
+
+
+def normalize_sample(row: dict[str, Any], where: str, benchmark: str | None = None) -> dict[str, Any]:
+    """The fields the browser shows, from a `Sample` row (or a harness row flattened to one)."""
+    meta = row.get("metadata") or {}
+    problem_id = row.get("problem_id", row.get("idx", row.get("question")))
+    if problem_id is None:
+        from mathloop.records import RecordError
+
+        raise RecordError(f"{where}: no problem_id, idx or question")
+    gold = row.get("gold")
+    return {"benchmark": benchmark or row.get("benchmark") or "all", "problem_id": str(problem_id),
+            "sample_index": int(row.get("sample_index") or 0), "mode": row.get("mode") or "cot",
+            "verdict": row.get("verdict"), "rm_score": row.get("rm_score"),
+            "gold": None if gold is None else str(gold), "pred": row.get("pred"),
+            "question": row.get("question") or meta.get("question") or _question_from_prompt(row.get("prompt")),
+            "response": str(row.get("response") or ""),
+            "tool_output_spans": row.get("tool_output_spans") or meta.get("tool_output_spans") or [],
+            "finish_reason": row.get("finish_reason")}
+
+
+def _question_from_prompt(prompt: str | None) -> str:
+    """The user turn of a chat prompt, for samples that do not record their question (training samples)."""
+    if not prompt:
+        return ""
+    turns = re.findall(r"<\|im_start\|>user\n(.*?)<\|im_end\|>", prompt, flags=re.S)
+    return turns[-1] if turns else prompt[-2000:]
+
+
+def summarize_samples(samples: list[dict[str, Any]]) -> dict:
+    """Per-benchmark acc, pass@k, maj@k (and rm@k when every sample has an RM score), as `mathloop eval` writes."""
+    from mathloop.metrics import summarize
+    from mathloop.verify import same_answer
+
+    problems: dict[tuple[str, str], list[dict]] = {}
+    for s in samples:
+        problems.setdefault((s["benchmark"], s["problem_id"]), []).append(s)
+    per_problem = []
+    for (benchmark, _), group in problems.items():
+        group.sort(key=lambda s: s["sample_index"])
+        entry = {"benchmark": benchmark, "verdicts": [s["verdict"] or "no_answer" for s in group],
+                 "preds": [s["pred"] for s in group]}
+        if all(s["rm_score"] is not None for s in group):
+            entry["scores"] = [s["rm_score"] for s in group]
+        per_problem.append(entry)
+    n = min(len(p["verdicts"]) for p in per_problem)
+    ks = sorted({k for k in (1, 2, 4, 8, 16, 32, 64) if k <= n} | {n})
+    return summarize(per_problem, ks, same=same_answer)
+
+
+def _json(path: Path) -> Any:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{path}: not valid JSON ({e.msg} at line {e.lineno})") from None
