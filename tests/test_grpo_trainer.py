@@ -312,11 +312,16 @@ def test_selection_keeps_queries_solved_2_to_5_of_8_times(tiny_model_dir, tmp_pa
 
 
 def test_config_errors_name_the_key(tmp_path):
-    from mathloop.train.grpo import config_from_dict, load_config
+    from functools import partial
+
+    from mathloop.config import load_settings, settings_from_dict
+    from mathloop.train.grpo import GRPOConfig
+
+    config_from_dict = partial(settings_from_dict, GRPOConfig)
 
     (tmp_path / "bad.yaml").write_text("output_dir: out\nqueries: q.jsonl\nreward: verifier\ngroup_sise: 4\n")
     with pytest.raises(ValueError, match="bad.yaml: unknown key.*group_sise"):
-        load_config(str(tmp_path / "bad.yaml"))
+        load_settings(GRPOConfig, str(tmp_path / "bad.yaml"))
     base = {"output_dir": "out", "queries": "q.jsonl"}
     with pytest.raises(ValueError, match="reward 'shaped' needs rm"):
         config_from_dict(base)

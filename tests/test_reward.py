@@ -352,8 +352,9 @@ def test_lora_training_updates_adapters_and_head_and_saves_a_merged_model(tiny_m
 
 
 def test_config_file_errors_name_the_key(tmp_path):
-    from mathloop.train.rm import load_config
+    from mathloop.config import load_settings
+    from mathloop.train.rm import RMTrainConfig
 
     (tmp_path / "bad.yaml").write_text("samples: [a.jsonl]\noutput_dir: out\nlearning_rat: 0.1\n")
     with pytest.raises(ValueError, match="bad.yaml: unknown key.*learning_rat"):
-        load_config(str(tmp_path / "bad.yaml"))
+        load_settings(RMTrainConfig, str(tmp_path / "bad.yaml"))

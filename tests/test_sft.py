@@ -14,12 +14,11 @@ from mathloop.records import RecordError, write_jsonl
 
 pytest.importorskip("trl")
 
+from mathloop.config import load_settings, settings_from_dict  # noqa: E402
 from mathloop.train.sft import (  # noqa: E402
     SFTRunConfig,
     build_trainer,
-    config_from_dict,
     drop_too_long,
-    load_config,
     read_sft_examples,
     train_sft,
 )
@@ -215,11 +214,11 @@ def test_config_errors_name_the_key(tmp_path, settings, message):
     data = {"data": "sft.jsonl", "output_dir": "out", **settings}
     (tmp_path / "sft.yaml").write_text(yaml.safe_dump({k: v for k, v in data.items() if v is not None}))
     with pytest.raises(ValueError, match=message):
-        load_config(str(tmp_path / "sft.yaml"))
+        load_settings(SFTRunConfig, str(tmp_path / "sft.yaml"))
 
 
 def test_overrides_win_over_the_file_and_none_keeps_the_file_value():
-    config = config_from_dict({"data": "a.jsonl", "output_dir": "out", "epochs": 2},
+    config = settings_from_dict(SFTRunConfig, {"data": "a.jsonl", "output_dir": "out", "epochs": 2},
                               {"epochs": 1, "learning_rate": None, "lora": True})
     assert (config.epochs, config.learning_rate, config.lora) == (1, 2e-5, True)
 
@@ -233,7 +232,7 @@ def test_shipped_multi_gpu_configs_are_valid(monkeypatch):
         assert deepspeed["train_micro_batch_size_per_gpu"] == "auto"  # filled in by the Trainer from SFTRunConfig
     monkeypatch.chdir(ROOT)  # the SFT config names the DeepSpeed file relative to the repository
     for path in sorted((ROOT / "configs" / "sft").glob("*.yaml")):
-        config = load_config(str(path))
+        config = load_settings(SFTRunConfig, str(path))
         assert config.per_device_batch_size * config.gradient_accumulation_steps * 8 == 128  # the paper's batch
 
 

@@ -31,12 +31,13 @@ def records(run_dir):
 
 def test_rm_training_writes_its_metrics_to_tensorboard_across_a_resume(tiny_model_dir, tmp_path):
     pytest.importorskip("tensorboard")
-    from mathloop.train.rm import config_from_dict, train
+    from mathloop.config import settings_from_dict
+    from mathloop.train.rm import RMTrainConfig, train
 
     config = rm_config(tmp_path, tiny_model_dir, n_problems=12, epochs=2, groups_per_batch=5)
     settings = {**vars(config), "report_to": "tensorboard"}  # YAML may give one name as a string
-    train(config_from_dict(settings), stop_after=3)
-    train(config_from_dict(settings))  # resumes at step 3, ends at 4
+    train(settings_from_dict(RMTrainConfig, settings), stop_after=3)
+    train(settings_from_dict(RMTrainConfig, settings))  # resumes at step 3, ends at 4
     run = tmp_path / "run"
     logged = records(run)
     assert [r["step"] for r in logged] == [1, 2, 3, 4]
@@ -95,15 +96,16 @@ def test_wandb_gets_each_record_at_its_step_and_only_rank_0_reports(fake_wandb, 
 
 def test_report_to_errors_name_the_key_and_the_install(tiny_model_dir, tmp_path, monkeypatch, capsys):
     from mathloop.cli import main
+    from mathloop.config import settings_from_dict
     from mathloop.train import grpo, rm
 
     with pytest.raises(ValueError, match=r"grpo: report_to: unknown 'mlflow'; known: tensorboard, wandb"):
-        grpo.config_from_dict({"output_dir": "out", "queries": "q.jsonl", "reward": "verifier",
+        settings_from_dict(grpo.GRPOConfig, {"output_dir": "out", "queries": "q.jsonl", "reward": "verifier",
                                "report_to": ["mlflow"]})
     monkeypatch.setattr("importlib.util.find_spec", lambda name, *a: None)
     with pytest.raises(ValueError, match=r"rm train: report_to: wandb needs the wandb package: "
                                          r"pip install 'mathloop\[wandb\]'"):
-        rm.config_from_dict({"samples": "s.jsonl", "output_dir": "out", "report_to": "wandb"})
+        settings_from_dict(rm.RMTrainConfig, {"samples": "s.jsonl", "output_dir": "out", "report_to": "wandb"})
     monkeypatch.undo()
     assert main(["grpo", "--output-dir", str(tmp_path), "--queries", "q.jsonl", "--reward", "verifier",
                  "--report-to", "tensorboard,mlflow"]) == 2

@@ -26,6 +26,7 @@ import sys
 import typing
 
 from mathloop import __version__
+from mathloop.config import add_setting_flag as setting
 from mathloop.records import RecordError
 from mathloop.runs import RunLockedError
 
@@ -84,98 +85,100 @@ def _error_line(e: BaseException) -> str:
     return "; ".join(line.strip() for line in str(e).splitlines() if line.strip()) or type(e).__name__
 
 
-def _settings_from_args(args: argparse.Namespace, names: tuple[str, ...], module, hint: str):
-    """A training command's settings: --config's YAML (when given) with the flags in `names` on top."""
-    overrides = {name: getattr(args, name) for name in names}
-    if args.config:
-        return module.load_config(args.config, overrides)
-    return module.config_from_dict({}, overrides, source=f"command line ({hint})")
+def _settings(args: argparse.Namespace, cls, **extra):
+    """A stage's settings: --config's YAML (when given) with the flags the command line gives on top."""
+    from mathloop.config import flag_overrides, load_settings
+
+    return load_settings(cls, args.config, {**flag_overrides(args, cls), **extra})
 
 
-def _backend_args(args: argparse.Namespace) -> dict:
-    if args.backend == "hf":
-        return {"batch_size": args.batch_size, **({"dtype": args.dtype} if args.dtype else {})}
-    if args.backend == "openai":
-        if not args.base_url:
-            raise SystemExit("mathloop eval: --backend openai needs --base-url (e.g. http://localhost:8000/v1)")
-        return {"base_url": args.base_url, "concurrency": args.concurrency,
-                **({"tokenizer": args.tokenizer} if args.tokenizer else {})}
-    if args.backend == "vllm":
-        return {"tensor_parallel_size": args.tensor_parallel_size, **({"dtype": args.dtype} if args.dtype else {})}
-    return {}
+def with_backend_flags(args: argparse.Namespace, config, command: str):
+    """`config` with the backend flags given on the command line added to its `backend_args`."""
+    given = {key for keys in BACKEND_FLAGS.values() for key in keys if getattr(args, key) is not None}
+    wrong = sorted(given - set(BACKEND_FLAGS.get(config.backend, ())))
+    if wrong:
+        raise ValueError(f"--{wrong[0].replace('_', '-')} is not a setting of the {config.backend} backend "
+                         f"(its flags: {', '.join('--' + k.replace('_', '-') for k in BACKEND_FLAGS[config.backend])})")
+    config.backend_args = {**config.backend_args, **{key: getattr(args, key) for key in given}}
+    if config.backend == "openai" and not config.backend_args.get("base_url"):
+        raise SystemExit(f"mathloop {command}: --backend openai needs --base-url (e.g. http://localhost:8000/v1)")
+    return config
 
 
-def add_backend_arguments(p: argparse.ArgumentParser) -> None:
-    """The generation backend flags shared by eval, sample and synthesize (read by `_backend_args`)."""
-    p.add_argument("--backend", choices=["hf", "openai", "vllm"], default="hf",
-                   help="hf = transformers (CPU/GPU), openai = any OpenAI-compatible server, vllm = local vLLM")
-    p.add_argument("--batch-size", type=int, default=32, help="hf: sequences per forward batch (default: %(default)s)")
+# The backend flags of eval, sample and synthesize, per backend: each is a key of the stage's `backend_args` (the
+# backend's own default applies when it is not given).
+BACKEND_FLAGS = {"hf": ("batch_size", "dtype"), "openai": ("base_url", "tokenizer", "concurrency"),
+                 "vllm": ("tensor_parallel_size", "dtype")}
+
+
+def add_backend_arguments(p: argparse.ArgumentParser, cls) -> None:
+    """The generation backend flags shared by eval, sample and synthesize (read by `with_backend_flags`)."""
+    setting(p, cls, "--backend", choices=["hf", "openai", "vllm"],
+            help="hf = transformers (CPU/GPU), openai = any OpenAI-compatible server, vllm = local vLLM")
+    p.add_argument("--batch-size", type=_positive_int, default=None, help="hf: sequences per forward batch")
     p.add_argument("--dtype", default=None, choices=["auto", "float32", "bfloat16", "float16"],
                    help="model dtype; auto (the default) is bfloat16 where the device computes it natively, else float32")
-    p.add_argument("--base-url", default=None, help="openai: server URL, e.g. http://localhost:8000/v1")
+    p.add_argument("--base-url", default=None, help="openai: server URL, e.g. http://localhost:8000/v1 (needed there)")
     p.add_argument("--tokenizer", default=None, help="openai: tokenizer folder or id for the chat template")
-    p.add_argument("--concurrency", type=int, default=32, help="openai: parallel requests (default: %(default)s)")
-    p.add_argument("--tensor-parallel-size", type=int, default=1, help="vllm: GPUs per model (default: %(default)s)")
+    p.add_argument("--concurrency", type=_positive_int, default=None, help="openai: parallel requests")
+    p.add_argument("--tensor-parallel-size", type=_positive_int, default=None, help="vllm: GPUs per model")
+
+
+def add_config_argument(p: argparse.ArgumentParser, cls) -> None:
+    p.add_argument("--config", default=None,
+                   help=f"YAML file of settings (keys are {cls.__name__} fields); flags override it")
 
 
 def add_eval_parser(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("eval", help="evaluate a model on benchmarks", description=(
+    from mathloop.pipeline.evaluate import EvalConfig as C
+
+    p = sub.add_parser("eval", help=HELP["eval"], description=(
         "Generate solutions, extract and verify answers, and write samples, metrics.json and results.md to --out. "
         "Re-running with the same --out resumes and skips finished problems."))
-    p.add_argument("--model", default="default",
-                   help="'default' (embedded Qwen2.5-Coder-0.5B-Instruct), 'smollm2' (embedded SmolLM2-135M-Instruct), "
-                        "a local folder or .gguf file, or a Hugging Face Hub id (default: %(default)s)")
-    p.add_argument("--benchmarks", type=_csv, default=["gsm8k"],
-                   help="comma-separated benchmark names, e.g. gsm8k,math500 (default: gsm8k)")
-    p.add_argument("--mode", choices=["cot", "tir"], default="cot",
-                   help="cot = chain of thought; tir = tool-integrated reasoning, the model's Python runs in the "
-                        "sandbox (default: %(default)s)")
-    p.add_argument("--max-tool-calls", type=int, default=4, help="tir: code executions per response (default: 4)")
-    p.add_argument("--tool-timeout", type=_positive_float, default=5.0, help="tir: seconds per execution (default: 5)")
-    p.add_argument("--n", type=_positive_int, default=1, help="samples per problem (default: %(default)s)")
-    p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default: %(default)s)")
-    p.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling (default: %(default)s)")
-    p.add_argument("--max-new-tokens", type=int, default=2048, help="per response (default: %(default)s)")
-    p.add_argument("--seed", type=int, default=0, help="sampling seed (default: %(default)s)")
-    p.add_argument("--limit", type=_positive_int, default=None,
-                   help="first N problems of each benchmark (default: all)")
-    p.add_argument("--split", default="test", help="data split (default: %(default)s)")
-    p.add_argument("--shots", type=int, default=None,
-                   help="few-shot examples for multiple-choice sets (default: the official setting, 5 for MC sets)")
-    p.add_argument("--data-dir", default=None,
-                   help="benchmark folder in the official harness layout (default: $MATHLOOP_DATA_DIR); sets it "
-                        "lacks come from the data packaged with mathloop")
-    p.add_argument("--data-source", choices=["local", "hub"], default="local",
-                   help="local = --data-dir, else the packaged data; hub = the Hugging Face Hub (pip install "
-                        "'mathloop[hub]') (default: %(default)s)")
-    p.add_argument("--out", required=True, help="run folder (created; resumed when it exists)")
-    add_backend_arguments(p)
-    p.add_argument("--rm", default=None,
-                   help="reward model (a `mathloop rm train` final/ folder or Hub id): scores every sample and "
-                        "adds RM@k (best-of-k by RM score) next to Maj@k and pass@k; may be added to a finished run")
-    p.add_argument("--rm-batch-size", type=int, default=8, help="reward model: sequences per forward pass")
-    p.add_argument("--rm-dtype", default=None,
-                   help="reward model dtype (default: bfloat16 where the device computes it natively, else float32)")
+    add_config_argument(p, C)
+    setting(p, C, "--model",
+            help="'default' (embedded Qwen2.5-Coder-0.5B-Instruct), 'smollm2' (embedded SmolLM2-135M-Instruct), "
+                 "a local folder or .gguf file, or a Hugging Face Hub id")
+    setting(p, C, "--benchmarks", type=_csv, help="comma-separated benchmark names, e.g. gsm8k,math500")
+    setting(p, C, "--mode", choices=["cot", "tir"],
+            help="cot = chain of thought; tir = tool-integrated reasoning, the model's Python runs in the sandbox")
+    setting(p, C, "--max-tool-calls", type=int, help="tir: code executions per response")
+    setting(p, C, "--tool-timeout", type=_positive_float, help="tir: seconds per execution")
+    setting(p, C, "--n", type=_positive_int, help="samples per problem")
+    setting(p, C, "--temperature", type=float, help="0 = greedy")
+    setting(p, C, "--top-p", type=float, help="nucleus sampling")
+    setting(p, C, "--max-new-tokens", type=_positive_int, help="per response")
+    setting(p, C, "--seed", type=int, help="sampling seed")
+    setting(p, C, "--limit", type=_positive_int, help="first N problems of each benchmark (default: all)")
+    setting(p, C, "--split", help="data split")
+    setting(p, C, "--shots", type=int,
+            help="few-shot examples for multiple-choice sets (default: the official setting, 5 for MC sets)")
+    setting(p, C, "--data-dir", help="benchmark folder in the official harness layout (default: $MATHLOOP_DATA_DIR); "
+                                      "sets it lacks come from the data packaged with mathloop")
+    setting(p, C, "--data-source", choices=["local", "hub"],
+            help="local = --data-dir, else the packaged data; hub = the Hugging Face Hub (pip install 'mathloop[hub]')")
+    setting(p, C, "--out", help="run folder (created; resumed when it exists)")
+    add_backend_arguments(p, C)
+    setting(p, C, "--rm", help="reward model (a `mathloop rm train` final/ folder or Hub id): scores every sample and "
+                                "adds RM@k (best-of-k by RM score) next to Maj@k and pass@k; may be added to a "
+                                "finished run")
+    setting(p, C, "--rm-batch-size", type=_positive_int, help="reward model: sequences per forward pass")
+    setting(p, C, "--rm-dtype",
+            help="reward model dtype (default: bfloat16 where the device computes it natively, else float32)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
     from mathloop.pipeline.evaluate import EvalConfig, run_eval
 
-    config = EvalConfig(model=args.model, benchmarks=args.benchmarks, out=args.out, backend=args.backend,
-                        mode=args.mode, n=args.n, temperature=args.temperature, top_p=args.top_p,
-                        max_new_tokens=args.max_new_tokens, seed=args.seed, limit=args.limit,
-                        data_dir=args.data_dir, data_source=args.data_source, split=args.split, shots=args.shots,
-                        max_tool_calls=args.max_tool_calls, tool_timeout=args.tool_timeout,
-                        backend_args=_backend_args(args), rm=args.rm, rm_batch_size=args.rm_batch_size,
-                        rm_dtype=args.rm_dtype)
+    config = with_backend_flags(args, _settings(args, EvalConfig), "eval")
     run_eval(config, progress=not args.quiet)
-    print((__import__("pathlib").Path(args.out) / "results.md").read_text())
+    print((__import__("pathlib").Path(config.out) / "results.md").read_text())
     return 0
 
 
 def add_grade_parser(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("grade", help="re-grade samples produced elsewhere", description=(
+    p = sub.add_parser("grade", help=HELP["grade"], description=(
         "Read mathloop samples or the official Qwen2.5-Math harness's output rows (question, gt, code, pred_score), "
         "write every row back with a 'mathloop' field {preds, verdicts}, and write acc/maj@k/rm@k/pass@k."))
     p.add_argument("--input", required=True, help="JSONL file to grade")
@@ -199,7 +202,7 @@ def cmd_grade(args: argparse.Namespace) -> int:
 def add_compare_parser(sub: argparse._SubParsersAction) -> None:
     from mathloop.pipeline import compare
 
-    p = sub.add_parser("compare", help="paired comparison of two runs on the problems both have",
+    p = sub.add_parser("compare", help=HELP["compare"],
                        description=compare.__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("a", help="reference run: eval folder, LOOP_DIR:<round> (or LOOP_DIR:grpo), or graded JSONL file")
     p.add_argument("b", help="the run compared with it, in the same forms; differences are B - A")
@@ -221,7 +224,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
 
 
 def add_exec_parser(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("exec", help="run a Python file in the TIR sandbox", description=(
+    p = sub.add_parser("exec", help=HELP["exec"], description=(
         "Run FILE in the sandbox the TIR loop uses (no network, read-only file system, private temporary folder, "
         "memory and time limits) and print a JSON result {status, stdout, error, seconds}. "
         "Exit code 0 when status is ok, else 1."))
@@ -249,71 +252,61 @@ def cmd_exec(args: argparse.Namespace) -> int:
 
 
 def add_rm_parser(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("rm", help="train a reward model", description="Reward-model commands.")
+    from mathloop.train.rm import RMTrainConfig as C
+
+    p = sub.add_parser("rm", help=HELP["rm"], description="Reward-model commands.")
     actions = p.add_subparsers(dest="rm_command", required=True)
     t = actions.add_parser("train", help="train a reward model on graded samples", description=(
         "Group graded samples per problem (correct = positive), drop all-correct/all-wrong problems, balance the "
         "labels, and train a scalar-head reward model with the listwise ranking loss. Settings come from --config "
         "(YAML, keys as the flags with underscores) and flags, flags winning. Re-running with the same --output-dir "
         "resumes from the latest checkpoint. The model is written to <output-dir>/final."))
-    t.add_argument("--config", default=None, help="YAML file of settings (RMTrainConfig fields)")
-    t.add_argument("--model", default=None,
-                   help="backbone: 'default' (embedded Qwen2.5-Coder-0.5B-Instruct), a local folder or a Hub id "
-                        "(default: default)")
-    t.add_argument("--samples", type=_csv, default=None,
-                   help="comma-separated graded sample JSONL files; responses of several files are mixed per problem")
-    t.add_argument("--fill-samples", type=_csv, default=None,
-                   help="comma-separated sample files of other models, used only to complete the short label side")
-    t.add_argument("--decontaminate", type=_csv, default=None,
-                   help="comma-separated benchmark names whose test questions are removed (13-gram + LCS rule)")
-    t.add_argument("--data-dir", default=None,
-                   help="benchmark folder for --decontaminate (default: $MATHLOOP_DATA_DIR)")
-    t.add_argument("--output-dir", default=None, help="run folder (created; resumed when it holds checkpoints)")
-    t.add_argument("--group-size", type=int, default=None, help="responses per problem (default: 6)")
-    t.add_argument("--max-ratio", type=float, default=None,
-                   help="majority label at most this times the minority label in a group (default: 2)")
-    t.add_argument("--heldout-fraction", type=float, default=None,
-                   help="fraction of problems held out for pairwise accuracy (default: 0.05)")
-    t.add_argument("--learning-rate", "--lr", type=float, default=None, help="AdamW learning rate (default: 1e-5)")
-    t.add_argument("--warmup-steps", type=int, default=None, help="linear warm-up steps (default: 0)")
-    t.add_argument("--epochs", type=int, default=None, help="passes over the training groups (default: 1)")
-    t.add_argument("--groups-per-batch", type=int, default=None, help="problems per optimizer step (default: 8)")
-    t.add_argument("--micro-batch-groups", type=int, default=None,
-                   help="problems per forward/backward, gradients accumulated (default: the whole batch)")
-    t.add_argument("--max-length", type=int, default=None,
-                   help="tokens per prompt + response; longer ones keep their end (default: 2048)")
-    t.add_argument("--lora", action="store_true", default=None,
-                   help="train LoRA adapters and the head instead of the full backbone (needs mathloop[train])")
-    t.add_argument("--lora-rank", type=int, default=None, help="LoRA rank (default: 16)")
-    t.add_argument("--lora-layers", type=int, default=None,
-                   help="LoRA in the last N transformer layers only; the rest runs without backward (default: all)")
-    t.add_argument("--gradient-checkpointing", action="store_true", default=None,
-                   help="recompute activations in the backward pass to save memory")
-    t.add_argument("--dtype", default=None, help="backbone weights dtype (default: bfloat16 on GPU, float32 on CPU; forward "
-                   "passes run in bfloat16 autocast where the device computes it natively)")
-    t.add_argument("--eval-every", type=int, default=None,
-                   help="held-out evaluation every N steps (default: at the end)")
-    t.add_argument("--save-every", type=int, default=None, help="checkpoint every N steps (default: at the end)")
-    t.add_argument("--seed", type=int, default=None, help="data order, splits and head init (default: 0)")
-    t.add_argument("--report-to", type=_csv, default=None,
-                   help="also log metrics to tensorboard and/or wandb, comma-separated (<output-dir>/tensorboard; "
-                        "pip install 'mathloop[tensorboard]')")
+    add_config_argument(t, C)
+    setting(t, C, "--model", help="backbone: 'default' (embedded Qwen2.5-Coder-0.5B-Instruct), a local folder or a Hub id")
+    setting(t, C, "--samples", type=_csv,
+            help="comma-separated graded sample JSONL files; responses of several files are mixed per problem")
+    setting(t, C, "--fill-samples", type=_csv,
+            help="comma-separated sample files of other models, used only to complete the short label side")
+    setting(t, C, "--decontaminate", type=_csv,
+            help="comma-separated benchmark names whose test questions are removed (13-gram + LCS rule)")
+    setting(t, C, "--data-dir", help="benchmark folder for --decontaminate (default: $MATHLOOP_DATA_DIR)")
+    setting(t, C, "--output-dir", help="run folder (created; resumed when it holds checkpoints)")
+    setting(t, C, "--group-size", type=int, help="responses per problem")
+    setting(t, C, "--max-ratio", type=float, help="majority label at most this times the minority label in a group")
+    setting(t, C, "--heldout-fraction", type=float, help="fraction of problems held out for pairwise accuracy")
+    setting(t, C, "--learning-rate", "--lr", type=float, help="AdamW learning rate")
+    setting(t, C, "--warmup-steps", type=int, help="linear warm-up steps")
+    setting(t, C, "--epochs", type=int, help="passes over the training groups")
+    setting(t, C, "--groups-per-batch", type=int, help="problems per optimizer step")
+    setting(t, C, "--micro-batch-groups", type=int,
+            help="problems per forward/backward, gradients accumulated (default: the whole batch)")
+    setting(t, C, "--max-length", type=int, help="tokens per prompt + response; longer ones keep their end")
+    setting(t, C, "--lora", action="store_true",
+            help="train LoRA adapters and the head instead of the full backbone (needs mathloop[train])")
+    setting(t, C, "--lora-rank", type=int, help="LoRA rank")
+    setting(t, C, "--lora-layers", type=int,
+            help="LoRA in the last N transformer layers only; the rest runs without backward (default: all)")
+    setting(t, C, "--gradient-checkpointing", action="store_true",
+            help="recompute activations in the backward pass to save memory")
+    setting(t, C, "--dtype", help="backbone weights dtype (default: bfloat16 on GPU, float32 on CPU; forward passes run "
+                                   "in bfloat16 autocast where the device computes it natively)")
+    setting(t, C, "--eval-every", type=int, help="held-out evaluation every N steps (0: at the end)")
+    setting(t, C, "--save-every", type=int, help="checkpoint every N steps (0: at the end)")
+    setting(t, C, "--seed", type=int, help="data order, splits and head init")
+    setting(t, C, "--report-to", type=_csv,
+            help="also log metrics to tensorboard and/or wandb, comma-separated (<output-dir>/tensorboard; "
+                 "pip install 'mathloop[tensorboard]')")
 
 
 def cmd_rm(args: argparse.Namespace) -> int:
     from mathloop.train import rm
 
-    names = ("model", "samples", "fill_samples", "decontaminate", "data_dir", "output_dir", "group_size", "max_ratio",
-             "heldout_fraction", "learning_rate", "warmup_steps", "epochs", "groups_per_batch",
-             "micro_batch_groups", "max_length", "lora", "lora_rank", "lora_layers", "gradient_checkpointing", "dtype",
-             "eval_every", "save_every", "report_to", "seed")
-    config = _settings_from_args(args, names, rm, "use --samples and --output-dir")
-    print(json.dumps(rm.train(config), indent=2))
+    print(json.dumps(rm.train(_settings(args, rm.RMTrainConfig)), indent=2))
     return 0
 
 
 def add_score_parser(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("score", help="add reward-model scores to samples", description=(
+    p = sub.add_parser("score", help=HELP["score"], description=(
         "Score every sample of --input with a reward model and write the samples, with rm_score set, to --output. "
         "--rm is a folder written by `mathloop rm train` (its final/ folder), an AutoModelForSequenceClassification "
         "reward model, or a Qwen2.5-Math-RM-style checkpoint (those read the question from metadata.question)."))
@@ -338,105 +331,94 @@ def cmd_score(args: argparse.Namespace) -> int:
 
 
 def add_sample_parser(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("sample", help="sample graded responses to training problems", description=(
+    from mathloop.pipeline.sample import SampleConfig as C
+
+    p = sub.add_parser("sample", help=HELP["sample"], description=(
         "Sample --n responses per problem at each of --temperatures (one pass each), grade them, and write them "
         "to --out/samples/. Re-running the same command resumes; --shard/--num-shards split the problems over "
         "processes or machines writing into one folder."))
-    p.add_argument("--model", default="default", help="embedded name (default, smollm2), folder or Hub id")
-    p.add_argument("--problems", required=True,
-                   help="'<benchmark>:<split>' from the data folder (e.g. gsm8k:train), 'synthetic:<count>:<seed>' "
-                        "(built-in procedural problems) or a Problem JSONL file")
-    p.add_argument("--out", required=True, help="sampling folder (created; resumed when it exists)")
-    p.add_argument("--n", type=_positive_int, default=8, help="responses per problem per temperature (default: 8)")
-    p.add_argument("--temperatures", type=_temperatures, default=[0.7, 1.0],
-                   help="comma-separated, one pass each (default: 0.7,1.0)")
-    p.add_argument("--top-p", type=float, default=0.95)
-    p.add_argument("--max-new-tokens", type=int, default=2048)
-    p.add_argument("--mode", choices=["cot", "tir"], default="cot")
-    p.add_argument("--hard-n", type=int, default=0,
-                   help="extra responses for problems with at most --hard-max-correct correct ones (default: 0)")
-    p.add_argument("--hard-max-correct", type=int, default=0)
-    p.add_argument("--hard-temperature", type=float, default=1.0)
-    p.add_argument("--limit", type=_positive_int, default=None, help="first N problems")
-    p.add_argument("--data-dir", default=None, help="benchmark folder (default: $MATHLOOP_DATA_DIR)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--shard", type=int, default=0, help="this process's shard, 0-based (default: 0)")
-    p.add_argument("--num-shards", type=_positive_int, default=1, help="processes sharing the folder (default: 1)")
-    add_backend_arguments(p)
+    add_config_argument(p, C)
+    setting(p, C, "--model", help="embedded name (default, smollm2), folder or Hub id")
+    setting(p, C, "--problems", help="'<benchmark>:<split>' from the data folder (e.g. gsm8k:train), "
+                                      "'synthetic:<count>:<seed>' (built-in procedural problems) or a Problem JSONL file")
+    setting(p, C, "--out", help="sampling folder (created; resumed when it exists)")
+    setting(p, C, "--n", type=_positive_int, help="responses per problem per temperature")
+    setting(p, C, "--temperatures", type=_temperatures, help="comma-separated, one pass each")
+    setting(p, C, "--top-p", type=float, help="nucleus sampling")
+    setting(p, C, "--max-new-tokens", type=_positive_int, help="per response")
+    setting(p, C, "--mode", choices=["cot", "tir"], help="cot = chain of thought; tir = the model's Python runs in the "
+                                                          "sandbox")
+    setting(p, C, "--max-tool-calls", type=int, help="tir: code executions per response")
+    setting(p, C, "--tool-timeout", type=_positive_float, help="tir: seconds per execution")
+    setting(p, C, "--hard-n", type=int,
+            help="extra responses for problems with at most --hard-max-correct correct ones")
+    setting(p, C, "--hard-max-correct", type=int, help="a problem is hard with at most this many correct responses")
+    setting(p, C, "--hard-temperature", type=float, help="temperature of the hard pass")
+    setting(p, C, "--limit", type=_positive_int, help="first N problems (default: all)")
+    setting(p, C, "--data-dir", help="benchmark folder (default: $MATHLOOP_DATA_DIR)")
+    setting(p, C, "--seed", type=int, help="sampling seed")
+    setting(p, C, "--shard", type=int, help="this process's shard, 0-based")
+    setting(p, C, "--num-shards", type=_positive_int, help="processes sharing the folder")
+    add_backend_arguments(p, C)
     p.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
 def cmd_sample(args: argparse.Namespace) -> int:
     from mathloop.pipeline.sample import SampleConfig, run_sample
 
-    config = SampleConfig(model=args.model, problems=args.problems, out=args.out, n=args.n,
-                          temperatures=args.temperatures, top_p=args.top_p,
-                          max_new_tokens=args.max_new_tokens, mode=args.mode, hard_n=args.hard_n,
-                          hard_max_correct=args.hard_max_correct, hard_temperature=args.hard_temperature,
-                          limit=args.limit, data_dir=args.data_dir, seed=args.seed, shard=args.shard,
-                          num_shards=args.num_shards, backend=args.backend, backend_args=_backend_args(args))
+    config = with_backend_flags(args, _settings(args, SampleConfig), "sample")
     print(json.dumps(run_sample(config, progress=not args.quiet), indent=2))
     return 0
 
 
 def add_select_parser(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("select", help="pick the best responses per problem as SFT data", description=(
+    from mathloop.pipeline.select import SelectConfig as C
+
+    p = sub.add_parser("select", help=HELP["select"], description=(
         "Read samples (files, or `mathloop sample` folders), keep up to --k correct responses per problem (best RM "
         "score first when samples have rm_score), pseudo-label problems without a gold answer by majority vote, "
         "drop truncated and near-duplicate responses, optionally remove responses that match a benchmark, and "
         "write prompt-completion chat rows for `mathloop sft`."))
-    p.add_argument("--samples", type=_csv, required=True, help="comma-separated sample JSONL files or folders")
-    p.add_argument("--output", required=True, help="SFT data JSONL to write")
-    p.add_argument("--k", type=_positive_int, default=4, help="responses per problem (default: %(default)s)")
-    p.add_argument("--no-rm", action="store_true", help="ignore rm_score (order and votes unweighted)")
-    p.add_argument("--min-agreement", type=float, default=0.5,
-                   help="pseudo-labels: share of votes the majority answer needs (default: %(default)s)")
-    p.add_argument("--near-duplicate", type=float, default=0.8,
-                   help="word 3-gram Jaccard similarity at which two responses count as one (default: %(default)s)")
-    p.add_argument("--decontaminate", action="store_true",
-                   help="remove responses and questions that match any benchmark of the data folder")
-    p.add_argument("--data-dir", default=None, help="benchmark folder (default: $MATHLOOP_DATA_DIR)")
+    add_config_argument(p, C)
+    setting(p, C, "--samples", type=_csv, help="comma-separated sample JSONL files or folders")
+    setting(p, C, "--output", help="SFT data JSONL to write")
+    setting(p, C, "--k", type=_positive_int, help="responses per problem")
+    setting(p, C, "--no-rm", dest="use_rm", action="store_false", help="ignore rm_score (order and votes unweighted)")
+    setting(p, C, "--min-agreement", type=float, help="pseudo-labels: share of votes the majority answer needs")
+    setting(p, C, "--near-duplicate", type=float,
+            help="word 3-gram Jaccard similarity at which two responses count as one")
+    setting(p, C, "--decontaminate", action="store_true",
+            help="remove responses and questions that match any benchmark of the data folder")
+    setting(p, C, "--data-dir", help="benchmark folder (default: $MATHLOOP_DATA_DIR)")
 
 
 def cmd_select(args: argparse.Namespace) -> int:
-    from pathlib import Path
+    from mathloop.pipeline.select import SelectConfig, run_select
 
-    from mathloop.pipeline.sample import read_samples
-    from mathloop.pipeline.select import decontaminate_selection, select_responses, sft_rows
-    from mathloop.records import Sample, read_records, write_jsonl
-    from mathloop.runs import refuse_overwriting_inputs
-
-    refuse_overwriting_inputs({"--output": args.output}, {"--samples": args.samples})
-    samples = [s for source in args.samples
-               for s in (read_samples(source) if Path(source).is_dir() else read_records(Sample, source))]
-    chosen, report = select_responses(samples, k=args.k, use_rm=not args.no_rm, min_agreement=args.min_agreement,
-                                      near_duplicate=args.near_duplicate)
-    info = report.to_dict()
-    if args.decontaminate:
-        chosen, info["decontamination"] = decontaminate_selection(chosen, args.data_dir)
-    info["rows"] = write_jsonl(args.output, sft_rows(chosen))
-    print(json.dumps(info, indent=2))
+    print(json.dumps(run_select(_settings(args, SelectConfig)), indent=2))
     return 0
 
 
 def add_loop_parser(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("loop", help="run self-improvement rounds from a YAML config", description=(
+    from mathloop.pipeline.loop import LoopConfig as C
+
+    p = sub.add_parser("loop", help=HELP["loop"], description=(
         "Rounds of sample -> verify -> train RM -> select -> SFT -> evaluate (and GRPO when configured) in one "
         "resumable run folder; see configs/*.yaml. Re-running the same command skips finished stages."))
     p.add_argument("--config", required=True, help="loop YAML file (e.g. configs/cpu-default.yaml)")
-    p.add_argument("--output-dir", default=None, help="override the config's output_dir")
-    p.add_argument("--rounds", type=int, default=None, help="override the number of rounds")
-    p.add_argument("--data-dir", default=None, help="benchmark folder (default: $MATHLOOP_DATA_DIR)")
+    setting(p, C, "--output-dir", help="run folder (overrides the config's output_dir)")
+    setting(p, C, "--rounds", type=int, help="number of rounds (overrides the config's)")
+    setting(p, C, "--data-dir", help="benchmark folder (default: $MATHLOOP_DATA_DIR)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
 def cmd_loop(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from mathloop.pipeline.loop import load_loop_config, run_loop
+    from mathloop.config import flag_overrides
+    from mathloop.pipeline.loop import LoopConfig, load_loop_config, run_loop
 
-    config = load_loop_config(args.config, {"output_dir": args.output_dir, "rounds": args.rounds,
-                                            "data_dir": args.data_dir})
+    config = load_loop_config(args.config, flag_overrides(args, LoopConfig))
     run_loop(config, progress=not args.quiet)
     print((Path(config.output_dir) / "summary.md").read_text())
     return 0
@@ -445,7 +427,7 @@ def cmd_loop(args: argparse.Namespace) -> int:
 def add_demo_parser(sub: argparse._SubParsersAction) -> None:
     from mathloop.pipeline import demo
 
-    p = sub.add_parser("demo", help="one round of the loop on the embedded model (under 20 min on a laptop CPU)",
+    p = sub.add_parser("demo", help=HELP["demo"],
                        description=demo.__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", default="mathloop-demo", help="run folder (default: %(default)s; resumed when it exists)")
     p.add_argument("--model", default="default", help="starting model (default: %(default)s)")
@@ -460,158 +442,174 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def add_grpo_parser(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("grpo", help="reinforcement learning of a policy with GRPO", description=(
+    from mathloop.train.grpo import GRPOConfig as C
+
+    p = sub.add_parser("grpo", help=HELP["grpo"], description=(
         "Roll out groups of responses per query from the policy being trained (CoT, or TIR with the sandbox), grade "
         "them, reward them (default: the paper's shaped reward from verifier and reward model), and update the "
         "policy with GRPO. Settings come from --config (YAML, keys are GRPOConfig fields, flags with underscores) "
-        "and flags, flags winning. Re-running with the same --output-dir resumes from the latest checkpoint. The "
-        "trained model is written to <output-dir>/final."))
-    p.add_argument("--config", default=None, help="YAML file of settings (GRPOConfig fields)")
-    p.add_argument("--model", default=None,
-                   help="policy: 'default' (embedded Qwen2.5-Coder-0.5B-Instruct), a local folder or a Hub id "
-                        "(default: default)")
-    p.add_argument("--output-dir", default=None, help="run folder (created; resumed when it holds checkpoints)")
-    p.add_argument("--queries", default=None, help="problems JSONL to train on (question, gold)")
-    p.add_argument("--benchmark", default=None, help="or a benchmark's split as the queries, e.g. gsm8k")
-    p.add_argument("--split", default=None, help="split of --benchmark (default: train)")
-    p.add_argument("--data-dir", default=None, help="benchmark folder (default: $MATHLOOP_DATA_DIR)")
-    p.add_argument("--selection-samples", default=None,
-                   help="graded samples JSONL: keep only queries with 2..5 of 8 samples correct")
-    p.add_argument("--mode", choices=["cot", "tir"], default=None,
-                   help="cot = chain of thought; tir = the model's Python runs in the sandbox (default: cot)")
-    p.add_argument("--reward", default=None,
-                   help="shaped (verifier + reward model), verifier, rm, or module.path:function with TRL's reward "
-                        "signature (default: shaped)")
-    p.add_argument("--rm", default=None, help="reward model folder (`mathloop rm train`) or Hub id")
-    p.add_argument("--steps", type=int, default=None, help="optimizer steps in all (default: 100)")
-    p.add_argument("--group-size", type=int, default=None, help="responses per query (default: 8)")
-    p.add_argument("--queries-per-step", type=int, default=None, help="queries per step (default: 16)")
-    p.add_argument("--learning-rate", "--lr", type=float, default=None,
-                   help="AdamW learning rate (default: 1e-6, with --lora 2e-5)")
-    p.add_argument("--lora", action="store_true", default=None,
-                   help="train LoRA adapters instead of all weights (needs mathloop[train])")
-    p.add_argument("--seed", type=int, default=None, help="query order and sampling (default: 0)")
-    p.add_argument("--loss-type", choices=["grpo", "dapo", "dr_grpo"], default=None,
-                   help="loss aggregation: grpo (per-response token mean), dapo (batch token mean), dr_grpo "
-                        "(constant normalizer) (default: grpo)")
-    p.add_argument("--scale-rewards", choices=["group", "batch", "none"], default=None,
-                   help="divide advantages by the group's reward std, the batch's, or none (default: group)")
-    p.add_argument("--dynamic-sampling", action="store_true", default=None,
-                   help="drop groups whose rewards are all equal and sample more queries to fill the step (DAPO)")
-    p.add_argument("--overlong", choices=["none", "mask", "soft_penalty"], default=None,
-                   help="truncated responses: trained as is, masked out of the loss, or DAPO's soft length "
-                        "penalty (default: none)")
-    p.add_argument("--updates-per-batch", type=int, default=None,
-                   help="optimizer steps per rollout batch; > 1 makes the clipped ratio act (default: 1)")
-    p.add_argument("--tis-cap", type=float, default=None,
-                   help="vllm rollouts: truncated importance sampling pi_old/mu capped at this (e.g. 2)")
-    p.add_argument("--report-to", type=_csv, default=None,
-                   help="also log metrics to tensorboard and/or wandb, comma-separated (<output-dir>/tensorboard; "
-                        "pip install 'mathloop[tensorboard]')")
+        "and flags, flags winning; every field is settable in YAML, the common ones by flag. Re-running with the "
+        "same --output-dir resumes from the latest checkpoint. The trained model is written to <output-dir>/final."))
+    add_config_argument(p, C)
+    setting(p, C, "--model", help="policy: 'default' (embedded Qwen2.5-Coder-0.5B-Instruct), a local folder or a Hub id")
+    setting(p, C, "--output-dir", help="run folder (created; resumed when it holds checkpoints)")
+    setting(p, C, "--queries", help="problems JSONL to train on (question, gold)")
+    setting(p, C, "--benchmark", help="or a benchmark's split as the queries, e.g. gsm8k")
+    setting(p, C, "--split", help="split of --benchmark")
+    setting(p, C, "--data-dir", help="benchmark folder (default: $MATHLOOP_DATA_DIR)")
+    setting(p, C, "--limit", type=_positive_int, help="the first N queries only (default: all)")
+    setting(p, C, "--selection-samples",
+            help="graded samples JSONL: keep only queries with --selection-low..--selection-high of "
+                 "--selection-n samples correct")
+    setting(p, C, "--selection-low", type=int, help="fewest correct samples a kept query has")
+    setting(p, C, "--selection-high", type=int, help="most correct samples a kept query has")
+    setting(p, C, "--selection-n", type=_positive_int, help="samples per query the selection counts")
+    setting(p, C, "--mode", choices=["cot", "tir"], help="cot = chain of thought; tir = the model's Python runs in the "
+                                                          "sandbox")
+    setting(p, C, "--max-tool-calls", type=int, help="tir: code executions per response")
+    setting(p, C, "--tool-timeout", type=_positive_float, help="tir: seconds per execution")
+    setting(p, C, "--reward", help="shaped (verifier + reward model), verifier, rm, or module.path:function with TRL's "
+                                   "reward signature")
+    setting(p, C, "--rm", help="reward model folder (`mathloop rm train`) or Hub id")
+    setting(p, C, "--alpha", type=float, help="shaped reward: sigmoid(alpha * r_m) + (r_v - 1)")
+    setting(p, C, "--steps", type=_positive_int, help="optimizer steps in all")
+    setting(p, C, "--group-size", type=int, help="responses per query")
+    setting(p, C, "--queries-per-step", type=_positive_int, help="queries per step")
+    setting(p, C, "--max-new-tokens", type=_positive_int, help="per response")
+    setting(p, C, "--temperature", type=float, help="rollout temperature, also applied to the log-probabilities")
+    setting(p, C, "--top-p", type=float, help="rollout nucleus sampling")
+    setting(p, C, "--rollout-backend", choices=["hf", "vllm"],
+            help="hf: the training model generates; vllm: a vLLM engine with the step's LoRA adapter")
+    setting(p, C, "--rollout-batch-size", type=_positive_int, help="hf rollouts: sequences per generation batch")
+    setting(p, C, "--learning-rate", "--lr", type=float, help="AdamW learning rate (default: 1e-6, with --lora 2e-5)")
+    setting(p, C, "--beta", type=float, help="KL coefficient to the reference policy; 0 drops the reference")
+    setting(p, C, "--lora", action="store_true", help="train LoRA adapters instead of all weights (needs mathloop[train])")
+    setting(p, C, "--lora-rank", type=int, help="LoRA rank")
+    setting(p, C, "--micro-batch", type=_positive_int, help="sequences per forward/backward")
+    setting(p, C, "--gradient-checkpointing", action="store_true",
+            help="recompute activations in the backward pass to save memory")
+    setting(p, C, "--dtype", help="policy weights dtype (default: float32; bfloat16 saves memory with LoRA)")
+    setting(p, C, "--save-every", type=int, help="checkpoint every N steps (and always at the end)")
+    setting(p, C, "--seed", type=int, help="query order and sampling")
+    setting(p, C, "--loss-type", choices=["grpo", "dapo", "dr_grpo"],
+            help="loss aggregation: grpo (per-response token mean), dapo (batch token mean), dr_grpo (constant "
+                 "normalizer)")
+    setting(p, C, "--scale-rewards", choices=["group", "batch", "none"],
+            help="divide advantages by the group's reward std, the batch's, or none")
+    setting(p, C, "--dynamic-sampling", action="store_true",
+            help="drop groups whose rewards are all equal and sample more queries to fill the step (DAPO)")
+    setting(p, C, "--overlong", choices=["none", "mask", "soft_penalty"],
+            help="truncated responses: trained as is, masked out of the loss, or DAPO's soft length penalty")
+    setting(p, C, "--updates-per-batch", type=_positive_int,
+            help="optimizer steps per rollout batch; > 1 makes the clipped ratio act")
+    setting(p, C, "--clip-low", type=float, help="ratio clipped to [1 - clip_low, 1 + clip_high]")
+    setting(p, C, "--clip-high", type=float, help="upper clip (DAPO's clip-higher: 0.28)")
+    setting(p, C, "--tis-cap", type=float,
+            help="vllm rollouts: truncated importance sampling pi_old/mu capped at this (e.g. 2)")
+    setting(p, C, "--report-to", type=_csv,
+            help="also log metrics to tensorboard and/or wandb, comma-separated (<output-dir>/tensorboard; "
+                 "pip install 'mathloop[tensorboard]')")
 
 
 def cmd_grpo(args: argparse.Namespace) -> int:
     from mathloop.train import grpo
 
-    names = ("model", "output_dir", "queries", "benchmark", "split", "data_dir", "selection_samples", "mode",
-             "reward", "rm", "steps", "group_size", "queries_per_step", "learning_rate", "lora", "report_to", "seed",
-             "loss_type", "scale_rewards", "dynamic_sampling", "overlong", "updates_per_batch", "tis_cap")
-    config = _settings_from_args(args, names, grpo, "use --output-dir and --queries")
-    print(json.dumps(grpo.train_grpo(config), indent=2))
+    print(json.dumps(grpo.train_grpo(_settings(args, grpo.GRPOConfig)), indent=2))
     return 0
 
 
 def add_sft_parser(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("sft", help="supervised fine-tuning on prompt-completion chat rows (TRL)", description=(
+    from mathloop.train.sft import SFTRunConfig as C
+
+    p = sub.add_parser("sft", help=HELP["sft"], description=(
         "Fine-tune a model on a JSONL file of prompt-completion chat rows (`mathloop select` writes them) with "
         "TRL's SFTTrainer; the loss covers the completion only. Settings come from --config (YAML, keys are "
         "SFTRunConfig fields) and flags, flags winning. Re-running with the same --output-dir resumes from the "
         "latest checkpoint; the model is written to <output-dir>/final. Several GPUs: accelerate launch "
         "--config_file configs/accelerate/multi_gpu.yaml -m mathloop.cli sft --config FILE.yaml"))
-    p.add_argument("--config", default=None, help="YAML file of settings (SFTRunConfig fields)")
-    p.add_argument("--model", default=None,
-                   help="starting model: 'default' (embedded Qwen2.5-Coder-0.5B-Instruct), a local folder or a Hub "
-                        "id (default: default)")
-    p.add_argument("--data", default=None, help="JSONL of {prompt: [messages], completion: [assistant message]}")
-    p.add_argument("--output-dir", default=None, help="run folder (created; resumed when it holds checkpoints)")
-    p.add_argument("--epochs", type=int, default=None, help="passes over the data (default: 3)")
-    p.add_argument("--learning-rate", "--lr", type=float, default=None, help="peak learning rate (default: 2e-5)")
-    p.add_argument("--max-length", type=int, default=None,
-                   help="tokens per prompt + completion; longer examples are dropped (default: 4096)")
-    p.add_argument("--per-device-batch-size", type=int, default=None, help="examples per device per step (default: 8)")
-    p.add_argument("--gradient-accumulation-steps", type=int, default=None,
-                   help="micro-batches per optimizer step (default: 16)")
-    p.add_argument("--lora", action="store_true", default=None,
-                   help="train LoRA adapters instead of all weights; final/ holds the merged model (mathloop[train])")
-    p.add_argument("--deepspeed", default=None, help="DeepSpeed JSON config, e.g. configs/deepspeed/zero2.json")
-    p.add_argument("--seed", type=int, default=None, help="data order and initialisation (default: 0)")
+    add_config_argument(p, C)
+    setting(p, C, "--model", help="starting model: 'default' (embedded Qwen2.5-Coder-0.5B-Instruct), a local folder "
+                                  "or a Hub id")
+    setting(p, C, "--data", help="JSONL of {prompt: [messages], completion: [assistant message]}")
+    setting(p, C, "--output-dir", help="run folder (created; resumed when it holds checkpoints)")
+    setting(p, C, "--epochs", type=int, help="passes over the data")
+    setting(p, C, "--learning-rate", "--lr", type=float, help="peak learning rate")
+    setting(p, C, "--max-length", type=int, help="tokens per prompt + completion; longer examples are dropped")
+    setting(p, C, "--per-device-batch-size", type=int, help="examples per device per step")
+    setting(p, C, "--gradient-accumulation-steps", type=int, help="micro-batches per optimizer step")
+    setting(p, C, "--gradient-checkpointing", action="store_true",
+            help="recompute activations in the backward pass to save memory")
+    setting(p, C, "--lora", action="store_true",
+            help="train LoRA adapters instead of all weights; final/ holds the merged model (mathloop[train])")
+    setting(p, C, "--lora-rank", type=int, help="LoRA rank")
+    setting(p, C, "--dtype", choices=["float32", "bfloat16"], help="weights dtype")
+    setting(p, C, "--deepspeed", help="DeepSpeed JSON config, e.g. configs/deepspeed/zero2.json")
+    setting(p, C, "--seed", type=int, help="data order and initialisation")
 
 
 def cmd_sft(args: argparse.Namespace) -> int:
     from mathloop.train import sft
 
-    names = ("model", "data", "output_dir", "epochs", "learning_rate", "max_length", "per_device_batch_size",
-             "gradient_accumulation_steps", "lora", "deepspeed", "seed")
-    config = _settings_from_args(args, names, sft, "use --data and --output-dir")
-    print(json.dumps(sft.train_sft(config), indent=2))
+    print(json.dumps(sft.train_sft(_settings(args, sft.SFTRunConfig)), indent=2))
     return 0
 
 
 def add_synthesize_parser(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("synthesize", help="new problems evolved from seed problems", description=(
+    from mathloop.data.evolve import OPERATIONS
+    from mathloop.data.evolve import SynthesizeConfig as C
+
+    p = sub.add_parser("synthesize", help=HELP["synthesize"], description=(
         "MuggleMath-style problem synthesis: the model rewrites each seed problem into --variants new ones (change "
         "the numbers, add fractions or percentages, add a condition, combine with a concept, ask for another "
         "quantity), answers each new problem --answers times, and keeps those whose majority answer holds at least "
         "--min-agreement of the answers, with that answer as gold. Kept problems go to --out, rejected candidates "
         "with their reasons to <out>.rejected.jsonl; re-running the same command skips the seeds already done."))
-    p.add_argument("--model", default="default", help="embedded name (default, smollm2), folder or Hub id")
-    p.add_argument("--seeds", required=True,
-                   help="'<benchmark>:<split>:<count>' from the data folder (e.g. gsm8k:train:100) or a Problem "
-                        "JSONL file")
-    p.add_argument("--out", required=True, help="JSONL file of the kept problems (appended; resumed when it exists)")
-    p.add_argument("--variants", type=_positive_int, default=2, help="new problems per seed, one operation each (default: 2)")
-    p.add_argument("--answers", type=_positive_int, default=4, help="sampled solutions per new problem (default: 4)")
-    p.add_argument("--min-agreement", type=float, default=0.5,
-                   help="share of the solutions the majority answer needs (default: %(default)s)")
-    p.add_argument("--operations", type=_csv, default=None,
-                   help="comma-separated subset of change_numbers, fractions_percentages, add_condition, "
-                        "combine_concept, change_target (default: all)")
-    p.add_argument("--max-new-tokens", type=int, default=1024, help="per solution (default: %(default)s)")
-    p.add_argument("--seed", type=int, default=0, help="operation choice and sampling (default: 0)")
-    p.add_argument("--chunk-size", type=_positive_int, default=32,
-                   help="seeds per written chunk (default: %(default)s)")
-    p.add_argument("--decontaminate", action="store_true",
-                   help="reject new problems that match a test item of any benchmark in the data folder")
-    p.add_argument("--data-dir", default=None, help="benchmark folder (default: $MATHLOOP_DATA_DIR)")
-    add_backend_arguments(p)
+    add_config_argument(p, C)
+    setting(p, C, "--model", help="embedded name (default, smollm2), folder or Hub id")
+    setting(p, C, "--seeds", help="'<benchmark>:<split>:<count>' from the data folder (e.g. gsm8k:train:100) or a "
+                                  "Problem JSONL file")
+    setting(p, C, "--out", help="JSONL file of the kept problems (appended; resumed when it exists)")
+    setting(p, C, "--variants", dest="variants_per_seed", type=_positive_int, help="new problems per seed, one "
+                                                                                   "operation each")
+    setting(p, C, "--answers", dest="n_answers", type=_positive_int, help="sampled solutions per new problem")
+    setting(p, C, "--min-agreement", type=float, help="share of the solutions the majority answer needs")
+    setting(p, C, "--operations", type=_csv, help=f"comma-separated subset of {', '.join(OPERATIONS)} (default: all)")
+    setting(p, C, "--max-new-tokens", type=_positive_int, help="per solution")
+    setting(p, C, "--evolve-max-new-tokens", type=_positive_int, help="per rewritten problem")
+    setting(p, C, "--seed", type=int, help="operation choice and sampling")
+    setting(p, C, "--chunk-size", type=_positive_int, help="seeds per written chunk")
+    setting(p, C, "--decontaminate", action="store_true",
+            help="reject new problems that match a test item of any benchmark in the data folder")
+    setting(p, C, "--data-dir", help="benchmark folder (default: $MATHLOOP_DATA_DIR)")
+    add_backend_arguments(p, C)
 
 
 def cmd_synthesize(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from mathloop.backends import load_backend
-    from mathloop.data.evolve import load_seeds, rejected_path, synthesis_config, synthesize_file
+    from mathloop.data.evolve import SynthesizeConfig, load_seeds, rejected_path, synthesize_file
     from mathloop.runs import refuse_overwriting_inputs
 
-    refuse_overwriting_inputs({"--out": args.out, "--out (rejected)": rejected_path(args.out)},
-                              {"--seeds": args.seeds if Path(args.seeds).is_file() else None})
-
-    config = synthesis_config(variants_per_seed=args.variants, n_answers=args.answers,
-                              min_agreement=args.min_agreement, seed=args.seed, operations=args.operations,
-                              max_new_tokens=args.max_new_tokens)
-    seeds = load_seeds(args.seeds, args.data_dir)
+    config = with_backend_flags(args, _settings(args, SynthesizeConfig), "synthesize")
+    if not isinstance(config.seeds, str) or not config.out:
+        raise ValueError("synthesize: give --seeds (a benchmark split or a Problem JSONL file) and --out")
+    refuse_overwriting_inputs({"--out": config.out, "--out (rejected)": rejected_path(config.out)},
+                              {"--seeds": config.seeds if Path(config.seeds).is_file() else None})
+    seeds = load_seeds(config.seeds, config.data_dir)
     index = None
-    if args.decontaminate:
+    if config.decontaminate:
         from mathloop.data.decontaminate import ContaminationIndex
 
-        index = ContaminationIndex.from_benchmarks(args.data_dir)
-    backend = load_backend(args.backend, args.model, **_backend_args(args))
-    print(json.dumps(synthesize_file(backend, seeds, args.out, config, index, args.chunk_size), indent=2))
+        index = ContaminationIndex.from_benchmarks(config.data_dir)
+    backend = load_backend(config.backend, config.model, **config.backend_args)
+    print(json.dumps(synthesize_file(backend, seeds, config.out, config.synthesis(), index, config.chunk_size),
+                     indent=2))
     return 0
 
 
 def add_data_parser(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("data", help="list or pull the benchmark data", description=(
+    p = sub.add_parser("data", help=HELP["data"], description=(
         "Benchmarks are read from --data-dir / $MATHLOOP_DATA_DIR when given, else from the test sets packaged with "
         "mathloop (those whose licence allows it), else not at all; `--data-source hub` reads the Hub instead."))
     actions = p.add_subparsers(dest="action", required=True)
@@ -643,34 +641,45 @@ def cmd_data(args: argparse.Namespace) -> int:
     return 0
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog="mathloop", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+# Each command's one-line help, listed by `mathloop --help`.
+HELP = {
+    "eval": "evaluate a model on benchmarks",
+    "grade": "re-grade samples produced elsewhere",
+    "compare": "paired comparison of two runs on the problems both have",
+    "exec": "run a Python file in the TIR sandbox",
+    "rm": "train a reward model",
+    "score": "add reward-model scores to samples",
+    "sample": "sample graded responses to training problems",
+    "select": "pick the best responses per problem as SFT data",
+    "loop": "run self-improvement rounds from a YAML config",
+    "demo": "one round of the loop on the embedded model (under 20 min on a laptop CPU)",
+    "grpo": "reinforcement learning of a policy with GRPO",
+    "sft": "supervised fine-tuning on prompt-completion chat rows (TRL)",
+    "synthesize": "new problems evolved from seed problems",
+    "data": "list or pull the benchmark data",
+    "report": "one self-contained HTML page of runs (plots, tables, sample browser)",
+}
+
+
+def build_parser(command: str | None = None) -> argparse.ArgumentParser:
+    """The `mathloop` parser. Only `command` gets its flags (reading a stage's settings class may import torch and
+    transformers, seconds each); the other commands are listed with their help. None builds every command."""
+    parser = _Parser(prog="mathloop", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("-v", "--verbose", action="store_true", help="log debug information")
     parser.add_argument("--version", action="version", version=f"mathloop {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
-    add_eval_parser(sub)
-    add_grade_parser(sub)
-    add_compare_parser(sub)
-    add_exec_parser(sub)
-    add_rm_parser(sub)
-    add_score_parser(sub)
-    add_sample_parser(sub)
-    add_select_parser(sub)
-    add_loop_parser(sub)
-    add_demo_parser(sub)
-    add_grpo_parser(sub)
-    add_sft_parser(sub)
-    add_synthesize_parser(sub)
-    add_data_parser(sub)
-    add_report_parser(sub)
+    for name, add in ADD_PARSER.items():
+        if command is None or command == name:
+            add(sub)
+        else:
+            sub.add_parser(name, help=HELP[name])
     return parser
 
 
 def add_report_parser(sub: argparse._SubParsersAction) -> None:
     from mathloop import report
 
-    p = sub.add_parser("report", help="one self-contained HTML page of runs (plots, tables, sample browser)",
+    p = sub.add_parser("report", help=HELP["report"],
                        description=report.__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("runs", nargs="+", metavar="RUN",
                    help="eval folder, loop folder, rm/sft/grpo output folder, or graded JSONL file; several are shown "
@@ -686,6 +695,11 @@ def cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
+ADD_PARSER = {"eval": add_eval_parser, "grade": add_grade_parser, "compare": add_compare_parser,
+              "exec": add_exec_parser, "rm": add_rm_parser, "score": add_score_parser, "sample": add_sample_parser,
+              "select": add_select_parser, "loop": add_loop_parser, "demo": add_demo_parser, "grpo": add_grpo_parser,
+              "sft": add_sft_parser, "synthesize": add_synthesize_parser, "data": add_data_parser,
+              "report": add_report_parser}
 COMMANDS = {"eval": cmd_eval, "grade": cmd_grade, "compare": cmd_compare, "exec": cmd_exec, "rm": cmd_rm, "score": cmd_score,
             "sample": cmd_sample, "select": cmd_select, "loop": cmd_loop, "demo": cmd_demo, "grpo": cmd_grpo,
             "sft": cmd_sft, "synthesize": cmd_synthesize, "data": cmd_data,
@@ -693,7 +707,9 @@ COMMANDS = {"eval": cmd_eval, "grade": cmd_grade, "compare": cmd_compare, "exec"
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    argv = sys.argv[1:] if argv is None else argv
+    command = next((a for a in argv if not a.startswith("-")), None)
+    args = build_parser(command if command in HELP else None).parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(message)s")
     try:
         return COMMANDS[args.command](args)

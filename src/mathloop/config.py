@@ -1,6 +1,8 @@
-"""Settings files: every stage's settings are one dataclass, read from YAML with command-line overrides.
+"""Settings: every stage's settings are one dataclass, read from YAML with command-line overrides.
 
-One rule for all of them: an unknown key is an error that names it (a typo must not silently fall back to a
+The dataclass holds each default, once. `settings_from_dict` builds it from a YAML mapping plus overrides (the
+flags); `add_setting_flag` declares a flag for a field: its default is None ("not given"), and its help shows the
+field's default, read from the dataclass. One rule for all of them: an unknown key is an error that names it (a typo must not silently fall back to a
 default), a value of the wrong type names its key (`epochs: two`), an override of None means "not given on the
 command line", and a missing required key names itself. A malformed YAML file is named with its line.
 """
@@ -33,17 +35,18 @@ def read_yaml_mapping(path: str, what: str) -> dict[str, Any]:
 
 
 def settings_from_dict(cls: type[C], data: dict[str, Any], overrides: dict[str, Any] | None = None,
-                       source: str = "config", required: tuple[str, ...] = (),
-                       list_fields: tuple[str, ...] = ()) -> C:
+                       source: str = "config", fixed: tuple[str, ...] = ()) -> C:
     """Build `cls` from `data` plus non-None `overrides`, then run its `validate()` when it has one.
 
-    `list_fields` accept a single string for a one-item list.
+    A field without a default is required. A list-of-strings field takes a single string as a one-item list. `fixed`
+    fields may not come from `data` (a caller sets them through `overrides`, as the loop sets each stage's model
+    and folders).
 
     >>> @dataclasses.dataclass
     ... class Demo:
     ...     out: str
-    ...     files: list = dataclasses.field(default_factory=list)
-    >>> settings_from_dict(Demo, {"files": "a.jsonl"}, {"out": "run", "files": None}, list_fields=("files",))
+    ...     files: list[str] = dataclasses.field(default_factory=list)
+    >>> settings_from_dict(Demo, {"files": "a.jsonl"}, {"out": "run", "files": None})
     Demo(out='run', files=['a.jsonl'])
     >>> settings_from_dict(Demo, {"fils": []}, source="x.yaml")
     Traceback (most recent call last):
@@ -52,18 +55,20 @@ def settings_from_dict(cls: type[C], data: dict[str, Any], overrides: dict[str, 
     Traceback (most recent call last):
     ValueError: x.yaml: out must be a string, got 3
     """
-    names = {f.name for f in dataclasses.fields(cls)}
+    names = {f.name for f in dataclasses.fields(cls)} - set(fixed)
     unknown = sorted(set(data) - names)
     if unknown:
         raise ValueError(f"{source}: unknown key(s) {', '.join(unknown)}; known: {', '.join(sorted(names))}")
     merged = {**data, **{k: v for k, v in (overrides or {}).items() if v is not None}}
-    for key in list_fields:
-        if isinstance(merged.get(key), str):
-            merged[key] = [merged[key]]
-    missing = [k for k in required if k not in merged]
-    if missing:
-        raise ValueError(f"{source}: missing {', '.join(missing)}")
     hints = typing.get_type_hints(cls)
+    for key, value in merged.items():
+        if isinstance(value, str) and not _fits(value, hints.get(key, Any)) and _fits([value], hints.get(key, Any)):
+            merged[key] = [value]
+    missing = [f.name for f in dataclasses.fields(cls) if f.name not in merged
+               and f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING]
+    if missing:
+        flags = " and ".join("--" + k.replace("_", "-") for k in missing)
+        raise ValueError(f"{source}: missing {', '.join(missing)} (give {flags}, or the key in a --config file)")
     for key, value in merged.items():
         merged[key] = checked_value(value, hints.get(key, Any), f"{source}: {key}")
     settings = cls(**merged)
@@ -73,6 +78,57 @@ def settings_from_dict(cls: type[C], data: dict[str, Any], overrides: dict[str, 
         except ValueError as e:
             raise ValueError(str(e) if str(e).startswith(source) else f"{source}: {e}") from None
     return settings
+
+
+def load_settings(cls: type[C], path: str | None, overrides: dict[str, Any] | None = None,
+                  source: str = "command line", **options: Any) -> C:
+    """`cls` from the YAML file `path` (when given; keys are `cls`'s fields) with `overrides` on top."""
+    if path is None:
+        return settings_from_dict(cls, {}, overrides, source, **options)
+    return settings_from_dict(cls, read_yaml_mapping(path, cls.__name__), overrides, path, **options)
+
+
+def field_default(cls: type, name: str) -> Any:
+    """The default of field `name` of the dataclass `cls` (MISSING when it has none).
+
+    >>> @dataclasses.dataclass
+    ... class Demo:
+    ...     n: int = 4
+    ...     files: list = dataclasses.field(default_factory=lambda: ["a"])
+    >>> field_default(Demo, "n"), field_default(Demo, "files")
+    (4, ['a'])
+    """
+    for f in dataclasses.fields(cls):
+        if f.name == name:
+            if f.default_factory is not dataclasses.MISSING:
+                return f.default_factory()
+            return f.default
+    raise KeyError(f"{cls.__name__} has no field {name!r}")
+
+
+def add_setting_flag(parser: Any, cls: type, flag: str, *aliases: str, dest: str | None = None,
+                     help: str = "", **kwargs: Any) -> Any:
+    """An argparse flag that overrides field `dest` of `cls` (default: the flag's name with underscores).
+
+    Its default is None (not given: the YAML value or the field's default applies) and its help ends with the
+    field's default, so the default is written once, in the dataclass (a help text that explains what None or
+    another default means says it itself). A `store_false` flag sets the field to False. A flag naming no field
+    is an error when the parser is built.
+    """
+    dest = dest or flag.lstrip("-").replace("-", "_")
+    default = field_default(cls, dest)
+    shown = ",".join(str(v) for v in default) if isinstance(default, (list, tuple)) else default
+    switch = kwargs.get("action") in ("store_true", "store_false")
+    if default not in (dataclasses.MISSING, None, []) and not switch and "(default" not in help:
+        help = f"{help} (default: {shown})".strip()
+    elif default is dataclasses.MISSING and not kwargs.get("required"):
+        help = f"{help} (required, here or in --config)".strip()
+    return parser.add_argument(flag, *aliases, dest=dest, default=None, help=help, **kwargs)
+
+
+def flag_overrides(args: Any, cls: type) -> dict[str, Any]:
+    """The fields of `cls` that the parsed `args` give (argparse leaves the others None)."""
+    return {f.name: getattr(args, f.name) for f in dataclasses.fields(cls) if getattr(args, f.name, None) is not None}
 
 
 def changed_settings(old: dict[str, Any], current: dict[str, Any], keys: tuple[str, ...] | list[str]) -> str:

@@ -151,19 +151,46 @@ class SynthesisConfig:
 
 
 
-def synthesis_config(variants_per_seed: int = 2, n_answers: int = 4, min_agreement: float = 0.5, seed: int = 0,
-                     operations: Iterable[str] | None = None,
-                     max_new_tokens: int = ANSWER_SAMPLING.max_new_tokens,
-                     evolve_max_new_tokens: int = EVOLVE_SAMPLING.max_new_tokens) -> SynthesisConfig:
-    """A validated `SynthesisConfig` from flat settings (`mathloop synthesize`'s flags, the loop's synthesize
-    section): `max_new_tokens` per answer, `evolve_max_new_tokens` per rewrite; no operations means all."""
-    config = SynthesisConfig(
-        variants_per_seed=variants_per_seed, n_answers=n_answers, min_agreement=min_agreement, seed=seed,
-        operations=tuple(operations or OPERATIONS),
-        evolve_sampling=dataclasses.replace(EVOLVE_SAMPLING, max_new_tokens=evolve_max_new_tokens),
-        answer_sampling=dataclasses.replace(ANSWER_SAMPLING, max_new_tokens=max_new_tokens))
-    config.validate()
-    return config
+@dataclass
+class SynthesizeConfig:
+    """Every setting of `mathloop synthesize` (and of the loop's synthesize section, where `seeds` is how many of the
+    training problems seed it and the loop sets `out`, `decontaminate` and `data_dir`); `synthesis()` is the
+    `SynthesisConfig` that decides the problems."""
+
+    seeds: str | int | None = None  # '<benchmark>:<split>:<count>' or a Problem JSONL file (loop: a count)
+    out: str | None = None  # JSONL file of the kept problems (appended; resumed when it exists)
+    model: str = "default"  # writes and answers the new problems: embedded name, folder or Hub id
+    backend: str = "hf"
+    backend_args: dict[str, Any] = field(default_factory=dict)
+    variants_per_seed: int = SynthesisConfig.variants_per_seed  # new problems per seed, one operation each
+    n_answers: int = SynthesisConfig.n_answers  # sampled solutions per new problem
+    min_agreement: float = SynthesisConfig.min_agreement  # share of the solutions the majority answer needs
+    operations: list[str] | None = None  # a subset of OPERATIONS (None: all)
+    max_new_tokens: int = ANSWER_SAMPLING.max_new_tokens  # per answer
+    evolve_max_new_tokens: int = EVOLVE_SAMPLING.max_new_tokens  # per rewrite
+    seed: int = SynthesisConfig.seed  # operation choice and sampling
+    chunk_size: int = 32  # seeds per written chunk
+    decontaminate: bool = False  # reject new problems that match a test item of a benchmark in the data folder
+    data_dir: str | None = None  # benchmark folder (default: $MATHLOOP_DATA_DIR)
+
+    def validate(self) -> None:
+        if self.chunk_size < 1:
+            raise ValueError(f"synthesize: chunk_size must be >= 1, got {self.chunk_size}")
+        if isinstance(self.seeds, int) and self.seeds < 1:
+            raise ValueError(f"synthesize: seeds must be a count >= 1 (the first N training problems), got "
+                             f"{self.seeds}")
+        self.synthesis()
+
+    def synthesis(self) -> SynthesisConfig:
+        """The validated `SynthesisConfig` of these settings."""
+        config = SynthesisConfig(
+            variants_per_seed=self.variants_per_seed, n_answers=self.n_answers, min_agreement=self.min_agreement,
+            seed=self.seed, operations=tuple(self.operations or OPERATIONS),
+            evolve_sampling=dataclasses.replace(EVOLVE_SAMPLING, max_new_tokens=self.evolve_max_new_tokens),
+            answer_sampling=dataclasses.replace(ANSWER_SAMPLING, max_new_tokens=self.max_new_tokens))
+        config.validate()
+        return config
+
 
 # ---- evolution ---------------------------------------------------------------------------------------------------
 

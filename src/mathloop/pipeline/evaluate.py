@@ -44,15 +44,15 @@ log = logging.getLogger(__name__)
 class EvalConfig:
     """Everything that decides what an evaluation produces (recorded in run.json)."""
 
-    model: str
-    benchmarks: list[str]
-    out: str
+    out: str  # run folder (created; resumed when it exists)
+    model: str = "default"
+    benchmarks: list[str] = field(default_factory=lambda: ["gsm8k"])
     backend: str = "hf"
     mode: str = "cot"
     n: int = 1
     temperature: float = 0.0
     top_p: float = 1.0
-    max_new_tokens: int = 2048
+    max_new_tokens: int = SamplingParams.max_new_tokens
     seed: int = 0
     limit: int | None = None
     data_dir: str | None = None

@@ -45,12 +45,11 @@ import dataclasses
 import json
 import logging
 import time
-import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from mathloop.config import checked_value, read_yaml_mapping, settings_from_dict
+from mathloop.config import read_yaml_mapping, settings_from_dict
 from mathloop.records import Problem, read_records, write_jsonl
 from mathloop.runs import lock_run_dir, read_json, write_json, write_text_atomic
 
@@ -87,14 +86,11 @@ class LoopConfig:
                 raise ValueError(f"loop: {name} must be >= 1 (or left out for all problems), got {getattr(self, name)}")
         if self.sft_init not in ("base", "previous"):
             raise ValueError(f"loop: sft_init must be 'base' or 'previous', got {self.sft_init!r}")
-        unknown = set(self.select) - {"k", "use_rm", "min_agreement", "near_duplicate"}
-        if unknown:
-            raise ValueError(f"loop: select: unknown key(s) {', '.join(sorted(unknown))}; known: k, use_rm, "
-                             f"min_agreement, near_duplicate")
         if self.synthesis_enabled:
             self.synthesis_config()
         probe = Path(self.output_dir) / "round-1"
         self.sample_config(self.model, probe, 1)
+        self.select_config(probe)
         self.eval_config(self.model, probe)
         if self.rm_enabled:
             self.rm_config(self.model, probe / "samples.jsonl", probe)
@@ -121,91 +117,73 @@ class LoopConfig:
     # -- the stage configs ---------------------------------------------------------------------------------------
 
     def synthesis_config(self):
-        """The `SynthesisConfig` of the synthesize section (its seed count, model and backend are read apart)."""
-        import inspect
+        """The `SynthesizeConfig` of the synthesize section."""
+        from mathloop.data.evolve import SynthesizeConfig
 
-        from mathloop.data.evolve import synthesis_config
-
-        settings = {k: v for k, v in self.synthesize.items() if k not in _SYNTHESIS_SOURCE_KEYS}
-        known = list(inspect.signature(synthesis_config).parameters)
-        unknown = sorted(set(settings) - set(known))
-        if unknown:
-            raise ValueError(f"loop: synthesize: unknown key(s) {', '.join(unknown)}; known: "
-                             f"{', '.join(_SYNTHESIS_SOURCE_KEYS + tuple(known))}")
-        seeds = self.synthesize.get("seeds")
-        if seeds is not None and (not isinstance(seeds, int) or seeds < 1):
-            raise ValueError(f"loop: synthesize: seeds must be a count >= 1 (the first N training problems), "
-                             f"got {seeds!r}")
-        try:
-            return synthesis_config(**{"seed": self.seed, **settings})
-        except ValueError as e:
-            raise ValueError(f"loop: synthesize: {e}") from None
+        config = self._stage(SynthesizeConfig, "synthesize", {"model": self.model, **self.synthesize},
+                             {"out": str(Path(self.output_dir) / "synthesized.jsonl"),
+                              "decontaminate": self.decontaminate, "data_dir": self.data_dir})
+        if isinstance(config.seeds, str):
+            raise ValueError(f"loop: synthesize: seeds must be a count >= 1 (the first N training problems), got "
+                             f"{config.seeds!r}")
+        return config
 
     def sample_config(self, model: str, round_dir: Path, round_index: int):
         from mathloop.pipeline.sample import SampleConfig
 
-        settings = _known(SampleConfig, self.sample, "sample", exclude=("model", "problems", "out"))
-        settings.setdefault("seed", self.seed)
-        settings["seed"] += 1000 * round_index  # each round draws fresh samples
-        config = SampleConfig(model=model, problems=str(Path(self.output_dir) / "problems.jsonl"),
-                              out=str(round_dir / "samples"), data_dir=self.data_dir, **settings)
-        config.validate()
+        config = self._stage(SampleConfig, "sample", self.sample,
+                             {"model": model, "problems": str(Path(self.output_dir) / "problems.jsonl"),
+                              "out": str(round_dir / "samples"), "data_dir": self.data_dir})
+        config.seed += 1000 * round_index  # each round draws fresh samples
         return config
 
     def rm_config(self, model: str, samples: Path, round_dir: Path):
-        from mathloop.train.rm import config_from_dict
+        from mathloop.train.rm import RMTrainConfig
 
-        settings = {k: v for k, v in self.reward_model.items() if k != "enabled"}
-        settings.setdefault("seed", self.seed)
-        return config_from_dict(settings, {"model": model, "samples": [str(samples)],
-                                           "output_dir": str(round_dir / "rm"), "data_dir": self.data_dir},
-                                source="loop: reward_model")
+        return self._stage(RMTrainConfig, "reward_model", self.reward_model,
+                           {"model": model, "samples": [str(samples)], "output_dir": str(round_dir / "rm"),
+                            "data_dir": self.data_dir})
+
+    def select_config(self, round_dir: Path):
+        from mathloop.pipeline.select import SelectConfig
+
+        return self._stage(SelectConfig, "select", self.select,
+                           {"samples": [str(round_dir / "samples.jsonl")], "output": str(round_dir / "sft_data.jsonl"),
+                            "decontaminate": self.decontaminate, "data_dir": self.data_dir})
 
     def sft_config(self, model: str, data: Path, round_dir: Path):
-        from mathloop.train.sft import config_from_dict
+        from mathloop.train.sft import SFTRunConfig
 
-        settings = dict(self.sft)
-        settings.setdefault("seed", self.seed)
-        return config_from_dict(settings, {"model": model, "data": str(data), "output_dir": str(round_dir / "sft")},
-                                source="loop: sft")
+        return self._stage(SFTRunConfig, "sft", self.sft,
+                           {"model": model, "data": str(data), "output_dir": str(round_dir / "sft")})
 
     def eval_config(self, model: str, round_dir: Path):
         from mathloop.pipeline.evaluate import EvalConfig
 
-        settings = _known(EvalConfig, self.eval, "eval", exclude=("model", "benchmarks", "out", "limit", "split"))
-        settings.setdefault("seed", self.seed)
-        config = EvalConfig(model=model, benchmarks=[], out=str(round_dir / "eval"), data_dir=self.data_dir,
-                            shots=settings.pop("shots", 0), **settings)
-        config.validate()
-        return config
+        section = {"shots": 0, **self.eval}
+        return self._stage(EvalConfig, "eval", section,
+                           {"model": model, "benchmarks": [], "out": str(round_dir / "eval"),
+                            "data_dir": self.data_dir}, fixed=("limit", "split"))
 
     def grpo_config(self, model: str, samples: Path, grpo_dir: Path, rm: str | None = None):
         """GRPO from `model` on the training problems its samples solve 2..5 of 8 times; the reward model is the
         section's `rm`, else the last round's (when the loop trains one)."""
-        from mathloop.train.grpo import config_from_dict
+        from mathloop.train.grpo import GRPOConfig
 
-        settings = {k: v for k, v in self.grpo.items() if k != "enabled"}
-        settings.setdefault("seed", self.seed)
-        if rm and not settings.get("rm"):
-            settings["rm"] = rm
-        return config_from_dict(settings, {"model": model, "output_dir": str(grpo_dir),
-                                           "queries": str(Path(self.output_dir) / "problems.jsonl"),
-                                           "selection_samples": str(samples), "data_dir": self.data_dir},
-                                source="loop: grpo")
+        return self._stage(GRPOConfig, "grpo", self.grpo,
+                           {"model": model, "output_dir": str(grpo_dir),
+                            "queries": str(Path(self.output_dir) / "problems.jsonl"),
+                            "selection_samples": str(samples), "data_dir": self.data_dir,
+                            "rm": None if self.grpo.get("rm") else rm})
 
-
-# Keys of the synthesize section besides `evolve.synthesis_config`'s settings: whether it runs, how many training
-# problems seed it, and the model that writes and answers the new problems.
-_SYNTHESIS_SOURCE_KEYS = ("enabled", "seeds", "model", "backend", "backend_args")
-
-
-def _known(cls, section: dict[str, Any], name: str, exclude: tuple[str, ...]) -> dict[str, Any]:
-    names = {f.name for f in dataclasses.fields(cls)} - set(exclude)
-    unknown = sorted(set(section) - names)
-    if unknown:
-        raise ValueError(f"loop: {name}: unknown key(s) {', '.join(unknown)}; known: {', '.join(sorted(names))}")
-    hints = typing.get_type_hints(cls)
-    return {key: checked_value(value, hints[key], f"loop: {name}: {key}") for key, value in section.items()}
+    def _stage(self, cls, name: str, section: dict[str, Any], filled: dict[str, Any], fixed: tuple[str, ...] = ()):
+        """The stage config `cls` of a section: its settings (the loop's seed unless it sets one), with the fields
+        the loop fills in (`filled`; a section may not set them)."""
+        settings = {k: v for k, v in section.items() if k != "enabled"}
+        if "seed" in {f.name for f in dataclasses.fields(cls)}:
+            settings = {"seed": self.seed, **settings}
+        fixed = tuple(k for k in filled if k != "rm") + fixed
+        return settings_from_dict(cls, settings, filled, f"loop: {name}", fixed=fixed)
 
 
 def load_loop_config(path: str, overrides: dict[str, Any] | None = None) -> LoopConfig:
@@ -221,7 +199,7 @@ def loop_config_from_dict(data: dict[str, Any], overrides: dict[str, Any] | None
             raise ValueError(f"{source}: {section} must be a mapping of settings")
     sections = {section: dict(data.get(section) or {}) for section in names}
     try:
-        return settings_from_dict(LoopConfig, {**data, **sections}, overrides, source, required=("output_dir",))
+        return settings_from_dict(LoopConfig, {**data, **sections}, overrides, source)
     except TypeError as e:
         raise ValueError(f"{source}: {e}") from None
 
@@ -337,15 +315,14 @@ def _synthesize(config: LoopConfig, out: Path, problems: list[Problem], index, b
     rejected candidates in synthesized.rejected.jsonl and the counts in synthesis.json."""
     from mathloop.data.evolve import synthesize_file
 
-    section = config.synthesize
-    synthesis = config.synthesis_config()
-    seeds = problems[:section.get("seeds") or len(problems)]
+    settings = config.synthesis_config()
+    seeds = problems[:settings.seeds or len(problems)]
     if backend is None:
         from mathloop.backends import load_backend
 
-        backend = load_backend(section.get("backend", "hf"), section.get("model") or config.model,
-                               **section.get("backend_args", {}))
-    result = synthesize_file(backend, seeds, out / "synthesized.jsonl", synthesis, index)
+        backend = load_backend(settings.backend, settings.model, **settings.backend_args)
+    result = synthesize_file(backend, seeds, out / "synthesized.jsonl", settings.synthesis(), index,
+                             settings.chunk_size)
     write_json(out / "synthesis.json", result)
     log.info("synthesis: %d new problems from %d seeds", result["kept"], len(seeds))
     return read_records(Problem, out / "synthesized.jsonl")
@@ -387,22 +364,14 @@ def _reward_model(config: LoopConfig, model: str, round_dir: Path) -> dict:
 
 
 def _select(config: LoopConfig, round_dir: Path) -> dict:
-    from mathloop.pipeline.select import decontaminate_selection, select_responses, sft_rows
-    from mathloop.records import Sample
+    from mathloop.pipeline.select import run_select
 
-    data, report_path = round_dir / "sft_data.jsonl", round_dir / "select.json"
-    if data.exists() and report_path.exists():
+    select_config = config.select_config(round_dir)
+    report_path = round_dir / "select.json"
+    if Path(select_config.output).exists() and report_path.exists():
         return read_json(report_path)
-    samples = read_records(Sample, round_dir / "samples.jsonl")
-    chosen, report = select_responses(samples, **config.select)
-    info = report.to_dict()
-    if config.decontaminate:
-        chosen, info["decontamination"] = decontaminate_selection(chosen, config.data_dir)
-    if not chosen:
-        raise ValueError(f"{round_dir}: selection kept no response ({info}); sample more responses per problem or "
-                         f"more problems")
     problems = {p.id: p for p in read_records(Problem, Path(config.output_dir) / "problems.jsonl")}
-    info["rows"] = write_jsonl(data, sft_rows(chosen, problems))
+    info = run_select(select_config, problems)
     write_json(report_path, info)
     return info
 

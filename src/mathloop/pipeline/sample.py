@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from mathloop.config import changed_settings
-from mathloop.backends.base import Backend
+from mathloop.backends.base import Backend, SamplingParams
 from mathloop.data.benchmarks import load_benchmark, load_problems
 from mathloop.records import Problem, Sample, read_records
 from mathloop.runs import lock_run_dir, read_json, refuse_overwriting_inputs, write_json
@@ -37,13 +37,13 @@ log = logging.getLogger(__name__)
 class SampleConfig:
     """Every setting of a sampling run (recorded in run.json)."""
 
-    model: str
     problems: str  # "<benchmark>:<split>" from the data folder, or a Problem JSONL file
-    out: str
+    out: str  # sampling folder (created; resumed when it exists)
+    model: str = "default"
     n: int = 8  # responses per problem per temperature
     temperatures: list[float] = field(default_factory=lambda: [0.7, 1.0])
     top_p: float = 0.95
-    max_new_tokens: int = 2048
+    max_new_tokens: int = SamplingParams.max_new_tokens
     mode: str = "cot"
     hard_n: int = 0  # extra responses for hard problems (0: no hard pass)
     hard_max_correct: int = 0  # a problem is hard when it has at most this many correct responses

@@ -28,6 +28,54 @@ from mathloop.verify import same_answer
 
 
 @dataclass
+class SelectConfig:
+    """Every setting of `mathloop select` (the loop's select section sets the selection rule; it fills in the
+    files, and `decontaminate` and `data_dir` from its own settings)."""
+
+    samples: list[str]  # sample JSONL files or `mathloop sample` folders
+    output: str  # SFT data JSONL to write
+    k: int = 4  # responses per problem
+    use_rm: bool = True  # order and weight votes by rm_score when samples have one
+    min_agreement: float = 0.5  # pseudo-labels: share of the votes the majority answer needs
+    near_duplicate: float = 0.8  # word 3-gram Jaccard similarity at which two responses count as one
+    decontaminate: bool = False  # remove responses and questions that match any benchmark of the data folder
+    data_dir: str | None = None  # benchmark folder for decontaminate (default: $MATHLOOP_DATA_DIR)
+
+    def validate(self) -> None:
+        if self.k < 1:
+            raise ValueError(f"select: k must be >= 1, got {self.k}")
+        if not 0 < self.min_agreement <= 1:
+            raise ValueError(f"select: min_agreement must be in (0, 1], got {self.min_agreement}")
+        if not 0 < self.near_duplicate <= 1:
+            raise ValueError(f"select: near_duplicate must be in (0, 1], got {self.near_duplicate}")
+
+
+def run_select(config: SelectConfig, problems: Mapping[str, Problem] | None = None) -> dict:
+    """Select from `config.samples` and write the SFT rows to `config.output`; returns the selection report with
+    the row count. A selection that keeps no response is an error (an empty SFT file trains nothing)."""
+    from pathlib import Path
+
+    from mathloop.pipeline.sample import read_samples
+    from mathloop.records import read_records, write_jsonl
+    from mathloop.runs import refuse_overwriting_inputs
+
+    config.validate()
+    refuse_overwriting_inputs({"--output": config.output}, {"--samples": config.samples})
+    samples = [s for source in config.samples
+               for s in (read_samples(source) if Path(source).is_dir() else read_records(Sample, source))]
+    chosen, report = select_responses(samples, k=config.k, use_rm=config.use_rm, min_agreement=config.min_agreement,
+                                      near_duplicate=config.near_duplicate)
+    info = report.to_dict()
+    if config.decontaminate:
+        chosen, info["decontamination"] = decontaminate_selection(chosen, config.data_dir)
+    if not chosen:
+        raise ValueError(f"{', '.join(config.samples)}: selection kept no response ({info}); sample more responses "
+                         f"per problem or more problems")
+    info["rows"] = write_jsonl(config.output, sft_rows(chosen, problems))
+    return info
+
+
+@dataclass
 class SelectionReport:
     """What selection kept and why the rest went."""
 
@@ -84,8 +132,9 @@ def majority_answer(samples: list[Sample], use_rm: bool = True) -> tuple[str | N
     return samples[winner].pred, votes / sum(weights)
 
 
-def select_responses(samples: Iterable[Sample], k: int = 4, use_rm: bool = True, min_agreement: float = 0.5,
-                     near_duplicate: float = 0.8) -> tuple[list[Sample], SelectionReport]:
+def select_responses(samples: Iterable[Sample], k: int = SelectConfig.k, use_rm: bool = SelectConfig.use_rm,
+                     min_agreement: float = SelectConfig.min_agreement,
+                     near_duplicate: float = SelectConfig.near_duplicate) -> tuple[list[Sample], SelectionReport]:
     """The SFT responses: up to `k` per problem, as described in the module docstring."""
     if k < 1:
         raise ValueError(f"select: k must be >= 1, got {k}")

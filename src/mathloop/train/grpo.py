@@ -72,7 +72,6 @@ from typing import Any
 import torch
 
 from mathloop.backends.base import SamplingParams
-from mathloop.config import read_yaml_mapping, settings_from_dict
 from mathloop.hardware import autocast
 from mathloop.prompts import build_messages
 from mathloop.records import Problem, Sample, read_records, write_jsonl
@@ -231,17 +230,6 @@ _RESUME_KEYS = ("model", "queries", "benchmark", "split", "limit", "selection_sa
 def _is_function_spec(text: str) -> bool:
     module, _, function = text.partition(":")
     return bool(module) and bool(function)
-
-
-def load_config(path: str, overrides: dict[str, Any] | None = None) -> GRPOConfig:
-    """Read a YAML config (keys are `GRPOConfig` fields) and apply non-None overrides (command-line flags)."""
-    return config_from_dict(read_yaml_mapping(path, "GRPOConfig"), overrides, source=path)
-
-
-def config_from_dict(data: dict[str, Any], overrides: dict[str, Any] | None = None,
-                     source: str = "config") -> GRPOConfig:
-    return settings_from_dict(GRPOConfig, data, overrides, source, required=("output_dir",),
-                              list_fields=("report_to",))
 
 
 # ---- queries ---------------------------------------------------------------------------------------------------
@@ -796,7 +784,6 @@ def save_final(model: torch.nn.Module, tokenizer, final: Path, config: GRPOConfi
     tmp.rename(final)
 
 
-
 def _executor(config: GRPOConfig):
     """The code sandbox for TIR rollouts; a do-nothing context for CoT."""
     if config.mode != "tir":
@@ -804,8 +791,6 @@ def _executor(config: GRPOConfig):
     from mathloop.tools.sandbox import Sandbox
 
     return Sandbox(timeout=config.tool_timeout)
-
-
 
 
 def _write_run_record(out: Path, config: GRPOConfig, report: dict[str, int]) -> None:

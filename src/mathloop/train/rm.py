@@ -35,7 +35,6 @@ from typing import Any
 
 import torch
 
-from mathloop.config import read_yaml_mapping, settings_from_dict
 from mathloop.hardware import autocast
 from mathloop.records import Sample, read_records, write_jsonl
 from mathloop.reward.data import RMGroup, build_rm_groups, split_groups
@@ -100,17 +99,6 @@ class RMTrainConfig:
 # Settings a resumed run must share with the run that wrote the checkpoint.
 _RESUME_KEYS = ("samples", "fill_samples", "model", "group_size", "max_ratio", "heldout_fraction", "epochs",
                 "groups_per_batch", "lora", "lora_rank", "lora_layers", "seed", "decontaminate")
-
-
-def load_config(path: str, overrides: dict[str, Any] | None = None) -> RMTrainConfig:
-    """Read a YAML config (keys are `RMTrainConfig` fields) and apply non-None overrides (command-line flags)."""
-    return config_from_dict(read_yaml_mapping(path, "RMTrainConfig"), overrides, source=path)
-
-
-def config_from_dict(data: dict[str, Any], overrides: dict[str, Any] | None = None,
-                     source: str = "config") -> RMTrainConfig:
-    return settings_from_dict(RMTrainConfig, data, overrides, source, required=("samples", "output_dir"),
-                              list_fields=("samples", "fill_samples", "decontaminate", "report_to"))
 
 
 def lr_at(step: int, config: RMTrainConfig) -> float:
@@ -322,8 +310,6 @@ def _train(config: RMTrainConfig, stop_after: int | None) -> dict[str, Any]:
         tmp.rename(final)
     return {"step": step, "total_steps": total_steps, "final": str(final) if step == total_steps else None,
             **{k: v for k, v in last.items() if k != "step"}}
-
-
 
 
 def _test_questions(config: RMTrainConfig) -> list[str] | None:

@@ -61,7 +61,7 @@ from typing import Any
 import torch
 from transformers import TrainerCallback
 
-from mathloop.config import changed_settings, read_yaml_mapping, settings_from_dict
+from mathloop.config import changed_settings
 from mathloop.hardware import compute_dtype
 from mathloop.records import RecordError, read_jsonl
 from mathloop.train.checkpoint import drop_metrics_after
@@ -136,16 +136,6 @@ class SFTRunConfig:
 _RESUME_KEYS = ("data", "model", "epochs", "learning_rate", "lr_scheduler", "min_learning_rate", "warmup_ratio",
                 "max_length", "per_device_batch_size", "gradient_accumulation_steps", "packing", "lora", "lora_rank",
                 "lora_alpha", "dtype", "bf16", "seed")
-
-
-def load_config(path: str, overrides: dict[str, Any] | None = None) -> SFTRunConfig:
-    """Read a YAML config (keys are `SFTRunConfig` fields) and apply non-None overrides (command-line flags)."""
-    return config_from_dict(read_yaml_mapping(path, "SFTRunConfig"), overrides, source=path)
-
-
-def config_from_dict(data: dict[str, Any], overrides: dict[str, Any] | None = None,
-                     source: str = "config") -> SFTRunConfig:
-    return settings_from_dict(SFTRunConfig, data, overrides, source, required=("data", "output_dir"))
 
 
 def read_sft_examples(path: str | Path) -> list[dict[str, Any]]:
