@@ -131,7 +131,7 @@ def test_demo_settings_are_a_valid_loop_that_fits_a_laptop(tmp_path):
     config.validate()
     assert config.model == "default" and config.rounds == 1 and config.sft["lora"]
     assert config.problems.startswith("synthetic:") and config.heldout.startswith("synthetic:")
-    assert yaml.safe_dump(config.sample)  # plain data, recorded in config.yaml
+    assert yaml.safe_dump(config.sample)  # plain data, recorded in run.json
 
 
 def evolving(prompt: str, index: int) -> str:
@@ -163,8 +163,9 @@ def test_synthesized_problems_join_the_training_problems_once(tiny_model_dir, da
     assert json.loads((run / "synthesis.json").read_text())["kept"] == 2
 
     # the stage ran once: a re-run asks nothing; a record written before the synthesize setting existed resumes
-    record = yaml.safe_load((run / "config.yaml").read_text())
-    (run / "config.yaml").write_text(yaml.safe_dump({k: v for k, v in record.items() if k != "synthesize"}))
+    record = json.loads((run / "run.json").read_text())
+    del record["config"]["synthesize"]
+    (run / "run.json").write_text(json.dumps(record))
     backend.calls.clear()
     run_loop(tiny_loop(tmp_path, tiny_model_dir, data_dir, rounds=0, grpo={}), progress=False, backend=backend)
     assert backend.calls == []
@@ -190,7 +191,7 @@ def test_a_loop_interrupted_before_its_first_round_resumes_with_a_data_folder_or
                     eval={"max_new_tokens": 16, "backend_args": {"batch_size": 8}})
     with pytest.raises(KeyboardInterrupt):  # round 0 starts from the packaged data, then is interrupted
         run_loop(loop_config_from_dict(settings), progress=False, backend=FakeBackend(interrupt))
-    data = json.loads((tmp_path / "run" / "data.json").read_text())
+    data = json.loads((tmp_path / "run" / "run.json").read_text())["data"]
     assert set(data) == {"gsm8k:train", "gsm8k:test"} and data["gsm8k:test"]["source"] == "packaged"
 
     pulled = tmp_path / "data"  # the same files in a folder: the user adds --data-dir, and another batch size
@@ -209,8 +210,8 @@ def test_a_loop_interrupted_before_its_first_round_resumes_with_a_data_folder_or
         run_loop(loop_config_from_dict(resumed), progress=False, backend=FakeBackend(evaluate_then_interrupt))
     assert len(answered) == 2 and len(read_records(Sample, tmp_path / "run" / "round-0" / "eval" / "samples" /
                                                    "gsm8k.jsonl")) == 2
-    assert yaml.safe_load((tmp_path / "run" / "config.yaml").read_text())["data_dir"] == str(pulled)
-    with pytest.raises(ValueError, match=r"holds a loop run with other settings \(sample\)"):
+    assert json.loads((tmp_path / "run" / "run.json").read_text())["config"]["data_dir"] == str(pulled)
+    with pytest.raises(ValueError, match=r"holds a loop run with other settings \(sample: "):
         run_loop(loop_config_from_dict({**resumed, "sample": {**resumed["sample"], "max_new_tokens": 17}}),
                  progress=False, backend=FakeBackend(interrupt))
 

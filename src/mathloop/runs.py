@@ -7,17 +7,24 @@
   hard link).
 - `write_text_atomic` / `write_json` / `read_json`: a summary file is either the old one or the new one, never a
   torn mix (temporary file in the same folder + fsync + rename); a corrupt JSON file is named when read.
+- `start_run_record(path, config, resume_keys, data)`: the run record (`run.json`) of every stage: the settings,
+  the data it reads (version and sha256 of each file), package versions, hardware and start time. A run that
+  resumes a folder must match the record on the resume keys and on every data file both read, else it is refused
+  with what differs; `finish_run_record` is the completion marker (`finished`, wall seconds).
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import errno
 import fcntl
 import json
 import logging
 import os
+import platform
 import socket
+import time
 from pathlib import Path
 from typing import Any, Iterator, Mapping
 
@@ -179,3 +186,80 @@ def read_json(path: str | os.PathLike) -> Any:
     except json.JSONDecodeError as e:
         raise ValueError(f"{path}:{e.lineno}: not valid JSON ({e.msg}); the file is damaged: restore or delete "
                          f"it") from None
+
+
+# ---- the run record ----------------------------------------------------------------------------------------------
+
+def package_versions() -> dict[str, str]:
+    """The versions of Python and of the packages that decide a run's results (those installed)."""
+    import importlib.metadata
+
+    versions = {"python": platform.python_version()}
+    for name in ("mathloop", "torch", "transformers", "trl", "peft", "math-verify", "sympy", "vllm"):
+        try:
+            versions[name] = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            pass
+    return versions
+
+
+def new_run_record(config: Any, data: Mapping[str, Any] | None = None, **facts: Any) -> dict[str, Any]:
+    """A run record: `config` (a dataclass or a mapping), `data` (`data_record` per data file), the stage's own
+    `facts`, start time, package versions and hardware."""
+    from mathloop.hardware import hardware_info
+
+    return {"config": _settings_dict(config), **facts, "data": dict(data or {}),
+            "started": time.strftime("%Y-%m-%dT%H:%M:%S"), "versions": package_versions(),
+            "hardware": hardware_info()}
+
+
+def check_run_record(record: Mapping[str, Any], config: Any, resume_keys: tuple[str, ...] | None = None,
+                     data: Mapping[str, Any] | None = None, what: str = "a run",
+                     fix: str = "use a new output folder") -> None:
+    """Refuse to resume `record` with `config` and `data` when they differ on a resume key (None: every setting
+    but the `NOT_RESUME_KEYS`) or on a data file both read; the error names the folder's `what` and the changes.
+
+    >>> check_run_record({"config": {"n": 4, "batch_size": 8}}, {"n": 4, "batch_size": 16}, what="runs/a")
+    >>> check_run_record({"config": {"n": 4}}, {"n": 8}, ("n",), what="runs/a holds samples")
+    Traceback (most recent call last):
+    ValueError: runs/a holds samples with other settings (n: 4 -> 8); use a new output folder
+    """
+    from mathloop.config import changed_settings, result_settings
+    from mathloop.data.sources import changed_data
+
+    old, current = result_settings(record.get("config", {})), result_settings(_settings_dict(config))
+    keys = tuple(current) if resume_keys is None else resume_keys
+    detail = (changed_settings(old, current, keys)
+              or changed_data(record.get("data", {}), dict(data or {})))
+    if detail:
+        raise ValueError(f"{what} with other settings ({detail}); {fix}")
+
+
+def start_run_record(path: str | os.PathLike, config: Any, resume_keys: tuple[str, ...] | None = None,
+                     data: Mapping[str, Any] | None = None, what: str | None = None,
+                     fix: str = "use a new output folder", **facts: Any) -> tuple[dict[str, Any], bool]:
+    """The run record at `path` and whether the run resumes: a new record is written; an existing one is checked
+    (`check_run_record`) and returned with this run's data added (written back by `finish_run_record` or the
+    caller)."""
+    path = Path(path)
+    if path.exists():
+        record = read_json(path)
+        check_run_record(record, config, resume_keys, data, what or f"{path.parent} holds a run", fix)
+        record["data"] = {**record.get("data", {}), **dict(data or {})}
+        return record, True
+    record = new_run_record(config, data, **facts)
+    write_json(path, record)
+    return record, False
+
+
+def finish_run_record(path: str | os.PathLike, record: dict[str, Any], started: float) -> None:
+    """Mark the run finished (the completion marker): the time, and the wall seconds of all its sessions."""
+    record.update(finished=time.strftime("%Y-%m-%dT%H:%M:%S"),
+                  wall_seconds=round(record.get("wall_seconds", 0) + time.time() - started, 1))
+    write_json(path, record)
+
+
+def _settings_dict(config: Any) -> dict[str, Any]:
+    """Settings as plain JSON data, as they read back from a record (tuples as lists)."""
+    settings = dataclasses.asdict(config) if dataclasses.is_dataclass(config) else dict(config)
+    return json.loads(json.dumps(settings))

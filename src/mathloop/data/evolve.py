@@ -29,7 +29,6 @@ shown to the model as question text only (multiple-choice options are left out),
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
 import random
 import re
@@ -44,7 +43,7 @@ from mathloop.metrics import majority
 from mathloop.prompts import build_messages
 from mathloop.records import JsonlAppender, Problem, drop_torn_last_line, read_jsonl, write_jsonl
 from mathloop.verify import extract_answer, same_answer
-from mathloop.runs import lock_run_dir, read_json, write_json
+from mathloop.runs import lock_run_dir, start_run_record
 
 if TYPE_CHECKING:
     from mathloop.data.decontaminate import ContaminationIndex
@@ -437,18 +436,9 @@ _RESUME_KEYS = ("model", "variants_per_seed", "n_answers", "min_agreement", "see
 
 
 def _check_run_record(out: Path, backend: Backend, config: SynthesisConfig) -> None:
-    record = out.with_name(out.name.removesuffix(".jsonl") + ".run.json")
-    current = {"model": backend.model_id, **dataclasses.asdict(config), "operations": list(config.operations)}
-    current = json.loads(json.dumps(current))  # tuples as lists, as they read back
-    if record.exists():
-        old = read_json(record)
-        changed = [k for k in _RESUME_KEYS if k in old and old[k] != current[k]]
-        if changed:
-            detail = ", ".join(f"{k}: {old[k]!r} -> {current[k]!r}" for k in changed)
-            raise ValueError(f"{out} holds problems synthesized with other settings ({detail}); use another output")
-        return
-    record.parent.mkdir(parents=True, exist_ok=True)
-    write_json(record, current)
+    settings = {"model": backend.model_id, **dataclasses.asdict(config)}
+    start_run_record(out.with_name(out.name.removesuffix(".jsonl") + ".run.json"), settings, _RESUME_KEYS,
+                     what=f"{out} holds problems synthesized", fix="use another output")
 
 
 def load_seeds(spec: str, data_dir: str | None = None) -> list[Problem]:

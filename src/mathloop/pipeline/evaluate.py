@@ -20,22 +20,19 @@ import contextlib
 import inspect
 import json
 import logging
-import platform
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from mathloop.config import changed_settings
 from mathloop.backends.base import Backend, Completion, SamplingParams
 from mathloop.data.benchmarks import get_benchmark, load_benchmark
-from mathloop.data.sources import changed_data, data_record
-from mathloop.hardware import hardware_info
+from mathloop.data.sources import data_record
 from mathloop.metrics import format_markdown, summarize
 from mathloop.prompts import build_messages
 from mathloop.records import JsonlAppender, Problem, Sample, drop_torn_last_line, read_records, write_jsonl
 from mathloop.verify import Verifier, same_answer
-from mathloop.runs import lock_run_dir, read_json, write_json, write_text_atomic
+from mathloop.runs import finish_run_record, lock_run_dir, read_json, start_run_record, write_json, write_text_atomic
 
 log = logging.getLogger(__name__)
 
@@ -123,9 +120,7 @@ def _run_eval(config: EvalConfig, backend: Backend | None, progress: bool, probl
         del backend  # the policy's memory goes back before the reward model loads
         score_with_rm(out, config, problems)
     summary = write_metrics(out, list(problems), problems)
-    run_info.update(finished=time.strftime("%Y-%m-%dT%H:%M:%S"),
-                    wall_seconds=round(run_info.get("wall_seconds", 0) + time.time() - started, 1))
-    write_json(out / "run.json", run_info)
+    finish_run_record(out / "run.json", run_info, started)
     return summary
 
 
@@ -311,39 +306,15 @@ def _ks_up_to(n: int) -> list[int]:
 
 def _start_run_record(out: Path, config: EvalConfig, data: dict[str, dict] | None = None) -> dict:
     """Write run.json (or check it matches when resuming) and return it. `data` holds each benchmark's
-    `data_record` (version and sha256): where the data was read from does not matter, its checksum does."""
-    path = out / "run.json"
-    current = asdict(config)
-    data = data or {}
-    if path.exists():
-        previous = read_json(path)
-        old = previous.get("config", {})
-        detail = changed_settings(old, current, _RESUME_KEYS) or changed_data(previous.get("data", {}), data)
-        if detail:
-            raise ValueError(f"{out} holds a run with other settings ({detail}); use a new --out folder")
-        previous["data"] = {**previous.get("data", {}), **data}
-        previous["config"]["data_dir"] = config.data_dir
-        previous["config"]["data_source"] = config.data_source
-        previous["config"]["benchmarks"] = sorted(set(old.get("benchmarks", [])) | set(config.benchmarks))
-        previous["config"]["limit"] = config.limit
-        previous["config"]["rm"] = config.rm
-        previous["resumed"] = previous.get("resumed", 0) + 1
-        write_json(path, previous)
-        return previous
-    info = {"config": current, "sampling": config.sampling().to_dict(), "model_name": config.model, "data": data,
-            "started": time.strftime("%Y-%m-%dT%H:%M:%S"), "versions": package_versions(),
-            "hardware": hardware_info()}
-    write_json(path, info)
-    return info
-
-
-def package_versions() -> dict[str, str]:
-    import importlib.metadata
-
-    versions = {"python": platform.python_version()}
-    for name in ("mathloop", "torch", "transformers", "math-verify", "sympy", "vllm"):
-        try:
-            versions[name] = importlib.metadata.version(name)
-        except importlib.metadata.PackageNotFoundError:
-            pass
-    return versions
+    `data_record` (version and sha256): where the data was read from does not matter, its checksum does. A resumed
+    run may add benchmarks and problems and change the reward model."""
+    record, resumed = start_run_record(out / "run.json", config, _RESUME_KEYS, data, what=f"{out} holds a run",
+                                       fix="use a new --out folder", sampling=config.sampling().to_dict(),
+                                       model_name=config.model)
+    if resumed:
+        old = record["config"]
+        old.update(data_dir=config.data_dir, data_source=config.data_source, limit=config.limit, rm=config.rm,
+                   benchmarks=sorted(set(old.get("benchmarks", [])) | set(config.benchmarks)))
+        record["resumed"] = record.get("resumed", 0) + 1
+        write_json(out / "run.json", record)
+    return record

@@ -9,9 +9,9 @@ Everything lives in one run folder; each stage writes its own sub-folder and is 
 so re-running the same command after a kill continues with the stage that was interrupted (each stage also resumes
 inside itself):
 
-  config.yaml                 the settings of the run (a resumed run must match them, except paths, batch sizes and
-                              worker counts, which do not change results)
-  data.json                   version and sha256 of the benchmark data it reads (a resumed run must match them)
+  run.json                    the settings of the run and the version and sha256 of the benchmark data it reads (a
+                              resumed run must match them, except paths, batch sizes and worker counts, which do not
+                              change results), package versions and hardware
   problems.jsonl              training problems after decontamination; decontamination.json says what was removed
   synthesized.jsonl           problems evolved from the training problems and answered by majority vote (when the
                               synthesize section is on; in problems.jsonl too); synthesis.json counts, and
@@ -42,7 +42,6 @@ with majority-vote answers as their gold, to the training problems once, before 
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
 import time
 from dataclasses import dataclass, field
@@ -51,7 +50,7 @@ from typing import Any
 
 from mathloop.config import read_yaml_mapping, settings_from_dict
 from mathloop.records import Problem, read_records, write_jsonl
-from mathloop.runs import lock_run_dir, read_json, write_json, write_text_atomic
+from mathloop.runs import lock_run_dir, read_json, start_run_record, write_json, write_text_atomic
 
 log = logging.getLogger(__name__)
 
@@ -257,29 +256,18 @@ def _run_loop(config: LoopConfig, progress: bool, backend, heldout: list[Problem
 
 
 def _check_config(out: Path, config: LoopConfig, data: dict[str, dict]) -> None:
-    """Write config.yaml and data.json (each data file's version and sha256), or check that a resumed run
-    matches them. Rounds may grow (continue a finished run for more rounds), and settings that cannot change
+    """Write run.json (settings, each data file's version and sha256, versions, hardware), or check that a resumed
+    run matches it. Rounds may grow (continue a finished run for more rounds), and settings that cannot change
     results (paths, batch sizes, worker counts: `NOT_RESUME_KEYS`) may change; anything else would mix two
-    experiments. A setting the record lacks (added to mathloop after the run started) counts as its default."""
-    import yaml
-
+    experiments. A setting the record lacks (added to mathloop after the run started) is not compared."""
     from mathloop.config import result_settings
-    from mathloop.data.sources import changed_data
 
-    path, data_path = out / "config.yaml", out / "data.json"
-    current = dataclasses.asdict(config)
-    if path.exists():
-        old = read_yaml_mapping(str(path), "loop")
-        defaults = dataclasses.asdict(LoopConfig(output_dir=config.output_dir))
-        old_results = result_settings({k: old.get(k, v) for k, v in defaults.items()})
-        changed = sorted(k for k, v in result_settings(current).items() if k != "rounds" and old_results[k] != v)
-        old_data = read_json(data_path) if data_path.exists() else {}
-        detail = ", ".join(changed) or changed_data(old_data, data)
-        if detail:
-            raise ValueError(f"{out} holds a loop run with other settings ({detail}); use a new output_dir")
-        data = {**old_data, **data}
-    write_text_atomic(path, yaml.safe_dump(current, sort_keys=False))
-    write_json(data_path, data)
+    keys = tuple(k for k in result_settings(dataclasses.asdict(config)) if k != "rounds")
+    record, resumed = start_run_record(out / "run.json", config, keys, data, what=f"{out} holds a loop run",
+                                       fix="use a new output_dir")
+    if resumed:
+        record["config"] = dataclasses.asdict(config)
+        write_json(out / "run.json", record)
 
 
 def _prepare_problems(out: Path, config: LoopConfig, backend=None) -> list[Problem]:

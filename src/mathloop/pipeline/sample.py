@@ -24,11 +24,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from mathloop.config import changed_settings
 from mathloop.backends.base import Backend, SamplingParams
 from mathloop.data.benchmarks import load_benchmark, load_problems
 from mathloop.records import Problem, Sample, read_records
-from mathloop.runs import lock_run_dir, read_json, refuse_overwriting_inputs, write_json
+from mathloop.runs import lock_run_dir, refuse_overwriting_inputs, start_run_record, write_json
 
 log = logging.getLogger(__name__)
 
@@ -199,20 +198,5 @@ def problem_source_data(spec: str, data_dir: str | None = None) -> dict[str, dic
 
 
 def _check_run_record(out: Path, config: SampleConfig) -> None:
-    from mathloop.data.sources import changed_data
-    from mathloop.hardware import hardware_info
-    from mathloop.pipeline.evaluate import package_versions
-
-    path = out / "run.json"
-    current = dataclasses.asdict(config)
-    data = problem_source_data(config.problems, config.data_dir)
-    if path.exists():
-        previous = read_json(path)
-        detail = (changed_settings(previous.get("config", {}), current, _RESUME_KEYS)
-                  or changed_data(previous.get("data", {}), data))
-        if detail:
-            raise ValueError(f"{out} holds samples made with other settings ({detail}); use a new --out folder")
-        return
-    info = {"config": current, "data": data, "started": time.strftime("%Y-%m-%dT%H:%M:%S"),
-            "versions": package_versions(), "hardware": hardware_info()}
-    write_json(path, info)
+    start_run_record(out / "run.json", config, _RESUME_KEYS, problem_source_data(config.problems, config.data_dir),
+                     what=f"{out} holds samples made", fix="use a new --out folder")

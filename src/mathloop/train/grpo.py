@@ -77,7 +77,7 @@ from mathloop.prompts import build_messages
 from mathloop.records import Problem, Sample, read_records, write_jsonl
 from mathloop.reward.score import pad_batch, pad_token_id
 from mathloop.reward.shaping import RewardFn, make_rm_reward, make_shaped_reward, select_queries, verifier_reward
-from mathloop.runs import lock_run_dir, write_json
+from mathloop.runs import lock_run_dir, new_run_record, write_json
 from mathloop.train.checkpoint import drop_metrics_after, latest_checkpoint, load_checkpoint, save_checkpoint
 from mathloop.train.grpo_math import (
     aggregation_units,
@@ -794,10 +794,4 @@ def _executor(config: GRPOConfig):
 
 
 def _write_run_record(out: Path, config: GRPOConfig, report: dict[str, int]) -> None:
-    from mathloop.hardware import hardware_info
-    from mathloop.pipeline.evaluate import package_versions
-
-    info = {"config": dataclasses.asdict(config), "queries": report,
-            "started": time.strftime("%Y-%m-%dT%H:%M:%S"), "versions": package_versions(),
-            "hardware": hardware_info()}
-    write_json(out / "run.json", info)
+    write_json(out / "run.json", new_run_record(config, queries=report))

@@ -41,7 +41,7 @@ from mathloop.reward.data import RMGroup, build_rm_groups, split_groups
 from mathloop.reward.loss import listwise_loss, pairwise_accuracy
 from mathloop.reward.model import RewardModel
 from mathloop.reward.score import encode, pad_batch, pad_token_id
-from mathloop.runs import lock_run_dir, write_json
+from mathloop.runs import lock_run_dir, new_run_record, write_json
 from mathloop.train.checkpoint import drop_metrics_after, latest_checkpoint, load_checkpoint, save_checkpoint
 from mathloop.train.tracking import MetricsReporter, check_report_to
 
@@ -321,13 +321,7 @@ def _test_questions(config: RMTrainConfig) -> list[str] | None:
 
 
 def _write_run_record(out: Path, config: RMTrainConfig, report, total_steps: int) -> None:
-    from mathloop.hardware import hardware_info
-    from mathloop.pipeline.evaluate import package_versions
-
-    info = {"config": dataclasses.asdict(config), "total_steps": total_steps,
-            "data": {"groups": report.groups, "positives": report.positives, "negatives": report.negatives,
-                     "dropped": dict(report.reasons()), "contaminated_samples": report.contaminated_samples,
-                     "ungraded_samples": report.ungraded_samples, "duplicate_samples": report.duplicate_samples},
-            "started": time.strftime("%Y-%m-%dT%H:%M:%S"), "versions": package_versions(),
-            "hardware": hardware_info()}
-    write_json(out / "run.json", info)
+    data = {"groups": report.groups, "positives": report.positives, "negatives": report.negatives,
+            "dropped": dict(report.reasons()), "contaminated_samples": report.contaminated_samples,
+            "ungraded_samples": report.ungraded_samples, "duplicate_samples": report.duplicate_samples}
+    write_json(out / "run.json", new_run_record(config, data, total_steps=total_steps))

@@ -49,11 +49,9 @@ Re-running the same command resumes from the latest checkpoint; once final/ exis
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import logging
 import shutil
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -61,11 +59,10 @@ from typing import Any
 import torch
 from transformers import TrainerCallback
 
-from mathloop.config import changed_settings
 from mathloop.hardware import compute_dtype
 from mathloop.records import RecordError, read_jsonl
 from mathloop.train.checkpoint import drop_metrics_after
-from mathloop.runs import lock_run_dir, read_json, write_json
+from mathloop.runs import check_run_record, lock_run_dir, new_run_record, read_json, write_json
 
 log = logging.getLogger(__name__)
 
@@ -354,25 +351,13 @@ def _merge_adapter(base_path: str, adapter_dir: Path, target: Path, config: SFTR
 
 def _check_resumable(out: Path, config: SFTRunConfig) -> None:
     record = out / "run.json"
-    if not record.exists():
-        return
-    old = read_json(record).get("config", {})
-    current = dataclasses.asdict(config)
-    detail = changed_settings(old, current, _RESUME_KEYS)
-    if detail:
-        raise ValueError(f"{out} holds a run with other settings ({detail}); use a new output_dir")
+    if record.exists():
+        check_run_record(read_json(record), config, _RESUME_KEYS, what=f"{out} holds a run", fix="use a new output_dir")
 
 
 def _write_run_record(out: Path, config: SFTRunConfig, report: dict[str, Any]) -> None:
-    from mathloop.hardware import hardware_info
-    from mathloop.pipeline.evaluate import package_versions
-
-    info = {"config": dataclasses.asdict(config), "model_name": report["model_name"],
-            "data": {"examples": report["examples"], "dropped_too_long": report["dropped_too_long"],
-                     "executor_output_masked": report["executor_output_masked"]},
-            "started": time.strftime("%Y-%m-%dT%H:%M:%S"), "versions": package_versions(),
-            "hardware": hardware_info()}
-    write_json(out / "run.json", info)
+    data = {key: report[key] for key in ("examples", "dropped_too_long", "executor_output_masked")}
+    write_json(out / "run.json", new_run_record(config, data, model_name=report["model_name"]))
 
 
 class _MetricsLog(TrainerCallback):
