@@ -61,6 +61,7 @@ def metric(run_dir, name):
 
 # ---- learning --------------------------------------------------------------------------------------------------
 
+@pytest.mark.training
 @pytest.mark.parametrize("seed, variant", [
     (0, {}), (3, {}), (0, {"loss_type": "dapo"}), (0, {"loss_type": "dr_grpo", "scale_rewards": "none"}),
     (0, {"loss_type": "dapo", "scale_rewards": "batch", "updates_per_batch": 2, "clip_high": 0.28}),
@@ -248,6 +249,7 @@ def test_executor_text_changes_nothing_when_it_ends_the_response(tiny_model_dir,
 
 # ---- resume ----------------------------------------------------------------------------------------------------
 
+@pytest.mark.training
 def test_resumed_lora_run_matches_an_uninterrupted_one_and_saves_a_merged_model(tiny_model_dir, tmp_path,
                                                                                 user_rewards):
     pytest.importorskip("peft")

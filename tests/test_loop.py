@@ -67,6 +67,7 @@ def tiny_loop(tmp_path, model_dir, data_dir, **changes) -> LoopConfig:
     return loop_config_from_dict({**settings, **changes})
 
 
+@pytest.mark.training
 def test_a_round_runs_every_stage_and_a_rerun_skips_them(tiny_model_dir, data_dir, tmp_path):
     backend = FakeBackend(half_right)
     summary = run_loop(tiny_loop(tmp_path, tiny_model_dir, data_dir), progress=False, backend=backend)

@@ -241,6 +241,7 @@ def trained_rm(tiny_model_dir, tmp_path_factory):
     return summary, tmp_path
 
 
+@pytest.mark.training
 def test_training_learns_to_rank_correct_responses_first(trained_rm):
     summary, tmp_path = trained_rm
     assert summary["step"] == summary["total_steps"] == 6 * 9  # 36 train groups / 4 per batch, 6 epochs
@@ -251,6 +252,7 @@ def test_training_learns_to_rank_correct_responses_first(trained_rm):
     assert json.loads((tmp_path / "run" / "run.json").read_text())["data"]["groups"] == 48
 
 
+@pytest.mark.training
 def test_score_cli_writes_an_rm_score_for_every_sample(trained_rm, tmp_path):
     from mathloop.cli import main
 
@@ -265,6 +267,7 @@ def test_score_cli_writes_an_rm_score_for_every_sample(trained_rm, tmp_path):
     assert all(s.verdict == "correct" for s in best_of_six)  # RM@6 picks a \boxed{7} response
 
 
+@pytest.mark.training
 def test_eval_with_rm_scores_every_sample_reports_rm_at_k_and_rescores_only_for_another_rm(trained_rm, tmp_path,
                                                                                            data_dir):
     import shutil
@@ -300,6 +303,7 @@ def test_eval_with_rm_scores_every_sample_reports_rm_at_k_and_rescores_only_for_
     assert json.loads((tmp_path / "run" / "run.json").read_text())["config"]["rm"] == str(other)
 
 
+@pytest.mark.training
 def test_resumed_training_continues_from_the_checkpoint_and_matches_an_uninterrupted_run(tiny_model_dir, tmp_path):
     from mathloop.cli import main
     from mathloop.train.checkpoint import latest_checkpoint

@@ -55,8 +55,7 @@ def needs(sb: Sandbox, *layers: str) -> None:
 def test_runs_code_with_preloaded_libraries(sandbox):
     result = sandbox.run("import sympy as sp\nx = sp.Symbol('x')\nprint(sp.solve(x**2 - 4, x))\n"
                          "import numpy as np\nprint(np.arange(4).sum())")
-    assert result.status == "ok" and result.stdout == "[-2, 2]\n6"
-    assert result.seconds < 1.5
+    assert result.status == "ok" and result.stdout == "[-2, 2]\n6"  # its speed: bench/sandbox.py
 
 
 def test_error_gives_last_traceback_line(sandbox):
@@ -88,7 +87,7 @@ def test_infinite_loop_times_out(sandbox):
     start = time.monotonic()
     result = sandbox.run("while True:\n    pass")
     assert result.status == "timeout" and format_output(result) == "Timeout Error"
-    assert 1.4 < time.monotonic() - start < 5
+    assert 1.4 < time.monotonic() - start < 30  # not before the limit; the upper bound only catches a hang
     assert_still_works(sandbox)
 
 

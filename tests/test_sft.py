@@ -49,6 +49,7 @@ def logged_losses(out: Path) -> list[tuple[int, float]]:
     return [(row["step"], row["loss"]) for row in rows if "loss" in row]
 
 
+@pytest.mark.training
 def test_labels_cover_the_completion_only(tiny_model_dir, tmp_path):
     trainer, report = build_trainer(sft_config(tmp_path, tiny_model_dir))
     assert report["examples"] == 8 and report["dropped_too_long"] == 0
@@ -102,6 +103,7 @@ def test_tir_rows_keep_the_executor_output_out_of_the_loss(tiny_model_dir, tmp_p
     assert tokenizer.decode(cot[cot != -100]) == rows[1]["completion"][0]["content"] + "<|im_end|>\n"
 
 
+@pytest.mark.training
 def test_tir_training_runs_and_records_the_masking(tiny_model_dir, tmp_path):
     write_jsonl(tmp_path / "tir.jsonl", [tir_row()] * 4)
     summary = train_sft(sft_config(tmp_path, tiny_model_dir, data=str(tmp_path / "tir.jsonl"), epochs=1,
@@ -111,6 +113,7 @@ def test_tir_training_runs_and_records_the_masking(tiny_model_dir, tmp_path):
     assert run["data"] == {"examples": 4, "dropped_too_long": 0, "executor_output_masked": True}
 
 
+@pytest.mark.training
 def test_training_lowers_the_loss_and_writes_a_model_the_hf_backend_loads(tiny_model_dir, tmp_path):
     from mathloop.backends.base import SamplingParams
     from mathloop.backends.hf import HFBackend
@@ -132,6 +135,7 @@ def test_training_lowers_the_loss_and_writes_a_model_the_hf_backend_loads(tiny_m
     assert again["already_done"] and again["final"] == summary["final"] and again["step"] == 6
 
 
+@pytest.mark.training
 def test_an_interrupted_run_resumes_from_its_checkpoint_and_matches_an_uninterrupted_one(tiny_model_dir, tmp_path):
     from transformers import AutoModelForCausalLM
 
@@ -148,12 +152,14 @@ def test_an_interrupted_run_resumes_from_its_checkpoint_and_matches_an_uninterru
         assert torch.allclose(tensor, weights[1][name], atol=1e-5), name
 
 
+@pytest.mark.training
 def test_resume_refuses_other_settings(tiny_model_dir, tmp_path):
     train_sft(sft_config(tmp_path, tiny_model_dir, epochs=1), stop_after=1)
     with pytest.raises(ValueError, match="learning_rate"):
         train_sft(sft_config(tmp_path, tiny_model_dir, epochs=1, learning_rate=1e-3))
 
 
+@pytest.mark.training
 def test_lora_training_writes_a_merged_standalone_model(tiny_model_dir, tmp_path):
     pytest.importorskip("peft")
     from transformers import AutoModelForCausalLM
