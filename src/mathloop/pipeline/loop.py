@@ -28,14 +28,16 @@ inside itself):
   report.html                 `mathloop report` of the folder, rewritten at the end of each round (plots, tables,
                               sample browser); a report that fails logs a warning and the loop goes on
 
-The sections of the YAML file are the settings of the stage commands (`mathloop sample`, `rm train`, `sft`, `eval`,
-`grpo`); the loop fills in the model, data and folder fields itself. `sft_init: base` trains every round from the
+The sections of the YAML file are the settings of the stage commands, keys of their dataclasses (`sample`:
+SampleConfig, `reward_model`: RMTrainConfig, `select`: SelectConfig, `sft`: SFTRunConfig, `eval`: EvalConfig, `grpo`:
+GRPOConfig, `synthesize`: SynthesizeConfig), read by the one loader `config.settings_from_dict`; the loop fills in the
+model, data and folder fields itself (a section may not set them), and the run's seed unless a section sets one. `sft_init: base` trains every round from the
 starting model on that round's data (the paper rebuilds the data each round); `previous` continues from the last
 round's model, which is cheaper on a CPU.
 
-The `synthesize` section (`mathloop synthesize`'s settings: variants_per_seed, n_answers, min_agreement,
-operations, max_new_tokens, seed; plus `seeds`, how many of the training problems seed it, and `model`/`backend`/
-`backend_args`, since the paper synthesized with a stronger model than the one it trains) adds evolved problems,
+The `synthesize` section (`mathloop synthesize`'s settings; `seeds` is how many of the training problems seed it, and
+`model`/`backend`/`backend_args` may name another model, since the paper synthesized with a stronger model than the
+one it trains) adds evolved problems,
 with majority-vote answers as their gold, to the training problems once, before round 1.
 """
 
