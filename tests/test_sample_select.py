@@ -44,7 +44,7 @@ def test_each_temperature_is_a_pass_of_n_graded_responses(tmp_path):
         per_problem.setdefault(s.problem_id, []).append(s.sample_index)
     assert all(sorted(indexes) == list(range(6)) for indexes in per_problem.values())
     assert summary["correct"] == 4 * 2 * 2 and summary["solved_problems"] == 4
-    assert all(s.gold and s.verdict and s.metadata["question"] for s in samples)
+    assert all(s.gold and s.verdict and s.question for s in samples)
 
 
 def test_resume_after_a_kill_loses_and_duplicates_nothing(tmp_path):
@@ -101,7 +101,7 @@ def test_sample_cli_reads_benchmark_splits_and_names_a_bad_source(tmp_path, data
 def graded(problem_id, response, verdict=None, rm=None, gold="7", pred=None, finish="stop", index=0):
     return Sample(problem_id=problem_id, prompt="p", response=response, gold=gold, verdict=verdict, rm_score=rm,
                   pred=pred, finish_reason=finish, sample_index=index,
-                  metadata={"question": f"Question {problem_id}: what is 3 + 4?"})
+                  question=f"Question {problem_id}: what is 3 + 4?")
 
 
 def test_gold_problems_keep_the_top_k_correct_by_rm_score_without_truncated_or_duplicates():
@@ -149,7 +149,7 @@ def test_select_cli_removes_a_planted_math500_near_copy_and_keeps_a_new_problem(
     leaked = load_benchmark("math500", data_dir, limit=1)[0].question
     near_copy = leaked.replace("What", "Compute") + " Explain."
     samples = [graded("leak", "Solving: \\boxed{7}", "correct"), graded("new", "So 3 + 4 = \\boxed{7}", "correct")]
-    samples[0].metadata["question"] = near_copy
+    samples[0].question = near_copy
     write_jsonl(tmp_path / "s.jsonl", samples)
     assert main(["select", "--samples", str(tmp_path / "s.jsonl"), "--output", str(tmp_path / "sft.jsonl"),
                  "--decontaminate", "--data-dir", str(data_dir)]) == 0

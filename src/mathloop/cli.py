@@ -590,7 +590,8 @@ def cmd_synthesize(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from mathloop.backends import load_backend
-    from mathloop.data.evolve import load_seeds, rejected_path, synthesis_config, synthesize_file
+    from mathloop.data.benchmarks import load_problem_source
+    from mathloop.data.evolve import rejected_path, synthesis_config, synthesize_file
     from mathloop.runs import refuse_overwriting_inputs
 
     refuse_overwriting_inputs({"--out": args.out, "--out (rejected)": rejected_path(args.out)},
@@ -599,7 +600,7 @@ def cmd_synthesize(args: argparse.Namespace) -> int:
     config = synthesis_config(variants_per_seed=args.variants, n_answers=args.answers,
                               min_agreement=args.min_agreement, seed=args.seed, operations=args.operations,
                               max_new_tokens=args.max_new_tokens)
-    seeds = load_seeds(args.seeds, args.data_dir)
+    seeds = load_problem_source(args.seeds, args.data_dir)
     index = None
     if args.decontaminate:
         from mathloop.data.decontaminate import ContaminationIndex

@@ -274,3 +274,45 @@ def load_problems(path: str | os.PathLike) -> list[Problem]:
         raise ValueError(f"{path}: no problems (the file is empty)")
     return problems
 
+
+
+def load_problem_source(spec: str, data_dir: str | os.PathLike | None = None, limit: int | None = None
+                        ) -> list[Problem]:
+    """Problems from a problem source, the one grammar of every stage that reads problems (sample, synthesize's
+    seeds, the loop, GRPO's queries):
+
+      <benchmark>[:<split>[:<first N>]]   a benchmark of the data folder, split train by default (gsm8k:train:100)
+      synthetic:<count>:<seed>            the built-in procedural generator (exact answers)
+      <file>.jsonl                        a Problem JSONL file
+
+    `limit` keeps the first `limit` problems (with a count in the spec, the smaller of the two)."""
+    if Path(spec).suffix == ".jsonl" or Path(spec).exists():
+        problems = load_problems(spec)
+        return problems[:limit] if limit is not None else problems
+    if spec.startswith("synthetic:"):
+        from mathloop.data.synthetic import generate_problems
+
+        try:
+            count, seed = (int(x) for x in spec.split(":")[1:3])
+        except ValueError:
+            raise ValueError(f"problem source {spec!r}: write synthetic:<count>:<seed>, e.g. synthetic:64:1") from None
+        return generate_problems(count if limit is None else min(count, limit), seed=seed)
+    name, _, rest = spec.partition(":")
+    split, _, count = rest.partition(":")
+    if count and not count.isdigit():
+        raise ValueError(f"problem source {spec!r}: write <benchmark>:<split>:<count>, e.g. gsm8k:train:100, "
+                         "synthetic:<count>:<seed> or a JSONL file")
+    if count:
+        limit = int(count) if limit is None else min(limit, int(count))
+    return load_benchmark(name, data_dir, split or "train", limit)
+
+
+def problem_source_data(spec: str, data_dir: str | os.PathLike | None = None) -> dict[str, dict]:
+    """The `data_record` of a benchmark problem source ({} for files and synthetic problems)."""
+    from mathloop.data.sources import data_record
+
+    if Path(spec).suffix == ".jsonl" or Path(spec).exists() or spec.startswith("synthetic:"):
+        return {}
+    name, _, rest = spec.partition(":")
+    split = rest.partition(":")[0] or "train"
+    return {f"{name}:{split}": data_record(name, split, data_dir)}

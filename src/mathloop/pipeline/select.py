@@ -137,16 +137,16 @@ def select_responses(samples: Iterable[Sample], k: int = 4, use_rm: bool = True,
 
 def sft_rows(samples: Iterable[Sample], problems: Mapping[str, Problem] | None = None) -> list[dict]:
     """Prompt-completion chat rows for SFT. The prompt messages are rebuilt from the problem (from `problems`, or
-    from the question stored in `Sample.metadata["question"]`) in the sample's mode, without few-shot turns.
+    from the sample's `question`) in the sample's mode, without few-shot turns.
     TIR responses keep their executor spans (`tool_output_spans`), which `mathloop sft` keeps out of the loss."""
     rows = []
     for s in samples:
         problem = (problems or {}).get(s.problem_id)
         if problem is None:
-            question = s.metadata.get("question")
+            question = s.question
             if question is None:
                 raise ValueError(f"sample of problem {s.problem_id} has no question: pass the problems, or sample "
-                                 f"with a mathloop version that stores metadata.question")
+                                 f"with a mathloop version that stores the question")
             problem = Problem(id=s.problem_id, benchmark=s.benchmark, question=question, gold=s.gold)
         rows.append({"prompt": build_messages(problem, s.mode, 0),
                      "completion": [{"role": "assistant", "content": s.response}],

@@ -54,13 +54,13 @@ def score_samples(reward_model: torch.nn.Module, tokenizer, samples: Sequence[Sa
 
     Texts are built by the model's `input_text` (for a mathloop RM: prompt + response + eos), sorted by length so
     a batch wastes little padding, and right-padded. `questions` maps problem_id to question text, which RMs
-    with their own chat format (Qwen2.5-Math-RM) need; `Sample.metadata["question"]` works too.
+    with their own chat format (Qwen2.5-Math-RM) need; a sample's own `question` works too.
     """
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     questions = questions or {}
     texts = [reward_model.input_text(tokenizer, s.prompt, s.response,
-                                     questions.get(s.problem_id, s.metadata.get("question")))
+                                     questions.get(s.problem_id, s.question))
              for s in samples]
     ids = encode(tokenizer, texts, max_length)
     order = sorted(range(len(ids)), key=lambda i: -len(ids[i]))
