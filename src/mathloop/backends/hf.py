@@ -49,16 +49,12 @@ class HFBackend:
         if model_obj is not None:
             self.model, self.tokenizer, self.model_id = model_obj, tokenizer_obj, model
         else:
-            from transformers import AutoModelForCausalLM, AutoTokenizer
-
             from mathloop.hardware import resolve_dtype
-            from mathloop.models import make_trainable, resolve_model
+            from mathloop.models import load_causal_lm, load_tokenizer, resolve_model
 
             path, self.model_id = resolve_model(model)
-            torch_dtype = resolve_dtype(dtype, self.device)
-            self.tokenizer = AutoTokenizer.from_pretrained(path)
-            self.model = AutoModelForCausalLM.from_pretrained(path, dtype=torch_dtype).to(self.device)
-            make_trainable(self.model)
+            self.tokenizer = load_tokenizer(path)
+            self.model = load_causal_lm(path, resolve_dtype(dtype, self.device)).to(self.device)
         self.model.eval()
         self.dtype = str(next(self.model.parameters()).dtype).removeprefix("torch.")
         if self.tokenizer.pad_token_id is None:

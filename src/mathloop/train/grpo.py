@@ -79,7 +79,15 @@ from mathloop.records import CORRECT, Problem, Sample, read_records, write_jsonl
 from mathloop.reward.score import pad_batch, pad_token_id
 from mathloop.reward.shaping import RewardFn, make_rm_reward, make_shaped_reward, select_queries, verifier_reward
 from mathloop.runs import lock_run_dir, write_json
-from mathloop.train.checkpoint import drop_metrics_after, latest_checkpoint, load_checkpoint, save_checkpoint
+from mathloop.train.checkpoint import (
+    drop_metrics_after,
+    final_done,
+    finish_final,
+    latest_checkpoint,
+    load_checkpoint,
+    save_checkpoint,
+    start_final,
+)
 from mathloop.train.grpo_math import (
     aggregation_units,
     drop_truncated,
@@ -303,32 +311,18 @@ def query_indices(step: int, n_queries: int, config: GRPOConfig) -> list[int]:
 
 def build_policy(config: GRPOConfig, device: torch.device) -> tuple[torch.nn.Module, Any]:
     """The policy (full, or with LoRA adapters) and its tokenizer."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    from mathloop.models import make_trainable, resolve_model
+    from mathloop.models import add_lora, enable_activation_checkpointing, load_causal_lm, load_tokenizer, lora_config
+    from mathloop.models import resolve_model
 
     path, _ = resolve_model(config.model)
-    tokenizer = AutoTokenizer.from_pretrained(path)
-    if tokenizer.pad_token is None:
-        tokenizer.pad_token = tokenizer.eos_token
-    dtype = getattr(torch, config.dtype) if config.dtype else torch.float32
-    model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype)
-    make_trainable(model)
+    tokenizer = load_tokenizer(path)
+    model = load_causal_lm(path, getattr(torch, config.dtype) if config.dtype else torch.float32)
     if config.gradient_checkpointing:
-        kwargs = {"use_reentrant": False}
-        if hasattr(model, "activation_checkpointing_enable"):  # the name since transformers 5.x
-            model.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
-        else:
-            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
+        enable_activation_checkpointing(model)
     if config.lora:
-        try:
-            from peft import LoraConfig, get_peft_model
-        except ImportError:
-            raise ImportError("grpo --lora needs peft: pip install 'mathloop[train]'") from None
+        lora = lora_config("grpo", config.lora_rank, config.lora_alpha, task_type="CAUSAL_LM")
         torch.manual_seed(config.seed)  # the adapters' initial weights
-        lora = LoraConfig(r=config.lora_rank, lora_alpha=config.lora_alpha, target_modules="all-linear",
-                          task_type="CAUSAL_LM")
-        model = get_peft_model(model, lora)
+        model = add_lora(model, lora)
     return model.to(device), tokenizer
 
 
@@ -647,10 +641,9 @@ def _train_grpo(config: GRPOConfig, stop_after: int | None) -> dict[str, Any]:
             if (config.save_every and step % config.save_every == 0) or step == stop:
                 save_checkpoint(out, model, optimizer, step, config, config.keep_checkpoints)
 
-    final = out / "final"
-    if step == config.steps and not (final / "config.json").exists():
-        save_final(model, tokenizer, final, config)
-    return {"step": step, "steps": config.steps, "final": str(final) if step == config.steps else None,
+    if step == config.steps and not final_done(out):
+        save_final(model, tokenizer, out, config)
+    return {"step": step, "steps": config.steps, "final": str(out / "final") if step == config.steps else None,
             **{k: v for k, v in last.items() if k != "step"}}
 
 
@@ -752,15 +745,14 @@ def rollout_sample(r: Rollout, step: int, trained: bool = True) -> Sample:
                                                    "advantage": r.advantage, "trained": trained})
 
 
-def save_final(model: torch.nn.Module, tokenizer, final: Path, config: GRPOConfig) -> None:
+def save_final(model: torch.nn.Module, tokenizer, out: Path, config: GRPOConfig) -> None:
     """The trained policy as a plain transformers folder (LoRA merged in place: training is over)."""
     if config.lora:
         model = model.merge_and_unload()
-    tmp = final.with_name(final.name + ".partial")
-    shutil.rmtree(tmp, ignore_errors=True)
-    model.save_pretrained(tmp)
-    tokenizer.save_pretrained(tmp)
-    tmp.rename(final)
+    partial = start_final(out)
+    model.save_pretrained(partial)
+    tokenizer.save_pretrained(partial)
+    finish_final(out)
 
 
 
