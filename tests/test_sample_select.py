@@ -3,6 +3,7 @@ pseudo-labels, duplicates, chat rows), with the scripted backend and built-in pr
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import pytest
@@ -158,3 +159,28 @@ def test_select_cli_removes_a_planted_math500_near_copy_and_keeps_a_new_problem(
     report = json.loads(capsys.readouterr().out)["decontamination"]
     assert report["removed_responses"] == 1 and report["examples"][0]["problem_id"] == "leak"
     assert report["examples"][0]["field"] == "question" and report["examples"][0]["lcs_ratio"] > 0.6
+
+
+def test_select_refuses_a_selection_without_responses_on_the_cli_as_the_loop_does(tmp_path, capsys):
+    write_jsonl(tmp_path / "s.jsonl", [graded("p1", "The answer is \\boxed{5}.", "incorrect", pred="5")])
+    code = main(["select", "--samples", str(tmp_path / "s.jsonl"), "--output", str(tmp_path / "sft.jsonl")])
+    assert code == 2 and "selection kept no response" in capsys.readouterr().err
+    assert not (tmp_path / "sft.jsonl").exists()
+
+
+def test_samples_carry_the_problem_and_its_benchmark_version_which_resuming_checks(tmp_path):
+    versioned = [dataclasses.replace(p, metadata={**p.metadata, "benchmark_version": 1}) for p in PROBLEMS]
+    config = sample_config(tmp_path, temperatures=[0.7], n=1)
+    write_jsonl(tmp_path / "problems.jsonl", versioned)
+    run_sample(config, backend=FakeBackend(solver), progress=False)
+    samples = read_samples(config.out)
+    by_id = {p.id: p for p in versioned}
+    assert all(s.question == by_id[s.problem_id].question and s.benchmark_version == 1
+               and s.answer_type == "math" for s in samples)
+    # The benchmark changes version under a half-done run: resuming refuses to mix the two.
+    path = next((tmp_path / "samples" / "samples").glob("pass-0*.jsonl"))
+    path.write_text("".join(path.read_text().splitlines(keepends=True)[:-1]))
+    write_jsonl(tmp_path / "problems.jsonl", [dataclasses.replace(p, metadata={**p.metadata, "benchmark_version": 2})
+                                              for p in versioned])
+    with pytest.raises(ValueError, match="version 1 of .* now version 2"):
+        run_sample(config, backend=FakeBackend(solver), progress=False)

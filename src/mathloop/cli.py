@@ -20,6 +20,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
 import sys
@@ -105,6 +106,23 @@ def _backend_args(args: argparse.Namespace) -> dict:
     return {}
 
 
+def add_sampler_arguments(p: argparse.ArgumentParser) -> None:
+    """A flag for every `SamplerOptions` field (--top-k, ...), for eval, sample and grpo; unset flags leave the
+    stage's default (or its YAML value) alone."""
+    from mathloop.backends.base import SamplerOptions
+
+    for f in dataclasses.fields(SamplerOptions):
+        p.add_argument(f"--{f.name.replace('_', '-')}", type=type(f.default), default=None,
+                       help=f"{f.metadata.get('help', f.name)} (default: {f.default}, off)")
+
+
+def _sampler_options(args: argparse.Namespace) -> dict:
+    """The `SamplerOptions` flags given on the command line, by field name."""
+    from mathloop.backends.base import SAMPLER_OPTIONS
+
+    return {name: getattr(args, name) for name in SAMPLER_OPTIONS if getattr(args, name) is not None}
+
+
 def add_backend_arguments(p: argparse.ArgumentParser) -> None:
     """The generation backend flags shared by eval, sample and synthesize (read by `_backend_args`)."""
     p.add_argument("--backend", choices=["hf", "openai", "vllm"], default="hf",
@@ -135,6 +153,7 @@ def add_eval_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--n", type=_positive_int, default=1, help="samples per problem (default: %(default)s)")
     p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default: %(default)s)")
     p.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling (default: %(default)s)")
+    add_sampler_arguments(p)
     p.add_argument("--max-new-tokens", type=int, default=2048, help="per response (default: %(default)s)")
     p.add_argument("--seed", type=int, default=0, help="sampling seed (default: %(default)s)")
     p.add_argument("--limit", type=_positive_int, default=None,
@@ -168,7 +187,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
                         data_dir=args.data_dir, data_source=args.data_source, split=args.split, shots=args.shots,
                         max_tool_calls=args.max_tool_calls, tool_timeout=args.tool_timeout,
                         backend_args=_backend_args(args), rm=args.rm, rm_batch_size=args.rm_batch_size,
-                        rm_dtype=args.rm_dtype)
+                        rm_dtype=args.rm_dtype, **_sampler_options(args))
     run_eval(config, progress=not args.quiet)
     print((__import__("pathlib").Path(args.out) / "results.md").read_text())
     return 0
@@ -351,6 +370,7 @@ def add_sample_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--temperatures", type=_temperatures, default=[0.7, 1.0],
                    help="comma-separated, one pass each (default: 0.7,1.0)")
     p.add_argument("--top-p", type=float, default=0.95)
+    add_sampler_arguments(p)
     p.add_argument("--max-new-tokens", type=int, default=2048)
     p.add_argument("--mode", choices=["cot", "tir"], default="cot")
     p.add_argument("--hard-n", type=int, default=0,
@@ -374,7 +394,8 @@ def cmd_sample(args: argparse.Namespace) -> int:
                           max_new_tokens=args.max_new_tokens, mode=args.mode, hard_n=args.hard_n,
                           hard_max_correct=args.hard_max_correct, hard_temperature=args.hard_temperature,
                           limit=args.limit, data_dir=args.data_dir, seed=args.seed, shard=args.shard,
-                          num_shards=args.num_shards, backend=args.backend, backend_args=_backend_args(args))
+                          num_shards=args.num_shards, backend=args.backend, backend_args=_backend_args(args),
+                          **_sampler_options(args))
     print(json.dumps(run_sample(config, progress=not args.quiet), indent=2))
     return 0
 
@@ -399,22 +420,13 @@ def add_select_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def cmd_select(args: argparse.Namespace) -> int:
-    from pathlib import Path
-
-    from mathloop.pipeline.sample import read_samples
-    from mathloop.pipeline.select import decontaminate_selection, select_responses, sft_rows
-    from mathloop.records import Sample, read_records, write_jsonl
+    from mathloop.pipeline.select import read_sample_sources, write_sft_data
     from mathloop.runs import refuse_overwriting_inputs
 
     refuse_overwriting_inputs({"--output": args.output}, {"--samples": args.samples})
-    samples = [s for source in args.samples
-               for s in (read_samples(source) if Path(source).is_dir() else read_records(Sample, source))]
-    chosen, report = select_responses(samples, k=args.k, use_rm=not args.no_rm, min_agreement=args.min_agreement,
-                                      near_duplicate=args.near_duplicate)
-    info = report.to_dict()
-    if args.decontaminate:
-        chosen, info["decontamination"] = decontaminate_selection(chosen, args.data_dir)
-    info["rows"] = write_jsonl(args.output, sft_rows(chosen))
+    info = write_sft_data(read_sample_sources(args.samples), args.output, decontaminate=args.decontaminate,
+                          data_dir=args.data_dir, k=args.k, use_rm=not args.no_rm, min_agreement=args.min_agreement,
+                          near_duplicate=args.near_duplicate)
     print(json.dumps(info, indent=2))
     return 0
 
@@ -505,17 +517,20 @@ def add_grpo_parser(sub: argparse._SubParsersAction) -> None:
                    help="optimizer steps per rollout batch; > 1 makes the clipped ratio act (default: 1)")
     p.add_argument("--tis-cap", type=float, default=None,
                    help="vllm rollouts: truncated importance sampling pi_old/mu capped at this (e.g. 2)")
+    add_sampler_arguments(p)
     p.add_argument("--report-to", type=_csv, default=None,
                    help="also log metrics to tensorboard and/or wandb, comma-separated (<output-dir>/tensorboard; "
                         "pip install 'mathloop[tensorboard]')")
 
 
 def cmd_grpo(args: argparse.Namespace) -> int:
+    from mathloop.backends.base import SAMPLER_OPTIONS
     from mathloop.train import grpo
 
     names = ("model", "output_dir", "queries", "benchmark", "split", "data_dir", "selection_samples", "mode",
              "reward", "rm", "steps", "group_size", "queries_per_step", "learning_rate", "lora", "report_to", "seed",
-             "loss_type", "scale_rewards", "dynamic_sampling", "overlong", "updates_per_batch", "tis_cap")
+             "loss_type", "scale_rewards", "dynamic_sampling", "overlong", "updates_per_batch", "tis_cap",
+             *SAMPLER_OPTIONS)
     config = _settings_from_args(args, names, grpo, "use --output-dir and --queries")
     print(json.dumps(grpo.train_grpo(config), indent=2))
     return 0

@@ -124,8 +124,9 @@ class HFBackend:
         kwargs = dict(max_new_tokens=max_new_tokens, pad_token_id=pad, eos_token_id=self.eos_token_ids)
         if params.greedy:
             kwargs.update(do_sample=False, temperature=None, top_p=None, top_k=None)
-        else:
+        else:  # top_k=0 overrides a generation config's own top_k; the sampler options set override that
             kwargs.update(do_sample=True, temperature=params.temperature, top_p=params.top_p, top_k=0)
+            kwargs.update(params.sampler_options())
         if params.stop:
             kwargs.update(stopping_criteria=[StopOnStrings(self.tokenizer, params.stop, width)])
         out = self.model.generate(input_ids=input_ids, attention_mask=attention_mask, **kwargs)

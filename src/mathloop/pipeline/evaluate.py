@@ -25,7 +25,14 @@ from pathlib import Path
 from typing import Any
 
 from mathloop.config import changed_settings
-from mathloop.backends.base import SAMPLER_OPTIONS, Backend, SamplerOptions, SamplingParams, sampling_params
+from mathloop.backends.base import (
+    SAMPLER_OPTIONS,
+    Backend,
+    SamplerOptions,
+    SamplingParams,
+    sampling_params,
+    validate_sampler_options,
+)
 from mathloop.data.benchmarks import get_benchmark, load_benchmark
 from mathloop.data.sources import changed_data, data_record
 from mathloop.hardware import hardware_info
@@ -74,6 +81,7 @@ class EvalConfig(SamplerOptions):
             raise ValueError(f"eval: limit must be >= 1 (or left out for all problems), got {self.limit}")
         if not self.tool_timeout > 0:
             raise ValueError(f"eval: tool_timeout must be > 0 seconds, got {self.tool_timeout}")
+        validate_sampler_options(self, "eval")
 
     def sampling(self) -> SamplingParams:
         return sampling_params(self)

@@ -387,22 +387,16 @@ def _reward_model(config: LoopConfig, model: str, round_dir: Path) -> dict:
 
 
 def _select(config: LoopConfig, round_dir: Path) -> dict:
-    from mathloop.pipeline.select import decontaminate_selection, select_responses, sft_rows
+    from mathloop.pipeline.select import write_sft_data
     from mathloop.records import Sample
 
     data, report_path = round_dir / "sft_data.jsonl", round_dir / "select.json"
     if data.exists() and report_path.exists():
         return read_json(report_path)
     samples = read_records(Sample, round_dir / "samples.jsonl")
-    chosen, report = select_responses(samples, **config.select)
-    info = report.to_dict()
-    if config.decontaminate:
-        chosen, info["decontamination"] = decontaminate_selection(chosen, config.data_dir)
-    if not chosen:
-        raise ValueError(f"{round_dir}: selection kept no response ({info}); sample more responses per problem or "
-                         f"more problems")
     problems = {p.id: p for p in read_records(Problem, Path(config.output_dir) / "problems.jsonl")}
-    info["rows"] = write_jsonl(data, sft_rows(chosen, problems))
+    info = write_sft_data(samples, data, decontaminate=config.decontaminate, data_dir=config.data_dir,
+                          problems=problems, **config.select)
     write_json(report_path, info)
     return info
 

@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from mathloop.config import changed_settings
-from mathloop.backends.base import SAMPLER_OPTIONS, Backend, SamplerOptions, sampling_params
+from mathloop.backends.base import SAMPLER_OPTIONS, Backend, SamplerOptions, sampling_params, validate_sampler_options
 from mathloop.data.benchmarks import load_problem_source, problem_source_data
 from mathloop.generate import code_executor, generate_and_grade, pending_problems
 from mathloop.records import CORRECT, Problem, Sample, read_records
@@ -74,6 +74,7 @@ class SampleConfig(SamplerOptions):
             raise ValueError(f"sample: limit must be >= 1 (or left out for all problems), got {self.limit}")
         if not self.tool_timeout > 0:
             raise ValueError(f"sample: tool_timeout must be > 0 seconds, got {self.tool_timeout}")
+        validate_sampler_options(self, "sample")
 
 
 # Settings that must match for a folder to be resumed (the problem list may grow with `limit`).

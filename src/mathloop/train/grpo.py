@@ -70,7 +70,7 @@ from typing import Any
 
 import torch
 
-from mathloop.backends.base import SamplerOptions, SamplingParams, sampling_params
+from mathloop.backends.base import SamplerOptions, SamplingParams, sampling_params, validate_sampler_options
 from mathloop.config import read_yaml_mapping, settings_from_dict
 from mathloop.generate import code_executor, generate, grade_samples, response_samples
 from mathloop.hardware import autocast
@@ -170,6 +170,7 @@ class GRPOConfig(SamplerOptions):
             self.learning_rate = 2e-5 if self.lora else 1e-6
 
     def validate(self) -> None:
+        validate_sampler_options(self, "grpo")
         if (self.queries is None) == (self.benchmark is None):
             raise ValueError("grpo: give exactly one of queries (a problems JSONL) and benchmark")
         if self.mode not in ("cot", "tir"):
