@@ -113,7 +113,7 @@ def add_sampler_arguments(p: argparse.ArgumentParser) -> None:
 
     for f in dataclasses.fields(SamplerOptions):
         p.add_argument(f"--{f.name.replace('_', '-')}", type=type(f.default), default=None,
-                       help=f"{f.metadata.get('help', f.name)} (default: {f.default}, off)")
+                       help=f.metadata["help"])
 
 
 def _sampler_options(args: argparse.Namespace) -> dict:
