@@ -21,12 +21,20 @@ class SamplerOptions:
     same names (transformers `generate`, vLLM `SamplingParams`, the OpenAI-compatible request body). Stage configs
     inherit the fields, so a new option is one field here; `validate_sampler_options` checks the values."""
 
+    top_k: int = field(default=0, metadata={"help": "sample from the k most likely tokens only; 0 keeps all"})
+    min_p: float = field(default=0.0, metadata={
+        "help": "drop tokens less likely than min_p times the most likely one (Nguyen et al. 2024); 0 keeps all"})
+
 
 SAMPLER_OPTIONS: tuple[str, ...] = tuple(f.name for f in dataclasses.fields(SamplerOptions))
 
 
 def validate_sampler_options(options: Any, where: str = "sampling") -> None:
     """Raise a ValueError naming the option when a `SamplerOptions` field of `options` is out of range."""
+    if options.top_k < 0:
+        raise ValueError(f"{where}: top_k must be >= 0 (0: all tokens), got {options.top_k}")
+    if not 0 <= options.min_p < 1:
+        raise ValueError(f"{where}: min_p must be in [0, 1) (0: off), got {options.min_p}")
 
 
 @dataclass(kw_only=True)
