@@ -82,7 +82,8 @@ def sampling_params(settings: Any, **overrides: Any) -> SamplingParams:
     >>> sampling_params(SimpleNamespace(top_p=0.9, max_new_tokens=64, mode="cot"), n=4).to_dict()["n"]
     4
     """
-    values = {f.name: getattr(settings, f.name) for f in dataclasses.fields(SamplingParams) if hasattr(settings, f.name)}
+    names = [f.name for f in dataclasses.fields(SamplingParams)]
+    values = {name: getattr(settings, name) for name in names if hasattr(settings, name)}
     return SamplingParams(**{**values, **overrides})
 
 

@@ -76,9 +76,9 @@ from mathloop.generate import code_executor, generate, grade_samples, response_s
 from mathloop.hardware import autocast
 from mathloop.prompts import build_messages
 from mathloop.records import CORRECT, Problem, Sample, read_records, write_jsonl
-from mathloop.reward.score import pad_batch, pad_token_id
 from mathloop.reward.shaping import RewardFn, make_rm_reward, make_shaped_reward, select_queries, verifier_reward
 from mathloop.runs import lock_run_dir, write_json
+from mathloop.tokens import pad_batch, pad_token_id, response_loss_mask
 from mathloop.train.checkpoint import (
     drop_metrics_after,
     final_done,
@@ -93,7 +93,6 @@ from mathloop.train.grpo_math import (
     drop_truncated,
     group_advantages,
     grpo_loss,
-    response_loss_mask,
     soft_overlong_penalty,
     token_entropy,
     token_logprobs,

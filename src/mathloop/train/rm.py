@@ -40,8 +40,8 @@ from mathloop.records import Sample, read_records, write_jsonl
 from mathloop.reward.data import RMGroup, build_rm_groups, split_groups
 from mathloop.reward.loss import listwise_loss, pairwise_accuracy
 from mathloop.reward.model import RewardModel
-from mathloop.reward.score import encode, pad_batch, pad_token_id
 from mathloop.runs import lock_run_dir, write_json
+from mathloop.tokens import encode, pad_batch, pad_token_id
 from mathloop.train.checkpoint import (
     drop_metrics_after,
     final_done,

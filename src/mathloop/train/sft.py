@@ -201,7 +201,7 @@ def tokenize_example(tokenizer, example: dict[str, Any]) -> dict[str, list[int]]
     for prompt-completion rows, and the response's tokens that overlap an executor span are masked as in GRPO
     (`response_loss_mask`). A template that does not render the prompt as a prefix of the conversation, or that
     changes the response text (trimming it, say), cannot be masked by character ranges and raises ValueError."""
-    from mathloop.train.grpo_math import response_loss_mask
+    from mathloop.tokens import response_loss_mask
 
     response = example["completion"][0]["content"]
     prompt_text = tokenizer.apply_chat_template(example["prompt"], add_generation_prompt=True, tokenize=False)
