@@ -42,15 +42,8 @@ from mathloop.reward.loss import listwise_loss, pairwise_accuracy
 from mathloop.reward.model import RewardModel
 from mathloop.runs import lock_run_dir, write_json
 from mathloop.tokens import encode, pad_batch, pad_token_id
-from mathloop.train.checkpoint import (
-    drop_metrics_after,
-    final_done,
-    finish_final,
-    latest_checkpoint,
-    load_checkpoint,
-    save_checkpoint,
-    start_final,
-)
+from mathloop.train.checkpoint import drop_metrics_after, final_done, finish_final, latest_checkpoint
+from mathloop.train.checkpoint import load_checkpoint, save_checkpoint, start_final
 from mathloop.train.tracking import MetricsReporter, check_report_to
 
 log = logging.getLogger(__name__)
