@@ -251,8 +251,6 @@ def add_exec_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def cmd_exec(args: argparse.Namespace) -> int:
-    import dataclasses
-
     from mathloop.tools.sandbox import Sandbox
 
     with open(args.file, "rb") as f:
@@ -602,27 +600,14 @@ def add_synthesize_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def cmd_synthesize(args: argparse.Namespace) -> int:
-    from pathlib import Path
-
-    from mathloop.backends import load_backend
-    from mathloop.data.benchmarks import load_problem_source
-    from mathloop.data.evolve import rejected_path, synthesis_config, synthesize_file
-    from mathloop.runs import refuse_overwriting_inputs
-
-    refuse_overwriting_inputs({"--out": args.out, "--out (rejected)": rejected_path(args.out)},
-                              {"--seeds": args.seeds if Path(args.seeds).is_file() else None})
+    from mathloop.data.evolve import run_synthesis, synthesis_config
 
     config = synthesis_config(variants_per_seed=args.variants, n_answers=args.answers,
                               min_agreement=args.min_agreement, seed=args.seed, operations=args.operations,
                               max_new_tokens=args.max_new_tokens)
-    seeds = load_problem_source(args.seeds, args.data_dir)
-    index = None
-    if args.decontaminate:
-        from mathloop.data.decontaminate import ContaminationIndex
-
-        index = ContaminationIndex.from_benchmarks(args.data_dir)
-    backend = load_backend(args.backend, args.model, **_backend_args(args))
-    print(json.dumps(synthesize_file(backend, seeds, args.out, config, index, args.chunk_size), indent=2))
+    print(json.dumps(run_synthesis(args.model, args.seeds, args.out, config, backend=args.backend,
+                                   backend_args=_backend_args(args), decontaminate=args.decontaminate,
+                                   data_dir=args.data_dir, chunk_size=args.chunk_size), indent=2))
     return 0
 
 

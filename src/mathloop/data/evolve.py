@@ -433,3 +433,25 @@ def _as_stored(current: Any, old: Any) -> Any:
     if isinstance(current, dict) and isinstance(old, dict):
         return {k: current[k] for k in old if k in current}
     return current
+
+
+def run_synthesis(model: str, seeds: str, out: str | Path, config: SynthesisConfig, *, backend: str = "hf",
+                  backend_args: dict[str, Any] | None = None, decontaminate: bool = False,
+                  data_dir: str | None = None, chunk_size: int = 32) -> dict[str, Any]:
+    """`mathloop synthesize`: seeds from a problem source (`load_problem_source`), optionally checked against the
+    benchmarks, evolved and answered by `model` into `out` (`synthesize_file`)."""
+    from mathloop.backends import load_backend
+    from mathloop.data.benchmarks import load_problem_source
+    from mathloop.runs import refuse_overwriting_inputs
+
+    refuse_overwriting_inputs({"--out": out, "--out (rejected)": rejected_path(out)},
+                              {"--seeds": seeds if Path(seeds).is_file() else None})
+    config.validate()
+    seed_problems = load_problem_source(seeds, data_dir)
+    index = None
+    if decontaminate:
+        from mathloop.data.decontaminate import ContaminationIndex
+
+        index = ContaminationIndex.from_benchmarks(data_dir)
+    generator = load_backend(backend, model, **(backend_args or {}))
+    return synthesize_file(generator, seed_problems, out, config, index, chunk_size)
