@@ -333,7 +333,7 @@ def add_score_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("score", help="add reward-model scores to samples", description=(
         "Score every sample of --input with a reward model and write the samples, with rm_score set, to --output. "
         "--rm is a folder written by `mathloop rm train` (its final/ folder), an AutoModelForSequenceClassification "
-        "reward model, or a Qwen2.5-Math-RM-style checkpoint (those read the question from metadata.question)."))
+        "reward model, or a Qwen2.5-Math-RM-style checkpoint (those read the question from each sample's question)."))
     p.add_argument("--rm", required=True, help="reward model folder or Hugging Face Hub id")
     p.add_argument("--input", required=True, help="sample JSONL file")
     p.add_argument("--output", required=True, help="JSONL file to write (may equal --input)")
