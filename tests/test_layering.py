@@ -13,9 +13,6 @@ SRC = Path(mathloop.__file__).parent
 KNOWN_CYCLES = [
     # verify: equivalence <-> extract <-> pool through lazy imports; the verify developer / lead breaks it.
     {"mathloop.verify.equivalence", "mathloop.verify.extract", "mathloop.verify.pool"},
-    # data: sources imports the benchmark registry lazily (data_record, list/pull, the Hub hint) while benchmarks
-    # imports sources' file resolution; the registry-dependent functions belong in benchmarks.
-    {"mathloop.data.benchmarks", "mathloop.data.sources"},
 ]
 
 

@@ -628,8 +628,7 @@ def add_data_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def cmd_data(args: argparse.Namespace) -> int:
-    from mathloop.data.benchmarks import BENCHMARKS
-    from mathloop.data.sources import list_benchmarks, pull_benchmarks
+    from mathloop.data.benchmarks import BENCHMARKS, list_benchmarks, pull_benchmarks
 
     if args.action == "list":
         rows = list_benchmarks(args.data_dir)

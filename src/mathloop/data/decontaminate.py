@@ -202,7 +202,7 @@ class ContaminationIndex:
         that is available is indexed, and the others are named in a warning and in `index.unavailable` (a run
         reports them), never skipped silently.
         """
-        from mathloop.data.sources import available_benchmarks
+        from mathloop.data.benchmarks import available_benchmarks
 
         unavailable: list[str] = []
         if names is None:

@@ -33,8 +33,8 @@ from mathloop.backends.base import (
     sampling_params,
     validate_sampler_options,
 )
-from mathloop.data.benchmarks import get_benchmark, load_benchmark
-from mathloop.data.sources import changed_data, data_record
+from mathloop.data.benchmarks import data_record, get_benchmark, load_benchmark
+from mathloop.data.sources import changed_data
 from mathloop.hardware import hardware_info
 from mathloop.metrics import format_markdown, summarize
 from mathloop.generate import MODES, code_executor, generate_and_grade, pending_problems
