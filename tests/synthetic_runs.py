@@ -35,7 +35,7 @@ def _sample(rng: random.Random, benchmark: str, problem: int, index: int, p_corr
                   verdict="correct" if correct else "incorrect", rm_score=round(rng.gauss(1.0 if correct else -1.0, 1), 3)
                   if rm else None, completion_tokens=len(response) // 4, finish_reason="stop",
                   tool_output_spans=spans,
-                  metadata={"question": f"Problem {problem}: solve $x^2 + {a}x = {b}$ and add {a} to {b}."})
+                  question=f"Problem {problem}: solve $x^2 + {a}x = {b}$ and add {a} to {b}.")
 
 
 def _eval_folder(folder: Path, rng: random.Random, problems: int, p_correct: float, mode: str) -> None:

@@ -14,7 +14,7 @@ import pytest
 
 from mathloop.backends.fake import FakeBackend
 from mathloop.cli import main
-from mathloop.data import sources
+from mathloop.data import benchmarks, sources
 from mathloop.data.benchmarks import BENCHMARKS, load_benchmark
 from mathloop.pipeline.evaluate import EvalConfig, run_eval
 from mathloop.records import RecordError
@@ -73,7 +73,7 @@ def test_a_data_folder_comes_first_and_a_missing_set_says_where_to_get_it(no_dat
     (tmp_path / "gsm8k").mkdir()
     (tmp_path / "gsm8k" / "test.jsonl").write_text('{"question": "Mine?", "answer": "#### 5"}\n')
     assert [(p.question, p.gold) for p in load_benchmark("gsm8k", tmp_path)] == [("Mine?", "5")]
-    record = sources.data_record("gsm8k", data_dir=tmp_path)
+    record = benchmarks.data_record("gsm8k", data_dir=tmp_path)
     assert record["version"] == "local" and record["rows"] == 1
     with pytest.raises(FileNotFoundError, match=r"aime24 \(test\): no data folder is set.*does not ship it.*"
                                                 r"data pull --out DIR --benchmarks aime24.*--data-dir"):
@@ -101,7 +101,7 @@ def test_data_pull_takes_the_rest_from_the_hub(no_data_folder, tmp_path, monkeyp
 
     rows = [{"problem": "Find x.", "answer": "204", "id": 60}]
     monkeypatch.setitem(sys.modules, "datasets", types.SimpleNamespace(load_dataset=lambda *a, **k: rows))
-    done = sources.pull_benchmarks(tmp_path, ["aime24"])
+    done = benchmarks.pull_benchmarks(tmp_path, ["aime24"])
     assert done == {"aime24/test.jsonl": "1 rows from hub:HuggingFaceH4/aime_2024"}
     assert [(p.id, p.gold) for p in load_benchmark("aime24", tmp_path)] == [("aime24/60", "204")]
 
@@ -120,7 +120,7 @@ def test_eval_resumes_from_another_data_folder_with_the_same_data_but_not_other_
     backend = FakeBackend(right_for_gsm8k)
     run_eval(EvalConfig(model="fake", benchmarks=["gsm8k"], out=str(out), limit=1), backend=backend, progress=False)
     pulled = tmp_path / "data"
-    sources.pull_benchmarks(pulled, ["gsm8k"])
+    benchmarks.pull_benchmarks(pulled, ["gsm8k"])
     run_eval(EvalConfig(model="fake", benchmarks=["gsm8k"], out=str(out), limit=2, data_dir=str(pulled),
                         backend_args={"batch_size": 4}), backend=backend, progress=False)
     assert json.loads((out / "run.json").read_text())["resumed"] == 1

@@ -101,9 +101,9 @@ def test_samples_check_question_and_response(math500_index):
     solution = "Each triangle has side 7, so the hexagon's perimeter is $6 \\cdot 7 = \\boxed{42}$."
     quoting = f"We are asked: {HEXAGON_REWORDED} {solution} " + "Let us double-check the arithmetic. " * 10
     samples = [
-        Sample("p/0", "prompt", solution, metadata={"question": HEXAGON_REWORDED}),
+        Sample("p/0", "prompt", solution, question=HEXAGON_REWORDED),
         Sample("p/1", "prompt", quoting),
-        Sample("p/2", "prompt", solution, metadata={"question": NEW_PROBLEM}),
+        Sample("p/2", "prompt", solution, question=NEW_PROBLEM),
     ]
     kept, removed, report = decontaminate_samples(samples, math500_index)
     assert [s.problem_id for s in kept] == ["p/2"]

@@ -9,13 +9,13 @@ import pytest
 
 from mathloop.backends.base import SamplingParams
 from mathloop.backends.fake import FakeBackend
+from mathloop.data.benchmarks import load_problem_source
 from mathloop.data.evolve import (
     OPERATIONS,
     SynthesisConfig,
     answer_by_majority,
     choose_operations,
     evolve_problems,
-    load_seeds,
     majority_vote,
     parse_new_problem,
     rejected_path,
@@ -244,9 +244,9 @@ def test_synthesize_command_end_to_end(tmp_path, monkeypatch, capsys):
 
 
 def test_seeds_come_from_a_benchmark_split_or_a_file(data_dir, tmp_path):
-    seeds = load_seeds("gsm8k:train:3", str(data_dir))
+    seeds = load_problem_source("gsm8k:train:3", str(data_dir))
     assert len(seeds) == 3 and all(s.question and s.gold for s in seeds)
     with pytest.raises(ValueError, match="gsm8k:train:100"):
-        load_seeds("gsm8k:train:many", str(data_dir))
+        load_problem_source("gsm8k:train:many", str(data_dir))
     write_jsonl(tmp_path / "seeds.jsonl", [{"question": "What is 2 + 2?", "answer": "4"}])
-    assert load_seeds(str(tmp_path / "seeds.jsonl"))[0].gold == "4"
+    assert load_problem_source(str(tmp_path / "seeds.jsonl"))[0].gold == "4"

@@ -16,14 +16,13 @@ from mathloop.train.grpo_math import (
     grpo_loss,
     k3_kl,
     masked_sequence_mean,
-    response_loss_mask,
     soft_overlong_penalty,
     token_entropy,
     token_logprobs,
-    tool_output_token_mask,
     truncated_importance_weights,
     zero_variance_groups,
 )
+from mathloop.tokens import response_loss_mask, tool_output_token_mask
 
 # --- advantages ---------------------------------------------------------------------------------------------------
 

@@ -196,8 +196,8 @@ def test_executor_output_is_masked_out_of_the_loss(tiny_model_dir, tmp_path):
     config = grpo_config(tmp_path, tiny_model_dir, mode="tir", beta=0.0)
     tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
     rollout = tir_rollouts("3", config)[0]
-    (start, end), = rollout.tool_output_spans
-    assert rollout.response[start:end] == "\n3\n```\n" and rollout.response.endswith("\\boxed{3}.")
+    (start, end), = rollout.sample.tool_output_spans
+    assert rollout.sample.response[start:end] == "\n3\n```\n" and rollout.sample.response.endswith("\\boxed{3}.")
     assert rollout.ended_by_eos
 
     # The loss mask keeps exactly the model's text (and its end-of-turn token), never the prompt or the executor's.
@@ -205,8 +205,9 @@ def test_executor_output_is_masked_out_of_the_loss(tiny_model_dir, tmp_path):
     input_ids, loss_mask = batch.input_ids, batch.loss_mask
     targets = input_ids[0, 1:]
     kept, dropped = targets[loss_mask[0]].tolist(), targets[~loss_mask[0]].tolist()
-    assert tokenizer.decode(kept) == rollout.response[:start] + rollout.response[end:] + tokenizer.eos_token
-    assert rollout.response[start:end] in tokenizer.decode(dropped)
+    response = rollout.sample.response
+    assert tokenizer.decode(kept) == response[:start] + response[end:] + tokenizer.eos_token
+    assert response[start:end] in tokenizer.decode(dropped)
 
     # The loss moves the logits of exactly those positions: logits at position t predict target t.
     model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32)
@@ -235,9 +236,9 @@ def test_executor_text_changes_nothing_when_it_ends_the_response(tiny_model_dir,
     results = []
     for output, masked in (("3", True), ("123456789 Traceback", True), ("123456789 Traceback", False)):
         rollout = tir_rollouts(output, config)[0]
-        start, end = rollout.tool_output_spans[0]
-        rollout.response, rollout.ended_by_eos = rollout.response[:end], False  # stopped right after the output
-        rollout.tool_output_spans = [[start, end]] if masked else []
+        start, end = rollout.sample.tool_output_spans[0]
+        rollout.sample.response, rollout.ended_by_eos = rollout.sample.response[:end], False  # stopped after the output
+        rollout.sample.tool_output_spans = [[start, end]] if masked else []
         rollout.advantage = 1.0
         model.zero_grad()
         loss, _ = micro_batch_loss(model, None, encode_rollouts(tokenizer, [rollout], torch.device("cpu")), config)
@@ -476,8 +477,8 @@ def test_vllm_rollouts_are_corrected_by_truncated_importance_sampling(tiny_model
     tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
     recorded = read_records(Sample, tmp_path / "run" / "rollouts" / "step-000001.jsonl")
     ids = [tokenizer(s.response, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id] for s in recorded]
-    rollouts = [Rollout(Problem(id=s.problem_id, benchmark="t", question="", gold="7"), s.prompt, s.response, 0, 0,
-                        "stop", True, token_ids=i, behaviour_logprobs=[-1.0] * len(i)) for s, i in zip(recorded, ids)]
+    rollouts = [Rollout(s, Problem(id=s.problem_id, benchmark="t", question="", gold="7"), True, token_ids=i,
+                        behaviour_logprobs=[-1.0] * len(i)) for s, i in zip(recorded, ids)]
     batch = encode_rollouts(tokenizer, rollouts, torch.device("cpu"))
     assert batch.input_ids[:, 1:][batch.loss_mask].tolist() == [t for i in ids for t in i]  # the engine's ids
     assert (batch.behaviour_logp[batch.loss_mask] == -1.0).all()

@@ -11,7 +11,7 @@ import yaml
 
 from mathloop.backends.fake import FakeBackend
 from mathloop.data.benchmarks import load_benchmark
-from mathloop.data.sources import pull_benchmarks
+from mathloop.data.benchmarks import pull_benchmarks
 from mathloop.data.synthetic import generate_problems
 from mathloop.pipeline.loop import LoopConfig, load_loop_config, loop_config_from_dict, run_loop
 from mathloop.records import Problem, Sample, read_records, write_jsonl

@@ -13,7 +13,8 @@ from mathloop.data.decontaminate import ContaminationIndex
 from mathloop.reward.data import build_rm_groups, split_groups
 from mathloop.reward.loss import listwise_loss, pairwise_accuracy
 from mathloop.reward.model import RewardModel, load_reward_model
-from mathloop.reward.score import encode, pad_batch, score_samples
+from mathloop.reward.score import score_samples
+from mathloop.tokens import encode, pad_batch
 
 PROMPT = "<|im_start|>user\nWhat is x? Problem {i}.<|im_end|>\n<|im_start|>assistant\n"
 

@@ -3,6 +3,7 @@ pseudo-labels, duplicates, chat rows), with the scripted backend and built-in pr
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import pytest
@@ -44,7 +45,7 @@ def test_each_temperature_is_a_pass_of_n_graded_responses(tmp_path):
         per_problem.setdefault(s.problem_id, []).append(s.sample_index)
     assert all(sorted(indexes) == list(range(6)) for indexes in per_problem.values())
     assert summary["correct"] == 4 * 2 * 2 and summary["solved_problems"] == 4
-    assert all(s.gold and s.verdict and s.metadata["question"] for s in samples)
+    assert all(s.gold and s.verdict and s.question for s in samples)
 
 
 def test_resume_after_a_kill_loses_and_duplicates_nothing(tmp_path):
@@ -101,7 +102,7 @@ def test_sample_cli_reads_benchmark_splits_and_names_a_bad_source(tmp_path, data
 def graded(problem_id, response, verdict=None, rm=None, gold="7", pred=None, finish="stop", index=0):
     return Sample(problem_id=problem_id, prompt="p", response=response, gold=gold, verdict=verdict, rm_score=rm,
                   pred=pred, finish_reason=finish, sample_index=index,
-                  metadata={"question": f"Question {problem_id}: what is 3 + 4?"})
+                  question=f"Question {problem_id}: what is 3 + 4?")
 
 
 def test_gold_problems_keep_the_top_k_correct_by_rm_score_without_truncated_or_duplicates():
@@ -149,7 +150,7 @@ def test_select_cli_removes_a_planted_math500_near_copy_and_keeps_a_new_problem(
     leaked = load_benchmark("math500", data_dir, limit=1)[0].question
     near_copy = leaked.replace("What", "Compute") + " Explain."
     samples = [graded("leak", "Solving: \\boxed{7}", "correct"), graded("new", "So 3 + 4 = \\boxed{7}", "correct")]
-    samples[0].metadata["question"] = near_copy
+    samples[0].question = near_copy
     write_jsonl(tmp_path / "s.jsonl", samples)
     assert main(["select", "--samples", str(tmp_path / "s.jsonl"), "--output", str(tmp_path / "sft.jsonl"),
                  "--decontaminate", "--data-dir", str(data_dir)]) == 0
@@ -158,3 +159,28 @@ def test_select_cli_removes_a_planted_math500_near_copy_and_keeps_a_new_problem(
     report = json.loads(capsys.readouterr().out)["decontamination"]
     assert report["removed_responses"] == 1 and report["examples"][0]["problem_id"] == "leak"
     assert report["examples"][0]["field"] == "question" and report["examples"][0]["lcs_ratio"] > 0.6
+
+
+def test_select_refuses_a_selection_without_responses_on_the_cli_as_the_loop_does(tmp_path, capsys):
+    write_jsonl(tmp_path / "s.jsonl", [graded("p1", "The answer is \\boxed{5}.", "incorrect", pred="5")])
+    code = main(["select", "--samples", str(tmp_path / "s.jsonl"), "--output", str(tmp_path / "sft.jsonl")])
+    assert code == 2 and "selection kept no response" in capsys.readouterr().err
+    assert not (tmp_path / "sft.jsonl").exists()
+
+
+def test_samples_carry_the_problem_and_its_benchmark_version_which_resuming_checks(tmp_path):
+    versioned = [dataclasses.replace(p, metadata={**p.metadata, "benchmark_version": 1}) for p in PROBLEMS]
+    config = sample_config(tmp_path, temperatures=[0.7], n=1)
+    write_jsonl(tmp_path / "problems.jsonl", versioned)
+    run_sample(config, backend=FakeBackend(solver), progress=False)
+    samples = read_samples(config.out)
+    by_id = {p.id: p for p in versioned}
+    assert all(s.question == by_id[s.problem_id].question and s.benchmark_version == 1
+               and s.answer_type == "math" for s in samples)
+    # The benchmark changes version under a half-done run: resuming refuses to mix the two.
+    path = next((tmp_path / "samples" / "samples").glob("pass-0*.jsonl"))
+    path.write_text("".join(path.read_text().splitlines(keepends=True)[:-1]))
+    write_jsonl(tmp_path / "problems.jsonl", [dataclasses.replace(p, metadata={**p.metadata, "benchmark_version": 2})
+                                              for p in versioned])
+    with pytest.raises(ValueError, match="version 1 of .* now version 2"):
+        run_sample(config, backend=FakeBackend(solver), progress=False)

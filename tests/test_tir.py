@@ -39,12 +39,12 @@ def test_trajectories_alternate_code_and_output_and_record_spans():
     code_traj, plain = result[0][0], result[1][0]
     assert len(result[0]) == 2 and len(result[1]) == 2
     assert code_traj.tool_calls == 2 and code_traj.finish_reason == "stop"
-    assert code_traj.response.endswith("\\boxed{42}.")
-    assert "MODEL MUST NOT WRITE THIS" not in code_traj.response
-    outputs = [code_traj.response[a:b] for a, b in code_traj.tool_output_spans]
+    assert code_traj.text.endswith("\\boxed{42}.")
+    assert "MODEL MUST NOT WRITE THIS" not in code_traj.text
+    outputs = [code_traj.text[a:b] for a, b in code_traj.tool_output_spans]
     assert outputs == ["\nran 1 in tir-0\n```\n", "\nran 2 in tir-0\n```\n"]
-    assert code_traj.response.count("```output\nran") == 2
-    assert plain.tool_calls == 0 and plain.tool_output_spans == [] and plain.response == "Easy: \\boxed{1}"
+    assert code_traj.text.count("```output\nran") == 2
+    assert plain.tool_calls == 0 and plain.tool_output_spans == [] and plain.text == "Easy: \\boxed{1}"
     # Each trajectory runs only its last block, in its own session; every session is closed at the end.
     assert [code for code, s in executor.cells if s == "tir-0"] == ["x = 0\nprint(x)\n", "x = 1\nprint(x)\n"]
     assert sorted(executor.closed) == [f"tir-{i}" for i in range(4)]
@@ -58,7 +58,7 @@ def test_tool_call_limit_makes_the_model_finish():
                         max_tool_calls=3)[0][0]
     assert traj.tool_calls == 3 and len(executor.cells) == 3
     # After the limit the continuation has no ```output stop: the fake model's text comes back whole.
-    assert traj.response.endswith("```output\n") and traj.finish_reason == "stop"
+    assert traj.text.endswith("```output\n") and traj.finish_reason == "stop"
 
 
 def test_last_code_block():

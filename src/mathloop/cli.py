@@ -41,6 +41,16 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 
+
+def add_sampler_settings(p: argparse.ArgumentParser, cls: type) -> None:
+    """A flag for every `SamplerOptions` field (--top-k, --min-p, ...) of a stage config that inherits them."""
+    import dataclasses
+
+    from mathloop.backends.base import SamplerOptions
+
+    for f in dataclasses.fields(SamplerOptions):
+        setting(p, cls, f"--{f.name.replace('_', '-')}", type=type(f.default), help=f.metadata["help"])
+
 def _csv(text: str) -> list[str]:
     return [part.strip() for part in text.split(",") if part.strip()]
 
@@ -147,6 +157,7 @@ def add_eval_parser(sub: argparse._SubParsersAction) -> None:
     setting(p, C, "--n", type=_positive_int, help="samples per problem")
     setting(p, C, "--temperature", type=float, help="0 = greedy")
     setting(p, C, "--top-p", type=float, help="nucleus sampling")
+    add_sampler_settings(p, C)
     setting(p, C, "--max-new-tokens", type=_positive_int, help="per response")
     setting(p, C, "--seed", type=int, help="sampling seed")
     setting(p, C, "--limit", type=_positive_int, help="first N problems of each benchmark (default: all)")
@@ -345,6 +356,7 @@ def add_sample_parser(sub: argparse._SubParsersAction) -> None:
     setting(p, C, "--n", type=_positive_int, help="responses per problem per temperature")
     setting(p, C, "--temperatures", type=_temperatures, help="comma-separated, one pass each")
     setting(p, C, "--top-p", type=float, help="nucleus sampling")
+    add_sampler_settings(p, C)
     setting(p, C, "--max-new-tokens", type=_positive_int, help="per response")
     setting(p, C, "--mode", choices=["cot", "tir"], help="cot = chain of thought; tir = the model's Python runs in the "
                                                           "sandbox")
@@ -478,6 +490,7 @@ def add_grpo_parser(sub: argparse._SubParsersAction) -> None:
     setting(p, C, "--max-new-tokens", type=_positive_int, help="per response")
     setting(p, C, "--temperature", type=float, help="rollout temperature, also applied to the log-probabilities")
     setting(p, C, "--top-p", type=float, help="rollout nucleus sampling")
+    add_sampler_settings(p, C)
     setting(p, C, "--rollout-backend", choices=["hf", "vllm"],
             help="hf: the training model generates; vllm: a vLLM engine with the step's LoRA adapter")
     setting(p, C, "--rollout-batch-size", type=_positive_int, help="hf rollouts: sequences per generation batch")
@@ -585,26 +598,15 @@ def add_synthesize_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def cmd_synthesize(args: argparse.Namespace) -> int:
-    from pathlib import Path
-
-    from mathloop.backends import load_backend
-    from mathloop.data.evolve import SynthesizeConfig, load_seeds, rejected_path, synthesize_file
-    from mathloop.runs import refuse_overwriting_inputs
+    from mathloop.data.evolve import SynthesizeConfig, run_synthesis
 
     config = with_backend_flags(args, _settings(args, SynthesizeConfig), "synthesize")
     if not isinstance(config.seeds, str) or not config.out:
         raise ValueError("synthesize: give --seeds (a benchmark split or a Problem JSONL file) and --out")
-    refuse_overwriting_inputs({"--out": config.out, "--out (rejected)": rejected_path(config.out)},
-                              {"--seeds": config.seeds if Path(config.seeds).is_file() else None})
-    seeds = load_seeds(config.seeds, config.data_dir)
-    index = None
-    if config.decontaminate:
-        from mathloop.data.decontaminate import ContaminationIndex
-
-        index = ContaminationIndex.from_benchmarks(config.data_dir)
-    backend = load_backend(config.backend, config.model, **config.backend_args)
-    print(json.dumps(synthesize_file(backend, seeds, config.out, config.synthesis(), index, config.chunk_size),
-                     indent=2))
+    print(json.dumps(run_synthesis(config.model, config.seeds, config.out, config.synthesis(),
+                                   backend=config.backend, backend_args=config.backend_args,
+                                   decontaminate=config.decontaminate, data_dir=config.data_dir,
+                                   chunk_size=config.chunk_size), indent=2))
     return 0
 
 
@@ -626,7 +628,7 @@ def add_data_parser(sub: argparse._SubParsersAction) -> None:
 
 def cmd_data(args: argparse.Namespace) -> int:
     from mathloop.data.benchmarks import BENCHMARKS
-    from mathloop.data.sources import list_benchmarks, pull_benchmarks
+    from mathloop.data.benchmarks import list_benchmarks, pull_benchmarks
 
     if args.action == "list":
         rows = list_benchmarks(args.data_dir)

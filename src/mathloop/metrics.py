@@ -9,7 +9,9 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Sequence
 
-VERDICT_NAMES = ("correct", "incorrect", "no_answer")
+from mathloop.records import VERDICTS
+
+VERDICT_NAMES = VERDICTS
 Z95 = 1.959963984540054  # two-sided 95% quantile of the standard normal
 
 

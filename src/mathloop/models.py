@@ -148,3 +148,51 @@ def make_trainable(model) -> None:
     model.config._is_quantized = False
     if hasattr(model.config, "quantization_config"):
         del model.config.quantization_config
+
+
+# ---- loading for generation and training: one place for every backend and trainer ----------------------------
+
+def load_tokenizer(path: str):
+    """The tokenizer of a resolved model folder; a missing pad token is the eos token (batches pad with it)."""
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
+def load_causal_lm(path: str, dtype, **kwargs):
+    """A causal LM from a resolved model folder (`resolve_model`), in `dtype`, ready to train or generate with
+    (GGUF-derived models lose their 'quantized' mark: `make_trainable`). `kwargs` go to `from_pretrained`."""
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, **kwargs)
+    make_trainable(model)
+    return model
+
+
+def enable_activation_checkpointing(model) -> None:
+    """Recompute activations in the backward pass (non-reentrant) to save memory, under the method's name in
+    the installed transformers (activation_checkpointing_enable since 5.x, gradient_checkpointing_enable before)."""
+    kwargs = {"use_reentrant": False}
+    if hasattr(model, "activation_checkpointing_enable"):
+        model.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
+    else:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
+
+
+def lora_config(command: str, rank: int, alpha: int, target_modules: str | list[str] = "all-linear", **kwargs):
+    """peft's LoraConfig for `command`'s --lora (an install hint naming the command when peft is missing)."""
+    try:
+        from peft import LoraConfig
+    except ImportError:
+        raise ImportError(f"{command} --lora needs peft: pip install 'mathloop[train]'") from None
+    return LoraConfig(r=rank, lora_alpha=alpha, target_modules=target_modules, **kwargs)
+
+
+def add_lora(model, config):
+    """`model` wrapped with LoRA adapters (`lora_config`); only the adapters train."""
+    from peft import get_peft_model
+
+    return get_peft_model(model, config)

@@ -14,8 +14,10 @@ from pathlib import Path
 from typing import Any, Iterable, Iterator, Literal, TypeVar
 
 Mode = Literal["cot", "tir"]
+# The verdict vocabulary: the verifier's grades, counted by the metrics, shown by the report.
+CORRECT, INCORRECT, NO_ANSWER = "correct", "incorrect", "no_answer"
 Verdict = Literal["correct", "incorrect", "no_answer"]
-VERDICTS: tuple[str, ...] = ("correct", "incorrect", "no_answer")
+VERDICTS: tuple[str, ...] = (CORRECT, INCORRECT, NO_ANSWER)
 
 
 class RecordError(ValueError):
@@ -41,7 +43,11 @@ class Problem:
 
 @dataclass
 class Sample:
-    """One generated response to one problem, with everything needed to grade, score and reproduce it."""
+    """One generated response to one problem, with everything needed to grade, score and reproduce it.
+
+    Eval, sample, GRPO rollouts and synthesis all make it the same way (`mathloop.generate.response_samples`).
+    `question`, `answer_type` and `benchmark_version` are the problem's, so a sample is graded, scored and
+    checked against its data without the problem at hand (None in files written before they were fields)."""
 
     problem_id: str
     prompt: str
@@ -50,6 +56,9 @@ class Sample:
     benchmark: str = ""
     sample_index: int = 0
     gold: str | None = None
+    question: str | None = None
+    answer_type: str = "math"
+    benchmark_version: int | str | None = None
     pred: str | None = None
     verdict: Verdict | None = None
     rm_score: float | None = None
@@ -71,12 +80,20 @@ def to_dict(record: Problem | Sample) -> dict[str, Any]:
 
 
 def from_dict(cls: type[R], row: dict[str, Any]) -> R:
-    """Build a record from a dict; keys the record does not know are kept in `metadata`."""
+    """Build a record from a dict; keys the record does not know are kept in `metadata`, and fields that older
+    files kept in `metadata` (a Sample's question and answer_type) are read from there.
+
+    >>> from_dict(Sample, {"problem_id": "p", "prompt": "", "response": "", "metadata": {"question": "1+1?"}}).question
+    '1+1?'
+    """
     names = {f.name for f in dataclasses.fields(cls)}
     known = {k: v for k, v in row.items() if k in names}
     extra = {k: v for k, v in row.items() if k not in names}
-    if extra:
-        known["metadata"] = {**extra, **(known.get("metadata") or {})}
+    metadata = {**extra, **(known.get("metadata") or {})}
+    for name in names & metadata.keys() - known.keys() - {"metadata"}:
+        known[name] = metadata.pop(name)
+    if metadata or "metadata" in known:
+        known["metadata"] = metadata
     return cls(**known)
 
 

@@ -7,15 +7,40 @@ into completions (`generate`). Prompts are text, not messages, so a stage can co
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
-from typing import Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
 Message = dict[str, str]  # {"role": "system" | "user" | "assistant", "content": "..."}
 
 
-@dataclass(frozen=True)
-class SamplingParams:
-    """How to sample. temperature 0 means greedy decoding (then n > 1 repeats the same answer)."""
+@dataclass(kw_only=True)
+class SamplerOptions:
+    """Sampling options every stage carries alike (eval, sample, GRPO rollouts): each field's default leaves the
+    distribution unchanged, so a backend passes only the options set (`SamplingParams.sampler_options`) under these
+    same names (transformers `generate`, vLLM `SamplingParams`, the OpenAI-compatible request body). Stage configs
+    inherit the fields, so a new option is one field here; `validate_sampler_options` checks the values."""
+
+    top_k: int = field(default=0, metadata={"help": "sample from the k most likely tokens only; 0 keeps all"})
+    min_p: float = field(default=0.0, metadata={
+        "help": "drop tokens less likely than min_p times the most likely one (Nguyen et al. 2024); 0 keeps all"})
+
+
+SAMPLER_OPTIONS: tuple[str, ...] = tuple(f.name for f in dataclasses.fields(SamplerOptions))
+
+
+def validate_sampler_options(options: Any, where: str = "sampling") -> None:
+    """Raise a ValueError naming the option when a `SamplerOptions` field of `options` is out of range."""
+    if options.top_k < 0:
+        raise ValueError(f"{where}: top_k must be >= 0 (0: all tokens), got {options.top_k}")
+    if not 0 <= options.min_p < 1:
+        raise ValueError(f"{where}: min_p must be in [0, 1) (0: off), got {options.min_p}")
+
+
+@dataclass(kw_only=True)
+class SamplingParams(SamplerOptions):
+    """How to sample. temperature 0 means greedy decoding (then n > 1 repeats the same answer). Treated as a value:
+    change one with `dataclasses.replace`."""
 
     n: int = 1
     temperature: float = 0.0
@@ -33,14 +58,33 @@ class SamplingParams:
             raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
         if self.max_new_tokens < 1:
             raise ValueError(f"max_new_tokens must be >= 1, got {self.max_new_tokens}")
+        validate_sampler_options(self)
 
     @property
     def greedy(self) -> bool:
         return self.temperature == 0.0
 
+    def sampler_options(self) -> dict[str, Any]:
+        """The `SamplerOptions` set away from their neutral defaults, by name (what a backend passes on)."""
+        defaults = SamplerOptions()
+        return {name: getattr(self, name) for name in SAMPLER_OPTIONS if getattr(self, name) != getattr(defaults, name)}
+
     def to_dict(self) -> dict:
-        return {"n": self.n, "temperature": self.temperature, "top_p": self.top_p,
-                "max_new_tokens": self.max_new_tokens, "seed": self.seed, "stop": list(self.stop)}
+        """What a run records (run.json, every Sample's `sampling`)."""
+        return {**dataclasses.asdict(self), "stop": list(self.stop)}
+
+
+def sampling_params(settings: Any, **overrides: Any) -> SamplingParams:
+    """The SamplingParams of a stage: its config's fields named like SamplingParams fields (n, temperature, top_p,
+    max_new_tokens, seed and every `SamplerOptions` field), with `overrides` (e.g. one pass's temperature) on top.
+
+    >>> from types import SimpleNamespace
+    >>> sampling_params(SimpleNamespace(top_p=0.9, max_new_tokens=64, mode="cot"), n=4).to_dict()["n"]
+    4
+    """
+    names = [f.name for f in dataclasses.fields(SamplingParams)]
+    values = {name: getattr(settings, name) for name in names if hasattr(settings, name)}
+    return SamplingParams(**{**values, **overrides})
 
 
 @dataclass
@@ -52,6 +96,9 @@ class Completion:
     completion_tokens: int = 0
     finish_reason: str = "stop"
     stop_string: str | None = None  # which stop string ended it, when one did (the string is not in `text`)
+    # TIR: code cells run, and the character spans [start, end) of `text` the executor wrote (masked in training)
+    tool_calls: int = 0
+    tool_output_spans: list[list[int]] = field(default_factory=list)
     metadata: dict = field(default_factory=dict)
 
 

@@ -49,16 +49,12 @@ class HFBackend:
         if model_obj is not None:
             self.model, self.tokenizer, self.model_id = model_obj, tokenizer_obj, model
         else:
-            from transformers import AutoModelForCausalLM, AutoTokenizer
-
             from mathloop.hardware import resolve_dtype
-            from mathloop.models import make_trainable, resolve_model
+            from mathloop.models import load_causal_lm, load_tokenizer, resolve_model
 
             path, self.model_id = resolve_model(model)
-            torch_dtype = resolve_dtype(dtype, self.device)
-            self.tokenizer = AutoTokenizer.from_pretrained(path)
-            self.model = AutoModelForCausalLM.from_pretrained(path, dtype=torch_dtype).to(self.device)
-            make_trainable(self.model)
+            self.tokenizer = load_tokenizer(path)
+            self.model = load_causal_lm(path, resolve_dtype(dtype, self.device)).to(self.device)
         self.model.eval()
         self.dtype = str(next(self.model.parameters()).dtype).removeprefix("torch.")
         if self.tokenizer.pad_token_id is None:
@@ -128,8 +124,9 @@ class HFBackend:
         kwargs = dict(max_new_tokens=max_new_tokens, pad_token_id=pad, eos_token_id=self.eos_token_ids)
         if params.greedy:
             kwargs.update(do_sample=False, temperature=None, top_p=None, top_k=None)
-        else:
+        else:  # top_k=0 overrides a generation config's own top_k; the sampler options set override that
             kwargs.update(do_sample=True, temperature=params.temperature, top_p=params.top_p, top_k=0)
+            kwargs.update(params.sampler_options())
         if params.stop:
             kwargs.update(stopping_criteria=[StopOnStrings(self.tokenizer, params.stop, width)])
         out = self.model.generate(input_ids=input_ids, attention_mask=attention_mask, **kwargs)

@@ -113,7 +113,8 @@ class OpenAIBackend:
         while len(completions) < want:
             body = {"model": self.model_id, "prompt": prompt, "n": want - len(completions),
                     "temperature": params.temperature, "top_p": params.top_p,
-                    "max_tokens": params.max_new_tokens, "seed": params.seed + len(completions)}
+                    "max_tokens": params.max_new_tokens, "seed": params.seed + len(completions),
+                    **params.sampler_options()}  # extra body parameters (vLLM, SGLang servers read them)
             if params.stop:
                 body["stop"] = list(params.stop)
             got = parse_completions(self._post(body), params.stop)

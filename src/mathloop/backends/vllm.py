@@ -53,7 +53,7 @@ class VLLMBackend:
             return []
         sampling = self._vllm.SamplingParams(
             n=1 if params.greedy else params.n, temperature=params.temperature, top_p=params.top_p,
-            max_tokens=params.max_new_tokens, seed=params.seed, stop=list(params.stop),
+            max_tokens=params.max_new_tokens, seed=params.seed, stop=list(params.stop), **params.sampler_options(),
             **({"logprobs": 0} if self.logprobs else {}))
         extra = {"lora_request": self.lora_request} if self.lora_request is not None else {}
         results = self.llm.generate(prompts, sampling, use_tqdm=False, **extra)

@@ -11,12 +11,15 @@ packaged with mathloop, the Hub) is `mathloop.data.sources`.
 from __future__ import annotations
 
 import ast
+import hashlib
+import json
 import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
+from mathloop.data import sources
 from mathloop.data.sources import DATA_DIR_ENV, default_data_dir, read_rows, resolve_data_file
 from mathloop.records import Problem, RecordError, read_jsonl
 
@@ -224,7 +227,7 @@ def load_benchmark(name: str, data_dir: str | os.PathLike | None = None, split: 
         return load_benchmark_from_hub(name, None if split == "test" else split, limit)
     if source != "local":
         raise ValueError(f"unknown data source '{source}': use local (data folder, else packaged data) or hub")
-    path = resolve_data_file(name, split, data_dir)
+    path = resolve_data_file(name, split, data_dir, _hub_id(name))
     rows, _ = read_rows(path)
     problems = problems_from_rows(benchmark, rows[:limit] if limit is not None else rows, str(path))
     if not problems:
@@ -274,3 +277,148 @@ def load_problems(path: str | os.PathLike) -> list[Problem]:
         raise ValueError(f"{path}: no problems (the file is empty)")
     return problems
 
+
+
+def load_problem_source(spec: str, data_dir: str | os.PathLike | None = None, limit: int | None = None
+                        ) -> list[Problem]:
+    """Problems from a problem source, the one grammar of every stage that reads problems (sample, synthesize's
+    seeds, the loop, GRPO's queries):
+
+      <benchmark>[:<split>[:<first N>]]   a benchmark of the data folder, split train by default (gsm8k:train:100)
+      synthetic:<count>:<seed>            the built-in procedural generator (exact answers)
+      <file>.jsonl                        a Problem JSONL file
+
+    `limit` keeps the first `limit` problems (with a count in the spec, the smaller of the two)."""
+    if Path(spec).suffix == ".jsonl" or Path(spec).exists():
+        problems = load_problems(spec)
+        return problems[:limit] if limit is not None else problems
+    if spec.startswith("synthetic:"):
+        from mathloop.data.synthetic import generate_problems
+
+        try:
+            count, seed = (int(x) for x in spec.split(":")[1:3])
+        except ValueError:
+            raise ValueError(f"problem source {spec!r}: write synthetic:<count>:<seed>, e.g. synthetic:64:1") from None
+        return generate_problems(count if limit is None else min(count, limit), seed=seed)
+    name, _, rest = spec.partition(":")
+    split, _, count = rest.partition(":")
+    if count and not count.isdigit():
+        raise ValueError(f"problem source {spec!r}: write <benchmark>:<split>:<count>, e.g. gsm8k:train:100, "
+                         "synthetic:<count>:<seed> or a JSONL file")
+    if count:
+        limit = int(count) if limit is None else min(limit, int(count))
+    return load_benchmark(name, data_dir, split or "train", limit)
+
+
+def problem_source_data(spec: str, data_dir: str | os.PathLike | None = None) -> dict[str, dict]:
+    """The `data_record` of a benchmark problem source ({} for files and synthetic problems)."""
+    if Path(spec).suffix == ".jsonl" or Path(spec).exists() or spec.startswith("synthetic:"):
+        return {}
+    name, _, rest = spec.partition(":")
+    split = rest.partition(":")[0] or "train"
+    return {f"{name}:{split}": data_record(name, split, data_dir)}
+
+
+def _hub_id(name: str) -> str | None:
+    hub = get_benchmark(name).hub
+    return hub[0] if hub else None
+
+
+# ---- what identifies a benchmark's data; `mathloop data list` / `data pull` --------------------------------------
+
+def data_record(name: str, split: str = "test", data_dir: str | os.PathLike | None = None,
+                source: str = "local") -> dict[str, Any]:
+    """What identifies a benchmark's data: source, version and sha256 (of the file, or of the Hub rows as JSON
+    lines), rows, and the registry's benchmark version (prompt and gold extraction)."""
+    benchmark = get_benchmark(name)
+    if source == "hub":
+        rows, digest, origin = _hub_rows_record(name, split)
+        version = origin
+    else:
+        path = resolve_data_file(name, split, data_dir, _hub_id(name))
+        rows, digest = read_rows(path)
+        origin = "packaged" if path.is_relative_to(sources.PACKAGED_DIR) else str(path)
+        entry = sources.packaged_entry(name, split)
+        version = entry["version"] if entry is not None and entry["sha256"] == digest else "local"
+    return {"benchmark": name, "split": split, "source": origin, "version": version, "sha256": digest,
+            "rows": len(rows), "benchmark_version": benchmark.version}
+
+
+def _hub_rows_record(name: str, split: str) -> tuple[list[dict[str, Any]], str, str]:
+    rows, dataset_id = hub_rows(name, split)
+    digest = hashlib.sha256("".join(json.dumps(r, ensure_ascii=False, sort_keys=True, default=str) + "\n"
+                                    for r in rows).encode("utf-8")).hexdigest()
+    return rows, digest, f"hub:{dataset_id}"
+
+
+def available_benchmarks(data_dir: str | os.PathLike | None = None, split: str = "test",
+                         names: Iterable[str] | None = None) -> tuple[list[str], list[str]]:
+    """(available, missing) registered benchmarks for `split` in the data folder or the packaged data."""
+    available, missing = [], []
+    for name in (names if names is not None else BENCHMARKS):
+        if split not in BENCHMARKS[name].splits:
+            continue
+        try:
+            resolve_data_file(name, split, data_dir, _hub_id(name))
+            available.append(name)
+        except FileNotFoundError:
+            missing.append(name)
+    return available, missing
+
+
+# --- `mathloop data list` / `data pull` -------------------------------------------------------------------------
+
+def list_benchmarks(data_dir: str | os.PathLike | None = None) -> list[dict[str, Any]]:
+    """One row per registered benchmark and split: where it would be read from, version, rows, licence."""
+    rows = []
+    for name, benchmark in BENCHMARKS.items():
+        for split in benchmark.splits:
+            entry = sources.packaged_entry(name, split)
+            try:
+                path = resolve_data_file(name, split, data_dir, _hub_id(name))
+                source = "packaged" if path.is_relative_to(sources.PACKAGED_DIR) else str(path)
+            except FileNotFoundError:
+                source = f"hub ({benchmark.hub[0]})" if benchmark.hub else "not available"
+            rows.append({"benchmark": name, "split": split, "source": source,
+                         "version": entry["version"] if entry else "",
+                         "rows": entry["rows"] if entry else None,
+                         "licence": entry["licence"] if entry
+                         else f"not shipped: {sources.not_shipped_reason(name, split)}"})
+    return rows
+
+
+def pull_benchmarks(out: str | os.PathLike, names: list[str] | None = None,
+                    data_dir: str | os.PathLike | None = None) -> dict[str, str]:
+    """Write `<out>/<name>/<split>.jsonl` (the harness layout) for `names` (default: every packaged set), from the
+    data folder or the packaged data, or from the Hub for the rest. Returns what was done per file; raises when a
+    named set is available nowhere (after writing the others)."""
+    if names is None:
+        names = list(dict.fromkeys(e["benchmark"] for e in sources.packaged_manifest()["files"]))
+    out = Path(out)
+    done: dict[str, str] = {}
+    failed: list[str] = []
+    for name in names:
+        benchmark = get_benchmark(name)
+        for split in benchmark.splits:
+            target = out / name / f"{split}.jsonl"
+            try:
+                path = resolve_data_file(name, split, data_dir, _hub_id(name))
+            except FileNotFoundError as e:
+                if benchmark.hub is None or split != "test":  # the Hub copies are registered for one split
+                    if split == "test":
+                        failed.append(str(e))
+                    continue
+                rows, _, origin = _hub_rows_record(name, split)
+                text = "".join(json.dumps(r, ensure_ascii=False, default=str) + "\n" for r in rows).encode("utf-8")
+            else:
+                rows, _ = sources.read_data_file(path)  # checks a packaged file's sha256
+                text = sources.uncompressed_bytes(path)  # byte for byte, so the checksum stays the same
+                origin = "packaged data" if path.is_relative_to(sources.PACKAGED_DIR) else str(path)
+            target.parent.mkdir(parents=True, exist_ok=True)
+            tmp = target.with_name(target.name + ".tmp")
+            tmp.write_bytes(text)
+            os.replace(tmp, target)
+            done[f"{name}/{split}.jsonl"] = f"{len(rows)} rows from {origin}"
+    if failed:
+        raise FileNotFoundError("; ".join(failed) + (f" (written: {', '.join(done)})" if done else ""))
+    return done

@@ -202,7 +202,7 @@ class ContaminationIndex:
         that is available is indexed, and the others are named in a warning and in `index.unavailable` (a run
         reports them), never skipped silently.
         """
-        from mathloop.data.sources import available_benchmarks
+        from mathloop.data.benchmarks import available_benchmarks
 
         unavailable: list[str] = []
         if names is None:
@@ -318,12 +318,12 @@ def decontaminate(problems: Iterable[Problem], index: ContaminationIndex,
 
 def decontaminate_samples(samples: Iterable[Sample], index: ContaminationIndex
                           ) -> tuple[list[Sample], list[Sample], dict[str, int]]:
-    """`decontaminate` for responses: checks `metadata["question"]` (when present) and then the response.
+    """`decontaminate` for responses: checks the sample's `question` (when present) and then the response.
 
     Responses are matched with `local=True`, so one that restates a test question inside a long solution is caught.
 
-    The prompt itself is not checked (it carries templates and few-shot exemplars); put the problem text in
-    `metadata["question"]`. Repeated question texts (many samples per problem) are matched once.
+    The prompt itself is not checked (it carries templates and few-shot exemplars); the problem text is the
+    sample's `question`. Repeated question texts (many samples per problem) are matched once.
     """
     kept: list[Sample] = []
     removed: list[Sample] = []
@@ -331,7 +331,7 @@ def decontaminate_samples(samples: Iterable[Sample], index: ContaminationIndex
     question_matches: dict[str, Match | None] = {}
     for sample in samples:
         reason = None
-        question = sample.metadata.get("question")
+        question = sample.question
         if question:
             if question not in question_matches:
                 question_matches[question] = index.match(str(question))

@@ -39,11 +39,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from mathloop.backends.base import Backend, SamplingParams
+from mathloop.generate import generate, grade_samples, response_samples
 from mathloop.metrics import majority
 from mathloop.prompts import build_messages
 from mathloop.records import JsonlAppender, Problem, drop_torn_last_line, read_jsonl, write_jsonl
-from mathloop.verify import extract_answer, same_answer
 from mathloop.runs import lock_run_dir, start_run_record
+from mathloop.verify import same_answer
 
 if TYPE_CHECKING:
     from mathloop.data.decontaminate import ContaminationIndex
@@ -131,8 +132,8 @@ class SynthesisConfig:
     min_agreement: float = 0.5  # share of the n solutions the majority answer needs
     seed: int = 0  # operation choice per seed and sampling
     operations: tuple[str, ...] = tuple(OPERATIONS)
-    evolve_sampling: SamplingParams = EVOLVE_SAMPLING
-    answer_sampling: SamplingParams = ANSWER_SAMPLING
+    evolve_sampling: SamplingParams = field(default_factory=lambda: EVOLVE_SAMPLING)
+    answer_sampling: SamplingParams = field(default_factory=lambda: ANSWER_SAMPLING)
 
     def validate(self) -> None:
         unknown = [op for op in self.operations if op not in OPERATIONS]
@@ -268,7 +269,7 @@ def evolve_problems(backend: Backend, seeds: list[Problem], variants_per_seed: i
     """
     jobs = [(s, op) for s in seeds for op in choose_operations(s.id, variants_per_seed, seed, operations)]
     prompts = [backend.chat_prompt(evolution_messages(s.question, op)) for s, op in jobs]
-    outputs = backend.generate(prompts, dataclasses.replace(params, n=1, seed=seed)) if jobs else []
+    outputs = generate(backend, prompts, dataclasses.replace(params, n=1, seed=seed)) if jobs else []
     seen = {_normalized(q) for q in known_questions}
     problems: list[Problem] = []
     rejected: list[Rejected] = []
@@ -318,11 +319,14 @@ def answer_by_majority(backend: Backend, problems: list[Problem], n_answers: int
     """Sample `n_answers` CoT solutions per problem; keep the problems whose majority answer holds at least
     `min_agreement` of them, with that answer as `gold`. Returns (kept, rejected)."""
     prompts = [backend.chat_prompt(build_messages(p, "cot", 0)) for p in problems]
-    outputs = backend.generate(prompts, dataclasses.replace(params, n=n_answers, seed=seed)) if problems else []
+    params = dataclasses.replace(params, n=n_answers, seed=seed)
+    outputs = generate(backend, prompts, params) if problems else []
+    samples = response_samples(problems, prompts, outputs, params, "cot", backend.model_id)
+    grade_samples(samples, [p.choices for p in problems for _ in range(n_answers)])  # no gold: answers only
     kept: list[Problem] = []
     rejected: list[Rejected] = []
-    for problem, completions in zip(problems, outputs):
-        answers = [None if c.finish_reason == "length" else extract_answer(c.text) for c in completions]
+    for i, problem in enumerate(problems):
+        answers = [None if s.finish_reason == "length" else s.pred for s in samples[i * n_answers:(i + 1) * n_answers]]
         answer, votes = majority_vote(answers, verifier)
         agreement = votes / n_answers
         detail = {"answers": answers, "votes": votes, "agreement": agreement}
@@ -441,15 +445,30 @@ def _check_run_record(out: Path, backend: Backend, config: SynthesisConfig) -> N
                      what=f"{out} holds problems synthesized", fix="use another output")
 
 
-def load_seeds(spec: str, data_dir: str | None = None) -> list[Problem]:
-    """Seed problems from a Problem JSONL file, or "<benchmark>:<split>[:<first N>]" from the data folder
-    (e.g. gsm8k:train:100)."""
-    from mathloop.data.benchmarks import load_benchmark, load_problems
+def _as_stored(current: Any, old: Any) -> Any:
+    """`current` with only the keys a stored dict has (sampling options added later are not compared)."""
+    if isinstance(current, dict) and isinstance(old, dict):
+        return {k: current[k] for k in old if k in current}
+    return current
 
-    if spec.endswith(".jsonl") or Path(spec).exists():
-        return load_problems(spec)
-    name, _, rest = spec.partition(":")
-    split, _, limit = rest.partition(":")
-    if limit and not limit.isdigit():
-        raise ValueError(f"seeds {spec!r}: write <benchmark>:<split>:<count>, e.g. gsm8k:train:100, or a JSONL file")
-    return load_benchmark(name, data_dir, split or "train", int(limit) if limit else None)
+
+def run_synthesis(model: str, seeds: str, out: str | Path, config: SynthesisConfig, *, backend: str = "hf",
+                  backend_args: dict[str, Any] | None = None, decontaminate: bool = False,
+                  data_dir: str | None = None, chunk_size: int = 32) -> dict[str, Any]:
+    """`mathloop synthesize`: seeds from a problem source (`load_problem_source`), optionally checked against the
+    benchmarks, evolved and answered by `model` into `out` (`synthesize_file`)."""
+    from mathloop.backends import load_backend
+    from mathloop.data.benchmarks import load_problem_source
+    from mathloop.runs import refuse_overwriting_inputs
+
+    refuse_overwriting_inputs({"--out": out, "--out (rejected)": rejected_path(out)},
+                              {"--seeds": seeds if Path(seeds).is_file() else None})
+    config.validate()
+    seed_problems = load_problem_source(seeds, data_dir)
+    index = None
+    if decontaminate:
+        from mathloop.data.decontaminate import ContaminationIndex
+
+        index = ContaminationIndex.from_benchmarks(data_dir)
+    generator = load_backend(backend, model, **(backend_args or {}))
+    return synthesize_file(generator, seed_problems, out, config, index, chunk_size)

@@ -16,8 +16,6 @@ are scored again, the generations are kept.
 
 from __future__ import annotations
 
-import contextlib
-import inspect
 import json
 import logging
 import time
@@ -25,12 +23,18 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from mathloop.backends.base import Backend, Completion, SamplingParams
-from mathloop.data.benchmarks import get_benchmark, load_benchmark
-from mathloop.data.sources import data_record
+from mathloop.backends.base import (
+    SAMPLER_OPTIONS,
+    Backend,
+    SamplerOptions,
+    SamplingParams,
+    sampling_params,
+    validate_sampler_options,
+)
+from mathloop.data.benchmarks import data_record, get_benchmark, load_benchmark
 from mathloop.metrics import format_markdown, summarize
-from mathloop.prompts import build_messages
-from mathloop.records import JsonlAppender, Problem, Sample, drop_torn_last_line, read_records, write_jsonl
+from mathloop.generate import MODES, code_executor, generate_and_grade, pending_problems
+from mathloop.records import Problem, Sample, read_records, write_jsonl
 from mathloop.verify import Verifier, same_answer
 from mathloop.runs import finish_run_record, lock_run_dir, read_json, start_run_record, write_json, write_text_atomic
 
@@ -38,7 +42,7 @@ log = logging.getLogger(__name__)
 
 
 @dataclass
-class EvalConfig:
+class EvalConfig(SamplerOptions):
     """Everything that decides what an evaluation produces (recorded in run.json)."""
 
     out: str  # run folder (created; resumed when it exists)
@@ -65,7 +69,7 @@ class EvalConfig:
     rm_dtype: str | None = None  # default: bfloat16 where the device computes it natively, else float32
 
     def validate(self) -> None:
-        if self.mode not in ("cot", "tir"):
+        if self.mode not in MODES:
             raise ValueError(f"eval: unknown mode '{self.mode}': use cot or tir")
         if self.n < 1:
             raise ValueError(f"eval: n must be >= 1, got {self.n}")
@@ -73,15 +77,15 @@ class EvalConfig:
             raise ValueError(f"eval: limit must be >= 1 (or left out for all problems), got {self.limit}")
         if not self.tool_timeout > 0:
             raise ValueError(f"eval: tool_timeout must be > 0 seconds, got {self.tool_timeout}")
+        validate_sampler_options(self, "eval")
 
     def sampling(self) -> SamplingParams:
-        return SamplingParams(n=self.n, temperature=self.temperature, top_p=self.top_p,
-                              max_new_tokens=self.max_new_tokens, seed=self.seed)
+        return sampling_params(self)
 
 
 # Fields that must match for a run folder to be resumed; `limit` and `benchmarks` may grow between runs.
 _RESUME_KEYS = ("model", "backend", "mode", "n", "temperature", "top_p", "max_new_tokens", "seed", "split", "shots",
-                "max_tool_calls")
+                "max_tool_calls", *SAMPLER_OPTIONS)
 
 
 def run_eval(config: EvalConfig, backend: Backend | None = None, progress: bool = True,
@@ -106,16 +110,19 @@ def _run_eval(config: EvalConfig, backend: Backend | None, progress: bool, probl
     out = Path(config.out)
     run_info = _start_run_record(out, config, data)
     started = time.time()
-    with Verifier() as verifier, _executor(config) as executor:
+    with Verifier() as verifier, code_executor(config.mode, config.tool_timeout) as executor:
         for name, bench_problems in problems.items():
             path = out / "samples" / f"{name}.jsonl"
-            pending = _pending(bench_problems, path, config.n)
+            pending = pending_problems(bench_problems, path, config.n)
             if not pending:
                 log.info("%s: all %d problems already done", name, len(bench_problems))
                 continue
             if backend is None:
-                backend = _load_backend(config)
-            _generate_and_grade(name, pending, path, config, backend, verifier, executor, progress)
+                backend = load_stage_backend(config.backend, config.model, config.backend_args)
+            shots = get_benchmark(name).shots if config.shots is None else config.shots
+            generate_and_grade(pending, path, backend, config.sampling(), config.mode, verifier=verifier, shots=shots,
+                               executor=executor, max_tool_calls=config.max_tool_calls, progress=progress, desc=name,
+                               benchmark=name)
     if config.rm:
         del backend  # the policy's memory goes back before the reward model loads
         score_with_rm(out, config, problems)
@@ -124,105 +131,10 @@ def _run_eval(config: EvalConfig, backend: Backend | None, progress: bool, probl
     return summary
 
 
-def _executor(config: EvalConfig):
-    """The code sandbox for TIR runs; a do-nothing context for CoT."""
-    if config.mode != "tir":
-        return contextlib.nullcontext()
-    from mathloop.tools.sandbox import Sandbox
-
-    return Sandbox(timeout=config.tool_timeout)
-
-
-def _load_backend(config: EvalConfig) -> Backend:
+def load_stage_backend(backend: str, model: str, backend_args: dict[str, Any]) -> Backend:
     from mathloop.backends import load_backend
 
-    return load_backend(config.backend, config.model, **config.backend_args)
-
-
-def _pending(problems: list[Problem], path: Path, n: int) -> list[Problem]:
-    """Problems without all their samples; samples of half-done problems (a killed run) are dropped so those
-    problems are regenerated whole."""
-    if not path.exists():
-        return problems
-    drop_torn_last_line(path)
-    samples = read_records(Sample, path)
-    counts: dict[str, int] = {}
-    for sample in samples:
-        counts[sample.problem_id] = counts.get(sample.problem_id, 0) + 1
-    pending = [p for p in problems if counts.get(p.id, 0) < n]
-    half_done = {p.id for p in pending if counts.get(p.id, 0)}
-    if half_done:
-        write_jsonl(path, [s for s in samples if s.problem_id not in half_done])
-    return pending
-
-
-def _generate_and_grade(name: str, problems: list[Problem], path: Path, config: EvalConfig, backend: Backend,
-                        verifier: Verifier, executor, progress: bool) -> None:
-    from tqdm import tqdm
-
-    shots = get_benchmark(name).shots if config.shots is None else config.shots
-    params = config.sampling()
-    prompts = {p.id: backend.chat_prompt(build_messages(p, config.mode, shots)) for p in problems}
-    problems = sorted(problems, key=lambda p: -len(prompts[p.id]))  # similar lengths share a batch
-    chunk = max(1, getattr(backend, "batch_size", 32) // (1 if params.greedy else params.n)) * 4
-    bar = tqdm(total=len(problems), desc=name, unit="problem", disable=not progress)
-    with JsonlAppender(path) as appender:
-        for start in range(0, len(problems), chunk):
-            batch = problems[start:start + chunk]
-            if config.mode == "tir":
-                completions = _tir_completions(backend, [prompts[p.id] for p in batch], params, executor, config)
-                bar.update(len(batch))
-            else:
-                completions = _generate(backend, [prompts[p.id] for p in batch], params, bar)
-            samples = [
-                Sample(problem_id=p.id, benchmark=p.benchmark or name, prompt=prompts[p.id], response=c.text, mode=config.mode,
-                       sample_index=j, gold=p.gold, prompt_tokens=c.prompt_tokens,
-                       completion_tokens=c.completion_tokens, finish_reason=c.finish_reason,
-                       model=backend.model_id, sampling=params.to_dict(),
-                       tool_output_spans=c.metadata.get("tool_output_spans", []),
-                       metadata={"answer_type": p.metadata.get("answer_type", "math"), "question": p.question,
-                                 **({"tool_calls": c.metadata["tool_calls"]} if "tool_calls" in c.metadata else {})})
-                for p, outs in zip(batch, completions) for j, c in enumerate(outs)
-            ]
-            choices = {p.id: p.choices for p in batch}
-            graded = verifier.grade_batch([(s.gold, s.response) for s in samples],
-                                          answer_type=[s.metadata["answer_type"] for s in samples],
-                                          choices=[choices[s.problem_id] for s in samples])
-            for sample, (pred, verdict) in zip(samples, graded):
-                sample.pred, sample.verdict = pred, verdict
-            appender.write(samples)
-    bar.close()
-
-
-def _generate(backend: Backend, prompts: list[str], params: SamplingParams, bar) -> list:
-    """Call the backend, moving the progress bar as completions finish when the backend reports them."""
-    if "on_progress" not in inspect.signature(backend.generate).parameters:
-        completions = backend.generate(prompts, params)
-        bar.update(len(prompts))
-        return completions
-    per_problem = 1 if params.greedy else params.n
-    done = [0]
-
-    def on_progress(k: int) -> None:
-        before = done[0] // per_problem
-        done[0] += k
-        bar.update(done[0] // per_problem - before)
-
-    completions = backend.generate(prompts, params, on_progress=on_progress)
-    bar.update(len(prompts) - done[0] // per_problem)
-    return completions
-
-
-def _tir_completions(backend: Backend, prompts: list[str], params: SamplingParams, executor,
-                     config: EvalConfig) -> list[list[Completion]]:
-    """TIR rollouts for a chunk of prompts, as Completions carrying their executor-output spans."""
-    from mathloop.tools.tir import tir_generate
-
-    trajectories = tir_generate(backend, prompts, params, executor, max_tool_calls=config.max_tool_calls)
-    return [[Completion(text=t.response, prompt_tokens=t.prompt_tokens, completion_tokens=t.completion_tokens,
-                        finish_reason=t.finish_reason or "stop",
-                        metadata={"tool_output_spans": t.tool_output_spans, "tool_calls": t.tool_calls})
-             for t in group] for group in trajectories]
+    return load_backend(backend, model, **backend_args)
 
 
 def score_with_rm(out: Path, config: EvalConfig, problems: dict[str, list[Problem]]) -> int:

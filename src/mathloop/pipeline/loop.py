@@ -213,7 +213,7 @@ def run_loop(config: LoopConfig, progress: bool = True, backend=None) -> dict:
     `backend` generates for every sampling and evaluation stage instead of loading each round's model (tests use a
     scripted one); by default each stage loads the model it is given. The run folder is owned by this run while
     it works (`lock_run_dir`)."""
-    from mathloop.pipeline.sample import load_problem_source, problem_source_data
+    from mathloop.data.benchmarks import load_problem_source, problem_source_data
 
     config.validate()
     # the data is found (and identified by its checksums) before the run folder exists: a missing set leaves none
@@ -275,7 +275,7 @@ def _check_config(out: Path, config: LoopConfig, data: dict[str, dict]) -> None:
 def _prepare_problems(out: Path, config: LoopConfig, backend=None) -> list[Problem]:
     """The training problems, decontaminated against every benchmark of the data folder, plus the problems
     synthesized from them when the synthesize section is on (once per run: problems.jsonl)."""
-    from mathloop.pipeline.sample import load_problem_source
+    from mathloop.data.benchmarks import load_problem_source
 
     path = out / "problems.jsonl"
     if path.exists():

@@ -16,7 +16,6 @@ processes or machines fill one folder without coordination; the hard pass of a s
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import logging
 import time
@@ -24,16 +23,24 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from mathloop.backends.base import Backend, SamplingParams
-from mathloop.data.benchmarks import load_benchmark, load_problems
-from mathloop.records import Problem, Sample, read_records
+from mathloop.backends.base import (
+    SAMPLER_OPTIONS,
+    Backend,
+    SamplerOptions,
+    SamplingParams,
+    sampling_params,
+    validate_sampler_options,
+)
+from mathloop.data.benchmarks import load_problem_source, problem_source_data
+from mathloop.generate import code_executor, generate_and_grade, pending_problems
+from mathloop.records import CORRECT, Problem, Sample, read_records
 from mathloop.runs import lock_run_dir, refuse_overwriting_inputs, start_run_record, write_json
 
 log = logging.getLogger(__name__)
 
 
 @dataclass
-class SampleConfig:
+class SampleConfig(SamplerOptions):
     """Every setting of a sampling run (recorded in run.json)."""
 
     problems: str  # "<benchmark>:<split>" from the data folder, or a Problem JSONL file
@@ -72,29 +79,12 @@ class SampleConfig:
             raise ValueError(f"sample: limit must be >= 1 (or left out for all problems), got {self.limit}")
         if not self.tool_timeout > 0:
             raise ValueError(f"sample: tool_timeout must be > 0 seconds, got {self.tool_timeout}")
+        validate_sampler_options(self, "sample")
 
 
 # Settings that must match for a folder to be resumed (the problem list may grow with `limit`).
 _RESUME_KEYS = ("model", "problems", "n", "temperatures", "top_p", "max_new_tokens", "mode", "hard_n",
-                "hard_max_correct", "hard_temperature", "seed", "num_shards")
-
-
-def load_problem_source(spec: str, data_dir: str | None = None, limit: int | None = None) -> list[Problem]:
-    """Problems from "<benchmark>:<split>" (data folder), "synthetic:<count>:<seed>" (the built-in procedural
-    generator, exact answers) or a Problem JSONL file."""
-    if Path(spec).suffix == ".jsonl" or Path(spec).exists():
-        problems = load_problems(spec)
-        return problems[:limit] if limit is not None else problems
-    if spec.startswith("synthetic:"):
-        from mathloop.data.synthetic import generate_problems
-
-        try:
-            count, seed = (int(x) for x in spec.split(":")[1:3])
-        except ValueError:
-            raise ValueError(f"problem source {spec!r}: write synthetic:<count>:<seed>, e.g. synthetic:64:1") from None
-        return generate_problems(count if limit is None else min(count, limit), seed=seed)
-    name, _, split = spec.partition(":")
-    return load_benchmark(name, data_dir, split or "train", limit)
+                "hard_max_correct", "hard_temperature", "seed", "num_shards", *SAMPLER_OPTIONS)
 
 
 def shard_of(problem_id: str, num_shards: int) -> int:
@@ -119,7 +109,7 @@ def run_sample(config: SampleConfig, backend: Backend | None = None, progress: b
 
 
 def _run_sample(config: SampleConfig, problems: list[Problem], backend: Backend | None, progress: bool) -> dict:
-    from mathloop.pipeline.evaluate import EvalConfig, _executor, _generate_and_grade, _load_backend, _pending
+    from mathloop.pipeline.evaluate import load_stage_backend
     from mathloop.verify import Verifier
 
     out = Path(config.out)
@@ -131,30 +121,27 @@ def _run_sample(config: SampleConfig, problems: list[Problem], backend: Backend 
     if config.hard_n:
         passes.append((config.hard_temperature, config.hard_n))
     suffix = "" if config.num_shards == 1 else f".shard-{config.shard}-of-{config.num_shards}"
-    eval_config = EvalConfig(model=config.model, benchmarks=[], out=str(out), backend=config.backend,
-                             mode=config.mode, top_p=config.top_p, max_new_tokens=config.max_new_tokens,
-                             data_dir=config.data_dir, shots=0, max_tool_calls=config.max_tool_calls,
-                             tool_timeout=config.tool_timeout, backend_args=config.backend_args)
-    with Verifier() as verifier, _executor(eval_config) as executor:
+    with Verifier() as verifier, code_executor(config.mode, config.tool_timeout) as executor:
         for i, (temperature, n) in enumerate(passes):
             pass_problems = problems
             if config.hard_n and i == len(passes) - 1:
                 pass_problems = _hard_problems(problems, out, suffix, config.hard_max_correct, i)
             path = out / "samples" / f"pass-{i}{suffix}.jsonl"
-            pending = _pending(pass_problems, path, n)
+            pending = pending_problems(pass_problems, path, n)
             if not pending:
                 continue
             if backend is None:
-                backend = _load_backend(eval_config)
-            pass_config = dataclasses.replace(eval_config, n=n, temperature=temperature, seed=config.seed + i)
+                backend = load_stage_backend(config.backend, config.model, config.backend_args)
+            params = sampling_params(config, n=n, temperature=temperature, seed=config.seed + i)
             log.info("pass %d: %d problems x %d responses at temperature %g", i, len(pending), n, temperature)
-            _generate_and_grade(f"pass {i}", pending, path, pass_config, backend, verifier, executor, progress)
+            generate_and_grade(pending, path, backend, params, config.mode, verifier=verifier, executor=executor,
+                               max_tool_calls=config.max_tool_calls, progress=progress, desc=f"pass {i}")
     samples = read_samples(out)
     ids = {p.id for p in problems}
     mine = [s for s in samples if s.problem_id in ids]
     summary = {"problems": len(problems), "samples": len(mine),
-               "correct": sum(s.verdict == "correct" for s in mine),
-               "solved_problems": len({s.problem_id for s in mine if s.verdict == "correct"}),
+               "correct": sum(s.verdict == CORRECT for s in mine),
+               "solved_problems": len({s.problem_id for s in mine if s.verdict == CORRECT}),
                "wall_seconds": round(time.time() - started, 1)}
     write_json(out / f"summary{suffix}.json", summary)
     return summary
@@ -166,7 +153,7 @@ def _hard_problems(problems: list[Problem], out: Path, suffix: str, max_correct:
         if path.name.startswith(f"pass-{hard_pass}"):
             continue
         for s in read_records(Sample, path):
-            if s.problem_id in correct and s.verdict == "correct":
+            if s.problem_id in correct and s.verdict == CORRECT:
                 correct[s.problem_id] += 1
     return [p for p in problems if correct[p.id] <= max_correct]
 
@@ -185,16 +172,6 @@ def read_samples(folder: str | Path) -> list[Sample]:
         s.sample_index = counts.get(s.problem_id, 0)
         counts[s.problem_id] = s.sample_index + 1
     return samples
-
-
-def problem_source_data(spec: str, data_dir: str | None = None) -> dict[str, dict]:
-    """The `data_record` of a "<benchmark>:<split>" problem source ({} for files and synthetic problems)."""
-    from mathloop.data.sources import data_record
-
-    if Path(spec).suffix == ".jsonl" or Path(spec).exists() or spec.startswith("synthetic:"):
-        return {}
-    name, _, split = spec.partition(":")
-    return {f"{name}:{split or 'train'}": data_record(name, split or "train", data_dir)}
 
 
 def _check_run_record(out: Path, config: SampleConfig) -> None:

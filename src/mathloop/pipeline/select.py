@@ -20,10 +20,12 @@ import re
 from collections import Counter
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
 
 from mathloop.metrics import majority
 from mathloop.prompts import build_messages
-from mathloop.records import Problem, Sample
+from mathloop.records import Problem, Sample, read_records, write_jsonl
 from mathloop.verify import same_answer
 
 
@@ -186,16 +188,16 @@ def select_responses(samples: Iterable[Sample], k: int = SelectConfig.k, use_rm:
 
 def sft_rows(samples: Iterable[Sample], problems: Mapping[str, Problem] | None = None) -> list[dict]:
     """Prompt-completion chat rows for SFT. The prompt messages are rebuilt from the problem (from `problems`, or
-    from the question stored in `Sample.metadata["question"]`) in the sample's mode, without few-shot turns.
+    from the sample's `question`) in the sample's mode, without few-shot turns.
     TIR responses keep their executor spans (`tool_output_spans`), which `mathloop sft` keeps out of the loss."""
     rows = []
     for s in samples:
         problem = (problems or {}).get(s.problem_id)
         if problem is None:
-            question = s.metadata.get("question")
+            question = s.question
             if question is None:
                 raise ValueError(f"sample of problem {s.problem_id} has no question: pass the problems, or sample "
-                                 f"with a mathloop version that stores metadata.question")
+                                 f"with a mathloop version that stores the question")
             problem = Problem(id=s.problem_id, benchmark=s.benchmark, question=question, gold=s.gold)
         rows.append({"prompt": build_messages(problem, s.mode, 0),
                      "completion": [{"role": "assistant", "content": s.response}],
@@ -215,3 +217,28 @@ def decontaminate_selection(samples: list[Sample], data_dir: str | None = None) 
     return kept, {"removed_responses": len(removed), "per_benchmark": per_benchmark, "not_checked": index.unavailable,
                   "examples": [{"problem_id": s.problem_id, "sample_index": s.sample_index,
                                 **s.metadata["contamination"]} for s in removed]}
+
+
+def write_sft_data(samples: list[Sample], output: str | Path, *, decontaminate: bool = False,
+                   data_dir: str | None = None, problems: Mapping[str, Problem] | None = None,
+                   **selection: Any) -> dict:
+    """The select stage (`mathloop select` and the loop): `select_responses` (with `selection`'s settings), then
+    optionally `decontaminate_selection`, written to `output` as SFT rows; returns the report with the row count.
+    A selection that keeps no response is refused (nothing is written): SFT on an empty file cannot run."""
+    chosen, report = select_responses(samples, **selection)
+    info = report.to_dict()
+    if decontaminate:
+        chosen, info["decontamination"] = decontaminate_selection(chosen, data_dir)
+    if not chosen:
+        raise ValueError(f"{output}: selection kept no response ({info}); sample more responses per problem or "
+                         f"more problems")
+    info["rows"] = write_jsonl(output, sft_rows(chosen, problems))
+    return info
+
+
+def read_sample_sources(sources: list[str]) -> list[Sample]:
+    """Samples from JSONL files and `mathloop sample` folders (every pass and shard of a folder)."""
+    from mathloop.pipeline.sample import read_samples
+
+    return [s for source in sources
+            for s in (read_samples(source) if Path(source).is_dir() else read_records(Sample, source))]

@@ -26,10 +26,11 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
+from mathloop.records import VERDICTS
 from mathloop.report.plots import Series, line_chart
 from mathloop.report.runs import Curves, RunView, SampleSet, read_run
 
-VERDICT_INDEX = {"correct": 0, "incorrect": 1, "no_answer": 2}
+VERDICT_INDEX = {verdict: i for i, verdict in enumerate(VERDICTS)}
 # Training curves drawn per trainer: (metrics.jsonl key, title, values are a share in [0, 1])
 CURVES = {
     "grpo": [("reward_mean", "reward (mean, band: +- std)", False), ("accuracy", "rollout accuracy", True),

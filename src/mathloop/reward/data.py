@@ -92,7 +92,7 @@ def build_rm_groups(samples: Iterable[Sample], group_size: int = 6, max_ratio: f
                     report.duplicate_samples += 1
                     continue
                 seen.add(key)
-                if index is not None and (index.match(s.metadata.get("question") or s.prompt, local=True)
+                if index is not None and (index.match(s.question or s.prompt, local=True)
                                           or index.match(s.response, local=True)):
                     report.contaminated_samples += 1
                     continue

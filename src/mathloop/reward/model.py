@@ -178,7 +178,7 @@ class QwenMathRewardModel(nn.Module):
     def input_text(tokenizer, prompt: str, response: str, question: str | None = None) -> str:
         if question is None:
             raise ValueError("a Qwen2.5-Math-RM model needs each problem's question text: pass questions="
-                             "{problem_id: question} to score_samples, or store it in Sample.metadata['question']")
+                             "{problem_id: question} to score_samples, or store it in Sample.question")
         messages = [{"role": "system", "content": QWEN_RM_SYSTEM}, {"role": "user", "content": question},
                     {"role": "assistant", "content": response}]
         return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=False)

@@ -9,38 +9,7 @@ from pathlib import Path
 import torch
 
 from mathloop.records import Sample, read_records, write_jsonl
-
-
-def encode(tokenizer, texts: Sequence[str], max_length: int | None = None) -> list[list[int]]:
-    """Token ids of each text (no special tokens added: the texts are already formatted). Texts longer than
-    `max_length` keep their last tokens, because the score is read at the end."""
-    ids = [tokenizer(text, add_special_tokens=False)["input_ids"] for text in texts]
-    return [row[-max_length:] for row in ids] if max_length else ids
-
-
-def pad_batch(rows: Sequence[Sequence[int]], pad_id: int, side: str = "right",
-              device: str | torch.device = "cpu") -> tuple[torch.Tensor, torch.Tensor]:
-    """(input_ids, attention_mask) for token-id rows of different lengths.
-
-    >>> ids, mask = pad_batch([[5, 6, 7], [8]], pad_id=0, side="left")
-    >>> ids.tolist(), mask.tolist()
-    ([[5, 6, 7], [0, 0, 8]], [[1, 1, 1], [0, 0, 1]])
-    """
-    width = max(len(r) for r in rows)
-    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(rows), width), dtype=torch.long)
-    for i, row in enumerate(rows):
-        span = slice(width - len(row), width) if side == "left" else slice(0, len(row))
-        ids[i, span] = torch.tensor(list(row), dtype=torch.long)
-        mask[i, span] = 1
-    return ids.to(device), mask.to(device)
-
-
-def pad_token_id(tokenizer) -> int:
-    for candidate in (tokenizer.pad_token_id, tokenizer.eos_token_id):
-        if candidate is not None:
-            return candidate
-    return 0
+from mathloop.tokens import encode, pad_batch, pad_token_id
 
 
 def model_device(model: torch.nn.Module) -> torch.device:
@@ -54,13 +23,13 @@ def score_samples(reward_model: torch.nn.Module, tokenizer, samples: Sequence[Sa
 
     Texts are built by the model's `input_text` (for a mathloop RM: prompt + response + eos), sorted by length so
     a batch wastes little padding, and right-padded. `questions` maps problem_id to question text, which RMs
-    with their own chat format (Qwen2.5-Math-RM) need; `Sample.metadata["question"]` works too.
+    with their own chat format (Qwen2.5-Math-RM) need; a sample's own `question` works too.
     """
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     questions = questions or {}
     texts = [reward_model.input_text(tokenizer, s.prompt, s.response,
-                                     questions.get(s.problem_id, s.metadata.get("question")))
+                                     questions.get(s.problem_id, s.question))
              for s in samples]
     ids = encode(tokenizer, texts, max_length)
     order = sorted(range(len(ids)), key=lambda i: -len(ids[i]))

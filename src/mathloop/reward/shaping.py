@@ -18,8 +18,8 @@ import math
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
-from mathloop.records import VERDICTS
-from mathloop.verify import CORRECT, grade
+from mathloop.records import CORRECT, VERDICTS
+from mathloop.verify import grade
 
 RewardFn = Callable[..., list["float | None"]]
 ScoreFn = Callable[[Sequence[Any], Sequence[str]], Sequence[float]]

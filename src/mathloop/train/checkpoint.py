@@ -72,3 +72,27 @@ def drop_metrics_after(path: Path, step: int) -> None:
     kept = [line for line in lines if json.loads(line).get("step", 0) <= step]
     if len(kept) < len(lines):
         write_text_atomic(path, "".join(line + "\n" for line in kept))
+
+
+# ---- final/: the trained model of every trainer (sft, rm, grpo) ----------------------------------------------
+# A trainer writes its model into <out>/final.partial (`start_final`) and renames it to <out>/final when it is
+# whole (`finish_final`): final/ existing is the completion marker, and a kill mid-save leaves no final/.
+
+def final_done(out: Path) -> bool:
+    """Whether the run in `out` has written its final model."""
+    return (out / "final").is_dir()
+
+
+def start_final(out: Path) -> Path:
+    """The (empty) folder to write the final model into."""
+    partial = out / "final.partial"
+    shutil.rmtree(partial, ignore_errors=True)
+    return partial
+
+
+def finish_final(out: Path) -> Path:
+    """Publish the model written into final.partial as final/ and return final/."""
+    final = out / "final"
+    shutil.rmtree(final, ignore_errors=True)
+    (out / "final.partial").rename(final)
+    return final

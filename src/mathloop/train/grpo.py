@@ -54,7 +54,6 @@ as an uninterrupted run.
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import dataclasses
 import importlib
@@ -71,20 +70,28 @@ from typing import Any
 
 import torch
 
-from mathloop.backends.base import SamplingParams
+from mathloop.backends.base import SamplerOptions, SamplingParams, sampling_params, validate_sampler_options
+from mathloop.generate import code_executor, generate, grade_samples, response_samples
 from mathloop.hardware import autocast
 from mathloop.prompts import build_messages
-from mathloop.records import Problem, Sample, read_records, write_jsonl
-from mathloop.reward.score import pad_batch, pad_token_id
+from mathloop.records import CORRECT, Problem, Sample, read_records, write_jsonl
 from mathloop.reward.shaping import RewardFn, make_rm_reward, make_shaped_reward, select_queries, verifier_reward
 from mathloop.runs import lock_run_dir, new_run_record, write_json
-from mathloop.train.checkpoint import drop_metrics_after, latest_checkpoint, load_checkpoint, save_checkpoint
+from mathloop.tokens import pad_batch, pad_token_id, response_loss_mask
+from mathloop.train.checkpoint import (
+    drop_metrics_after,
+    final_done,
+    finish_final,
+    latest_checkpoint,
+    load_checkpoint,
+    save_checkpoint,
+    start_final,
+)
 from mathloop.train.grpo_math import (
     aggregation_units,
     drop_truncated,
     group_advantages,
     grpo_loss,
-    response_loss_mask,
     soft_overlong_penalty,
     token_entropy,
     token_logprobs,
@@ -92,7 +99,6 @@ from mathloop.train.grpo_math import (
     zero_variance_groups,
 )
 from mathloop.train.tracking import MetricsReporter, check_report_to
-from mathloop.verify import CORRECT, grade
 
 log = logging.getLogger(__name__)
 
@@ -102,7 +108,7 @@ LOSS_AGGREGATION = {"grpo": "seq_mean_token_mean", "dapo": "token_mean", "dr_grp
 
 
 @dataclass
-class GRPOConfig:
+class GRPOConfig(SamplerOptions):
     """Every setting of a GRPO run (recorded in run.json; YAML keys use these names)."""
 
     output_dir: str  # run folder: checkpoints, logs, rollouts, final/
@@ -162,6 +168,7 @@ class GRPOConfig:
             self.learning_rate = 2e-5 if self.lora else 1e-6
 
     def validate(self) -> None:
+        validate_sampler_options(self, "grpo")
         if (self.queries is None) == (self.benchmark is None):
             raise ValueError("grpo: give exactly one of queries (a problems JSONL) and benchmark")
         if self.mode not in ("cot", "tir"):
@@ -241,15 +248,10 @@ def load_queries(config: GRPOConfig) -> tuple[list[Problem], dict[str, int]]:
     `selection_samples`, only queries with `selection_low`..`selection_high` correct of their first `selection_n`
     graded samples stay (the paper's 2..5 of 8): neither always nor never solved, so a group has rewards to compare.
     """
-    if config.queries:
-        from mathloop.data.benchmarks import load_problems
+    from mathloop.data.benchmarks import load_problem_source
 
-        problems = load_problems(config.queries)
-    else:
-        from mathloop.data.benchmarks import load_benchmark
-
-        problems = load_benchmark(config.benchmark, config.data_dir, config.split)
-    problems = problems[:config.limit]
+    source = config.queries or f"{config.benchmark}:{config.split}"
+    problems = load_problem_source(source, config.data_dir, config.limit)
     report = {"loaded": len(problems)}
     if config.reward in ("shaped", "verifier"):
         with_gold = [p for p in problems if p.gold is not None]
@@ -297,32 +299,18 @@ def query_indices(step: int, n_queries: int, config: GRPOConfig) -> list[int]:
 
 def build_policy(config: GRPOConfig, device: torch.device) -> tuple[torch.nn.Module, Any]:
     """The policy (full, or with LoRA adapters) and its tokenizer."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    from mathloop.models import make_trainable, resolve_model
+    from mathloop.models import add_lora, enable_activation_checkpointing, load_causal_lm, load_tokenizer, lora_config
+    from mathloop.models import resolve_model
 
     path, _ = resolve_model(config.model)
-    tokenizer = AutoTokenizer.from_pretrained(path)
-    if tokenizer.pad_token is None:
-        tokenizer.pad_token = tokenizer.eos_token
-    dtype = getattr(torch, config.dtype) if config.dtype else torch.float32
-    model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype)
-    make_trainable(model)
+    tokenizer = load_tokenizer(path)
+    model = load_causal_lm(path, getattr(torch, config.dtype) if config.dtype else torch.float32)
     if config.gradient_checkpointing:
-        kwargs = {"use_reentrant": False}
-        if hasattr(model, "activation_checkpointing_enable"):  # the name since transformers 5.x
-            model.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
-        else:
-            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
+        enable_activation_checkpointing(model)
     if config.lora:
-        try:
-            from peft import LoraConfig, get_peft_model
-        except ImportError:
-            raise ImportError("grpo --lora needs peft: pip install 'mathloop[train]'") from None
+        lora = lora_config("grpo", config.lora_rank, config.lora_alpha, task_type="CAUSAL_LM")
         torch.manual_seed(config.seed)  # the adapters' initial weights
-        lora = LoraConfig(r=config.lora_rank, lora_alpha=config.lora_alpha, target_modules="all-linear",
-                          task_type="CAUSAL_LM")
-        model = get_peft_model(model, lora)
+        model = add_lora(model, lora)
     return model.to(device), tokenizer
 
 
@@ -340,7 +328,7 @@ def reward_function(config: GRPOConfig, device: torch.device, questions: dict[st
         reward_model, rm_tokenizer = load_reward_model(config.rm, device=str(device))
 
         def score(prompts: Sequence[str], texts: Sequence[str]) -> list[float]:
-            samples = [Sample(problem_id="", prompt=p, response=t, metadata={"question": questions.get(p)})
+            samples = [Sample(problem_id="", prompt=p, response=t, question=questions.get(p))
                        for p, t in zip(prompts, texts)]
             return score_samples(reward_model, rm_tokenizer, samples)
 
@@ -360,66 +348,42 @@ def reward_function(config: GRPOConfig, device: torch.device, questions: dict[st
 
 @dataclass
 class Rollout:
-    """One sampled response to one query, with what training needs from it."""
+    """One sampled response to one query: its `Sample` (the record written to rollouts/, graded by the verifier),
+    and what training needs besides."""
 
+    sample: Sample
     query: Problem
-    prompt: str
-    response: str
-    sample_index: int
-    completion_tokens: int
-    finish_reason: str | None
     ended_by_eos: bool  # the model wrote its end-of-turn token (trained as the tokenizer's eos token)
-    tool_output_spans: list[list[int]] = dataclasses.field(default_factory=list)
     token_ids: list[int] | None = None  # the engine's sampled token ids, when it reports them (then trained as is)
     behaviour_logprobs: list[float] | None = None  # the engine's log-probability of each of those tokens (mu)
-    sampling: dict[str, Any] = dataclasses.field(default_factory=dict)  # the SamplingParams it was drawn with
-    pred: str | None = None
-    verdict: str | None = None
     reward: float = 0.0
     advantage: float = 0.0
 
 
 def generate_rollouts(backend, executor, queries: list[Problem], prompts: dict[str, str], config: GRPOConfig,
                       params: SamplingParams) -> list[Rollout]:
-    """`group_size` responses per query, query by query (a group's rollouts are consecutive)."""
-    rollouts = _generate_rollouts(backend, executor, queries, prompts, config, params)
-    for r in rollouts:
-        r.sampling = params.to_dict()
+    """`group_size` responses per query, query by query (a group's rollouts are consecutive), graded against
+    each query's gold (queries without one stay ungraded)."""
+    texts = [prompts[q.id] for q in queries]
+    groups = generate(backend, texts, params, config.mode, executor, config.max_tool_calls, session_prefix="grpo")
+    samples = response_samples(queries, texts, groups, params, config.mode, config.model)
+    completions = [c for group in groups for c in group]
+    rollouts = [Rollout(s, q, ended_by_eos=c.finish_reason == "stop" and c.stop_string is None,
+                        token_ids=c.metadata.get("token_ids"), behaviour_logprobs=c.metadata.get("token_logprobs"))
+                for s, c, q in zip(samples, completions, (q for q in queries for _ in range(params.n)))]
+    graded = [r for r in rollouts if r.sample.gold is not None]
+    grade_samples([r.sample for r in graded], [r.query.choices for r in graded])
     return rollouts
 
 
-def _generate_rollouts(backend, executor, queries: list[Problem], prompts: dict[str, str], config: GRPOConfig,
-                       params: SamplingParams) -> list[Rollout]:
-    texts = [prompts[q.id] for q in queries]
-    if config.mode == "tir":
-        from mathloop.tools.tir import OUTPUT_STOP, tir_generate
-
-        groups = tir_generate(backend, texts, params, executor, config.max_tool_calls, session_prefix="grpo")
-        return [Rollout(q, p, t.response, j, t.completion_tokens, t.finish_reason,
-                        # a trajectory that stopped at "```output" without code to run did not end its turn
-                        ended_by_eos=t.finish_reason == "stop" and not t.response.endswith(OUTPUT_STOP),
-                        tool_output_spans=t.tool_output_spans)
-                for q, p, group in zip(queries, texts, groups) for j, t in enumerate(group)]
-    groups = backend.generate(texts, params)
-    return [Rollout(q, p, c.text, j, c.completion_tokens, c.finish_reason,
-                    ended_by_eos=c.finish_reason == "stop" and c.stop_string is None,
-                    token_ids=c.metadata.get("token_ids"), behaviour_logprobs=c.metadata.get("token_logprobs"))
-            for q, p, group in zip(queries, texts, groups) for j, c in enumerate(group)]
-
-
-def grade_and_reward(rollouts: list[Rollout], reward_fn: RewardFn) -> None:
-    """Set each rollout's verdict (the verifier against the query's gold) and reward (the configured function;
-    None, a row the function does not apply to, counts as 0 as in TRL). The function gets the columns gold,
-    answer_type, choices, question and problem_id, one entry per completion."""
-    columns = {"gold": [r.query.gold for r in rollouts],
-               "answer_type": [r.query.metadata.get("answer_type", "math") for r in rollouts],
-               "choices": [r.query.choices for r in rollouts],
-               "question": [r.query.question for r in rollouts],
-               "problem_id": [r.query.id for r in rollouts]}
-    for r, answer_type in zip(rollouts, columns["answer_type"]):
-        if r.query.gold is not None:
-            r.pred, r.verdict = grade(r.query.gold, r.response, answer_type, r.query.choices)
-    rewards = reward_fn([r.prompt for r in rollouts], [r.response for r in rollouts], **columns)
+def reward_rollouts(rollouts: list[Rollout], reward_fn: RewardFn) -> None:
+    """Set each rollout's reward (the configured function; None, a row the function does not apply to, counts as
+    0 as in TRL). The function gets the columns gold, answer_type, choices, question and problem_id, one entry
+    per completion."""
+    columns = {"gold": [r.sample.gold for r in rollouts], "answer_type": [r.sample.answer_type for r in rollouts],
+               "choices": [r.query.choices for r in rollouts], "question": [r.sample.question for r in rollouts],
+               "problem_id": [r.sample.problem_id for r in rollouts]}
+    rewards = reward_fn([r.sample.prompt for r in rollouts], [r.sample.response for r in rollouts], **columns)
     if len(rewards) != len(rollouts):
         raise ValueError(f"reward function {getattr(reward_fn, '__name__', reward_fn)} returned {len(rewards)} "
                          f"rewards for {len(rollouts)} completions")
@@ -458,14 +422,14 @@ def encode_rollouts(tokenizer, rollouts: Sequence[Rollout], device: torch.device
     so the engine's log-probabilities line up token by token; others are re-tokenized from their text."""
     rows, keeps, behaviour = [], [], []
     for r in rollouts:
-        prompt_ids = tokenizer(r.prompt, add_special_tokens=False)["input_ids"]
+        prompt_ids = tokenizer(r.sample.prompt, add_special_tokens=False)["input_ids"]
         if r.token_ids is not None:
             response, keep = list(r.token_ids), [True] * len(r.token_ids)
             if r.behaviour_logprobs is not None and len(r.behaviour_logprobs) != len(response):
                 raise ValueError(f"rollout of {r.query.id}: {len(r.behaviour_logprobs)} log-probabilities for "
                                  f"{len(response)} tokens from the rollout engine")
         else:
-            response_ids, response_keep = response_loss_mask(tokenizer, r.response, r.tool_output_spans)
+            response_ids, response_keep = response_loss_mask(tokenizer, r.sample.response, r.sample.tool_output_spans)
             eos = [tokenizer.eos_token_id] if r.ended_by_eos else []
             response, keep = response_ids.tolist() + eos, response_keep.tolist() + [True] * len(eos)
         rows.append(prompt_ids + response)
@@ -485,7 +449,7 @@ def encode_rollouts(tokenizer, rollouts: Sequence[Rollout], device: torch.device
         behaviour_logp = behaviour_logp[:, 1:]  # log mu(token t+1), aligned with the loss mask
     return MicroBatch(input_ids, attention_mask, loss_mask[:, 1:],
                       advantages=torch.tensor([r.advantage for r in rollouts], dtype=torch.float32, device=device),
-                      truncated=torch.tensor([r.finish_reason == "length" for r in rollouts], device=device),
+                      truncated=torch.tensor([r.sample.finish_reason == "length" for r in rollouts], device=device),
                       behaviour_logp=behaviour_logp)
 
 
@@ -585,7 +549,7 @@ def _train_grpo(config: GRPOConfig, stop_after: int | None) -> dict[str, Any]:
     aggregation = LOSS_AGGREGATION[config.loss_type]
     last: dict[str, Any] = {}
     reporter = MetricsReporter(config.report_to, out, "grpo", dataclasses.asdict(config), resume_step=step)
-    with _executor(config) as executor, reporter:
+    with code_executor(config.mode, config.tool_timeout) as executor, reporter:
         while step < stop:
             torch.manual_seed(config.seed + step)
 
@@ -637,17 +601,17 @@ def _train_grpo(config: GRPOConfig, stop_after: int | None) -> dict[str, Any]:
                 optimizer.zero_grad(set_to_none=True)
             step += 1
 
-            graded = [r for r in sampled if r.verdict is not None]
+            graded = [r.sample for r in sampled if r.sample.verdict is not None]
             n_updates = config.updates_per_batch
             sampled_rewards = torch.tensor([r.reward for r in sampled], dtype=torch.float64)
             last = {"step": step, "reward_mean": sampled_rewards.mean().item(),
                     "reward_std": sampled_rewards.std().item() if len(sampled) > 1 else 0.0,
-                    "accuracy": sum(r.verdict == CORRECT for r in graded) / len(graded) if graded else None,
+                    "accuracy": sum(s.verdict == CORRECT for s in graded) / len(graded) if graded else None,
                     "kl": sums["kl"] / n_updates, "loss": sums["loss"] / n_updates,
                     "grad_norm": sums["grad_norm"] / n_updates,
-                    "response_length": sum(r.completion_tokens for r in sampled) / len(sampled),
+                    "response_length": sum(r.sample.completion_tokens for r in sampled) / len(sampled),
                     "flat_groups": flat,
-                    "truncation_rate": sum(r.finish_reason == "length" for r in sampled) / len(sampled),
+                    "truncation_rate": sum(r.sample.finish_reason == "length" for r in sampled) / len(sampled),
                     "entropy": sums["entropy"] / sums["entropy_tokens"] if sums["entropy_tokens"] else None,
                     "clip_fraction": sums["clipped"] / sums["tokens"] if sums["tokens"] else 0.0,
                     "is_ratio_mean": sums["is_ratio"] / sums["is_tokens"] if sums["is_tokens"] else None,
@@ -661,14 +625,13 @@ def _train_grpo(config: GRPOConfig, stop_after: int | None) -> dict[str, Any]:
             reporter.log(last, step)
             trained_ids = {id(r) for r in trained}
             write_jsonl(out / "rollouts" / f"step-{step:06d}.jsonl",
-                        [rollout_sample(r, config, step, id(r) in trained_ids) for r in sampled])
+                        [rollout_sample(r, step, id(r) in trained_ids) for r in sampled])
             if (config.save_every and step % config.save_every == 0) or step == stop:
                 save_checkpoint(out, model, optimizer, step, config, config.keep_checkpoints)
 
-    final = out / "final"
-    if step == config.steps and not (final / "config.json").exists():
-        save_final(model, tokenizer, final, config)
-    return {"step": step, "steps": config.steps, "final": str(final) if step == config.steps else None,
+    if step == config.steps and not final_done(out):
+        save_final(model, tokenizer, out, config)
+    return {"step": step, "steps": config.steps, "final": str(out / "final") if step == config.steps else None,
             **{k: v for k, v in last.items() if k != "step"}}
 
 
@@ -694,13 +657,12 @@ def rollout_step(step: int, queries: list[Problem], backend, executor, prompts: 
         else:
             indices = random.Random(f"grpo-queries-{config.seed}-{step}-{rounds}").sample(
                 range(len(queries)), min(missing, len(queries)))
-        params = SamplingParams(n=config.group_size, temperature=config.temperature, top_p=config.top_p,
-                                max_new_tokens=config.max_new_tokens, seed=rollout_seed(config, step, rounds))
+        params = sampling_params(config, n=config.group_size, seed=rollout_seed(config, step, rounds))
         with autocast(device):
             rollouts = generate_rollouts(backend, executor, [queries[i] for i in indices], prompts, config, params)
-        grade_and_reward(rollouts, reward_fn)
+        reward_rollouts(rollouts, reward_fn)
         if config.overlong == "soft_penalty":
-            lengths = torch.tensor([r.completion_tokens for r in rollouts])
+            lengths = torch.tensor([r.sample.completion_tokens for r in rollouts])
             penalties = soft_overlong_penalty(lengths, config.max_new_tokens, config.overlong_buffer,
                                               config.overlong_penalty)
             for r, penalty in zip(rollouts, penalties.tolist()):
@@ -765,33 +727,20 @@ def rollout_seed(config: GRPOConfig, step: int, round_: int = 0) -> int:
     return random.Random(f"grpo-rollout-{config.seed}-{step}-{round_}").randrange(2 ** 31)
 
 
-def rollout_sample(r: Rollout, config: GRPOConfig, step: int, trained: bool = True) -> Sample:
-    return Sample(problem_id=r.query.id, prompt=r.prompt, response=r.response, mode=config.mode,
-                  benchmark=r.query.benchmark, sample_index=r.sample_index, gold=r.query.gold, pred=r.pred,
-                  verdict=r.verdict, completion_tokens=r.completion_tokens, finish_reason=r.finish_reason,
-                  model=config.model, sampling=r.sampling, tool_output_spans=r.tool_output_spans,
-                  metadata={"step": step, "reward": r.reward, "advantage": r.advantage, "trained": trained})
+def rollout_sample(r: Rollout, step: int, trained: bool = True) -> Sample:
+    """The record of a rollout in rollouts/step-NNNNNN.jsonl: its Sample with step, reward, advantage, trained."""
+    return dataclasses.replace(r.sample, metadata={**r.sample.metadata, "step": step, "reward": r.reward,
+                                                   "advantage": r.advantage, "trained": trained})
 
 
-def save_final(model: torch.nn.Module, tokenizer, final: Path, config: GRPOConfig) -> None:
+def save_final(model: torch.nn.Module, tokenizer, out: Path, config: GRPOConfig) -> None:
     """The trained policy as a plain transformers folder (LoRA merged in place: training is over)."""
     if config.lora:
         model = model.merge_and_unload()
-    tmp = final.with_name(final.name + ".partial")
-    shutil.rmtree(tmp, ignore_errors=True)
-    model.save_pretrained(tmp)
-    tokenizer.save_pretrained(tmp)
-    tmp.rename(final)
-
-
-def _executor(config: GRPOConfig):
-    """The code sandbox for TIR rollouts; a do-nothing context for CoT."""
-    if config.mode != "tir":
-        return contextlib.nullcontext()
-    from mathloop.tools.sandbox import Sandbox
-
-    return Sandbox(timeout=config.tool_timeout)
-
+    partial = start_final(out)
+    model.save_pretrained(partial)
+    tokenizer.save_pretrained(partial)
+    finish_final(out)
 
 def _write_run_record(out: Path, config: GRPOConfig, report: dict[str, int]) -> None:
     write_json(out / "run.json", new_run_record(config, queries=report))

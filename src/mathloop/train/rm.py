@@ -27,7 +27,6 @@ import json
 import logging
 import math
 import random
-import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -40,9 +39,10 @@ from mathloop.records import Sample, read_records, write_jsonl
 from mathloop.reward.data import RMGroup, build_rm_groups, split_groups
 from mathloop.reward.loss import listwise_loss, pairwise_accuracy
 from mathloop.reward.model import RewardModel
-from mathloop.reward.score import encode, pad_batch, pad_token_id
 from mathloop.runs import lock_run_dir, new_run_record, write_json
-from mathloop.train.checkpoint import drop_metrics_after, latest_checkpoint, load_checkpoint, save_checkpoint
+from mathloop.tokens import encode, pad_batch, pad_token_id
+from mathloop.train.checkpoint import drop_metrics_after, final_done, finish_final, latest_checkpoint
+from mathloop.train.checkpoint import load_checkpoint, save_checkpoint, start_final
 from mathloop.train.tracking import MetricsReporter, check_report_to
 
 log = logging.getLogger(__name__)
@@ -160,32 +160,20 @@ def evaluate(model: torch.nn.Module, tokenizer, groups: list[RMGroup], config: R
 
 def build_model(config: RMTrainConfig, device: torch.device) -> tuple[RewardModel, Any]:
     """The reward model on the configured backbone (full or LoRA) and its tokenizer."""
-    from transformers import AutoTokenizer
-
-    from mathloop.models import resolve_model
+    from mathloop.models import add_lora, enable_activation_checkpointing, load_tokenizer, lora_config, resolve_model
 
     path, _ = resolve_model(config.model)
     # Trained weights stay float32 on CPU (bfloat16 would round small updates away); forward passes run under
     # bfloat16 autocast where the CPU computes it natively (mathloop.hardware.autocast).
     dtype = getattr(torch, config.dtype) if config.dtype else (torch.bfloat16 if device.type == "cuda"
                                                                else torch.float32)
-    tokenizer = AutoTokenizer.from_pretrained(path)
-    if tokenizer.pad_token is None:
-        tokenizer.pad_token = tokenizer.eos_token
+    tokenizer = load_tokenizer(path)
     torch.manual_seed(config.seed)  # the head's initial weights
     model = RewardModel.from_backbone(path, dtype=dtype)
     model.backbone_name = config.model
     if config.gradient_checkpointing:
-        kwargs = {"use_reentrant": False}
-        if hasattr(model.backbone, "activation_checkpointing_enable"):  # the name since transformers 5.x
-            model.backbone.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
-        else:
-            model.backbone.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
+        enable_activation_checkpointing(model.backbone)
     if config.lora:
-        try:
-            from peft import LoraConfig, get_peft_model
-        except ImportError:
-            raise ImportError("rm train --lora needs peft: pip install 'mathloop[train]'") from None
         targets: str | list[str] = "all-linear"
         layers = None
         if config.lora_layers:  # peft needs module names (not "all-linear") to pick layers
@@ -193,9 +181,9 @@ def build_model(config: RMTrainConfig, device: torch.device) -> tuple[RewardMode
             layers = list(range(max(0, total - config.lora_layers), total))
             targets = sorted({name.rsplit(".", 1)[-1] for name, module in model.backbone.named_modules()
                               if isinstance(module, torch.nn.Linear) and ".layers." in f".{name}"})
-        lora = LoraConfig(r=config.lora_rank, lora_alpha=config.lora_alpha, target_modules=targets,
-                          layers_to_transform=layers, layers_pattern="layers" if layers else None)
-        model.backbone = get_peft_model(model.backbone, lora)
+        lora = lora_config("rm train", config.lora_rank, config.lora_alpha, targets, layers_to_transform=layers,
+                           layers_pattern="layers" if layers else None)
+        model.backbone = add_lora(model.backbone, lora)
     return model.to(device), tokenizer
 
 
@@ -302,13 +290,10 @@ def _train(config: RMTrainConfig, stop_after: int | None) -> dict[str, Any]:
     reporter.close()
 
     # The finished model.
-    final = out / "final"
-    if step == total_steps and accelerator.is_main_process and not (final / "reward_config.json").exists():
-        tmp = out / "final.partial"
-        shutil.rmtree(tmp, ignore_errors=True)
-        accelerator.unwrap_model(model).save(tmp, tokenizer)
-        tmp.rename(final)
-    return {"step": step, "total_steps": total_steps, "final": str(final) if step == total_steps else None,
+    if step == total_steps and accelerator.is_main_process and not final_done(out):
+        accelerator.unwrap_model(model).save(start_final(out), tokenizer)
+        finish_final(out)
+    return {"step": step, "total_steps": total_steps, "final": str(out / "final") if step == total_steps else None,
             **{k: v for k, v in last.items() if k != "step"}}
 
 

@@ -61,8 +61,8 @@ from transformers import TrainerCallback
 
 from mathloop.hardware import compute_dtype
 from mathloop.records import RecordError, read_jsonl
-from mathloop.train.checkpoint import drop_metrics_after
 from mathloop.runs import check_run_record, lock_run_dir, new_run_record, read_json, write_json
+from mathloop.train.checkpoint import drop_metrics_after, final_done, finish_final, start_final
 
 log = logging.getLogger(__name__)
 
@@ -188,7 +188,7 @@ def tokenize_example(tokenizer, example: dict[str, Any]) -> dict[str, list[int]]
     for prompt-completion rows, and the response's tokens that overlap an executor span are masked as in GRPO
     (`response_loss_mask`). A template that does not render the prompt as a prefix of the conversation, or that
     changes the response text (trimming it, say), cannot be masked by character ranges and raises ValueError."""
-    from mathloop.train.grpo_math import response_loss_mask
+    from mathloop.tokens import response_loss_mask
 
     response = example["completion"][0]["content"]
     prompt_text = tokenizer.apply_chat_template(example["prompt"], add_generation_prompt=True, tokenize=False)
@@ -208,10 +208,10 @@ def build_trainer(config: SFTRunConfig, callbacks: list[TrainerCallback] | None 
     """The model, its tokenizer, the data and TRL's SFTTrainer for `config`; returns the
     trainer and a data report {model_path, model_name, examples, dropped_too_long, executor_output_masked}."""
     from datasets import Dataset
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoTokenizer
     from trl import SFTConfig, SFTTrainer
 
-    from mathloop.models import make_trainable, resolve_model
+    from mathloop.models import load_causal_lm, lora_config, resolve_model
 
     path, model_name = resolve_model(config.model)
     tokenizer = AutoTokenizer.from_pretrained(path)
@@ -223,9 +223,7 @@ def build_trainer(config: SFTRunConfig, callbacks: list[TrainerCallback] | None 
     if not examples:
         raise ValueError(f"sft: every example of {config.data} is longer than max_length={config.max_length} "
                          f"tokens; raise max_length")
-    model = AutoModelForCausalLM.from_pretrained(path, dtype=getattr(torch, config.dtype),
-                                                 attn_implementation=config.attn_implementation)
-    make_trainable(model)  # GGUF-derived models are marked quantized, which Trainer refuses
+    model = load_causal_lm(path, getattr(torch, config.dtype), attn_implementation=config.attn_implementation)
 
     # Loss on the completion tokens only, checkpoints under checkpoints/, no external loggers.
     on_gpu = torch.cuda.is_available()
@@ -250,12 +248,7 @@ def build_trainer(config: SFTRunConfig, callbacks: list[TrainerCallback] | None 
     )
     peft_config = None
     if config.lora:
-        try:
-            from peft import LoraConfig
-        except ImportError:
-            raise ImportError("sft --lora needs peft: pip install 'mathloop[train]'") from None
-        peft_config = LoraConfig(r=config.lora_rank, lora_alpha=config.lora_alpha, target_modules="all-linear",
-                                 task_type="CAUSAL_LM")
+        peft_config = lora_config("sft", config.lora_rank, config.lora_alpha, task_type="CAUSAL_LM")
     trainer = SFTTrainer(model=model, args=args, train_dataset=Dataset.from_list(examples),
                          processing_class=tokenizer, peft_config=peft_config, callbacks=callbacks)
     return trainer, {"model_path": path, "model_name": model_name, "examples": len(examples),
@@ -279,11 +272,10 @@ def _train_sft(config: SFTRunConfig, stop_after: int | None) -> dict[str, Any]:
     from transformers.trainer_utils import get_last_checkpoint
 
     out = Path(config.output_dir)
-    final = out / "final"
-    if (final / "config.json").exists():
-        log.info("%s exists: SFT already done", final)
+    if final_done(out):
+        log.info("%s exists: SFT already done", out / "final")
         done = read_json(out / "summary.json") if (out / "summary.json").exists() else {}
-        return {**done, "final": str(final), "already_done": True}
+        return {**done, "final": str(out / "final"), "already_done": True}
     out.mkdir(parents=True, exist_ok=True)
     checkpoint = get_last_checkpoint(str(out / "checkpoints")) if (out / "checkpoints").is_dir() else None
     if checkpoint is not None:
@@ -309,14 +301,12 @@ def _train_sft(config: SFTRunConfig, stop_after: int | None) -> dict[str, Any]:
     # The finished model: a standalone folder with the tokenizer, LoRA adapters merged into the weights.
     partial = out / "final.partial"
     if trainer.is_world_process_zero():
-        shutil.rmtree(partial, ignore_errors=True)
+        start_final(out)
     trainer.save_model(str(out / "adapter" if config.lora else partial))  # gathers sharded weights first
     if trainer.is_world_process_zero():
         if config.lora:
             _merge_adapter(report["model_path"], out / "adapter", partial, config, trainer.processing_class)
-        shutil.rmtree(final, ignore_errors=True)
-        partial.rename(final)
-        summary["final"] = str(final)
+        summary["final"] = str(finish_final(out))
         write_json(out / "summary.json", summary)
     trainer.accelerator.wait_for_everyone()
     return summary
@@ -337,12 +327,10 @@ def _merge_adapter(base_path: str, adapter_dir: Path, target: Path, config: SFTR
     Reading the adapter back from disk (instead of merging the in-memory model) works the same whether or not
     DeepSpeed sharded the weights during training."""
     from peft import PeftModel
-    from transformers import AutoModelForCausalLM
 
-    from mathloop.models import make_trainable
+    from mathloop.models import load_causal_lm
 
-    base = AutoModelForCausalLM.from_pretrained(base_path, dtype=getattr(torch, config.dtype))
-    make_trainable(base)
+    base = load_causal_lm(base_path, getattr(torch, config.dtype))
     merged = PeftModel.from_pretrained(base, str(adapter_dir)).merge_and_unload()
     shutil.rmtree(target, ignore_errors=True)
     merged.save_pretrained(target)

@@ -1,0 +1,142 @@
+"""The one generate -> (TIR) -> grade -> append stage, shared by eval, sample, GRPO rollouts and synthesis.
+
+  generate             prompts -> `Completion`s, by the backend alone (cot) or with the sandbox in the loop (tir)
+  response_samples     completions -> `Sample`s: the one conversion from a generated response to the record
+  grade_samples        extracted answer and verdict against each sample's gold
+  generate_and_grade   all three for a list of problems, appended to a JSONL file chunk by chunk (resumable with
+                       `pending_problems`)
+
+Helpers take a `SamplingParams` and a mode, never a stage's config, so every stage samples the same way.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import inspect
+from pathlib import Path
+from typing import Any, Callable, ContextManager
+
+from mathloop.backends.base import Backend, Completion, SamplingParams
+from mathloop.records import JsonlAppender, Mode, Problem, Sample, drop_torn_last_line, read_records, write_jsonl
+
+MODES = ("cot", "tir")
+
+
+def code_executor(mode: str, timeout: float = 5.0) -> ContextManager[Any]:
+    """The code sandbox for TIR (`timeout` seconds per execution); a do-nothing context for CoT."""
+    if mode not in MODES:
+        raise ValueError(f"unknown mode '{mode}': use cot or tir")
+    if mode != "tir":
+        return contextlib.nullcontext()
+    from mathloop.tools.sandbox import Sandbox
+
+    return Sandbox(timeout=timeout)
+
+
+def generate(backend: Backend, prompts: list[str], params: SamplingParams, mode: str = "cot", executor: Any = None,
+             max_tool_calls: int = 4, on_progress: Callable[[int], None] | None = None,
+             session_prefix: str = "tir") -> list[list[Completion]]:
+    """`params.n` completions per prompt, in prompt order. tir: TIR trajectories with `executor` running the code
+    (`code_executor`); cot: the backend alone, reporting finished completions to `on_progress` when it can."""
+    if mode == "tir":
+        from mathloop.tools.tir import tir_generate
+
+        completions = tir_generate(backend, prompts, params, executor, max_tool_calls, session_prefix)
+        if on_progress:
+            on_progress(sum(map(len, completions)))
+        return completions
+    if on_progress and "on_progress" in inspect.signature(backend.generate).parameters:
+        return backend.generate(prompts, params, on_progress=on_progress)  # type: ignore[call-arg]
+    completions = backend.generate(prompts, params)
+    if on_progress:
+        on_progress(sum(map(len, completions)))
+    return completions
+
+
+def response_samples(problems: list[Problem], prompts: list[str], completions: list[list[Completion]],
+                     params: SamplingParams, mode: Mode, model: str, benchmark: str = "") -> list[Sample]:
+    """One `Sample` per completion (problem by problem, `sample_index` in order), carrying the problem's question,
+    gold, answer type and benchmark version, and the sampling it was drawn with. `benchmark` names problems that
+    have none."""
+    sampling = params.to_dict()
+    return [Sample(problem_id=p.id, benchmark=p.benchmark or benchmark, prompt=prompt, response=c.text, mode=mode,
+                   sample_index=j, gold=p.gold, prompt_tokens=c.prompt_tokens, completion_tokens=c.completion_tokens,
+                   finish_reason=c.finish_reason, model=model, sampling=sampling,
+                   tool_output_spans=c.tool_output_spans, question=p.question,
+                   answer_type=p.metadata.get("answer_type", "math"),
+                   benchmark_version=p.metadata.get("benchmark_version"),
+                   metadata={"tool_calls": c.tool_calls} if mode == "tir" else {})
+            for p, prompt, outs in zip(problems, prompts, completions) for j, c in enumerate(outs)]
+
+
+def grade_samples(samples: list[Sample], choices: list[list[str] | None], verifier: Any = None) -> None:
+    """Set each sample's `pred` and `verdict` against its gold (`choices`: the options of each sample's problem).
+    With a `mathloop.verify.Verifier` the batch is checked in its worker pool, else one by one in this process."""
+    if verifier is not None:
+        graded = verifier.grade_batch([(s.gold, s.response) for s in samples],
+                                      answer_type=[s.answer_type for s in samples], choices=choices)
+    else:
+        from mathloop.verify import grade
+
+        graded = [grade(s.gold, s.response, s.answer_type, c) for s, c in zip(samples, choices)]
+    for sample, (pred, verdict) in zip(samples, graded):
+        sample.pred, sample.verdict = pred, verdict
+
+
+def pending_problems(problems: list[Problem], path: Path, n: int) -> list[Problem]:
+    """Problems of `path` without all their `n` samples. Samples of half-done problems (a killed run) are dropped so
+    those problems are generated again whole; samples of another benchmark version than the problem's are refused,
+    so one file never mixes two versions of a benchmark."""
+    if not path.exists():
+        return problems
+    drop_torn_last_line(path)
+    samples = read_records(Sample, path)
+    versions = {p.id: p.metadata.get("benchmark_version") for p in problems}
+    counts: dict[str, int] = {}
+    for sample in samples:
+        counts[sample.problem_id] = counts.get(sample.problem_id, 0) + 1
+        version = versions.get(sample.problem_id)
+        if sample.benchmark_version is not None and version is not None and sample.benchmark_version != version:
+            raise ValueError(f"{path}: {sample.problem_id} was sampled from version {sample.benchmark_version} of "
+                             f"{sample.benchmark}, the data is now version {version}; use a new output folder")
+    pending = [p for p in problems if counts.get(p.id, 0) < n]
+    half_done = {p.id for p in pending if counts.get(p.id, 0)}
+    if half_done:
+        write_jsonl(path, [s for s in samples if s.problem_id not in half_done])
+    return pending
+
+
+def generate_and_grade(problems: list[Problem], path: Path, backend: Backend, params: SamplingParams,
+                       mode: Mode = "cot", *, verifier: Any, shots: int = 0, executor: Any = None,
+                       max_tool_calls: int = 4, progress: bool = True, desc: str = "", benchmark: str = "") -> None:
+    """Generate `params.n` responses per problem with the benchmark's prompt (`shots` few-shot turns for
+    multiple-choice problems), grade them and append them to `path`, a chunk of problems at a time (a killed
+    run keeps every finished chunk)."""
+    from tqdm import tqdm
+
+    from mathloop.prompts import build_messages
+
+    prompts = {p.id: backend.chat_prompt(build_messages(p, mode, shots)) for p in problems}
+    problems = sorted(problems, key=lambda p: -len(prompts[p.id]))  # similar lengths share a batch
+    per_problem = 1 if params.greedy else params.n
+    chunk = max(1, getattr(backend, "batch_size", 32) // per_problem) * 4
+    bar = tqdm(total=len(problems), desc=desc, unit="problem", disable=not progress)
+    done = [0]
+
+    def on_progress(k: int) -> None:  # completions finished -> whole problems on the bar
+        before = done[0] // per_problem
+        done[0] += k
+        bar.update(done[0] // per_problem - before)
+
+    with JsonlAppender(path) as appender:
+        for start in range(0, len(problems), chunk):
+            batch = problems[start:start + chunk]
+            texts = [prompts[p.id] for p in batch]
+            done[0] = 0
+            completions = generate(backend, texts, params, mode, executor, max_tool_calls, on_progress)
+            bar.update(len(batch) - done[0] // per_problem)
+            samples = response_samples(batch, texts, completions, params, mode, backend.model_id, benchmark)
+            choices = {p.id: p.choices for p in batch}
+            grade_samples(samples, [choices[s.problem_id] for s in samples], verifier)
+            appender.write(samples)
+    bar.close()
