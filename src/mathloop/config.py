@@ -141,6 +141,22 @@ def changed_settings(old: dict[str, Any], current: dict[str, Any], keys: tuple[s
     return ", ".join(f"{k}: {old[k]!r} -> {current[k]!r}" for k in keys if k in old and old[k] != current[k])
 
 
+def changed_data(old: dict[str, dict], current: dict[str, dict]) -> str:
+    """The benchmarks whose data differs between a stored run and this one ("" when none do).
+
+    >>> changed_data({"gsm8k:test": {"sha256": "a", "benchmark_version": 1}},
+    ...              {"gsm8k:test": {"sha256": "b", "benchmark_version": 1}, "math:test": {"sha256": "c"}})
+    'gsm8k:test (sha256 a -> b)'
+    """
+    changes = []
+    for key in sorted(set(old) & set(current)):
+        for field in ("sha256", "benchmark_version"):
+            if old[key].get(field) != current[key].get(field):
+                changes.append(f"{key} ({field} {old[key].get(field)} -> {current[key].get(field)})")
+                break
+    return ", ".join(changes)
+
+
 
 # Settings that decide where or how fast a stage runs, never what it produces: changing them between runs of one
 # folder is allowed (a data folder added later, another batch size on another machine). The data itself is

@@ -224,8 +224,7 @@ def check_run_record(record: Mapping[str, Any], config: Any, resume_keys: tuple[
     Traceback (most recent call last):
     ValueError: runs/a holds samples with other settings (n: 4 -> 8); use a new output folder
     """
-    from mathloop.config import changed_settings, result_settings
-    from mathloop.data.sources import changed_data
+    from mathloop.config import changed_data, changed_settings, result_settings
 
     old, current = result_settings(record.get("config", {})), result_settings(_settings_dict(config))
     keys = tuple(current) if resume_keys is None else resume_keys

@@ -111,19 +111,3 @@ def read_rows(path: Path) -> tuple[list[dict[str, Any]], str]:
 @functools.lru_cache(maxsize=8)
 def _read_cached(path: Path, mtime_ns: int, size: int) -> tuple[list[dict[str, Any]], str]:
     return read_data_file(path)
-
-
-def changed_data(old: dict[str, dict], current: dict[str, dict]) -> str:
-    """The benchmarks whose data differs between a stored run and this one ("" when none do).
-
-    >>> changed_data({"gsm8k:test": {"sha256": "a", "benchmark_version": 1}},
-    ...              {"gsm8k:test": {"sha256": "b", "benchmark_version": 1}, "math:test": {"sha256": "c"}})
-    'gsm8k:test (sha256 a -> b)'
-    """
-    changes = []
-    for key in sorted(set(old) & set(current)):
-        for field in ("sha256", "benchmark_version"):
-            if old[key].get(field) != current[key].get(field):
-                changes.append(f"{key} ({field} {old[key].get(field)} -> {current[key].get(field)})")
-                break
-    return ", ".join(changes)
