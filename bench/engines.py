@@ -14,7 +14,7 @@ model's tokenizer. Conversions (CTranslate2, OpenVINO) are cached under --workdi
 
   hf          the anchor: HFBackend(dtype="auto", batch_size=32), static left-padded batches
   hf-fp32     the same in float32
-  hf-cb       transformers' continuous batching (`model.generate_batch`, paged attention), dtype auto
+  hf-cb       the hf backend with continuous_batching=True (transformers' `generate_batch`), dtype auto
   ct2-int8    CTranslate2, int8 weights and compute          (venv: .venvs/ct2, pip install ctranslate2 torch transformers)
   ct2-bf16    CTranslate2, bfloat16
   ov-int8     OpenVINO GenAI continuous-batching pipeline, int8 weights (optimum-intel export)   (venv: .venvs/ov)
@@ -76,41 +76,16 @@ def _run_hf(engine: str, job: dict) -> dict:
 
     torch.set_num_threads(job["threads"])
     start = time.perf_counter()
-    backend = HFBackend(job["model_path"], dtype="float32" if engine == "hf-fp32" else "auto", batch_size=32)
+    backend = HFBackend(job["model_path"], dtype="float32" if engine == "hf-fp32" else "auto", batch_size=32,
+                        continuous_batching=engine == "hf-cb")
     load_s = time.perf_counter() - start
     result = {"load_s": load_s, "convert_s": 0.0, "dtype": backend.dtype, "runs": {}}
-    if engine == "hf-cb":
-        return _run_hf_cb(backend, job, result)
     backend.generate(job["prompts"][:1], SamplingParams(max_new_tokens=4))  # warm-up
     for name, w in job["workloads"].items():
         params = SamplingParams(n=w["n"], temperature=w["temperature"], top_p=w["top_p"],
                                 max_new_tokens=job["max_new_tokens"], seed=0)
         outs, seconds = _timed(backend.generate, job["prompts"], params)
         result["runs"][name] = {"seconds": seconds, "texts": [[c.text for c in cs] for cs in outs]}
-    return result
-
-
-def _run_hf_cb(backend, job: dict, result: dict) -> dict:
-    import torch
-    from transformers import GenerationConfig
-    from transformers.generation.configuration_utils import ContinuousBatchingConfig
-
-    cb_config = ContinuousBatchingConfig(max_memory_percent=0.1)  # the default sizes the KV cache to most of RAM
-    ids = backend.tokenizer(job["prompts"], add_special_tokens=False)["input_ids"]
-    tok = backend.tokenizer
-    for name, w in job["workloads"].items():
-        greedy = w["temperature"] == 0
-        config = GenerationConfig(max_new_tokens=job["max_new_tokens"], do_sample=not greedy,
-                                  temperature=None if greedy else w["temperature"],
-                                  top_p=None if greedy else w["top_p"], top_k=None if greedy else 0,
-                                  num_return_sequences=w["n"], eos_token_id=job["eos_token_ids"],
-                                  pad_token_id=tok.pad_token_id)
-        torch.manual_seed(0)
-        with torch.inference_mode():
-            outs, seconds = _timed(lambda: backend.model.generate_batch(
-                inputs=ids, generation_config=config, continuous_batching_config=cb_config))
-        texts = [tok.decode(o.generated_tokens, skip_special_tokens=True) for o in outs.values()]
-        result["runs"][name] = {"seconds": seconds, "texts": [texts[i:i + w["n"]] for i in range(0, len(texts), w["n"])]}
     return result
 
 
