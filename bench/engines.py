@@ -15,11 +15,17 @@ model's tokenizer. Conversions (CTranslate2, OpenVINO) are cached under --workdi
   hf          the anchor: HFBackend(dtype="auto", batch_size=32), static left-padded batches
   hf-fp32     the same in float32
   hf-cb       the hf backend with continuous_batching=True (transformers' `generate_batch`), dtype auto
-  ct2-int8    CTranslate2, int8 weights and compute          (venv: .venvs/ct2, pip install ctranslate2 torch transformers)
+  ct2-int8    CTranslate2, int8 weights and compute          (venv: .venvs/ct2)
   ct2-bf16    CTranslate2, bfloat16
   ov-int8     OpenVINO GenAI continuous-batching pipeline, int8 weights (optimum-intel export)   (venv: .venvs/ov)
   ov-fp16     the same with fp16 weights (the CPU plugin computes in bf16 where native, else fp32)
   llamacpp    llama-cpp-python on the embedded Q4_K_M GGUF, one sequence at a time   (venv: .venvs/llamacpp)
+
+Environments (git-ignored; a CPU torch first, or pip pulls a CUDA build):
+  python -m venv .venvs/ct2 && .venvs/ct2/bin/pip install torch==2.13.0 ctranslate2 'transformers<5.6'
+  python -m venv .venvs/ov && .venvs/ov/bin/pip install torch==2.13.0 openvino-genai 'optimum-intel[openvino]' \
+      && .venvs/ov/bin/pip uninstall -y torchvision   # the torchvision it pulls breaks transformers' import
+  python -m venv .venvs/llamacpp && .venvs/llamacpp/bin/pip install llama-cpp-python   # compiles for minutes
 
 Usage:
   python bench/engines.py [--engines hf,hf-fp32,ct2-int8,ov-int8] [--quick] [--workloads greedy,sample]
@@ -56,9 +62,19 @@ def worker(engine: str, job_path: str) -> None:
     job = json.loads(Path(job_path).read_text())
     family = engine.split("-")[0]
     run = {"hf": _run_hf, "ct2": _run_ct2, "ov": _run_ov, "llamacpp": _run_llamacpp}[family]
-    result = run(engine, job)
+    run(engine, job)
+
+
+def _record(job: dict, result: dict, workload: str, run: dict) -> None:
+    """Write the result so far after every workload: a run killed later keeps the workloads it finished."""
+    result["runs"][workload] = run
     result["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     Path(job["result_path"]).write_text(json.dumps(result))
+
+
+def _per_prompt(texts: list[str], n: int) -> list[list[str]]:
+    """A flat list with each prompt's n responses together, as lists per prompt."""
+    return [texts[i:i + n] for i in range(0, len(texts), n)]
 
 
 def _timed(fn, *args):
@@ -67,7 +83,7 @@ def _timed(fn, *args):
     return out, time.perf_counter() - start
 
 
-def _run_hf(engine: str, job: dict) -> dict:
+def _run_hf(engine: str, job: dict) -> None:
     sys.path.insert(0, str(ROOT / "src"))
     import torch
 
@@ -85,8 +101,7 @@ def _run_hf(engine: str, job: dict) -> dict:
         params = SamplingParams(n=w["n"], temperature=w["temperature"], top_p=w["top_p"],
                                 max_new_tokens=job["max_new_tokens"], seed=0)
         outs, seconds = _timed(backend.generate, job["prompts"], params)
-        result["runs"][name] = {"seconds": seconds, "texts": [[c.text for c in cs] for cs in outs]}
-    return result
+        _record(job, result, name, {"seconds": seconds, "texts": [[c.text for c in cs] for cs in outs]})
 
 
 def _convert(job: dict, engine: str, command: list[str]) -> tuple[Path, float]:
@@ -102,7 +117,7 @@ def _convert(job: dict, engine: str, command: list[str]) -> tuple[Path, float]:
     return out, convert_s
 
 
-def _run_ct2(engine: str, job: dict) -> dict:
+def _run_ct2(engine: str, job: dict) -> None:
     import ctranslate2
     from transformers import AutoTokenizer
 
@@ -126,11 +141,10 @@ def _run_ct2(engine: str, job: dict) -> dict:
             batch, max_length=job["max_new_tokens"], include_prompt_in_result=False, max_batch_size=32,
             end_token=job["eos_token_ids"], **sampling))
         texts = [tok.decode(o.sequences_ids[0], skip_special_tokens=True) for o in outs]
-        result["runs"][name] = {"seconds": seconds, "texts": [texts[i:i + w["n"]] for i in range(0, len(texts), w["n"])]}
-    return result
+        _record(job, result, name, {"seconds": seconds, "texts": _per_prompt(texts, w["n"])})
 
 
-def _run_ov(engine: str, job: dict) -> dict:
+def _run_ov(engine: str, job: dict) -> None:
     import openvino_genai as ov_genai
 
     weights = {"ov-int8": "int8", "ov-fp16": "fp16"}[engine]
@@ -154,11 +168,10 @@ def _run_ov(engine: str, job: dict) -> dict:
             config.do_sample, config.temperature, config.top_p, config.rng_seed = True, w["temperature"], w["top_p"], 0
         outs, seconds = _timed(pipe.generate, job["prompts"], config)
         texts = list(outs.texts)  # n per prompt, in prompt order
-        result["runs"][name] = {"seconds": seconds, "texts": [texts[i:i + w["n"]] for i in range(0, len(texts), w["n"])]}
-    return result
+        _record(job, result, name, {"seconds": seconds, "texts": _per_prompt(texts, w["n"])})
 
 
-def _run_llamacpp(engine: str, job: dict) -> dict:
+def _run_llamacpp(engine: str, job: dict) -> None:
     from llama_cpp import Llama
 
     start = time.perf_counter()
@@ -174,8 +187,7 @@ def _run_llamacpp(engine: str, job: dict) -> dict:
                               ["choices"][0]["text"] for _ in range(w["n"])])
             return texts
         texts, seconds = _timed(generate)
-        result["runs"][name] = {"seconds": seconds, "texts": texts}
-    return result
+        _record(job, result, name, {"seconds": seconds, "texts": texts})
 
 
 # ---------------------------------------------------------------- the driver (runs in mathloop's environment)
@@ -280,15 +292,17 @@ def main() -> None:
         rc, wall, rss = run_child([python, str(Path(__file__).resolve()), "--worker", engine, str(job_path)],
                                   workdir / f"log-{engine}.txt")
         load_after = os.getloadavg()
-        if rc != 0 or not result_path.exists():
+        if rc != 0:
             print(f"{engine}: failed (exit {rc}); see {workdir / f'log-{engine}.txt'}", flush=True)
+        if not result_path.exists():
             continue
         result = json.loads(result_path.read_text())
         for name, run in result["runs"].items():
             responses = [t for texts in run["texts"] for t in texts]
             tokens = sum(len(ids) for ids in tok(responses, add_special_tokens=False)["input_ids"])
             row = {"engine": engine, "workload": name, "dtype": result["dtype"], "tokens": tokens,
-                   "seconds": run["seconds"], "tokens_per_s": tokens / run["seconds"], "peak_rss_mb": result["peak_rss_mb"], "peak_rss_with_convert_mb": rss,
+                   "seconds": run["seconds"], "tokens_per_s": tokens / run["seconds"],
+                   "peak_rss_mb": result["peak_rss_mb"], "peak_rss_with_convert_mb": rss,
                    "load_s": result["load_s"], "convert_s": result["convert_s"], "wall_s": wall,
                    "loadavg_before": load_before, "loadavg_after": load_after, "questions": questions,
                    "max_new_tokens": max_new, "threads": args.threads, "cpu": cpu, "model": model_id}
