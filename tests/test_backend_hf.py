@@ -73,3 +73,24 @@ def test_stop_strings_cut_the_text(backend):
         assert cut.text == text[:text.find(stop)]
         return
     pytest.skip("no continuation long enough to test stop strings")
+
+
+def test_continuous_batching_matches_static_batches(tiny_model_dir):
+    static = load_backend("hf", str(tiny_model_dir), dtype="float32", batch_size=4)
+    continuous = load_backend("hf", str(tiny_model_dir), dtype="float32", continuous_batching=True)
+    params = SamplingParams(max_new_tokens=10)
+    a, b = static.generate(PROMPTS, params), continuous.generate(PROMPTS, params)
+    assert [c[0].text for c in a] == [c[0].text for c in b]
+    assert [c[0].completion_tokens for c in a] == [c[0].completion_tokens for c in b]
+    assert [c[0].finish_reason for c in a] == [c[0].finish_reason for c in b]
+    assert [c[0].prompt_tokens for c in a] == [c[0].prompt_tokens for c in b]
+
+
+def test_continuous_batching_samples_n_per_prompt_reproducibly(tiny_model_dir):
+    backend = load_backend("hf", str(tiny_model_dir), dtype="float32", continuous_batching=True)
+    params = SamplingParams(n=3, temperature=1.0, top_p=0.95, max_new_tokens=8, seed=7)
+    first, again = backend.generate(PROMPTS[:2], params), backend.generate(PROMPTS[:2], params)
+    assert [len(c) for c in first] == [3, 3]
+    assert [[x.text for x in c] for c in first] == [[x.text for x in c] for c in again]
+    assert len({x.text for x in first[0]}) > 1
+    assert all(x.completion_tokens <= 8 for c in first for x in c)

@@ -36,16 +36,21 @@ class HFBackend:
     name = "hf"
 
     def __init__(self, model: str, dtype: str = "auto", device: str | None = None, batch_size: int = 32,
-                 segment_tokens: int | None = None, model_obj=None, tokenizer_obj=None, threads: int | None = None):
+                 segment_tokens: int | None = None, model_obj=None, tokenizer_obj=None, threads: int | None = None,
+                 continuous_batching: bool = False):
         """`model` is an embedded name (default, smollm2), a local folder or GGUF file, or a Hub id.
 
         `model_obj`/`tokenizer_obj` let tests and training code pass models that are already in memory.
+        `continuous_batching=True` generates with transformers' continuous batching (paged KV cache; a finished
+        sequence's slot takes the next waiting one at once) instead of static batches, for requests without stop
+        strings (those keep the static batches: its scheduler has no stopping criteria).
         """
         if threads:
             torch.set_num_threads(threads)
         self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
         self.batch_size = batch_size
         self.segment_tokens = segment_tokens
+        self.continuous_batching = continuous_batching
         if model_obj is not None:
             self.model, self.tokenizer, self.model_id = model_obj, tokenizer_obj, model
         else:
@@ -70,6 +75,11 @@ class HFBackend:
         completions are finished (for progress bars)."""
         n = 1 if params.greedy else params.n  # greedy decoding is deterministic: compute once, repeat below
         prompt_ids = self.tokenizer(prompts, add_special_tokens=False)["input_ids"]
+        if self.continuous_batching and not params.stop:
+            results = self._generate_continuous(prompt_ids, n, params)
+            if on_progress:
+                on_progress(len(prompts) * n)
+            return [[r[0]] * params.n for r in results] if params.greedy and params.n > 1 else results
         queue = [_Job(i, j, prompt_ids[i]) for i in range(len(prompts)) for j in range(n)]
         results: list[list[Completion | None]] = [[None] * n for _ in prompts]
         segment = self.segment_tokens or params.max_new_tokens
@@ -112,6 +122,40 @@ class HFBackend:
         return Completion(text=text, prompt_tokens=len(job.prompt_ids), completion_tokens=len(job.generated),
                           finish_reason="stop" if ended_by_eos or stop_string is not None else "length",
                           stop_string=stop_string)
+
+    @torch.inference_mode()
+    def _generate_continuous(self, prompt_ids: list[list[int]], n: int, params: SamplingParams
+                             ) -> list[list[Completion]]:
+        """All sequences through one continuous-batching scheduler; n samples per prompt share its prefill."""
+        from transformers import GenerationConfig
+        from transformers.generation.configuration_utils import ContinuousBatchingConfig
+
+        sampling = ({"do_sample": False} if params.greedy else
+                    {"do_sample": True, "temperature": params.temperature, "top_p": params.top_p, "top_k": 0})
+        config = GenerationConfig(max_new_tokens=params.max_new_tokens, num_return_sequences=n,
+                                  eos_token_id=self.eos_token_ids, pad_token_id=self.tokenizer.pad_token_id, **sampling)
+        # The default sizes the KV cache to most of free memory; a tenth holds 128 x 2k tokens of a 0.5B model.
+        scheduler = ContinuousBatchingConfig(max_memory_percent=0.1, seed=params.seed)
+        torch.manual_seed(params.seed)
+        outputs = list(self.model.generate_batch(inputs=prompt_ids, generation_config=config,
+                                                 continuous_batching_config=scheduler).values())
+        failed = [o.request_id for o in outputs if o.error is not None]
+        if len(outputs) != len(prompt_ids) * n or failed:
+            raise RuntimeError(f"continuous batching returned {len(outputs)} of {len(prompt_ids) * n} sequences"
+                               + (f"; failed: {', '.join(failed)}" if failed else "")
+                               + "; rerun with continuous_batching=False")
+        results = []
+        for i, ids in enumerate(prompt_ids):  # generate_batch returns each prompt's n sequences together, in order
+            completions = []
+            for output in outputs[i * n:(i + 1) * n]:
+                tokens = list(output.generated_tokens)
+                ended_by_eos = bool(tokens) and tokens[-1] in self.eos_token_ids
+                tokens = tokens[:-1] if ended_by_eos else tokens
+                completions.append(Completion(
+                    text=self.tokenizer.decode(tokens, skip_special_tokens=True), prompt_tokens=len(ids),
+                    completion_tokens=len(tokens), finish_reason="stop" if ended_by_eos else "length"))
+            results.append(completions)
+        return results
 
     @torch.inference_mode()
     def _generate_ids(self, batch: list[_Job], max_new_tokens: int, params: SamplingParams) -> list[list[int]]:
