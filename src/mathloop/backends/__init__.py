@@ -1,6 +1,6 @@
 """Generation backends behind one interface (`Backend`), chosen by name with `load_backend`.
 
-Each backend module is imported only when asked for, so optional dependencies (vllm) stay optional.
+Each backend module is imported only when asked for, so optional dependencies (vllm, openvino-genai) stay optional.
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ BACKENDS: dict[str, str] = {
     "hf": "mathloop.backends.hf:HFBackend",  # transformers, in process (CPU or GPU)
     "openai": "mathloop.backends.openai:OpenAIBackend",  # any OpenAI-compatible server (vllm serve, SGLang, ...)
     "vllm": "mathloop.backends.vllm:VLLMBackend",  # vLLM's offline engine (GPU, optional extra)
+    "openvino": "mathloop.backends.openvino:OpenVINOBackend",  # OpenVINO GenAI continuous batching (CPU, extra)
     "fake": "mathloop.backends.fake:FakeBackend",  # scripted responses, for tests
 }
 

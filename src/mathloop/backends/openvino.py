@@ -1,0 +1,272 @@
+"""The `openvino` backend: OpenVINO GenAI's continuous-batching pipeline on CPU, on an OpenVINO export of the model.
+
+A finished sequence's slot takes the next waiting one at once (paged KV cache), so no compute goes to sequences that
+already stopped, and the CPU plugin runs int8/fp16 weights with its own kernels. Prompts are tokenized and responses
+decoded by the model's Hugging Face tokenizer in this process, exactly as the hf backend does (the export's own
+OpenVINO tokenizer is not used), so prompt handling, special tokens and token counts are the same for both backends.
+
+Export: OpenVINO reads its own model format, written by `optimum-intel`, which pins an older transformers than
+mathloop's. `export_openvino` therefore runs `optimum-cli export openvino` in a separate environment under the
+mathloop cache (`openvino-export-env`, created on first use with `EXPORT_REQUIREMENTS`; it sees this environment's
+packages after its own, so torch is reused and only its pinned transformers shadows mathloop's). Exports are cached
+by the checkpoint's content (`checkpoint_hash`: config, tokenizer and weight files), so each new SFT checkpoint of a
+loop is exported once, the first time a stage generates with it.
+
+Precision: the CPU plugin's defaults trade accuracy for speed (bfloat16 compute where the CPU has it, a uint8 KV
+cache and int8 dynamic quantization of activations for int8 weights). `inference_precision` and `kv_cache_precision`
+set them; what was used goes to `info` (run.json's `backend_info`).
+
+openvino-genai is an optional extra (`pip install 'mathloop[openvino]'`), imported only when this backend is built.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+from mathloop.backends.base import Completion, Message, SamplingParams, cut_at_stop
+
+log = logging.getLogger(__name__)
+
+# optimum-intel's exporter with the newest transformers it supports (it refuses transformers >= 5.6).
+EXPORT_REQUIREMENTS = ("optimum-intel[openvino]==2.2.0", "transformers==5.5.4")
+WEIGHT_FORMATS = ("fp32", "fp16", "int8", "int4")  # `optimum-cli export openvino --weight-format`
+PRECISIONS = ("f32", "bf16", "f16", "u8")  # CPU plugin element types, as its properties spell them
+_CHECKPOINT_FILES = ("config.json", "generation_config.json", "tokenizer.json", "tokenizer_config.json",
+                     "special_tokens_map.json", "chat_template.jinja")
+_WEIGHT_SUFFIXES = (".safetensors", ".bin")
+
+
+class OpenVINOBackend:
+    """Generate with `openvino_genai.ContinuousBatchingPipeline` on CPU.
+
+    `model` is anything `resolve_model` takes (an embedded name, a local HF folder such as an SFT `final/`, a GGUF
+    file). `weight_format` picks the export; `inference_precision` / `kv_cache_precision` (None: the plugin's
+    default) go to the CPU plugin as INFERENCE_PRECISION_HINT / KV_CACHE_PRECISION; `threads` as
+    INFERENCE_NUM_THREADS; `cache_size_gb` sizes the paged KV cache. `export_python` is an interpreter with
+    optimum-intel to export with (default: the managed export environment)."""
+
+    name = "openvino"
+
+    def __init__(self, model: str, weight_format: str = "fp16", inference_precision: str | None = "f32",
+                 kv_cache_precision: str | None = "f32", threads: int | None = None, cache_size_gb: int = 2,
+                 export_python: str | None = None) -> None:
+        try:
+            import openvino_genai
+        except ImportError as exc:
+            raise ImportError("the openvino backend needs OpenVINO GenAI, which is not installed: "
+                              "pip install 'mathloop[openvino]', or use the hf backend") from exc
+        if weight_format not in WEIGHT_FORMATS:
+            raise ValueError(f"openvino backend: weight_format must be one of {', '.join(WEIGHT_FORMATS)}, "
+                             f"got {weight_format!r}")
+        for key, value in (("inference_precision", inference_precision), ("kv_cache_precision", kv_cache_precision)):
+            if value is not None and value not in PRECISIONS:
+                raise ValueError(f"openvino backend: {key} must be one of {', '.join(PRECISIONS)}, got {value!r}")
+        from mathloop.models import load_tokenizer, resolve_model
+
+        self._genai = openvino_genai
+        path, self.model_id = resolve_model(model)
+        self.tokenizer = load_tokenizer(path)
+        self.eos_token_ids = _eos_ids(path, self.tokenizer)
+        self.export_path, export = export_openvino(path, weight_format, export_python)
+        properties: dict[str, Any] = {}
+        if inference_precision:
+            properties["INFERENCE_PRECISION_HINT"] = inference_precision
+        if kv_cache_precision:
+            properties["KV_CACHE_PRECISION"] = kv_cache_precision
+        if threads:
+            properties["INFERENCE_NUM_THREADS"] = threads
+        scheduler = openvino_genai.SchedulerConfig()
+        scheduler.cache_size = cache_size_gb
+        start = time.perf_counter()
+        self.pipeline = openvino_genai.ContinuousBatchingPipeline(str(self.export_path), scheduler, "CPU", properties)
+        self.info = {"engine": f"openvino-genai {openvino_genai.get_version()}", "device": "CPU",
+                     "weight_format": weight_format, "export_path": str(self.export_path),
+                     "export_s": export.get("export_s"), "checkpoint_sha256": export.get("checkpoint_sha256"),
+                     "properties": properties, "load_s": round(time.perf_counter() - start, 2)}
+        self.dtype = weight_format
+
+    def chat_prompt(self, messages: list[Message]) -> str:
+        return self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+
+    def generate(self, prompts: list[str], params: SamplingParams,
+                 on_progress: Callable[[int], None] | None = None) -> list[list[Completion]]:
+        """All prompts go to the pipeline at once; `on_progress(k)` is called when k more completions are
+        finished. Greedy decoding generates once per prompt and repeats it `n` times."""
+        if not prompts:
+            return []
+        import numpy as np
+        import openvino
+
+        n = 1 if params.greedy else params.n
+        config = generation_config(self._genai, params, self.eos_token_ids)
+        prompt_ids = self.tokenizer(prompts, add_special_tokens=False)["input_ids"]
+        handles = [self.pipeline.add_request(i, openvino.Tensor(np.array([ids], dtype=np.int64)), config)
+                   for i, ids in enumerate(prompt_ids)]
+        finished = [False] * len(handles)
+        while self.pipeline.has_non_finished_requests():
+            self.pipeline.step()
+            if on_progress:
+                done = [i for i, h in enumerate(handles) if not finished[i] and _is_finished(h)]
+                for i in done:
+                    finished[i] = True
+                if done:
+                    on_progress(len(done) * n)
+        results = []
+        for ids, handle in zip(prompt_ids, handles):
+            outputs = handle.read_all()
+            if len(outputs) != n:
+                raise RuntimeError(f"openvino backend: the pipeline returned {len(outputs)} of {n} sequences for a "
+                                   f"prompt (status {handle.get_status()})")
+            completions = [self.to_completion(list(o.generated_ids), len(ids), params) for o in outputs]
+            results.append([completions[0]] * params.n if params.greedy and params.n > 1 else completions)
+        if on_progress and not all(finished):
+            on_progress(sum(not f for f in finished) * n)
+        return results
+
+    def to_completion(self, generated: list[int], prompt_tokens: int, params: SamplingParams) -> Completion:
+        """One sequence's token ids (the pipeline keeps the EOS token and stop strings in them) as a Completion."""
+        ended_by_eos = bool(generated) and generated[-1] in self.eos_token_ids
+        if ended_by_eos:
+            generated = generated[:-1]
+        text, stop_string = cut_at_stop(self.tokenizer.decode(generated, skip_special_tokens=True), params.stop)
+        stopped = ended_by_eos or stop_string is not None or len(generated) < params.max_new_tokens
+        return Completion(text=text, prompt_tokens=prompt_tokens, completion_tokens=len(generated),
+                          finish_reason="stop" if stopped else "length", stop_string=stop_string)
+
+
+def generation_config(genai: Any, params: SamplingParams, eos_token_ids: list[int]) -> Any:
+    """The `openvino_genai.GenerationConfig` of `params`: the prompts are token ids already through the chat template
+    (no template applied again), stop strings are kept in the output so that `cut_at_stop` finds which one ended a
+    response, and sampling options are set only where they change the distribution."""
+    config = genai.GenerationConfig()
+    config.max_new_tokens = params.max_new_tokens
+    config.stop_token_ids = set(eos_token_ids)
+    config.apply_chat_template = False
+    if params.stop:
+        config.stop_strings = set(params.stop)
+        config.include_stop_str_in_output = True
+    if not params.greedy:
+        config.do_sample = True
+        config.num_return_sequences = params.n
+        config.temperature = params.temperature
+        config.top_p = params.top_p
+        config.rng_seed = params.seed
+        options = params.sampler_options()
+        if "top_k" in options:
+            config.top_k = options["top_k"]
+        if "min_p" in options:
+            config.min_p = options["min_p"]
+    return config
+
+
+def _is_finished(handle: Any) -> bool:
+    return handle.get_status().name in ("FINISHED", "STOP", "CANCEL", "IGNORED")
+
+
+def _eos_ids(path: str, tokenizer: Any) -> list[int]:
+    """The ids that end a response: the generation config's eos_token_id(s) and the tokenizer's EOS."""
+    ids = set()
+    config = Path(path) / "generation_config.json"
+    if config.exists():
+        eos = json.loads(config.read_text()).get("eos_token_id")
+        ids.update(eos if isinstance(eos, list) else [eos] if eos is not None else [])
+    if tokenizer.eos_token_id is not None:
+        ids.add(tokenizer.eos_token_id)
+    return sorted(ids)
+
+
+# ---- export ------------------------------------------------------------------------------------------------------
+
+def checkpoint_hash(folder: str | os.PathLike) -> str:
+    """sha256 over the names and contents of a checkpoint folder's config, tokenizer and weight files: what decides
+    an export. A folder without weight files is refused."""
+    folder = Path(folder)
+    files = sorted(p for p in folder.iterdir() if p.is_file() and (p.name in _CHECKPOINT_FILES
+                                                                   or p.suffix in _WEIGHT_SUFFIXES))
+    if not any(p.suffix in _WEIGHT_SUFFIXES for p in files):
+        raise FileNotFoundError(f"{folder}: no *.safetensors or *.bin weights to export to OpenVINO")
+    digest = hashlib.sha256()
+    for p in files:
+        digest.update(p.name.encode() + b"\0")
+        with open(p, "rb") as f:
+            while chunk := f.read(1 << 24):
+                digest.update(chunk)
+        digest.update(b"\0")
+    return digest.hexdigest()
+
+
+def export_openvino(folder: str | os.PathLike, weight_format: str, python: str | None = None) -> tuple[Path, dict]:
+    """The OpenVINO export of the HF checkpoint `folder` with `weight_format` weights, made now if the cache has none
+    for its content; returns its folder and its record (`mathloop-export.json`: source, hash, command, seconds)."""
+    from mathloop.models import cache_dir
+
+    sha = checkpoint_hash(folder)
+    out = cache_dir() / "openvino" / f"{sha[:16]}-{weight_format}"
+    record_path = out / "mathloop-export.json"
+    if record_path.exists():
+        return out, json.loads(record_path.read_text())
+    python = python or export_environment()
+    partial = out.with_name(out.name + f".partial-{os.getpid()}")
+    shutil.rmtree(partial, ignore_errors=True)
+    command = [python, "-m", "optimum.commands.optimum_cli", "export", "openvino", "--model", str(folder),
+               "--task", "text-generation-with-past", "--weight-format", weight_format, str(partial)]
+    log.info("exporting %s to OpenVINO (%s weights): %s", folder, weight_format, out)
+    start = time.perf_counter()
+    done = subprocess.run(command, capture_output=True, text=True)
+    if done.returncode != 0:
+        shutil.rmtree(partial, ignore_errors=True)
+        raise RuntimeError(f"OpenVINO export of {folder} failed (exit {done.returncode}): {' '.join(command)}\n"
+                           + done.stderr[-3000:])
+    record = {"source": str(Path(folder).resolve()), "checkpoint_sha256": sha, "weight_format": weight_format,
+              "command": command, "export_s": round(time.perf_counter() - start, 1)}
+    (partial / "mathloop-export.json").write_text(json.dumps(record, indent=1))
+    shutil.rmtree(out, ignore_errors=True)  # an export folder without its record is unfinished
+    partial.rename(out)
+    return out, record
+
+
+def export_environment() -> str:
+    """The python of the managed export environment (`cache_dir()/openvino-export-env`), created on first use: a
+    venv with `EXPORT_REQUIREMENTS`, which sees this interpreter's site-packages after its own (a .pth file) so it
+    reuses the installed torch. torchvision, if pip brought it, is removed (it breaks transformers' import when its
+    build does not match torch)."""
+    from mathloop.models import cache_dir
+
+    env = cache_dir() / "openvino-export-env"
+    python = env / "bin" / "python"
+    marker = env / "mathloop-ready.json"
+    if marker.exists() and json.loads(marker.read_text()).get("requirements") == list(EXPORT_REQUIREMENTS):
+        return str(python)
+    import site
+    import sysconfig
+
+    log.info("creating the OpenVINO export environment %s (once; pip installs %s)", env,
+             " ".join(EXPORT_REQUIREMENTS))
+    subprocess.run([sys.executable, "-m", "venv", "--clear", str(env)], check=True)
+    own = subprocess.run([str(python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+                         check=True, capture_output=True, text=True).stdout.strip()
+    parents = [p for p in dict.fromkeys([*site.getsitepackages(), sysconfig.get_paths()["purelib"]]) if Path(p).is_dir()]
+    Path(own, "zz-mathloop-parent.pth").write_text("\n".join(parents) + "\n")
+    pip = [str(python), "-m", "pip", "install", "--disable-pip-version-check", *EXPORT_REQUIREMENTS]
+    done = subprocess.run(pip, capture_output=True, text=True)
+    if done.returncode != 0:
+        raise RuntimeError(f"creating the OpenVINO export environment {env} failed: {' '.join(pip)}\n"
+                           + done.stderr[-3000:])
+    if (Path(own) / "torchvision").exists():
+        subprocess.run([str(python), "-m", "pip", "uninstall", "-y", "torchvision"], check=True, capture_output=True)
+    check = subprocess.run([str(python), "-c", "import transformers, optimum.intel, torch; "
+                            "print(transformers.__version__, torch.__version__)"], capture_output=True, text=True)
+    if check.returncode != 0:
+        raise RuntimeError(f"the OpenVINO export environment {env} does not import optimum-intel:\n"
+                           + check.stderr[-3000:])
+    marker.write_text(json.dumps({"requirements": list(EXPORT_REQUIREMENTS), "versions": check.stdout.split()}))
+    return str(python)

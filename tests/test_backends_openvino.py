@@ -1,0 +1,220 @@
+"""OpenVINOBackend against a stub `openvino_genai`: generation config, token-level output mapping, progress, the
+export cache; and (marked `integration`) a real export and generation with the tiny model."""
+
+import os
+import stat
+import sys
+import types
+
+import pytest
+
+from mathloop.backends import Backend, SamplingParams, load_backend
+from mathloop.backends import openvino as ov_backend
+from mathloop.backends.openvino import OpenVINOBackend, checkpoint_hash, export_openvino
+
+
+class StubConfig:
+    """Records the attributes the backend sets (GenerationConfig's defaults are C++ side)."""
+
+
+class StubHandle:
+    def __init__(self, outputs):
+        self.outputs, self.finished = outputs, False
+
+    def get_status(self):
+        return types.SimpleNamespace(name="FINISHED" if self.finished else "RUNNING")
+
+    def read_all(self):
+        return self.outputs
+
+
+@pytest.fixture
+def stub_genai(monkeypatch, tiny_model_dir, tmp_path):
+    """A fake `openvino_genai` whose pipeline answers each prompt with scripted token ids (one request finishes per
+    step), and a fake export."""
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
+    eos = tokenizer.eos_token_id
+
+    def ids(text):
+        return tokenizer(text, add_special_tokens=False)["input_ids"]
+
+    module = types.ModuleType("openvino_genai")
+    module.pipelines, module.requests = [], []
+    module.get_version = lambda: "2026.0-stub"
+    module.GenerationConfig = StubConfig
+    module.SchedulerConfig = StubConfig
+
+    class StubPipeline:
+        def __init__(self, path, scheduler, device, properties):
+            self.args = (path, scheduler.cache_size, device, properties)
+            self.handles = []
+            module.pipelines.append(self)
+
+        def add_request(self, request_id, tensor, config):
+            prompt = tokenizer.decode(tensor.data[0])
+            module.requests.append((request_id, prompt, config))
+            n = getattr(config, "num_return_sequences", 1)
+            script = {"eos": [ids("The answer is \\boxed{5}.") + [eos]],
+                      "long": [ids("Let x = 7, so 2x = 14. Let x")[:6]],
+                      "tool": [ids("print(1 + 2)\n```\n```output\n3")]}[prompt.split()[-1]]
+            handle = StubHandle([types.SimpleNamespace(generated_ids=script[0]) for _ in range(n)])
+            self.handles.append(handle)
+            return handle
+
+        def has_non_finished_requests(self):
+            return any(not h.finished for h in self.handles)
+
+        def step(self):
+            next(h for h in self.handles if not h.finished).finished = True
+
+    module.ContinuousBatchingPipeline = StubPipeline
+    tensor_module = types.ModuleType("openvino")
+    tensor_module.Tensor = lambda array: types.SimpleNamespace(data=array)
+    monkeypatch.setitem(sys.modules, "openvino_genai", module)
+    monkeypatch.setitem(sys.modules, "openvino", tensor_module)
+    exported = tmp_path / "export"
+    monkeypatch.setattr(ov_backend, "export_openvino", lambda folder, weight_format, python=None: (
+        exported, {"export_s": 1.5, "checkpoint_sha256": "ab" * 32, "folder": str(folder)}))
+    return module
+
+
+def test_pipeline_arguments_and_info(stub_genai, tiny_model_dir, tmp_path):
+    backend = OpenVINOBackend(str(tiny_model_dir), weight_format="int8", inference_precision="bf16",
+                              kv_cache_precision=None, threads=2, cache_size_gb=3)
+    assert isinstance(backend, Backend) and backend.name == "openvino"
+    [pipeline] = stub_genai.pipelines
+    assert pipeline.args == (str(tmp_path / "export"), 3, "CPU",
+                             {"INFERENCE_PRECISION_HINT": "bf16", "INFERENCE_NUM_THREADS": 2})
+    assert backend.info["weight_format"] == "int8" and backend.info["export_path"] == str(tmp_path / "export")
+    assert backend.info["engine"] == "openvino-genai 2026.0-stub" and backend.info["export_s"] == 1.5
+    default = load_backend("openvino", str(tiny_model_dir))  # the accurate settings unless asked otherwise
+    assert stub_genai.pipelines[1].args[3] == {"INFERENCE_PRECISION_HINT": "f32", "KV_CACHE_PRECISION": "f32"}
+    assert default.info["weight_format"] == "fp16"
+
+
+def test_bad_settings_are_refused(stub_genai, tiny_model_dir):
+    with pytest.raises(ValueError, match="weight_format must be one of fp32, fp16, int8, int4, got 'q4'"):
+        OpenVINOBackend(str(tiny_model_dir), weight_format="q4")
+    with pytest.raises(ValueError, match="kv_cache_precision must be one of"):
+        OpenVINOBackend(str(tiny_model_dir), kv_cache_precision="int8")
+
+
+def test_sampling_maps_to_generation_config(stub_genai, tiny_model_dir):
+    backend = OpenVINOBackend(str(tiny_model_dir))
+    params = SamplingParams(n=3, temperature=0.7, top_p=0.8, top_k=20, min_p=0.05, max_new_tokens=64, seed=9,
+                            stop=("```output",))
+    backend.generate(["q eos"], params)
+    [(request_id, prompt, config)] = stub_genai.requests
+    assert (request_id, prompt) == (0, "q eos")  # the prompt text is tokenized once, without a template
+    assert vars(config) == {"max_new_tokens": 64, "stop_token_ids": set(backend.eos_token_ids),
+                            "apply_chat_template": False, "stop_strings": {"```output"},
+                            "include_stop_str_in_output": True, "do_sample": True, "num_return_sequences": 3,
+                            "temperature": 0.7, "top_p": 0.8, "rng_seed": 9, "top_k": 20, "min_p": 0.05}
+    backend.generate(["q eos"], SamplingParams(max_new_tokens=8))
+    assert vars(stub_genai.requests[1][2]) == {"max_new_tokens": 8, "stop_token_ids": set(backend.eos_token_ids),
+                                               "apply_chat_template": False}  # greedy: no sampling fields
+
+
+def test_outputs_map_to_completions(stub_genai, tiny_model_dir):
+    backend = OpenVINOBackend(str(tiny_model_dir))
+    seen = []
+    params = SamplingParams(n=2, temperature=1.0, max_new_tokens=6, stop=("```output",))
+    eos, long, tool = backend.generate(["a eos", "b long", "c tool"], params, on_progress=seen.append)
+    assert [c.text for c in eos] == ["The answer is \\boxed{5}."] * 2
+    assert (eos[0].finish_reason, eos[0].stop_string) == ("stop", None)
+    assert eos[0].completion_tokens == len(backend.tokenizer("The answer is \\boxed{5}.")["input_ids"])  # no EOS
+    assert eos[0].prompt_tokens == len(backend.tokenizer("a eos")["input_ids"])
+    assert (long[0].finish_reason, long[0].completion_tokens) == ("length", 6)
+    assert (tool[0].text, tool[0].stop_string, tool[0].finish_reason) == ("print(1 + 2)\n```\n", "```output", "stop")
+    assert sum(seen) == 6 and len(seen) == 3  # one call per finished request, n completions each
+
+
+def test_greedy_generates_once_and_repeats(stub_genai, tiny_model_dir):
+    results = OpenVINOBackend(str(tiny_model_dir)).generate(["p eos"], SamplingParams(n=3))
+    assert not hasattr(stub_genai.requests[0][2], "num_return_sequences")
+    assert [c.text for c in results[0]] == ["The answer is \\boxed{5}."] * 3
+
+
+def test_missing_openvino_says_how_to_install(monkeypatch):
+    monkeypatch.setitem(sys.modules, "openvino_genai", None)
+    with pytest.raises(ImportError, match=r"mathloop\[openvino\]"):
+        OpenVINOBackend("m")
+
+
+def test_checkpoint_hash_follows_weights_and_config(tmp_path):
+    (tmp_path / "config.json").write_text("{}")
+    (tmp_path / "model.safetensors").write_bytes(b"weights")
+    first = checkpoint_hash(tmp_path)
+    (tmp_path / "README.md").write_text("notes")
+    assert checkpoint_hash(tmp_path) == first  # not part of the model
+    (tmp_path / "model.safetensors").write_bytes(b"weights, next round")
+    second = checkpoint_hash(tmp_path)
+    (tmp_path / "config.json").write_text('{"rope_theta": 1}')
+    assert len({first, second, checkpoint_hash(tmp_path)}) == 3
+    (tmp_path / "model.safetensors").unlink()
+    with pytest.raises(FileNotFoundError, match=f"{tmp_path}: no \\*.safetensors"):
+        checkpoint_hash(tmp_path)
+
+
+def test_export_runs_once_per_checkpoint(tmp_path, monkeypatch):
+    """A stand-in exporter (it logs each call and writes the output folder) behind the export command."""
+    monkeypatch.setenv("MATHLOOP_CACHE", str(tmp_path / "cache"))
+    calls = tmp_path / "calls.txt"
+    exporter = tmp_path / "python"
+    exporter.write_text(f'#!/bin/sh\necho "$@" >> {calls}\nfor last; do :; done\nmkdir -p "$last"\n')
+    exporter.chmod(exporter.stat().st_mode | stat.S_IEXEC)
+    checkpoint = tmp_path / "final"
+    checkpoint.mkdir()
+    (checkpoint / "model.safetensors").write_bytes(b"round 1")
+    path, record = export_openvino(checkpoint, "int8", str(exporter))
+    assert export_openvino(checkpoint, "int8", str(exporter))[0] == path
+    assert len(calls.read_text().splitlines()) == 1
+    assert "--weight-format int8" in calls.read_text() and record["source"] == str(checkpoint)
+    assert path.parent == tmp_path / "cache" / "openvino" and record["export_s"] >= 0
+    (checkpoint / "model.safetensors").write_bytes(b"round 2")
+    assert export_openvino(checkpoint, "int8", str(exporter))[0] != path
+    assert len(calls.read_text().splitlines()) == 2
+    assert not [p for p in path.parent.iterdir() if ".partial" in p.name]
+
+
+def test_failed_export_leaves_no_cache_entry(tmp_path, monkeypatch):
+    monkeypatch.setenv("MATHLOOP_CACHE", str(tmp_path / "cache"))
+    exporter = tmp_path / "python"
+    exporter.write_text("#!/bin/sh\necho 'unsupported architecture' >&2\nexit 3\n")
+    exporter.chmod(exporter.stat().st_mode | stat.S_IEXEC)
+    (tmp_path / "model.safetensors").write_bytes(b"w")
+    with pytest.raises(RuntimeError, match="(?s)exit 3.*unsupported architecture"):
+        export_openvino(tmp_path, "fp16", str(exporter))
+    assert not (tmp_path / "cache" / "openvino").exists() or not any((tmp_path / "cache" / "openvino").iterdir())
+
+
+def _export_python() -> str | None:
+    """An interpreter with optimum-intel: $MATHLOOP_OPENVINO_EXPORT_PYTHON, else the managed environment if made."""
+    from mathloop.models import cache_dir
+
+    if os.environ.get("MATHLOOP_OPENVINO_EXPORT_PYTHON"):
+        return os.environ["MATHLOOP_OPENVINO_EXPORT_PYTHON"]
+    ready = cache_dir() / "openvino-export-env" / "mathloop-ready.json"
+    return str(ready.parent / "bin" / "python") if ready.exists() else None
+
+
+@pytest.mark.integration
+def test_export_and_generate_tiny_model(tiny_model_dir, tmp_path, monkeypatch):
+    pytest.importorskip("openvino_genai", reason="openvino-genai is not installed (pip install 'mathloop[openvino]')")
+    python = _export_python()
+    if python is None:
+        pytest.skip("no OpenVINO export environment: set MATHLOOP_OPENVINO_EXPORT_PYTHON to a python with "
+                    "optimum-intel, or create the managed one with "
+                    "`python -c 'from mathloop.backends.openvino import export_environment; export_environment()'`")
+    monkeypatch.setenv("MATHLOOP_CACHE", str(tmp_path / "cache"))
+    backend = OpenVINOBackend(str(tiny_model_dir), weight_format="fp16", export_python=python, threads=1)
+    prompt = backend.chat_prompt([{"role": "user", "content": "What is 2 + 3?"}])
+    [[greedy]] = backend.generate([prompt], SamplingParams(max_new_tokens=12))
+    assert greedy.completion_tokens <= 12 and greedy.finish_reason in ("stop", "length")
+    assert greedy.prompt_tokens == len(backend.tokenizer(prompt, add_special_tokens=False)["input_ids"])
+    params = SamplingParams(n=3, temperature=1.0, max_new_tokens=12, seed=1)
+    first, again = backend.generate([prompt], params), backend.generate([prompt], params)
+    assert len(first[0]) == 3 and [c.text for c in first[0]] == [c.text for c in again[0]]  # seeded
+    assert backend.info["export_s"] > 0 and (tmp_path / "cache" / "openvino").is_dir()
