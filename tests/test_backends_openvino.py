@@ -218,3 +218,17 @@ def test_export_and_generate_tiny_model(tiny_model_dir, tmp_path, monkeypatch):
     first, again = backend.generate([prompt], params), backend.generate([prompt], params)
     assert len(first[0]) == 3 and [c.text for c in first[0]] == [c.text for c in again[0]]  # seeded
     assert backend.info["export_s"] > 0 and (tmp_path / "cache" / "openvino").is_dir()
+
+
+def test_eval_records_the_engine_in_run_json(tmp_path, data_dir):
+    import json
+
+    from mathloop.backends.fake import FakeBackend
+    from mathloop.pipeline.evaluate import EvalConfig, run_eval
+
+    backend = FakeBackend(["\\boxed{1}"])
+    backend.info = {"engine": "openvino-genai 2026.0", "weight_format": "fp16", "export_path": "/cache/openvino/x"}
+    run_eval(EvalConfig(model="fake", benchmarks=["gsm8k"], out=str(tmp_path / "run"), limit=1, data_dir=str(data_dir)),
+             backend=backend, progress=False)
+    run = json.loads((tmp_path / "run" / "run.json").read_text())
+    assert run["backend_info"] == backend.info and run["finished"]

@@ -118,19 +118,22 @@ def with_backend_flags(args: argparse.Namespace, config, command: str):
 # The backend flags of eval, sample and synthesize, per backend: each is a key of the stage's `backend_args` (the
 # backend's own default applies when it is not given).
 BACKEND_FLAGS = {"hf": ("batch_size", "dtype"), "openai": ("base_url", "tokenizer", "concurrency"),
-                 "vllm": ("tensor_parallel_size", "dtype")}
+                 "vllm": ("tensor_parallel_size", "dtype"), "openvino": ("weight_format",)}
 
 
 def add_backend_arguments(p: argparse.ArgumentParser, cls) -> None:
     """The generation backend flags shared by eval, sample and synthesize (read by `with_backend_flags`)."""
-    setting(p, cls, "--backend", choices=["hf", "openai", "vllm"],
-            help="hf = transformers (CPU/GPU), openai = any OpenAI-compatible server, vllm = local vLLM")
+    setting(p, cls, "--backend", choices=["hf", "openai", "vllm", "openvino"],
+            help="hf = transformers (CPU/GPU), openai = any OpenAI-compatible server, vllm = local vLLM, "
+                 "openvino = OpenVINO GenAI on CPU (exports the model once per checkpoint)")
     p.add_argument("--batch-size", type=_positive_int, default=None, help="hf: sequences per forward batch")
     p.add_argument("--dtype", default=None, choices=["auto", "float32", "bfloat16", "float16"],
                    help="model dtype; auto (the default) is bfloat16 where the device computes it natively, else float32")
     p.add_argument("--base-url", default=None, help="openai: server URL, e.g. http://localhost:8000/v1 (needed there)")
     p.add_argument("--tokenizer", default=None, help="openai: tokenizer folder or id for the chat template")
     p.add_argument("--concurrency", type=_positive_int, default=None, help="openai: parallel requests")
+    p.add_argument("--weight-format", default=None, choices=["fp32", "fp16", "int8", "int4"],
+                   help="openvino: weights of the export (default fp16)")
     p.add_argument("--tensor-parallel-size", type=_positive_int, default=None, help="vllm: GPUs per model")
 
 

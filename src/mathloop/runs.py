@@ -251,6 +251,16 @@ def start_run_record(path: str | os.PathLike, config: Any, resume_keys: tuple[st
     return record, False
 
 
+def record_backend(path: str | os.PathLike, record: dict[str, Any], backend: Any) -> None:
+    """Add what the backend reports about its engine (`backend.info`: e.g. the openvino backend's engine version,
+    weight format and export folder) to the run record at `path` as `backend_info`; backends without `info` add
+    nothing."""
+    info = getattr(backend, "info", None)
+    if info:
+        record["backend_info"] = info
+        write_json(path, record)
+
+
 def finish_run_record(path: str | os.PathLike, record: dict[str, Any], started: float) -> None:
     """Mark the run finished (the completion marker): the time, and the wall seconds of all its sessions."""
     record.update(finished=time.strftime("%Y-%m-%dT%H:%M:%S"),

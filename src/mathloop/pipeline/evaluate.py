@@ -36,7 +36,8 @@ from mathloop.metrics import format_markdown, summarize
 from mathloop.generate import MODES, code_executor, generate_and_grade, pending_problems
 from mathloop.records import Problem, Sample, read_records, write_jsonl
 from mathloop.verify import Verifier, same_answer
-from mathloop.runs import finish_run_record, lock_run_dir, read_json, start_run_record, write_json, write_text_atomic
+from mathloop.runs import (finish_run_record, lock_run_dir, read_json, record_backend, start_run_record, write_json,
+                           write_text_atomic)
 
 log = logging.getLogger(__name__)
 
@@ -109,6 +110,8 @@ def _run_eval(config: EvalConfig, backend: Backend | None, progress: bool, probl
               data: dict) -> dict:
     out = Path(config.out)
     run_info = _start_run_record(out, config, data)
+    if backend is not None:
+        record_backend(out / "run.json", run_info, backend)
     started = time.time()
     with Verifier() as verifier, code_executor(config.mode, config.tool_timeout) as executor:
         for name, bench_problems in problems.items():
@@ -119,6 +122,7 @@ def _run_eval(config: EvalConfig, backend: Backend | None, progress: bool, probl
                 continue
             if backend is None:
                 backend = load_stage_backend(config.backend, config.model, config.backend_args)
+                record_backend(out / "run.json", run_info, backend)
             shots = get_benchmark(name).shots if config.shots is None else config.shots
             generate_and_grade(pending, path, backend, config.sampling(), config.mode, verifier=verifier, shots=shots,
                                executor=executor, max_tool_calls=config.max_tool_calls, progress=progress, desc=name,

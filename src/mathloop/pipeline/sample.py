@@ -34,7 +34,7 @@ from mathloop.backends.base import (
 from mathloop.data.benchmarks import load_problem_source, problem_source_data
 from mathloop.generate import code_executor, generate_and_grade, pending_problems
 from mathloop.records import CORRECT, Problem, Sample, read_records
-from mathloop.runs import lock_run_dir, refuse_overwriting_inputs, start_run_record, write_json
+from mathloop.runs import lock_run_dir, record_backend, refuse_overwriting_inputs, start_run_record, write_json
 
 log = logging.getLogger(__name__)
 
@@ -115,7 +115,7 @@ def _run_sample(config: SampleConfig, problems: list[Problem], backend: Backend 
     out = Path(config.out)
     source = config.problems if Path(config.problems).is_file() else None
     refuse_overwriting_inputs({"--out": f"{out / 'samples'}/", "--out (run.json)": out / "run.json"}, {"--problems": source})
-    _check_run_record(out, config)
+    record = _check_run_record(out, config)
     started = time.time()
     passes = [(t, config.n) for t in config.temperatures]
     if config.hard_n:
@@ -132,6 +132,7 @@ def _run_sample(config: SampleConfig, problems: list[Problem], backend: Backend 
                 continue
             if backend is None:
                 backend = load_stage_backend(config.backend, config.model, config.backend_args)
+                record_backend(out / "run.json", record, backend)
             params = sampling_params(config, n=n, temperature=temperature, seed=config.seed + i)
             log.info("pass %d: %d problems x %d responses at temperature %g", i, len(pending), n, temperature)
             generate_and_grade(pending, path, backend, params, config.mode, verifier=verifier, executor=executor,
@@ -174,6 +175,6 @@ def read_samples(folder: str | Path) -> list[Sample]:
     return samples
 
 
-def _check_run_record(out: Path, config: SampleConfig) -> None:
-    start_run_record(out / "run.json", config, _RESUME_KEYS, problem_source_data(config.problems, config.data_dir),
-                     what=f"{out} holds samples made", fix="use a new --out folder")
+def _check_run_record(out: Path, config: SampleConfig) -> dict:
+    return start_run_record(out / "run.json", config, _RESUME_KEYS, problem_source_data(config.problems, config.data_dir),
+                            what=f"{out} holds samples made", fix="use a new --out folder")[0]
