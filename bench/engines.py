@@ -20,6 +20,10 @@ model's tokenizer. Conversions (CTranslate2, OpenVINO) are cached under --workdi
   ov-int8     OpenVINO GenAI continuous-batching pipeline, int8 weights (optimum-intel export)   (venv: .venvs/ov)
   ov-fp16     the same with fp16 weights (the CPU plugin computes in bf16 where native, else fp32)
   llamacpp    llama-cpp-python on the embedded Q4_K_M GGUF, one sequence at a time   (venv: .venvs/llamacpp)
+  openvino    mathloop's openvino backend as the CLI runs it (fp16 weights, f32 compute and KV cache), in mathloop's
+              environment (openvino-genai installed there); it exports through its managed export environment, or
+              --export-python (an interpreter with optimum-intel, e.g. .venvs/ov/bin/python)
+  openvino-int8  the same with int8 weights
 
 Environments (git-ignored; a CPU torch first, or pip pulls a CUDA build):
   python -m venv .venvs/ct2 && .venvs/ct2/bin/pip install torch==2.13.0 ctranslate2 'transformers<5.6'
@@ -45,7 +49,8 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-ENGINES = ("hf", "hf-fp32", "hf-cb", "ct2-int8", "ct2-bf16", "ov-int8", "ov-fp16", "llamacpp")
+ENGINES = ("hf", "hf-fp32", "hf-cb", "ct2-int8", "ct2-bf16", "ov-int8", "ov-fp16", "llamacpp", "openvino",
+           "openvino-int8")
 VENVS = {"ct2": ".venvs/ct2", "ov": ".venvs/ov", "llamacpp": ".venvs/llamacpp"}
 WORKLOADS = {  # name -> sampling settings; n samples per question
     "greedy": {"n": 1, "temperature": 0.0, "top_p": 1.0},
@@ -61,7 +66,7 @@ def worker(engine: str, job_path: str) -> None:
     """Load (converting first if needed) the engine, run every workload of the job, write JSON next to the job."""
     job = json.loads(Path(job_path).read_text())
     family = engine.split("-")[0]
-    run = {"hf": _run_hf, "ct2": _run_ct2, "ov": _run_ov, "llamacpp": _run_llamacpp}[family]
+    run = {"hf": _run_hf, "ct2": _run_ct2, "ov": _run_ov, "llamacpp": _run_llamacpp, "openvino": _run_openvino}[family]
     run(engine, job)
 
 
@@ -102,6 +107,25 @@ def _run_hf(engine: str, job: dict) -> None:
                                 max_new_tokens=job["max_new_tokens"], seed=0)
         outs, seconds = _timed(backend.generate, job["prompts"], params)
         _record(job, result, name, {"seconds": seconds, "texts": [[c.text for c in cs] for cs in outs]})
+
+
+def _run_openvino(engine: str, job: dict) -> None:
+    """mathloop's own openvino backend: its export cache, its generation config, its completions."""
+    sys.path.insert(0, str(ROOT / "src"))
+    from mathloop.backends.base import SamplingParams
+    from mathloop.backends.openvino import OpenVINOBackend
+
+    backend = OpenVINOBackend(job["model_path"], weight_format="int8" if engine == "openvino-int8" else "fp16",
+                              threads=job["threads"], export_python=job.get("export_python"))
+    # convert_s: how long the (cached, per checkpoint content) export took when it was made; load_s: the pipeline
+    result = {"load_s": backend.info["load_s"], "convert_s": backend.info["export_s"] or 0.0,
+              "dtype": backend.dtype, "backend_info": backend.info, "runs": {}}
+    for name, w in job["workloads"].items():
+        params = SamplingParams(n=w["n"], temperature=w["temperature"], top_p=w["top_p"],
+                                max_new_tokens=job["max_new_tokens"], seed=0)
+        outs, seconds = _timed(backend.generate, job["prompts"], params)
+        _record(job, result, name, {"seconds": seconds, "texts": [[c.text for c in cs] for cs in outs],
+                                    "finish_reasons": [[c.finish_reason for c in cs] for cs in outs]})
 
 
 def _convert(job: dict, engine: str, command: list[str]) -> tuple[Path, float]:
@@ -232,6 +256,9 @@ def main() -> None:
     parser.add_argument("--python", action="append", default=[], metavar="ENGINE=PATH",
                         help="interpreter for an engine (or engine family: ct2, ov, llamacpp)")
     parser.add_argument("--workdir", default="/tmp/engines", help="conversions and per-engine logs")
+    parser.add_argument("--export-python", default=None,
+                        help="openvino*: an interpreter with optimum-intel to export with (default: the backend's "
+                             "managed export environment)")
     parser.add_argument("--reconvert", action="store_true", help="convert again even if a conversion is cached")
     parser.add_argument("--out", default=str(ROOT / "runs" / "bench-engines.jsonl"),
                         help="one JSON line per engine and workload is appended here")
@@ -277,7 +304,7 @@ def main() -> None:
     for engine in engines:
         family = engine.split("-")[0]
         python = pythons.get(engine) or pythons.get(family) or (
-            sys.executable if family == "hf" else str(ROOT / VENVS[family] / "bin" / "python"))
+            sys.executable if family in ("hf", "openvino") else str(ROOT / VENVS[family] / "bin" / "python"))
         if not Path(python).exists():
             print(f"{engine}: skipped, no interpreter at {python} (see the module docstring for its venv)")
             continue
@@ -286,7 +313,7 @@ def main() -> None:
         job_path.write_text(json.dumps({
             "model_path": model_path, "gguf_path": str(gguf), "prompts": prompts, "eos_token_ids": eos,
             "max_new_tokens": max_new, "threads": args.threads, "workdir": str(workdir),
-            "reconvert": args.reconvert, "result_path": str(result_path),
+            "reconvert": args.reconvert, "result_path": str(result_path), "export_python": args.export_python,
             "workloads": {w: WORKLOADS[w] for w in workload_names}}))
         load_before = os.getloadavg()
         rc, wall, rss = run_child([python, str(Path(__file__).resolve()), "--worker", engine, str(job_path)],
@@ -306,12 +333,15 @@ def main() -> None:
                    "load_s": result["load_s"], "convert_s": result["convert_s"], "wall_s": wall,
                    "loadavg_before": load_before, "loadavg_after": load_after, "questions": questions,
                    "max_new_tokens": max_new, "threads": args.threads, "cpu": cpu, "model": model_id}
+            if "finish_reasons" in run:  # engines that report them: responses cut at max_new_tokens
+                row["cut_at_max_new_tokens"] = sum(r == "length" for rs in run["finish_reasons"] for r in rs)
             if name == "greedy":
                 verdicts = [grade(p.gold, texts[0])[1] for p, texts in zip(problems, run["texts"])]
                 row["greedy_correct"] = sum(v == CORRECT for v in verdicts)
             rows.append(row)
             print(f"{engine} {name}: {row['tokens_per_s']:.1f} tok/s ({tokens} tokens, {run['seconds']:.1f} s)"
-                  + (f", {row['greedy_correct']}/{questions} correct" if "greedy_correct" in row else ""),
+                  + (f", {row['greedy_correct']}/{questions} correct" if "greedy_correct" in row else "")
+                  + (f", {row['cut_at_max_new_tokens']} cut" if "cut_at_max_new_tokens" in row else ""),
                   flush=True)
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
         with open(args.out, "a") as f:

@@ -30,7 +30,8 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from mathloop.backends.base import Completion, Message, SamplingParams, cut_at_stop
 
@@ -256,11 +257,21 @@ def export_environment() -> str:
                          check=True, capture_output=True, text=True).stdout.strip()
     parents = [p for p in dict.fromkeys([*site.getsitepackages(), sysconfig.get_paths()["purelib"]]) if Path(p).is_dir()]
     Path(own, "zz-mathloop-parent.pth").write_text("\n".join(parents) + "\n")
-    pip = [str(python), "-m", "pip", "install", "--disable-pip-version-check", *EXPORT_REQUIREMENTS]
+    # optimum-intel requires torchvision, whose newest release would pull a newer (CUDA) torch: hold torch at the
+    # installed version, so pip keeps it and picks the torchvision built for it.
+    import torch
+
+    constraints = env / "constraints.txt"
+    constraints.write_text(f"torch=={torch.__version__.split('+')[0]}\n")
+    pip = [str(python), "-m", "pip", "install", "--disable-pip-version-check", "-c", str(constraints),
+           *EXPORT_REQUIREMENTS]
     done = subprocess.run(pip, capture_output=True, text=True)
     if done.returncode != 0:
         raise RuntimeError(f"creating the OpenVINO export environment {env} failed: {' '.join(pip)}\n"
                            + done.stderr[-3000:])
+    if (Path(own) / "torch").exists():
+        raise RuntimeError(f"creating the OpenVINO export environment {env}: pip installed a torch of its own "
+                           f"despite {constraints}; remove {env} and report this")
     if (Path(own) / "torchvision").exists():
         subprocess.run([str(python), "-m", "pip", "uninstall", "-y", "torchvision"], check=True, capture_output=True)
     check = subprocess.run([str(python), "-c", "import transformers, optimum.intel, torch; "
