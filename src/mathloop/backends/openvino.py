@@ -29,8 +29,8 @@ import shutil
 import subprocess
 import sys
 import time
-from pathlib import Path
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from mathloop.backends.base import Completion, Message, SamplingParams, cut_at_stop
@@ -259,10 +259,10 @@ def export_environment() -> str:
     Path(own, "zz-mathloop-parent.pth").write_text("\n".join(parents) + "\n")
     # optimum-intel requires torchvision, whose newest release would pull a newer (CUDA) torch: hold torch at the
     # installed version, so pip keeps it and picks the torchvision built for it.
-    import torch
+    import importlib.metadata
 
     constraints = env / "constraints.txt"
-    constraints.write_text(f"torch=={torch.__version__.split('+')[0]}\n")
+    constraints.write_text(f"torch=={importlib.metadata.version('torch').split('+')[0]}\n")
     pip = [str(python), "-m", "pip", "install", "--disable-pip-version-check", "-c", str(constraints),
            *EXPORT_REQUIREMENTS]
     done = subprocess.run(pip, capture_output=True, text=True)
