@@ -237,9 +237,9 @@ def export_openvino(folder: str | os.PathLike, weight_format: str, python: str |
 
 def export_environment() -> str:
     """The python of the managed export environment (`cache_dir()/openvino-export-env`), created on first use: a
-    venv with `EXPORT_REQUIREMENTS`, which sees this interpreter's site-packages after its own (a .pth file) so it
-    reuses the installed torch. torchvision, if pip brought it, is removed (it breaks transformers' import when its
-    build does not match torch)."""
+    venv with `EXPORT_REQUIREMENTS` that reuses this interpreter's torch (linked, read after its own packages) and
+    nothing else of it. torchvision, which pip brings for optimum-intel, is removed (a build that does not match
+    torch breaks transformers' import, and the export does not need it)."""
     from mathloop.models import cache_dir
 
     env = cache_dir() / "openvino-export-env"
@@ -247,22 +247,25 @@ def export_environment() -> str:
     marker = env / "mathloop-ready.json"
     if marker.exists() and json.loads(marker.read_text()).get("requirements") == list(EXPORT_REQUIREMENTS):
         return str(python)
-    import site
-    import sysconfig
+    import importlib.metadata
 
     log.info("creating the OpenVINO export environment %s (once; pip installs %s)", env,
              " ".join(EXPORT_REQUIREMENTS))
     subprocess.run([sys.executable, "-m", "venv", "--clear", str(env)], check=True)
     own = subprocess.run([str(python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
                          check=True, capture_output=True, text=True).stdout.strip()
-    parents = [p for p in dict.fromkeys([*site.getsitepackages(), sysconfig.get_paths()["purelib"]]) if Path(p).is_dir()]
-    Path(own, "zz-mathloop-parent.pth").write_text("\n".join(parents) + "\n")
+    # Only torch is shared (linked into a folder the venv reads after its own packages): sharing every package
+    # would mix mathloop's newer ones (datasets, huggingface_hub users) with the exporter's older pins.
+    torch = importlib.metadata.distribution("torch")
+    shared = env / "shared-torch"
+    shared.mkdir()
+    for top in sorted({str(f).split("/")[0] for f in torch.files or []} - {"..", "bin", "__pycache__"}):
+        (shared / top).symlink_to(Path(torch.locate_file(top)))
+    Path(own, "zz-mathloop-shared-torch.pth").write_text(f"{shared}\n")
     # optimum-intel requires torchvision, whose newest release would pull a newer (CUDA) torch: hold torch at the
     # installed version, so pip keeps it and picks the torchvision built for it.
-    import importlib.metadata
-
     constraints = env / "constraints.txt"
-    constraints.write_text(f"torch=={importlib.metadata.version('torch').split('+')[0]}\n")
+    constraints.write_text(f"torch=={torch.version.split('+')[0]}\n")
     pip = [str(python), "-m", "pip", "install", "--disable-pip-version-check", "-c", str(constraints),
            *EXPORT_REQUIREMENTS]
     done = subprocess.run(pip, capture_output=True, text=True)
@@ -274,8 +277,9 @@ def export_environment() -> str:
                            f"despite {constraints}; remove {env} and report this")
     if (Path(own) / "torchvision").exists():
         subprocess.run([str(python), "-m", "pip", "uninstall", "-y", "torchvision"], check=True, capture_output=True)
-    check = subprocess.run([str(python), "-c", "import transformers, optimum.intel, torch; "
-                            "print(transformers.__version__, torch.__version__)"], capture_output=True, text=True)
+    check = subprocess.run([str(python), "-c", "import torch, transformers; from optimum.intel.openvino import "
+                            "OVModelForCausalLM; print(transformers.__version__, torch.__version__)"],
+                           capture_output=True, text=True)
     if check.returncode != 0:
         raise RuntimeError(f"the OpenVINO export environment {env} does not import optimum-intel:\n"
                            + check.stderr[-3000:])
