@@ -14,7 +14,9 @@ loop is exported once, the first time a stage generates with it.
 
 Precision: the CPU plugin's defaults trade accuracy for speed (bfloat16 compute where the CPU has it, a uint8 KV
 cache and int8 dynamic quantization of activations for int8 weights). `inference_precision` and `kv_cache_precision`
-set them; what was used goes to `info` (run.json's `backend_info`).
+set them; what was used goes to `info` (run.json's `backend_info`). The defaults here (fp16 weights, f32 compute and
+KV cache) reproduced the hf backend's float32 greedy responses token for token on the first 32 GSM8K questions;
+int8 weights differ in most responses but scored within noise of fp16 on the first 100 (29 vs 27 correct).
 
 openvino-genai is an optional extra (`pip install 'mathloop[openvino]'`), imported only when this backend is built.
 """
