@@ -214,6 +214,10 @@ def test_export_and_generate_tiny_model(tiny_model_dir, tmp_path, monkeypatch):
     [[greedy]] = backend.generate([prompt], SamplingParams(max_new_tokens=12))
     assert greedy.completion_tokens <= 12 and greedy.finish_reason in ("stop", "length")
     assert greedy.prompt_tokens == len(backend.tokenizer(prompt, add_special_tokens=False)["input_ids"])
+    stop = greedy.text.strip()[-1:]  # a character the greedy response is known to reach
+    assert stop, f"the tiny model's greedy response has no character to stop at: {greedy.text!r}"
+    [[cut]] = backend.generate([prompt], SamplingParams(max_new_tokens=12, stop=(stop,)))  # TIR reads stop_string
+    assert (cut.text, cut.stop_string, cut.finish_reason) == (greedy.text[:greedy.text.index(stop)], stop, "stop")
     params = SamplingParams(n=3, temperature=1.0, max_new_tokens=12, seed=1)
     first, again = backend.generate([prompt], params), backend.generate([prompt], params)
     assert len(first[0]) == 3 and [c.text for c in first[0]] == [c.text for c in again[0]]  # seeded
