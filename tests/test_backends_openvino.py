@@ -17,21 +17,9 @@ class StubConfig:
     """Records the attributes the backend sets (GenerationConfig's defaults are C++ side)."""
 
 
-class StubHandle:
-    def __init__(self, outputs):
-        self.outputs, self.finished = outputs, False
-
-    def get_status(self):
-        return types.SimpleNamespace(name="FINISHED" if self.finished else "RUNNING")
-
-    def read_all(self):
-        return self.outputs
-
-
 @pytest.fixture
 def stub_genai(monkeypatch, tiny_model_dir, tmp_path):
-    """A fake `openvino_genai` whose pipeline answers each prompt with scripted token ids (one request finishes per
-    step), and a fake export."""
+    """A fake `openvino_genai` whose pipeline answers each prompt with scripted token ids, and a fake export."""
     from transformers import AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
@@ -49,25 +37,21 @@ def stub_genai(monkeypatch, tiny_model_dir, tmp_path):
     class StubPipeline:
         def __init__(self, path, scheduler, device, properties):
             self.args = (path, scheduler.cache_size, device, properties)
-            self.handles = []
             module.pipelines.append(self)
 
-        def add_request(self, request_id, tensor, config):
-            prompt = tokenizer.decode(tensor.data[0])
-            module.requests.append((request_id, prompt, config))
-            n = getattr(config, "num_return_sequences", 1)
-            script = {"eos": [ids("The answer is \\boxed{5}.") + [eos]],
-                      "long": [ids("Let x = 7, so 2x = 14. Let x")[:6]],
-                      "tool": [ids("print(1 + 2)\n```\n```output\n3")]}[prompt.split()[-1]]
-            handle = StubHandle([types.SimpleNamespace(generated_ids=script[0]) for _ in range(n)])
-            self.handles.append(handle)
-            return handle
-
-        def has_non_finished_requests(self):
-            return any(not h.finished for h in self.handles)
-
-        def step(self):
-            next(h for h in self.handles if not h.finished).finished = True
+        def generate(self, inputs, configs):
+            results = []
+            for request_id, (tensor, config) in enumerate(zip(inputs, configs)):
+                prompt = tokenizer.decode(tensor.data[0])
+                module.requests.append((request_id, prompt, config))
+                n = getattr(config, "num_return_sequences", 1)
+                script = {"eos": ids("The answer is \\boxed{5}.") + [eos],
+                          "long": ids("Let x = 7, so 2x = 14. Let x")[:6],
+                          "tool": ids("print(1 + 2)\n```\n```output\n3"),
+                          "swallowed": []}[prompt.split()[-1]]  # stopped at once, the stop string not returned
+                reason = types.SimpleNamespace(name="LENGTH" if prompt.endswith("long") else "STOP")
+                results.append(types.SimpleNamespace(m_generation_ids=[script] * n, finish_reasons=[reason] * n))
+            return results
 
     module.ContinuousBatchingPipeline = StubPipeline
     tensor_module = types.ModuleType("openvino")
@@ -128,7 +112,9 @@ def test_outputs_map_to_completions(stub_genai, tiny_model_dir):
     assert eos[0].prompt_tokens == len(backend.tokenizer("a eos")["input_ids"])
     assert (long[0].finish_reason, long[0].completion_tokens) == ("length", 6)
     assert (tool[0].text, tool[0].stop_string, tool[0].finish_reason) == ("print(1 + 2)\n```\n", "```output", "stop")
-    assert sum(seen) == 6 and len(seen) == 3  # one call per finished request, n completions each
+    assert seen == [6]  # all 3 prompts x 2 completions
+    [[swallowed]] = backend.generate(["d swallowed"], SamplingParams(max_new_tokens=6, stop=("```output",)))
+    assert (swallowed.text, swallowed.stop_string, swallowed.finish_reason) == ("", "```output", "stop")
 
 
 def test_greedy_generates_once_and_repeats(stub_genai, tiny_model_dir):
@@ -214,10 +200,11 @@ def test_export_and_generate_tiny_model(tiny_model_dir, tmp_path, monkeypatch):
     [[greedy]] = backend.generate([prompt], SamplingParams(max_new_tokens=12))
     assert greedy.completion_tokens <= 12 and greedy.finish_reason in ("stop", "length")
     assert greedy.prompt_tokens == len(backend.tokenizer(prompt, add_special_tokens=False)["input_ids"])
-    stop = greedy.text.strip()[-1:]  # a character the greedy response is known to reach
-    assert stop, f"the tiny model's greedy response has no character to stop at: {greedy.text!r}"
+    stop = greedy.text[-2:]  # text the greedy response is known to reach (the random model repeats "\n")
+    assert len(stop) == 2 and greedy.finish_reason == "length", greedy
     [[cut]] = backend.generate([prompt], SamplingParams(max_new_tokens=12, stop=(stop,)))  # TIR reads stop_string
     assert (cut.text, cut.stop_string, cut.finish_reason) == (greedy.text[:greedy.text.index(stop)], stop, "stop")
+    assert cut.completion_tokens < greedy.completion_tokens  # the engine stopped there
     params = SamplingParams(n=3, temperature=1.0, max_new_tokens=12, seed=1)
     first, again = backend.generate([prompt], params), backend.generate([prompt], params)
     assert len(first[0]) == 3 and [c.text for c in first[0]] == [c.text for c in again[0]]  # seeded

@@ -102,8 +102,8 @@ class OpenVINOBackend:
 
     def generate(self, prompts: list[str], params: SamplingParams,
                  on_progress: Callable[[int], None] | None = None) -> list[list[Completion]]:
-        """All prompts go to the pipeline at once; `on_progress(k)` is called when k more completions are
-        finished. Greedy decoding generates once per prompt and repeats it `n` times."""
+        """All prompts go to the pipeline in one call (it schedules them itself); `on_progress(k)` is called once,
+        when all are finished. Greedy decoding generates once per prompt and repeats it `n` times."""
         if not prompts:
             return []
         import numpy as np
@@ -112,35 +112,32 @@ class OpenVINOBackend:
         n = 1 if params.greedy else params.n
         config = generation_config(self._genai, params, self.eos_token_ids)
         prompt_ids = self.tokenizer(prompts, add_special_tokens=False)["input_ids"]
-        handles = [self.pipeline.add_request(i, openvino.Tensor(np.array([ids], dtype=np.int64)), config)
-                   for i, ids in enumerate(prompt_ids)]
-        finished = [False] * len(handles)
-        while self.pipeline.has_non_finished_requests():
-            self.pipeline.step()
-            if on_progress:
-                done = [i for i, h in enumerate(handles) if not finished[i] and _is_finished(h)]
-                for i in done:
-                    finished[i] = True
-                if done:
-                    on_progress(len(done) * n)
+        inputs = [openvino.Tensor(np.array([ids], dtype=np.int64)) for ids in prompt_ids]
+        outputs = self.pipeline.generate(inputs, [config] * len(inputs))
         results = []
-        for ids, handle in zip(prompt_ids, handles):
-            outputs = handle.read_all()
-            if len(outputs) != n:
-                raise RuntimeError(f"openvino backend: the pipeline returned {len(outputs)} of {n} sequences for a "
-                                   f"prompt (status {handle.get_status()})")
-            completions = [self.to_completion(list(o.generated_ids), len(ids), params) for o in outputs]
+        for ids, output in zip(prompt_ids, outputs):
+            sequences, reasons = list(output.m_generation_ids), list(output.finish_reasons)
+            if len(sequences) != n:
+                raise RuntimeError(f"openvino backend: the pipeline returned {len(sequences)} of {n} sequences for "
+                                   "a prompt")
+            completions = [self.to_completion(list(seq), len(ids), params, engine_stopped=reason.name == "STOP")
+                           for seq, reason in zip(sequences, reasons)]
             results.append([completions[0]] * params.n if params.greedy and params.n > 1 else completions)
-        if on_progress and not all(finished):
-            on_progress(sum(not f for f in finished) * n)
+        if on_progress:
+            on_progress(len(prompts) * n)
         return results
 
-    def to_completion(self, generated: list[int], prompt_tokens: int, params: SamplingParams) -> Completion:
-        """One sequence's token ids (the pipeline keeps the EOS token and stop strings in them) as a Completion."""
+    def to_completion(self, generated: list[int], prompt_tokens: int, params: SamplingParams,
+                      engine_stopped: bool = False) -> Completion:
+        """One sequence's token ids as a Completion. The pipeline keeps the EOS token and (asked to) the stop string
+        in them, except in one case seen with openvino-genai 2026.4: a stop string matched at the very start of a
+        response sometimes comes back as no tokens at all; with a single stop string it is still named."""
         ended_by_eos = bool(generated) and generated[-1] in self.eos_token_ids
         if ended_by_eos:
             generated = generated[:-1]
         text, stop_string = cut_at_stop(self.tokenizer.decode(generated, skip_special_tokens=True), params.stop)
+        if engine_stopped and not ended_by_eos and stop_string is None and len(params.stop) == 1:
+            stop_string = params.stop[0]
         stopped = ended_by_eos or stop_string is not None or len(generated) < params.max_new_tokens
         return Completion(text=text, prompt_tokens=prompt_tokens, completion_tokens=len(generated),
                           finish_reason="stop" if stopped else "length", stop_string=stop_string)
@@ -169,10 +166,6 @@ def generation_config(genai: Any, params: SamplingParams, eos_token_ids: list[in
         if "min_p" in options:
             config.min_p = options["min_p"]
     return config
-
-
-def _is_finished(handle: Any) -> bool:
-    return handle.get_status().name in ("FINISHED", "STOP", "CANCEL", "IGNORED")
 
 
 def _eos_ids(path: str, tokenizer: Any) -> list[int]:
