@@ -227,7 +227,7 @@ def run_loop(config: LoopConfig, progress: bool = True, backend=None) -> dict:
 def _run_loop(config: LoopConfig, progress: bool, backend, heldout: list[Problem], data: dict[str, dict]) -> dict:
     out = Path(config.output_dir)
     _check_config(out, config, data)
-    _prepare_problems(out, config, backend)
+    _prepare_problems(out, config, heldout, backend)
 
     rows = [_evaluate(config, config.model, out / "round-0", heldout, progress, backend)
             | {"round": 0, "model": config.model}]
@@ -272,8 +272,9 @@ def _check_config(out: Path, config: LoopConfig, data: dict[str, dict]) -> None:
         write_json(out / "run.json", record)
 
 
-def _prepare_problems(out: Path, config: LoopConfig, backend=None) -> list[Problem]:
-    """The training problems, decontaminated against every benchmark of the data folder, plus the problems
+def _prepare_problems(out: Path, config: LoopConfig, heldout: list[Problem], backend=None) -> list[Problem]:
+    """The training problems without any whose question is also a held-out question (procedural problems drawn
+    with two seeds can repeat), decontaminated against every benchmark of the data folder, plus the problems
     synthesized from them when the synthesize section is on (once per run: problems.jsonl)."""
     from mathloop.data.benchmarks import load_problem_source
 
@@ -281,7 +282,13 @@ def _prepare_problems(out: Path, config: LoopConfig, backend=None) -> list[Probl
     if path.exists():
         return read_records(Problem, path)
     problems = load_problem_source(config.problems, config.data_dir, config.limit)
-    report: dict[str, Any] = {"problems": len(problems), "removed": 0, "per_benchmark": {}, "examples": []}
+    heldout_questions = {_question_key(p.question) for p in heldout}
+    kept = [p for p in problems if _question_key(p.question) not in heldout_questions]
+    report: dict[str, Any] = {"problems": len(problems), "heldout_overlap": len(problems) - len(kept), "removed": 0,
+                              "per_benchmark": {}, "examples": []}
+    if len(kept) < len(problems):
+        log.info("removed %d training problems that are also held-out questions", len(problems) - len(kept))
+    problems = kept
     index = None
     if config.decontaminate:
         from mathloop.data.decontaminate import ContaminationIndex, decontaminate
@@ -297,6 +304,15 @@ def _prepare_problems(out: Path, config: LoopConfig, backend=None) -> list[Probl
         problems = problems + _synthesize(config, out, problems, index, backend)
     write_jsonl(path, problems)
     return problems
+
+
+def _question_key(question: str) -> str:
+    """A question's text with case and whitespace ignored, to find a training problem that repeats a held-out one.
+
+    >>> _question_key("What is  2+3?\n") == _question_key("what is 2+3?")
+    True
+    """
+    return " ".join(question.lower().split())
 
 
 def _synthesize(config: LoopConfig, out: Path, problems: list[Problem], index, backend) -> list[Problem]:
