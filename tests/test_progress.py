@@ -138,3 +138,19 @@ def test_quiet_run_writes_no_bar_and_no_info_lines(tmp_path, capsys):
         assert "stage: 3/3 seq" in err and "seq/s" in err
     finally:
         progress.configure_output()
+
+
+def test_grade_prints_the_metrics_as_eval_does(tmp_path, capsys):
+    import json
+
+    from mathloop.cli import main
+    from mathloop.metrics import format_metric, summarize
+
+    rows = [Sample(problem_id=f"p{i}", prompt="", response=f"\\boxed{{{i % 2}}}", gold="1") for i in range(4)]
+    src = tmp_path / "samples.jsonl"
+    src.write_text("".join(json.dumps(s.__dict__) + "\n" for s in rows))
+    assert main(["grade", "--input", str(src), "--output", str(tmp_path / "o.jsonl"), "--workers", "1"]) == 0
+    out = capsys.readouterr().out
+    eval_acc = summarize([{"verdicts": ["correct" if i % 2 else "incorrect"], "preds": [str(i % 2)]}
+                          for i in range(4)], [1])["benchmarks"]["all"]["acc"]
+    assert f"| 4 | {format_metric(eval_acc)} |" in out  # percent with the interval, e.g. 50.0 [15.0, 85.0]

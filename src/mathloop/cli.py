@@ -201,11 +201,12 @@ def add_grade_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def cmd_grade(args: argparse.Namespace) -> int:
-    from mathloop.pipeline.grade import grade_file
+    from mathloop.pipeline.grade import format_metrics, grade_file
 
     metrics = grade_file(args.input, args.output, args.metrics, answer_type=args.answer_type,
                          workers=args.workers, timeout=args.timeout)
-    print(json.dumps(metrics, indent=2))
+    print(f"# mathloop grade: {args.input}\n\n{format_metrics(metrics)}\n\npercent, 95% interval in brackets; "
+          f"graded rows -> {args.output}" + (f"; metrics -> {args.metrics}" if args.metrics else ""))
     return 0
 
 
