@@ -154,3 +154,28 @@ def test_grade_prints_the_metrics_as_eval_does(tmp_path, capsys):
     eval_acc = summarize([{"verdicts": ["correct" if i % 2 else "incorrect"], "preds": [str(i % 2)]}
                           for i in range(4)], [1])["benchmarks"]["all"]["acc"]
     assert f"| 4 | {format_metric(eval_acc)} |" in out  # percent with the interval, e.g. 50.0 [15.0, 85.0]
+
+
+def test_loading_and_generating_with_hf_warns_about_no_dtype(tiny_model_dir):
+    """transformers' dtype advice names a flag mathloop does not have; loading through the hf backend (every
+    --dtype choice) and generating must not print it (Python warnings or transformers' logger)."""
+    import logging
+    import warnings
+
+    from mathloop.backends import load_backend
+
+    records: list[logging.LogRecord] = []
+    handler = logging.Handler()
+    handler.emit = records.append  # type: ignore[method-assign]
+    hf_logger = logging.getLogger("transformers")
+    hf_logger.addHandler(handler)
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            for dtype in ("auto", "float32", "bfloat16", "float16"):
+                backend = load_backend("hf", str(tiny_model_dir), dtype=dtype, batch_size=2)
+                backend.generate(["What is 2 + 3?"], SamplingParams(n=2, temperature=0.8, max_new_tokens=3))
+    finally:
+        hf_logger.removeHandler(handler)
+    messages = [str(w.message) for w in caught] + [r.getMessage() for r in records]
+    assert not [m for m in messages if "dtype" in m], messages
