@@ -21,12 +21,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
 import sys
 import typing
 
 from mathloop import __version__
 from mathloop.config import add_setting_flag as setting
+from mathloop.progress import configure_output
 from mathloop.records import RecordError
 from mathloop.runs import RunLockedError
 
@@ -176,7 +176,6 @@ def add_eval_parser(sub: argparse._SubParsersAction) -> None:
     setting(p, C, "--rm-batch-size", type=_positive_int, help="reward model: sequences per forward pass")
     setting(p, C, "--rm-dtype",
             help="reward model dtype (default: bfloat16 where the device computes it natively, else float32)")
-    p.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
@@ -202,11 +201,12 @@ def add_grade_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def cmd_grade(args: argparse.Namespace) -> int:
-    from mathloop.pipeline.grade import grade_file
+    from mathloop.pipeline.grade import format_metrics, grade_file
 
     metrics = grade_file(args.input, args.output, args.metrics, answer_type=args.answer_type,
                          workers=args.workers, timeout=args.timeout)
-    print(json.dumps(metrics, indent=2))
+    print(f"# mathloop grade: {args.input}\n\n{format_metrics(metrics)}\n\npercent, 95% interval in brackets; "
+          f"graded rows -> {args.output}" + (f"; metrics -> {args.metrics}" if args.metrics else ""))
     return 0
 
 
@@ -372,7 +372,6 @@ def add_sample_parser(sub: argparse._SubParsersAction) -> None:
     setting(p, C, "--shard", type=int, help="this process's shard, 0-based")
     setting(p, C, "--num-shards", type=_positive_int, help="processes sharing the folder")
     add_backend_arguments(p, C)
-    p.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
 def cmd_sample(args: argparse.Namespace) -> int:
@@ -421,7 +420,6 @@ def add_loop_parser(sub: argparse._SubParsersAction) -> None:
     setting(p, C, "--output-dir", help="run folder (overrides the config's output_dir)")
     setting(p, C, "--rounds", type=int, help="number of rounds (overrides the config's)")
     setting(p, C, "--data-dir", help="benchmark folder (default: $MATHLOOP_DATA_DIR)")
-    p.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
 def cmd_loop(args: argparse.Namespace) -> int:
@@ -443,7 +441,6 @@ def add_demo_parser(sub: argparse._SubParsersAction) -> None:
                        description=demo.__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", default="mathloop-demo", help="run folder (default: %(default)s; resumed when it exists)")
     p.add_argument("--model", default="default", help="starting model (default: %(default)s)")
-    p.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
@@ -675,7 +672,18 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
             add(sub)
         else:
             sub.add_parser(name, help=HELP[name])
+        add_quiet_flag(sub.choices[name])
     return parser
+
+
+def add_quiet_flag(p: argparse.ArgumentParser) -> None:
+    """`--quiet` on a command and on each of its actions (`rm train`, `data pull`)."""
+    p.add_argument("--quiet", action="store_true",
+                   help="no progress bars or stage messages: warnings, errors and the result only")
+    for action in p._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for child in action.choices.values():
+                add_quiet_flag(child)
 
 
 def add_report_parser(sub: argparse._SubParsersAction) -> None:
@@ -712,7 +720,7 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     command = next((a for a in argv if not a.startswith("-")), None)
     args = build_parser(command if command in HELP else None).parse_args(argv)
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(message)s")
+    configure_output(verbose=args.verbose, quiet=args.quiet)
     try:
         return COMMANDS[args.command](args)
     except USER_ERRORS as e:

@@ -120,6 +120,9 @@ def _run_eval(config: EvalConfig, backend: Backend | None, progress: bool, probl
             if backend is None:
                 backend = load_stage_backend(config.backend, config.model, config.backend_args)
             shots = get_benchmark(name).shots if config.shots is None else config.shots
+            log.info("eval %s: %d problems x %d samples%s", name, len(pending), config.n,
+                     f" ({len(bench_problems) - len(pending)} already done)" if len(pending) < len(bench_problems)
+                     else "")
             generate_and_grade(pending, path, backend, config.sampling(), config.mode, verifier=verifier, shots=shots,
                                executor=executor, max_tool_calls=config.max_tool_calls, progress=progress, desc=name,
                                benchmark=name)

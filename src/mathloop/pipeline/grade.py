@@ -13,7 +13,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from mathloop.metrics import summarize
+from mathloop.metrics import format_metric, summarize
 from mathloop.records import VERDICTS, JsonlAppender, RecordError, read_jsonl
 from mathloop.verify import Verifier, same_answer
 from mathloop.runs import refuse_overwriting_inputs, write_json
@@ -107,7 +107,29 @@ def harness_metrics(groups: list[dict[str, list]]) -> dict[str, Any]:
     entry = summarize(rows, ks, same=same_answer)["benchmarks"]["all"]
     metrics: dict[str, Any] = {"num_problems": entry["n_problems"], "num_samples": entry["n_samples"],
                                **{v: entry[v] for v in VERDICTS}}
+    intervals = {}
     for key, value in entry.items():
         if isinstance(value, dict) and "mean" in value:
             metrics[key] = round(100 * value["mean"], 2)
+            if value.get("ci95"):
+                intervals[key] = [round(100 * bound, 2) for bound in value["ci95"]]
+    metrics["ci95"] = intervals  # 95% intervals of the metrics, in percent like them
     return metrics
+
+
+def format_metrics(metrics: dict[str, Any]) -> str:
+    """`grade_file`'s metrics as a Markdown table in the units and form of `mathloop eval`'s results.md: percent
+    with the 95% interval.
+
+    >>> print(format_metrics({"num_problems": 2, "acc": 50.0, "pass@1": 50.0, "ci95": {"acc": [9.45, 90.55]}}))
+    | problems | acc | pass@1 |
+    |---|---|---|
+    | 2 | 50.0 [9.4, 90.5] | 50.0 |
+    """
+    names = [key for key, value in metrics.items() if "@" in key or key == "acc"]
+    intervals = metrics.get("ci95", {})
+    cells = [format_metric({"mean": metrics[key] / 100,
+                            "ci95": [b / 100 for b in intervals[key]] if key in intervals else None})
+             for key in names]
+    return "\n".join(["| problems | " + " | ".join(names) + " |", "|---" * (len(names) + 1) + "|",
+                      f"| {metrics.get('num_problems', 0)} | " + " | ".join(cells) + " |"])

@@ -229,18 +229,29 @@ def _run_loop(config: LoopConfig, progress: bool, backend, heldout: list[Problem
     _check_config(out, config, data)
     _prepare_problems(out, config, heldout, backend)
 
+    log.info("round 0: evaluating the starting model on %d held-out problems", len(heldout))
     rows = [_evaluate(config, config.model, out / "round-0", heldout, progress, backend)
             | {"round": 0, "model": config.model}]
+    log.info("round 0: %s", _accuracy_line(rows[0]))
     model = config.model
     for r in range(1, config.rounds + 1):
         round_dir = out / f"round-{r}"
         started = time.time()
+        log.info("round %d/%d: sampling", r, config.rounds)
         sample_summary = _sample(config, model, round_dir, r, progress, backend)
+        log.info("round %d: %s of %s samples verified correct, %s of %s problems solved", r,
+                 sample_summary.get("correct"), sample_summary.get("samples"), sample_summary.get("solved_problems"),
+                 sample_summary.get("problems"))
+        if config.rm_enabled:
+            log.info("round %d: reward model", r)
         rm_summary = _reward_model(config, model, round_dir) if config.rm_enabled else {}
         selection = _select(config, round_dir)
+        log.info("round %d: selected %s SFT rows; fine-tuning", r, selection.get("rows"))
         init = config.model if config.sft_init == "base" else model
         model = _sft(config, init, round_dir)
+        log.info("round %d: evaluating %s", r, model)
         row = _evaluate(config, model, round_dir, heldout, progress, backend)
+        log.info("round %d: %s (round 0: %.1f%%)", r, _accuracy_line(row), 100 * rows[0]["acc"])
         row["vs_round_0"] = _against_round_0(out, round_dir, row["benchmark"])
         rows.append(row | {"round": r, "model": model, "samples": sample_summary, "rm": rm_summary,
                            "selection": selection, "seconds": round(time.time() - started, 1)})
@@ -248,13 +259,22 @@ def _run_loop(config: LoopConfig, progress: bool, backend, heldout: list[Problem
         _write_report(out)
     if config.grpo_enabled:
         grpo_dir = out / f"grpo-after-round-{config.rounds}"
+        log.info("grpo: training from %s", model)
         model = _grpo(config, model, grpo_dir, config.rounds)
+        log.info("grpo: evaluating %s", model)
         row = _evaluate(config, model, grpo_dir, heldout, progress, backend)
+        log.info("grpo: %s (round 0: %.1f%%)", _accuracy_line(row), 100 * rows[0]["acc"])
         rows.append(row | {"round": "grpo", "model": model,
                            "vs_round_0": _against_round_0(out, grpo_dir, row["benchmark"])})
     summary = _write_summary(out, rows)
     _write_report(out)
     return summary
+
+
+def _accuracy_line(row: dict) -> str:
+    """A stage's held-out result as the summary writes it: `held-out acc 43.8% [95% CI 30.7, 57.6] (48 problems)`."""
+    low, high = row["ci95"]
+    return f"held-out acc {100 * row['acc']:.1f}% [95% CI {100 * low:.1f}, {100 * high:.1f}] ({row['n']} problems)"
 
 
 def _check_config(out: Path, config: LoopConfig, data: dict[str, dict]) -> None:

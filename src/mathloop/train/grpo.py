@@ -73,6 +73,7 @@ import torch
 from mathloop.backends.base import SamplerOptions, SamplingParams, sampling_params, validate_sampler_options
 from mathloop.generate import code_executor, generate, grade_samples, response_samples
 from mathloop.hardware import autocast
+from mathloop.progress import progress_bar
 from mathloop.prompts import build_messages
 from mathloop.records import CORRECT, Problem, Sample, read_records, write_jsonl
 from mathloop.reward.shaping import RewardFn, make_rm_reward, make_shaped_reward, select_queries, verifier_reward
@@ -549,7 +550,8 @@ def _train_grpo(config: GRPOConfig, stop_after: int | None) -> dict[str, Any]:
     aggregation = LOSS_AGGREGATION[config.loss_type]
     last: dict[str, Any] = {}
     reporter = MetricsReporter(config.report_to, out, "grpo", dataclasses.asdict(config), resume_step=step)
-    with code_executor(config.mode, config.tool_timeout) as executor, reporter:
+    with code_executor(config.mode, config.tool_timeout) as executor, reporter, \
+            progress_bar(config.steps, "grpo", "step", initial=step) as bar:
         while step < stop:
             torch.manual_seed(config.seed + step)
 
@@ -600,6 +602,7 @@ def _train_grpo(config: GRPOConfig, stop_after: int | None) -> dict[str, Any]:
                 optimizer.step()
                 optimizer.zero_grad(set_to_none=True)
             step += 1
+            bar.update(1)
 
             graded = [r.sample for r in sampled if r.sample.verdict is not None]
             n_updates = config.updates_per_batch

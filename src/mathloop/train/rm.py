@@ -35,6 +35,7 @@ from typing import Any
 import torch
 
 from mathloop.hardware import autocast
+from mathloop.progress import progress_bar
 from mathloop.records import Sample, read_records, write_jsonl
 from mathloop.reward.data import RMGroup, build_rm_groups, split_groups
 from mathloop.reward.loss import listwise_loss, pairwise_accuracy
@@ -247,6 +248,7 @@ def _train(config: RMTrainConfig, stop_after: int | None) -> dict[str, Any]:
     started = time.time()
     reporter = MetricsReporter(config.report_to, out, "rm", dataclasses.asdict(config), resume_step=step,
                                main_process=accelerator.is_main_process)
+    bar = progress_bar(total_steps, "rm train", "step", enabled=accelerator.is_main_process, initial=step)
     while step < stop:
         torch.manual_seed(config.seed + step)  # dropout etc. identical whether or not the run was resumed
         batch = [train_groups[i] for i in batch_indices(step, len(train_groups), config)]
@@ -267,6 +269,7 @@ def _train(config: RMTrainConfig, stop_after: int | None) -> dict[str, Any]:
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
         step += 1
+        bar.update(1)
 
         last = {"step": step, "loss": accelerator.reduce(torch.tensor(loss_sum, device=accelerator.device),
                                                          "mean").item(), "lr": lr_at(step - 1, config)}
@@ -287,6 +290,7 @@ def _train(config: RMTrainConfig, stop_after: int | None) -> dict[str, Any]:
                 save_checkpoint(out, accelerator.unwrap_model(model), optimizer, step, config,
                                 config.keep_checkpoints)
         accelerator.wait_for_everyone()
+    bar.close()
     reporter.close()
 
     # The finished model.
