@@ -329,7 +329,7 @@ def _prepare_problems(out: Path, config: LoopConfig, heldout: list[Problem], bac
 def _question_key(question: str) -> str:
     """A question's text with case and whitespace ignored, to find a training problem that repeats a held-out one.
 
-    >>> _question_key("What is  2+3?\n") == _question_key("what is 2+3?")
+    >>> _question_key("What  is 2+3?  ") == _question_key("what is 2+3?")
     True
     """
     return " ".join(question.lower().split())
