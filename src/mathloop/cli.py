@@ -51,6 +51,17 @@ def add_sampler_settings(p: argparse.ArgumentParser, cls: type) -> None:
     for f in dataclasses.fields(SamplerOptions):
         setting(p, cls, f"--{f.name.replace('_', '-')}", type=type(f.default), help=f.metadata["help"])
 
+def add_ray_settings(p: argparse.ArgumentParser, cls: type) -> None:
+    """--ray [ADDRESS] and the other `RayOptions` fields (generation on Ray actors, `mathloop.replicas`)."""
+    setting(p, cls, "--ray", dest="ray_address", nargs="?", const="local", metavar="ADDRESS",
+            help="generate on Ray actors: no ADDRESS (or 'local') starts a cluster on this machine, 'auto' joins the "
+                 "running one, ray://HOST:10001 a remote one (pip install 'mathloop[ray]')")
+    setting(p, cls, "--ray-replicas", type=_positive_int, help="Ray: generation replicas (actors), one backend each")
+    setting(p, cls, "--ray-num-cpus", type=float, help="Ray: CPUs per replica")
+    setting(p, cls, "--ray-num-gpus", type=float, help="Ray: GPUs per replica")
+    setting(p, cls, "--ray-chunk", type=_positive_int, help="Ray: problems per chunk handed to a replica")
+
+
 def _csv(text: str) -> list[str]:
     return [part.strip() for part in text.split(",") if part.strip()]
 
@@ -170,6 +181,7 @@ def add_eval_parser(sub: argparse._SubParsersAction) -> None:
             help="local = --data-dir, else the packaged data; hub = the Hugging Face Hub (pip install 'mathloop[hub]')")
     setting(p, C, "--out", help="run folder (created; resumed when it exists)")
     add_backend_arguments(p, C)
+    add_ray_settings(p, C)
     setting(p, C, "--rm", help="reward model (a `mathloop rm train` final/ folder or Hub id): scores every sample and "
                                 "adds RM@k (best-of-k by RM score) next to Maj@k and pass@k; may be added to a "
                                 "finished run")
@@ -372,6 +384,7 @@ def add_sample_parser(sub: argparse._SubParsersAction) -> None:
     setting(p, C, "--shard", type=int, help="this process's shard, 0-based")
     setting(p, C, "--num-shards", type=_positive_int, help="processes sharing the folder")
     add_backend_arguments(p, C)
+    add_ray_settings(p, C)
     p.add_argument("--quiet", action="store_true", help="no progress bars")
 
 

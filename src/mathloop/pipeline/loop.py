@@ -52,6 +52,7 @@ from typing import Any
 
 from mathloop.config import read_yaml_mapping, settings_from_dict
 from mathloop.records import Problem, read_records, write_jsonl
+from mathloop.replicas import RAY_OPTIONS
 from mathloop.runs import lock_run_dir, read_json, start_run_record, write_json, write_text_atomic
 
 log = logging.getLogger(__name__)
@@ -77,6 +78,8 @@ class LoopConfig:
     eval: dict[str, Any] = field(default_factory=dict)  # EvalConfig fields (n, temperature, max_new_tokens, ...)
     grpo: dict[str, Any] = field(default_factory=dict)  # GRPO config fields, plus enabled: bool
     synthesize: dict[str, Any] = field(default_factory=dict)  # problem synthesis before round 1 (see below)
+    ray: dict[str, Any] = field(default_factory=dict)  # address, replicas, num_cpus, num_gpus, chunk: sample and
+    # eval generate on Ray actors (`mathloop.replicas`; a stage section's own ray_* keys win)
 
     def validate(self) -> None:
         """Check every section by building its stage config now, so a typo fails before hours of sampling."""
@@ -85,6 +88,10 @@ class LoopConfig:
         for name in ("limit", "heldout_limit"):
             if getattr(self, name) is not None and getattr(self, name) < 1:
                 raise ValueError(f"loop: {name} must be >= 1 (or left out for all problems), got {getattr(self, name)}")
+        unknown = sorted(set(self.ray) - {name.removeprefix("ray_") for name in RAY_OPTIONS})
+        if unknown:
+            raise ValueError(f"loop: ray: unknown key(s) {', '.join(unknown)}; known: address, chunk, num_cpus, "
+                             f"num_gpus, replicas")
         if self.sft_init not in ("base", "previous"):
             raise ValueError(f"loop: sft_init must be 'base' or 'previous', got {self.sft_init!r}")
         if self.synthesis_enabled:
@@ -132,7 +139,7 @@ class LoopConfig:
     def sample_config(self, model: str, round_dir: Path, round_index: int):
         from mathloop.pipeline.sample import SampleConfig
 
-        config = self._stage(SampleConfig, "sample", self.sample,
+        config = self._stage(SampleConfig, "sample", {**self._ray_settings(), **self.sample},
                              {"model": model, "problems": str(Path(self.output_dir) / "problems.jsonl"),
                               "out": str(round_dir / "samples"), "data_dir": self.data_dir})
         config.seed += 1000 * round_index  # each round draws fresh samples
@@ -161,7 +168,7 @@ class LoopConfig:
     def eval_config(self, model: str, round_dir: Path):
         from mathloop.pipeline.evaluate import EvalConfig
 
-        section = {"shots": 0, **self.eval}
+        section = {"shots": 0, **self._ray_settings(), **self.eval}
         return self._stage(EvalConfig, "eval", section,
                            {"model": model, "benchmarks": [], "out": str(round_dir / "eval"),
                             "data_dir": self.data_dir}, fixed=("limit", "split"))
@@ -176,6 +183,10 @@ class LoopConfig:
                             "queries": str(Path(self.output_dir) / "problems.jsonl"),
                             "selection_samples": str(samples), "data_dir": self.data_dir,
                             "rm": None if self.grpo.get("rm") else rm})
+
+    def _ray_settings(self) -> dict[str, Any]:
+        """The `ray:` section as the stage configs' ray_* fields."""
+        return {f"ray_{key}": value for key, value in self.ray.items()}
 
     def _stage(self, cls, name: str, section: dict[str, Any], filled: dict[str, Any], fixed: tuple[str, ...] = ()):
         """The stage config `cls` of a section: its settings (the loop's seed unless it sets one), with the fields
