@@ -528,12 +528,12 @@ def train_grpo(config: GRPOConfig, stop_after: int | None = None) -> dict[str, A
 
 
 def _train_grpo(config: GRPOConfig, stop_after: int | None) -> dict[str, Any]:
-    from accelerate import Accelerator
+    from mathloop.train.distributed import make_accelerator
     from accelerate.utils import gather_object
 
     # Under `accelerate launch` every process rolls out its share of the step's queries and trains on them;
     # gradients are averaged across processes (DDP), and only the main process writes the run folder.
-    accelerator = Accelerator()
+    accelerator = make_accelerator()
     device, main = accelerator.device, accelerator.is_main_process
     world, rank = accelerator.num_processes, accelerator.process_index
     if world > 1 and config.dynamic_sampling:

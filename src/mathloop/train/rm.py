@@ -200,9 +200,9 @@ def train(config: RMTrainConfig, stop_after: int | None = None) -> dict[str, Any
 
 
 def _train(config: RMTrainConfig, stop_after: int | None) -> dict[str, Any]:
-    from accelerate import Accelerator
+    from mathloop.train.distributed import make_accelerator
 
-    accelerator = Accelerator()
+    accelerator = make_accelerator()
     out = Path(config.output_dir)
     out.mkdir(parents=True, exist_ok=True)
 
