@@ -504,8 +504,12 @@ def add_grpo_parser(sub: argparse._SubParsersAction) -> None:
     setting(p, C, "--temperature", type=float, help="rollout temperature, also applied to the log-probabilities")
     setting(p, C, "--top-p", type=float, help="rollout nucleus sampling")
     add_sampler_settings(p, C)
-    setting(p, C, "--rollout-backend", choices=["hf", "vllm"],
-            help="hf: the training model generates; vllm: a vLLM engine with the step's LoRA adapter")
+    setting(p, C, "--rollout-backend", choices=["hf", "vllm", "openai"],
+            help="hf: the training model generates; vllm: a vLLM engine with the step's LoRA adapter; openai: a "
+                 "server at --rollout-base-url")
+    setting(p, C, "--rollout-base-url", help="openai rollouts: the server's URL (vLLM serve with --enable-lora); it "
+                                              "is sent the policy's LoRA adapter every step")
+    setting(p, C, "--rollout-adapter-dir", help="openai rollouts: where adapters are saved, a path the server can read")
     setting(p, C, "--rollout-batch-size", type=_positive_int, help="hf rollouts: sequences per generation batch")
     setting(p, C, "--learning-rate", "--lr", type=float, help="AdamW learning rate (default: 1e-6, with --lora 2e-5)")
     setting(p, C, "--beta", type=float, help="KL coefficient to the reference policy; 0 drops the reference")

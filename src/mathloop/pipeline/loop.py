@@ -30,7 +30,8 @@ inside itself):
 
 The sections of the YAML file are the settings of the stage commands, keys of their dataclasses (`sample`:
 SampleConfig, `reward_model`: RMTrainConfig, `select`: SelectConfig, `sft`: SFTRunConfig, `eval`: EvalConfig, `grpo`:
-GRPOConfig, `synthesize`: SynthesizeConfig), read by the one loader `config.settings_from_dict`; the loop fills in the
+GRPOConfig, `synthesize`: SynthesizeConfig), read by the one loader `config.settings_from_dict`; a `ray:` section
+(address, replicas, num_cpus, num_gpus, chunk) runs the sample and eval stages on Ray actors (`mathloop.replicas`); the loop fills in the
 model, data and folder fields itself (a section may not set them), and the run's seed unless a section sets one. `sft_init: base` trains every round from the
 starting model on that round's data (the paper rebuilds the data each round); `previous` continues from the last
 round's model, which is cheaper on a CPU.
