@@ -13,6 +13,12 @@ runs the steps. One step:
   5. one optimizer step: per micro-batch, policy log-probabilities (with gradient) and reference ones (without),
      `grpo_loss`, backward scaled by the micro-batch's share of the batch; then gradient clipping and AdamW.
 
+Under `accelerate launch` (N processes) each process rolls out every N-th query of the step and trains on its
+groups; gradients are averaged (DDP), each micro-batch weighted by its share of the whole step, so N processes
+reach the weights of one on the same rollouts; only the main process writes (and pushes adapters to a rollout
+engine). hf rollouts are seeded per process, so they differ from a one-process run's; dynamic sampling needs one
+process.
+
 It is a plain PyTorch loop rather than TRL's GRPOTrainer because TIR rollouts need the sandbox inside the rollout
 and the executor's output masked out of the loss, and the shaped reward needs the verifier and the reward model
 together; both would have to be bent into TRL's generation and reward hooks. Users who prefer TRL (1.x) can still
