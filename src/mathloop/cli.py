@@ -51,6 +51,17 @@ def add_sampler_settings(p: argparse.ArgumentParser, cls: type) -> None:
     for f in dataclasses.fields(SamplerOptions):
         setting(p, cls, f"--{f.name.replace('_', '-')}", type=type(f.default), help=f.metadata["help"])
 
+def add_ray_settings(p: argparse.ArgumentParser, cls: type) -> None:
+    """--ray [ADDRESS] and the other `RayOptions` fields (generation on Ray actors, `mathloop.replicas`)."""
+    setting(p, cls, "--ray", dest="ray_address", nargs="?", const="local", metavar="ADDRESS",
+            help="generate on Ray actors: no ADDRESS (or 'local') starts a cluster on this machine, 'auto' joins the "
+                 "running one, ray://HOST:10001 a remote one (pip install 'mathloop[ray]')")
+    setting(p, cls, "--ray-replicas", type=_positive_int, help="Ray: generation replicas (actors), one backend each")
+    setting(p, cls, "--ray-num-cpus", type=float, help="Ray: CPUs per replica")
+    setting(p, cls, "--ray-num-gpus", type=float, help="Ray: GPUs per replica")
+    setting(p, cls, "--ray-chunk", type=_positive_int, help="Ray: problems per chunk handed to a replica")
+
+
 def _csv(text: str) -> list[str]:
     return [part.strip() for part in text.split(",") if part.strip()]
 
@@ -170,6 +181,7 @@ def add_eval_parser(sub: argparse._SubParsersAction) -> None:
             help="local = --data-dir, else the packaged data; hub = the Hugging Face Hub (pip install 'mathloop[hub]')")
     setting(p, C, "--out", help="run folder (created; resumed when it exists)")
     add_backend_arguments(p, C)
+    add_ray_settings(p, C)
     setting(p, C, "--rm", help="reward model (a `mathloop rm train` final/ folder or Hub id): scores every sample and "
                                 "adds RM@k (best-of-k by RM score) next to Maj@k and pass@k; may be added to a "
                                 "finished run")
@@ -372,6 +384,7 @@ def add_sample_parser(sub: argparse._SubParsersAction) -> None:
     setting(p, C, "--shard", type=int, help="this process's shard, 0-based")
     setting(p, C, "--num-shards", type=_positive_int, help="processes sharing the folder")
     add_backend_arguments(p, C)
+    add_ray_settings(p, C)
 
 
 def cmd_sample(args: argparse.Namespace) -> int:
@@ -488,8 +501,12 @@ def add_grpo_parser(sub: argparse._SubParsersAction) -> None:
     setting(p, C, "--temperature", type=float, help="rollout temperature, also applied to the log-probabilities")
     setting(p, C, "--top-p", type=float, help="rollout nucleus sampling")
     add_sampler_settings(p, C)
-    setting(p, C, "--rollout-backend", choices=["hf", "vllm"],
-            help="hf: the training model generates; vllm: a vLLM engine with the step's LoRA adapter")
+    setting(p, C, "--rollout-backend", choices=["hf", "vllm", "openai"],
+            help="hf: the training model generates; vllm: a vLLM engine with the step's LoRA adapter; openai: a "
+                 "server at --rollout-base-url")
+    setting(p, C, "--rollout-base-url", help="openai rollouts: the server's URL (vLLM serve with --enable-lora); it "
+                                              "is sent the policy's LoRA adapter every step")
+    setting(p, C, "--rollout-adapter-dir", help="openai rollouts: where adapters are saved, a path the server can read")
     setting(p, C, "--rollout-batch-size", type=_positive_int, help="hf rollouts: sequences per generation batch")
     setting(p, C, "--learning-rate", "--lr", type=float, help="AdamW learning rate (default: 1e-6, with --lora 2e-5)")
     setting(p, C, "--beta", type=float, help="KL coefficient to the reference policy; 0 drops the reference")

@@ -30,7 +30,8 @@ inside itself):
 
 The sections of the YAML file are the settings of the stage commands, keys of their dataclasses (`sample`:
 SampleConfig, `reward_model`: RMTrainConfig, `select`: SelectConfig, `sft`: SFTRunConfig, `eval`: EvalConfig, `grpo`:
-GRPOConfig, `synthesize`: SynthesizeConfig), read by the one loader `config.settings_from_dict`; the loop fills in the
+GRPOConfig, `synthesize`: SynthesizeConfig), read by the one loader `config.settings_from_dict`; a `ray:` section
+(address, replicas, num_cpus, num_gpus, chunk) runs the sample and eval stages on Ray actors (`mathloop.replicas`); the loop fills in the
 model, data and folder fields itself (a section may not set them), and the run's seed unless a section sets one. `sft_init: base` trains every round from the
 starting model on that round's data (the paper rebuilds the data each round); `previous` continues from the last
 round's model, which is cheaper on a CPU.
@@ -52,6 +53,7 @@ from typing import Any
 
 from mathloop.config import read_yaml_mapping, settings_from_dict
 from mathloop.records import Problem, read_records, write_jsonl
+from mathloop.replicas import RAY_OPTIONS
 from mathloop.runs import lock_run_dir, read_json, start_run_record, write_json, write_text_atomic
 
 log = logging.getLogger(__name__)
@@ -77,6 +79,8 @@ class LoopConfig:
     eval: dict[str, Any] = field(default_factory=dict)  # EvalConfig fields (n, temperature, max_new_tokens, ...)
     grpo: dict[str, Any] = field(default_factory=dict)  # GRPO config fields, plus enabled: bool
     synthesize: dict[str, Any] = field(default_factory=dict)  # problem synthesis before round 1 (see below)
+    ray: dict[str, Any] = field(default_factory=dict)  # address, replicas, num_cpus, num_gpus, chunk: sample and
+    # eval generate on Ray actors (`mathloop.replicas`; a stage section's own ray_* keys win)
 
     def validate(self) -> None:
         """Check every section by building its stage config now, so a typo fails before hours of sampling."""
@@ -85,6 +89,10 @@ class LoopConfig:
         for name in ("limit", "heldout_limit"):
             if getattr(self, name) is not None and getattr(self, name) < 1:
                 raise ValueError(f"loop: {name} must be >= 1 (or left out for all problems), got {getattr(self, name)}")
+        unknown = sorted(set(self.ray) - {name.removeprefix("ray_") for name in RAY_OPTIONS})
+        if unknown:
+            raise ValueError(f"loop: ray: unknown key(s) {', '.join(unknown)}; known: address, chunk, num_cpus, "
+                             f"num_gpus, replicas")
         if self.sft_init not in ("base", "previous"):
             raise ValueError(f"loop: sft_init must be 'base' or 'previous', got {self.sft_init!r}")
         if self.synthesis_enabled:
@@ -132,7 +140,7 @@ class LoopConfig:
     def sample_config(self, model: str, round_dir: Path, round_index: int):
         from mathloop.pipeline.sample import SampleConfig
 
-        config = self._stage(SampleConfig, "sample", self.sample,
+        config = self._stage(SampleConfig, "sample", {**self._ray_settings(), **self.sample},
                              {"model": model, "problems": str(Path(self.output_dir) / "problems.jsonl"),
                               "out": str(round_dir / "samples"), "data_dir": self.data_dir})
         config.seed += 1000 * round_index  # each round draws fresh samples
@@ -161,7 +169,7 @@ class LoopConfig:
     def eval_config(self, model: str, round_dir: Path):
         from mathloop.pipeline.evaluate import EvalConfig
 
-        section = {"shots": 0, **self.eval}
+        section = {"shots": 0, **self._ray_settings(), **self.eval}
         return self._stage(EvalConfig, "eval", section,
                            {"model": model, "benchmarks": [], "out": str(round_dir / "eval"),
                             "data_dir": self.data_dir}, fixed=("limit", "split"))
@@ -176,6 +184,10 @@ class LoopConfig:
                             "queries": str(Path(self.output_dir) / "problems.jsonl"),
                             "selection_samples": str(samples), "data_dir": self.data_dir,
                             "rm": None if self.grpo.get("rm") else rm})
+
+    def _ray_settings(self) -> dict[str, Any]:
+        """The `ray:` section as the stage configs' ray_* fields."""
+        return {f"ray_{key}": value for key, value in self.ray.items()}
 
     def _stage(self, cls, name: str, section: dict[str, Any], filled: dict[str, Any], fixed: tuple[str, ...] = ()):
         """The stage config `cls` of a section: its settings (the loop's seed unless it sets one), with the fields

@@ -6,8 +6,8 @@ to one problem (every response scored once, all pairs formed from those scores),
 would have to be bent around; the whole loop fits on a screen and resumes exactly.
 
 It runs under `accelerate launch` for several GPUs (Accelerator().prepare wraps model and optimizer in DDP; each
-process scores its share of every batch's groups; only the main process evaluates, logs and saves). That
-multi-process path is not covered by the CPU tests.
+process scores its share of every batch's groups; only the main process evaluates, logs and saves).
+tests/test_scale_training.py launches it as 2 CPU processes (gloo) and finds the weights of one process.
 
 Output folder:
   run.json                     config, data report, package versions
@@ -201,9 +201,9 @@ def train(config: RMTrainConfig, stop_after: int | None = None) -> dict[str, Any
 
 
 def _train(config: RMTrainConfig, stop_after: int | None) -> dict[str, Any]:
-    from accelerate import Accelerator
+    from mathloop.train.distributed import make_accelerator
 
-    accelerator = Accelerator()
+    accelerator = make_accelerator()
     out = Path(config.output_dir)
     out.mkdir(parents=True, exist_ok=True)
 
