@@ -192,7 +192,8 @@ def _generate_and_grade(name: str, problems: list[Problem], path: Path, config: 
             choices = {p.id: p.choices for p in batch}
             graded = verifier.grade_batch([(s.gold, s.response) for s in samples],
                                           answer_type=[s.metadata["answer_type"] for s in samples],
-                                          choices=[choices[s.problem_id] for s in samples])
+                                          choices=[choices[s.problem_id] for s in samples],
+                                          questions=[s.metadata.get("question") for s in samples])
             for sample, (pred, verdict) in zip(samples, graded):
                 sample.pred, sample.verdict = pred, verdict
             appender.write(samples)

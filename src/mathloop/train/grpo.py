@@ -362,7 +362,7 @@ def grade_and_reward(rollouts: list[Rollout], reward_fn: RewardFn) -> None:
                "problem_id": [r.query.id for r in rollouts]}
     for r, answer_type in zip(rollouts, columns["answer_type"]):
         if r.query.gold is not None:
-            r.pred, r.verdict = grade(r.query.gold, r.response, answer_type, r.query.choices)
+            r.pred, r.verdict = grade(r.query.gold, r.response, answer_type, r.query.choices, question=r.query.question)
     rewards = reward_fn([r.prompt for r in rollouts], [r.response for r in rollouts], **columns)
     if len(rewards) != len(rollouts):
         raise ValueError(f"reward function {getattr(reward_fn, '__name__', reward_fn)} returned {len(rewards)} "

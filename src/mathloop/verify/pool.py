@@ -41,7 +41,7 @@ WALL_BACKSTOP_FACTOR = 10.0  # a task also ends after this many times its deadli
 WALL_BACKSTOP_MIN_S = 30.0
 _WARM_UP = (r"\sqrt{12}", r"2\sqrt{3}", "math")  # exercises parse, simplify and evalf once before "ready"
 
-Task = dict[str, Any]  # {"gold": str, "pred": str, "answer_type": str}
+Task = dict[str, Any]  # {"gold": str, "pred": str, "answer_type": str, "rounding": bool}
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -64,7 +64,8 @@ def serve(memory_limit_mb: int = WORKER_MEMORY_LIMIT_MB, parent_pid: int | None 
     for line in sys.stdin:
         try:
             task = json.loads(line)
-            ok = symbolic_equivalent(task["gold"], task["pred"], task.get("answer_type", "math"))
+            ok = symbolic_equivalent(task["gold"], task["pred"], task.get("answer_type", "math"),
+                                     bool(task.get("rounding", False)))
         except (MemoryError, RecursionError, Exception):  # noqa: BLE001 - any failure is "not equivalent"
             ok = False
         protocol_out.write(json.dumps({"ok": bool(ok)}) + "\n")
