@@ -18,7 +18,8 @@ _ANSWER_IS = re.compile(r"(?:final answer|the answer)\s*(?:is\s*:?|:)\s*", re.IG
 _GSM8K = re.compile(r"####\s*([^\n]+)")
 _NUMBER = re.compile(r"(?<![A-Za-z\d])(?:-?\d[\d,]*(?:\.\d+)?(?:/\d+(?!\d|\.\d))?|-?\.\d+)(?!\d)")
 _MC_PATTERNS = (
-    re.compile(r"answer\s*(?:is|:)?\s*(?:option\s*)?[\(\[]?\s*([A-J])\s*[\)\]]?(?![A-Za-z])", re.IGNORECASE),
+    # possessive quantifiers: "answer" followed by 1 MB of spaces must not backtrack over every split of them
+    re.compile(r"answer\s*+(?:is|:)?+\s*+(?:option\s*+)?+[\(\[]?+\s*+([A-J])\s*+[\)\]]?+(?![A-Za-z])", re.IGNORECASE),
     re.compile(r"^\s*\(?([A-J])\)?\s*[.:)]?\s*$"),
 )
 
