@@ -56,6 +56,13 @@ def _row_to_items(row: dict[str, Any], where: str) -> tuple[str | None, list[str
                       f"(question, gt, code); fields present: {', '.join(sorted(row)) or 'none'}")
 
 
+def _question(row: dict[str, Any]) -> str | None:
+    """The problem text of a row (official harness: ``question``; mathloop sample: ``metadata.question``), if any."""
+    metadata = row.get("metadata")
+    question = row.get("question", metadata.get("question") if isinstance(metadata, dict) else None)
+    return question if isinstance(question, str) else None
+
+
 def grade_file(input_path: str | Path, output_path: str | Path, metrics_path: str | Path | None = None,
                answer_type: str | None = None, workers: int | None = None, timeout: float = 5.0) -> dict:
     """Grade every row of `input_path`, write rows with a `mathloop` field, return (and write) the metrics."""
@@ -67,9 +74,10 @@ def grade_file(input_path: str | Path, output_path: str | Path, metrics_path: st
     items = [_row_to_items(row, f"{input_path}:{i + 1}") for i, row in enumerate(rows)]
     flat = [(gold, response, answer_type or kind, row.get("choices") if isinstance(row.get("choices"), list) else None)
             for row, (gold, responses, _, kind, _) in zip(rows, items) for response in responses]
+    questions = [_question(row) for row, (_, responses, _, _, _) in zip(rows, items) for _ in responses]
     with Verifier(workers=workers, timeout=timeout) as verifier:
         graded = verifier.grade_batch([(g, r) for g, r, _, _ in flat], answer_type=[t for _, _, t, _ in flat],
-                                      choices=[c for _, _, _, c in flat])
+                                      choices=[c for _, _, _, c in flat], questions=questions)
     tmp = output_path.with_name(output_path.name + ".partial")
     tmp.unlink(missing_ok=True)
     groups: dict[Any, dict[str, list]] = {}
