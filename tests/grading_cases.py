@@ -68,16 +68,25 @@ CASES: list[tuple[str, str, str, str, str]] = [
     ("fp-division-by-zero-gold", r"\frac{\pi}{0}", boxed("5"), "math", I),
     ("fp-division-by-zero-both", r"\frac{1}{0}", boxed(r"\frac{2}{0}"), "math", I),
     ("fp-zero-over-zero", "1", boxed(r"\frac{0}{0}"), "math", I),
-    # --- decimal rounding rule
-    ("decimal-6-digits-vs-third", r"\frac{1}{3}", boxed("0.333333"), "math", C),
-    ("decimal-3-digits-vs-third", r"\frac{1}{3}", boxed("0.333"), "math", C),
+    # --- decimal approximations of exact golds: incorrect when the question does not ask for a decimal (issue 11, item 2;
+    # with such a question they are correct: QUESTION_CASES)
+    ("approx-6-digits-vs-third", r"\frac{1}{3}", boxed("0.333333"), "math", I),
+    ("approx-3-digits-vs-third", r"\frac{1}{3}", boxed("0.333"), "math", I),
+    ("approx-pi-4-digits", r"\pi", boxed("3.1416"), "math", I),
+    ("approx-sqrt2-3-digits", r"\sqrt{2}", boxed("1.414"), "math", I),
+    ("approx-e", "e", boxed("2.718"), "math", I),
+    ("approx-in-tuple", r"(\frac{1}{3},1)", boxed("(0.333,1)"), "math", I),
+    ("decimal-gold-exact-response-rounds-to-it", "0.333", boxed(r"\frac{1}{3}"), "math", C),
+    ("decimal-gold-exact-surd-rounds-to-it", "1.414", boxed(r"\sqrt{2}"), "math", C),
+    ("decimal-gold-exact-response-misrounds", "0.334", boxed(r"\frac{1}{3}"), "math", I),
+    ("terminating-decimal-is-exact", r"\frac{3}{8}", boxed("0.375"), "math", C),
     ("decimal-2-digits-vs-third", r"\frac{1}{3}", boxed("0.33"), "math", I),
     ("decimal-misrounded", r"\frac{2}{3}", boxed("0.666"), "math", I),
-    ("decimal-rounded-up", r"\frac{2}{3}", boxed("0.667"), "math", C),
+    ("approx-rounded-up", r"\frac{2}{3}", boxed("0.667"), "math", I),
     ("decimal-vs-integer-exact", "3", boxed("2.9999"), "math", I),
-    ("decimal-vs-pi-5-digits", r"\pi", boxed("3.14159"), "math", C),
+    ("approx-pi-5-digits", r"\pi", boxed("3.14159"), "math", I),
     ("decimal-vs-pi-2-digits", r"\pi", boxed("3.14"), "math", I),
-    ("decimal-vs-sqrt2", r"\sqrt{2}", boxed("1.414"), "math", C),
+
     ("decimal-vs-decimal-exact", "1.25", boxed("1.250"), "math", C),
     ("decimal-vs-decimal-differs", "1.25", boxed("1.251"), "math", I),
     ("math500-0.15", "0.15", boxed(r"\frac{3}{20}"), "math", C),
@@ -188,9 +197,26 @@ CASES: list[tuple[str, str, str, str, str]] = [
     ("numeric-radical-differs", r"3\sqrt{13}", boxed(r"3\sqrt{14}"), "math", I),
     ("numeric-complex-differs", "6 - 5i", boxed("6 - 6i"), "math", I),
     ("numeric-sign-of-pi", r"\frac{\pi}{2}", boxed(r"-\frac{\pi}{2}"), "math", I),
-    ("numeric-rounded-decimal-of-radical", r"\frac{\sqrt{3}}{3}", boxed("0.577"), "math", C),
+    ("approx-rounded-decimal-of-radical", r"\frac{\sqrt{3}}{3}", boxed("0.577"), "math", I),
     ("numeric-too-coarse-decimal-of-radical", r"\frac{\sqrt{3}}{3}", boxed("0.58"), "math", I),
     ("numeric-equal-radicals-rewritten", r"\frac{\sqrt{3}}{3}", boxed(r"\frac{1}{\sqrt{3}}"), "math", C),
     ("numeric-space-thousands", "1000", boxed("1 000"), "math", C),
     ("truncated-box-falls-back-to-last-number", "5", r"... so it is $\boxed{\frac{7", "math", I),
+]
+
+
+# (id, question, gold, response, expected): the question decides whether a rounded decimal answers an exact gold.
+ROUND_TO = "Express your answer as a decimal rounded to the nearest thousandth."
+QUESTION_CASES: list[tuple[str, str, str, str, str]] = [
+    ("asks-decimal-third", ROUND_TO, r"\frac{1}{3}", boxed("0.333"), C),
+    ("asks-decimal-pi", "What is the area? Round to four decimal places.", r"\pi", boxed("3.1416"), C),
+    ("asks-decimal-sqrt2", "Give a decimal approximation of the length.", r"\sqrt{2}", boxed("1.414"), C),
+    ("asks-nearest-hundredth-radical", "To the nearest hundredth, what is x?", r"\frac{\sqrt{3}}{3}", boxed("0.577"), C),
+    ("asks-decimal-too-coarse", ROUND_TO, r"\frac{1}{3}", boxed("0.33"), I),
+    ("asks-decimal-misrounded", ROUND_TO, r"\frac{2}{3}", boxed("0.666"), I),
+    ("asks-decimal-symbolic-path", ROUND_TO, r"\frac{\pi}{2}", boxed("1.571"), C),
+    ("exact-question-third", "Express your answer as a common fraction.", r"\frac{1}{3}", boxed("0.333"), I),
+    ("exact-question-pi", "What is the area of the circle, in terms of $\\pi$?", r"4\pi", boxed("12.566"), I),
+    ("exact-question-symbolic-path", "Find the value.", r"\frac{\pi}{2}", boxed("1.571"), I),
+    ("exact-question-exact-answer", "Express your answer as a common fraction.", r"\frac{1}{3}", boxed(r"\frac{2}{6}"), C),
 ]

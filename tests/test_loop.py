@@ -223,3 +223,14 @@ def test_a_loop_without_its_data_leaves_no_run_folder(tmp_path, monkeypatch):
     with pytest.raises(FileNotFoundError, match="minerva_math"):
         run_loop(config, progress=False, backend=FakeBackend(interrupt))
     assert not (tmp_path / "run").exists()
+
+
+def test_training_problems_that_repeat_a_heldout_question_are_removed(tiny_model_dir, data_dir, tmp_path):
+    config = tiny_loop(tmp_path, tiny_model_dir, data_dir, rounds=0, grpo={})
+    repeat = Problem(id="repeat/0", benchmark="synthetic", gold=HELDOUT[1].gold,
+                     question="  " + HELDOUT[1].question.upper() + "\n")  # case and spacing do not hide it
+    write_jsonl(tmp_path / "problems.jsonl", TRAIN + [repeat])
+    run_loop(config, progress=False, backend=FakeBackend(half_right))
+    problems = read_records(Problem, tmp_path / "run" / "problems.jsonl")
+    assert [p.id for p in problems] == [p.id for p in TRAIN]
+    assert json.loads((tmp_path / "run" / "decontamination.json").read_text())["heldout_overlap"] == 1

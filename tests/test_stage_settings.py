@@ -97,3 +97,18 @@ def test_max_new_tokens_of_eval_and_sample_is_the_sampling_default():
 
     assert EvalConfig(out="o").max_new_tokens == SampleConfig(problems="p", out="o").max_new_tokens \
         == SamplingParams().max_new_tokens
+
+
+def test_ray_settings_come_from_flags_and_a_loop_configs_ray_section(tmp_path):
+    from mathloop.pipeline.loop import loop_config_from_dict
+
+    args = build_parser().parse_args(["sample", "--problems", "p.jsonl", "--out", "o", "--ray", "--ray-replicas", "3"])
+    assert (args.ray_address, args.ray_replicas, args.ray_num_gpus) == ("local", 3, None)  # --ray alone: local
+    assert build_parser().parse_args(["eval", "--ray", "ray://head:10001"]).ray_address == "ray://head:10001"
+    loop = loop_config_from_dict({"output_dir": str(tmp_path), "ray": {"address": "auto", "replicas": 4},
+                                  "eval": {"ray_replicas": 2}})
+    sample, evaluation = loop.sample_config("m", tmp_path / "r1", 1), loop.eval_config("m", tmp_path / "r1")
+    assert (sample.ray_address, sample.ray_replicas) == ("auto", 4)
+    assert (evaluation.ray_address, evaluation.ray_replicas) == ("auto", 2)  # the stage's own key wins
+    with pytest.raises(ValueError, match="loop: ray: unknown key.*replica\\b"):
+        loop_config_from_dict({"output_dir": str(tmp_path), "ray": {"replica": 4}})

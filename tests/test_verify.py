@@ -16,7 +16,7 @@ except ImportError:  # running from a checkout without `pip install -e .`
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from grading_cases import CASES  # noqa: E402
+from grading_cases import CASES, QUESTION_CASES  # noqa: E402
 
 from mathloop.verify import Verifier, extract_answer, grade, is_equivalent  # noqa: E402
 from mathloop.verify.equivalence import fast_equivalent  # noqa: E402
@@ -32,6 +32,14 @@ MARGIN = 10.0  # worker start-up (imports) is not part of the task's deadline
 @pytest.mark.parametrize(("gold", "response", "answer_type", "expected"), [c[1:] for c in CASES], ids=[c[0] for c in CASES])
 def test_grading_case(gold: str, response: str, answer_type: str, expected: str) -> None:
     assert grade(gold, response, answer_type)[1] == expected
+
+
+@pytest.mark.parametrize(("question", "gold", "response", "expected"), [c[1:] for c in QUESTION_CASES],
+                         ids=[c[0] for c in QUESTION_CASES])
+def test_question_decides_decimal_approximations(question: str, gold: str, response: str, expected: str) -> None:
+    assert grade(gold, response, question=question)[1] == expected
+    with Verifier(workers=1) as verifier:
+        assert verifier.grade_batch([(gold, response)], questions=[question])[0][1] == expected
 
 
 def test_table_is_large_and_ids_unique() -> None:

@@ -21,12 +21,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
 import sys
 import typing
 
 from mathloop import __version__
 from mathloop.config import add_setting_flag as setting
+from mathloop.progress import configure_output
 from mathloop.records import RecordError
 from mathloop.runs import RunLockedError
 
@@ -50,6 +50,17 @@ def add_sampler_settings(p: argparse.ArgumentParser, cls: type) -> None:
 
     for f in dataclasses.fields(SamplerOptions):
         setting(p, cls, f"--{f.name.replace('_', '-')}", type=type(f.default), help=f.metadata["help"])
+
+def add_ray_settings(p: argparse.ArgumentParser, cls: type) -> None:
+    """--ray [ADDRESS] and the other `RayOptions` fields (generation on Ray actors, `mathloop.replicas`)."""
+    setting(p, cls, "--ray", dest="ray_address", nargs="?", const="local", metavar="ADDRESS",
+            help="generate on Ray actors: no ADDRESS (or 'local') starts a cluster on this machine, 'auto' joins the "
+                 "running one, ray://HOST:10001 a remote one (pip install 'mathloop[ray]')")
+    setting(p, cls, "--ray-replicas", type=_positive_int, help="Ray: generation replicas (actors), one backend each")
+    setting(p, cls, "--ray-num-cpus", type=float, help="Ray: CPUs per replica")
+    setting(p, cls, "--ray-num-gpus", type=float, help="Ray: GPUs per replica")
+    setting(p, cls, "--ray-chunk", type=_positive_int, help="Ray: problems per chunk handed to a replica")
+
 
 def _csv(text: str) -> list[str]:
     return [part.strip() for part in text.split(",") if part.strip()]
@@ -173,13 +184,13 @@ def add_eval_parser(sub: argparse._SubParsersAction) -> None:
             help="local = --data-dir, else the packaged data; hub = the Hugging Face Hub (pip install 'mathloop[hub]')")
     setting(p, C, "--out", help="run folder (created; resumed when it exists)")
     add_backend_arguments(p, C)
+    add_ray_settings(p, C)
     setting(p, C, "--rm", help="reward model (a `mathloop rm train` final/ folder or Hub id): scores every sample and "
                                 "adds RM@k (best-of-k by RM score) next to Maj@k and pass@k; may be added to a "
                                 "finished run")
     setting(p, C, "--rm-batch-size", type=_positive_int, help="reward model: sequences per forward pass")
     setting(p, C, "--rm-dtype",
             help="reward model dtype (default: bfloat16 where the device computes it natively, else float32)")
-    p.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
@@ -205,11 +216,12 @@ def add_grade_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def cmd_grade(args: argparse.Namespace) -> int:
-    from mathloop.pipeline.grade import grade_file
+    from mathloop.pipeline.grade import format_metrics, grade_file
 
     metrics = grade_file(args.input, args.output, args.metrics, answer_type=args.answer_type,
                          workers=args.workers, timeout=args.timeout)
-    print(json.dumps(metrics, indent=2))
+    print(f"# mathloop grade: {args.input}\n\n{format_metrics(metrics)}\n\npercent, 95% interval in brackets; "
+          f"graded rows -> {args.output}" + (f"; metrics -> {args.metrics}" if args.metrics else ""))
     return 0
 
 
@@ -375,7 +387,7 @@ def add_sample_parser(sub: argparse._SubParsersAction) -> None:
     setting(p, C, "--shard", type=int, help="this process's shard, 0-based")
     setting(p, C, "--num-shards", type=_positive_int, help="processes sharing the folder")
     add_backend_arguments(p, C)
-    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    add_ray_settings(p, C)
 
 
 def cmd_sample(args: argparse.Namespace) -> int:
@@ -424,7 +436,6 @@ def add_loop_parser(sub: argparse._SubParsersAction) -> None:
     setting(p, C, "--output-dir", help="run folder (overrides the config's output_dir)")
     setting(p, C, "--rounds", type=int, help="number of rounds (overrides the config's)")
     setting(p, C, "--data-dir", help="benchmark folder (default: $MATHLOOP_DATA_DIR)")
-    p.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
 def cmd_loop(args: argparse.Namespace) -> int:
@@ -446,7 +457,6 @@ def add_demo_parser(sub: argparse._SubParsersAction) -> None:
                        description=demo.__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", default="mathloop-demo", help="run folder (default: %(default)s; resumed when it exists)")
     p.add_argument("--model", default="default", help="starting model (default: %(default)s)")
-    p.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
@@ -494,8 +504,12 @@ def add_grpo_parser(sub: argparse._SubParsersAction) -> None:
     setting(p, C, "--temperature", type=float, help="rollout temperature, also applied to the log-probabilities")
     setting(p, C, "--top-p", type=float, help="rollout nucleus sampling")
     add_sampler_settings(p, C)
-    setting(p, C, "--rollout-backend", choices=["hf", "vllm"],
-            help="hf: the training model generates; vllm: a vLLM engine with the step's LoRA adapter")
+    setting(p, C, "--rollout-backend", choices=["hf", "vllm", "openai"],
+            help="hf: the training model generates; vllm: a vLLM engine with the step's LoRA adapter; openai: a "
+                 "server at --rollout-base-url")
+    setting(p, C, "--rollout-base-url", help="openai rollouts: the server's URL (vLLM serve with --enable-lora); it "
+                                              "is sent the policy's LoRA adapter every step")
+    setting(p, C, "--rollout-adapter-dir", help="openai rollouts: where adapters are saved, a path the server can read")
     setting(p, C, "--rollout-batch-size", type=_positive_int, help="hf rollouts: sequences per generation batch")
     setting(p, C, "--learning-rate", "--lr", type=float, help="AdamW learning rate (default: 1e-6, with --lora 2e-5)")
     setting(p, C, "--beta", type=float, help="KL coefficient to the reference policy; 0 drops the reference")
@@ -678,7 +692,18 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
             add(sub)
         else:
             sub.add_parser(name, help=HELP[name])
+        add_quiet_flag(sub.choices[name])
     return parser
+
+
+def add_quiet_flag(p: argparse.ArgumentParser) -> None:
+    """`--quiet` on a command and on each of its actions (`rm train`, `data pull`)."""
+    p.add_argument("--quiet", action="store_true",
+                   help="no progress bars or stage messages: warnings, errors and the result only")
+    for action in p._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for child in action.choices.values():
+                add_quiet_flag(child)
 
 
 def add_report_parser(sub: argparse._SubParsersAction) -> None:
@@ -715,7 +740,7 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     command = next((a for a in argv if not a.startswith("-")), None)
     args = build_parser(command if command in HELP else None).parse_args(argv)
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(message)s")
+    configure_output(verbose=args.verbose, quiet=args.quiet)
     try:
         return COMMANDS[args.command](args)
     except USER_ERRORS as e:

@@ -164,7 +164,7 @@ def changed_data(old: dict[str, dict], current: dict[str, dict]) -> str:
 NOT_RESUME_KEYS = frozenset({
     "data_dir", "output_dir", "out", "batch_size", "rm_batch_size", "rollout_batch_size", "micro_batch",
     "micro_batch_groups", "gradient_checkpointing", "concurrency", "threads", "num_workers", "workers", "progress",
-    "quiet", "report_to",
+    "quiet", "report_to", "ray_address", "ray_replicas", "ray_num_cpus", "ray_num_gpus", "ray_chunk", "ray",
 })
 
 

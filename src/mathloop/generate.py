@@ -3,8 +3,8 @@
   generate             prompts -> `Completion`s, by the backend alone (cot) or with the sandbox in the loop (tir)
   response_samples     completions -> `Sample`s: the one conversion from a generated response to the record
   grade_samples        extracted answer and verdict against each sample's gold
-  generate_and_grade   all three for a list of problems, appended to a JSONL file chunk by chunk (resumable with
-                       `pending_problems`)
+  generate_and_grade   all three for a list of problems, each problem appended to a JSONL file as soon as its
+                       responses are finished (resumable with `pending_problems`)
 
 Helpers take a `SamplingParams` and a mode, never a stage's config, so every stage samples the same way.
 """
@@ -33,23 +33,32 @@ def code_executor(mode: str, timeout: float = 5.0) -> ContextManager[Any]:
     return Sandbox(timeout=timeout)
 
 
+OnCompletion = Callable[[int, int, Completion], None]  # (prompt index, sample index, the finished completion)
+
+
+def reports_each_completion(backend: Backend) -> bool:
+    """Whether `backend.generate` takes `on_progress` and calls it as each completion finishes (hf)."""
+    return "on_progress" in inspect.signature(backend.generate).parameters
+
+
 def generate(backend: Backend, prompts: list[str], params: SamplingParams, mode: str = "cot", executor: Any = None,
-             max_tool_calls: int = 4, on_progress: Callable[[int], None] | None = None,
+             max_tool_calls: int = 4, on_progress: OnCompletion | None = None,
              session_prefix: str = "tir") -> list[list[Completion]]:
     """`params.n` completions per prompt, in prompt order. tir: TIR trajectories with `executor` running the code
-    (`code_executor`); cot: the backend alone, reporting finished completions to `on_progress` when it can."""
+    (`code_executor`); cot: the backend alone. `on_progress(i, j, completion)` is called once per completion: as
+    it finishes where the backend reports that (`reports_each_completion`), else when the call returns."""
     if mode == "tir":
         from mathloop.tools.tir import tir_generate
 
         completions = tir_generate(backend, prompts, params, executor, max_tool_calls, session_prefix)
-        if on_progress:
-            on_progress(sum(map(len, completions)))
-        return completions
-    if on_progress and "on_progress" in inspect.signature(backend.generate).parameters:
+    elif on_progress and reports_each_completion(backend):
         return backend.generate(prompts, params, on_progress=on_progress)  # type: ignore[call-arg]
-    completions = backend.generate(prompts, params)
+    else:
+        completions = backend.generate(prompts, params)
     if on_progress:
-        on_progress(sum(map(len, completions)))
+        for i, outs in enumerate(completions):
+            for j, completion in enumerate(outs):
+                on_progress(i, j, completion)
     return completions
 
 
@@ -70,15 +79,18 @@ def response_samples(problems: list[Problem], prompts: list[str], completions: l
 
 
 def grade_samples(samples: list[Sample], choices: list[list[str] | None], verifier: Any = None) -> None:
-    """Set each sample's `pred` and `verdict` against its gold (`choices`: the options of each sample's problem).
+    """Set each sample's `pred` and `verdict` against its gold (`choices`: the options of each sample's problem); the
+    sample's question decides whether a decimal may stand for an exact gold (`mathloop.verify`).
     With a `mathloop.verify.Verifier` the batch is checked in its worker pool, else one by one in this process."""
     if verifier is not None:
         graded = verifier.grade_batch([(s.gold, s.response) for s in samples],
-                                      answer_type=[s.answer_type for s in samples], choices=choices)
+                                      answer_type=[s.answer_type for s in samples], choices=choices,
+                                      questions=[s.question for s in samples])
     else:
         from mathloop.verify import grade
 
-        graded = [grade(s.gold, s.response, s.answer_type, c) for s, c in zip(samples, choices)]
+        graded = [grade(s.gold, s.response, s.answer_type, c, question=s.question)
+                  for s, c in zip(samples, choices)]
     for sample, (pred, verdict) in zip(samples, graded):
         sample.pred, sample.verdict = pred, verdict
 
@@ -110,33 +122,41 @@ def generate_and_grade(problems: list[Problem], path: Path, backend: Backend, pa
                        mode: Mode = "cot", *, verifier: Any, shots: int = 0, executor: Any = None,
                        max_tool_calls: int = 4, progress: bool = True, desc: str = "", benchmark: str = "") -> None:
     """Generate `params.n` responses per problem with the benchmark's prompt (`shots` few-shot turns for
-    multiple-choice problems), grade them and append them to `path`, a chunk of problems at a time (a killed
-    run keeps every finished chunk)."""
-    from tqdm import tqdm
-
+    multiple-choice problems), grade them and append them to `path` problem by problem, each as soon as its last
+    response is finished: with a backend that reports each completion (hf) a killed run loses only the batch in
+    flight; other backends (and TIR) get one backend batch of problems per call, so it loses at most that.
+    The bar counts generated sequences."""
     from mathloop.prompts import build_messages
+    from mathloop.progress import progress_bar
 
     prompts = {p.id: backend.chat_prompt(build_messages(p, mode, shots)) for p in problems}
     problems = sorted(problems, key=lambda p: -len(prompts[p.id]))  # similar lengths share a batch
-    per_problem = 1 if params.greedy else params.n
-    chunk = max(1, getattr(backend, "batch_size", 32) // per_problem) * 4
-    bar = tqdm(total=len(problems), desc=desc, unit="problem", disable=not progress)
-    done = [0]
-
-    def on_progress(k: int) -> None:  # completions finished -> whole problems on the bar
-        before = done[0] // per_problem
-        done[0] += k
-        bar.update(done[0] // per_problem - before)
-
-    with JsonlAppender(path) as appender:
+    streamed = mode == "cot" and reports_each_completion(backend)
+    per_call = 1 if params.greedy else params.n  # sequences one problem puts in a backend batch
+    chunk = len(problems) if streamed else max(1, getattr(backend, "batch_size", 32) // per_call)
+    with JsonlAppender(path) as appender, progress_bar(len(problems) * params.n, desc or "generate", "seq",
+                                                        enabled=progress) as bar:
         for start in range(0, len(problems), chunk):
             batch = problems[start:start + chunk]
             texts = [prompts[p.id] for p in batch]
-            done[0] = 0
-            completions = generate(backend, texts, params, mode, executor, max_tool_calls, on_progress)
-            bar.update(len(batch) - done[0] // per_problem)
-            samples = response_samples(batch, texts, completions, params, mode, backend.model_id, benchmark)
-            choices = {p.id: p.choices for p in batch}
-            grade_samples(samples, [choices[s.problem_id] for s in samples], verifier)
-            appender.write(samples)
-    bar.close()
+            finished: list[list[Completion | None]] = [[None] * params.n for _ in batch]
+            written = [False] * len(batch)
+
+            def write(i: int) -> None:  # one problem, all its responses graded, to the file
+                samples = response_samples([batch[i]], [texts[i]], [finished[i]], params, mode,  # type: ignore[list-item]
+                                           backend.model_id, benchmark)
+                grade_samples(samples, [batch[i].choices] * len(samples), verifier)
+                appender.write(samples)
+                written[i] = True
+
+            def on_completion(i: int, j: int, completion: Completion) -> None:
+                finished[i][j] = completion
+                bar.update(1)
+                if all(c is not None for c in finished[i]):
+                    write(i)
+
+            completions = generate(backend, texts, params, mode, executor, max_tool_calls, on_completion)
+            for i, outs in enumerate(completions):  # a backend that reported fewer than it returned
+                if not written[i]:
+                    finished[i] = list(outs)
+                    write(i)

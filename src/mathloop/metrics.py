@@ -213,6 +213,21 @@ def summarize(per_problem: list[dict], ks: list[int], same: Callable[[str, str],
     return {"benchmarks": benchmarks, "average": average}
 
 
+def format_metric(value: dict | None) -> str:
+    """One metric ({mean, ci95} as fractions) in percent with its 95% interval, as every mathloop table shows it.
+
+    >>> format_metric({"mean": 0.4523, "ci95": [0.401, 0.503]}), format_metric({"mean": 0.5, "ci95": None})
+    ('45.2 [40.1, 50.3]', '50.0')
+    """
+    if value is None:
+        return "-"
+    text = f"{100 * value['mean']:.1f}"
+    if value.get("ci95"):
+        lo, hi = value["ci95"]
+        text += f" [{100 * lo:.1f}, {100 * hi:.1f}]"
+    return text
+
+
 def format_markdown(summary: dict) -> str:
     """A Markdown table: one row per benchmark plus the average, metrics in percent as "45.2 [40.1, 50.3]".
 
@@ -227,17 +242,8 @@ def format_markdown(summary: dict) -> str:
     for entry in rows.values():
         columns += [key for key, value in entry.items() if _is_metric(value) and key not in columns]
 
-    def cell(value: dict | None) -> str:
-        if value is None:
-            return "-"
-        text = f"{100 * value['mean']:.1f}"
-        if value.get("ci95"):
-            lo, hi = value["ci95"]
-            text += f" [{100 * lo:.1f}, {100 * hi:.1f}]"
-        return text
-
     lines = ["| benchmark | n | " + " | ".join(columns) + " |", "|---" * (len(columns) + 2) + "|"]
     for name, entry in rows.items():
-        cells = [name, str(entry["n_problems"])] + [cell(entry.get(c)) for c in columns]
+        cells = [name, str(entry["n_problems"])] + [format_metric(entry.get(c)) for c in columns]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)

@@ -70,9 +70,10 @@ class HFBackend:
         return self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
 
     def generate(self, prompts: list[str], params: SamplingParams,
-                 on_progress: Callable[[int], None] | None = None) -> list[list[Completion]]:
-        """Generate `params.n` completions per prompt, in prompt order. `on_progress(k)` is called when k more
-        completions are finished (for progress bars)."""
+                 on_progress: Callable[[int, int, Completion], None] | None = None) -> list[list[Completion]]:
+        """Generate `params.n` completions per prompt, in prompt order. `on_progress(i, j, completion)` is called
+        for each completion as soon as it is finished (sample j of prompt i), so a stage can show progress and
+        write finished prompts before the call returns."""
         n = 1 if params.greedy else params.n  # greedy decoding is deterministic: compute once, repeat below
         prompt_ids = self.tokenizer(prompts, add_special_tokens=False)["input_ids"]
         if self.continuous_batching and not params.stop:
@@ -90,16 +91,15 @@ class HFBackend:
             torch.manual_seed(params.seed + round_)
             round_ += 1
             budget = min(segment, max(params.max_new_tokens - len(job.generated) for job in batch))
-            finished = 0
             for job, new_ids in zip(batch, self._generate_ids(batch, budget, params)):
                 completion = self._advance(job, new_ids, params)
                 if completion is None:
                     queue.append(job)
-                else:
-                    results[job.prompt_index][job.sample_index] = completion
-                    finished += 1
-            if on_progress and finished:
-                on_progress(finished)
+                    continue
+                results[job.prompt_index][job.sample_index] = completion
+                if on_progress:  # greedy: the one completion stands for all n samples
+                    for j in range(params.n) if params.greedy else (job.sample_index,):
+                        on_progress(job.prompt_index, j, completion)
         if params.greedy and params.n > 1:
             results = [[r[0]] * params.n for r in results]
         return results  # type: ignore[return-value]

@@ -3,6 +3,12 @@
 It talks to `/v1/completions` (not chat completions) with prompt text rendered locally by the model's own chat
 template, so tool-integrated reasoning can continue a partial assistant turn. Requests run concurrently in a thread
 pool and are retried with exponential backoff on connection errors, 429 and 5xx.
+
+`use_lora` sends a LoRA adapter to the server with vLLM's dynamic LoRA API (`POST /v1/load_lora_adapter` with
+`{"lora_name", "lora_path"}`, `POST /v1/unload_lora_adapter` with `{"lora_name"}`; the server is started with
+`--enable-lora --max-lora-rank R` and the environment variable `VLLM_ALLOW_RUNTIME_LORA_UPDATING=True`, and
+`lora_path` is a folder on the server's file system) and generates through it from then on (requests name the
+adapter as their `model`). GRPO uses it to hand each step's policy to a rollout server on another machine.
 """
 
 from __future__ import annotations
@@ -39,7 +45,8 @@ class OpenAIBackend:
 
     `model` is the name the server serves; `tokenizer` is a local folder or Hub id whose chat template renders
     prompts (default: `model`), loaded on the first `chat_prompt` call. The API key comes from `api_key` or the
-    `OPENAI_API_KEY` environment variable; local servers usually need none. `retry_backoff` is the first wait in
+    `OPENAI_API_KEY` environment variable; local servers usually need none. `tokenizer_obj` is an already loaded
+    tokenizer (GRPO passes the policy's). `retry_backoff` is the first wait in
     seconds between retries; it doubles each time (a server's `Retry-After` header wins when given).
     """
 
@@ -47,7 +54,7 @@ class OpenAIBackend:
 
     def __init__(self, model: str, base_url: str, api_key: str | None = None, tokenizer: str | None = None,
                  concurrency: int = 32, timeout: float = 600, max_retries: int = 3,
-                 retry_backoff: float = 1.0) -> None:
+                 retry_backoff: float = 1.0, tokenizer_obj: Any = None) -> None:
         if concurrency < 1:
             raise ValueError(f"concurrency must be >= 1, got {concurrency}")
         if max_retries < 0:
@@ -62,8 +69,31 @@ class OpenAIBackend:
         headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
         self._client = httpx.Client(headers=headers, timeout=timeout,
                                     limits=httpx.Limits(max_connections=concurrency))
-        self._tokenizer: Any = None
+        self._tokenizer: Any = tokenizer_obj  # a loaded tokenizer, else `tokenizer` is loaded on first use
         self._tokenizer_lock = threading.Lock()
+        self.lora_name: str | None = None  # the adapter loaded by `use_lora`
+
+    def use_lora(self, path: str, name: str, lora_id: int = 0) -> None:
+        """Load the LoRA adapter saved at `path` (a folder the server can read) under `name`, generate through it
+        from now on, and unload the previous one (`lora_id` is unused: vLLM's engine API takes it, its server
+        does not)."""
+        base = self.url.removesuffix("/completions")
+        self._lora_post(f"{base}/load_lora_adapter", {"lora_name": name, "lora_path": path})
+        previous, self.lora_name, self.model_id = self.lora_name, name, name
+        if previous and previous != name:
+            self._lora_post(f"{base}/unload_lora_adapter", {"lora_name": previous})
+
+    def _lora_post(self, url: str, body: dict) -> None:
+        try:
+            response = self._client.post(url, json=body)
+        except httpx.TransportError as exc:
+            raise ServerError(f"cannot reach {url} ({type(exc).__name__}: {exc}); is the rollout server running?") \
+                from exc
+        if response.status_code in (404, 405):
+            raise ServerError(f"{url} does not exist: the server cannot load LoRA adapters at runtime (vLLM: start "
+                              f"it with --enable-lora and VLLM_ALLOW_RUNTIME_LORA_UPDATING=True)")
+        if response.status_code != 200:
+            raise ServerError(f"{url} refused {body} (HTTP {response.status_code}: {response.text[:300]})")
 
     def close(self) -> None:
         self._client.close()

@@ -32,11 +32,12 @@ import os
 import re
 from collections import Counter
 from dataclasses import dataclass
-from typing import Iterable, Sequence
+from typing import Iterable, Sequence, Sized
 
 import numpy as np
 
 from mathloop.data.benchmarks import load_benchmark
+from mathloop.progress import progress_bar
 from mathloop.records import Problem, Sample
 
 log = logging.getLogger(__name__)
@@ -294,7 +295,8 @@ def decontaminate(problems: Iterable[Problem], index: ContaminationIndex,
     removed: list[Problem] = []
     report: Counter[str] = Counter()
     found: set[str] = set()
-    for problem in problems:
+    total = len(problems) if isinstance(problems, Sized) else None
+    for problem in progress_bar(total, "decontaminate", "problem", iterable=problems):
         reason = None
         for field in check_fields:
             text = _field_text(problem, field)
@@ -329,7 +331,8 @@ def decontaminate_samples(samples: Iterable[Sample], index: ContaminationIndex
     removed: list[Sample] = []
     report: Counter[str] = Counter()
     question_matches: dict[str, Match | None] = {}
-    for sample in samples:
+    total = len(samples) if isinstance(samples, Sized) else None
+    for sample in progress_bar(total, "decontaminate", "sample", iterable=samples):
         reason = None
         question = sample.question
         if question:

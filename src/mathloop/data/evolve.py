@@ -40,6 +40,7 @@ from typing import TYPE_CHECKING, Any
 
 from mathloop.backends.base import Backend, SamplingParams
 from mathloop.generate import generate, grade_samples, response_samples
+from mathloop.progress import progress_bar
 from mathloop.metrics import majority
 from mathloop.prompts import build_messages
 from mathloop.records import JsonlAppender, Problem, drop_torn_last_line, read_jsonl, write_jsonl
@@ -389,15 +390,17 @@ def _synthesize_file(backend: Backend, seeds: list[Problem], out: Path, config: 
     pending = [s for s in seeds if not _candidate_ids(s, config) <= done_ids]
     log.info("synthesize: %d seeds, %d already done", len(seeds), len(seeds) - len(pending))
     known = [row["question"] for row in read_jsonl(out)] if out.exists() else []
-    with JsonlAppender(out) as kept_rows, JsonlAppender(rejected_file) as rejected_rows:
+    with JsonlAppender(out) as kept_rows, JsonlAppender(rejected_file) as rejected_rows, \
+            progress_bar(len(pending), "synthesize", "seed") as bar:
         for start in range(0, len(pending), chunk_size):
             chunk = pending[start:start + chunk_size]
             problems, report = synthesize(backend, chunk, config, index=index, known_questions=known)
             rejected_rows.write(report.rejected)
             kept_rows.write(problems)
             known += [p.question for p in problems]
-            log.info("synthesize: seeds %d-%d of %d: %s", start + 1, start + len(chunk), len(pending),
-                     report.to_dict())
+            bar.update(len(chunk))
+            log.debug("synthesize: seeds %d-%d of %d: %s", start + 1, start + len(chunk), len(pending),
+                      report.to_dict())
     reasons = Counter(row["reason"] for row in read_jsonl(rejected_file))
     kept = sum(1 for _ in read_jsonl(out))
     return {"seeds": len(seeds), "skipped_seeds": len(seeds) - len(pending), "kept": kept,

@@ -60,9 +60,38 @@ def run_demo(output_dir: str, model: str = "default", progress: bool = True, bac
         f"mathloop demo: one round of sample -> verify -> select -> SFT on {model}",
         f"  training problems: {samples.get('problems', '?')}, samples: {samples.get('samples', '?')} "
         f"({samples.get('correct', '?')} verified correct), SFT rows: {selection.get('rows', '?')}",
-        f"  held-out: {before['n']} built-in procedural problems, greedy",
+        f"  held-out: {before['n']} other built-in procedural problems (none repeats a training question), greedy",
         line("before (starting model)", before),
         line("after one round of SFT", after),
+        *paired_lines(after.get("vs_round_0", {}).get("first_sample")),
         f"  wall time this run: {time.time() - started:.0f} s; everything is in {output_dir} (summary.md, "
-        f"accuracy.svg)",
+        f"accuracy.svg, report.html)",
     ])
+
+
+def paired_lines(first: dict | None) -> list[str]:
+    """The demo's paired verdict: the change on the same held-out problems, its interval, the discordant
+    problems and the exact McNemar p-value, in words a first-time user can read.
+
+    >>> print("\\n".join(paired_lines({"delta": 0.1, "ci95": [0.04, 0.16], "b": 5, "c": 25, "mcnemar_p": 0.0003})))
+      change on the same problems  +10.0 points, 95% CI [+4.0, +16.0]
+      problems fixed / broken      25 fixed (wrong before, right after), 5 broken (right before, wrong after)
+      exact McNemar test           p = 0.0003: a real gain at the 5% level
+    """
+    from mathloop.pipeline.compare import format_p
+
+    if not first:
+        return []
+    low, high = first["ci95"]
+    p = first["mcnemar_p"]
+    if p < 0.05:
+        verdict = "a real gain at the 5% level" if first["delta"] > 0 else "a real loss at the 5% level"
+    else:
+        verdict = "no change this sample can tell apart from chance"
+    return [
+        f"  {'change on the same problems':<28} {100 * first['delta']:+.1f} points, 95% CI [{100 * low:+.1f}, "
+        f"{100 * high:+.1f}]",
+        f"  {'problems fixed / broken':<28} {first['c']} fixed (wrong before, right after), {first['b']} broken "
+        f"(right before, wrong after)",
+        f"  {'exact McNemar test':<28} p = {format_p(p)}: {verdict}",
+    ]

@@ -16,6 +16,7 @@ are scored again, the generations are kept.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import time
@@ -35,6 +36,7 @@ from mathloop.data.benchmarks import data_record, get_benchmark, load_benchmark
 from mathloop.metrics import format_markdown, summarize
 from mathloop.generate import MODES, code_executor, generate_and_grade, pending_problems
 from mathloop.records import Problem, Sample, read_records, write_jsonl
+from mathloop.replicas import RayOptions, ReplicaSpec, replica_pool, validate_ray_options
 from mathloop.verify import Verifier, same_answer
 from mathloop.runs import (finish_run_record, lock_run_dir, read_json, record_backend, start_run_record, write_json,
                            write_text_atomic)
@@ -43,7 +45,7 @@ log = logging.getLogger(__name__)
 
 
 @dataclass
-class EvalConfig(SamplerOptions):
+class EvalConfig(SamplerOptions, RayOptions):
     """Everything that decides what an evaluation produces (recorded in run.json)."""
 
     out: str  # run folder (created; resumed when it exists)
@@ -79,6 +81,7 @@ class EvalConfig(SamplerOptions):
         if not self.tool_timeout > 0:
             raise ValueError(f"eval: tool_timeout must be > 0 seconds, got {self.tool_timeout}")
         validate_sampler_options(self, "eval")
+        validate_ray_options(self, "eval")
 
     def sampling(self) -> SamplingParams:
         return sampling_params(self)
@@ -113,17 +116,29 @@ def _run_eval(config: EvalConfig, backend: Backend | None, progress: bool, probl
     if backend is not None:
         record_backend(out / "run.json", run_info, backend)
     started = time.time()
-    with Verifier() as verifier, code_executor(config.mode, config.tool_timeout) as executor:
+    spec = ReplicaSpec(config.backend, config.model, config.backend_args, config.mode, config.tool_timeout,
+                       config.max_tool_calls)
+    local_mode = "cot" if config.ray_address else config.mode  # with Ray, the replicas run the sandbox
+    with Verifier() as verifier, code_executor(local_mode, config.tool_timeout) as executor, \
+            contextlib.ExitStack() as stack:
+        pool = None
         for name, bench_problems in problems.items():
             path = out / "samples" / f"{name}.jsonl"
             pending = pending_problems(bench_problems, path, config.n)
             if not pending:
                 log.info("%s: all %d problems already done", name, len(bench_problems))
                 continue
+            shots = get_benchmark(name).shots if config.shots is None else config.shots
+            log.info("eval %s: %d problems x %d samples%s", name, len(pending), config.n,
+                     f" ({len(bench_problems) - len(pending)} already done)" if len(pending) < len(bench_problems)
+                     else "")
+            if config.ray_address:
+                pool = pool or stack.enter_context(replica_pool(config, spec))
+                pool.generate_and_grade(pending, path, config.sampling(), shots=shots, benchmark=name)
+                continue
             if backend is None:
                 backend = load_stage_backend(config.backend, config.model, config.backend_args)
                 record_backend(out / "run.json", run_info, backend)
-            shots = get_benchmark(name).shots if config.shots is None else config.shots
             generate_and_grade(pending, path, backend, config.sampling(), config.mode, verifier=verifier, shots=shots,
                                executor=executor, max_tool_calls=config.max_tool_calls, progress=progress, desc=name,
                                benchmark=name)

@@ -13,7 +13,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from mathloop.metrics import summarize
+from mathloop.metrics import format_metric, summarize
 from mathloop.records import VERDICTS, JsonlAppender, RecordError, read_jsonl
 from mathloop.verify import Verifier, same_answer
 from mathloop.runs import refuse_overwriting_inputs, write_json
@@ -56,6 +56,13 @@ def _row_to_items(row: dict[str, Any], where: str) -> tuple[str | None, list[str
                       f"(question, gt, code); fields present: {', '.join(sorted(row)) or 'none'}")
 
 
+def _question(row: dict[str, Any]) -> str | None:
+    """The problem text of a row (official harness: ``question``; mathloop sample: ``metadata.question``), if any."""
+    metadata = row.get("metadata")
+    question = row.get("question", metadata.get("question") if isinstance(metadata, dict) else None)
+    return question if isinstance(question, str) else None
+
+
 def grade_file(input_path: str | Path, output_path: str | Path, metrics_path: str | Path | None = None,
                answer_type: str | None = None, workers: int | None = None, timeout: float = 5.0) -> dict:
     """Grade every row of `input_path`, write rows with a `mathloop` field, return (and write) the metrics."""
@@ -67,9 +74,10 @@ def grade_file(input_path: str | Path, output_path: str | Path, metrics_path: st
     items = [_row_to_items(row, f"{input_path}:{i + 1}") for i, row in enumerate(rows)]
     flat = [(gold, response, answer_type or kind, row.get("choices") if isinstance(row.get("choices"), list) else None)
             for row, (gold, responses, _, kind, _) in zip(rows, items) for response in responses]
+    questions = [_question(row) for row, (_, responses, _, _, _) in zip(rows, items) for _ in responses]
     with Verifier(workers=workers, timeout=timeout) as verifier:
         graded = verifier.grade_batch([(g, r) for g, r, _, _ in flat], answer_type=[t for _, _, t, _ in flat],
-                                      choices=[c for _, _, _, c in flat])
+                                      choices=[c for _, _, _, c in flat], questions=questions)
     tmp = output_path.with_name(output_path.name + ".partial")
     tmp.unlink(missing_ok=True)
     groups: dict[Any, dict[str, list]] = {}
@@ -107,7 +115,29 @@ def harness_metrics(groups: list[dict[str, list]]) -> dict[str, Any]:
     entry = summarize(rows, ks, same=same_answer)["benchmarks"]["all"]
     metrics: dict[str, Any] = {"num_problems": entry["n_problems"], "num_samples": entry["n_samples"],
                                **{v: entry[v] for v in VERDICTS}}
+    intervals = {}
     for key, value in entry.items():
         if isinstance(value, dict) and "mean" in value:
             metrics[key] = round(100 * value["mean"], 2)
+            if value.get("ci95"):
+                intervals[key] = [round(100 * bound, 2) for bound in value["ci95"]]
+    metrics["ci95"] = intervals  # 95% intervals of the metrics, in percent like them
     return metrics
+
+
+def format_metrics(metrics: dict[str, Any]) -> str:
+    """`grade_file`'s metrics as a Markdown table in the units and form of `mathloop eval`'s results.md: percent
+    with the 95% interval.
+
+    >>> print(format_metrics({"num_problems": 2, "acc": 50.0, "pass@1": 50.0, "ci95": {"acc": [9.45, 90.55]}}))
+    | problems | acc | pass@1 |
+    |---|---|---|
+    | 2 | 50.0 [9.4, 90.5] | 50.0 |
+    """
+    names = [key for key, value in metrics.items() if "@" in key or key == "acc"]
+    intervals = metrics.get("ci95", {})
+    cells = [format_metric({"mean": metrics[key] / 100,
+                            "ci95": [b / 100 for b in intervals[key]] if key in intervals else None})
+             for key in names]
+    return "\n".join(["| problems | " + " | ".join(names) + " |", "|---" * (len(names) + 1) + "|",
+                      f"| {metrics.get('num_problems', 0)} | " + " | ".join(cells) + " |"])

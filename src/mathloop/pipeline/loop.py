@@ -30,7 +30,8 @@ inside itself):
 
 The sections of the YAML file are the settings of the stage commands, keys of their dataclasses (`sample`:
 SampleConfig, `reward_model`: RMTrainConfig, `select`: SelectConfig, `sft`: SFTRunConfig, `eval`: EvalConfig, `grpo`:
-GRPOConfig, `synthesize`: SynthesizeConfig), read by the one loader `config.settings_from_dict`; the loop fills in the
+GRPOConfig, `synthesize`: SynthesizeConfig), read by the one loader `config.settings_from_dict`; a `ray:` section
+(address, replicas, num_cpus, num_gpus, chunk) runs the sample and eval stages on Ray actors (`mathloop.replicas`); the loop fills in the
 model, data and folder fields itself (a section may not set them), and the run's seed unless a section sets one. `sft_init: base` trains every round from the
 starting model on that round's data (the paper rebuilds the data each round); `previous` continues from the last
 round's model, which is cheaper on a CPU.
@@ -52,6 +53,7 @@ from typing import Any
 
 from mathloop.config import read_yaml_mapping, settings_from_dict
 from mathloop.records import Problem, read_records, write_jsonl
+from mathloop.replicas import RAY_OPTIONS
 from mathloop.runs import lock_run_dir, read_json, start_run_record, write_json, write_text_atomic
 
 log = logging.getLogger(__name__)
@@ -77,6 +79,8 @@ class LoopConfig:
     eval: dict[str, Any] = field(default_factory=dict)  # EvalConfig fields (n, temperature, max_new_tokens, ...)
     grpo: dict[str, Any] = field(default_factory=dict)  # GRPO config fields, plus enabled: bool
     synthesize: dict[str, Any] = field(default_factory=dict)  # problem synthesis before round 1 (see below)
+    ray: dict[str, Any] = field(default_factory=dict)  # address, replicas, num_cpus, num_gpus, chunk: sample and
+    # eval generate on Ray actors (`mathloop.replicas`; a stage section's own ray_* keys win)
 
     def validate(self) -> None:
         """Check every section by building its stage config now, so a typo fails before hours of sampling."""
@@ -85,6 +89,10 @@ class LoopConfig:
         for name in ("limit", "heldout_limit"):
             if getattr(self, name) is not None and getattr(self, name) < 1:
                 raise ValueError(f"loop: {name} must be >= 1 (or left out for all problems), got {getattr(self, name)}")
+        unknown = sorted(set(self.ray) - {name.removeprefix("ray_") for name in RAY_OPTIONS})
+        if unknown:
+            raise ValueError(f"loop: ray: unknown key(s) {', '.join(unknown)}; known: address, chunk, num_cpus, "
+                             f"num_gpus, replicas")
         if self.sft_init not in ("base", "previous"):
             raise ValueError(f"loop: sft_init must be 'base' or 'previous', got {self.sft_init!r}")
         if self.synthesis_enabled:
@@ -132,7 +140,7 @@ class LoopConfig:
     def sample_config(self, model: str, round_dir: Path, round_index: int):
         from mathloop.pipeline.sample import SampleConfig
 
-        config = self._stage(SampleConfig, "sample", self.sample,
+        config = self._stage(SampleConfig, "sample", {**self._ray_settings(), **self.sample},
                              {"model": model, "problems": str(Path(self.output_dir) / "problems.jsonl"),
                               "out": str(round_dir / "samples"), "data_dir": self.data_dir})
         config.seed += 1000 * round_index  # each round draws fresh samples
@@ -161,7 +169,7 @@ class LoopConfig:
     def eval_config(self, model: str, round_dir: Path):
         from mathloop.pipeline.evaluate import EvalConfig
 
-        section = {"shots": 0, **self.eval}
+        section = {"shots": 0, **self._ray_settings(), **self.eval}
         return self._stage(EvalConfig, "eval", section,
                            {"model": model, "benchmarks": [], "out": str(round_dir / "eval"),
                             "data_dir": self.data_dir}, fixed=("limit", "split"))
@@ -176,6 +184,10 @@ class LoopConfig:
                             "queries": str(Path(self.output_dir) / "problems.jsonl"),
                             "selection_samples": str(samples), "data_dir": self.data_dir,
                             "rm": None if self.grpo.get("rm") else rm})
+
+    def _ray_settings(self) -> dict[str, Any]:
+        """The `ray:` section as the stage configs' ray_* fields."""
+        return {f"ray_{key}": value for key, value in self.ray.items()}
 
     def _stage(self, cls, name: str, section: dict[str, Any], filled: dict[str, Any], fixed: tuple[str, ...] = ()):
         """The stage config `cls` of a section: its settings (the loop's seed unless it sets one), with the fields
@@ -227,20 +239,31 @@ def run_loop(config: LoopConfig, progress: bool = True, backend=None) -> dict:
 def _run_loop(config: LoopConfig, progress: bool, backend, heldout: list[Problem], data: dict[str, dict]) -> dict:
     out = Path(config.output_dir)
     _check_config(out, config, data)
-    _prepare_problems(out, config, backend)
+    _prepare_problems(out, config, heldout, backend)
 
+    log.info("round 0: evaluating the starting model on %d held-out problems", len(heldout))
     rows = [_evaluate(config, config.model, out / "round-0", heldout, progress, backend)
             | {"round": 0, "model": config.model}]
+    log.info("round 0: %s", _accuracy_line(rows[0]))
     model = config.model
     for r in range(1, config.rounds + 1):
         round_dir = out / f"round-{r}"
         started = time.time()
+        log.info("round %d/%d: sampling", r, config.rounds)
         sample_summary = _sample(config, model, round_dir, r, progress, backend)
+        log.info("round %d: %s of %s samples verified correct, %s of %s problems solved", r,
+                 sample_summary.get("correct"), sample_summary.get("samples"), sample_summary.get("solved_problems"),
+                 sample_summary.get("problems"))
+        if config.rm_enabled:
+            log.info("round %d: reward model", r)
         rm_summary = _reward_model(config, model, round_dir) if config.rm_enabled else {}
         selection = _select(config, round_dir)
+        log.info("round %d: selected %s SFT rows; fine-tuning", r, selection.get("rows"))
         init = config.model if config.sft_init == "base" else model
         model = _sft(config, init, round_dir)
+        log.info("round %d: evaluating %s", r, model)
         row = _evaluate(config, model, round_dir, heldout, progress, backend)
+        log.info("round %d: %s (round 0: %.1f%%)", r, _accuracy_line(row), 100 * rows[0]["acc"])
         row["vs_round_0"] = _against_round_0(out, round_dir, row["benchmark"])
         rows.append(row | {"round": r, "model": model, "samples": sample_summary, "rm": rm_summary,
                            "selection": selection, "seconds": round(time.time() - started, 1)})
@@ -248,13 +271,22 @@ def _run_loop(config: LoopConfig, progress: bool, backend, heldout: list[Problem
         _write_report(out)
     if config.grpo_enabled:
         grpo_dir = out / f"grpo-after-round-{config.rounds}"
+        log.info("grpo: training from %s", model)
         model = _grpo(config, model, grpo_dir, config.rounds)
+        log.info("grpo: evaluating %s", model)
         row = _evaluate(config, model, grpo_dir, heldout, progress, backend)
+        log.info("grpo: %s (round 0: %.1f%%)", _accuracy_line(row), 100 * rows[0]["acc"])
         rows.append(row | {"round": "grpo", "model": model,
                            "vs_round_0": _against_round_0(out, grpo_dir, row["benchmark"])})
     summary = _write_summary(out, rows)
     _write_report(out)
     return summary
+
+
+def _accuracy_line(row: dict) -> str:
+    """A stage's held-out result as the summary writes it: `held-out acc 43.8% [95% CI 30.7, 57.6] (48 problems)`."""
+    low, high = row["ci95"]
+    return f"held-out acc {100 * row['acc']:.1f}% [95% CI {100 * low:.1f}, {100 * high:.1f}] ({row['n']} problems)"
 
 
 def _check_config(out: Path, config: LoopConfig, data: dict[str, dict]) -> None:
@@ -272,8 +304,9 @@ def _check_config(out: Path, config: LoopConfig, data: dict[str, dict]) -> None:
         write_json(out / "run.json", record)
 
 
-def _prepare_problems(out: Path, config: LoopConfig, backend=None) -> list[Problem]:
-    """The training problems, decontaminated against every benchmark of the data folder, plus the problems
+def _prepare_problems(out: Path, config: LoopConfig, heldout: list[Problem], backend=None) -> list[Problem]:
+    """The training problems without any whose question is also a held-out question (procedural problems drawn
+    with two seeds can repeat), decontaminated against every benchmark of the data folder, plus the problems
     synthesized from them when the synthesize section is on (once per run: problems.jsonl)."""
     from mathloop.data.benchmarks import load_problem_source
 
@@ -281,7 +314,13 @@ def _prepare_problems(out: Path, config: LoopConfig, backend=None) -> list[Probl
     if path.exists():
         return read_records(Problem, path)
     problems = load_problem_source(config.problems, config.data_dir, config.limit)
-    report: dict[str, Any] = {"problems": len(problems), "removed": 0, "per_benchmark": {}, "examples": []}
+    heldout_questions = {_question_key(p.question) for p in heldout}
+    kept = [p for p in problems if _question_key(p.question) not in heldout_questions]
+    report: dict[str, Any] = {"problems": len(problems), "heldout_overlap": len(problems) - len(kept), "removed": 0,
+                              "per_benchmark": {}, "examples": []}
+    if len(kept) < len(problems):
+        log.info("removed %d training problems that are also held-out questions", len(problems) - len(kept))
+    problems = kept
     index = None
     if config.decontaminate:
         from mathloop.data.decontaminate import ContaminationIndex, decontaminate
@@ -297,6 +336,15 @@ def _prepare_problems(out: Path, config: LoopConfig, backend=None) -> list[Probl
         problems = problems + _synthesize(config, out, problems, index, backend)
     write_jsonl(path, problems)
     return problems
+
+
+def _question_key(question: str) -> str:
+    """A question's text with case and whitespace ignored, to find a training problem that repeats a held-out one.
+
+    >>> _question_key("What  is 2+3?  ") == _question_key("what is 2+3?")
+    True
+    """
+    return " ".join(question.lower().split())
 
 
 def _synthesize(config: LoopConfig, out: Path, problems: list[Problem], index, backend) -> list[Problem]:

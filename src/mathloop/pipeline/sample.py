@@ -16,6 +16,7 @@ processes or machines fill one folder without coordination; the hard pass of a s
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 import time
@@ -34,13 +35,14 @@ from mathloop.backends.base import (
 from mathloop.data.benchmarks import load_problem_source, problem_source_data
 from mathloop.generate import code_executor, generate_and_grade, pending_problems
 from mathloop.records import CORRECT, Problem, Sample, read_records
+from mathloop.replicas import RayOptions, ReplicaSpec, replica_pool, validate_ray_options
 from mathloop.runs import lock_run_dir, record_backend, refuse_overwriting_inputs, start_run_record, write_json
 
 log = logging.getLogger(__name__)
 
 
 @dataclass
-class SampleConfig(SamplerOptions):
+class SampleConfig(SamplerOptions, RayOptions):
     """Every setting of a sampling run (recorded in run.json)."""
 
     problems: str  # "<benchmark>:<split>" from the data folder, or a Problem JSONL file
@@ -80,6 +82,7 @@ class SampleConfig(SamplerOptions):
         if not self.tool_timeout > 0:
             raise ValueError(f"sample: tool_timeout must be > 0 seconds, got {self.tool_timeout}")
         validate_sampler_options(self, "sample")
+        validate_ray_options(self, "sample")
 
 
 # Settings that must match for a folder to be resumed (the problem list may grow with `limit`).
@@ -121,7 +124,12 @@ def _run_sample(config: SampleConfig, problems: list[Problem], backend: Backend 
     if config.hard_n:
         passes.append((config.hard_temperature, config.hard_n))
     suffix = "" if config.num_shards == 1 else f".shard-{config.shard}-of-{config.num_shards}"
-    with Verifier() as verifier, code_executor(config.mode, config.tool_timeout) as executor:
+    spec = ReplicaSpec(config.backend, config.model, config.backend_args, config.mode, config.tool_timeout,
+                       config.max_tool_calls)
+    local_mode = "cot" if config.ray_address else config.mode  # with Ray, the replicas run the sandbox
+    with Verifier() as verifier, code_executor(local_mode, config.tool_timeout) as executor, \
+            contextlib.ExitStack() as stack:
+        pool = None
         for i, (temperature, n) in enumerate(passes):
             pass_problems = problems
             if config.hard_n and i == len(passes) - 1:
@@ -130,11 +138,15 @@ def _run_sample(config: SampleConfig, problems: list[Problem], backend: Backend 
             pending = pending_problems(pass_problems, path, n)
             if not pending:
                 continue
+            params = sampling_params(config, n=n, temperature=temperature, seed=config.seed + i)
+            log.info("pass %d: %d problems x %d responses at temperature %g", i, len(pending), n, temperature)
+            if config.ray_address:
+                pool = pool or stack.enter_context(replica_pool(config, spec))
+                pool.generate_and_grade(pending, path, params)
+                continue
             if backend is None:
                 backend = load_stage_backend(config.backend, config.model, config.backend_args)
                 record_backend(out / "run.json", record, backend)
-            params = sampling_params(config, n=n, temperature=temperature, seed=config.seed + i)
-            log.info("pass %d: %d problems x %d responses at temperature %g", i, len(pending), n, temperature)
             generate_and_grade(pending, path, backend, params, config.mode, verifier=verifier, executor=executor,
                                max_tool_calls=config.max_tool_calls, progress=progress, desc=f"pass {i}")
     samples = read_samples(out)

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import torch
 
+from mathloop.progress import progress_bar
 from mathloop.records import Sample, read_records, write_jsonl
 from mathloop.tokens import encode, pad_batch, pad_token_id
 
@@ -37,11 +38,13 @@ def score_samples(reward_model: torch.nn.Module, tokenizer, samples: Sequence[Sa
     device, pad = model_device(reward_model), pad_token_id(tokenizer)
     was_training = reward_model.training
     reward_model.eval()
-    for start in range(0, len(order), batch_size):
-        batch = order[start:start + batch_size]
-        input_ids, mask = pad_batch([ids[i] for i in batch], pad, side="right", device=device)
-        for i, score in zip(batch, reward_model(input_ids, mask).tolist()):
-            scores[i] = score
+    with progress_bar(len(order), "rm score", "sample") as bar:
+        for start in range(0, len(order), batch_size):
+            batch = order[start:start + batch_size]
+            input_ids, mask = pad_batch([ids[i] for i in batch], pad, side="right", device=device)
+            for i, score in zip(batch, reward_model(input_ids, mask).tolist()):
+                scores[i] = score
+            bar.update(len(batch))
     reward_model.train(was_training)
     return scores
 

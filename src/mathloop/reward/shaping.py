@@ -95,7 +95,8 @@ def _column(columns: Mapping[str, Any], name: str, count: int, default: Any = No
 
 def verifier_reward(prompts: Sequence[Any], completions: Sequence[Any], **columns: Any) -> list[float | None]:
     """r_v: 1.0 when the completion's final answer equals the `gold` column's answer, 0.0 when it does not (or has
-    no answer), None where the row has no gold answer. Optional columns: `answer_type` ("math" by default) and
+    no answer), None where the row has no gold answer. Optional columns: `answer_type` ("math" by default),
+    `question` (a question asking for a decimal or a rounding lets a rounded decimal answer an exact gold) and
     `choices` (for multiple-choice rows), as `mathloop.verify.grade` takes them.
 
     >>> verifier_reward(["q", "q", "q"], ["so $\\\\boxed{0.5}$", "\\\\boxed{2}", "\\\\boxed{1}"],
@@ -106,12 +107,14 @@ def verifier_reward(prompts: Sequence[Any], completions: Sequence[Any], **column
     golds = _column(columns, "gold", count, required=True)
     answer_types = _column(columns, "answer_type", count, default="math")
     choices = _column(columns, "choices", count)
+    questions = _column(columns, "question", count)
     rewards: list[float | None] = []
-    for completion, gold, answer_type, options in zip(completions, golds, answer_types, choices):
+    for completion, gold, answer_type, options, question in zip(completions, golds, answer_types, choices, questions):
         if gold is None:
             rewards.append(None)
             continue
-        _, verdict = grade(str(gold), completion_text(completion), answer_type or "math", options)
+        _, verdict = grade(str(gold), completion_text(completion), answer_type or "math", options,
+                           question=question if isinstance(question, str) else None)
         rewards.append(1.0 if verdict == CORRECT else 0.0)
     return rewards
 

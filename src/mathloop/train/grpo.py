@@ -13,6 +13,12 @@ runs the steps. One step:
   5. one optimizer step: per micro-batch, policy log-probabilities (with gradient) and reference ones (without),
      `grpo_loss`, backward scaled by the micro-batch's share of the batch; then gradient clipping and AdamW.
 
+Under `accelerate launch` (N processes) each process rolls out every N-th query of the step and trains on its
+groups; gradients are averaged (DDP), each micro-batch weighted by its share of the whole step, so N processes
+reach the weights of one on the same rollouts; only the main process writes (and pushes adapters to a rollout
+engine). hf rollouts are seeded per process, so they differ from a one-process run's; dynamic sampling needs one
+process.
+
 It is a plain PyTorch loop rather than TRL's GRPOTrainer because TIR rollouts need the sandbox inside the rollout
 and the executor's output masked out of the loss, and the shaped reward needs the verifier and the reward model
 together; both would have to be bent into TRL's generation and reward hooks. Users who prefer TRL (1.x) can still
@@ -54,6 +60,7 @@ as an uninterrupted run.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import dataclasses
 import importlib
@@ -73,6 +80,7 @@ import torch
 from mathloop.backends.base import SamplerOptions, SamplingParams, sampling_params, validate_sampler_options
 from mathloop.generate import code_executor, generate, grade_samples, response_samples
 from mathloop.hardware import autocast
+from mathloop.progress import progress_bar
 from mathloop.prompts import build_messages
 from mathloop.records import CORRECT, Problem, Sample, read_records, write_jsonl
 from mathloop.reward.shaping import RewardFn, make_rm_reward, make_shaped_reward, select_queries, verifier_reward
@@ -132,7 +140,11 @@ class GRPOConfig(SamplerOptions):
     temperature: float = 1.0  # sampling temperature, also applied to the log-probabilities
     top_p: float = 1.0
     rollout_batch_size: int = 64  # sequences per generation batch (hf rollouts)
-    rollout_backend: str = "hf"  # hf: the training model generates; vllm: a vLLM engine with the step's LoRA adapter
+    rollout_backend: str = "hf"  # hf: the training model generates; vllm: a vLLM engine with the step's LoRA adapter;
+    # openai: an OpenAI-compatible server (vLLM serve, SGLang) at rollout_base_url, sent the step's LoRA adapter
+    rollout_base_url: str | None = None  # openai rollouts: e.g. http://sampler:8000/v1
+    rollout_adapter_dir: str | None = None  # openai rollouts: where adapters are saved for the server to load, a
+    # path the server can read (default: <output_dir>/rollout-adapter; another machine needs a shared filesystem)
     vllm_args: dict[str, Any] = dataclasses.field(default_factory=dict)  # e.g. gpu_memory_utilization: 0.4
     reward: str = "shaped"  # shaped | verifier | rm | 'module.path:function' (TRL signature)
     rm: str | None = None  # reward model folder or Hub id, for reward shaped or rm
@@ -179,11 +191,14 @@ class GRPOConfig(SamplerOptions):
         if self.reward in ("shaped", "rm") and not self.rm:
             raise ValueError(f"grpo: reward {self.reward!r} needs rm (a reward model folder from `mathloop rm "
                              f"train`, or a Hub id); or set reward: verifier")
-        if self.rollout_backend not in ("hf", "vllm"):
-            raise ValueError(f"grpo: rollout_backend must be hf or vllm, got {self.rollout_backend!r}")
-        if self.rollout_backend == "vllm" and not self.lora:
-            raise ValueError("grpo: rollout_backend vllm needs lora: true (the policy reaches the vLLM engine as a "
-                             "LoRA adapter each step)")
+        if self.rollout_backend not in ("hf", "vllm", "openai"):
+            raise ValueError(f"grpo: rollout_backend must be hf, vllm or openai, got {self.rollout_backend!r}")
+        if self.rollout_backend in ("vllm", "openai") and not self.lora:
+            raise ValueError(f"grpo: rollout_backend {self.rollout_backend} needs lora: true (the policy reaches the "
+                             f"rollout engine as a LoRA adapter each step)")
+        if (self.rollout_backend == "openai") != (self.rollout_base_url is not None):
+            raise ValueError("grpo: rollout_backend openai needs rollout_base_url (the server's URL, e.g. "
+                             "http://localhost:8000/v1), and rollout_base_url needs rollout_backend openai")
         if self.group_size < 2:
             raise ValueError(f"grpo: group_size must be >= 2 (advantages compare responses within a group), "
                              f"got {self.group_size}")
@@ -473,12 +488,14 @@ def reference_logprobs(model: torch.nn.Module, reference: torch.nn.Module | None
 
 
 def micro_batch_loss(model: torch.nn.Module, reference: torch.nn.Module | None, batch: MicroBatch,
-                     config: GRPOConfig) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+                     config: GRPOConfig, policy: torch.nn.Module | None = None
+                     ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """The GRPO loss of a micro-batch, and its stats (those of `grpo_loss`; on the first update of a batch also
     "entropy_sum" and "tokens", and with `tis_cap` the importance-ratio stats).
 
     The first call on a batch stores the trainer's log-probabilities as pi_old (the weights have not moved yet, so
-    its ratio is exactly 1), and the reference's; later updates reuse both.
+    its ratio is exactly 1), and the reference's; later updates reuse both. `policy` is the module that `model`
+    wraps (DDP) when it wraps one: the LoRA reference switches its adapters off.
     """
     mask = batch.loss_mask
     first = batch.old_logp is None
@@ -487,7 +504,7 @@ def micro_batch_loss(model: torch.nn.Module, reference: torch.nn.Module | None, 
     if first:
         batch.old_logp = logp.detach()
         if config.beta > 0:
-            batch.ref_logp = reference_logprobs(model, reference, batch.input_ids, batch.attention_mask,
+            batch.ref_logp = reference_logprobs(policy or model, reference, batch.input_ids, batch.attention_mask,
                                                 config.temperature)
     is_weights, is_stats = None, {}
     if config.tis_cap is not None and batch.behaviour_logp is not None:
@@ -518,7 +535,17 @@ def train_grpo(config: GRPOConfig, stop_after: int | None = None) -> dict[str, A
 
 
 def _train_grpo(config: GRPOConfig, stop_after: int | None) -> dict[str, Any]:
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    from mathloop.train.distributed import make_accelerator
+    from accelerate.utils import gather_object
+
+    # Under `accelerate launch` every process rolls out its share of the step's queries and trains on them;
+    # gradients are averaged across processes (DDP), and only the main process writes the run folder.
+    accelerator = make_accelerator()
+    device, main = accelerator.device, accelerator.is_main_process
+    world, rank = accelerator.num_processes, accelerator.process_index
+    if world > 1 and config.dynamic_sampling:
+        raise ValueError("grpo: dynamic_sampling runs in one process only (its extra rounds depend on every "
+                         "process's groups); drop it or launch one process")
     out = Path(config.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     queries, report = load_queries(config)
@@ -536,37 +563,56 @@ def _train_grpo(config: GRPOConfig, stop_after: int | None) -> dict[str, Any]:
     if checkpoint is not None:
         step = load_checkpoint(checkpoint, model, optimizer, config, _RESUME_KEYS)
         log.info("resuming from %s (step %d of %d)", checkpoint, step, config.steps)
-        drop_metrics_after(out / "metrics.jsonl", step)
-    else:
+        if main:
+            drop_metrics_after(out / "metrics.jsonl", step)
+    elif main:
         _write_run_record(out, config, report)
+    policy = model  # the module itself: rollouts, adapters and checkpoints; `model` may be its DDP wrapper
+    model, optimizer = accelerator.prepare(model, optimizer)
 
     # Rollouts come from the policy being trained; the reward sees the prompts as the policy saw them.
-    backend = rollout_backend(config, model, tokenizer, device)
+    backend = rollout_backend(config, policy, tokenizer, device)
     prompts = {q.id: backend.chat_prompt(build_messages(q, config.mode)) for q in queries}
     reward_fn = reward_function(config, device, {prompts[q.id]: q.question for q in queries})
 
     stop = config.steps if stop_after is None else min(config.steps, stop_after)
     aggregation = LOSS_AGGREGATION[config.loss_type]
     last: dict[str, Any] = {}
-    reporter = MetricsReporter(config.report_to, out, "grpo", dataclasses.asdict(config), resume_step=step)
-    with code_executor(config.mode, config.tool_timeout) as executor, reporter:
+    reporter = MetricsReporter(config.report_to, out, "grpo", dataclasses.asdict(config), resume_step=step,
+                               main_process=main)
+    with code_executor(config.mode, config.tool_timeout) as executor, reporter, \
+            progress_bar(config.steps, "grpo", "step", enabled=main, initial=step) as bar:
         while step < stop:
             torch.manual_seed(config.seed + step)
 
             # Rollout, grading and reward (dynamic sampling: until the step's groups all carry a signal).
             started = time.time()
-            model.eval()
-            if config.rollout_backend == "vllm":
-                sync_adapter(backend, model, out, step)
+            policy.eval()
+            if config.rollout_backend in ("vllm", "openai"):
+                if main:
+                    sync_adapter(backend, policy, Path(config.rollout_adapter_dir or out / "rollout-adapter"), step)
+                accelerator.wait_for_everyone()
+                if not main:
+                    backend.model_id = adapter_name(step)  # the main process pushed it to the server
             sampled, trained, flat, tries = rollout_step(step, queries, backend, executor, prompts, reward_fn,
-                                                         config, device)
-            rewards = torch.tensor([r.reward for r in trained]).view(-1, config.group_size)
-            for r, advantage in zip(trained, group_advantages(rewards, scale=config.scale_rewards).flatten().tolist()):
+                                                         config, device, rank, world)
+            rewards = [r.reward for r in trained]
+            all_rewards = torch.tensor(gather_object([rewards]) if world > 1 else [rewards], dtype=torch.float32)
+            advantages = [group_advantages(part.view(-1, config.group_size), scale=config.scale_rewards)
+                          for part in all_rewards] if config.scale_rewards != "batch" else None
+            if advantages is None:  # the batch's std over every process's groups
+                whole = group_advantages(all_rewards.view(-1, config.group_size), scale="batch").flatten()
+                offset = sum(len(part) for part in all_rewards[:rank])
+                mine = whole[offset:offset + len(trained)]
+            else:
+                mine = advantages[rank if world > 1 else 0].flatten()
+            for r, advantage in zip(trained, mine.tolist()):
                 r.advantage = advantage
             rollout_seconds = time.time() - started
 
             # `updates_per_batch` optimizer steps over the trained rollouts, micro-batch by micro-batch; each
-            # micro-batch's loss weighs by its share of what the loss averages over (responses or tokens).
+            # micro-batch's loss weighs by its share of what the loss averages over (responses or tokens) in the
+            # whole step, across processes (DDP averages the processes' gradients, hence the factor `world`).
             started = time.time()
             model.train()
             batches = [encode_rollouts(tokenizer, trained[i:i + config.micro_batch], device)
@@ -575,18 +621,23 @@ def _train_grpo(config: GRPOConfig, stop_after: int | None) -> dict[str, Any]:
                 for batch in batches:
                     batch.loss_mask = drop_truncated(batch.loss_mask, batch.truncated)
             units = [aggregation_units(batch.loss_mask, aggregation) for batch in batches]
+            total_units = float(sum(units))
+            if world > 1:
+                total_units = accelerator.reduce(torch.tensor(total_units, device=device), "sum").item()
             sums: dict[str, float] = dict.fromkeys(("loss", "kl", "grad_norm", "tokens", "clipped", "entropy",
                                                     "entropy_tokens", "is_ratio", "is_tokens"), 0.0)
             is_ratio_max = None
             for update in range(config.updates_per_batch):
-                for batch, n in zip(batches, units):
-                    share = n / sum(units) if sum(units) else 0.0
-                    with autocast(device):
-                        loss, stats = micro_batch_loss(model, reference, batch, config)
-                    (loss * share).backward()
+                for i, (batch, n) in enumerate(zip(batches, units)):
+                    share = n * world / total_units if total_units else 0.0
+                    # gradients are averaged across processes once per update, on the last micro-batch
+                    with contextlib.nullcontext() if i == len(batches) - 1 else accelerator.no_sync(model):
+                        with autocast(device):
+                            loss, stats = micro_batch_loss(model, reference, batch, config, policy)
+                        accelerator.backward(loss * share)
                     tokens = stats["tokens"].item()
-                    sums["loss"] += loss.item() * share
-                    sums["kl"] += stats["kl"].item() * share
+                    sums["loss"] += loss.item() * share / world
+                    sums["kl"] += stats["kl"].item() * share / world
                     sums["tokens"] += tokens
                     sums["clipped"] += stats["clip_fraction"].item() * tokens
                     if "entropy_sum" in stats:
@@ -596,10 +647,23 @@ def _train_grpo(config: GRPOConfig, stop_after: int | None) -> dict[str, Any]:
                         sums["is_ratio"] += stats["is_ratio_mean"].item() * tokens
                         sums["is_tokens"] += tokens
                         is_ratio_max = max(is_ratio_max or 0.0, stats["is_ratio_max"].item())
-                sums["grad_norm"] += torch.nn.utils.clip_grad_norm_(trainable, config.max_grad_norm).item()
+                if not batches:  # a process without rollouts this step still takes part in the gradient average
+                    accelerator.backward(sum(p.sum() for p in trainable) * 0.0)
+                sums["grad_norm"] += float(accelerator.clip_grad_norm_(trainable, config.max_grad_norm))
                 optimizer.step()
                 optimizer.zero_grad(set_to_none=True)
             step += 1
+            bar.update(1)
+            if world > 1:  # every process's share of the step, for the metrics and the rollouts file
+                summed = ("loss", "kl", "tokens", "clipped", "entropy", "entropy_tokens", "is_ratio", "is_tokens")
+                totals = accelerator.reduce(torch.tensor([sums[k] for k in summed], device=device), "sum").tolist()
+                sums.update(zip(summed, totals))
+                trained_ids = {id(r) for r in trained}
+                marked = gather_object([(r, id(r) in trained_ids) for r in sampled])
+                sampled = [r for r, _ in marked]
+                trained = [r for r, kept in marked if kept]
+                if is_ratio_max is not None:
+                    is_ratio_max = max(x for x in gather_object([is_ratio_max]) if x is not None)
 
             graded = [r.sample for r in sampled if r.sample.verdict is not None]
             n_updates = config.updates_per_batch
@@ -618,25 +682,29 @@ def _train_grpo(config: GRPOConfig, stop_after: int | None) -> dict[str, Any]:
                     "is_ratio_max": is_ratio_max,
                     "sampling_tries": tries, "groups_trained": len(trained) // config.group_size,
                     "rollout_seconds": round(rollout_seconds, 2), "update_seconds": round(time.time() - started, 2)}
-            log.info("step %d/%d %s", step, config.steps,
-                     " ".join(f"{k}={v:.4g}" for k, v in last.items() if isinstance(v, float)))
-            with (out / "metrics.jsonl").open("a", encoding="utf-8") as f:
-                f.write(json.dumps(last) + "\n")
-            reporter.log(last, step)
-            trained_ids = {id(r) for r in trained}
-            write_jsonl(out / "rollouts" / f"step-{step:06d}.jsonl",
-                        [rollout_sample(r, step, id(r) in trained_ids) for r in sampled])
-            if (config.save_every and step % config.save_every == 0) or step == stop:
-                save_checkpoint(out, model, optimizer, step, config, config.keep_checkpoints)
+            if main:
+                log.info("step %d/%d %s", step, config.steps,
+                         " ".join(f"{k}={v:.4g}" for k, v in last.items() if isinstance(v, float)))
+                with (out / "metrics.jsonl").open("a", encoding="utf-8") as f:
+                    f.write(json.dumps(last) + "\n")
+                reporter.log(last, step)
+                trained_ids = {id(r) for r in trained}
+                write_jsonl(out / "rollouts" / f"step-{step:06d}.jsonl",
+                            [rollout_sample(r, step, id(r) in trained_ids) for r in sampled])
+                if (config.save_every and step % config.save_every == 0) or step == stop:
+                    save_checkpoint(out, policy, optimizer, step, config, config.keep_checkpoints)
+            accelerator.wait_for_everyone()
 
-    if step == config.steps and not final_done(out):
-        save_final(model, tokenizer, out, config)
+    if step == config.steps and main and not final_done(out):
+        save_final(policy, tokenizer, out, config)
+    accelerator.wait_for_everyone()
     return {"step": step, "steps": config.steps, "final": str(out / "final") if step == config.steps else None,
             **{k: v for k, v in last.items() if k != "step"}}
 
 
 def rollout_step(step: int, queries: list[Problem], backend, executor, prompts: dict[str, str], reward_fn: RewardFn,
-                 config: GRPOConfig, device: torch.device) -> tuple[list[Rollout], list[Rollout], float, int]:
+                 config: GRPOConfig, device: torch.device, rank: int = 0,
+                 world: int = 1) -> tuple[list[Rollout], list[Rollout], float, int]:
     """Sample, grade and reward the step's groups: (every rollout sampled, the rollouts to train on, the fraction
     of sampled groups whose rewards are all equal, the number of rollout rounds).
 
@@ -644,7 +712,7 @@ def rollout_step(step: int, queries: list[Problem], backend, executor, prompts: 
     groups whose rewards are all equal are dropped and further queries (a seeded draw per step and round, so a
     resumed run draws the same) are sampled for the missing groups, for at most `dynamic_sampling_tries` rounds.
     A step still short after them trains on the groups it has (logged); one with none trains on its first
-    round's groups (only the KL term acts).
+    round's groups (only the KL term acts). Process `rank` of `world` takes every world-th query of the step.
     """
     target = config.queries_per_step
     sampled: list[Rollout] = []
@@ -653,7 +721,7 @@ def rollout_step(step: int, queries: list[Problem], backend, executor, prompts: 
     while rounds < (config.dynamic_sampling_tries if config.dynamic_sampling else 1):
         missing = target - len(kept) // config.group_size
         if rounds == 0:
-            indices = query_indices(step, len(queries), config)
+            indices = query_indices(step, len(queries), config)[rank::world]
         else:
             indices = random.Random(f"grpo-queries-{config.seed}-{step}-{rounds}").sample(
                 range(len(queries)), min(missing, len(queries)))
@@ -687,7 +755,13 @@ def rollout_step(step: int, queries: list[Problem], backend, executor, prompts: 
 
 def rollout_backend(config: GRPOConfig, model: torch.nn.Module, tokenizer, device: torch.device):
     """hf: the model being trained generates (no copy, always current). vllm: a vLLM engine on the starting
-    weights that generates through the policy's LoRA adapter, saved and handed over at every step."""
+    weights that generates through the policy's LoRA adapter, saved and handed over at every step. openai: the
+    same through an OpenAI-compatible server at `rollout_base_url` (on this machine or another), which loads each
+    step's adapter (`OpenAIBackend.use_lora`)."""
+    if config.rollout_backend == "openai":
+        from mathloop.backends.openai import OpenAIBackend
+
+        return OpenAIBackend(adapter_name(0), config.rollout_base_url, tokenizer_obj=tokenizer)
     if config.rollout_backend == "vllm":
         from mathloop.backends.vllm import VLLMBackend
         from mathloop.models import resolve_model
@@ -706,13 +780,17 @@ def rollout_backend(config: GRPOConfig, model: torch.nn.Module, tokenizer, devic
                      device=str(device))
 
 
-def sync_adapter(backend, model: torch.nn.Module, out: Path, step: int) -> None:
-    """Save the policy's current LoRA adapter and make the vLLM engine sample through it (the previous step's
-    adapter folder is removed)."""
-    folder = out / "rollout-adapter"
+def adapter_name(step: int) -> str:
+    """The name the rollout engine knows step `step`'s adapter by."""
+    return f"policy-step-{step}"
+
+
+def sync_adapter(backend, model: torch.nn.Module, folder: Path, step: int) -> None:
+    """Save the policy's current LoRA adapter in `folder` and make the rollout engine (vLLM, or a server) sample
+    through it (the previous step's adapter folder is removed)."""
     target = folder / f"step-{step:06d}"
     model.save_pretrained(str(target))
-    backend.use_lora(str(target), f"policy-step-{step}", step + 1)
+    backend.use_lora(str(target.resolve()), adapter_name(step), step + 1)
     for old in folder.glob("step-*"):
         if old != target:
             shutil.rmtree(old, ignore_errors=True)

@@ -6,8 +6,8 @@ to one problem (every response scored once, all pairs formed from those scores),
 would have to be bent around; the whole loop fits on a screen and resumes exactly.
 
 It runs under `accelerate launch` for several GPUs (Accelerator().prepare wraps model and optimizer in DDP; each
-process scores its share of every batch's groups; only the main process evaluates, logs and saves). That
-multi-process path is not covered by the CPU tests.
+process scores its share of every batch's groups; only the main process evaluates, logs and saves).
+tests/test_scale_training.py launches it as 2 CPU processes (gloo) and finds the weights of one process.
 
 Output folder:
   run.json                     config, data report, package versions
@@ -35,6 +35,7 @@ from typing import Any
 import torch
 
 from mathloop.hardware import autocast
+from mathloop.progress import progress_bar
 from mathloop.records import Sample, read_records, write_jsonl
 from mathloop.reward.data import RMGroup, build_rm_groups, split_groups
 from mathloop.reward.loss import listwise_loss, pairwise_accuracy
@@ -200,9 +201,9 @@ def train(config: RMTrainConfig, stop_after: int | None = None) -> dict[str, Any
 
 
 def _train(config: RMTrainConfig, stop_after: int | None) -> dict[str, Any]:
-    from accelerate import Accelerator
+    from mathloop.train.distributed import make_accelerator
 
-    accelerator = Accelerator()
+    accelerator = make_accelerator()
     out = Path(config.output_dir)
     out.mkdir(parents=True, exist_ok=True)
 
@@ -247,6 +248,7 @@ def _train(config: RMTrainConfig, stop_after: int | None) -> dict[str, Any]:
     started = time.time()
     reporter = MetricsReporter(config.report_to, out, "rm", dataclasses.asdict(config), resume_step=step,
                                main_process=accelerator.is_main_process)
+    bar = progress_bar(total_steps, "rm train", "step", enabled=accelerator.is_main_process, initial=step)
     while step < stop:
         torch.manual_seed(config.seed + step)  # dropout etc. identical whether or not the run was resumed
         batch = [train_groups[i] for i in batch_indices(step, len(train_groups), config)]
@@ -267,6 +269,7 @@ def _train(config: RMTrainConfig, stop_after: int | None) -> dict[str, Any]:
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
         step += 1
+        bar.update(1)
 
         last = {"step": step, "loss": accelerator.reduce(torch.tensor(loss_sum, device=accelerator.device),
                                                          "mean").item(), "lr": lr_at(step - 1, config)}
@@ -287,6 +290,7 @@ def _train(config: RMTrainConfig, stop_after: int | None) -> dict[str, Any]:
                 save_checkpoint(out, accelerator.unwrap_model(model), optimizer, step, config,
                                 config.keep_checkpoints)
         accelerator.wait_for_everyone()
+    bar.close()
     reporter.close()
 
     # The finished model.

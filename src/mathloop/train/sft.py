@@ -60,6 +60,7 @@ import torch
 from transformers import TrainerCallback
 
 from mathloop.hardware import compute_dtype
+from mathloop.progress import quiet
 from mathloop.records import RecordError, read_jsonl
 from mathloop.runs import check_run_record, lock_run_dir, new_run_record, read_json, write_json
 from mathloop.train.checkpoint import drop_metrics_after, final_done, finish_final, start_final
@@ -244,7 +245,7 @@ def build_trainer(config: SFTRunConfig, callbacks: list[TrainerCallback] | None 
         bf16=bf16, use_cpu=not on_gpu, dataloader_pin_memory=on_gpu,
         save_strategy="steps", save_steps=config.save_steps, save_total_limit=config.keep_checkpoints,
         logging_steps=config.log_every, logging_first_step=True, report_to="none", seed=config.seed,
-        data_seed=config.seed, deepspeed=config.deepspeed,
+        data_seed=config.seed, deepspeed=config.deepspeed, disable_tqdm=quiet(),  # TRL's own bar: off with --quiet
     )
     peft_config = None
     if config.lora:

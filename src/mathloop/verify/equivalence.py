@@ -9,11 +9,14 @@ Two layers:
 2. ``symbolic_equivalent`` (meant to run in a worker process that the parent kills on timeout, see ``pool.py``):
    math-verify's ``parse``/``verify`` with its signal-based timeouts disabled, behind an exact layer for numbers.
 
-Number rule (both layers): numbers compare exactly. The one tolerance: a decimal written with at least
+Number rule (both layers): numbers compare exactly. The one tolerance, rounding: a decimal written with at least
 ``MIN_DECIMALS_FOR_ROUNDING`` (3) digits after the point equals an exact value (fraction, surd, pi, ...) when it is that
 value rounded to the written digits, i.e. within half a unit in its last place (0.333 == 1/3, 0.33 != 1/3,
-2.9999 != 3). Two decimals, or a decimal and an integer, compare exactly (18.00 == 18, 1000000 != 1000050).
-There is no percentage rule (900 != 9) and no relative tolerance.
+2.9999 != 3). It applies when the gold is the decimal (the question asked for a rounding: an exact response that rounds
+to it is correct), and to a decimal response only when ``rounding`` is set, i.e. the question asks for a decimal or a
+rounding (``question_allows_rounding``): otherwise 3.1416 for pi or 0.333 for 1/3 is an approximation, incorrect.
+Two decimals, or a decimal and an integer, compare exactly (18.00 == 18, 1000000 != 1000050). There is no
+percentage rule (900 != 9) and no relative tolerance.
 
 Why not math-verify alone: ``verify`` rounds floats to 6 places, so 1/2004! == 1/2006! (both round to 0); the exact
 layer decides numbers without floats symbolically/at 60 digits before math-verify is asked. And ``parse`` of a gold
@@ -25,13 +28,18 @@ from __future__ import annotations
 
 import re
 from fractions import Fraction
-from functools import lru_cache
+from functools import lru_cache, partial
 from typing import Any
 
 from mathloop.verify.numeric import clearly_different, evaluate_constant
 from mathloop.verify.extract import _LETTERS, clean_answer, final_boxes, option_letter
 
 MIN_DECIMALS_FOR_ROUNDING = 3
+# Bounds that keep every in-process path linear and fast: an answer longer than MAX_ANSWER_CHARS (after extraction) is
+# compared as text only (equal after stripping spaces, or not); lists longer than MAX_LIST_ITEMS are compared as
+# multisets of normalised items, without the pairwise (quadratic) matching.
+MAX_ANSWER_CHARS = 4096
+MAX_LIST_ITEMS = 64
 
 # Multi-letter unit words stripped after a plain number. Single letters (m, a, s) are never units here: "a+b" != "b".
 _UNIT_WORDS = (
@@ -54,6 +62,8 @@ _SET_BUILDER = re.compile(
 
 
 _TEXT_COMMAND = re.compile(r"\\(?:text|textbf|textrm|mbox|mathrm)\s*\{([^{}]*)\}")
+_NON_SPACE = re.compile(r"\S")
+_UNIT_TAIL = re.compile(r"\s*+(?:\^\s*\{?[23]\}?)?\s*+$")
 _CONNECTIVE = re.compile(r"^\s*(?:,|;)?\s*(?:and|or|&)\s*$", re.IGNORECASE)
 
 
@@ -72,13 +82,12 @@ def _strip_text_commands(s: str) -> str:
         tail = between.rstrip()[-1:] or tail
         last = match.end()
         words = match.group(1)
-        rest = s[match.end() :]
-        if tail and _CONNECTIVE.match(words) and rest.strip():
+        if tail and _CONNECTIVE.match(words) and _NON_SPACE.search(s, match.end()):
             if tail not in ",;":
                 out.append(",")
                 tail = ","
             continue
-        unit_tail = re.match(r"\s*(?:\^\s*\{?[23]\}?)?\s*$", rest)
+        unit_tail = _UNIT_TAIL.match(s, match.end())
         if tail and tail in "0123456789}" and len(words.strip()) >= 2 and unit_tail:
             last = len(s)
             break
@@ -96,6 +105,8 @@ def normalize(answer: str) -> str:
     >>> normalize(r"5 \\text{ cm}"), normalize(r"10\\%"), normalize(r"50^\\circ"), normalize("9 (apples)")
     ('5', '10', '50', '9')
     """
+    if len(answer) > MAX_ANSWER_CHARS:
+        return _as_text(answer)
     s = clean_answer(answer)
     if "\\boxed" in s or "\\fbox" in s:  # a gold written as a solution: its boxes are the answer
         s = ",".join(clean_answer(box) for box in final_boxes(s)) or s
@@ -124,6 +135,11 @@ def normalize(answer: str) -> str:
     return _squeeze_spaces(s)
 
 
+def _as_text(answer: str) -> str:
+    """An over-long answer compared as text: its characters without whitespace (linear)."""
+    return "".join(answer.split())
+
+
 def _only_semicolons_at_top(s: str) -> bool:
     """``(0;-2;0),(4;0;6)``: semicolons separate coordinates inside brackets, commas the items."""
     return ";" in s and all(";" not in part or part[:1] in "([" for part in split_top_level(s))
@@ -142,7 +158,7 @@ def _letters_around(s: str, match: re.Match[str]) -> bool:
 
 def _set_builder_to_interval(s: str) -> str:
     r"""``\{x|-2\leq x < 1\}`` -> ``[-2,1)``."""
-    match = _SET_BUILDER.match(s)
+    match = _SET_BUILDER.match(s) if len(s) <= 200 and s.startswith("\\{") else None
     if not match:
         return s
     low, low_op, high_op, high = match.groups()
@@ -274,32 +290,52 @@ def parse_plain_number(s: str) -> tuple[Fraction, int | None] | None:
     return None
 
 
-def decimal_matches_exact(decimal: Fraction, digits: int, exact: Any) -> bool:
+_ASKS_FOR_DECIMAL = re.compile(
+    r"decimal|round(?:ed|ing)?\b|nearest|approximat|estimate|significant (?:figure|digit)|"
+    r"to (?:the )?(?:\w+ )?(?:tenth|hundredth|thousandth|place)|\bcents?\b",
+    re.IGNORECASE,
+)
+
+
+def question_allows_rounding(question: str | None) -> bool:
+    """Whether a question asks for a decimal or a rounding, so that a rounded decimal answers it.
+
+    >>> question_allows_rounding("Express your answer as a decimal to the nearest tenth."), question_allows_rounding("Find x.")
+    (True, False)
+    """
+    return bool(question) and _ASKS_FOR_DECIMAL.search(question) is not None  # type: ignore[arg-type]
+
+
+def decimal_matches_exact(decimal: Fraction, digits: int, exact: Any, rounding: bool = True) -> bool:
     """The rounding rule: a decimal with >= 3 digits matches an exact value within half a unit in its last place.
 
     >>> decimal_matches_exact(Fraction("0.333"), 3, Fraction(1, 3)), decimal_matches_exact(Fraction("0.33"), 2, Fraction(1, 3))
     (True, False)
+    >>> decimal_matches_exact(Fraction("0.333"), 3, Fraction(1, 3), rounding=False)
+    False
     """
-    if digits < MIN_DECIMALS_FOR_ROUNDING:
+    if digits < MIN_DECIMALS_FOR_ROUNDING or not rounding:
         return decimal == exact
     return abs(decimal - exact) <= Fraction(1, 2 * 10**digits)
 
 
-def plain_numbers_equal(a: tuple[Fraction, int | None], b: tuple[Fraction, int | None]) -> bool:
-    """Exact equality, except the rounding rule when exactly one side is a decimal."""
-    (value_a, digits_a), (value_b, digits_b) = a, b
+def plain_numbers_equal(gold: tuple[Fraction, int | None], pred: tuple[Fraction, int | None],
+                        rounding: bool = False) -> bool:
+    """Exact equality, except the rounding rule when exactly one side is a decimal (a decimal pred: only with
+    ``rounding``)."""
+    (value_a, digits_a), (value_b, digits_b) = gold, pred
     if (digits_a is None) == (digits_b is None):
         return value_a == value_b
     if digits_a is not None:
         return decimal_matches_exact(value_a, digits_a, value_b)
-    return decimal_matches_exact(value_b, digits_b or 0, value_a)
+    return decimal_matches_exact(value_b, digits_b or 0, value_a, rounding)
 
 
 # ----------------------------------------------------------------------------------------------------------------
 # Fast layer: decide without sympy, or say None
 
 
-def fast_equivalent(gold: str, pred: str, answer_type: str = "math") -> bool | None:
+def fast_equivalent(gold: str, pred: str, answer_type: str = "math", rounding: bool = False) -> bool | None:
     """Decide cheap cases in-process: True/False, or None when sympy is needed.
 
     >>> fast_equivalent("0.5", r"\\frac{1}{2}"), fast_equivalent("900", "9"), fast_equivalent("[1,2]", "(1,2)")
@@ -312,13 +348,16 @@ def fast_equivalent(gold: str, pred: str, answer_type: str = "math") -> bool | N
         letter_gold = option_letter(gold) or clean_answer(gold).upper()
         letter_pred = option_letter(pred) or clean_answer(pred).upper()
         return letter_gold == letter_pred
+    if len(gold) > MAX_ANSWER_CHARS or len(pred) > MAX_ANSWER_CHARS:
+        return _as_text(gold) == _as_text(pred)  # bounded: no normalisation rule or parse runs on 1 MB
     gold_n, pred_n = normalize(gold), normalize(pred)
+    equal = partial(_fast_one, rounding=rounding)
     if answer_type == "list":
-        return _match_lists(split_top_level(gold_n), split_top_level(pred_n), _fast_one)
-    return _fast_one(gold_n, pred_n)
+        return _match_lists(split_top_level(gold_n), split_top_level(pred_n), equal)
+    return equal(gold_n, pred_n)
 
 
-def _fast_one(gold: str, pred: str) -> bool | None:
+def _fast_one(gold: str, pred: str, rounding: bool = False) -> bool | None:
     if gold == pred:
         return True
     if not gold or not pred:
@@ -329,14 +368,14 @@ def _fast_one(gold: str, pred: str) -> bool | None:
         return True
     number_gold, number_pred = parse_plain_number(gold), parse_plain_number(pred)
     if number_gold and number_pred:
-        return plain_numbers_equal(number_gold, number_pred)
+        return plain_numbers_equal(number_gold, number_pred, rounding)
     clock_gold, clock_pred = _clock_or_ratio(gold), _clock_or_ratio(pred)
     if clock_gold is not None or clock_pred is not None:
         return clock_gold == clock_pred
     base_g, base_p = _BASE_NUMBER.fullmatch(gold), _BASE_NUMBER.fullmatch(pred)
     if base_g and base_p:  # 52_8: digits and base must both match
         return base_g.groups() == base_p.groups()
-    structured = _compare_structure(gold, pred, _fast_one)
+    structured = _compare_structure(gold, pred, partial(_fast_one, rounding=rounding))
     if structured is not None:
         return structured
     return _numerically_disproved(gold, pred, number_gold, number_pred)
@@ -398,6 +437,8 @@ def _match_lists(gold_items: list[str], pred_items: list[str], equal: Any) -> bo
     """Unordered matching of two answer lists with ``equal`` (which may answer None = unknown)."""
     if len(gold_items) != len(pred_items):
         return False
+    if len(gold_items) > MAX_LIST_ITEMS:
+        return sorted(gold_items) == sorted(pred_items)  # bounded: no pairwise matching of long lists
     remaining = list(pred_items)
     unknown = False
     for gold_item in gold_items:
@@ -418,27 +459,28 @@ def _match_lists(gold_items: list[str], pred_items: list[str], equal: Any) -> bo
 # Symbolic layer (sympy + math-verify). Can be slow or hang: run it only under a hard timeout (pool.py).
 
 
-def symbolic_equivalent(gold: str, pred: str, answer_type: str = "math") -> bool:
+def symbolic_equivalent(gold: str, pred: str, answer_type: str = "math", rounding: bool = False) -> bool:
     """Full check with sympy; call it in a worker process that is killed on timeout. Never raises."""
     try:
-        decided = fast_equivalent(gold, pred, answer_type)
+        decided = fast_equivalent(gold, pred, answer_type, rounding)
         if decided is not None:
             return decided
         gold_n, pred_n = normalize(gold), normalize(pred)
+        equal = partial(_symbolic_one, rounding=rounding)
         if answer_type == "list":
-            return bool(_match_lists(split_top_level(gold_n), split_top_level(pred_n), _symbolic_one))
-        return _symbolic_one(gold_n, pred_n)
+            return bool(_match_lists(split_top_level(gold_n), split_top_level(pred_n), equal))
+        return equal(gold_n, pred_n)
     except Exception:  # noqa: BLE001 - a broken comparison is "not equal", never a crash
         return False
 
 
-def _symbolic_one(gold: str, pred: str) -> bool:
-    decided = _fast_one(gold, pred)
+def _symbolic_one(gold: str, pred: str, rounding: bool = False) -> bool:
+    decided = _fast_one(gold, pred, rounding)
     if decided is not None:
         return decided
     gold, pred = drop_thousands_commas(gold, pred), drop_thousands_commas(pred, gold)
     gold, pred = strip_variable(gold, pred), strip_variable(pred, gold)
-    structure = _compare_structure(gold, pred, _symbolic_one)
+    structure = _compare_structure(gold, pred, partial(_symbolic_one, rounding=rounding))
     if structure is not None:
         return structure
     if is_malformed(gold) or is_malformed(pred):
@@ -448,7 +490,7 @@ def _symbolic_one(gold: str, pred: str) -> bool:
         return False
     if any(_parse_lost_content(text, parsed[0]) for text, parsed in ((gold, parsed_gold), (pred, parsed_pred))):
         return False
-    exact = _exact_number_check(parsed_gold[0], parsed_pred[0], gold, pred)
+    exact = _exact_number_check(parsed_gold[0], parsed_pred[0], gold, pred, rounding)
     if exact is not None:
         return exact
     if _differ_at_some_point(parsed_gold[0], parsed_pred[0]):
@@ -521,7 +563,7 @@ def _finite(value: complex) -> bool:
     return value == value and abs(value) != float("inf")
 
 
-def _exact_number_check(gold: Any, pred: Any, gold_text: str, pred_text: str) -> bool | None:
+def _exact_number_check(gold: Any, pred: Any, gold_text: str, pred_text: str, rounding: bool = False) -> bool | None:
     """Numbers without free symbols: exact (60-digit) comparison, with the decimal rounding rule; None otherwise."""
     import sympy
 
@@ -543,7 +585,7 @@ def _exact_number_check(gold: Any, pred: Any, gold_text: str, pred_text: str) ->
         if not value.is_real:
             return False
         exact = Fraction(str(sympy.Rational(value)))
-        return decimal_matches_exact(decimal[0], decimal[1], exact)
+        return decimal_matches_exact(decimal[0], decimal[1], exact, rounding or gold_has_float)
     gold, pred = gold.doit(), pred.doit()  # unevaluated products/powers become exact Rationals where they are
     if gold.is_Rational and pred.is_Rational:
         return bool(gold == pred)  # exact, at any size: 2^200 != 2^200-1
@@ -572,8 +614,11 @@ def _exact_number_check(gold: Any, pred: Any, gold_text: str, pred_text: str) ->
 # Public entry point
 
 
-def is_equivalent(gold: str, pred: str, answer_type: str = "math", timeout: float = 5.0) -> bool:
+def is_equivalent(gold: str, pred: str, answer_type: str = "math", timeout: float = 5.0, rounding: bool = False) -> bool:
     """True iff ``pred`` is mathematically equal to ``gold``. Never raises, never hangs (False on error or timeout).
+
+    ``rounding``: the question asks for a decimal or a rounding, so a rounded decimal ``pred`` matches an exact gold
+    (see the number rule above; ``question_allows_rounding``).
 
     Safe from any thread or process: cheap cases are decided here, the rest in a worker process killed at ``timeout``.
 
@@ -581,12 +626,12 @@ def is_equivalent(gold: str, pred: str, answer_type: str = "math", timeout: floa
     (True, False, True)
     """
     try:
-        decided = fast_equivalent(gold, pred, answer_type)
+        decided = fast_equivalent(gold, pred, answer_type, rounding)
         if decided is not None:
             return decided
         from mathloop.verify.pool import default_pool
 
-        task = {"gold": gold, "pred": pred, "answer_type": answer_type}
+        task = {"gold": gold, "pred": pred, "answer_type": answer_type, "rounding": rounding}
         return default_pool().run(task, timeout)
     except Exception:  # noqa: BLE001 - the contract is a verdict, never an exception
         return False

@@ -10,13 +10,16 @@ from __future__ import annotations
 import re
 
 _BOX_COMMANDS = ("\\boxed", "\\fbox")
+_BOX_START = re.compile(r"\\(?:boxed|fbox)")
+_BOX_SPACE_ARGUMENT = re.compile(r" ++([^\s$]++)")
 _LETTERS = "ABCDEFGHIJ"
 
 _ANSWER_IS = re.compile(r"(?:final answer|the answer)\s*(?:is\s*:?|:)\s*", re.IGNORECASE)
 _GSM8K = re.compile(r"####\s*([^\n]+)")
 _NUMBER = re.compile(r"(?<![A-Za-z\d])(?:-?\d[\d,]*(?:\.\d+)?(?:/\d+(?!\d|\.\d))?|-?\.\d+)(?!\d)")
 _MC_PATTERNS = (
-    re.compile(r"answer\s*(?:is|:)?\s*(?:option\s*)?[\(\[]?\s*([A-J])\s*[\)\]]?(?![A-Za-z])", re.IGNORECASE),
+    # possessive quantifiers: "answer" followed by 1 MB of spaces must not backtrack over every split of them
+    re.compile(r"answer\s*+(?:is|:)?+\s*+(?:option\s*+)?+[\(\[]?+\s*+([A-J])\s*+[\)\]]?+(?![A-Za-z])", re.IGNORECASE),
     re.compile(r"^\s*\(?([A-J])\)?\s*[.:)]?\s*$"),
 )
 
@@ -37,12 +40,12 @@ def final_boxes(text: str) -> list[str]:
     spans = box_spans(text)
     if not spans:
         return []
-    group = [spans[-1]]
+    group = [spans[-1]]  # built from the end, reversed once
     for span in reversed(spans[:-1]):
-        if not _BOX_SEPARATOR.fullmatch(text[span[2] : group[0][1]]):
+        if not _BOX_SEPARATOR.fullmatch(text, span[2], group[-1][1]):
             break
-        group.insert(0, span)
-    return [content for content, _, _ in group]
+        group.append(span)
+    return [content for content, _, _ in reversed(group)]
 
 
 def box_spans(text: str) -> list[tuple[str, int, int]]:
@@ -54,12 +57,10 @@ def box_spans(text: str) -> list[tuple[str, int, int]]:
     boxes: list[tuple[str, int, int]] = []
     i = 0
     while True:
-        starts = [(text.find(cmd, i), cmd) for cmd in _BOX_COMMANDS]
-        starts = [(pos, cmd) for pos, cmd in starts if pos >= 0]
-        if not starts:
+        found = _BOX_START.search(text, i)  # one scan for both commands (a find per command re-scans the text)
+        if found is None:
             return boxes
-        pos, cmd = min(starts)
-        j = pos + len(cmd)
+        pos, j = found.start(), found.end()
         if j < len(text) and text[j] == "{":
             content, end = _brace_content(text, j)
             if content is None:
@@ -67,9 +68,9 @@ def box_spans(text: str) -> list[tuple[str, int, int]]:
             boxes.append((content, pos, end))
             i = end
         elif j < len(text) and text[j] == " ":
-            match = re.match(r" +([^\s$]+)", text[j:])
+            match = _BOX_SPACE_ARGUMENT.match(text, j)
             if match:
-                boxes.append((match.group(1).rstrip(".,;"), pos, j + match.end()))
+                boxes.append((match.group(1).rstrip(".,;"), pos, match.end()))
             i = j + 1
         else:
             i = j  # e.g. \boxedsomething: not a box
@@ -124,7 +125,8 @@ def _after_answer_phrase(response: str) -> str | None:
     return tail or None
 
 
-_MATH_DELIMITERS = (("$$", "$$"), ("\\[", "\\]"), ("\\(", "\\)"), ("$", "$"))
+_MATH_CLOSERS = {"$$": "$$", "\\[": "\\]", "\\(": "\\)", "$": "$"}
+_MATH_OPENER = re.compile(r"\$\$|\\\[|\\\(|(?<!\\)\$")
 _PROSE_WORD = re.compile(r"(?<![\\A-Za-z])[A-Za-z]{3,}")
 
 
@@ -138,21 +140,20 @@ def last_math(text: str) -> str | None:
     """
     found = None
     i = 0
-    while i < len(text):
-        for opener, closer in _MATH_DELIMITERS:
-            if text.startswith(opener, i) and not (opener == "$" and i and text[i - 1] == "\\"):
-                end = text.find(closer, i + len(opener))
-                while opener == "$" and end > 0 and text[end - 1] == "\\":
-                    end = text.find(closer, end + 1)  # \$ inside math is a dollar sign
-                if end < 0:
-                    return found
-                content = text[i + len(opener) : end].strip()
-                found = content or found
-                i = end + len(closer)
-                break
-        else:
-            i += 1
-    return found
+    while True:
+        opening = _MATH_OPENER.search(text, i)  # the next unescaped opener, found by one regex scan
+        if opening is None:
+            return found
+        opener = opening.group()
+        closer = _MATH_CLOSERS[opener]
+        end = text.find(closer, opening.end())
+        while opener == "$" and end > 0 and text[end - 1] == "\\":
+            end = text.find(closer, end + 1)  # \$ inside math is a dollar sign
+        if end < 0:
+            return found
+        content = text[opening.end() : end].strip()
+        found = content or found
+        i = end + len(closer)
 
 
 def _answer_in_sentence(sentence: str) -> str:

@@ -8,13 +8,26 @@ Workers are plain subprocesses (``python -c "...serve()"``) talking JSON lines o
 a daemonic ``multiprocessing`` worker (which may not have ``multiprocessing`` children of its own). A worker whose
 parent dies sees EOF on stdin and exits. Each worker has an address-space limit, so a runaway big integer ends in
 MemoryError (-> False) instead of swapping the machine.
+
+Deadlines are CPU seconds of the worker, not wall seconds: a comparison gets the same verdict from one thread, eight
+threads or a multiprocessing pool on a busy CPU, because time spent waiting for a free worker or for a CPU is never
+charged to it (a wall-clock backstop of ``WALL_BACKSTOP_FACTOR`` times the deadline still ends a stopped worker).
+A worker imports sympy and math-verify and runs one comparison before it reports ready, so start-up is not charged
+either.
+
+Workers die with their parent: each asks the kernel for SIGKILL when the thread that started it ends
+(``PR_SET_PDEATHSIG``; every worker is started from one long-lived spawner thread per process, so that thread is the
+process), and a watcher thread exits when the parent pid changes (a parent killed before ``prctl`` ran, or a platform
+without ``prctl``).
 """
 
 from __future__ import annotations
 
 import json
 import os
+import queue
 import select
+import signal
 import subprocess
 import sys
 import threading
@@ -24,16 +37,20 @@ from typing import Any
 
 WORKER_MEMORY_LIMIT_MB = 2048
 STARTUP_TIMEOUT_S = 120.0
+WALL_BACKSTOP_FACTOR = 10.0  # a task also ends after this many times its deadline in wall seconds (stopped worker)
+WALL_BACKSTOP_MIN_S = 30.0
+_WARM_UP = (r"\sqrt{12}", r"2\sqrt{3}", "math")  # exercises parse, simplify and evalf once before "ready"
 
-Task = dict[str, Any]  # {"gold": str, "pred": str, "answer_type": str}
+Task = dict[str, Any]  # {"gold": str, "pred": str, "answer_type": str, "rounding": bool}
 
 
 # ----------------------------------------------------------------------------------------------------------------
 # Worker side
 
 
-def serve(memory_limit_mb: int = WORKER_MEMORY_LIMIT_MB) -> None:
+def serve(memory_limit_mb: int = WORKER_MEMORY_LIMIT_MB, parent_pid: int | None = None) -> None:
     """Worker main loop: read one task per line on stdin, write ``{"ok": bool}`` per line on stdout."""
+    _die_with_parent(parent_pid if parent_pid is not None else os.getppid())
     protocol_out = os.fdopen(os.dup(1), "w", buffering=1)
     os.dup2(2, 1)  # anything a library prints goes to stderr, not into the protocol
     _limit_memory(memory_limit_mb)
@@ -42,14 +59,36 @@ def serve(memory_limit_mb: int = WORKER_MEMORY_LIMIT_MB) -> None:
     logging.disable(logging.WARNING)  # math-verify warns about disabled timeouts: we enforce them from the parent
     from mathloop.verify.equivalence import symbolic_equivalent
 
+    symbolic_equivalent(*_WARM_UP)  # imports sympy/math-verify and fills their caches before the first deadline
     protocol_out.write("ready\n")
     for line in sys.stdin:
         try:
             task = json.loads(line)
-            ok = symbolic_equivalent(task["gold"], task["pred"], task.get("answer_type", "math"))
+            ok = symbolic_equivalent(task["gold"], task["pred"], task.get("answer_type", "math"),
+                                     bool(task.get("rounding", False)))
         except (MemoryError, RecursionError, Exception):  # noqa: BLE001 - any failure is "not equivalent"
             ok = False
         protocol_out.write(json.dumps({"ok": bool(ok)}) + "\n")
+
+
+def _die_with_parent(parent_pid: int) -> None:
+    """SIGKILL this worker when its parent dies (kernel-side, works while a C call holds the GIL), plus a watcher."""
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, signal.SIGKILL, 0, 0, 0)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass  # not Linux: the watcher below still applies
+    if os.getppid() != parent_pid:
+        os._exit(0)  # the parent died before prctl took effect
+
+    def watch() -> None:
+        while os.getppid() == parent_pid:
+            time.sleep(0.5)
+        os._exit(0)
+
+    threading.Thread(target=watch, daemon=True).start()
 
 
 def _limit_memory(limit_mb: int) -> None:
@@ -74,22 +113,108 @@ def _worker_env() -> dict[str, str]:
     return env
 
 
+class _Spawner:
+    """One long-lived daemon thread per process that starts every worker: ``PR_SET_PDEATHSIG`` fires when the thread
+    that forked a worker ends, so workers started from a short-lived caller thread would die with that thread."""
+
+    def __init__(self) -> None:
+        self.pid = os.getpid()
+        self.requests: queue.Queue[tuple[list[str], queue.Queue[Any]]] = queue.Queue()
+        threading.Thread(target=self._loop, name="mathloop-verify-spawner", daemon=True).start()
+
+    def _loop(self) -> None:
+        while True:
+            argv, reply = self.requests.get()
+            try:
+                reply.put(subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                           stderr=subprocess.DEVNULL, env=_worker_env(), close_fds=True))
+            except Exception as error:  # noqa: BLE001 - handed to the caller
+                reply.put(error)
+
+    def popen(self, argv: list[str]) -> subprocess.Popen[bytes]:
+        reply: queue.Queue[Any] = queue.Queue()
+        self.requests.put((argv, reply))
+        result = reply.get()
+        if isinstance(result, Exception):
+            raise result
+        return result
+
+
+_spawner: _Spawner | None = None
+_spawner_lock = threading.Lock()
+
+
+def _spawn(argv: list[str]) -> subprocess.Popen[bytes]:
+    global _spawner
+    with _spawner_lock:
+        if _spawner is None or _spawner.pid != os.getpid():  # a forked child has no spawner thread
+            _spawner = _Spawner()
+        spawner = _spawner
+    return spawner.popen(argv)
+
+
+_CLOCK_TICKS = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+
+
+def _cpu_seconds(pid: int) -> float | None:
+    """User+system CPU seconds of a process (Linux ``/proc``), or None where that cannot be read."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as stat:
+            fields = stat.read().rsplit(b")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / _CLOCK_TICKS
+    except (OSError, IndexError, ValueError):
+        return None
+
+
 class _Worker:
     """One worker subprocess and a line buffer for its output."""
 
     def __init__(self, memory_limit_mb: int) -> None:
-        code = f"from mathloop.verify.pool import serve; serve({memory_limit_mb})"
-        self.process = subprocess.Popen(
-            [sys.executable, "-c", code],
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.DEVNULL,
-            env=_worker_env(),
-            close_fds=True,
-        )
+        code = f"from mathloop.verify.pool import serve; serve({memory_limit_mb}, {os.getpid()})"
+        self.process = _spawn([sys.executable, "-c", code])
         self.fd = self.process.stdout.fileno()  # type: ignore[union-attr]
         self._buffer = b""
         self.ready = False
+        self.eof = False
+        self.budget = 0.0  # CPU seconds the current task may use
+        self.cpu_start: float | None = None
+        self.wall_limit = 0.0  # monotonic time at which the current task ends regardless of CPU
+
+    def begin(self, timeout: float) -> None:
+        """Start the clocks of a task just sent: ``timeout`` CPU seconds, a wall backstop."""
+        self.budget = timeout
+        self.cpu_start = _cpu_seconds(self.process.pid)
+        self.wall_limit = time.monotonic() + max(WALL_BACKSTOP_FACTOR * timeout, timeout + WALL_BACKSTOP_MIN_S)
+        self._wall_start = time.monotonic()
+
+    def next_check(self) -> float | None:
+        """Monotonic time at which the task may have used its budget; None when it has (or the backstop passed).
+
+        A single-threaded worker cannot use more CPU than wall time, so the budget cannot run out before
+        ``now + (budget - used)``; without ``/proc`` the deadline is wall time.
+        """
+        now = time.monotonic()
+        if now >= self.wall_limit:
+            return None
+        if self.cpu_start is None:
+            used = now - self._wall_start
+        else:
+            current = _cpu_seconds(self.process.pid)
+            used = now - self._wall_start if current is None else current - self.cpu_start
+        left = self.budget - used
+        if left <= 0:
+            return None
+        return min(now + max(left, 0.02), self.wall_limit)
+
+    def read_result(self) -> str | None:
+        """The task's output line, waiting while its CPU budget lasts; None on timeout or death."""
+        while True:
+            check = self.next_check()
+            if check is None:
+                return None
+            line = self.read_line(check)
+            if line is not None or self.eof:
+                return line
 
     def read_line(self, deadline: float) -> str | None:
         """The next output line, or None when the deadline passes or the worker died."""
@@ -102,8 +227,22 @@ class _Worker:
                 return None
             chunk = os.read(self.fd, 65536)
             if not chunk:
+                self.eof = True
                 return None  # worker died (e.g. killed by the OS)
             self._buffer += chunk
+        line, self._buffer = self._buffer.split(b"\n", 1)
+        return line.decode()
+
+    def read_available(self) -> str | None:
+        """After ``select`` said readable: read once, return a complete line if there is one now."""
+        if b"\n" not in self._buffer:
+            chunk = os.read(self.fd, 65536)
+            if not chunk:
+                self.eof = True
+                return None
+            self._buffer += chunk
+            if b"\n" not in self._buffer:
+                return None
         line, self._buffer = self._buffer.split(b"\n", 1)
         return line.decode()
 
@@ -188,8 +327,11 @@ class WorkerPool:
                     worker.kill()
             self._condition.notify()
 
-    def _start(self, worker: _Worker, task: Task) -> bool:
-        return worker.wait_ready() and worker.send(task)
+    def _start(self, worker: _Worker, task: Task, timeout: float) -> bool:
+        if not (worker.wait_ready() and worker.send(task)):
+            return False
+        worker.begin(timeout)
+        return True
 
     def run(self, task: Task, timeout: float) -> bool:
         """One task under a hard timeout; False on timeout or any failure."""
@@ -197,30 +339,36 @@ class WorkerPool:
         if worker is None:
             return False
         result = None
-        if self._start(worker, task):
-            result = _parse_result(worker.read_line(time.monotonic() + timeout))
+        if self._start(worker, task, timeout):
+            result = _parse_result(worker.read_result())
         self._release(worker, healthy=result is not None)
         return bool(result)
 
     def run_many(self, tasks: list[Task], timeout: float) -> list[bool]:
-        """All tasks, each under its own hard timeout, spread over the workers; results in input order."""
+        """All tasks, each under its own CPU deadline, spread over the workers; results in input order."""
         results = [False] * len(tasks)
         pending = list(range(len(tasks)))[::-1]
-        busy: dict[int, tuple[_Worker, int, float]] = {}  # fd -> (worker, task index, deadline)
+        busy: dict[int, tuple[_Worker, int, float]] = {}  # fd -> (worker, task index, next check time)
         try:
             while pending or busy:
                 self._fill(tasks, pending, busy, timeout)
                 if not busy:
                     break  # pool closed
-                now = time.monotonic()
-                wait = max(0.0, min(deadline for _, _, deadline in busy.values()) - now)
+                wait = max(0.0, min(check for _, _, check in busy.values()) - time.monotonic())
                 readable, _, _ = select.select(list(busy), [], [], wait)
                 for fd in list(busy):
-                    worker, index, deadline = busy[fd]
+                    worker, index, check = busy[fd]
                     if fd in readable:
-                        result = _parse_result(worker.read_line(deadline))
-                    elif time.monotonic() >= deadline:
-                        result = None  # too slow: killed below, counted as not equivalent
+                        line = worker.read_available()
+                        if line is None and not worker.eof:
+                            continue  # a partial line: wait for the rest
+                        result = _parse_result(line)
+                    elif time.monotonic() >= check:
+                        following = worker.next_check()
+                        if following is not None:
+                            busy[fd] = (worker, index, following)  # waited for a CPU: not charged
+                            continue
+                        result = None  # used its CPU budget: killed below, counted as not equivalent
                     else:
                         continue
                     del busy[fd]
@@ -241,8 +389,9 @@ class WorkerPool:
             fresh.append(worker)
         for worker in fresh:  # start-up (imports) is waited for together, and not counted against the task
             index = pending.pop()
-            if self._start(worker, tasks[index]):
-                busy[worker.fd] = (worker, index, time.monotonic() + timeout)
+            if self._start(worker, tasks[index], timeout):
+                check = worker.next_check()
+                busy[worker.fd] = (worker, index, check if check is not None else time.monotonic())
             else:
                 self._release(worker, healthy=False)
 

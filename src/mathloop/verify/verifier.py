@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Sequence, TypeVar
 
-from mathloop.verify.equivalence import fast_equivalent, is_equivalent
+from mathloop.verify.equivalence import fast_equivalent, is_equivalent, question_allows_rounding
 from mathloop.verify.extract import extract_answer
 from mathloop.verify.pool import WorkerPool
 
@@ -19,10 +19,13 @@ def grade(
     answer_type: str = "math",
     choices: list[str] | None = None,
     timeout: float = 5.0,
+    question: str | None = None,
 ) -> tuple[str | None, str]:
     """(extracted prediction, verdict): "correct", "incorrect", or "no_answer" when nothing could be extracted.
 
     A missing gold (``None``) cannot confirm anything: the verdict is "incorrect" unless there is no answer.
+    ``question``: when it asks for a decimal or a rounding, a rounded decimal answers an exact gold (3.142 for
+    ``\\pi``); without it, or when it does not ask, a decimal approximation of an exact gold is incorrect.
 
     >>> grade("18", r"She pays $\\$18$, so the answer is $\\boxed{18.00}$.")
     ('18.00', 'correct')
@@ -32,7 +35,8 @@ def grade(
         return None, NO_ANSWER
     if gold is None:
         return pred, INCORRECT
-    return pred, CORRECT if is_equivalent(gold, pred, answer_type, timeout) else INCORRECT
+    rounding = question_allows_rounding(question)
+    return pred, CORRECT if is_equivalent(gold, pred, answer_type, timeout, rounding) else INCORRECT
 
 
 def _per_item(value: T | Sequence[T], count: int) -> list[T]:
@@ -57,21 +61,24 @@ class Verifier:
         self.pool = WorkerPool(workers)
         self.pool.prestart()  # the workers import sympy while this process extracts answers and runs the fast path
 
-    def is_equivalent_batch(self, pairs: list[tuple[str, str]], answer_type: str | list[str] = "math") -> list[bool]:
+    def is_equivalent_batch(self, pairs: list[tuple[str, str]], answer_type: str | list[str] = "math",
+                            rounding: bool | list[bool] = False) -> list[bool]:
         """``is_equivalent`` for every (gold, pred) pair, in order."""
         types = _per_item(answer_type, len(pairs))
+        roundings = _per_item(rounding, len(pairs))
         results: list[bool] = [False] * len(pairs)
         slow: list[int] = []
-        for index, ((gold, pred), kind) in enumerate(zip(pairs, types)):
+        for index, ((gold, pred), kind, rounds) in enumerate(zip(pairs, types, roundings)):
             try:
-                decided = fast_equivalent(gold, pred, kind)
+                decided = fast_equivalent(gold, pred, kind, rounds)
             except Exception:  # noqa: BLE001
                 decided = False
             if decided is None:
                 slow.append(index)
             else:
                 results[index] = decided
-        tasks = [{"gold": pairs[i][0], "pred": pairs[i][1], "answer_type": types[i]} for i in slow]
+        tasks = [{"gold": pairs[i][0], "pred": pairs[i][1], "answer_type": types[i], "rounding": roundings[i]}
+                 for i in slow]
         for index, ok in zip(slow, self.pool.run_many(tasks, self.timeout)):
             results[index] = ok
         return results
@@ -81,15 +88,19 @@ class Verifier:
         items: list[tuple[str | None, str]],
         answer_type: str | list[str] = "math",
         choices: list[str] | None | list[list[str] | None] = None,
+        questions: list[str | None] | None = None,
     ) -> list[tuple[str | None, str]]:
-        """``grade`` for every (gold, response) item, in order. ``choices``: one list for all items, or one per item."""
+        """``grade`` for every (gold, response) item, in order. ``choices``: one list for all items, or one per item;
+        ``questions``: one per item (or None), see ``grade``."""
         types = _per_item(answer_type, len(items))
+        roundings = [question_allows_rounding(q) for q in _per_item(questions or [None] * len(items), len(items))]
         per_item_choices = choices if choices and isinstance(choices[0], list) else [choices] * len(items)
         if len(per_item_choices) != len(items):
             raise ValueError(f"expected {len(items)} choice lists, got {len(per_item_choices)}")
         preds = [extract_answer(response, kind, opts) for (_, response), kind, opts in zip(items, types, per_item_choices)]  # type: ignore[arg-type]
         to_check = [i for i, (pred, (gold, _)) in enumerate(zip(preds, items)) if pred is not None and gold is not None]
-        verdicts = self.is_equivalent_batch([(items[i][0], preds[i]) for i in to_check], [types[i] for i in to_check])  # type: ignore[misc]
+        verdicts = self.is_equivalent_batch([(items[i][0], preds[i]) for i in to_check], [types[i] for i in to_check],  # type: ignore[misc]
+                                            [roundings[i] for i in to_check])
         graded: list[tuple[str | None, str]] = [(pred, NO_ANSWER if pred is None else INCORRECT) for pred in preds]
         for index, ok in zip(to_check, verdicts):
             graded[index] = (preds[index], CORRECT if ok else INCORRECT)

@@ -1,0 +1,181 @@
+"""Progress that moves and output that obeys --quiet: per-sequence reports from the hf backend, problems written as
+they finish (a killed run keeps them), --quiet on every command, and the bar helper."""
+
+from __future__ import annotations
+
+import argparse
+
+import pytest
+
+from mathloop.backends.base import SamplingParams
+from mathloop.backends.fake import FakeBackend
+from mathloop.pipeline.evaluate import EvalConfig, run_eval
+from mathloop.records import Problem, Sample, read_records
+
+PROBLEMS = [Problem(id=f"toy-{i}", question=f"What is {i} + 1?", gold=str(i + 1), benchmark="toy") for i in range(20)]
+
+
+def answer(prompt: str, j: int) -> str:
+    return "The answer is \\boxed{1}."
+
+
+class Interrupted(KeyboardInterrupt):
+    pass
+
+
+class StreamingFake(FakeBackend):
+    """Reports each completion as it finishes, like the hf backend, and is killed after `kill_after` of them."""
+
+    def __init__(self, kill_after: int | None = None) -> None:
+        super().__init__(answer)
+        self.kill_after, self.reported = kill_after, 0
+
+    def generate(self, prompts, params, on_progress=None):
+        out = super().generate(prompts, params)
+        for i, outs in enumerate(out):
+            for j, completion in enumerate(outs):
+                if self.reported == self.kill_after:
+                    raise Interrupted
+                self.reported += 1
+                if on_progress:
+                    on_progress(i, j, completion)
+        return out
+
+
+class BatchFake(FakeBackend):
+    """A backend without per-completion reports, killed on its `kill_on`-th call."""
+
+    batch_size = 4
+
+    def __init__(self, kill_on: int) -> None:
+        super().__init__(answer)
+        self.kill_on = kill_on
+
+    def generate(self, prompts, params):
+        if len(self.calls) + 1 == self.kill_on:
+            raise Interrupted
+        return super().generate(prompts, params)
+
+
+def _eval(tmp_path, backend) -> None:
+    config = EvalConfig(out=str(tmp_path / "run"), n=2, temperature=0.7, max_new_tokens=16, shots=0)
+    run_eval(config, backend=backend, progress=False, problems={"toy": PROBLEMS})
+
+
+def _written(tmp_path) -> dict[str, int]:
+    counts: dict[str, int] = {}
+    for s in read_records(Sample, tmp_path / "run" / "samples" / "toy.jsonl"):
+        counts[s.problem_id] = counts.get(s.problem_id, 0) + 1
+    return counts
+
+
+def test_a_killed_eval_keeps_every_problem_finished_before_the_kill(tmp_path):
+    with pytest.raises(Interrupted):
+        _eval(tmp_path, StreamingFake(kill_after=7))  # 3 problems x 2 samples done, the 4th half done
+    assert sorted(_written(tmp_path).values()) == [2, 2, 2]  # (per 32-problem chunk before: nothing)
+    resumed = StreamingFake()
+    _eval(tmp_path, resumed)
+    assert resumed.reported == 2 * 17  # only the 17 unfinished problems are generated again
+    assert set(_written(tmp_path).values()) == {2} and len(_written(tmp_path)) == 20
+
+
+def test_a_backend_without_reports_loses_at_most_one_batch(tmp_path):
+    with pytest.raises(Interrupted):
+        _eval(tmp_path, BatchFake(kill_on=3))  # batch of 4 sequences = 2 problems x 2 samples per call
+    assert sorted(_written(tmp_path).values()) == [2, 2, 2, 2]
+
+
+def test_hf_backend_reports_each_finished_sequence(tiny_model_dir):
+    from mathloop.backends import load_backend
+
+    backend = load_backend("hf", str(tiny_model_dir), dtype="float32", batch_size=4)
+    prompts = ["What is 2 + 3?", "Janet has 16 eggs.", "Let x = 7"]
+    for params in (SamplingParams(n=3, temperature=1.0, max_new_tokens=6, seed=1),
+                   SamplingParams(n=2, max_new_tokens=6)):  # greedy: one generation stands for the n samples
+        calls = []
+        out = backend.generate(prompts, params, on_progress=lambda i, j, c: calls.append((i, j, c)))
+        assert len(calls) == params.n * len(prompts)
+        assert sorted((i, j) for i, j, _ in calls) == [(i, j) for i in range(3) for j in range(params.n)]
+        assert all(out[i][j] is c for i, j, c in calls)
+
+
+def _parsers(parser: argparse.ArgumentParser):
+    yield parser
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for child in action.choices.values():
+                yield from _parsers(child)
+
+
+def test_every_command_takes_quiet():
+    from mathloop.cli import HELP, build_parser
+
+    parser = build_parser()
+    commands = [p for p in _parsers(parser) if p is not parser]
+    assert len(commands) > len(HELP)  # the commands and the actions of rm and data
+    missing = [p.prog for p in commands if "--quiet" not in p._option_string_actions]
+    assert not missing
+    assert build_parser("data").parse_args(["data", "list", "--quiet"]).quiet
+    assert build_parser("grade").parse_args(["grade", "--input", "a", "--output", "b", "--quiet"]).quiet
+
+
+def test_quiet_run_writes_no_bar_and_no_info_lines(tmp_path, capsys):
+    import logging
+
+    from mathloop import progress
+
+    try:
+        progress.configure_output(quiet=True)
+        logging.getLogger("mathloop.test").info("a stage message")
+        _eval(tmp_path, StreamingFake())
+        with progress.progress_bar(3, "stage", "seq") as bar:
+            bar.update(3)
+        assert capsys.readouterr().err == ""
+        progress.configure_output()
+        with progress.progress_bar(3, "stage", "seq") as bar:
+            bar.update(3)
+        err = capsys.readouterr().err
+        assert "stage: 3/3 seq" in err and "seq/s" in err
+    finally:
+        progress.configure_output()
+
+
+def test_grade_prints_the_metrics_as_eval_does(tmp_path, capsys):
+    import json
+
+    from mathloop.cli import main
+    from mathloop.metrics import format_metric, summarize
+
+    rows = [Sample(problem_id=f"p{i}", prompt="", response=f"\\boxed{{{i % 2}}}", gold="1") for i in range(4)]
+    src = tmp_path / "samples.jsonl"
+    src.write_text("".join(json.dumps(s.__dict__) + "\n" for s in rows))
+    assert main(["grade", "--input", str(src), "--output", str(tmp_path / "o.jsonl"), "--workers", "1"]) == 0
+    out = capsys.readouterr().out
+    eval_acc = summarize([{"verdicts": ["correct" if i % 2 else "incorrect"], "preds": [str(i % 2)]}
+                          for i in range(4)], [1])["benchmarks"]["all"]["acc"]
+    assert f"| 4 | {format_metric(eval_acc)} |" in out  # percent with the interval, e.g. 50.0 [15.0, 85.0]
+
+
+def test_loading_and_generating_with_hf_warns_about_no_dtype(tiny_model_dir):
+    """transformers' dtype advice names a flag mathloop does not have; loading through the hf backend (every
+    --dtype choice) and generating must not print it (Python warnings or transformers' logger)."""
+    import logging
+    import warnings
+
+    from mathloop.backends import load_backend
+
+    records: list[logging.LogRecord] = []
+    handler = logging.Handler()
+    handler.emit = records.append  # type: ignore[method-assign]
+    hf_logger = logging.getLogger("transformers")
+    hf_logger.addHandler(handler)
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            for dtype in ("auto", "float32", "bfloat16", "float16"):
+                backend = load_backend("hf", str(tiny_model_dir), dtype=dtype, batch_size=2)
+                backend.generate(["What is 2 + 3?"], SamplingParams(n=2, temperature=0.8, max_new_tokens=3))
+    finally:
+        hf_logger.removeHandler(handler)
+    messages = [str(w.message) for w in caught] + [r.getMessage() for r in records]
+    assert not [m for m in messages if "dtype" in m], messages
