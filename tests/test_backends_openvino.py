@@ -105,14 +105,14 @@ def test_outputs_map_to_completions(stub_genai, tiny_model_dir):
     backend = OpenVINOBackend(str(tiny_model_dir))
     seen = []
     params = SamplingParams(n=2, temperature=1.0, max_new_tokens=6, stop=("```output",))
-    eos, long, tool = backend.generate(["a eos", "b long", "c tool"], params, on_progress=seen.append)
+    eos, long, tool = backend.generate(["a eos", "b long", "c tool"], params, on_progress=lambda i, j, c: seen.append((i, j, c.finish_reason)))
     assert [c.text for c in eos] == ["The answer is \\boxed{5}."] * 2
     assert (eos[0].finish_reason, eos[0].stop_string) == ("stop", None)
     assert eos[0].completion_tokens == len(backend.tokenizer("The answer is \\boxed{5}.")["input_ids"])  # no EOS
     assert eos[0].prompt_tokens == len(backend.tokenizer("a eos")["input_ids"])
     assert (long[0].finish_reason, long[0].completion_tokens) == ("length", 6)
     assert (tool[0].text, tool[0].stop_string, tool[0].finish_reason) == ("print(1 + 2)\n```\n", "```output", "stop")
-    assert seen == [6]  # all 3 prompts x 2 completions
+    assert seen == [(i, j, r) for i, r in enumerate(["stop", "length", "stop"]) for j in range(2)]  # every one
     [[swallowed]] = backend.generate(["d swallowed"], SamplingParams(max_new_tokens=6, stop=("```output",)))
     assert (swallowed.text, swallowed.stop_string, swallowed.finish_reason) == ("", "```output", "stop")
 

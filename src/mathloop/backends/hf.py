@@ -78,9 +78,13 @@ class HFBackend:
         prompt_ids = self.tokenizer(prompts, add_special_tokens=False)["input_ids"]
         if self.continuous_batching and not params.stop:
             results = self._generate_continuous(prompt_ids, n, params)
-            if on_progress:
-                on_progress(len(prompts) * n)
-            return [[r[0]] * params.n for r in results] if params.greedy and params.n > 1 else results
+            if params.greedy and params.n > 1:
+                results = [[r[0]] * params.n for r in results]
+            if on_progress:  # transformers' batch generation returns all at once
+                for i, completions in enumerate(results):
+                    for j, completion in enumerate(completions):
+                        on_progress(i, j, completion)
+            return results
         queue = [_Job(i, j, prompt_ids[i]) for i in range(len(prompts)) for j in range(n)]
         results: list[list[Completion | None]] = [[None] * n for _ in prompts]
         segment = self.segment_tokens or params.max_new_tokens

@@ -101,9 +101,10 @@ class OpenVINOBackend:
         return self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
 
     def generate(self, prompts: list[str], params: SamplingParams,
-                 on_progress: Callable[[int], None] | None = None) -> list[list[Completion]]:
-        """All prompts go to the pipeline in one call (it schedules them itself); `on_progress(k)` is called once,
-        when all are finished. Greedy decoding generates once per prompt and repeats it `n` times."""
+                 on_progress: Callable[[int, int, Completion], None] | None = None) -> list[list[Completion]]:
+        """All prompts go to the pipeline in one call (it schedules them itself); `on_progress(i, j, completion)`
+        is called for every completion when the call finishes. Greedy decoding generates once per prompt and repeats
+        it `n` times."""
         if not prompts:
             return []
         import numpy as np
@@ -124,7 +125,9 @@ class OpenVINOBackend:
                            for seq, reason in zip(sequences, reasons)]
             results.append([completions[0]] * params.n if params.greedy and params.n > 1 else completions)
         if on_progress:
-            on_progress(len(prompts) * n)
+            for i, completions in enumerate(results):
+                for j, completion in enumerate(completions):
+                    on_progress(i, j, completion)
         return results
 
     def to_completion(self, generated: list[int], prompt_tokens: int, params: SamplingParams,
