@@ -101,16 +101,22 @@ def read_jsonl(path: str | os.PathLike) -> Iterator[dict[str, Any]]:
     """Yield the JSON objects of a JSONL file; blank lines are skipped, a bad line raises `RecordError`."""
     path = Path(path)
     with path.open(encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise RecordError(f"{path}:{lineno}: not valid JSON ({e.msg} at column {e.colno})") from None
-            if not isinstance(row, dict):
-                raise RecordError(f"{path}:{lineno}: expected a JSON object, got {type(row).__name__}")
-            yield row
+        yield from jsonl_rows(f, path)
+
+
+def jsonl_rows(lines: Iterable[str], source: str | os.PathLike) -> Iterator[dict[str, Any]]:
+    """The JSON objects of JSONL `lines` (blank lines skipped); a line that is not a JSON object raises `RecordError`
+    naming `source` and the line number."""
+    for lineno, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise RecordError(f"{source}:{lineno}: not valid JSON ({e.msg} at column {e.colno})") from None
+        if not isinstance(row, dict):
+            raise RecordError(f"{source}:{lineno}: expected a JSON object, got {type(row).__name__}")
+        yield row
 
 
 def read_records(cls: type[R], path: str | os.PathLike) -> list[R]:

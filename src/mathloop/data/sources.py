@@ -19,7 +19,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from mathloop.records import RecordError
+from mathloop.records import RecordError, jsonl_rows
 
 log = logging.getLogger(__name__)
 
@@ -83,17 +83,7 @@ def read_data_file(path: Path) -> tuple[list[dict[str, Any]], str]:
         if entry is not None and entry["sha256"] != digest:
             raise RecordError(f"{path}: checksum mismatch (sha256 {digest[:12]}..., manifest "
                               f"{entry['sha256'][:12]}...): the packaged file is damaged; reinstall mathloop")
-    rows = []
-    for lineno, line in enumerate(raw.decode("utf-8").splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise RecordError(f"{path}:{lineno}: not valid JSON ({e.msg} at column {e.colno})") from None
-        if not isinstance(row, dict):
-            raise RecordError(f"{path}:{lineno}: expected a JSON object, got {type(row).__name__}")
-        rows.append(row)
+    rows = list(jsonl_rows(raw.decode("utf-8").splitlines(), path))
     return rows, digest
 
 
