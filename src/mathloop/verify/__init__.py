@@ -5,9 +5,9 @@
 ('0.5', 'correct')
 """
 
-from mathloop.verify.equivalence import is_equivalent, normalize
+from mathloop.verify.equivalence import normalize
 from mathloop.verify.extract import extract_answer
-from mathloop.verify.verifier import CORRECT, INCORRECT, NO_ANSWER, Verifier, grade
+from mathloop.verify.verifier import CORRECT, INCORRECT, NO_ANSWER, Verifier, grade, is_equivalent
 
 
 def same_answer(a: str, b: str) -> bool:

@@ -32,7 +32,7 @@ from functools import lru_cache, partial
 from typing import Any
 
 from mathloop.verify.numeric import clearly_different, evaluate_constant
-from mathloop.verify.extract import _LETTERS, clean_answer, final_boxes, option_letter
+from mathloop.verify.latex import _LETTERS, clean_answer, final_boxes, option_letter
 
 MIN_DECIMALS_FOR_ROUNDING = 3
 # Bounds that keep every in-process path linear and fast: an answer longer than MAX_ANSWER_CHARS (after extraction) is
@@ -608,30 +608,3 @@ def _exact_number_check(gold: Any, pred: Any, gold_text: str, pred_text: str, ro
         return True
     except (TypeError, ValueError):
         return None
-
-
-# ----------------------------------------------------------------------------------------------------------------
-# Public entry point
-
-
-def is_equivalent(gold: str, pred: str, answer_type: str = "math", timeout: float = 5.0, rounding: bool = False) -> bool:
-    """True iff ``pred`` is mathematically equal to ``gold``. Never raises, never hangs (False on error or timeout).
-
-    ``rounding``: the question asks for a decimal or a rounding, so a rounded decimal ``pred`` matches an exact gold
-    (see the number rule above; ``question_allows_rounding``).
-
-    Safe from any thread or process: cheap cases are decided here, the rest in a worker process killed at ``timeout``.
-
-    >>> is_equivalent("0.5", r"\\frac{1}{2}"), is_equivalent("[1,2]", "(1,2)"), is_equivalent("033", "33")
-    (True, False, True)
-    """
-    try:
-        decided = fast_equivalent(gold, pred, answer_type, rounding)
-        if decided is not None:
-            return decided
-        from mathloop.verify.pool import default_pool
-
-        task = {"gold": gold, "pred": pred, "answer_type": answer_type, "rounding": rounding}
-        return default_pool().run(task, timeout)
-    except Exception:  # noqa: BLE001 - the contract is a verdict, never an exception
-        return False

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from typing import Sequence, TypeVar
 
-from mathloop.verify.equivalence import fast_equivalent, is_equivalent, question_allows_rounding
+from mathloop.records import CORRECT, INCORRECT, NO_ANSWER
+from mathloop.verify.equivalence import fast_equivalent, question_allows_rounding
 from mathloop.verify.extract import extract_answer
-from mathloop.verify.pool import WorkerPool
+from mathloop.verify.pool import WorkerPool, default_pool
 
-CORRECT, INCORRECT, NO_ANSWER = "correct", "incorrect", "no_answer"
 
 T = TypeVar("T")
 
@@ -46,6 +46,27 @@ def _per_item(value: T | Sequence[T], count: int) -> list[T]:
             raise ValueError(f"expected {count} per-item values, got {len(value)}")
         return value
     return [value] * count  # type: ignore[list-item]
+
+
+def is_equivalent(gold: str, pred: str, answer_type: str = "math", timeout: float = 5.0, rounding: bool = False) -> bool:
+    """True iff ``pred`` is mathematically equal to ``gold``. Never raises, never hangs (False on error or timeout).
+
+    ``rounding``: the question asks for a decimal or a rounding, so a rounded decimal ``pred`` matches an exact gold
+    (see the number rule above; ``question_allows_rounding``).
+
+    Safe from any thread or process: cheap cases are decided here, the rest in a worker process killed at ``timeout``.
+
+    >>> is_equivalent("0.5", r"\\frac{1}{2}"), is_equivalent("[1,2]", "(1,2)"), is_equivalent("033", "33")
+    (True, False, True)
+    """
+    try:
+        decided = fast_equivalent(gold, pred, answer_type, rounding)
+        if decided is not None:
+            return decided
+        task = {"gold": gold, "pred": pred, "answer_type": answer_type, "rounding": rounding}
+        return default_pool().run(task, timeout)
+    except Exception:  # noqa: BLE001 - the contract is a verdict, never an exception
+        return False
 
 
 class Verifier:
