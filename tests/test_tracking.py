@@ -110,3 +110,18 @@ def test_report_to_errors_name_the_key_and_the_install(tiny_model_dir, tmp_path,
     assert main(["grpo", "--output-dir", str(tmp_path), "--queries", "q.jsonl", "--reward", "verifier",
                  "--report-to", "tensorboard,mlflow"]) == 2
     assert "report_to: unknown 'mlflow'" in capsys.readouterr().err
+
+
+@pytest.mark.training
+def test_sft_training_sends_the_trainer_logs_to_tensorboard(tiny_model_dir, tmp_path):
+    pytest.importorskip("tensorboard")
+    pytest.importorskip("trl")
+    from test_sft import sft_config
+
+    from mathloop.train.sft import train_sft
+
+    train_sft(sft_config(tmp_path, tiny_model_dir, report_to=["tensorboard"]))
+    out = tmp_path / "sft"
+    logged = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    losses = [(r["step"], r["loss"]) for r in logged if "loss" in r]
+    assert losses and scalars(out, "sft/loss") == [(step, pytest.approx(loss, rel=1e-6)) for step, loss in losses]

@@ -575,6 +575,8 @@ def add_sft_parser(sub: argparse._SubParsersAction) -> None:
     setting(p, C, "--dtype", choices=["float32", "bfloat16"], help="weights dtype")
     setting(p, C, "--deepspeed", help="DeepSpeed JSON config, e.g. configs/deepspeed/zero2.json")
     setting(p, C, "--seed", type=int, help="data order and initialisation")
+    setting(p, C, "--report-to", type=_csv,
+            help="also log to tensorboard and/or wandb through TRL, comma-separated (<output-dir>/tensorboard)")
 
 
 def cmd_sft(args: argparse.Namespace) -> int:

@@ -49,10 +49,11 @@ Re-running the same command resumes from the latest checkpoint; once final/ exis
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import shutil
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -64,6 +65,7 @@ from mathloop.progress import quiet
 from mathloop.records import RecordError, read_jsonl
 from mathloop.runs import check_run_record, lock_run_dir, new_run_record, read_json, write_json
 from mathloop.train.checkpoint import drop_metrics_after, final_done, finish_final, start_final
+from mathloop.train.tracking import MetricsReporter, check_report_to
 
 log = logging.getLogger(__name__)
 
@@ -98,8 +100,10 @@ class SFTRunConfig:
     log_every: int = 10  # optimizer steps between metrics.jsonl lines (the first step is always logged)
     seed: int = 0  # data order, LoRA initialisation, dropout
     deepspeed: str | None = None  # DeepSpeed JSON config for multi-GPU runs, e.g. configs/deepspeed/zero2.json
+    report_to: list[str] = field(default_factory=list)  # tensorboard and/or wandb through TRL, besides metrics.jsonl
 
     def validate(self) -> None:
+        check_report_to(self.report_to, "sft")
         for name in ("epochs", "max_length", "per_device_batch_size", "gradient_accumulation_steps", "lora_rank",
                      "lora_alpha", "save_steps", "keep_checkpoints", "log_every"):
             if getattr(self, name) < 1:
@@ -282,7 +286,7 @@ def _train_sft(config: SFTRunConfig, stop_after: int | None) -> dict[str, Any]:
     if checkpoint is not None:
         _check_resumable(out, config)
 
-    callbacks = [_MetricsLog(out / "metrics.jsonl")] + ([_StopAfter(stop_after)] if stop_after else [])
+    callbacks = [_MetricsLog(out / "metrics.jsonl", config)] + ([_StopAfter(stop_after)] if stop_after else [])
     trainer, report = build_trainer(config, callbacks)
     if trainer.is_world_process_zero():
         if checkpoint is None:
@@ -350,15 +354,27 @@ def _write_run_record(out: Path, config: SFTRunConfig, report: dict[str, Any]) -
 
 
 class _MetricsLog(TrainerCallback):
-    """Append every Trainer log (loss, learning rate, gradient norm) to metrics.jsonl, from the main process."""
+    """Append every Trainer log (loss, learning rate, gradient norm) to metrics.jsonl, from the main process, and
+    send it to the dashboards of `report_to` (`MetricsReporter`, as the RM and GRPO trainers do)."""
 
-    def __init__(self, path: Path) -> None:
-        self.path = path
+    def __init__(self, path: Path, config: SFTRunConfig) -> None:
+        self.path, self.config, self.reporter = path, config, None
+
+    def on_train_begin(self, args, state, control, **kwargs) -> None:
+        if state.is_world_process_zero and self.config.report_to:
+            self.reporter = MetricsReporter(self.config.report_to, self.path.parent, "sft",
+                                            dataclasses.asdict(self.config), resume_step=state.global_step)
 
     def on_log(self, args, state, control, logs=None, **kwargs) -> None:
         if state.is_world_process_zero and logs:
             with self.path.open("a", encoding="utf-8") as f:
                 f.write(json.dumps({"step": state.global_step, **logs}) + "\n")
+            if self.reporter is not None:
+                self.reporter.log(logs, state.global_step)
+
+    def on_train_end(self, args, state, control, **kwargs) -> None:
+        if self.reporter is not None:
+            self.reporter.close()
 
 
 class _StopAfter(TrainerCallback):
