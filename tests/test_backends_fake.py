@@ -75,5 +75,5 @@ def test_load_backend_by_name():
     fake = load_backend("fake", "tiny-model", responses=["hi"])
     assert isinstance(fake, FakeBackend) and isinstance(fake, Backend)
     assert (fake.name, fake.model_id) == ("fake", "tiny-model")
-    with pytest.raises(ValueError, match="hf, openai, vllm, fake"):
+    with pytest.raises(ValueError, match="hf, openai, vllm, openvino, fake"):
         load_backend("nope", "m")
