@@ -76,15 +76,40 @@ class EvalConfig(SamplerOptions, RayOptions):
             raise ValueError(f"eval: unknown mode '{self.mode}': use cot or tir")
         if self.n < 1:
             raise ValueError(f"eval: n must be >= 1, got {self.n}")
-        if self.limit is not None and self.limit < 1:
-            raise ValueError(f"eval: limit must be >= 1 (or left out for all problems), got {self.limit}")
-        if not self.tool_timeout > 0:
-            raise ValueError(f"eval: tool_timeout must be > 0 seconds, got {self.tool_timeout}")
-        validate_sampler_options(self, "eval")
-        validate_ray_options(self, "eval")
+        validate_generation_settings(self, "eval")
 
     def sampling(self) -> SamplingParams:
         return sampling_params(self)
+
+
+@contextlib.contextmanager
+def generation_resources(config: Any):
+    """What a generating stage (eval, sample) holds while it runs: the verifier's worker pool, the sandbox for TIR
+    (the replicas run their own when the stage runs on Ray) and `replicas()`, the Ray replica pool started on first
+    use and stopped with the stage."""
+    spec = ReplicaSpec(config.backend, config.model, config.backend_args, config.mode, config.tool_timeout,
+                       config.max_tool_calls)
+    local_mode = "cot" if config.ray_address else config.mode
+    with Verifier() as verifier, code_executor(local_mode, config.tool_timeout) as executor, \
+            contextlib.ExitStack() as stack:
+        started: list = []
+
+        def replicas():
+            if not started:
+                started.append(stack.enter_context(replica_pool(config, spec)))
+            return started[0]
+
+        yield verifier, executor, replicas
+
+
+def validate_generation_settings(config: Any, stage: str) -> None:
+    """The checks every generating stage (eval, sample) shares: limit, tool timeout, sampler and Ray options."""
+    if config.limit is not None and config.limit < 1:
+        raise ValueError(f"{stage}: limit must be >= 1 (or left out for all problems), got {config.limit}")
+    if not config.tool_timeout > 0:
+        raise ValueError(f"{stage}: tool_timeout must be > 0 seconds, got {config.tool_timeout}")
+    validate_sampler_options(config, stage)
+    validate_ray_options(config, stage)
 
 
 # Fields that must match for a run folder to be resumed; `limit` and `benchmarks` may grow between runs.
@@ -116,12 +141,7 @@ def _run_eval(config: EvalConfig, backend: Backend | None, progress: bool, probl
     if backend is not None:
         record_backend(out / "run.json", run_info, backend)
     started = time.time()
-    spec = ReplicaSpec(config.backend, config.model, config.backend_args, config.mode, config.tool_timeout,
-                       config.max_tool_calls)
-    local_mode = "cot" if config.ray_address else config.mode  # with Ray, the replicas run the sandbox
-    with Verifier() as verifier, code_executor(local_mode, config.tool_timeout) as executor, \
-            contextlib.ExitStack() as stack:
-        pool = None
+    with generation_resources(config) as (verifier, executor, replicas):
         for name, bench_problems in problems.items():
             path = out / "samples" / f"{name}.jsonl"
             pending = pending_problems(bench_problems, path, config.n)
@@ -133,8 +153,7 @@ def _run_eval(config: EvalConfig, backend: Backend | None, progress: bool, probl
                      f" ({len(bench_problems) - len(pending)} already done)" if len(pending) < len(bench_problems)
                      else "")
             if config.ray_address:
-                pool = pool or stack.enter_context(replica_pool(config, spec))
-                pool.generate_and_grade(pending, path, config.sampling(), shots=shots, benchmark=name)
+                replicas().generate_and_grade(pending, path, config.sampling(), shots=shots, benchmark=name)
                 continue
             if backend is None:
                 backend = load_stage_backend(config.backend, config.model, config.backend_args)

@@ -16,7 +16,6 @@ processes or machines fill one folder without coordination; the hard pass of a s
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import logging
 import time
@@ -30,12 +29,11 @@ from mathloop.backends.base import (
     SamplerOptions,
     SamplingParams,
     sampling_params,
-    validate_sampler_options,
 )
 from mathloop.data.benchmarks import load_problem_source, problem_source_data
-from mathloop.generate import code_executor, generate_and_grade, pending_problems
+from mathloop.generate import generate_and_grade, pending_problems
 from mathloop.records import CORRECT, Problem, Sample, read_records
-from mathloop.replicas import RayOptions, ReplicaSpec, replica_pool, validate_ray_options
+from mathloop.replicas import RayOptions
 from mathloop.runs import lock_run_dir, record_backend, refuse_overwriting_inputs, start_run_record, write_json
 
 log = logging.getLogger(__name__)
@@ -77,12 +75,9 @@ class SampleConfig(SamplerOptions, RayOptions):
             raise ValueError(f"sample: shard must be in 0..{self.num_shards - 1}, got {self.shard}")
         if self.hard_n < 0:
             raise ValueError(f"sample: hard_n must be >= 0, got {self.hard_n}")
-        if self.limit is not None and self.limit < 1:
-            raise ValueError(f"sample: limit must be >= 1 (or left out for all problems), got {self.limit}")
-        if not self.tool_timeout > 0:
-            raise ValueError(f"sample: tool_timeout must be > 0 seconds, got {self.tool_timeout}")
-        validate_sampler_options(self, "sample")
-        validate_ray_options(self, "sample")
+        from mathloop.pipeline.evaluate import validate_generation_settings
+
+        validate_generation_settings(self, "sample")
 
 
 # Settings that must match for a folder to be resumed (the problem list may grow with `limit`).
@@ -112,8 +107,7 @@ def run_sample(config: SampleConfig, backend: Backend | None = None, progress: b
 
 
 def _run_sample(config: SampleConfig, problems: list[Problem], backend: Backend | None, progress: bool) -> dict:
-    from mathloop.pipeline.evaluate import load_stage_backend
-    from mathloop.verify import Verifier
+    from mathloop.pipeline.evaluate import generation_resources, load_stage_backend
 
     out = Path(config.out)
     source = config.problems if Path(config.problems).is_file() else None
@@ -124,12 +118,7 @@ def _run_sample(config: SampleConfig, problems: list[Problem], backend: Backend 
     if config.hard_n:
         passes.append((config.hard_temperature, config.hard_n))
     suffix = "" if config.num_shards == 1 else f".shard-{config.shard}-of-{config.num_shards}"
-    spec = ReplicaSpec(config.backend, config.model, config.backend_args, config.mode, config.tool_timeout,
-                       config.max_tool_calls)
-    local_mode = "cot" if config.ray_address else config.mode  # with Ray, the replicas run the sandbox
-    with Verifier() as verifier, code_executor(local_mode, config.tool_timeout) as executor, \
-            contextlib.ExitStack() as stack:
-        pool = None
+    with generation_resources(config) as (verifier, executor, replicas):
         for i, (temperature, n) in enumerate(passes):
             pass_problems = problems
             if config.hard_n and i == len(passes) - 1:
@@ -141,8 +130,7 @@ def _run_sample(config: SampleConfig, problems: list[Problem], backend: Backend 
             params = sampling_params(config, n=n, temperature=temperature, seed=config.seed + i)
             log.info("pass %d: %d problems x %d responses at temperature %g", i, len(pending), n, temperature)
             if config.ray_address:
-                pool = pool or stack.enter_context(replica_pool(config, spec))
-                pool.generate_and_grade(pending, path, params)
+                replicas().generate_and_grade(pending, path, params)
                 continue
             if backend is None:
                 backend = load_stage_backend(config.backend, config.model, config.backend_args)
