@@ -41,15 +41,18 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 
-
-def add_sampler_settings(p: argparse.ArgumentParser, cls: type) -> None:
-    """A flag for every `SamplerOptions` field (--top-k, --min-p, ...) of a stage config that inherits them."""
+def add_sampler_settings(p: argparse.ArgumentParser, cls: type, what: str = "") -> None:
+    """--top-p, a flag for every `SamplerOptions` field (--top-k, --min-p, ...) and --max-new-tokens, for the stage
+    configs that generate (eval, sample, grpo); `what` names the responses in the help ("rollout")."""
     import dataclasses
 
     from mathloop.backends.base import SamplerOptions
 
+    setting(p, cls, "--top-p", type=float, help=f"{what} nucleus sampling".strip())
     for f in dataclasses.fields(SamplerOptions):
         setting(p, cls, f"--{f.name.replace('_', '-')}", type=type(f.default), help=f.metadata["help"])
+    setting(p, cls, "--max-new-tokens", type=_positive_int, help="per response")
+
 
 def add_ray_settings(p: argparse.ArgumentParser, cls: type) -> None:
     """--ray [ADDRESS] and the other `RayOptions` fields (generation on Ray actors, `mathloop.replicas`)."""
@@ -170,9 +173,7 @@ def add_eval_parser(sub: argparse._SubParsersAction) -> None:
     setting(p, C, "--tool-timeout", type=_positive_float, help="tir: seconds per execution")
     setting(p, C, "--n", type=_positive_int, help="samples per problem")
     setting(p, C, "--temperature", type=float, help="0 = greedy")
-    setting(p, C, "--top-p", type=float, help="nucleus sampling")
     add_sampler_settings(p, C)
-    setting(p, C, "--max-new-tokens", type=_positive_int, help="per response")
     setting(p, C, "--seed", type=int, help="sampling seed")
     setting(p, C, "--limit", type=_positive_int, help="first N problems of each benchmark (default: all)")
     setting(p, C, "--split", help="data split")
@@ -370,9 +371,7 @@ def add_sample_parser(sub: argparse._SubParsersAction) -> None:
     setting(p, C, "--out", help="sampling folder (created; resumed when it exists)")
     setting(p, C, "--n", type=_positive_int, help="responses per problem per temperature")
     setting(p, C, "--temperatures", type=_temperatures, help="comma-separated, one pass each")
-    setting(p, C, "--top-p", type=float, help="nucleus sampling")
     add_sampler_settings(p, C)
-    setting(p, C, "--max-new-tokens", type=_positive_int, help="per response")
     setting(p, C, "--mode", choices=["cot", "tir"], help="cot = chain of thought; tir = the model's Python runs in the "
                                                           "sandbox")
     setting(p, C, "--max-tool-calls", type=int, help="tir: code executions per response")
@@ -500,10 +499,8 @@ def add_grpo_parser(sub: argparse._SubParsersAction) -> None:
     setting(p, C, "--steps", type=_positive_int, help="optimizer steps in all")
     setting(p, C, "--group-size", type=int, help="responses per query")
     setting(p, C, "--queries-per-step", type=_positive_int, help="queries per step")
-    setting(p, C, "--max-new-tokens", type=_positive_int, help="per response")
     setting(p, C, "--temperature", type=float, help="rollout temperature, also applied to the log-probabilities")
-    setting(p, C, "--top-p", type=float, help="rollout nucleus sampling")
-    add_sampler_settings(p, C)
+    add_sampler_settings(p, C, "rollout")
     setting(p, C, "--rollout-backend", choices=["hf", "vllm", "openai"],
             help="hf: the training model generates; vllm: a vLLM engine with the step's LoRA adapter; openai: a "
                  "server at --rollout-base-url")
