@@ -1,12 +1,18 @@
 """`mathloop demo`: one round of the self-improvement loop on the embedded default model, sized for a laptop CPU.
 
-The model (Qwen2.5-Coder-0.5B-Instruct, shipped in the `default-model` extra) samples 4 solutions to each of 32
-built-in procedural problems (arithmetic, fractions, percentages, linear equations, number theory, word problems;
-exact answers), the verifier keeps up to 2 distinct correct solutions per problem, LoRA SFT trains on them for
-2 epochs, and the held-out accuracy on 48 other procedural problems is printed before and after, with 95%
-intervals. No reward model is trained: on a 2-core CPU that alone would take longer than the whole demo.
-On the project's 2-core CPU it took 18.5 minutes (held-out 43.8% before, 52.1% after, intervals overlapping);
-`--out` keeps everything, and re-running resumes.
+The model (Qwen2.5-Coder-0.5B-Instruct, shipped in the `default-model` extra) samples 4 solutions at temperature 0.8
+to each of 128 built-in procedural problems (arithmetic, fractions, percentages, linear equations, number theory,
+word problems; exact answers; those repeating a held-out question are dropped), the verifier keeps up to 2 distinct
+correct solutions per problem, LoRA SFT trains on them for 2 epochs, and greedy accuracy on 240 other procedural
+problems is printed before and after, paired problem by problem (the change with Tango's interval, problems fixed
+and broken, the exact McNemar p). No reward model is trained: on a 2-core CPU that alone would take longer than the
+whole demo. Generation runs on OpenVINO GenAI when it is installed (`mathloop[openvino]`), else on the hf backend.
+
+What the gain means: the model gets better at these procedural families (in distribution: the held-out problems are
+new draws of the same templates), not at GSM8K. Measured on a 2-core AMD EPYC with AVX512-BF16 (other jobs sharing
+the cores): 45.0% -> 55.4% on 240 held-out problems, +10.4 points [+4.9, +16.2], 37 fixed / 12 broken, McNemar
+p = 0.0005, in 30 minutes (4 baseline evaluation, 6 sampling, 16 SFT, 4 final evaluation); over the 20-minute aim,
+and SFT is the part to cut. `--out` keeps everything, and re-running resumes.
 """
 
 from __future__ import annotations
