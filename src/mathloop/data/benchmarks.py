@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterable
 
 from mathloop.data import sources
-from mathloop.data.sources import DATA_DIR_ENV, default_data_dir, read_rows, resolve_data_file
+from mathloop.data.sources import read_rows, resolve_data_file
 from mathloop.records import Problem, RecordError, read_jsonl
 
 LETTERS = "ABCDEFGHIJ"

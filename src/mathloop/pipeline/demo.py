@@ -40,7 +40,7 @@ def demo_config(output_dir: str, model: str = "default", data_dir: str | None = 
     """The demo's loop settings. Training problems and selected responses are checked against the packaged
     benchmarks, plus those of a data folder when one is known ($MATHLOOP_DATA_DIR or `data_dir`); setting one
     later does not stop a run from resuming."""
-    from mathloop.data.benchmarks import default_data_dir
+    from mathloop.data.sources import default_data_dir
 
     data_dir = data_dir or (str(default_data_dir()) if default_data_dir() else None)
     settings = {**DEMO_SETTINGS, "model": model}
