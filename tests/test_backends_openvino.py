@@ -34,24 +34,47 @@ def stub_genai(monkeypatch, tiny_model_dir, tmp_path):
     module.GenerationConfig = StubConfig
     module.SchedulerConfig = StubConfig
 
+    class StubHandle:
+        """One request: running until the pipeline has stepped once per scripted token."""
+
+        def __init__(self, pipeline, script, reason, n):
+            self.pipeline, self.script, self.reason, self.n = pipeline, script, reason, n
+            self.finish_at, self.cancelled = pipeline.steps + max(1, len(script)), False
+
+        def get_status(self):
+            if self.cancelled:
+                return types.SimpleNamespace(name="CANCEL")
+            return types.SimpleNamespace(name="FINISHED" if self.pipeline.steps >= self.finish_at else "RUNNING")
+
+        def read_all(self):  # like openvino-genai 2026.4, nothing for a sequence a stop string left empty
+            output = types.SimpleNamespace(generated_ids=self.script, finish_reason=self.reason)
+            return [output] * self.n if self.script else []
+
+        def cancel(self):
+            self.cancelled = True
+
     class StubPipeline:
         def __init__(self, path, scheduler, device, properties):
             self.args = (path, scheduler.cache_size, device, properties)
+            self.steps, self.handles = 0, []
             module.pipelines.append(self)
 
-        def generate(self, inputs, configs):
-            results = []
-            for request_id, (tensor, config) in enumerate(zip(inputs, configs)):
-                prompt = tokenizer.decode(tensor.data[0])
-                module.requests.append((request_id, prompt, config))
-                n = getattr(config, "num_return_sequences", 1)
-                script = {"eos": ids("The answer is \\boxed{5}.") + [eos],
-                          "long": ids("Let x = 7, so 2x = 14. Let x")[:6],
-                          "tool": ids("print(1 + 2)\n```\n```output\n3"),
-                          "swallowed": []}[prompt.split()[-1]]  # stopped at once, the stop string not returned
-                reason = types.SimpleNamespace(name="LENGTH" if prompt.endswith("long") else "STOP")
-                results.append(types.SimpleNamespace(m_generation_ids=[script] * n, finish_reasons=[reason] * n))
-            return results
+        def add_request(self, request_id, tensor, config):
+            prompt = tokenizer.decode(tensor.data[0])
+            module.requests.append((request_id, prompt, config))
+            script = {"eos": ids("The answer is \\boxed{5}.") + [eos],
+                      "long": ids("Let x = 7, so 2x = 14. Let x")[:6],
+                      "tool": ids("print(1 + 2)\n```\n```output\n3"),
+                      "swallowed": []}[prompt.split()[-1]]  # stopped at once, the stop string not returned
+            reason = types.SimpleNamespace(name="LENGTH" if prompt.endswith("long") else "STOP")
+            self.handles.append(StubHandle(self, script, reason, getattr(config, "num_return_sequences", 1)))
+            return self.handles[-1]
+
+        def has_non_finished_requests(self):
+            return any(h.get_status().name == "RUNNING" for h in self.handles)
+
+        def step(self):
+            self.steps += 1
 
     module.ContinuousBatchingPipeline = StubPipeline
     tensor_module = types.ModuleType("openvino")
@@ -105,16 +128,49 @@ def test_outputs_map_to_completions(stub_genai, tiny_model_dir):
     backend = OpenVINOBackend(str(tiny_model_dir))
     seen = []
     params = SamplingParams(n=2, temperature=1.0, max_new_tokens=6, stop=("```output",))
-    eos, long, tool = backend.generate(["a eos", "b long", "c tool"], params, on_progress=lambda i, j, c: seen.append((i, j, c.finish_reason)))
+    pipeline = stub_genai.pipelines[-1]
+    eos, long, tool = backend.generate(["a eos", "b long", "c tool"], params,
+                                       on_progress=lambda i, j, c: seen.append((i, j, c.finish_reason, pipeline.steps)))
     assert [c.text for c in eos] == ["The answer is \\boxed{5}."] * 2
     assert (eos[0].finish_reason, eos[0].stop_string) == ("stop", None)
     assert eos[0].completion_tokens == len(backend.tokenizer("The answer is \\boxed{5}.")["input_ids"])  # no EOS
     assert eos[0].prompt_tokens == len(backend.tokenizer("a eos")["input_ids"])
     assert (long[0].finish_reason, long[0].completion_tokens) == ("length", 6)
     assert (tool[0].text, tool[0].stop_string, tool[0].finish_reason) == ("print(1 + 2)\n```\n", "```output", "stop")
-    assert seen == [(i, j, r) for i, r in enumerate(["stop", "length", "stop"]) for j in range(2)]  # every one
+    # every completion, reported as its request finishes (the 6-token one first), not when the last one does
+    assert [(i, j, r) for i, j, r, _ in seen] == [(1, 0, "length"), (1, 1, "length"), (0, 0, "stop"), (0, 1, "stop"),
+                                                  (2, 0, "stop"), (2, 1, "stop")]
+    assert seen[0][3] == 6 < seen[2][3] < seen[4][3] == pipeline.steps
     [[swallowed]] = backend.generate(["d swallowed"], SamplingParams(max_new_tokens=6, stop=("```output",)))
     assert (swallowed.text, swallowed.stop_string, swallowed.finish_reason) == ("", "```output", "stop")
+
+
+def test_an_interrupted_call_cancels_the_requests_left(stub_genai, tiny_model_dir):
+    backend = OpenVINOBackend(str(tiny_model_dir))
+
+    def interrupt(i, j, completion):
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        backend.generate(["a eos", "b long", "c tool"], SamplingParams(max_new_tokens=6), on_progress=interrupt)
+    assert [h.get_status().name for h in stub_genai.pipelines[-1].handles] == ["CANCEL", "FINISHED", "CANCEL"]
+    [[again]] = backend.generate(["a eos"], SamplingParams(max_new_tokens=6))  # the pipeline is usable after
+    assert again.text == "The answer is \\boxed{5}." and stub_genai.requests[-1][0] == 3  # ids are not reused
+
+
+def test_a_request_the_cache_could_not_hold_is_an_error(stub_genai, tiny_model_dir):
+    backend = OpenVINOBackend(str(tiny_model_dir))
+    pipeline = stub_genai.pipelines[-1]
+    real_add = pipeline.add_request
+
+    def ignored(*args):
+        handle = real_add(*args)
+        handle.get_status = lambda: types.SimpleNamespace(name="IGNORED")
+        return handle
+
+    pipeline.add_request = ignored
+    with pytest.raises(RuntimeError, match="status IGNORED .*raise cache_size_gb"):
+        backend.generate(["a eos"], SamplingParams(max_new_tokens=6))
 
 
 def test_greedy_generates_once_and_repeats(stub_genai, tiny_model_dir):

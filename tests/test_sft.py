@@ -177,6 +177,30 @@ def test_lora_training_writes_a_merged_standalone_model(tiny_model_dir, tmp_path
     assert changed and all("proj" in n for n in changed)  # only the adapted linear layers moved
 
 
+@pytest.mark.training
+def test_lora_layers_trains_only_the_top_blocks(tiny_model_dir, tmp_path):
+    pytest.importorskip("peft")
+    from transformers import AutoModelForCausalLM
+
+    summary = train_sft(sft_config(tmp_path, tiny_model_dir, lora=True, lora_rank=4, lora_layers=1,
+                                   learning_rate=1e-2))
+    merged = AutoModelForCausalLM.from_pretrained(summary["final"]).state_dict()
+    base = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+    top = base.config.num_hidden_layers - 1
+    changed = {n for n, tensor in base.state_dict().items() if not torch.equal(tensor, merged[n])}
+    assert changed and all(n.startswith(f"model.layers.{top}.") and "proj" in n for n in changed), changed
+    assert {n.split(".")[3] for n in changed} == {"self_attn", "mlp"}  # every linear layer of that block
+
+
+@pytest.mark.parametrize("settings, message", [
+    ({"lora": True, "lora_layers": 0}, "lora_layers must be >= 1"),
+    ({"lora_layers": 2}, "lora_layers needs lora: true"),
+])
+def test_lora_layers_is_checked(tiny_model_dir, tmp_path, settings, message):
+    with pytest.raises(ValueError, match=message):
+        sft_config(tmp_path, tiny_model_dir, **settings).validate()
+
+
 def test_examples_longer_than_max_length_are_dropped_not_truncated(tiny_model_dir, tmp_path):
     from transformers import AutoTokenizer
 

@@ -569,6 +569,8 @@ def add_sft_parser(sub: argparse._SubParsersAction) -> None:
     setting(p, C, "--lora", action="store_true",
             help="train LoRA adapters instead of all weights; final/ holds the merged model (mathloop[train])")
     setting(p, C, "--lora-rank", type=int, help="LoRA rank")
+    setting(p, C, "--lora-layers", type=int,
+            help="LoRA in the last N transformer layers only; the rest runs without backward (default: all)")
     setting(p, C, "--dtype", choices=["float32", "bfloat16"], help="weights dtype")
     setting(p, C, "--deepspeed", help="DeepSpeed JSON config, e.g. configs/deepspeed/zero2.json")
     setting(p, C, "--seed", type=int, help="data order and initialisation")

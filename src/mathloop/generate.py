@@ -37,7 +37,7 @@ OnCompletion = Callable[[int, int, Completion], None]  # (prompt index, sample i
 
 
 def reports_each_completion(backend: Backend) -> bool:
-    """Whether `backend.generate` takes `on_progress` and calls it as each completion finishes (hf)."""
+    """Whether `backend.generate` takes `on_progress` and calls it as each completion finishes (hf, openvino)."""
     return "on_progress" in inspect.signature(backend.generate).parameters
 
 
@@ -123,7 +123,7 @@ def generate_and_grade(problems: list[Problem], path: Path, backend: Backend, pa
                        max_tool_calls: int = 4, progress: bool = True, desc: str = "", benchmark: str = "") -> None:
     """Generate `params.n` responses per problem with the benchmark's prompt (`shots` few-shot turns for
     multiple-choice problems), grade them and append them to `path` problem by problem, each as soon as its last
-    response is finished: with a backend that reports each completion (hf) a killed run loses only the batch in
+    response is finished: with a backend that reports each completion (hf, openvino) a killed run loses only the batch in
     flight; other backends (and TIR) get one backend batch of problems per call, so it loses at most that.
     The bar counts generated sequences."""
     from mathloop.prompts import build_messages

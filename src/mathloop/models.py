@@ -191,6 +191,21 @@ def lora_config(command: str, rank: int, alpha: int, target_modules: str | list[
     return LoraConfig(r=rank, lora_alpha=alpha, target_modules=target_modules, **kwargs)
 
 
+def top_layer_lora(model, layers: int | None) -> dict:
+    """LoraConfig arguments that put adapters on every linear layer of the last `layers` transformer blocks of `model`
+    (None: every block, peft's "all-linear"). The blocks below get no adapter, so the backward pass stops above them:
+    with 4 of 24 blocks a CPU step costs a fraction of a full one."""
+    if not layers:
+        return {"target_modules": "all-linear"}
+    import torch
+
+    total = model.config.num_hidden_layers
+    names = sorted({name.rsplit(".", 1)[-1] for name, module in model.named_modules()
+                    if isinstance(module, torch.nn.Linear) and ".layers." in f".{name}"})
+    return {"target_modules": names, "layers_to_transform": list(range(max(0, total - layers), total)),
+            "layers_pattern": "layers"}  # peft needs module names (not "all-linear") to pick layers
+
+
 def add_lora(model, config):
     """`model` wrapped with LoRA adapters (`lora_config`); only the adapters train."""
     from peft import get_peft_model

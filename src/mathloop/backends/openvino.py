@@ -1,7 +1,9 @@
 """The `openvino` backend: OpenVINO GenAI's continuous-batching pipeline on CPU, on an OpenVINO export of the model.
 
 A finished sequence's slot takes the next waiting one at once (paged KV cache), so no compute goes to sequences that
-already stopped, and the CPU plugin runs int8/fp16 weights with its own kernels. Prompts are tokenized and responses
+already stopped, and the CPU plugin runs int8/fp16 weights with its own kernels. Every prompt of a call is queued
+at once and the pipeline is stepped from here, so each prompt's responses are handed back (saved, counted on the bar)
+as soon as they finish, and an interrupted call cancels the requests still running. Prompts are tokenized and responses
 decoded by the model's Hugging Face tokenizer in this process, exactly as the hf backend does (the export's own
 OpenVINO tokenizer is not used), so prompt handling, special tokens and token counts are the same for both backends.
 
@@ -96,15 +98,16 @@ class OpenVINOBackend:
                      "export_s": export.get("export_s"), "checkpoint_sha256": export.get("checkpoint_sha256"),
                      "properties": properties, "load_s": round(time.perf_counter() - start, 2)}
         self.dtype = weight_format
+        self._requests = 0
 
     def chat_prompt(self, messages: list[Message]) -> str:
         return self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
 
     def generate(self, prompts: list[str], params: SamplingParams,
                  on_progress: Callable[[int, int, Completion], None] | None = None) -> list[list[Completion]]:
-        """All prompts go to the pipeline in one call (it schedules them itself); `on_progress(i, j, completion)`
-        is called for every completion when the call finishes. Greedy decoding generates once per prompt and repeats
-        it `n` times."""
+        """Every prompt is queued at once (the pipeline schedules them) and the pipeline is stepped here, so that
+        `on_progress(i, j, completion)` is called as each prompt's sequences finish: a caller can save them and show
+        progress while the others run. Greedy decoding generates once per prompt and repeats it `n` times."""
         if not prompts:
             return []
         import numpy as np
@@ -113,22 +116,44 @@ class OpenVINOBackend:
         n = 1 if params.greedy else params.n
         config = generation_config(self._genai, params, self.eos_token_ids)
         prompt_ids = self.tokenizer(prompts, add_special_tokens=False)["input_ids"]
-        inputs = [openvino.Tensor(np.array([ids], dtype=np.int64)) for ids in prompt_ids]
-        outputs = self.pipeline.generate(inputs, [config] * len(inputs))
-        results = []
-        for ids, output in zip(prompt_ids, outputs):
-            sequences, reasons = list(output.m_generation_ids), list(output.finish_reasons)
-            if len(sequences) != n:
-                raise RuntimeError(f"openvino backend: the pipeline returned {len(sequences)} of {n} sequences for "
-                                   "a prompt")
-            completions = [self.to_completion(list(seq), len(ids), params, engine_stopped=reason.name == "STOP")
-                           for seq, reason in zip(sequences, reasons)]
-            results.append([completions[0]] * params.n if params.greedy and params.n > 1 else completions)
-        if on_progress:
-            for i, completions in enumerate(results):
-                for j, completion in enumerate(completions):
-                    on_progress(i, j, completion)
+        first_id = self._requests
+        self._requests += len(prompts)  # request ids stay unique across calls
+        handles = {i: self.pipeline.add_request(first_id + i, openvino.Tensor(np.array([ids], dtype=np.int64)),
+                                                config) for i, ids in enumerate(prompt_ids)}
+        results: list[list[Completion]] = [[] for _ in prompts]
+        try:
+            while handles:
+                stepped = self.pipeline.has_non_finished_requests()
+                if stepped:
+                    self.pipeline.step()
+                done = [i for i, handle in handles.items() if handle.get_status().name != "RUNNING"]
+                if not done and not stepped:
+                    raise RuntimeError(f"openvino backend: {len(handles)} requests still running in a pipeline "
+                                       "with no unfinished requests")
+                for i in done:
+                    results[i] = self._finished(handles.pop(i), len(prompt_ids[i]), n, params)
+                    if on_progress:
+                        for j, completion in enumerate(results[i]):
+                            on_progress(i, j, completion)
+        finally:
+            for handle in handles.values():  # interrupted: free the other requests' KV cache
+                handle.cancel()
         return results
+
+    def _finished(self, handle: Any, prompt_tokens: int, n: int, params: SamplingParams) -> list[Completion]:
+        """A finished request's sequences as Completions (greedy: the one sequence `params.n` times)."""
+        status = handle.get_status().name
+        if status != "FINISHED":
+            raise RuntimeError(f"openvino backend: a request ended with status {status} (IGNORED: the KV cache could "
+                               "not hold it; raise cache_size_gb)")
+        outputs = [(list(output.generated_ids), output.finish_reason.name == "STOP") for output in handle.read_all()]
+        if len(outputs) > n:
+            raise RuntimeError(f"openvino backend: the pipeline returned {len(outputs)} of {n} sequences for a prompt")
+        # A sequence cut by a stop string at its very start has no tokens left, and the handle returns nothing for
+        # it (openvino-genai 2026.4; its own generate() gives an empty STOP sequence there): the same here.
+        outputs += [([], True)] * (n - len(outputs))
+        completions = [self.to_completion(ids, prompt_tokens, params, engine_stopped=stopped) for ids, stopped in outputs]
+        return [completions[0]] * params.n if params.greedy and params.n > 1 else completions
 
     def to_completion(self, generated: list[int], prompt_tokens: int, params: SamplingParams,
                       engine_stopped: bool = False) -> Completion:

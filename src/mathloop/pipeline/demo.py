@@ -29,7 +29,7 @@ DEMO_SETTINGS: dict[str, Any] = {
     "sft_init": "base",
     "sample": {"n": 4, "temperatures": [0.8], "top_p": 0.95, "max_new_tokens": 320},
     "select": {"k": 2},
-    "sft": {"lora": True, "lora_rank": 16, "epochs": 2, "learning_rate": 2e-4, "max_length": 640,
+    "sft": {"lora": True, "lora_rank": 16, "epochs": 1, "learning_rate": 2e-4, "max_length": 640,
             "per_device_batch_size": 4, "gradient_accumulation_steps": 1, "lr_scheduler": "cosine",
             "warmup_ratio": 0.0},
     "eval": {"max_new_tokens": 320},
@@ -57,7 +57,8 @@ def generation_backend() -> dict[str, Any]:
     import importlib.util
 
     if importlib.util.find_spec("openvino_genai") is not None:
-        return {"backend": "openvino"}
+        return {"backend": "openvino",
+                "backend_args": {"weight_format": "int8", "inference_precision": None, "kv_cache_precision": None}}
     return {"backend": "hf", "backend_args": {"batch_size": 64}}
 
 

@@ -161,7 +161,8 @@ def evaluate(model: torch.nn.Module, tokenizer, groups: list[RMGroup], config: R
 
 def build_model(config: RMTrainConfig, device: torch.device) -> tuple[RewardModel, Any]:
     """The reward model on the configured backbone (full or LoRA) and its tokenizer."""
-    from mathloop.models import add_lora, enable_activation_checkpointing, load_tokenizer, lora_config, resolve_model
+    from mathloop.models import (add_lora, enable_activation_checkpointing, load_tokenizer, lora_config, resolve_model,
+                                 top_layer_lora)
 
     path, _ = resolve_model(config.model)
     # Trained weights stay float32 on CPU (bfloat16 would round small updates away); forward passes run under
@@ -175,15 +176,8 @@ def build_model(config: RMTrainConfig, device: torch.device) -> tuple[RewardMode
     if config.gradient_checkpointing:
         enable_activation_checkpointing(model.backbone)
     if config.lora:
-        targets: str | list[str] = "all-linear"
-        layers = None
-        if config.lora_layers:  # peft needs module names (not "all-linear") to pick layers
-            total = model.backbone.config.num_hidden_layers
-            layers = list(range(max(0, total - config.lora_layers), total))
-            targets = sorted({name.rsplit(".", 1)[-1] for name, module in model.backbone.named_modules()
-                              if isinstance(module, torch.nn.Linear) and ".layers." in f".{name}"})
-        lora = lora_config("rm train", config.lora_rank, config.lora_alpha, targets, layers_to_transform=layers,
-                           layers_pattern="layers" if layers else None)
+        lora = lora_config("rm train", config.lora_rank, config.lora_alpha,
+                           **top_layer_lora(model.backbone, config.lora_layers))
         model.backbone = add_lora(model.backbone, lora)
     return model.to(device), tokenizer
 

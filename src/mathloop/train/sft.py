@@ -93,6 +93,8 @@ class SFTRunConfig:
     lora: bool = False  # train LoRA adapters instead of all weights; final/ holds the merged model
     lora_rank: int = 16
     lora_alpha: int = 32
+    lora_layers: int | None = None  # LoRA in the last N transformer layers only (None: all); the layers below run
+    # without a backward pass (needs gradient_checkpointing off), which makes a CPU step cheaper
     dtype: str = "float32"  # weights: float32 or bfloat16 (half the memory, coarser updates)
     bf16: bool | None = None  # bfloat16 autocast; default: on for GPUs and CPUs that support it
     save_steps: int = 200  # checkpoint every N optimizer steps (and at the end)
@@ -108,6 +110,11 @@ class SFTRunConfig:
                      "lora_alpha", "save_steps", "keep_checkpoints", "log_every"):
             if getattr(self, name) < 1:
                 raise ValueError(f"sft: {name} must be >= 1, got {getattr(self, name)}")
+        if self.lora_layers is not None:
+            if self.lora_layers < 1:
+                raise ValueError(f"sft: lora_layers must be >= 1, got {self.lora_layers}")
+            if not self.lora:
+                raise ValueError("sft: lora_layers needs lora: true")
         if self.learning_rate <= 0:
             raise ValueError(f"sft: learning_rate must be > 0, got {self.learning_rate}")
         if not 0 <= self.min_learning_rate < self.learning_rate:
@@ -137,7 +144,7 @@ class SFTRunConfig:
 # Settings a resumed run must share with the run that wrote the checkpoints.
 _RESUME_KEYS = ("data", "model", "epochs", "learning_rate", "lr_scheduler", "min_learning_rate", "warmup_ratio",
                 "max_length", "per_device_batch_size", "gradient_accumulation_steps", "packing", "lora", "lora_rank",
-                "lora_alpha", "dtype", "bf16", "seed")
+                "lora_alpha", "lora_layers", "dtype", "bf16", "seed")
 
 
 def read_sft_examples(path: str | Path) -> list[dict[str, Any]]:
@@ -216,7 +223,7 @@ def build_trainer(config: SFTRunConfig, callbacks: list[TrainerCallback] | None 
     from transformers import AutoTokenizer
     from trl import SFTConfig, SFTTrainer
 
-    from mathloop.models import load_causal_lm, lora_config, resolve_model
+    from mathloop.models import load_causal_lm, lora_config, resolve_model, top_layer_lora
 
     path, model_name = resolve_model(config.model)
     tokenizer = AutoTokenizer.from_pretrained(path)
@@ -253,7 +260,8 @@ def build_trainer(config: SFTRunConfig, callbacks: list[TrainerCallback] | None 
     )
     peft_config = None
     if config.lora:
-        peft_config = lora_config("sft", config.lora_rank, config.lora_alpha, task_type="CAUSAL_LM")
+        peft_config = lora_config("sft", config.lora_rank, config.lora_alpha, task_type="CAUSAL_LM",
+                                  **top_layer_lora(model, config.lora_layers))
     trainer = SFTTrainer(model=model, args=args, train_dataset=Dataset.from_list(examples),
                          processing_class=tokenizer, peft_config=peft_config, callbacks=callbacks)
     return trainer, {"model_path": path, "model_name": model_name, "examples": len(examples),
