@@ -22,7 +22,11 @@ from mathloop.verify.latex import (  # noqa: F401 - re-exported: extract is wher
 
 _ANSWER_IS = re.compile(r"(?:final answer|the answer)\s*(?:is\s*:?|:)\s*", re.IGNORECASE)
 _GSM8K = re.compile(r"####\s*([^\n]+)")
-_NUMBER = re.compile(r"(?<![A-Za-z\d])(?:-?\d[\d,]*(?:\.\d+)?(?:/\d+(?!\d|\.\d))?|-?\.\d+)(?!\d)")
+# A number: space-separated thousands first (``1 000``: every group after the first exactly 3 digits), then digits with
+# commas, a decimal, a fraction.
+_NUMBER = re.compile(
+    r"(?<![A-Za-z\d])(?:-?\d{1,3}(?: \d{3})+(?:\.\d+)?(?![\d,]| \d)|-?\d[\d,]*(?:\.\d+)?(?:/\d+(?!\d|\.\d))?|-?\.\d+)(?!\d)"
+)
 _MC_PATTERNS = (
     # possessive quantifiers: "answer" followed by 1 MB of spaces must not backtrack over every split of them
     re.compile(r"answer\s*+(?:is|:)?+\s*+(?:option\s*+)?+[\(\[]?+\s*+([A-J])\s*+[\)\]]?+(?![A-Za-z])", re.IGNORECASE),
