@@ -209,6 +209,8 @@ CASES: list[tuple[str, str, str, str, str]] = [
     ("comma-space-list-same", "32, 349", boxed("349, 32"), "math", C),
     ("comma-thousands-no-space", "32349", boxed("32,349"), "math", C),
     ("latex-thousands-comma", "14916", boxed("14{,}916"), "math", C),
+    ("latex-thousands-comma-negative-space", "32349", boxed(r"32,\! 349"), "math", C),
+    ("math-thousands-negative-space-decimal", "16386.20", boxed(r"\$16,\!386.20"), "math", C),
     ("latex-thousands-comma-spaced", r"14{,}916", boxed("14 {, }916"), "math", C),
     ("fp-latex-thousands-comma-vs-list", r"14{,}916", boxed("14, 916"), "math", I),
     ("fp-digits-apart-not-glued", "12", boxed("1 2"), "math", I),
@@ -251,6 +253,21 @@ CASES: list[tuple[str, str, str, str, str]] = [
     ("fp-clock-pm-vs-am", r"\text{4:30 a.m.}", boxed(r"4:30 \text{ p.m.}"), "math", I),
     ("fp-clock-pm-dropped", r"4:30 \text{ p.m.}", boxed("4:30"), "math", I),
     ("fp-clock-pm-hour", r"4:30 \text{ p.m.}", boxed(r"5:30 \text{ p.m.}"), "math", I),
+    # --- Math-Verify's cases (tests/test_verify_mathverify.py): a bare expression, named ratios, \pm as two values
+    ("bare-latex-response", r"\frac{10}{9}", r"\frac{10}{9}", "math", C),
+    ("bare-latex-response-wrong", r"\frac{10}{9}", r"\frac{10}{7}", "math", I),
+    ("bare-latex-response-not-its-last-number", "9", r"\frac{10}{9}", "math", I),
+    ("named-ratio", r"V_{1}:V_{2}=11:21", boxed("11:21"), "math", C),
+    ("named-ratio-pred", "11:21", boxed(r"V_{1}:V_{2}=11:21"), "math", C),
+    ("named-ratio-wrong", r"V_{1}:V_{2}=11:21", boxed("11:20"), "math", I),
+    ("named-ratio-swapped", "x:y=2:3", boxed("3:2"), "math", I),
+    ("plus-minus-vs-set", r"\pm 2021", boxed(r"\{-2021, 2021\}"), "math", C),
+    ("set-vs-plus-minus", "-2021, 2021", boxed(r"\pm 2021"), "math", C),
+    ("plus-minus-surd-vs-list", r"1\pm\sqrt{2}", boxed(r"1+\sqrt2, 1-\sqrt2"), "math", C),
+    ("fp-plus-minus-vs-one-value", r"\pm 2021", boxed("2021"), "math", I),
+    ("fp-plus-minus-vs-wrong-pair", r"\pm 2021", boxed("2021, 2021"), "math", I),
+    ("fp-plus-minus-surd-wrong", r"1\pm\sqrt{2}", boxed(r"1+\sqrt2, 1-\sqrt3"), "math", I),
+    ("fp-plus-minus-vs-tuple", r"\pm 2", boxed("(-2, 2)"), "math", I),
 ]
 
 

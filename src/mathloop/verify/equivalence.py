@@ -49,16 +49,20 @@ _UNIT_WORDS = (
 )
 _NUMBER_WITH_UNIT = re.compile(rf"^(-?[\d.,/]+)\s*(?:{_UNIT_WORDS})(?:\^?\{{?[23]\}}?)?$", re.IGNORECASE)
 _PAREN_WORDS = re.compile(r"^(-?[\d.,/]+)\s*\(\s*[A-Za-z][A-Za-z ]*\)$")  # asdiv: "9 (apples)"
-# Thousands separators. LaTeX's ``14{,}916`` always is one; a comma directly between digit groups (``1,000``) is one
-# when the other answer is not a list; a comma followed by a space separates list items (``32, 349`` is two numbers, never 32349);
-# spaces (``1 000``, ``1\\,000``) join digit groups only when every group after the first has exactly 3 digits, so
-# ``1 2`` stays two numbers (an answer that nothing reads, not 12).
+# Thousands separators. LaTeX's ``14{,}916`` always is one; a comma directly between digit groups (``1,000``, also
+# MATH's ``1,\!000``) is one when the other answer is not a list; a comma followed by a space separates list items
+# (``32, 349`` is two numbers, never 32349); spaces (``1 000``, ``1\,000``) join digit groups only when every group
+# after the first has exactly 3 digits, so ``1 2`` stays two numbers (an answer that nothing reads, not 12).
 _THOUSANDS = re.compile(r"^-?\d{1,3}(?:,\d{3})+(?:\.\d+)?$")
 _LATEX_THOUSANDS_COMMA = re.compile(r"(?<=\d)\s*\{\s*,\s*\}\s*(?=\d)")
+_COMMA_NEGATIVE_SPACE = re.compile(r",\s*\\!\s*")  # MATH's 16,\!386.20: the negative space takes the comma's space back
 _SPACE_THOUSANDS = re.compile(r"(?<![\d.,])\d{1,3}(?: +\d{3})+(?!\d| +\d)")
 _THREE_DIGITS = re.compile(r"\d{3}(?!\d)")
 _BASE_NUMBER = re.compile(r"(\w+)_\{?(\d+)\}?")
-_SINGLE_VAR_EQ = re.compile(r"^\s*([a-zA-Z](?:_\{?\w+\}?)?)\s*(?:=|\\in\b)\s*(.+)$", re.DOTALL)
+# A name (x, V_1, S_{MBCN}) or a ratio of names (V_{1}:V_{2}) set equal to (or in) a value.
+_SINGLE_VAR_EQ = re.compile(
+    r"^\s*([a-zA-Z](?:_\{?\w+\}?)?(?:\s*:\s*[a-zA-Z](?:_\{?\w+\}?)?)*)\s*(?:=|\\in\b)\s*(.+)$", re.DOTALL
+)
 _SET_BUILDER = re.compile(
     r"^\\\{\s*[a-z]\s*(?:\||\\mid|:)\s*(-?[\w.\\{}]+)\s*(<|\\leq?|\\le)\s*[a-z]\s*(<|\\leq?|\\le)\s*(-?[\w.\\{}]+)\s*\\\}$"
 )
@@ -123,6 +127,7 @@ def normalize(answer: str) -> str:
     s = s.replace("\\dfrac", "\\frac").replace("\\tfrac", "\\frac").replace("\\displaystyle", "")
     s = re.sub(r"\\left\s*|\\right\s*", "", s)
     s = _LATEX_THOUSANDS_COMMA.sub("", s)
+    s = _COMMA_NEGATIVE_SPACE.sub(",", s)
     s = re.sub(r"(?<!\\)\\[,;:! ]|~", " ", s)
     s = _SPACE_THOUSANDS.sub(lambda m: "".join(m.group().split()), s)
     s = re.sub(r"\^\s*\{?\\circ\}?|°|\\degree", "", s)
@@ -218,8 +223,33 @@ def align_forms(gold: str, pred: str) -> tuple[str, str]:
     gold, pred = drop_thousands_commas(gold, pred), drop_thousands_commas(pred, gold)
     gold, pred = strip_variable(gold, pred), strip_variable(pred, gold)
     gold, pred = inequality_as_interval(gold, pred), inequality_as_interval(pred, gold)
+    gold, pred = plus_minus_as_pair(gold, pred), plus_minus_as_pair(pred, gold)
     return gold, pred
 
+
+_PLUS_MINUS = re.compile(r"^([^,]*?)\\pm\s*([^,]+)$")
+_ATOM = re.compile(r"[\w\\{}^.]+")
+
+
+def _plus_minus_vs_tuple(answer: str, other: str) -> bool:
+    return "\\pm" in answer and _PLUS_MINUS.match(answer) is not None and _brackets(other)[0] in ("(", "[")
+
+
+def plus_minus_as_pair(answer: str, other: str) -> str:
+    """``\\pm 2021`` -> ``-2021,2021`` (``a \\pm b`` -> ``a-b,a+b``) in the brackets of the other answer when that is a
+    set or list of two items; else unchanged (``\\pm 2021`` is not ``2021``).
+
+    >>> plus_minus_as_pair(r"\\pm 2", r"\\{-2,2\\}"), plus_minus_as_pair(r"1\\pm\\sqrt{2}", "a,b"), plus_minus_as_pair(r"\\pm 2", "2")
+    ('\\\\{-2,2\\\\}', '1-\\\\sqrt{2},1+\\\\sqrt{2}', '\\\\pm 2')
+    """
+    match = _PLUS_MINUS.match(answer) if len(answer) <= 200 and "\\pm" in answer else None
+    opening, inner, closing = _brackets(other)
+    if not match or opening not in ("", "{") or len(split_top_level(inner)) != 2 or "\\pm" in other:
+        return answer
+    center, offset = match.group(1).strip(), match.group(2).strip()
+    offset = offset if _ATOM.fullmatch(offset) else f"({offset})"
+    pair = f"{center}-{offset},{center}+{offset}" if center else f"-{offset},{offset}"
+    return f"\\{{{pair}\\}}" if opening == "{" else pair
 
 _RELATION = re.compile(r"(<|>|\\\\?(?:leqslant|geqslant|leq?|geq?)(?![a-zA-Z]))")
 _NAME = re.compile(r"[a-zA-Z](?:_\{?\w+\}?)?")
@@ -441,6 +471,8 @@ def _fast_one(gold: str, pred: str, rounding: bool = False) -> bool | None:
     gold, pred = align_forms(gold, pred)
     if gold == pred:
         return True
+    if _plus_minus_vs_tuple(gold, pred) or _plus_minus_vs_tuple(pred, gold):
+        return False  # two values are not a tuple or an interval (math-verify reads \pm 2 == (-2,2))
     number_gold, number_pred = parse_plain_number(gold), parse_plain_number(pred)
     if number_gold and number_pred:
         return plain_numbers_equal(number_gold, number_pred, rounding)

@@ -1,7 +1,8 @@
 """Answer extraction: pull the final answer out of a model response.
 
 The order follows the official Qwen2.5-Math harness (last brace-matched ``\\boxed{}``; else "the answer is ...";
-else the last number), plus GSM8K's ``#### X`` and a multiple-choice and a multi-answer (OlympiadBench) mode.
+else the last LaTeX math expression; else the whole response when it is one short expression without prose; else the
+last number), plus GSM8K's ``#### X`` and a multiple-choice and a multi-answer (OlympiadBench) mode.
 Everything here is plain string work: no sympy, no regex that can backtrack badly, safe to run in-process.
 """
 
@@ -105,7 +106,14 @@ def _extract_math(response: str) -> str | None:
     math = last_math(response)
     if math is not None:
         return clean_answer(math) or None
+    if _is_bare_math(response):
+        return clean_answer(response) or None  # the whole response is one expression: \frac{10}{9}, 1 000
     return _last_number(response)
+
+
+def _is_bare_math(response: str) -> bool:
+    """A short response without prose or line breaks is an answer as written (math-verify reads it whole too)."""
+    return len(response) <= 200 and "\n" not in response.strip() and not _PROSE_WORD.search(response)
 
 
 def _strip_choice_label(choice: str) -> str:
