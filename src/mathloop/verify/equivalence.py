@@ -45,13 +45,24 @@ MAX_LIST_ITEMS = 64
 _UNIT_WORDS = (
     "cm|mm|km|meters?|metres?|inch(?:es)?|feet|foot|ft|miles?|yards?|units?|square units|sq units|degrees?|"
     "dollars?|cents?|hours?|hrs?|minutes?|mins?|seconds?|secs?|days?|weeks?|months?|years?|kg|grams?|pounds?|lbs?|"
-    "liters?|litres?|ml|mph|people|students|apples|cookies|times|ways|points|percent"
+    "liters?|litres?|ml|mph|people|students|apples|cookies|times|ways|points|percent(?:age)?|pct"
 )
 _NUMBER_WITH_UNIT = re.compile(rf"^(-?[\d.,/]+)\s*(?:{_UNIT_WORDS})(?:\^?\{{?[23]\}}?)?$", re.IGNORECASE)
 _PAREN_WORDS = re.compile(r"^(-?[\d.,/]+)\s*\(\s*[A-Za-z][A-Za-z ]*\)$")  # asdiv: "9 (apples)"
+# Thousands separators. LaTeX's ``14{,}916`` always is one; a comma directly between digit groups (``1,000``, also
+# MATH's ``1,\!000``) is one when the other answer is not a list; a comma followed by a space separates list items
+# (``32, 349`` is two numbers, never 32349); spaces (``1 000``, ``1\,000``) join digit groups only when every group
+# after the first has exactly 3 digits, so ``1 2`` stays two numbers (an answer that nothing reads, not 12).
 _THOUSANDS = re.compile(r"^-?\d{1,3}(?:,\d{3})+(?:\.\d+)?$")
+_LATEX_THOUSANDS_COMMA = re.compile(r"(?<=\d)\s*\{\s*,\s*\}\s*(?=\d)")
+_COMMA_NEGATIVE_SPACE = re.compile(r",\s*\\!\s*")  # MATH's 16,\!386.20: the negative space takes the comma's space back
+_SPACE_THOUSANDS = re.compile(r"(?<![\d.,])\d{1,3}(?: +\d{3})+(?!\d| +\d)")
+_THREE_DIGITS = re.compile(r"\d{3}(?!\d)")
 _BASE_NUMBER = re.compile(r"(\w+)_\{?(\d+)\}?")
-_SINGLE_VAR_EQ = re.compile(r"^\s*([a-zA-Z](?:_\{?\w+\}?)?)\s*(?:=|\\in\b)\s*(.+)$", re.DOTALL)
+# A name (x, V_1, S_{MBCN}) or a ratio of names (V_{1}:V_{2}) set equal to (or in) a value.
+_SINGLE_VAR_EQ = re.compile(
+    r"^\s*([a-zA-Z](?:_\{?\w+\}?)?(?:\s*:\s*[a-zA-Z](?:_\{?\w+\}?)?)*)\s*(?:=|\\in\b)\s*(.+)$", re.DOTALL
+)
 _SET_BUILDER = re.compile(
     r"^\\\{\s*[a-z]\s*(?:\||\\mid|:)\s*(-?[\w.\\{}]+)\s*(<|\\leq?|\\le)\s*[a-z]\s*(<|\\leq?|\\le)\s*(-?[\w.\\{}]+)\s*\\\}$"
 )
@@ -65,13 +76,14 @@ _TEXT_COMMAND = re.compile(r"\\(?:text|textbf|textrm|mbox|mathrm)\s*\{([^{}]*)\}
 _NON_SPACE = re.compile(r"\S")
 _UNIT_TAIL = re.compile(r"\s*+(?:\^\s*\{?[23]\}?)?\s*+$")
 _CONNECTIVE = re.compile(r"^\s*(?:,|;)?\s*(?:and|or|&)\s*$", re.IGNORECASE)
+_HALF_DAY = re.compile(r"\s*[ap]\.?\s*m\.?\s*", re.IGNORECASE)  # "a.m." / "p.m." after a time: kept, never a unit
 
 
 def _strip_text_commands(s: str) -> str:
     """``5 \\text{ cm}`` -> ``5``; ``\\text{Evelyn}`` -> ``Evelyn``; ``6 \\text{ and } 8`` -> ``6,8``.
 
     Text right after a number or a closing brace, at the end of the answer (or before a ``^2``/``^3``), is a unit and is
-    dropped; a connective ("and", "or") between two parts is a list separator; any other text keeps its words, so two
+    dropped (except "a.m."/"p.m.": ``4:30 \\text{ p.m.}`` is not ``4:30 a.m.``); a connective ("and", "or") between two parts is a list separator; any other text keeps its words, so two
     numbers are never glued together. One left-to-right pass (linear in the length).
     """
     out: list[str] = []
@@ -88,7 +100,7 @@ def _strip_text_commands(s: str) -> str:
                 tail = ","
             continue
         unit_tail = _UNIT_TAIL.match(s, match.end())
-        if tail and tail in "0123456789}" and len(words.strip()) >= 2 and unit_tail:
+        if tail and tail in "0123456789}" and len(words.strip()) >= 2 and unit_tail and not _HALF_DAY.fullmatch(words):
             last = len(s)
             break
         out.append(f" {words} " if tail else words)
@@ -114,7 +126,10 @@ def normalize(answer: str) -> str:
         s = f"\\{{{s[1:-1]}\\}}"  # bare braces around a list: a set
     s = s.replace("\\dfrac", "\\frac").replace("\\tfrac", "\\frac").replace("\\displaystyle", "")
     s = re.sub(r"\\left\s*|\\right\s*", "", s)
+    s = _LATEX_THOUSANDS_COMMA.sub("", s)
+    s = _COMMA_NEGATIVE_SPACE.sub(",", s)
     s = re.sub(r"(?<!\\)\\[,;:! ]|~", " ", s)
+    s = _SPACE_THOUSANDS.sub(lambda m: "".join(m.group().split()), s)
     s = re.sub(r"\^\s*\{?\\circ\}?|°|\\degree", "", s)
     s = s.replace("\\%", "").replace("%", "").replace("\\$", "").replace("$", "")
     s = _strip_text_commands(s)
@@ -146,14 +161,19 @@ def _only_semicolons_at_top(s: str) -> bool:
 
 
 def _squeeze_spaces(s: str) -> str:
-    """Drop spaces except between two letters (``\\cdot x`` must not become ``\\cdotx``)."""
-    return re.sub(r"\s+", lambda m: " " if _letters_around(s, m) else "", s).strip()
+    """Drop spaces except between two letters (``\\cdot x`` must not become ``\\cdotx``) and where they keep two
+    numbers apart: between two digits (``1 2`` is not 12; thousands groups were joined before) and after a comma that a
+    group of three digits follows (``32, 349`` is a list of two numbers, not 32349).
+    """
+    return re.sub(r"\s+", lambda m: " " if _space_matters(s, m) else "", s).strip()
 
 
-def _letters_around(s: str, match: re.Match[str]) -> bool:
+def _space_matters(s: str, match: re.Match[str]) -> bool:
     left = s[match.start() - 1 : match.start()]
     right = s[match.end() : match.end() + 1]
-    return left.isalpha() and right.isalpha()
+    if left.isalpha() and right.isalpha() or left.isdigit() and right.isdigit():
+        return True
+    return left == "," and s[match.start() - 2 : match.start() - 1].isdigit() and _THREE_DIGITS.match(s, match.end()) is not None
 
 
 def _set_builder_to_interval(s: str) -> str:
@@ -195,6 +215,88 @@ def strip_variable(answer: str, other: str) -> str:
     return answer
 
 
+def align_forms(gold: str, pred: str) -> tuple[str, str]:
+    """Write two normalised answers in the same form where one is a rewriting of the other's notation: thousands
+    commas, a variable prefix (``x=3``), an inequality in one variable against an interval (``x>2`` vs
+    ``(2,\\infty)``), ``a \\pm b`` against a two-item set or list.
+    """
+    gold, pred = drop_thousands_commas(gold, pred), drop_thousands_commas(pred, gold)
+    gold, pred = strip_variable(gold, pred), strip_variable(pred, gold)
+    gold, pred = inequality_as_interval(gold, pred), inequality_as_interval(pred, gold)
+    gold, pred = plus_minus_as_pair(gold, pred), plus_minus_as_pair(pred, gold)
+    return gold, pred
+
+
+_PLUS_MINUS = re.compile(r"^([^,]*?)\\pm\s*([^,]+)$")
+_ATOM = re.compile(r"[\w\\{}^.]+")
+
+
+def _plus_minus_vs_tuple(answer: str, other: str) -> bool:
+    return "\\pm" in answer and _PLUS_MINUS.match(answer) is not None and _brackets(other)[0] in ("(", "[")
+
+
+def plus_minus_as_pair(answer: str, other: str) -> str:
+    """``\\pm 2021`` -> ``-2021,2021`` (``a \\pm b`` -> ``a-b,a+b``) in the brackets of the other answer when that is a
+    set or list of two items; else unchanged (``\\pm 2021`` is not ``2021``).
+
+    >>> plus_minus_as_pair(r"\\pm 2", r"\\{-2,2\\}"), plus_minus_as_pair(r"1\\pm\\sqrt{2}", "a,b"), plus_minus_as_pair(r"\\pm 2", "2")
+    ('\\\\{-2,2\\\\}', '1-\\\\sqrt{2},1+\\\\sqrt{2}', '\\\\pm 2')
+    """
+    match = _PLUS_MINUS.match(answer) if len(answer) <= 200 and "\\pm" in answer else None
+    opening, inner, closing = _brackets(other)
+    if not match or opening not in ("", "{") or len(split_top_level(inner)) != 2 or "\\pm" in other:
+        return answer
+    center, offset = match.group(1).strip(), match.group(2).strip()
+    offset = offset if _ATOM.fullmatch(offset) else f"({offset})"
+    pair = f"{center}-{offset},{center}+{offset}" if center else f"-{offset},{offset}"
+    return f"\\{{{pair}\\}}" if opening == "{" else pair
+
+_RELATION = re.compile(r"(<|>|\\\\?(?:leqslant|geqslant|leq?|geq?)(?![a-zA-Z]))")
+_NAME = re.compile(r"[a-zA-Z](?:_\{?\w+\}?)?")
+
+
+def inequality_as_interval(answer: str, other: str) -> str:
+    """``x>2`` -> ``(2,\\infty)``, ``-1\\le x\\le 3`` -> ``[-1,3]`` when the other answer is an interval; else unchanged.
+
+    Only one variable, one or two bounds, a chain in one direction (``3 > x > -1``, not ``1 < x > 0``); the variable's
+    name is dropped only against an interval, which names none (``x>2`` vs ``y>2`` stays a comparison of relations).
+    Like math-verify, an open interval ``(2,5)`` is read as the set ``2<x<5``, not as a point. ``\\\\le`` (a doubled
+    backslash, as in some of Math-Verify's own cases) is read as ``\\le``.
+
+    >>> inequality_as_interval(r"-1\\le x<3", "[-1,3)"), inequality_as_interval("x>2", "x>2")
+    ('[-1,3)', 'x>2')
+    """
+    if len(answer) > 200 or not _is_interval(other):
+        return answer
+    parts = _RELATION.split(answer)
+    if len(parts) not in (3, 5):
+        return answer
+    terms, ops = [part.strip() for part in parts[0::2]], [op.lstrip("\\")[:2] for op in parts[1::2]]
+    if all(op in ("<", "le") for op in ops):
+        strict = [op == "<" for op in ops]
+    elif all(op in (">", "ge") for op in ops):
+        terms, strict = terms[::-1], [op == ">" for op in ops[::-1]]  # b > x > a reads a < x < b
+    else:
+        return answer
+    names = [bool(_NAME.fullmatch(term)) for term in terms]
+    if not all(terms) or sum(names) != 1:
+        return answer
+    if len(terms) == 3:
+        if not names[1]:
+            return answer
+        low, high, low_strict, high_strict = terms[0], terms[2], strict[0], strict[1]
+    elif names[0]:  # x < b
+        low, high, low_strict, high_strict = "-\\infty", terms[1], True, strict[0]
+    else:  # a < x
+        low, high, low_strict, high_strict = terms[0], "\\infty", strict[0], True
+    return f"{'(' if low_strict else '['}{low},{high}{')' if high_strict else ']'}"
+
+
+def _is_interval(answer: str) -> bool:
+    return len(answer) >= 5 and answer[0] in "([" and answer[-1] in ")]" and _balanced(answer[1:-1]) and len(
+        split_top_level(answer[1:-1])) == 2
+
+
 def split_top_level(s: str) -> list[str]:
     """Split on commas outside any brackets.
 
@@ -228,18 +330,22 @@ _TRAILING_OPERATOR = re.compile(r"(?:[-+*/^_=<>]|\\(?:cdot|times|div|pm|mp|le|le
 _LEADING_OPERATOR = re.compile(r"^\s*(?:[*/^_=<>]|\\(?:cdot|times|div|to)(?![a-zA-Z]))")
 _ARROW = re.compile(r"\\(?:to|rightarrow|Rightarrow|longrightarrow|Longrightarrow|mapsto|implies|iff|leftarrow)(?![a-zA-Z])")
 _EMPTY_GROUP = re.compile(r"\\(?:frac|sqrt|binom)\s*(?:\[[^\]]*\])?\s*\{\s*\}|\\frac\s*\{[^{}]*\}\s*\{\s*\}|[\^_]\s*\{\s*\}")
+_DIGITS_APART = re.compile(r"\d\s+\d")
 _CLOCK = re.compile(r"(\d{1,2}):(\d{2})(?::(\d{2}))?\s*((?:[ap]\.?\s*m\.?)?)", re.IGNORECASE)
 
 
 def is_malformed(answer: str) -> bool:
     """An unfinished or broken answer that no parse may read a prefix of: a trailing or leading operator, an empty
-    ``\\frac{}{}``/``\\sqrt{}``/``^{}``, an arrow (``12 \\to 13`` is a change, not a value), unbalanced brackets.
+    ``\\frac{}{}``/``\\sqrt{}``/``^{}``, an arrow (``12 \\to 13`` is a change, not a value), two numbers with only a
+    space between them (``1 2``), unbalanced brackets.
 
     >>> is_malformed(r"2 \\cdot"), is_malformed(r"4 \\sqrt{}"), is_malformed(r"12 \\to 13"), is_malformed(r"2\\sqrt{3}")
     (True, True, True, False)
     """
     if _TRAILING_OPERATOR.search(answer) or _LEADING_OPERATOR.search(answer) or _EMPTY_GROUP.search(answer):
         return True
+    if _DIGITS_APART.search(answer):
+        return True  # "1 2": two numbers with nothing between them (thousands groups were joined by normalize)
     if _ARROW.search(answer) and "\\lim" not in answer:
         return True
     return answer.count("{") - answer.count("\\{") != answer.count("}") - answer.count("\\}") or not _balanced(answer)
@@ -362,10 +468,11 @@ def _fast_one(gold: str, pred: str, rounding: bool = False) -> bool | None:
         return True
     if not gold or not pred:
         return False
-    gold, pred = drop_thousands_commas(gold, pred), drop_thousands_commas(pred, gold)
-    gold, pred = strip_variable(gold, pred), strip_variable(pred, gold)
+    gold, pred = align_forms(gold, pred)
     if gold == pred:
         return True
+    if _plus_minus_vs_tuple(gold, pred) or _plus_minus_vs_tuple(pred, gold):
+        return False  # two values are not a tuple or an interval (math-verify reads \pm 2 == (-2,2))
     number_gold, number_pred = parse_plain_number(gold), parse_plain_number(pred)
     if number_gold and number_pred:
         return plain_numbers_equal(number_gold, number_pred, rounding)
@@ -478,8 +585,7 @@ def _symbolic_one(gold: str, pred: str, rounding: bool = False) -> bool:
     decided = _fast_one(gold, pred, rounding)
     if decided is not None:
         return decided
-    gold, pred = drop_thousands_commas(gold, pred), drop_thousands_commas(pred, gold)
-    gold, pred = strip_variable(gold, pred), strip_variable(pred, gold)
+    gold, pred = align_forms(gold, pred)
     structure = _compare_structure(gold, pred, partial(_symbolic_one, rounding=rounding))
     if structure is not None:
         return structure

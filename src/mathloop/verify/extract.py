@@ -1,7 +1,8 @@
 """Answer extraction: pull the final answer out of a model response.
 
 The order follows the official Qwen2.5-Math harness (last brace-matched ``\\boxed{}``; else "the answer is ...";
-else the last number), plus GSM8K's ``#### X`` and a multiple-choice and a multi-answer (OlympiadBench) mode.
+else the last LaTeX math expression; else the whole response when it is one short expression without prose; else the
+last number), plus GSM8K's ``#### X`` and a multiple-choice and a multi-answer (OlympiadBench) mode.
 Everything here is plain string work: no sympy, no regex that can backtrack badly, safe to run in-process.
 """
 
@@ -22,7 +23,11 @@ from mathloop.verify.latex import (  # noqa: F401 - re-exported: extract is wher
 
 _ANSWER_IS = re.compile(r"(?:final answer|the answer)\s*(?:is\s*:?|:)\s*", re.IGNORECASE)
 _GSM8K = re.compile(r"####\s*([^\n]+)")
-_NUMBER = re.compile(r"(?<![A-Za-z\d])(?:-?\d[\d,]*(?:\.\d+)?(?:/\d+(?!\d|\.\d))?|-?\.\d+)(?!\d)")
+# A number: space-separated thousands first (``1 000``: every group after the first exactly 3 digits), then digits with
+# commas, a decimal, a fraction.
+_NUMBER = re.compile(
+    r"(?<![A-Za-z\d])(?:-?\d{1,3}(?: \d{3})+(?:\.\d+)?(?![\d,]| \d)|-?\d[\d,]*(?:\.\d+)?(?:/\d+(?!\d|\.\d))?|-?\.\d+)(?!\d)"
+)
 _MC_PATTERNS = (
     # possessive quantifiers: "answer" followed by 1 MB of spaces must not backtrack over every split of them
     re.compile(r"answer\s*+(?:is|:)?+\s*+(?:option\s*+)?+[\(\[]?+\s*+([A-J])\s*+[\)\]]?+(?![A-Za-z])", re.IGNORECASE),
@@ -101,7 +106,14 @@ def _extract_math(response: str) -> str | None:
     math = last_math(response)
     if math is not None:
         return clean_answer(math) or None
+    if _is_bare_math(response):
+        return clean_answer(response) or None  # the whole response is one expression: \frac{10}{9}, 1 000
     return _last_number(response)
+
+
+def _is_bare_math(response: str) -> bool:
+    """A short response without prose or line breaks is an answer as written (math-verify reads it whole too)."""
+    return len(response) <= 200 and "\n" not in response.strip() and not _PROSE_WORD.search(response)
 
 
 def _strip_choice_label(choice: str) -> str:
