@@ -99,12 +99,14 @@ def test_pipeline_arguments_and_info(stub_genai, tiny_model_dir, tmp_path):
     default = load_backend("openvino", str(tiny_model_dir))  # the accurate settings unless asked otherwise
     assert stub_genai.pipelines[1].args[3] == {"INFERENCE_PRECISION_HINT": "f32", "KV_CACHE_PRECISION": "f32"}
     assert default.info["weight_format"] == "fp16"
+    load_backend("openvino", str(tiny_model_dir), weight_format="int8")  # asked for speed: the plugin's precisions
+    assert stub_genai.pipelines[2].args[3] == {}
 
 
 def test_bad_settings_are_refused(stub_genai, tiny_model_dir):
     with pytest.raises(ValueError, match="weight_format must be one of fp32, fp16, int8, int4, got 'q4'"):
         OpenVINOBackend(str(tiny_model_dir), weight_format="q4")
-    with pytest.raises(ValueError, match="kv_cache_precision must be one of"):
+    with pytest.raises(ValueError, match="kv_cache_precision must be auto, null or one of"):
         OpenVINOBackend(str(tiny_model_dir), kv_cache_precision="int8")
 
 

@@ -123,6 +123,24 @@ def test_gold_problems_keep_the_top_k_correct_by_rm_score_without_truncated_or_d
     assert [s.sample_index for s in chosen] == [0, 2]  # sampling order when RM scores are ignored
 
 
+def test_shortest_first_keeps_the_most_concise_correct_responses():
+    samples = [graded("a", f"Solution {i}: " + "step " * size + "\\boxed{7}", "correct", index=i)
+               for i, size in enumerate([30, 5, 60, 5])]
+    for s, tokens in zip(samples, [40, 12, 80, 12]):
+        s.completion_tokens = tokens
+    samples[3].response = "A different way to count: three, then four more make \\boxed{7}"
+    samples.append(graded("a", "short and wrong \\boxed{8}", "incorrect", index=4))
+    samples[-1].completion_tokens = 5
+    chosen, _ = select_responses(samples, k=2, shortest_first=True)
+    assert [s.sample_index for s in chosen] == [1, 3]  # fewest tokens, ties in sampling order; wrong ones never
+    chosen, _ = select_responses(samples, k=2)
+    assert [s.sample_index for s in chosen] == [0, 1]
+    for s in samples:
+        s.rm_score = float(s.sample_index)
+    chosen, _ = select_responses(samples, k=2, shortest_first=True)
+    assert [s.sample_index for s in chosen] == [3, 2]  # RM order wins when every candidate has a score
+
+
 def test_problems_without_gold_get_a_majority_pseudo_label_weighted_by_rm():
     votes = [graded("q", f"Way {i}: the total is {a}, \\boxed{{{a}}}", gold=None, pred=a, rm=rm, index=i)
              for i, (a, rm) in enumerate([("12", -4.0), ("12", -4.0), ("12", -4.0), ("15", 4.0), ("15", 4.0)])]

@@ -410,6 +410,8 @@ def add_select_parser(sub: argparse._SubParsersAction) -> None:
     setting(p, C, "--output", help="SFT data JSONL to write")
     setting(p, C, "--k", type=_positive_int, help="responses per problem")
     setting(p, C, "--no-rm", dest="use_rm", action="store_false", help="ignore rm_score (order and votes unweighted)")
+    setting(p, C, "--shortest-first", action="store_true",
+            help="without RM order, keep the responses with the fewest tokens (default: sampling order)")
     setting(p, C, "--min-agreement", type=float, help="pseudo-labels: share of votes the majority answer needs")
     setting(p, C, "--near-duplicate", type=float,
             help="word 3-gram Jaccard similarity at which two responses count as one")

@@ -16,9 +16,10 @@ loop is exported once, the first time a stage generates with it.
 
 Precision: the CPU plugin's defaults trade accuracy for speed (bfloat16 compute where the CPU has it, a uint8 KV
 cache and int8 dynamic quantization of activations for int8 weights). `inference_precision` and `kv_cache_precision`
-set them; what was used goes to `info` (run.json's `backend_info`). The defaults here (fp16 weights, f32 compute and
-KV cache) reproduced the hf backend's float32 greedy responses token for token on the first 32 GSM8K questions;
-int8 weights differ in most responses but scored within noise of fp16 on the first 100 (29 vs 27 correct).
+set them; what was used goes to `info` (run.json's `backend_info`). Their default, "auto", follows the weights:
+fp16/fp32 weights get f32 compute and KV cache, which reproduced the hf backend's float32 greedy responses token for
+token on the first 32 GSM8K questions; int8/int4 weights (asked for speed) get the plugin's own precisions. int8
+weights differ in most responses but scored within noise of fp16 on the first 100 (29 vs 27 correct).
 
 openvino-genai is an optional extra (`pip install 'mathloop[openvino]'`), imported only when this backend is built.
 """
@@ -54,15 +55,15 @@ class OpenVINOBackend:
     """Generate with `openvino_genai.ContinuousBatchingPipeline` on CPU.
 
     `model` is anything `resolve_model` takes (an embedded name, a local HF folder such as an SFT `final/`, a GGUF
-    file). `weight_format` picks the export; `inference_precision` / `kv_cache_precision` (None: the plugin's
-    default) go to the CPU plugin as INFERENCE_PRECISION_HINT / KV_CACHE_PRECISION; `threads` as
+    file). `weight_format` picks the export; `inference_precision` / `kv_cache_precision` ("auto": f32 for
+    fp16/fp32 weights, the plugin's default for int8/int4; None: the plugin's default) go to the CPU plugin as INFERENCE_PRECISION_HINT / KV_CACHE_PRECISION; `threads` as
     INFERENCE_NUM_THREADS; `cache_size_gb` sizes the paged KV cache. `export_python` is an interpreter with
     optimum-intel to export with (default: the managed export environment)."""
 
     name = "openvino"
 
-    def __init__(self, model: str, weight_format: str = "fp16", inference_precision: str | None = "f32",
-                 kv_cache_precision: str | None = "f32", threads: int | None = None, cache_size_gb: int = 2,
+    def __init__(self, model: str, weight_format: str = "fp16", inference_precision: str | None = "auto",
+                 kv_cache_precision: str | None = "auto", threads: int | None = None, cache_size_gb: int = 2,
                  export_python: str | None = None) -> None:
         try:
             import openvino_genai
@@ -73,8 +74,12 @@ class OpenVINOBackend:
             raise ValueError(f"openvino backend: weight_format must be one of {', '.join(WEIGHT_FORMATS)}, "
                              f"got {weight_format!r}")
         for key, value in (("inference_precision", inference_precision), ("kv_cache_precision", kv_cache_precision)):
-            if value is not None and value not in PRECISIONS:
-                raise ValueError(f"openvino backend: {key} must be one of {', '.join(PRECISIONS)}, got {value!r}")
+            if value not in (None, "auto", *PRECISIONS):
+                raise ValueError(f"openvino backend: {key} must be auto, null or one of {', '.join(PRECISIONS)}, "
+                                 f"got {value!r}")
+        exact = weight_format in ("fp32", "fp16")
+        inference_precision = ("f32" if exact else None) if inference_precision == "auto" else inference_precision
+        kv_cache_precision = ("f32" if exact else None) if kv_cache_precision == "auto" else kv_cache_precision
         from mathloop.models import load_tokenizer, resolve_model
 
         self._genai = openvino_genai

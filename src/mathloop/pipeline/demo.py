@@ -57,8 +57,7 @@ def generation_backend() -> dict[str, Any]:
     import importlib.util
 
     if importlib.util.find_spec("openvino_genai") is not None:
-        return {"backend": "openvino",
-                "backend_args": {"weight_format": "int8", "inference_precision": None, "kv_cache_precision": None}}
+        return {"backend": "openvino", "backend_args": {"weight_format": "int8"}}
     return {"backend": "hf", "backend_args": {"batch_size": 64}}
 
 

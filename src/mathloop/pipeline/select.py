@@ -1,7 +1,8 @@
 """Rejection sampling into SFT data (method step 5): pick the best responses per problem, write chat rows.
 
 Per problem:
-- with a gold answer: the verified-correct responses, best RM score first (no RM scores: in sampling order);
+- with a gold answer: the verified-correct responses, best RM score first (no RM scores: in sampling order, or
+  fewest tokens first with `shortest_first`: concise solutions, which also cost SFT less);
 - without one (synthesized problems): a pseudo-label by majority vote over the extracted answers, each response
   weighted by sigmoid(RM score) when scores exist; the problem is kept when the winning answer holds at least
   `min_agreement` of the weight, and its responses that agree are the candidates.
@@ -38,6 +39,7 @@ class SelectConfig:
     output: str  # SFT data JSONL to write
     k: int = 4  # responses per problem
     use_rm: bool = True  # order and weight votes by rm_score when samples have one
+    shortest_first: bool = False  # without RM order: fewest completion tokens first (default: sampling order)
     min_agreement: float = 0.5  # pseudo-labels: share of the votes the majority answer needs
     near_duplicate: float = 0.8  # word 3-gram Jaccard similarity at which two responses count as one
     decontaminate: bool = False  # remove responses and questions that match any benchmark of the data folder
@@ -66,7 +68,7 @@ def run_select(config: SelectConfig, problems: Mapping[str, Problem] | None = No
     samples = [s for source in config.samples
                for s in (read_samples(source) if Path(source).is_dir() else read_records(Sample, source))]
     chosen, report = select_responses(samples, k=config.k, use_rm=config.use_rm, min_agreement=config.min_agreement,
-                                      near_duplicate=config.near_duplicate)
+                                      near_duplicate=config.near_duplicate, shortest_first=config.shortest_first)
     info = report.to_dict()
     if config.decontaminate:
         chosen, info["decontamination"] = decontaminate_selection(chosen, config.data_dir)
@@ -136,7 +138,8 @@ def majority_answer(samples: list[Sample], use_rm: bool = True) -> tuple[str | N
 
 def select_responses(samples: Iterable[Sample], k: int = SelectConfig.k, use_rm: bool = SelectConfig.use_rm,
                      min_agreement: float = SelectConfig.min_agreement,
-                     near_duplicate: float = SelectConfig.near_duplicate) -> tuple[list[Sample], SelectionReport]:
+                     near_duplicate: float = SelectConfig.near_duplicate,
+                     shortest_first: bool = SelectConfig.shortest_first) -> tuple[list[Sample], SelectionReport]:
     """The SFT responses: up to `k` per problem, as described in the module docstring."""
     if k < 1:
         raise ValueError(f"select: k must be >= 1, got {k}")
@@ -166,6 +169,8 @@ def select_responses(samples: Iterable[Sample], k: int = SelectConfig.k, use_rm:
         report.truncated += len(candidates) - len(finished)
         if use_rm and finished and all(s.rm_score is not None for s in finished):
             finished.sort(key=lambda s: -s.rm_score)
+        elif shortest_first:
+            finished.sort(key=lambda s: math.inf if s.completion_tokens is None else s.completion_tokens)  # stable
         kept: list[Sample] = []
         kept_shingles: list[set] = []
         for s in finished:
