@@ -4,6 +4,7 @@ for the sets that cannot ship."""
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 
@@ -13,7 +14,7 @@ from mathloop.prompts import COT_SYSTEM, TIR_SYSTEM, build_messages
 from mathloop.records import RecordError
 
 
-def folder_for(name: str, request) -> "Path":
+def folder_for(name: str, request) -> Path:
     """The packaged data when the set ships, else the full data folder (skips without one)."""
     return request.getfixturevalue("data_dir" if packaged_entry(name, "test") else "full_data_dir")
 
