@@ -179,3 +179,27 @@ def test_loading_and_generating_with_hf_warns_about_no_dtype(tiny_model_dir):
         hf_logger.removeHandler(handler)
     messages = [str(w.message) for w in caught] + [r.getMessage() for r in records]
     assert not [m for m in messages if "dtype" in m], messages
+
+
+def test_the_gguf_conversion_hides_transformers_dtype_advice():
+    """Converting the embedded GGUF to bfloat16 makes transformers advise `dtype=torch.float32` (a flag mathloop does
+    not have, for a choice mathloop made): hidden while converting, and only that message."""
+    import logging
+
+    from mathloop.models import without_dtype_advice
+
+    records: list[logging.LogRecord] = []
+    handler = logging.Handler()
+    handler.emit = records.append  # type: ignore[method-assign]
+    hf_logger = logging.getLogger("transformers")
+    hf_logger.addHandler(handler)
+    gguf_logger = logging.getLogger("transformers.quantizers.quantizer_gguf")
+    advice = "Loading a GGUF checkpoint ... Pass `dtype=torch.float32` to avoid it"
+    try:
+        with without_dtype_advice():
+            gguf_logger.warning(advice)
+            gguf_logger.warning("something else")
+        gguf_logger.warning(advice)
+    finally:
+        hf_logger.removeHandler(handler)
+    assert [r.getMessage() for r in records] == ["something else", advice]

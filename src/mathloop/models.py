@@ -9,11 +9,13 @@ half a minute). Any other name is a local folder or a Hugging Face Hub id, loade
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import importlib.metadata
 import logging
 import os
 import shutil
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -126,7 +128,8 @@ def convert_gguf(gguf: Path, out_dir: Path) -> Path:
 
     log.info("converting %s to bfloat16 safetensors in %s (once)", gguf.name, out_dir)
     tokenizer = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
-    model = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name, dtype=torch.bfloat16)
+    with without_dtype_advice():  # bfloat16 is what the copy is for; transformers' advice names a flag we lack
+        model = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name, dtype=torch.bfloat16)
     make_trainable(model)
     tmp = out_dir.with_name(out_dir.name + ".partial")
     shutil.rmtree(tmp, ignore_errors=True)
@@ -135,6 +138,27 @@ def convert_gguf(gguf: Path, out_dir: Path) -> Path:
     shutil.rmtree(out_dir, ignore_errors=True)
     os.replace(tmp, out_dir)
     return out_dir
+
+
+class _DropDtypeAdvice(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "Pass `dtype=" not in record.getMessage()
+
+
+@contextlib.contextmanager
+def without_dtype_advice() -> Iterator[None]:
+    """Hide transformers' log advice to pass `dtype=...` (GGUF loading in a dtype it does not prefer) while the
+    block runs: the user cannot act on it, the dtype is mathloop's choice."""
+    drop = _DropDtypeAdvice()
+    loggers = [logging.getLogger("transformers"), logging.getLogger("transformers.quantizers.quantizer_gguf")]
+    handlers = [h for lg in loggers for h in lg.handlers]
+    for target in loggers + handlers:
+        target.addFilter(drop)
+    try:
+        yield
+    finally:
+        for target in loggers + handlers:
+            target.removeFilter(drop)
 
 
 def make_trainable(model) -> None:
