@@ -326,11 +326,11 @@ def _prepare_problems(out: Path, config: LoopConfig, heldout: list[Problem], bac
         from mathloop.data.decontaminate import ContaminationIndex, decontaminate
 
         index = ContaminationIndex.from_benchmarks(config.data_dir)
+        checked = len(problems)
         problems, removed, per_benchmark = decontaminate(problems, index)
         report.update(removed=len(removed), per_benchmark=per_benchmark, not_checked=index.unavailable,
                       examples=[{"id": p.id, **p.metadata["contamination"]} for p in removed])
-        log.info("decontamination: removed %d of %d training problems %s", len(removed), report["problems"],
-                 per_benchmark)
+        log.info("decontamination: removed %d of %d training problems %s", len(removed), checked, per_benchmark)
     write_json(out / "decontamination.json", report)
     if config.synthesis_enabled:
         problems = problems + _synthesize(config, out, problems, index, backend)
