@@ -150,15 +150,13 @@ def without_dtype_advice() -> Iterator[None]:
     """Hide transformers' log advice to pass `dtype=...` (GGUF loading in a dtype it does not prefer) while the
     block runs: the user cannot act on it, the dtype is mathloop's choice."""
     drop = _DropDtypeAdvice()
-    loggers = [logging.getLogger("transformers"), logging.getLogger("transformers.quantizers.quantizer_gguf")]
-    handlers = [h for lg in loggers for h in lg.handlers]
-    for target in loggers + handlers:
-        target.addFilter(drop)
+    # A logger's filter sees only records logged on it, so the one that warns gets it (handlers need none).
+    source = logging.getLogger("transformers.quantizers.quantizer_gguf")
+    source.addFilter(drop)
     try:
         yield
     finally:
-        for target in loggers + handlers:
-            target.removeFilter(drop)
+        source.removeFilter(drop)
 
 
 def make_trainable(model) -> None:

@@ -56,7 +56,8 @@ class OpenVINOBackend:
 
     `model` is anything `resolve_model` takes (an embedded name, a local HF folder such as an SFT `final/`, a GGUF
     file). `weight_format` picks the export; `inference_precision` / `kv_cache_precision` ("auto": f32 for
-    fp16/fp32 weights, the plugin's default for int8/int4; None: the plugin's default) go to the CPU plugin as INFERENCE_PRECISION_HINT / KV_CACHE_PRECISION; `threads` as
+    fp16/fp32 weights, the plugin's default for int8/int4; None: the plugin's default) go to the CPU plugin as
+    INFERENCE_PRECISION_HINT / KV_CACHE_PRECISION; `threads` as
     INFERENCE_NUM_THREADS; `cache_size_gb` sizes the paged KV cache. `export_python` is an interpreter with
     optimum-intel to export with (default: the managed export environment)."""
 
@@ -157,7 +158,8 @@ class OpenVINOBackend:
         # A sequence cut by a stop string at its very start has no tokens left, and the handle returns nothing for
         # it (openvino-genai 2026.4; its own generate() gives an empty STOP sequence there): the same here.
         outputs += [([], True)] * (n - len(outputs))
-        completions = [self.to_completion(ids, prompt_tokens, params, engine_stopped=stopped) for ids, stopped in outputs]
+        completions = [self.to_completion(ids, prompt_tokens, params, engine_stopped=stopped)
+                       for ids, stopped in outputs]
         return [completions[0]] * params.n if params.greedy and params.n > 1 else completions
 
     def to_completion(self, generated: list[int], prompt_tokens: int, params: SamplingParams,
