@@ -4,7 +4,15 @@ from fractions import Fraction
 
 import pytest
 
-from mathloop.metrics import format_markdown, maj_at_k, mean_ci95, pass_at_k, rm_at_k, summarize
+from mathloop.metrics import (
+    format_markdown,
+    maj_at_k,
+    mean_ci95,
+    pass_at_k,
+    rm_at_k,
+    rm_pair_accuracy,
+    summarize,
+)
 
 C, I, N = "correct", "incorrect", "no_answer"
 
@@ -126,8 +134,13 @@ def test_summarize_three_problems():
     assert (gsm8k["n_problems"], gsm8k["n_samples"]) == (2, 8)
     assert (gsm8k["correct"], gsm8k["incorrect"], gsm8k["no_answer"]) == (3, 4, 1)
     expected_gsm8k = {"acc": 0.5, "pass@1": (0.5 + 0.25) / 2, "pass@2": (5 / 6 + 1 / 2) / 2, "pass@4": 1.0,
-                      "maj@1": 0.5, "maj@2": 0.5, "maj@4": 0.5, "rm@1": 0.5, "rm@2": 0.0, "rm@4": 0.5}
-    assert {k: v["mean"] for k, v in gsm8k.items() if isinstance(v, dict)} == pytest.approx(expected_gsm8k)
+                      "maj@1": 0.5, "maj@2": 0.5, "maj@4": 0.5, "rm@1": 0.5, "rm@2": 0.0, "rm@4": 0.5,
+                      "rm_pair_acc": (2 / 4 + 3 / 3) / 2}
+    assert {k: v["mean"] for k, v in gsm8k.items() if isinstance(v, dict) and "mean" in v} \
+        == pytest.approx(expected_gsm8k)
+    # maj@4 is right on the first problem only, rm@4 on the second only
+    assert {k: gsm8k["rm@4_vs_maj@4"][k] for k in ("both", "b", "c", "neither", "delta")} == \
+        {"both": 0, "b": 1, "c": 1, "neither": 0, "delta": 0.0}
     # pass@1 values 0.5 and 0.25: normal interval 0.375 +- 1.96 * 0.17678 / sqrt(2)
     assert gsm8k["pass@1"]["ci95"] == pytest.approx([0.375 - 0.24500, 0.375 + 0.24500], abs=1e-4)
 
@@ -161,9 +174,52 @@ def test_summarize_rejects_unknown_verdict():
 def test_format_markdown_table():
     table = format_markdown(summarize(PROBLEMS, ks=[1, 4]))
     lines = table.splitlines()
-    assert lines[0] == "| benchmark | n | acc | pass@1 | pass@4 | maj@1 | maj@4 | rm@1 | rm@4 |"
-    assert lines[1] == "|---|---|---|---|---|---|---|---|---|"
+    assert lines[0] == "| benchmark | n | acc | pass@1 | pass@4 | maj@1 | maj@4 | rm@1 | rm@4 | rm_pair_acc |"
+    assert lines[1] == "|---|---|---|---|---|---|---|---|---|---|"
     assert lines[2].startswith("| gsm8k | 2 | 50.0 [")
     assert lines[3].startswith("| math | 1 | 0.0 [0.0, 79.3] |")  # Wilson interval of 0/1
-    assert lines[3].endswith("| - | - |")  # no rm@k without scores
-    assert lines[4] == "| average | 3 | 25.0 | 43.8 | 100.0 | 25.0 | 75.0 | - | - |"
+    assert lines[3].endswith("| - | - | - |")  # no rm@k without scores
+    assert lines[4] == "| average | 3 | 25.0 | 43.8 | 100.0 | 25.0 | 75.0 | - | - | - |"
+    assert lines[6].startswith("RM pick against majority vote") and lines[8].startswith("- gsm8k rm@4 vs maj@4: +0.0 [")
+
+
+def test_rm_pair_accuracy_by_hand():
+    # correct samples scored 0.9 and 0.4; wrong ones 0.5 and 0.4: pairs (0.9>0.5) (0.9>0.4) (0.4<0.5) (0.4=0.4)
+    assert rm_pair_accuracy([0.9, 0.5, 0.4, 0.4], ["correct", "incorrect", "correct", "no_answer"]) == 2.5 / 4
+    assert rm_pair_accuracy([0.1, 0.2], ["correct", "correct"]) is None  # no wrong sample: no pair
+    with pytest.raises(ValueError, match="score for every sample"):
+        rm_pair_accuracy([0.1, None], ["correct", "incorrect"])
+
+
+def _problem(maj_right: bool, rm_right: bool) -> dict:
+    """Three samples: answers 7, 7, 9; the majority picks 7, the RM (highest score) picks sample 2 (answer 9)."""
+    verdicts = ["correct" if maj_right else "incorrect"] * 2 + ["correct" if rm_right else "incorrect"]
+    return {"benchmark": "gsm8k", "preds": ["7", "7", "9"], "verdicts": verdicts, "scores": [0.1, 0.2, 0.3]}
+
+
+def test_rm_against_majority_is_paired_per_problem():
+    # 1 problem right by both, 1 right only by majority (b), 4 right only by the RM (c), 2 wrong by both
+    problems = ([_problem(True, True)] + [_problem(True, False)] + [_problem(False, True)] * 4
+                + [_problem(False, False)] * 2)
+    entry = summarize(problems, [1, 3])["benchmarks"]["gsm8k"]
+    paired = entry["rm@3_vs_maj@3"]
+    assert (paired["both"], paired["b"], paired["c"], paired["neither"]) == (1, 1, 4, 2)
+    assert paired["acc_a"]["mean"] == entry["maj@3"]["mean"] == 2 / 8
+    assert paired["acc_b"]["mean"] == entry["rm@3"]["mean"] == 5 / 8
+    assert paired["delta"] == pytest.approx(3 / 8)
+    assert paired["mcnemar_p"] == pytest.approx(2 * (1 + 5) / 2 ** 5)  # b=1, c=4: 2 * P(X <= 1), X ~ Bin(5, 1/2)
+    lower, upper = paired["ci95"]
+    assert lower < 3 / 8 < upper
+    # the RM ranks the one right sample above both wrong ones in the 4 "c" problems (pair accuracy 1) and
+    # below them in the "b" problem (0); the other 3 problems are all right or all wrong: no pair
+    assert entry["rm_pair_acc"]["problems"] == 5
+    assert entry["rm_pair_acc"]["mean"] == pytest.approx(4 / 5)
+    table = format_markdown(summarize(problems, [1, 3]))
+    assert "- gsm8k rm@3 vs maj@3: +37.5 [" in table and "b / c = 1 / 4, p = 0.375" in table
+
+
+def test_no_rm_against_majority_without_scores_or_with_one_sample():
+    problems = [_problem(True, False) | {"scores": None}]
+    assert not any("_vs_maj@" in key for key in summarize(problems, [1, 3])["benchmarks"]["gsm8k"])
+    one = [{"benchmark": "gsm8k", "preds": ["7"], "verdicts": ["correct"], "scores": [0.5]}]
+    assert not any("_vs_maj@" in key for key in summarize(one, [1])["benchmarks"]["gsm8k"])

@@ -10,9 +10,9 @@ import math
 from collections.abc import Callable, Sequence
 
 from mathloop.records import VERDICTS
+from mathloop.stats import Z95, paired_outcomes, wilson_ci95
 
 VERDICT_NAMES = VERDICTS
-Z95 = 1.959963984540054  # two-sided 95% quantile of the standard normal
 
 
 def pass_at_k(n: int, c: int, k: int) -> float:
@@ -113,21 +113,6 @@ def rm_at_k(scores: Sequence[float | None], verdicts: Sequence[str], k: int) -> 
     return 1.0 if verdicts[best] == "correct" else 0.0
 
 
-def wilson_ci95(successes: int, n: int) -> tuple[float, float]:
-    """The Wilson score 95% interval for a proportion `successes / n`.
-
-    >>> [round(x, 4) for x in wilson_ci95(2, 4)]
-    [0.15, 0.85]
-    """
-    if not 0 <= successes <= n or n == 0:
-        raise ValueError(f"wilson_ci95 needs 0 <= successes <= n and n >= 1, got successes={successes}, n={n}")
-    p = successes / n
-    z2 = Z95 * Z95
-    center = (p + z2 / (2 * n)) / (1 + z2 / n)
-    half = Z95 * math.sqrt(p * (1 - p) / n + z2 / (4 * n * n)) / (1 + z2 / n)
-    return max(0.0, center - half), min(1.0, center + half)
-
-
 def mean_ci95(values: Sequence[float]) -> tuple[float, float, float]:
     """Mean and 95% interval: Wilson score interval for 0/1 values, else mean +- 1.96 standard errors
     (sample std), clipped to [0, 1].
@@ -144,6 +129,23 @@ def mean_ci95(values: Sequence[float]) -> tuple[float, float, float]:
     std = math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1)) if n > 1 else 0.0
     half = Z95 * std / math.sqrt(n)
     return mean, max(0.0, mean - half), min(1.0, mean + half)
+
+
+def rm_pair_accuracy(scores: Sequence[float | None], verdicts: Sequence[str]) -> float | None:
+    """How often the reward model scores a correct sample above a wrong one of the same problem (a tie counts
+    half), over all such pairs; None when the problem has no correct or no wrong sample.
+
+    >>> rm_pair_accuracy([0.9, 0.2, 0.9, 0.5], ["correct", "incorrect", "no_answer", "correct"])  # (1 + .5 + 1 + 0) / 4
+    0.625
+    """
+    if len(scores) != len(verdicts) or any(s is None for s in scores):
+        raise ValueError("rm_pair_accuracy needs a reward-model score for every sample")
+    right = [s for s, v in zip(scores, verdicts) if v == "correct"]
+    wrong = [s for s, v in zip(scores, verdicts) if v != "correct"]
+    if not right or not wrong:
+        return None
+    wins = sum(1.0 if r > w else 0.5 if r == w else 0.0 for r in right for w in wrong)
+    return wins / (len(right) * len(wrong))
 
 
 def _metric(values: list[float]) -> dict:
@@ -174,6 +176,14 @@ def _summarize_benchmark(problems: list[dict], ks: list[int], same: Callable[[st
     if has_scores:
         for k in ks:
             entry[f"rm@{k}"] = _metric([rm_at_k(p["scores"], p["verdicts"], k) for p in problems])
+        pair_acc = [a for a in (rm_pair_accuracy(p["scores"], p["verdicts"]) for p in problems) if a is not None]
+        if pair_acc:
+            entry["rm_pair_acc"] = _metric(pair_acc) | {"problems": len(pair_acc)}
+        if ks and ks[-1] > 1:
+            k = ks[-1]
+            entry[f"rm@{k}_vs_maj@{k}"] = paired_outcomes(
+                [maj_at_k(p["preds"], p["verdicts"], k, same) == 1.0 for p in problems],
+                [rm_at_k(p["scores"], p["verdicts"], k) == 1.0 for p in problems])
     return entry
 
 
@@ -188,6 +198,10 @@ def summarize(per_problem: list[dict], ks: list[int], same: Callable[[str, str],
     (extracted answers, None when none), optionally `scores` (reward-model scores) and `benchmark`. A benchmark
     reports `pass@k` and `maj@k` for each k in `ks` that every one of its problems has samples for, `rm@k` when all
     its problems carry scores, `acc` from the first sample, plus `n_problems`, `n_samples` and verdict counts.
+    With scores it also reports `rm_pair_acc` (per problem with both correct and wrong samples, how often the RM
+    ranks a correct one above a wrong one; averaged over those problems, whose count is `problems`) and, for the
+    largest k > 1, `rm@k_vs_maj@k`: the paired comparison of the two picks on each problem (`paired_outcomes`,
+    A = maj@k, B = rm@k).
     Each metric is `{"mean": m, "ci95": [lo, hi]}`. The "average" entry holds the mean over benchmarks of each
     metric every benchmark reports (`ci95` None), the benchmark count and summed counts.
 
@@ -246,4 +260,13 @@ def format_markdown(summary: dict) -> str:
     for name, entry in rows.items():
         cells = [name, str(entry["n_problems"])] + [format_metric(entry.get(c)) for c in columns]
         lines.append("| " + " | ".join(cells) + " |")
+    paired = [(name, key, value) for name, entry in summary["benchmarks"].items()
+              for key, value in entry.items() if key.startswith("rm@") and "_vs_maj@" in key]
+    if paired:
+        lines += ["", "RM pick against majority vote on the same problems (B - A in points, Tango's 95% interval; "
+                      "b = right only by majority, c = right only by the RM; exact McNemar p):", ""]
+        for name, key, r in paired:
+            lower, upper = r["ci95"]
+            lines.append(f"- {name} {key.replace('_vs_', ' vs ')}: {100 * r['delta']:+.1f} [{100 * lower:+.1f}, "
+                         f"{100 * upper:+.1f}], b / c = {r['b']} / {r['c']}, p = {r['mcnemar_p']:.3g}")
     return "\n".join(lines)

@@ -3,9 +3,11 @@
 Two models graded on one problem set give correlated outcomes: a hard problem is hard for both. Comparing their two
 accuracy intervals ignores that and is far too conservative; these functions use the pairing.
 
+- `wilson_ci95`: 95% interval for one proportion (Wilson score)
 - `mcnemar_exact_p`: is one run right more often where they disagree? (exact, from the discordant counts)
 - `paired_difference_ci95`: 95% interval for the difference of two paired proportions (Tango's score interval)
 - `paired_bootstrap_ci95`: 95% interval for the difference of per-problem means (several samples per problem)
+- `paired_outcomes`: the whole first-sample comparison of two 0/1 outcome lists (accuracies, delta, b / c, p)
 
 Cells of the paired 2x2 table, with A the reference run and B the run compared with it:
   both     right in A and in B         only_a (b)   right only in A
@@ -18,9 +20,24 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 
-from mathloop.metrics import Z95
+Z95 = 1.959963984540054  # two-sided 95% quantile of the standard normal
 
 BOOTSTRAP_RESAMPLES = 10_000
+
+
+def wilson_ci95(successes: int, n: int) -> tuple[float, float]:
+    """The Wilson score 95% interval for a proportion `successes / n`.
+
+    >>> [round(x, 4) for x in wilson_ci95(2, 4)]
+    [0.15, 0.85]
+    """
+    if not 0 <= successes <= n or n == 0:
+        raise ValueError(f"wilson_ci95 needs 0 <= successes <= n and n >= 1, got successes={successes}, n={n}")
+    p = successes / n
+    z2 = Z95 * Z95
+    center = (p + z2 / (2 * n)) / (1 + z2 / n)
+    half = Z95 * math.sqrt(p * (1 - p) / n + z2 / (4 * n * n)) / (1 + z2 / n)
+    return max(0.0, center - half), min(1.0, center + half)
 
 
 def mcnemar_exact_p(b: int, c: int) -> float:
@@ -116,3 +133,25 @@ def paired_bootstrap_ci95(a: Sequence[float], b: Sequence[float], resamples: int
         means[start:start + size] = differences[rng.integers(0, len(differences), (size, len(differences)))].mean(1)
     lower, upper = np.quantile(means, [0.025, 0.975])
     return float(differences.mean()), float(lower), float(upper)
+
+
+def paired_outcomes(a: Sequence[bool], b: Sequence[bool]) -> dict:
+    """B against A on the same problems, one 0/1 outcome each: both accuracies (Wilson intervals), the difference
+    B - A with Tango's interval, the 2x2 cells (b = right only in A, c = right only in B) and the exact McNemar p.
+
+    >>> r = paired_outcomes([True, True, False, False], [True, False, True, True])
+    >>> r["delta"], r["b"], r["c"], r["mcnemar_p"]
+    (0.25, 1, 2, 1.0)
+    """
+    if len(a) != len(b) or not a:
+        raise ValueError(f"paired_outcomes needs two equally long, non-empty outcome lists, got {len(a)} and {len(b)}")
+    both = sum(bool(x) and bool(y) for x, y in zip(a, b))
+    only_a = sum(bool(x) and not y for x, y in zip(a, b))
+    only_b = sum(bool(y) and not x for x, y in zip(a, b))
+    neither = len(a) - both - only_a - only_b
+    n = len(a)
+    difference, lower, upper = paired_difference_ci95(both, only_a, only_b, neither)
+    return {"acc_a": {"mean": (both + only_a) / n, "ci95": list(wilson_ci95(both + only_a, n))},
+            "acc_b": {"mean": (both + only_b) / n, "ci95": list(wilson_ci95(both + only_b, n))},
+            "delta": difference, "ci95": [lower, upper], "interval": "tango score",
+            "both": both, "b": only_a, "c": only_b, "neither": neither, "mcnemar_p": mcnemar_exact_p(only_a, only_b)}

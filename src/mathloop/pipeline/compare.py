@@ -24,9 +24,8 @@ import json
 from pathlib import Path
 from typing import Any
 
-from mathloop.metrics import wilson_ci95
 from mathloop.records import RecordError, read_jsonl
-from mathloop.stats import BOOTSTRAP_RESAMPLES, mcnemar_exact_p, paired_bootstrap_ci95, paired_difference_ci95
+from mathloop.stats import BOOTSTRAP_RESAMPLES, paired_bootstrap_ci95, paired_outcomes
 
 # benchmark -> problem id -> correctness of each sample, in sample order
 Outcomes = dict[str, dict[str, list[bool]]]
@@ -129,18 +128,8 @@ def compare_benchmark(a: dict[str, list[bool]], b: dict[str, list[bool]], resamp
     shared = [pid for pid in shared if a[pid] and b[pid]]
     if not shared:
         return entry
-    first_a, first_b = [a[pid][0] for pid in shared], [b[pid][0] for pid in shared]
-    both = sum(x and y for x, y in zip(first_a, first_b))
-    only_a = sum(x and not y for x, y in zip(first_a, first_b))
-    only_b = sum(y and not x for x, y in zip(first_a, first_b))
-    neither = len(shared) - both - only_a - only_b
     n = len(shared)
-    difference, lower, upper = paired_difference_ci95(both, only_a, only_b, neither)
-    entry["first_sample"] = {
-        "acc_a": {"mean": (both + only_a) / n, "ci95": list(wilson_ci95(both + only_a, n))},
-        "acc_b": {"mean": (both + only_b) / n, "ci95": list(wilson_ci95(both + only_b, n))},
-        "delta": difference, "ci95": [lower, upper], "interval": "tango score",
-        "both": both, "b": only_a, "c": only_b, "neither": neither, "mcnemar_p": mcnemar_exact_p(only_a, only_b)}
+    entry["first_sample"] = paired_outcomes([a[pid][0] for pid in shared], [b[pid][0] for pid in shared])
     samples_a, samples_b = max(len(a[pid]) for pid in shared), max(len(b[pid]) for pid in shared)
     if max(samples_a, samples_b) > 1:
         mean_a = [sum(a[pid]) / len(a[pid]) for pid in shared]
