@@ -203,3 +203,56 @@ def test_the_gguf_conversion_hides_transformers_dtype_advice():
     finally:
         hf_logger.removeHandler(handler)
     assert [r.getMessage() for r in records] == ["something else", advice]
+
+
+@pytest.fixture
+def untied_model_dir(tmp_path, tiny_model_dir):
+    """The tiny model with its own LM head (untied, as the default model's bfloat16 copy has), so loading its
+    backbone alone leaves `lm_head.weight` unused."""
+    import torch
+    from transformers import AutoTokenizer, Qwen2Config, Qwen2ForCausalLM
+
+    config = Qwen2Config.from_pretrained(tiny_model_dir)
+    config.tie_word_embeddings = False
+    torch.manual_seed(0)
+    Qwen2ForCausalLM(config).save_pretrained(tmp_path)
+    AutoTokenizer.from_pretrained(tiny_model_dir).save_pretrained(tmp_path)
+    return tmp_path
+
+
+def _load_reports(load) -> list[str]:
+    import logging
+
+    records: list[logging.LogRecord] = []
+    handler = logging.Handler()
+    handler.emit = records.append  # type: ignore[method-assign]
+    hf_logger = logging.getLogger("transformers")
+    hf_logger.addHandler(handler)
+    try:
+        load()
+    finally:
+        hf_logger.removeHandler(handler)
+    return [r.getMessage() for r in records if "LOAD REPORT" in r.getMessage()]
+
+
+def test_a_reward_model_backbone_loads_without_the_lm_head_report(untied_model_dir):
+    """A reward model reads a causal LM without its LM head: transformers' load report lists `lm_head.weight` as
+    UNEXPECTED, a table that alarms users for the intended case. Hidden while a reward model loads; shown for the
+    same load elsewhere; a report that lists anything else still reaches the user."""
+    import logging
+
+    from transformers import AutoModel
+
+    from mathloop.models import without_dropped_head_report
+    from mathloop.reward.model import RewardModel
+
+    assert any("lm_head.weight" in m for m in _load_reports(lambda: AutoModel.from_pretrained(untied_model_dir)))
+    assert _load_reports(lambda: RewardModel.from_backbone(str(untied_model_dir))) == []
+    other = ("Qwen2Model LOAD REPORT from: x\nKey                 | Status     |  | \n--------+----+--+-\n"
+             "lm_head.weight      | UNEXPECTED |  | \nlayers.0.mlp.weight | MISSING    |  | \n")
+
+    def warn_other():
+        with without_dropped_head_report():
+            logging.getLogger("transformers.modeling_utils").warning(other)
+
+    assert _load_reports(warn_other) == [other]

@@ -159,6 +159,32 @@ def without_dtype_advice() -> Iterator[None]:
         source.removeFilter(drop)
 
 
+class _DropHeadOnlyReport(logging.Filter):
+    """Drops transformers' load report when every key it lists is an unexpected `lm_head.` weight."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        if "LOAD REPORT" not in message:
+            return True
+        rows = [line.split("|") for line in message.splitlines() if line.count("|") >= 2]
+        listed = [(cells[0].strip(), cells[1].strip()) for cells in rows
+                  if cells[1].strip() and cells[1].strip() != "Status"]
+        return not listed or not all(key.startswith("lm_head.") and status == "UNEXPECTED" for key, status in listed)
+
+
+@contextlib.contextmanager
+def without_dropped_head_report() -> Iterator[None]:
+    """Hide transformers' load report while the block loads a causal LM's backbone without its LM head (a reward
+    model's): the one key it would list, `lm_head.weight` unused, is the intent. Any other key is still reported."""
+    drop = _DropHeadOnlyReport()
+    source = logging.getLogger("transformers.modeling_utils")
+    source.addFilter(drop)
+    try:
+        yield
+    finally:
+        source.removeFilter(drop)
+
+
 def make_trainable(model) -> None:
     """Clear the 'quantized' mark transformers puts on GGUF-loaded models (their weights are dequantized).
 

@@ -71,7 +71,10 @@ class RewardModel(nn.Module):
         """A fresh reward model on a pretrained backbone (`AutoModel` drops the LM head of a causal LM)."""
         from transformers import AutoModel
 
-        backbone = AutoModel.from_pretrained(name_or_path, dtype=dtype or torch.float32, **kwargs)
+        from mathloop.models import without_dropped_head_report
+
+        with without_dropped_head_report():
+            backbone = AutoModel.from_pretrained(name_or_path, dtype=dtype or torch.float32, **kwargs)
         return cls(backbone, backbone_name=str(name_or_path))
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
