@@ -268,6 +268,22 @@ CASES: list[tuple[str, str, str, str, str]] = [
     ("fp-plus-minus-vs-wrong-pair", r"\pm 2021", boxed("2021, 2021"), "math", I),
     ("fp-plus-minus-surd-wrong", r"1\pm\sqrt{2}", boxed(r"1+\sqrt2, 1-\sqrt3"), "math", I),
     ("fp-plus-minus-vs-tuple", r"\pm 2", boxed("(-2, 2)"), "math", I),
+    # --- issue 11: named solutions are the tuples of their values, in the order named (numina-cases-10)
+    ("named-solution-sets-vs-tuples", "p=5,q=2;p=7,q=2", boxed("(5,2),(7,2)"), "math", C),
+    ("tuples-vs-named-solution-sets", "(5,2),(7,2)", boxed("p=5,q=2;p=7,q=2"), "math", C),
+    ("named-solution-sets-any-group-order", "p=5,q=2;p=7,q=2", boxed("(7,2),(5,2)"), "math", C),
+    ("named-solution-sets-both-named", "p=5,q=2;p=7,q=2", boxed("p=7,q=2;p=5,q=2"), "math", C),
+    ("named-solution-one-group-vs-tuple", "p=5,q=2", boxed("(5,2)"), "math", C),
+    ("tuple-vs-named-solution-one-group", "(5,2)", boxed("p=5,q=2"), "math", C),
+    ("named-values-vs-bare-list", "x=1,y=2", boxed("1, 2"), "math", C),
+    ("named-values-same-names-reordered", "x=1,y=2", boxed("y=2,x=1"), "math", C),
+    ("fp-named-solution-sets-swapped-values", "p=5,q=2;p=7,q=2", boxed("(2,5),(2,7)"), "math", I),
+    ("fp-named-solution-sets-missing-group", "p=5,q=2;p=7,q=2", boxed("(5,2)"), "math", I),
+    ("fp-named-solution-sets-names-reordered", "p=5,q=2;q=2,p=7", boxed("(5,2),(7,2)"), "math", I),
+    ("fp-named-solution-sets-extra-item", "p=5,q=2;p=7,q=2,r=1", boxed("(5,2),(7,2)"), "math", I),
+    ("fp-named-solution-one-group-swapped", "p=5,q=2", boxed("(2,5)"), "math", I),
+    ("fp-named-values-vs-bare-list-swapped", "x=1,y=2", boxed("2, 1"), "math", I),
+    ("fp-named-values-other-names", "p=5,q=2", boxed("q=5,p=2"), "math", I),
 ]
 
 

@@ -323,7 +323,6 @@ DISAGREEMENTS: dict[str, str] = {
     'all:relations-math-22': "the gold '1 = \\zzz = x = 0' has an unknown command; mathloop does not read part of a malformed answer",
     'boxed:boxed-1': "the gold '\\boxed{35 cm} ++++++ \\boxed{4}' joins two boxes with '+' signs; read as the last box only",
     'numina-cases:numina-cases-1': 'false positive by our exactness rules: the prediction lists (3,17,3,7) twice: six answers for five',
-    'numina-cases:numina-cases-10': "named solution sets 'p=5,q=2;p=7,q=2' vs tuples [todo]",
     'numina-cases:numina-cases-20': 'false positive by our exactness rules: the prediction lists (3,17,3,7) twice: six answers for five',
     'numina-cases:numina-cases-25': "false positive by our exactness rules: W(x) is not W(n) (as f(x) vs f(y) in strict mode), and the gold is an unclosed \\boxed{ with doubled backslashes",
     'all:set-rel-assymetry-4': "same pair, opposite expectation: set-rel-assymetry-3 expects True for the same strings; only math-verify's allow_set_relation_comp=False option makes this one False, and mathloop reads an interval and its inequality as one set (issue 11, item 3)",
@@ -378,7 +377,7 @@ def test_math_verify_case(case_id: str, expected: bool, verdicts: dict[str, tupl
         assert mathloop_verdict == expected
 
 
-@pytest.mark.xfail(strict=True, reason="issue 11: mathloop agrees on 242/270 (16 more are our exactness rules or a pair expected both ways), math-verify on 270/270; the 12 others are listed in DISAGREEMENTS")
+@pytest.mark.xfail(strict=True, reason="issue 11: mathloop agrees on 243/270 (16 more are our exactness rules or a pair expected both ways), math-verify on 270/270; the 11 others are listed in DISAGREEMENTS")
 def test_agrees_at_least_as_often_as_math_verify(verdicts: dict[str, tuple[bool, bool]]) -> None:
     expected = {case[0]: case[3] for case in CASES}
     mathloop_agrees = sum(verdicts[i][0] == expected[i] for i in expected)
