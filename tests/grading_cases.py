@@ -284,6 +284,15 @@ CASES: list[tuple[str, str, str, str, str]] = [
     ("fp-named-solution-one-group-swapped", "p=5,q=2", boxed("(2,5)"), "math", I),
     ("fp-named-values-vs-bare-list-swapped", "x=1,y=2", boxed("2, 1"), "math", I),
     ("fp-named-values-other-names", "p=5,q=2", boxed("q=5,p=2"), "math", I),
+    # --- issue 11: boxes with only connectives or name labels between them are one list answer (open-thoughts-25)
+    ("labelled-boxes-vs-named-gold", "y_{1}=2x+1, y_{2}=x^{2}", r"\(y_1 = \boxed{1+2x}\) and \(y_2 = \boxed{x^2}\)", "math", C),
+    ("labelled-boxes-vs-list-gold", "3, 5", r"So $a = \boxed{3}$, $b = \boxed{5}$.", "math", C),
+    ("named-gold-vs-labelled-boxes-one-math", "x=3,y=5", r"$x=\boxed{3}, \quad y=\boxed{5}$", "math", C),
+    ("fp-labelled-boxes-swapped-values", "y_{1}=2x+1, y_{2}=x^{2}", r"\(y_1 = \boxed{x^2}\) and \(y_2 = \boxed{1+2x}\)", "math", I),
+    ("fp-labelled-boxes-one-missing", "y_{1}=2x+1, y_{2}=x^{2}", r"\(y_2 = \boxed{x^2}\)", "math", I),
+    ("labelled-boxes-are-one-answer-not-the-last-box", "5", r"So $a = \boxed{3}$, $b = \boxed{5}$.", "math", I),
+    ("fp-boxes-apart-by-words", "1,2", r"$\boxed{1}$ no no no no no $\boxed{2}$", "math", I),
+    ("boxes-apart-by-a-sentence-last-wins", "5", r"First $a = \boxed{3}$. Then $b = \boxed{5}$.", "math", C),
 ]
 
 
