@@ -293,6 +293,11 @@ CASES: list[tuple[str, str, str, str, str]] = [
     ("labelled-boxes-are-one-answer-not-the-last-box", "5", r"So $a = \boxed{3}$, $b = \boxed{5}$.", "math", I),
     ("fp-boxes-apart-by-words", "1,2", r"$\boxed{1}$ no no no no no $\boxed{2}$", "math", I),
     ("boxes-apart-by-a-sentence-last-wins", "5", r"First $a = \boxed{3}$. Then $b = \boxed{5}$.", "math", C),
+    ("unit-words-between-boxes-gold", r"\boxed{1} papers and \boxed{2} bins", boxed("1, 2"), "math", C),
+    ("unit-words-between-boxes-response", "1, 2", r"So $\boxed{1}$ papers and $\boxed{2}$ bins.", "math", C),
+    ("fp-unit-words-between-boxes-wrong-item", r"\boxed{1} papers and \boxed{2} bins", boxed("1, 3"), "math", I),
+    ("fp-unit-words-between-boxes-last-only", r"\boxed{1} papers and \boxed{2} bins", boxed("2"), "math", I),
+    ("phrase-between-boxes-last-box-only", "(3,3),(1,1)", r"$\boxed{(3, 3)} \text{ for part (a) and } \boxed{(1, 1)}$", "math", I),
 ]
 
 
