@@ -298,6 +298,15 @@ CASES: list[tuple[str, str, str, str, str]] = [
     ("fp-unit-words-between-boxes-wrong-item", r"\boxed{1} papers and \boxed{2} bins", boxed("1, 3"), "math", I),
     ("fp-unit-words-between-boxes-last-only", r"\boxed{1} papers and \boxed{2} bins", boxed("2"), "math", I),
     ("phrase-between-boxes-last-box-only", "(3,3),(1,1)", r"$\boxed{(3, 3)} \text{ for part (a) and } \boxed{(1, 1)}$", "math", I),
+    # --- issue 11: a gold written as a solution gives the answer after its last "the final answer is"
+    ("gold-solution-final-answer-phrase", r"So the loss is $28\%$. Final Answer: The final answer is $28 \%$. I hope it is correct.", boxed(r"28\%"), "math", C),
+    ("gold-solution-last-phrase-wins", "The answer is $3$. No: the final answer is $4$. Check done.", boxed("4"), "math", C),
+    ("fp-gold-solution-earlier-answer", "The answer is $3$. No: the final answer is $4$. Check done.", boxed("3"), "math", I),
+    ("fp-gold-solution-wrong-answer", r"Final Answer: The final answer is $28 \%$. I hope it is correct.", boxed("72"), "math", I),
+    # --- issue 11: math pieces joined by "and"/commas after "the final answer is" are one list answer
+    ("answer-phrase-math-list", r"12\text{ and }13", r'Final Answer: The final answer is "$12$ and $13$". I hope it is correct.', "math", C),
+    ("fp-answer-phrase-math-list-last-only", "13", r'Final Answer: The final answer is "$12$ and $13$". I hope it is correct.', "math", I),
+    ("fp-answer-phrase-math-list-wrong-item", r"12\text{ and }13", r"The final answer is $12$, $14$.", "math", I),
 ]
 
 

@@ -77,8 +77,16 @@ def last_math(text: str) -> str | None:
         i = end + len(closer)
 
 
+_MATH_PIECE = re.compile(r"\$[^$]*\$")
+_LIST_GLUE = re.compile(r"(?:[\s,;\"'`\\]|\b(?:and|or)\b)*")
+
+
 def _answer_in_sentence(sentence: str) -> str:
-    """``The largest $n$ is 34`` -> ``34``: a prose sentence after "Final Answer:" gives its last number or math."""
+    """``The largest $n$ is 34`` -> ``34``: a prose sentence after "Final Answer:" gives its last number or math;
+    math pieces with only "and"/"or", commas or quotes between them are one list (``$12$ and $13$`` -> ``12,13``)."""
+    pieces = _MATH_PIECE.findall(sentence)
+    if len(pieces) >= 2 and _LIST_GLUE.fullmatch(_MATH_PIECE.sub(" ", sentence)):
+        return ",".join(clean_answer(piece) for piece in pieces)
     if not _PROSE_WORD.search(re.sub(r"\$[^$]*\$|\\[A-Za-z]+|\\text\{[^{}]*\}", " ", sentence)):
         return sentence
     tail = re.split(r"\b(?:is|are|equals|was|be)\b", sentence)[-1]
