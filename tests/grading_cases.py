@@ -303,6 +303,12 @@ CASES: list[tuple[str, str, str, str, str]] = [
     ("gold-solution-last-phrase-wins", "The answer is $3$. No: the final answer is $4$. Check done.", boxed("4"), "math", C),
     ("fp-gold-solution-earlier-answer", "The answer is $3$. No: the final answer is $4$. Check done.", boxed("3"), "math", I),
     ("fp-gold-solution-wrong-answer", r"Final Answer: The final answer is $28 \%$. I hope it is correct.", boxed("72"), "math", I),
+    # --- issue 11: no box or answer phrase: a concluding sentence after the last math gives its one number
+    ("conclusion-number-after-last-math", "12", r"So $d = \frac{90}{n}$ for each divisor $n$ of 90. Therefore, there are 12 such sequences.", "math", C),
+    ("conclusion-number-after-display-math", "100", r"We get $$\frac{x'}{x} \geq 2.$$ Therefore, the error increases by 100%.", "math", C),
+    ("fp-conclusion-number-not-the-formula", r"\frac{90}{n}", r"So $d = \frac{90}{n}$ for each divisor $n$ of 90. Therefore, there are 12 such sequences.", "math", I),
+    ("conclusion-with-math-gives-the-math", r"\frac{1}{2}", r"Here 3 cases remain. Therefore, $x = \frac{1}{2}$ in all 3 cases.", "math", C),
+    ("conclusion-two-numbers-last-math", r"\frac{1}{2}", r"We find $x = \frac{1}{2}$. So 2 cases give 5 ways.", "math", C),
     # --- issue 11: math pieces joined by "and"/commas after "the final answer is" are one list answer
     ("answer-phrase-math-list", r"12\text{ and }13", r'Final Answer: The final answer is "$12$ and $13$". I hope it is correct.', "math", C),
     ("fp-answer-phrase-math-list-last-only", "13", r'Final Answer: The final answer is "$12$ and $13$". I hope it is correct.', "math", I),

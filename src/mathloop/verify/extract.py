@@ -111,12 +111,36 @@ def _extract_math(response: str) -> str | None:
     gsm = _GSM8K.findall(response)
     if gsm:
         return clean_answer(gsm[-1]) or None
+    conclusion = _conclusion_number(response)
+    if conclusion is not None:
+        return conclusion
     math = last_math(response)
     if math is not None:
         return clean_answer(math) or None
     if _is_bare_math(response):
         return clean_answer(response) or None  # the whole response is one expression: \frac{10}{9}, 1 000
     return _last_number(response)
+
+
+_CONCLUSION = re.compile(r"(?:^|(?<=[.!?:\n$])|(?<=\\[)\]]))[ \t]*+(?:Therefore|Thus|Hence|So)\b,?")  # a sentence start
+_MATH_OR_BOX = re.compile(r"\$|\\\(|\\\[|\\boxed|\\fbox")
+
+
+def _conclusion_number(response: str) -> str | None:
+    """The number of a concluding sentence ("Therefore, there are 12 ...") written after the last math expression,
+    when that sentence holds exactly one number: the answer then, not an intermediate formula before it.
+
+    >>> _conclusion_number(r"We get $d = \\frac{90}{n}$. Therefore, there are 12 sequences. I hope it is correct.")
+    '12'
+    >>> _conclusion_number(r"Therefore $x = 3$."), _conclusion_number("So 2 cases give 5 ways.")
+    (None, None)
+    """
+    conclusions = list(_CONCLUSION.finditer(response))
+    if not conclusions or _MATH_OR_BOX.search(response, conclusions[-1].start()):
+        return None
+    sentence = re.split(r"[.!?](?:\s|$)", response[conclusions[-1].end() :])[0]
+    numbers = _NUMBER.findall(sentence)
+    return numbers[0].rstrip(",") if len(numbers) == 1 else None
 
 
 def _is_bare_math(response: str) -> bool:
