@@ -32,8 +32,8 @@ from functools import lru_cache, partial
 from typing import Any
 
 from mathloop.verify.extract import _ANSWER_IS, _after_answer_phrase
-from mathloop.verify.numeric import clearly_different, evaluate_constant
 from mathloop.verify.latex import _LETTERS, clean_answer, final_boxes, option_letter
+from mathloop.verify.numeric import clearly_different, evaluate_constant
 
 MIN_DECIMALS_FOR_ROUNDING = 3
 # Bounds that keep every in-process path linear and fast: an answer longer than MAX_ANSWER_CHARS (after extraction) is
