@@ -31,7 +31,6 @@ from fractions import Fraction
 from functools import lru_cache, partial
 from typing import Any
 
-from mathloop.verify.extract import _ANSWER_IS, _after_answer_phrase
 from mathloop.verify.latex import _LETTERS, clean_answer, final_boxes, option_letter
 from mathloop.verify.numeric import clearly_different, evaluate_constant
 
@@ -123,8 +122,6 @@ def normalize(answer: str) -> str:
     s = clean_answer(answer)
     if "\\boxed" in s or "\\fbox" in s:  # a gold written as a solution: its boxes are the answer
         s = ",".join(clean_answer(box) for box in final_boxes(s)) or s
-    elif _ANSWER_IS.search(s):  # ... or what its last "the final answer is" gives
-        s = _answer_after_phrase(s) or s
     if s.startswith("{") and s.endswith("}") and _balanced(s[1:-1]) and len(split_top_level(s[1:-1])) > 1:
         s = f"\\{{{s[1:-1]}\\}}"  # bare braces around a list: a set
     s = s.replace("\\dfrac", "\\frac").replace("\\tfrac", "\\frac").replace("\\displaystyle", "")
@@ -151,13 +148,6 @@ def normalize(answer: str) -> str:
         s = paren_letter.group(1)
     s = _set_builder_to_interval(s)
     return _squeeze_spaces(s)
-
-
-def _answer_after_phrase(solution: str) -> str | None:
-    """The answer after the last "the (final) answer is" of a gold written as a solution; None when that phrase is
-    inside braces (``\\text{the answer is } 5`` is an answer as written, not a solution)."""
-    before = solution[: list(_ANSWER_IS.finditer(solution))[-1].start()]
-    return _after_answer_phrase(solution) if before.count("{") == before.count("}") else None
 
 
 def _as_text(answer: str) -> str:

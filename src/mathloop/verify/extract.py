@@ -206,6 +206,23 @@ def _extract_list(response: str) -> str | None:
     return ",".join(group) if group else None
 
 
+def solution_answer(gold: str) -> str:
+    """A gold written as a solution states its answer after its last "the final answer is"; any other gold is
+    returned as it is (a gold with boxes too: equivalence reads its final boxes). A phrase inside braces
+    (``\\text{the answer is } 5``) is part of an answer as written.
+
+    >>> solution_answer(r"So the loss is $28$%. Final Answer: The final answer is $28\\%$. I hope it is correct.")
+    '28\\\\%'
+    >>> solution_answer(r"\\frac{1}{2}")
+    '\\\\frac{1}{2}'
+    """
+    phrases = list(_ANSWER_IS.finditer(gold)) if "\\boxed" not in gold and "\\fbox" not in gold else []
+    if not phrases:
+        return gold
+    before = gold[: phrases[-1].start()]
+    return (_after_answer_phrase(gold) or gold) if before.count("{") == before.count("}") else gold
+
+
 def extract_answer(response: str, answer_type: str = "math", choices: list[str] | None = None) -> str | None:
     """The final answer in ``response``, or None when there is none (the verdict "no_answer").
 
