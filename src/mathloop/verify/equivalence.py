@@ -31,8 +31,8 @@ from fractions import Fraction
 from functools import lru_cache, partial
 from typing import Any
 
-from mathloop.verify.numeric import clearly_different, evaluate_constant
 from mathloop.verify.latex import _LETTERS, clean_answer, final_boxes, option_letter
+from mathloop.verify.numeric import clearly_different, evaluate_constant
 
 MIN_DECIMALS_FOR_ROUNDING = 3
 # Bounds that keep every in-process path linear and fast: an answer longer than MAX_ANSWER_CHARS (after extraction) is
@@ -217,14 +217,68 @@ def strip_variable(answer: str, other: str) -> str:
 
 def align_forms(gold: str, pred: str) -> tuple[str, str]:
     """Write two normalised answers in the same form where one is a rewriting of the other's notation: thousands
-    commas, a variable prefix (``x=3``), an inequality in one variable against an interval (``x>2`` vs
+    commas, named values (``p=5,q=2`` as ``(5,2)``), a variable prefix (``x=3``), an inequality in one variable against an interval (``x>2`` vs
     ``(2,\\infty)``), ``a \\pm b`` against a two-item set or list.
     """
     gold, pred = drop_thousands_commas(gold, pred), drop_thousands_commas(pred, gold)
+    gold, pred = named_values(gold, pred)
     gold, pred = strip_variable(gold, pred), strip_variable(pred, gold)
     gold, pred = inequality_as_interval(gold, pred), inequality_as_interval(pred, gold)
     gold, pred = plus_minus_as_pair(gold, pred), plus_minus_as_pair(pred, gold)
     return gold, pred
+
+
+_ASSIGNMENT = re.compile(r"([a-zA-Z](?:_\{?\w+\}?)?)\s*=\s*([^=]+)")
+
+
+def _named_groups(answer: str) -> tuple[list[str], list[list[str]]] | None:
+    """``p=5,q=2;p=7,q=2`` -> (["p", "q"], [["5", "2"], ["7", "2"]]): ``;``-separated groups of at least two
+    comma-separated ``name=value`` items, the same names in the same order in every group; None for anything else."""
+    if "=" not in answer or len(answer) > 1000:
+        return None
+    names: list[str] | None = None
+    groups = []
+    for group in split_top_level(answer, ";"):
+        items = [_ASSIGNMENT.fullmatch(item) for item in split_top_level(group)]
+        if len(items) < 2 or not all(items):
+            return None
+        group_names = [item.group(1).replace("{", "").replace("}", "") for item in items]  # type: ignore[union-attr]
+        if names is not None and group_names != names:
+            return None
+        names = group_names
+        groups.append([item.group(2).strip() for item in items])  # type: ignore[union-attr]
+    return (names, groups) if names is not None else None
+
+
+def named_values(gold: str, pred: str) -> tuple[str, str]:
+    """Named solutions as the tuples of their values, in the order named: ``p=5,q=2;p=7,q=2`` -> ``(5,2),(7,2)``
+    (a set of solutions: the groups in any order), when the other answer names no variable or the same ones in the same
+    order. Against a bare list of as many values, one group is a tuple and the list is read as one (``y_1=a, y_2=b`` vs
+    ``a, b``: in order, never ``b, a``). Anything else is unchanged.
+
+    >>> named_values("p=5,q=2;p=7,q=2", "(5,2),(7,2)"), named_values("x=1,y=2", "2,1"), named_values("x=1,y=2", "y=2,x=1")
+    (('(5,2),(7,2)', '(5,2),(7,2)'), ('(1,2)', '(2,1)'), ('x=1,y=2', 'y=2,x=1'))
+    """
+    named_gold, named_pred = _named_groups(gold), _named_groups(pred)
+    if named_gold and named_pred:
+        if named_gold[0] != named_pred[0]:
+            return gold, pred  # other names or another order: item by item, as written
+        return _as_tuples(named_gold[1]), _as_tuples(named_pred[1])
+    if named_gold and "=" not in pred:
+        return _as_tuples(named_gold[1]), _tuple_if_bare_list(pred, named_gold[1])
+    if named_pred and "=" not in gold:
+        return _tuple_if_bare_list(gold, named_pred[1]), _as_tuples(named_pred[1])
+    return gold, pred
+
+
+def _as_tuples(groups: list[list[str]]) -> str:
+    return ",".join(f"({','.join(values)})" for values in groups)
+
+
+def _tuple_if_bare_list(answer: str, groups: list[list[str]]) -> str:
+    if len(groups) == 1 and _brackets(answer)[0] == "" and len(split_top_level(answer)) == len(groups[0]):
+        return f"({answer})"
+    return answer
 
 
 _PLUS_MINUS = re.compile(r"^([^,]*?)\\pm\s*([^,]+)$")
@@ -297,8 +351,8 @@ def _is_interval(answer: str) -> bool:
         split_top_level(answer[1:-1])) == 2
 
 
-def split_top_level(s: str) -> list[str]:
-    """Split on commas outside any brackets.
+def split_top_level(s: str, separator: str = ",") -> list[str]:
+    """Split on commas (or ``separator``) outside any brackets.
 
     >>> split_top_level(r"(1,2),\\frac{1}{2},3")
     ['(1,2)', '\\\\frac{1}{2}', '3']
@@ -316,7 +370,7 @@ def split_top_level(s: str) -> list[str]:
             depth += 1
         elif char in ")]}":
             depth -= 1
-        if char == "," and depth == 0:
+        if char == separator and depth == 0:
             parts.append("".join(current).strip())
             current = []
         else:

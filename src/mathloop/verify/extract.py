@@ -77,8 +77,16 @@ def last_math(text: str) -> str | None:
         i = end + len(closer)
 
 
+_MATH_PIECE = re.compile(r"\$[^$]*\$")
+_LIST_GLUE = re.compile(r"(?:[\s,;\"'`\\]|\b(?:and|or)\b)*")
+
+
 def _answer_in_sentence(sentence: str) -> str:
-    """``The largest $n$ is 34`` -> ``34``: a prose sentence after "Final Answer:" gives its last number or math."""
+    """``The largest $n$ is 34`` -> ``34``: a prose sentence after "Final Answer:" gives its last number or math;
+    math pieces with only "and"/"or", commas or quotes between them are one list (``$12$ and $13$`` -> ``12,13``)."""
+    pieces = _MATH_PIECE.findall(sentence)
+    if len(pieces) >= 2 and _LIST_GLUE.fullmatch(_MATH_PIECE.sub(" ", sentence)):
+        return ",".join(clean_answer(piece) for piece in pieces)
     if not _PROSE_WORD.search(re.sub(r"\$[^$]*\$|\\[A-Za-z]+|\\text\{[^{}]*\}", " ", sentence)):
         return sentence
     tail = re.split(r"\b(?:is|are|equals|was|be)\b", sentence)[-1]
@@ -103,12 +111,36 @@ def _extract_math(response: str) -> str | None:
     gsm = _GSM8K.findall(response)
     if gsm:
         return clean_answer(gsm[-1]) or None
+    conclusion = _conclusion_number(response)
+    if conclusion is not None:
+        return conclusion
     math = last_math(response)
     if math is not None:
         return clean_answer(math) or None
     if _is_bare_math(response):
         return clean_answer(response) or None  # the whole response is one expression: \frac{10}{9}, 1 000
     return _last_number(response)
+
+
+_CONCLUSION = re.compile(r"(?:^|(?<=[.!?:\n$])|(?<=\\[)\]]))[ \t]*+(?:Therefore|Thus|Hence|So)\b,?")  # a sentence start
+_MATH_OR_BOX = re.compile(r"\$|\\\(|\\\[|\\boxed|\\fbox")
+
+
+def _conclusion_number(response: str) -> str | None:
+    """The number of a concluding sentence ("Therefore, there are 12 ...") written after the last math expression,
+    when that sentence holds exactly one number: the answer then, not an intermediate formula before it.
+
+    >>> _conclusion_number(r"We get $d = \\frac{90}{n}$. Therefore, there are 12 sequences. I hope it is correct.")
+    '12'
+    >>> _conclusion_number(r"Therefore $x = 3$."), _conclusion_number("So 2 cases give 5 ways.")
+    (None, None)
+    """
+    conclusions = list(_CONCLUSION.finditer(response))
+    if not conclusions or _MATH_OR_BOX.search(response, conclusions[-1].start()):
+        return None
+    sentence = re.split(r"[.!?](?:\s|$)", response[conclusions[-1].end() :])[0]
+    numbers = _NUMBER.findall(sentence)
+    return numbers[0].rstrip(",") if len(numbers) == 1 else None
 
 
 def _is_bare_math(response: str) -> bool:
@@ -172,6 +204,23 @@ def _extract_list(response: str) -> str | None:
     group = [clean_answer(box) for box in find_boxes(response[paragraph_start:])]
     group = [box for box in group if box]
     return ",".join(group) if group else None
+
+
+def solution_answer(gold: str) -> str:
+    """A gold written as a solution states its answer after its last "the final answer is"; any other gold is
+    returned as it is (a gold with boxes too: equivalence reads its final boxes). A phrase inside braces
+    (``\\text{the answer is } 5``) is part of an answer as written.
+
+    >>> solution_answer(r"So the loss is $28$%. Final Answer: The final answer is $28\\%$. I hope it is correct.")
+    '28\\\\%'
+    >>> solution_answer(r"\\frac{1}{2}")
+    '\\\\frac{1}{2}'
+    """
+    phrases = list(_ANSWER_IS.finditer(gold)) if "\\boxed" not in gold and "\\fbox" not in gold else []
+    if not phrases:
+        return gold
+    before = gold[: phrases[-1].start()]
+    return (_after_answer_phrase(gold) or gold) if before.count("{") == before.count("}") else gold
 
 
 def extract_answer(response: str, answer_type: str = "math", choices: list[str] | None = None) -> str | None:

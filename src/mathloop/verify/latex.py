@@ -13,7 +13,14 @@ _BOX_START = re.compile(r"\\(?:boxed|fbox)")
 _BOX_SPACE_ARGUMENT = re.compile(r" ++([^\s$]++)")
 _LETTERS = "ABCDEFGHIJ"
 
-_BOX_SEPARATOR = re.compile(r"(?:[\s,;.$]|\\quad|\\qquad|\\[,;! ]|\\\(|\\\)|\\\[|\\\]|\\text\{\s*(?:and|or|,)?\s*\}|\b(?:and|or)\b)*")
+# What may stand between two boxes of one answer: one lowercase word right after the first box when a comma or
+# "and"/"or" follows it (its unit or label: ``\boxed{1} papers and \boxed{2} bins``), then spacing, commas, math
+# delimiters, "and"/"or", and a name label (``y_2 =``, ``x_{2}=``) before the next box.
+_BOX_SEPARATOR = re.compile(
+    r"(?:[\s$]*+[a-z]{2,}+\s*+(?=,|(?:and|or)\b))?"
+    r"(?:[\s,;.$]|\\quad|\\qquad|\\[,;! ]|\\\(|\\\)|\\\[|\\\]|\\text\{\s*(?:and|or|,)?\s*\}|\b(?:and|or)\b"
+    r"|(?<![A-Za-z\\])[A-Za-z](?:_\{?\w+\}?)?\s*=)*"
+)
 
 
 def find_boxes(text: str) -> list[str]:
@@ -21,10 +28,15 @@ def find_boxes(text: str) -> list[str]:
 
 
 def final_boxes(text: str) -> list[str]:
-    """The last box with the boxes right before it that only commas, "and"/"or" or spacing separate from it.
+    """The last box with the boxes right before it that only commas, "and"/"or", spacing, a name label (``y =``) or
+    the first box's unit word before a connective (``\\boxed{1} papers and \\boxed{2}``) separate from it.
 
     >>> final_boxes(r"first \\boxed{7}. So \\boxed{1} and \\boxed{2}.")
     ['1', '2']
+    >>> final_boxes(r"\\(y_1 = \\boxed{3}\\) and \\(y_2 = \\boxed{4}\\)"), final_boxes(r"\\boxed{1} no \\boxed{2}")
+    (['3', '4'], ['2'])
+    >>> final_boxes(r"\\boxed{1} papers and \\boxed{2} bins"), final_boxes(r"\\boxed{1} for part (a) and \\boxed{2}")
+    (['1', '2'], ['2'])
     """
     spans = box_spans(text)
     if not spans:

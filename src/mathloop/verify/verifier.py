@@ -6,7 +6,7 @@ from typing import Sequence, TypeVar
 
 from mathloop.records import CORRECT, INCORRECT, NO_ANSWER
 from mathloop.verify.equivalence import fast_equivalent, question_allows_rounding
-from mathloop.verify.extract import extract_answer
+from mathloop.verify.extract import extract_answer, solution_answer
 from mathloop.verify.pool import WorkerPool, default_pool
 
 
@@ -23,7 +23,8 @@ def grade(
 ) -> tuple[str | None, str]:
     """(extracted prediction, verdict): "correct", "incorrect", or "no_answer" when nothing could be extracted.
 
-    A missing gold (``None``) cannot confirm anything: the verdict is "incorrect" unless there is no answer.
+    A missing gold (``None``) cannot confirm anything: the verdict is "incorrect" unless there is no answer. A gold
+    written as a solution is read for its answer (``solution_answer``; its final boxes, see ``normalize``).
     ``question``: when it asks for a decimal or a rounding, a rounded decimal answers an exact gold (3.142 for
     ``\\pi``); without it, or when it does not ask, a decimal approximation of an exact gold is incorrect.
 
@@ -36,7 +37,7 @@ def grade(
     if gold is None:
         return pred, INCORRECT
     rounding = question_allows_rounding(question)
-    return pred, CORRECT if is_equivalent(gold, pred, answer_type, timeout, rounding) else INCORRECT
+    return pred, CORRECT if is_equivalent(solution_answer(gold), pred, answer_type, timeout, rounding) else INCORRECT
 
 
 def _per_item(value: T | Sequence[T], count: int) -> list[T]:
@@ -120,7 +121,7 @@ class Verifier:
             raise ValueError(f"expected {len(items)} choice lists, got {len(per_item_choices)}")
         preds = [extract_answer(response, kind, opts) for (_, response), kind, opts in zip(items, types, per_item_choices)]  # type: ignore[arg-type]
         to_check = [i for i, (pred, (gold, _)) in enumerate(zip(preds, items)) if pred is not None and gold is not None]
-        verdicts = self.is_equivalent_batch([(items[i][0], preds[i]) for i in to_check], [types[i] for i in to_check],  # type: ignore[misc]
+        verdicts = self.is_equivalent_batch([(solution_answer(items[i][0]), preds[i]) for i in to_check], [types[i] for i in to_check],  # type: ignore[misc]
                                             [roundings[i] for i in to_check])
         graded: list[tuple[str | None, str]] = [(pred, NO_ANSWER if pred is None else INCORRECT) for pred in preds]
         for index, ok in zip(to_check, verdicts):
