@@ -256,3 +256,17 @@ def test_a_reward_model_backbone_loads_without_the_lm_head_report(untied_model_d
             logging.getLogger("transformers.modeling_utils").warning(other)
 
     assert _load_reports(warn_other) == [other]
+
+
+def test_adding_lora_does_not_show_peft_s_deprecation_warning(tiny_model_dir):
+    """peft reads transformers' deprecated `is_gradient_checkpointing`; users of `rm train --lora` / `grpo --lora`
+    would see a FutureWarning they cannot act on."""
+    import warnings
+
+    from mathloop.models import add_lora, load_causal_lm, lora_config
+
+    model = load_causal_lm(str(tiny_model_dir), dtype=None)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        add_lora(model, lora_config("rm", 4, 8))
+    assert not [w for w in caught if "is_gradient_checkpointing" in str(w.message)]

@@ -255,7 +255,12 @@ def top_layer_lora(model, layers: int | None) -> dict:
 
 
 def add_lora(model, config):
-    """`model` wrapped with LoRA adapters (`lora_config`); only the adapters train."""
+    """`model` wrapped with LoRA adapters (`lora_config`); only the adapters train. peft reads transformers'
+    deprecated `is_gradient_checkpointing` alias; that FutureWarning (peft's to fix, not the user's) is hidden."""
+    import warnings
+
     from peft import get_peft_model
 
-    return get_peft_model(model, config)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="`is_gradient_checkpointing` is deprecated", category=FutureWarning)
+        return get_peft_model(model, config)
