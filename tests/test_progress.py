@@ -4,6 +4,8 @@ they finish (a killed run keeps them), --quiet on every command, and the bar hel
 from __future__ import annotations
 
 import argparse
+import contextlib
+from collections.abc import Iterator
 
 import pytest
 
@@ -156,28 +158,37 @@ def test_grade_prints_the_metrics_as_eval_does(tmp_path, capsys):
     assert f"| 4 | {format_metric(eval_acc)} |" in out  # percent with the interval, e.g. 50.0 [15.0, 85.0]
 
 
-def test_loading_and_generating_with_hf_warns_about_no_dtype(tiny_model_dir):
-    """transformers' dtype advice names a flag mathloop does not have; loading through the hf backend (every
-    --dtype choice) and generating must not print it (Python warnings or transformers' logger)."""
+@contextlib.contextmanager
+def transformers_log() -> Iterator[list[str]]:
+    """The messages transformers logs while the block runs (any of its loggers)."""
     import logging
-    import warnings
-
-    from mathloop.backends import load_backend
 
     records: list[logging.LogRecord] = []
     handler = logging.Handler()
     handler.emit = records.append  # type: ignore[method-assign]
     hf_logger = logging.getLogger("transformers")
     hf_logger.addHandler(handler)
+    messages: list[str] = []
     try:
-        with warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("always")
-            for dtype in ("auto", "float32", "bfloat16", "float16"):
-                backend = load_backend("hf", str(tiny_model_dir), dtype=dtype, batch_size=2)
-                backend.generate(["What is 2 + 3?"], SamplingParams(n=2, temperature=0.8, max_new_tokens=3))
+        yield messages
     finally:
         hf_logger.removeHandler(handler)
-    messages = [str(w.message) for w in caught] + [r.getMessage() for r in records]
+        messages += [r.getMessage() for r in records]
+
+
+def test_loading_and_generating_with_hf_warns_about_no_dtype(tiny_model_dir):
+    """transformers' dtype advice names a flag mathloop does not have; loading through the hf backend (every
+    --dtype choice) and generating must not print it (Python warnings or transformers' logger)."""
+    import warnings
+
+    from mathloop.backends import load_backend
+
+    with transformers_log() as logged, warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        for dtype in ("auto", "float32", "bfloat16", "float16"):
+            backend = load_backend("hf", str(tiny_model_dir), dtype=dtype, batch_size=2)
+            backend.generate(["What is 2 + 3?"], SamplingParams(n=2, temperature=0.8, max_new_tokens=3))
+    messages = [str(w.message) for w in caught] + logged
     assert not [m for m in messages if "dtype" in m], messages
 
 
@@ -188,21 +199,14 @@ def test_the_gguf_conversion_hides_transformers_dtype_advice():
 
     from mathloop.models import without_dtype_advice
 
-    records: list[logging.LogRecord] = []
-    handler = logging.Handler()
-    handler.emit = records.append  # type: ignore[method-assign]
-    hf_logger = logging.getLogger("transformers")
-    hf_logger.addHandler(handler)
     gguf_logger = logging.getLogger("transformers.quantizers.quantizer_gguf")
     advice = "Loading a GGUF checkpoint ... Pass `dtype=torch.float32` to avoid it"
-    try:
+    with transformers_log() as logged:
         with without_dtype_advice():
             gguf_logger.warning(advice)
             gguf_logger.warning("something else")
         gguf_logger.warning(advice)
-    finally:
-        hf_logger.removeHandler(handler)
-    assert [r.getMessage() for r in records] == ["something else", advice]
+    assert logged == ["something else", advice]
 
 
 @pytest.fixture
@@ -221,18 +225,9 @@ def untied_model_dir(tmp_path, tiny_model_dir):
 
 
 def _load_reports(load) -> list[str]:
-    import logging
-
-    records: list[logging.LogRecord] = []
-    handler = logging.Handler()
-    handler.emit = records.append  # type: ignore[method-assign]
-    hf_logger = logging.getLogger("transformers")
-    hf_logger.addHandler(handler)
-    try:
+    with transformers_log() as logged:
         load()
-    finally:
-        hf_logger.removeHandler(handler)
-    return [r.getMessage() for r in records if "LOAD REPORT" in r.getMessage()]
+    return [m for m in logged if "LOAD REPORT" in m]
 
 
 def test_a_reward_model_backbone_loads_without_the_lm_head_report(untied_model_dir):

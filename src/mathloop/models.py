@@ -146,17 +146,21 @@ class _DropDtypeAdvice(logging.Filter):
 
 
 @contextlib.contextmanager
-def without_dtype_advice() -> Iterator[None]:
-    """Hide transformers' log advice to pass `dtype=...` (GGUF loading in a dtype it does not prefer) while the
-    block runs: the user cannot act on it, the dtype is mathloop's choice."""
-    drop = _DropDtypeAdvice()
-    # A logger's filter sees only records logged on it, so the one that warns gets it (handlers need none).
-    source = logging.getLogger("transformers.quantizers.quantizer_gguf")
+def _filtered(logger: str, drop: logging.Filter) -> Iterator[None]:
+    """`drop` on the logger `logger` while the block runs. A logger's filter sees only the records logged on it, so
+    the one that emits gets it (handlers need none)."""
+    source = logging.getLogger(logger)
     source.addFilter(drop)
     try:
         yield
     finally:
         source.removeFilter(drop)
+
+
+def without_dtype_advice():
+    """Hide transformers' log advice to pass `dtype=...` (GGUF loading in a dtype it does not prefer) while the
+    block runs: the user cannot act on it, the dtype is mathloop's choice."""
+    return _filtered("transformers.quantizers.quantizer_gguf", _DropDtypeAdvice())
 
 
 class _DropHeadOnlyReport(logging.Filter):
@@ -172,17 +176,10 @@ class _DropHeadOnlyReport(logging.Filter):
         return not listed or not all(key.startswith("lm_head.") and status == "UNEXPECTED" for key, status in listed)
 
 
-@contextlib.contextmanager
-def without_dropped_head_report() -> Iterator[None]:
+def without_dropped_head_report():
     """Hide transformers' load report while the block loads a causal LM's backbone without its LM head (a reward
     model's): the one key it would list, `lm_head.weight` unused, is the intent. Any other key is still reported."""
-    drop = _DropHeadOnlyReport()
-    source = logging.getLogger("transformers.modeling_utils")
-    source.addFilter(drop)
-    try:
-        yield
-    finally:
-        source.removeFilter(drop)
+    return _filtered("transformers.modeling_utils", _DropHeadOnlyReport())
 
 
 def make_trainable(model) -> None:
