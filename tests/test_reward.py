@@ -13,7 +13,7 @@ from mathloop.data.decontaminate import ContaminationIndex
 from mathloop.reward.data import build_rm_groups, split_groups
 from mathloop.reward.loss import listwise_loss, pairwise_accuracy
 from mathloop.reward.model import RewardModel, load_reward_model
-from mathloop.reward.score import score_samples
+from mathloop.reward.score import progress_path, score_samples
 from mathloop.tokens import encode, pad_batch
 
 PROMPT = "<|im_start|>user\nWhat is x? Problem {i}.<|im_end|>\n<|im_start|>assistant\n"
@@ -120,6 +120,44 @@ def test_score_samples_keeps_input_order_whatever_the_batching(tiny_rm):
     samples = [Sample(problem_id="p", prompt="Q", response="word " * n) for n in (1, 9, 3, 6)]
     one = score_samples(model, tokenizer, samples, batch_size=1)
     assert score_samples(model, tokenizer, samples, batch_size=4) == pytest.approx(one, abs=1e-5)
+
+
+class _CountingModel(torch.nn.Module):
+    """Wraps a reward model, counting the rows it scores; raises after `fail_after` batches (an interruption)."""
+
+    def __init__(self, model, fail_after: int | None = None):
+        super().__init__()
+        self.model, self.fail_after, self.rows, self.batches = model, fail_after, 0, 0
+
+    def input_text(self, *args):
+        return self.model.input_text(*args)
+
+    def forward(self, input_ids, attention_mask):
+        if self.fail_after is not None and self.batches == self.fail_after:
+            raise KeyboardInterrupt
+        self.batches += 1
+        self.rows += len(input_ids)
+        return self.model(input_ids, attention_mask)
+
+
+def test_interrupted_scoring_resumes_without_rescoring_finished_batches(tiny_rm, tmp_path):
+    model, tokenizer = tiny_rm
+    samples = [Sample(problem_id=str(i), prompt=PROMPT.format(i=i), response="word " * (i + 1)) for i in range(7)]
+    expected = score_samples(model, tokenizer, samples, batch_size=2)
+    progress = progress_path(tmp_path / "scored.jsonl", "runs/rm/final")
+    interrupted = _CountingModel(model, fail_after=2)
+    with pytest.raises(KeyboardInterrupt):
+        score_samples(interrupted, tokenizer, samples, batch_size=2, progress_file=progress)
+    assert len(progress.read_text().splitlines()) == 4  # two finished batches of 2 are kept
+    resumed = _CountingModel(model)
+    assert score_samples(resumed, tokenizer, samples, batch_size=2, progress_file=progress) == \
+        pytest.approx(expected, abs=1e-6)
+    assert resumed.rows == 3  # only the 3 unscored samples
+    # another reward model, or another length limit, never reuses those scores
+    assert progress_path(tmp_path / "scored.jsonl", "runs/rm2/final") != progress
+    again = _CountingModel(model)
+    score_samples(again, tokenizer, samples, batch_size=2, max_length=8, progress_file=progress)
+    assert again.rows == 7
 
 
 def test_loading_a_folder_that_is_no_model_names_it(tmp_path):
@@ -266,6 +304,7 @@ def test_score_cli_writes_an_rm_score_for_every_sample(trained_rm, tmp_path):
     assert len(scored) == len(samples) and all(isinstance(s.rm_score, float) for s in scored)
     best_of_six = [max(scored[i:i + 6], key=lambda s: s.rm_score) for i in range(0, 18, 6)]
     assert all(s.verdict == "correct" for s in best_of_six)  # RM@6 picks a \boxed{7} response
+    assert not list(tmp_path.glob("*rm-progress*"))  # the resume file goes once the output is written
 
 
 @pytest.mark.training
