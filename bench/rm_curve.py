@@ -66,12 +66,15 @@ def score(rm_dir: Path, samples: list[Sample], path: Path, batch_size: int) -> l
     if path.exists():
         return read_records(Sample, path)
     from mathloop.reward.model import load_reward_model
-    from mathloop.reward.score import score_samples
+    from mathloop.reward.score import progress_path, score_samples
 
     reward_model, tokenizer = load_reward_model(str(rm_dir), device="cpu")
-    for sample, value in zip(samples, score_samples(reward_model, tokenizer, samples, batch_size, 2048)):
+    progress = progress_path(path, str(rm_dir))
+    for sample, value in zip(samples, score_samples(reward_model, tokenizer, samples, batch_size, 2048,
+                                                    progress_file=progress)):
         sample.rm_score = value
     write_jsonl(path, samples)
+    progress.unlink(missing_ok=True)
     return samples
 
 
