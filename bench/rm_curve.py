@@ -10,6 +10,8 @@ test samples (an `mathloop eval` run with n samples per problem), and prints per
              the test problems that have both, with a 95% interval over problems)
   rm@n       accuracy of the highest-scored response per problem, against maj@n (majority vote) on the same
              problems: the paired difference with Tango's interval, the discordant counts and McNemar's exact p
+  wmaj@n     majority vote with each response's vote weighted by sigmoid(RM score) (`mathloop select`'s rule for
+             problems without a gold), against maj@n the same way
 
 Only test problems with both correct and wrong responses are scored: on a problem whose responses are all right or
 all wrong, rm@n and maj@n are decided without scores (every pick is right, or every pick is wrong), so rm@n over all
@@ -26,6 +28,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import math
 import sys
 import time
 from pathlib import Path
@@ -36,9 +39,10 @@ except ImportError:
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
 from mathloop.hardware import hardware_info  # noqa: E402
-from mathloop.metrics import maj_at_k, mean_ci95, rm_pair_accuracy  # noqa: E402
+from mathloop.metrics import maj_at_k, majority, mean_ci95, rm_pair_accuracy  # noqa: E402
 from mathloop.records import Sample, read_records, write_jsonl  # noqa: E402
 from mathloop.stats import paired_outcomes  # noqa: E402
+from mathloop.verify import same_answer  # noqa: E402
 
 
 def by_problem(samples: list[Sample]) -> dict[str, list[Sample]]:
@@ -79,23 +83,27 @@ def score(rm_dir: Path, samples: list[Sample], path: Path, batch_size: int) -> l
 
 
 def evaluate(test: dict[str, list[Sample]], scored: list[Sample], k: int) -> dict:
-    """pair acc over the scored (mixed) problems; rm@k vs maj@k over every test problem."""
+    """pair acc over the scored (mixed) problems; rm@k and RM-weighted maj@k vs maj@k over every test problem."""
     scores = {(s.problem_id, s.sample_index): s.rm_score for s in scored}
-    pair_acc, maj, rm = [], [], []
+    pair_acc, maj, rm, weighted = [], [], [], []
     for pid, group in test.items():
         group = group[:k]
-        verdicts = [s.verdict for s in group]
-        maj.append(maj_at_k([s.pred for s in group], verdicts, k) == 1.0)
+        verdicts, preds = [s.verdict for s in group], [s.pred for s in group]
+        maj.append(maj_at_k(preds, verdicts, k, same_answer) == 1.0)  # answers grouped as `mathloop eval` does
         if all(v == "correct" for v in verdicts) or all(v != "correct" for v in verdicts):
             rm.append(verdicts[0] == "correct")
+            weighted.append(verdicts[0] == "correct")
             continue
         values = [scores[(pid, s.sample_index)] for s in group]
         best = max(range(k), key=lambda i: (values[i], -i))
         rm.append(verdicts[best] == "correct")
+        winner, _ = majority(preds, same_answer, weights=[1 / (1 + math.exp(-v)) for v in values])
+        weighted.append(winner is not None and verdicts[winner] == "correct")
         pair_acc.append(rm_pair_accuracy(values, verdicts))
     mean, low, high = mean_ci95(pair_acc)
     return {"pair_acc": {"mean": mean, "ci95": [low, high], "problems": len(pair_acc)},
-            "rm_vs_maj": paired_outcomes(maj, rm), "problems": len(test), "k": k}
+            "rm_vs_maj": paired_outcomes(maj, rm), "weighted_vs_maj": paired_outcomes(maj, weighted),
+            "problems": len(test), "k": k}
 
 
 def main() -> None:
@@ -164,19 +172,27 @@ def format_row(r: dict) -> str:
     return (f"N={r['size']}: pair acc {100 * p['mean']:.1f} [{100 * p['ci95'][0]:.1f}, {100 * p['ci95'][1]:.1f}] on "
             f"{p['problems']} problems; rm@{r['k']} {100 * c['acc_b']['mean']:.1f} vs maj@{r['k']} "
             f"{100 * c['acc_a']['mean']:.1f}: {100 * c['delta']:+.1f} [{100 * c['ci95'][0]:+.1f}, "
-            f"{100 * c['ci95'][1]:+.1f}], b/c {c['b']}/{c['c']}, p={c['mcnemar_p']:.3g} "
+            f"{100 * c['ci95'][1]:+.1f}], b/c {c['b']}/{c['c']}, p={c['mcnemar_p']:.3g}; {_weighted(r)} "
             f"(train {r['train_seconds'] / 60:.1f} min, score {r['score_seconds'] / 60:.1f} min)")
 
 
+def _weighted(r: dict) -> str:
+    w = r["weighted_vs_maj"]
+    return (f"wmaj@{r['k']} {100 * w['acc_b']['mean']:.1f}: {100 * w['delta']:+.1f} [{100 * w['ci95'][0]:+.1f}, "
+            f"{100 * w['ci95'][1]:+.1f}], p={w['mcnemar_p']:.3g}")
+
+
 def format_table(rows: list[dict]) -> str:
-    lines = ["| training problems | test pair acc [95% CI] | rm@k | maj@k | rm@k - maj@k [95% CI] | b / c | p | "
-             "train min | score min |", "|---|---|---|---|---|---|---|---|---|"]
+    lines = ["| training problems | test pair acc [95% CI] | maj@k | rm@k | rm@k - maj@k [95% CI] | b / c | p | "
+             "wmaj@k - maj@k [95% CI] | p | train min | score min |", "|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
-        p, c = r["pair_acc"], r["rm_vs_maj"]
+        p, c, w = r["pair_acc"], r["rm_vs_maj"], r["weighted_vs_maj"]
         lines.append(f"| {r['size']} | {100 * p['mean']:.1f} [{100 * p['ci95'][0]:.1f}, {100 * p['ci95'][1]:.1f}] | "
-                     f"{100 * c['acc_b']['mean']:.1f} | {100 * c['acc_a']['mean']:.1f} | {100 * c['delta']:+.1f} "
+                     f"{100 * c['acc_a']['mean']:.1f} | {100 * c['acc_b']['mean']:.1f} | {100 * c['delta']:+.1f} "
                      f"[{100 * c['ci95'][0]:+.1f}, {100 * c['ci95'][1]:+.1f}] | {c['b']} / {c['c']} | "
-                     f"{c['mcnemar_p']:.3g} | {r['train_seconds'] / 60:.1f} | {r['score_seconds'] / 60:.1f} |")
+                     f"{c['mcnemar_p']:.3g} | {100 * w['delta']:+.1f} [{100 * w['ci95'][0]:+.1f}, "
+                     f"{100 * w['ci95'][1]:+.1f}] | {w['mcnemar_p']:.3g} | {r['train_seconds'] / 60:.1f} | "
+                     f"{r['score_seconds'] / 60:.1f} |")
     return "\n".join(lines)
 
 
