@@ -147,18 +147,27 @@ def main() -> None:
         subset = folder / "train_samples.jsonl"
         if not subset.exists():
             write_jsonl(subset, training_subset(train_groups, size))
+        timing_path = folder / "timing.json"  # times of the runs that did the work (a rerun reads them back)
+        timing = json.loads(timing_path.read_text()) if timing_path.exists() else {}
+        trained_before = (folder / "rm" / "final" / "reward_config.json").exists()
         started = time.time()
-        summary = train(RMTrainConfig(samples=[str(subset)], output_dir=str(folder / "rm"), model=args.model,
-                                      decontaminate=[d for d in args.decontaminate.split(",") if d],
-                                      epochs=args.epochs, learning_rate=args.lr, lora=True,
-                                      lora_layers=args.lora_layers, max_length=args.max_length))
-        trained = time.time() - started
+        train(RMTrainConfig(samples=[str(subset)], output_dir=str(folder / "rm"), model=args.model,
+                            decontaminate=[d for d in args.decontaminate.split(",") if d],
+                            epochs=args.epochs, learning_rate=args.lr, lora=True,
+                            lora_layers=args.lora_layers, max_length=args.max_length))
+        if not trained_before:
+            timing["train_seconds"] = round(time.time() - started, 1)
+        scored_before = (folder / "test_scores.jsonl").exists()
         started = time.time()
         scored = score(folder / "rm" / "final", [dataclasses.replace(s) for s in to_score],
                        folder / "test_scores.jsonl", args.batch_size)
-        result = {"size": size, **evaluate(test, scored, args.k), "train_seconds": round(trained, 1),
-                  "score_seconds": round(time.time() - started, 1),
-                  "heldout_train_pair_acc": summary.get("heldout_accuracy")}
+        if not scored_before:
+            timing["score_seconds"] = round(time.time() - started, 1)
+        timing_path.write_text(json.dumps(timing) + "\n")
+        metrics = [json.loads(line) for line in (folder / "rm" / "metrics.jsonl").read_text().splitlines()]
+        result = {"size": size, **evaluate(test, scored, args.k), "train_seconds": timing.get("train_seconds"),
+                  "score_seconds": timing.get("score_seconds"),
+                  "heldout_train_pair_acc": metrics[-1].get("heldout_accuracy")}
         (folder / "result.json").write_text(json.dumps(result, indent=2) + "\n")
         rows.append(result)
         print(format_row(result), flush=True)
@@ -173,7 +182,11 @@ def format_row(r: dict) -> str:
             f"{p['problems']} problems; rm@{r['k']} {100 * c['acc_b']['mean']:.1f} vs maj@{r['k']} "
             f"{100 * c['acc_a']['mean']:.1f}: {100 * c['delta']:+.1f} [{100 * c['ci95'][0]:+.1f}, "
             f"{100 * c['ci95'][1]:+.1f}], b/c {c['b']}/{c['c']}, p={c['mcnemar_p']:.3g}; {_weighted(r)} "
-            f"(train {r['train_seconds'] / 60:.1f} min, score {r['score_seconds'] / 60:.1f} min)")
+            f"(train {_minutes(r['train_seconds'])} min, score {_minutes(r['score_seconds'])} min)")
+
+
+def _minutes(seconds: float | None) -> str:
+    return "?" if seconds is None else f"{seconds / 60:.1f}"
 
 
 def _weighted(r: dict) -> str:
@@ -191,8 +204,8 @@ def format_table(rows: list[dict]) -> str:
                      f"{100 * c['acc_a']['mean']:.1f} | {100 * c['acc_b']['mean']:.1f} | {100 * c['delta']:+.1f} "
                      f"[{100 * c['ci95'][0]:+.1f}, {100 * c['ci95'][1]:+.1f}] | {c['b']} / {c['c']} | "
                      f"{c['mcnemar_p']:.3g} | {100 * w['delta']:+.1f} [{100 * w['ci95'][0]:+.1f}, "
-                     f"{100 * w['ci95'][1]:+.1f}] | {w['mcnemar_p']:.3g} | {r['train_seconds'] / 60:.1f} | "
-                     f"{r['score_seconds'] / 60:.1f} |")
+                     f"{100 * w['ci95'][1]:+.1f}] | {w['mcnemar_p']:.3g} | {_minutes(r['train_seconds'])} | "
+                     f"{_minutes(r['score_seconds'])} |")
     return "\n".join(lines)
 
 
