@@ -149,6 +149,8 @@ def test_interrupted_scoring_resumes_without_rescoring_finished_batches(tiny_rm,
     with pytest.raises(KeyboardInterrupt):
         score_samples(interrupted, tokenizer, samples, batch_size=2, progress_file=progress)
     assert len(progress.read_text().splitlines()) == 4  # two finished batches of 2 are kept
+    with progress.open("a") as f:
+        f.write('{"key": "abc", "rm_')  # a kill in the middle of an append
     resumed = _CountingModel(model)
     assert score_samples(resumed, tokenizer, samples, batch_size=2, progress_file=progress) == \
         pytest.approx(expected, abs=1e-6)

@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 
 from mathloop.progress import progress_bar
-from mathloop.records import JsonlAppender, Sample, read_jsonl, read_records, write_jsonl
+from mathloop.records import JsonlAppender, Sample, drop_torn_last_line, read_jsonl, read_records, write_jsonl
 from mathloop.tokens import encode, pad_batch, pad_token_id
 
 
@@ -72,6 +72,7 @@ def score_samples(reward_model: torch.nn.Module, tokenizer, samples: Sequence[Sa
 def _finished_scores(progress_file: str | os.PathLike | None) -> dict[str, float]:
     if progress_file is None or not Path(progress_file).exists():
         return {}
+    drop_torn_last_line(progress_file)  # a kill mid-append
     return {row["key"]: float(row["rm_score"]) for row in read_jsonl(progress_file)}
 
 
@@ -87,7 +88,7 @@ def score_file(reward_model_path: str, input_path: str | os.PathLike, output_pat
                batch_size: int = 8, max_length: int | None = 4096, dtype: str | None = None,
                device: str | None = None) -> int:
     """Read samples, add `rm_score` to each, write them to `output_path`; returns the number written. An interrupted
-    run resumes from `progress_path(output_path)`."""
+    run resumes from `progress_path(output_path, reward_model_path)`."""
     from mathloop.reward.model import load_reward_model
 
     samples = read_records(Sample, input_path)
