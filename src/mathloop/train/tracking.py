@@ -26,9 +26,10 @@ def check_report_to(report_to: list[str], where: str) -> None:
     """
     if not isinstance(report_to, list):
         raise ValueError(f"{where}: report_to must be a list of names ({', '.join(REPORT_TO)}), got {report_to!r}")
+    unknown = [name for name in report_to if name not in REPORT_TO]
+    if unknown:  # before any missing package, so the error does not depend on the extras installed
+        raise ValueError(f"{where}: report_to: unknown {unknown[0]!r}; known: {', '.join(REPORT_TO)}")
     for name in report_to:
-        if name not in REPORT_TO:
-            raise ValueError(f"{where}: report_to: unknown {name!r}; known: {', '.join(REPORT_TO)}")
         if importlib.util.find_spec(REPORT_TO[name]) is None:
             raise ValueError(f"{where}: report_to: {name} needs the {REPORT_TO[name]} package: "
                              f"pip install 'mathloop[{name}]'")
