@@ -26,7 +26,6 @@ Usage:
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import math
 import sys
@@ -39,7 +38,7 @@ except ImportError:
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
 from mathloop.hardware import hardware_info  # noqa: E402
-from mathloop.metrics import maj_at_k, majority, mean_ci95, rm_pair_accuracy  # noqa: E402
+from mathloop.metrics import maj_at_k, majority, mean_ci95, rm_at_k, rm_pair_accuracy  # noqa: E402
 from mathloop.records import Sample, read_records, write_jsonl  # noqa: E402
 from mathloop.stats import paired_outcomes  # noqa: E402
 from mathloop.verify import same_answer  # noqa: E402
@@ -66,20 +65,15 @@ def training_subset(groups: dict[str, list[Sample]], size: int) -> list[Sample]:
     return [s for pid in chosen for s in groups[pid]]
 
 
-def score(rm_dir: Path, samples: list[Sample], path: Path, batch_size: int) -> list[Sample]:
-    if path.exists():
-        return read_records(Sample, path)
-    from mathloop.reward.model import load_reward_model
-    from mathloop.reward.score import progress_path, score_samples
+def score(rm_dir: Path, samples: list[Sample], folder: Path, batch_size: int) -> list[Sample]:
+    """The samples with `mathloop score`'s scores (resumable; read back when done before)."""
+    from mathloop.reward.score import score_file
 
-    reward_model, tokenizer = load_reward_model(str(rm_dir), device="cpu")
-    progress = progress_path(path, str(rm_dir))
-    for sample, value in zip(samples, score_samples(reward_model, tokenizer, samples, batch_size, 2048,
-                                                    progress_file=progress)):
-        sample.rm_score = value
-    write_jsonl(path, samples)
-    progress.unlink(missing_ok=True)
-    return samples
+    path = folder / "test_scores.jsonl"
+    if not path.exists():
+        write_jsonl(folder / "test_to_score.jsonl", samples)
+        score_file(str(rm_dir), folder / "test_to_score.jsonl", path, batch_size, 2048, device="cpu")
+    return read_records(Sample, path)
 
 
 def evaluate(test: dict[str, list[Sample]], scored: list[Sample], k: int) -> dict:
@@ -95,8 +89,7 @@ def evaluate(test: dict[str, list[Sample]], scored: list[Sample], k: int) -> dic
             weighted.append(verdicts[0] == "correct")
             continue
         values = [scores[(pid, s.sample_index)] for s in group]
-        best = max(range(k), key=lambda i: (values[i], -i))
-        rm.append(verdicts[best] == "correct")
+        rm.append(rm_at_k(values, verdicts, k) == 1.0)
         winner, _ = majority(preds, same_answer, weights=[1 / (1 + math.exp(-v)) for v in values])
         weighted.append(winner is not None and verdicts[winner] == "correct")
         pair_acc.append(rm_pair_accuracy(values, verdicts))
@@ -159,8 +152,7 @@ def main() -> None:
             timing["train_seconds"] = round(time.time() - started, 1)
         scored_before = (folder / "test_scores.jsonl").exists()
         started = time.time()
-        scored = score(folder / "rm" / "final", [dataclasses.replace(s) for s in to_score],
-                       folder / "test_scores.jsonl", args.batch_size)
+        scored = score(folder / "rm" / "final", to_score, folder, args.batch_size)
         if not scored_before:
             timing["score_seconds"] = round(time.time() - started, 1)
         timing_path.write_text(json.dumps(timing) + "\n")

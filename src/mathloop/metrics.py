@@ -171,19 +171,19 @@ def _summarize_benchmark(problems: list[dict], ks: list[int], same: Callable[[st
     for k in ks:
         entry[f"pass@{k}"] = _metric([pass_at_k(len(p["verdicts"]), p["verdicts"].count("correct"), k)
                                       for p in problems])
+    maj = {k: [maj_at_k(p["preds"], p["verdicts"], k, same) for p in problems] for k in ks}
     for k in ks:
-        entry[f"maj@{k}"] = _metric([maj_at_k(p["preds"], p["verdicts"], k, same) for p in problems])
+        entry[f"maj@{k}"] = _metric(maj[k])
     if has_scores:
+        rm = {k: [rm_at_k(p["scores"], p["verdicts"], k) for p in problems] for k in ks}
         for k in ks:
-            entry[f"rm@{k}"] = _metric([rm_at_k(p["scores"], p["verdicts"], k) for p in problems])
+            entry[f"rm@{k}"] = _metric(rm[k])
         pair_acc = [a for a in (rm_pair_accuracy(p["scores"], p["verdicts"]) for p in problems) if a is not None]
         if pair_acc:
             entry["rm_pair_acc"] = _metric(pair_acc) | {"problems": len(pair_acc)}
         if ks and ks[-1] > 1:
             k = ks[-1]
-            entry[f"rm@{k}_vs_maj@{k}"] = paired_outcomes(
-                [maj_at_k(p["preds"], p["verdicts"], k, same) == 1.0 for p in problems],
-                [rm_at_k(p["scores"], p["verdicts"], k) == 1.0 for p in problems])
+            entry[f"rm@{k}_vs_maj@{k}"] = paired_outcomes([v == 1.0 for v in maj[k]], [v == 1.0 for v in rm[k]])
     return entry
 
 

@@ -148,8 +148,8 @@ def paired_outcomes(a: Sequence[bool], b: Sequence[bool]) -> dict:
     both = sum(bool(x) and bool(y) for x, y in zip(a, b))
     only_a = sum(bool(x) and not y for x, y in zip(a, b))
     only_b = sum(bool(y) and not x for x, y in zip(a, b))
-    neither = len(a) - both - only_a - only_b
     n = len(a)
+    neither = n - both - only_a - only_b
     difference, lower, upper = paired_difference_ci95(both, only_a, only_b, neither)
     return {"acc_a": {"mean": (both + only_a) / n, "ci95": list(wilson_ci95(both + only_a, n))},
             "acc_b": {"mean": (both + only_b) / n, "ci95": list(wilson_ci95(both + only_b, n))},

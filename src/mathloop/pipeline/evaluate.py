@@ -179,7 +179,7 @@ def score_with_rm(out: Path, config: EvalConfig, problems: dict[str, list[Proble
     """Give every sample of the run an `rm_score` from `config.rm`; samples already scored by that same reward
     model are left alone. Returns the number of samples scored now."""
     from mathloop.reward.model import load_reward_model
-    from mathloop.reward.score import progress_path, score_samples
+    from mathloop.reward.score import score_samples, scoring_progress
 
     todo: dict[Path, list[Sample]] = {}
     for name in problems:
@@ -196,14 +196,13 @@ def score_with_rm(out: Path, config: EvalConfig, problems: dict[str, list[Proble
     for path, samples in todo.items():
         stale = [s for s in samples if s.rm_score is None or s.metadata.get("rm") != config.rm]
         log.info("%s: scoring %d samples with %s", path.name, len(stale), config.rm)
-        progress = progress_path(path, config.rm)
-        scores = score_samples(reward_model, tokenizer, stale, batch_size=config.rm_batch_size,
-                               max_length=config.rm_max_length, questions=questions, progress_file=progress)
-        for sample, score in zip(stale, scores):
-            sample.rm_score = score
-            sample.metadata["rm"] = config.rm
-        write_jsonl(path, samples)
-        progress.unlink(missing_ok=True)
+        with scoring_progress(path, config.rm) as progress:
+            scores = score_samples(reward_model, tokenizer, stale, batch_size=config.rm_batch_size,
+                                   max_length=config.rm_max_length, questions=questions, progress_file=progress)
+            for sample, score in zip(stale, scores):
+                sample.rm_score = score
+                sample.metadata["rm"] = config.rm
+            write_jsonl(path, samples)
         scored += len(stale)
     return scored
 

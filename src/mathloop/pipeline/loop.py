@@ -381,7 +381,7 @@ def _reward_model(config: LoopConfig, model: str, round_dir: Path) -> dict:
     """Train the round's RM on the round's samples, then score every sample with it (for selection)."""
     from mathloop.records import Sample
     from mathloop.reward.model import load_reward_model
-    from mathloop.reward.score import progress_path, score_samples
+    from mathloop.reward.score import score_samples, scoring_progress
     from mathloop.train.rm import train
 
     rm_config = config.rm_config(model, round_dir / "samples.jsonl", round_dir)
@@ -394,12 +394,11 @@ def _reward_model(config: LoopConfig, model: str, round_dir: Path) -> dict:
     samples = read_records(Sample, samples_path)
     if any(s.rm_score is None for s in samples):
         reward_model, tokenizer = load_reward_model(str(final))
-        progress = progress_path(samples_path, str(final))
-        for s, score in zip(samples, score_samples(reward_model, tokenizer, samples, max_length=rm_config.max_length,
-                                                   progress_file=progress)):
-            s.rm_score = score
-        write_jsonl(samples_path, samples)
-        progress.unlink(missing_ok=True)
+        with scoring_progress(samples_path, str(final)) as progress:
+            for s, score in zip(samples, score_samples(reward_model, tokenizer, samples,
+                                                       max_length=rm_config.max_length, progress_file=progress)):
+                s.rm_score = score
+            write_jsonl(samples_path, samples)
     return read_json(summary_path) if summary_path.exists() else {}
 
 

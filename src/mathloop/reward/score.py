@@ -2,15 +2,16 @@
 
 Scoring thousands of responses on a CPU takes tens of minutes, so it resumes: with a `progress_file`, each
 finished batch's scores are appended there (keyed by a hash of the exact text the reward model read), and a run
-started again reads them back and scores only the rest. The callers keep that file next to their output
-(`progress_path`) and delete it once the output is written.
+started again reads them back and scores only the rest. Callers open `scoring_progress(output, reward_model)`
+around scoring and writing their output: the file lives next to the output and goes once the block has finished.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 
 import torch
@@ -84,11 +85,20 @@ def progress_path(output: str | os.PathLike, reward_model: str) -> Path:
     return output.with_name(f"{output.name}.rm-progress-{tag}.jsonl")
 
 
+@contextlib.contextmanager
+def scoring_progress(output: str | os.PathLike, reward_model: str) -> Iterator[Path]:
+    """The `progress_file` for scoring `output` with `reward_model`; deleted when the block (scoring and writing
+    `output`) finishes, kept when it is interrupted so the next run resumes."""
+    path = progress_path(output, reward_model)
+    yield path
+    path.unlink(missing_ok=True)
+
+
 def score_file(reward_model_path: str, input_path: str | os.PathLike, output_path: str | os.PathLike,
                batch_size: int = 8, max_length: int | None = 4096, dtype: str | None = None,
                device: str | None = None) -> int:
     """Read samples, add `rm_score` to each, write them to `output_path`; returns the number written. An interrupted
-    run resumes from `progress_path(output_path, reward_model_path)`."""
+    run resumes (`scoring_progress`)."""
     from mathloop.reward.model import load_reward_model
 
     samples = read_records(Sample, input_path)
@@ -96,13 +106,11 @@ def score_file(reward_model_path: str, input_path: str | os.PathLike, output_pat
         raise FileNotFoundError(f"reward model {reward_model_path} not found (a folder written by "
                                 f"`mathloop rm train`, or a Hugging Face Hub id)")
     reward_model, tokenizer = load_reward_model(reward_model_path, dtype=dtype, device=device)
-    progress = progress_path(output_path, reward_model_path)
-    scores = score_samples(reward_model, tokenizer, samples, batch_size, max_length, progress_file=progress)
-    for sample, score in zip(samples, scores):
-        sample.rm_score = score
-    written = write_jsonl(output_path, samples)
-    progress.unlink(missing_ok=True)
-    return written
+    with scoring_progress(output_path, reward_model_path) as progress:
+        scores = score_samples(reward_model, tokenizer, samples, batch_size, max_length, progress_file=progress)
+        for sample, score in zip(samples, scores):
+            sample.rm_score = score
+        return write_jsonl(output_path, samples)
 
 
 def _looks_like_hub_id(name: str) -> bool:
