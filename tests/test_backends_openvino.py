@@ -1,6 +1,7 @@
 """OpenVINOBackend against a stub `openvino_genai`: generation config, token-level output mapping, progress, the
 export cache; and (marked `integration`) a real export and generation with the tiny model."""
 
+import json
 import os
 import stat
 import sys
@@ -56,7 +57,7 @@ def stub_genai(monkeypatch, tiny_model_dir, tmp_path):
     class StubPipeline:
         def __init__(self, path, scheduler, device, properties):
             self.args = (path, scheduler.cache_size, device, properties)
-            self.steps, self.handles = 0, []
+            self.steps, self.handles, self.generated = 0, [], []
             module.pipelines.append(self)
 
         def add_request(self, request_id, tensor, config):
@@ -70,6 +71,9 @@ def stub_genai(monkeypatch, tiny_model_dir, tmp_path):
             self.handles.append(StubHandle(self, script, reason, getattr(config, "num_return_sequences", 1)))
             return self.handles[-1]
 
+        def generate(self, tensors, configs):  # the backend calls it only to set the LoRA state
+            self.generated.append((tensors, configs))
+
         def has_non_finished_requests(self):
             return any(h.get_status().name == "RUNNING" for h in self.handles)
 
@@ -77,6 +81,8 @@ def stub_genai(monkeypatch, tiny_model_dir, tmp_path):
             self.steps += 1
 
     module.ContinuousBatchingPipeline = StubPipeline
+    module.Adapter = lambda path: types.SimpleNamespace(path=path)
+    module.AdapterConfig = lambda adapter, alpha: types.SimpleNamespace(adapter=adapter, alpha=alpha)
     tensor_module = types.ModuleType("openvino")
     tensor_module.Tensor = lambda array: types.SimpleNamespace(data=array)
     monkeypatch.setitem(sys.modules, "openvino_genai", module)
@@ -124,6 +130,50 @@ def test_sampling_maps_to_generation_config(stub_genai, tiny_model_dir):
     backend.generate(["q eos"], SamplingParams(max_new_tokens=8))
     assert vars(stub_genai.requests[1][2]) == {"max_new_tokens": 8, "stop_token_ids": set(backend.eos_token_ids),
                                                "apply_chat_template": False}  # greedy: no sampling fields
+
+
+def _adapter(folder, **config):
+    folder.mkdir(parents=True)
+    (folder / "adapter_config.json").write_text(json.dumps({"peft_type": "LORA", "r": 4, "lora_alpha": 8, **config}))
+    (folder / "adapter_model.safetensors").write_bytes(b"")
+    return folder
+
+
+def test_lora_adapters_are_applied_at_run_time(stub_genai, tiny_model_dir, tmp_path):
+    backend = OpenVINOBackend(str(tiny_model_dir))
+    backend.use_lora(str(_adapter(tmp_path / "step-0")), "policy-step-0", 1)
+    backend.use_lora(str(_adapter(tmp_path / "step-1", use_rslora=True)), "policy-step-1", 2)
+    first, rebuilt = stub_genai.pipelines  # rebuilt once, with LoRA state in its graph; not again per adapter
+    assert first.args[3] == {"INFERENCE_PRECISION_HINT": "f32", "KV_CACHE_PRECISION": "f32"}
+    assert rebuilt.args[3]["adapters"].adapter.path == str(tmp_path / "step-0" / "adapter_model.safetensors")
+    assert rebuilt.args[3]["adapters"].alpha == 2.0  # peft's lora_alpha / r: the engine does not divide
+    assert backend.pipeline is rebuilt and backend.model_id == "policy-step-1"
+    # each adapter is set by a one-token generate() (the pipeline takes its LoRA state from there, not add_request)
+    assert [(configs[0].max_new_tokens, configs[0].adapters.alpha) for _, configs in rebuilt.generated] == [
+        (1, 2.0), (1, 4.0)]
+    backend.generate(["q eos"], SamplingParams(n=2, temperature=1.0, max_new_tokens=8))
+    [(_, _, config)] = stub_genai.requests
+    assert config.adapters.adapter.path == str(tmp_path / "step-1" / "adapter_model.safetensors")
+    assert config.adapters.alpha == 4.0  # rsLoRA: lora_alpha / sqrt(r)
+    assert backend.info["lora_adapter"] == str(tmp_path / "step-1")
+
+
+@pytest.mark.parametrize("config, message", [
+    ({"r": 4, "lora_alpha": 8, "rank_pattern": {"q_proj": 8}}, "rank_pattern is set"),
+    ({"r": 4, "lora_alpha": 8, "modules_to_save": ["lm_head"]}, "modules_to_save is set"),
+    ({"r": 4, "lora_alpha": 8, "use_dora": True}, "use_dora is set"),
+    ({"peft_type": "IA3"}, "peft_type 'IA3'"),
+    ({"r": 0, "lora_alpha": 8}, "needs r"),
+])
+def test_adapters_the_engine_cannot_apply_are_refused(config, message):
+    with pytest.raises(ValueError, match=f"adapter_config.json: {message}"):
+        ov_backend.lora_scale(config)
+
+
+def test_a_folder_without_an_adapter_is_refused(stub_genai, tiny_model_dir, tmp_path):
+    backend = OpenVINOBackend(str(tiny_model_dir))
+    with pytest.raises(FileNotFoundError, match=f"{tmp_path}: no adapter_config.json|{tmp_path} has no adapter"):
+        backend.use_lora(str(tmp_path), "x")
 
 
 def test_outputs_map_to_completions(stub_genai, tiny_model_dir):
@@ -267,6 +317,40 @@ def test_export_and_generate_tiny_model(tiny_model_dir, tmp_path, monkeypatch):
     first, again = backend.generate([prompt], params), backend.generate([prompt], params)
     assert len(first[0]) == 3 and [c.text for c in first[0]] == [c.text for c in again[0]]  # seeded
     assert backend.info["export_s"] > 0 and (tmp_path / "cache" / "openvino").is_dir()
+
+
+@pytest.mark.integration
+def test_a_lora_adapter_applied_at_run_time_generates_as_the_merged_model(tiny_model_dir, tmp_path, monkeypatch):
+    """fp32 weights and compute: the base export with a peft adapter applied at run time gives the greedy tokens of
+    the hf model with that adapter merged, and those differ from the base model's (the adapter matters)."""
+    pytest.importorskip("openvino_genai", reason="openvino-genai is not installed (pip install 'mathloop[openvino]')")
+    python = _export_python()
+    if python is None:
+        pytest.skip("no OpenVINO export environment (see test_export_and_generate_tiny_model)")
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    from mathloop.backends.hf import HFBackend
+
+    monkeypatch.setenv("MATHLOOP_CACHE", str(tmp_path / "cache"))
+    torch.manual_seed(0)
+    model = get_peft_model(AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32),
+                           LoraConfig(r=4, lora_alpha=16, target_modules=["q_proj", "v_proj", "down_proj"]))
+    with torch.no_grad():
+        for name, weight in model.named_parameters():
+            if "lora_B" in name:
+                weight.normal_(0, 0.5)
+    model.save_pretrained(tmp_path / "adapter")
+    backend = OpenVINOBackend(str(tiny_model_dir), weight_format="fp32", export_python=python, threads=1)
+    prompts = [backend.chat_prompt([{"role": "user", "content": q}]) for q in ("What is 2 + 3?", "Add 7 and 5.")]
+    params = SamplingParams(max_new_tokens=16)
+    base = [c.text for [c] in backend.generate(prompts, params)]
+    backend.use_lora(str(tmp_path / "adapter"), "step-0")
+    adapted = [c.text for [c] in backend.generate(prompts, params)]
+    merged = HFBackend(str(tiny_model_dir), model_obj=model.merge_and_unload().eval(), tokenizer_obj=backend.tokenizer)
+    assert adapted == [c.text for [c] in merged.generate(prompts, params)]
+    assert adapted != base
 
 
 def test_eval_records_the_engine_in_run_json(tmp_path, data_dir):

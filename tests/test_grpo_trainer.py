@@ -457,6 +457,59 @@ def test_vllm_rollouts_sample_through_the_adapter_of_each_step(tiny_model_dir, t
     assert [p.name for p in (tmp_path / "run" / "rollout-adapter").iterdir()] == ["step-000001"]
 
 
+def test_openvino_rollouts_sample_through_the_adapter_of_each_step(tiny_model_dir, tmp_path, monkeypatch):
+    """rollout_backend openvino: one engine on the starting model, given each step's saved adapter before the step's
+    rollouts (a stub engine here; the real one's run-time adapter is tested in test_backends_openvino)."""
+    from pathlib import Path
+
+    from mathloop.backends import Completion
+    from mathloop.backends import openvino as ov_backend
+    from mathloop.train.grpo import train_grpo
+
+    engines = []
+
+    class StubEngine:
+        def __init__(self, model, weight_format="fp16", threads=None):
+            from transformers import AutoTokenizer
+
+            self.model, self.adapters, self.model_id = model, [], model
+            self.kwargs = {"weight_format": weight_format, "threads": threads}
+            self.tokenizer = AutoTokenizer.from_pretrained(model)
+            engines.append(self)
+
+        def use_lora(self, path, name, lora_id=0):
+            config = json.loads((Path(path) / "adapter_config.json").read_text())
+            self.adapters.append((Path(path).name, name, ov_backend.lora_scale(config)))
+
+        def chat_prompt(self, messages):
+            return self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+
+        def generate(self, prompts, params, on_progress=None):
+            assert self.adapters, "rollouts before any adapter was given"
+            return [[Completion(text="so \\boxed{7}" if j % 2 == 0 else "so \\boxed{3}", prompt_tokens=3,
+                                completion_tokens=4, finish_reason="stop") for j in range(params.n)]
+                    for _ in prompts]
+
+    with pytest.raises(ValueError, match="rollout_backend openvino needs lora"):
+        grpo_config(tmp_path, tiny_model_dir, rollout_backend="openvino").validate()
+    with pytest.raises(ValueError, match="openvino_args: unknown key\\(s\\) weights; known: weight_format"):
+        grpo_config(tmp_path, tiny_model_dir, rollout_backend="openvino", lora=True,
+                    openvino_args={"weights": "int8"}).validate()
+    with pytest.raises(ValueError, match="openvino_args are for rollout_backend openvino"):
+        grpo_config(tmp_path, tiny_model_dir, openvino_args={"weight_format": "int8"}).validate()
+    with pytest.raises(ValueError, match="tis_cap needs the engine's log-probabilities .* openvino does not"):
+        grpo_config(tmp_path, tiny_model_dir, rollout_backend="openvino", lora=True, tis_cap=2.0).validate()
+    monkeypatch.setattr(ov_backend, "OpenVINOBackend", StubEngine)
+    config = grpo_config(tmp_path, tiny_model_dir, rollout_backend="openvino", lora=True, lora_rank=4, steps=2,
+                         queries_per_step=2, group_size=4, openvino_args={"weight_format": "int8", "threads": 2})
+    summary = train_grpo(config)
+    [engine] = engines
+    assert engine.model == str(tiny_model_dir) and engine.kwargs == {"weight_format": "int8", "threads": 2}
+    assert engine.adapters == [("step-000000", "policy-step-0", 8.0), ("step-000001", "policy-step-1", 8.0)]
+    assert metric(tmp_path / "run", "accuracy") == [0.5, 0.5] and summary["final"]
+    assert [p.name for p in (tmp_path / "run" / "rollout-adapter").iterdir()] == ["step-000001"]
+
+
 def test_vllm_rollouts_are_corrected_by_truncated_importance_sampling(tiny_model_dir, tmp_path, stub_vllm):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 

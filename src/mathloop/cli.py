@@ -468,6 +468,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def add_grpo_parser(sub: argparse._SubParsersAction) -> None:
+    from mathloop.train.grpo import ROLLOUT_BACKENDS
     from mathloop.train.grpo import GRPOConfig as C
 
     p = sub.add_parser("grpo", help=HELP["grpo"], description=(
@@ -503,9 +504,10 @@ def add_grpo_parser(sub: argparse._SubParsersAction) -> None:
     setting(p, C, "--queries-per-step", type=_positive_int, help="queries per step")
     setting(p, C, "--temperature", type=float, help="rollout temperature, also applied to the log-probabilities")
     add_sampler_settings(p, C, "rollout")
-    setting(p, C, "--rollout-backend", choices=["hf", "vllm", "openai"],
+    setting(p, C, "--rollout-backend", choices=list(ROLLOUT_BACKENDS),
             help="hf: the training model generates; vllm: a vLLM engine with the step's LoRA adapter; openai: a "
-                 "server at --rollout-base-url")
+                 "server at --rollout-base-url; openvino: OpenVINO GenAI on CPU with the step's LoRA adapter "
+                 "(settings in the config's openvino_args)")
     setting(p, C, "--rollout-base-url", help="openai rollouts: the server's URL (vLLM serve with --enable-lora); it "
                                               "is sent the policy's LoRA adapter every step")
     setting(p, C, "--rollout-adapter-dir", help="openai rollouts: where adapters are saved, a path the server can read")

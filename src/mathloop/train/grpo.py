@@ -111,6 +111,7 @@ from mathloop.train.tracking import MetricsReporter, check_report_to
 log = logging.getLogger(__name__)
 
 BUILTIN_REWARDS = ("shaped", "verifier", "rm")
+ROLLOUT_BACKENDS = ("hf", "vllm", "openai", "openvino")
 # loss_type -> how `grpo_loss` reduces the per-token loss (`aggregate_token_loss`)
 LOSS_AGGREGATION = {"grpo": "seq_mean_token_mean", "dapo": "token_mean", "dr_grpo": "seq_mean_token_sum_norm"}
 
@@ -141,11 +142,14 @@ class GRPOConfig(SamplerOptions):
     top_p: float = 1.0
     rollout_batch_size: int = 64  # sequences per generation batch (hf rollouts)
     rollout_backend: str = "hf"  # hf: the training model generates; vllm: a vLLM engine with the step's LoRA adapter;
-    # openai: an OpenAI-compatible server (vLLM serve, SGLang) at rollout_base_url, sent the step's LoRA adapter
+    # openai: an OpenAI-compatible server (vLLM serve, SGLang) at rollout_base_url, sent the step's LoRA adapter;
+    # openvino: OpenVINO GenAI on CPU (export of the starting model, the step's LoRA adapter applied at run time)
     rollout_base_url: str | None = None  # openai rollouts: e.g. http://sampler:8000/v1
     rollout_adapter_dir: str | None = None  # openai rollouts: where adapters are saved for the server to load, a
     # path the server can read (default: <output_dir>/rollout-adapter; another machine needs a shared filesystem)
     vllm_args: dict[str, Any] = dataclasses.field(default_factory=dict)  # e.g. gpu_memory_utilization: 0.4
+    openvino_args: dict[str, Any] = dataclasses.field(default_factory=dict)  # OpenVINOBackend settings, e.g.
+    # weight_format: int8 (default fp16 weights with f32 compute: the closest to the trained policy), threads
     reward: str = "shaped"  # shaped | verifier | rm | 'module.path:function' (TRL signature)
     rm: str | None = None  # reward model folder or Hub id, for reward shaped or rm
     alpha: float = 0.5  # shaped reward: sigmoid(alpha * r_m) + (r_v - 1)
@@ -191,11 +195,25 @@ class GRPOConfig(SamplerOptions):
         if self.reward in ("shaped", "rm") and not self.rm:
             raise ValueError(f"grpo: reward {self.reward!r} needs rm (a reward model folder from `mathloop rm "
                              f"train`, or a Hub id); or set reward: verifier")
-        if self.rollout_backend not in ("hf", "vllm", "openai"):
-            raise ValueError(f"grpo: rollout_backend must be hf, vllm or openai, got {self.rollout_backend!r}")
-        if self.rollout_backend in ("vllm", "openai") and not self.lora:
+        if self.rollout_backend not in ROLLOUT_BACKENDS:
+            raise ValueError(f"grpo: rollout_backend must be one of {', '.join(ROLLOUT_BACKENDS)}, got "
+                             f"{self.rollout_backend!r}")
+        if self.rollout_backend != "hf" and not self.lora:
             raise ValueError(f"grpo: rollout_backend {self.rollout_backend} needs lora: true (the policy reaches the "
                              f"rollout engine as a LoRA adapter each step)")
+        if self.openvino_args:
+            if self.rollout_backend != "openvino":
+                raise ValueError(f"grpo: openvino_args are for rollout_backend openvino, got rollout_backend "
+                                 f"{self.rollout_backend}")
+            import inspect
+
+            from mathloop.backends.openvino import OpenVINOBackend
+
+            known = [k for k in inspect.signature(OpenVINOBackend).parameters if k != "model"]
+            unknown = sorted(set(self.openvino_args) - set(known))
+            if unknown:
+                raise ValueError(f"grpo: openvino_args: unknown key(s) {', '.join(unknown)}; known: "
+                                 f"{', '.join(known)}")
         if (self.rollout_backend == "openai") != (self.rollout_base_url is not None):
             raise ValueError("grpo: rollout_backend openai needs rollout_base_url (the server's URL, e.g. "
                              "http://localhost:8000/v1), and rollout_base_url needs rollout_backend openai")
@@ -237,6 +255,10 @@ class GRPOConfig(SamplerOptions):
                 raise ValueError("grpo: tis_cap corrects rollouts from another engine; with rollout_backend hf the "
                                  "trained model samples itself (nothing to correct): use rollout_backend vllm or "
                                  "drop tis_cap")
+            if self.rollout_backend != "vllm":
+                raise ValueError(f"grpo: tis_cap needs the engine's log-probabilities of its sampled tokens, which "
+                                 f"rollout_backend vllm reports and {self.rollout_backend} does not: use "
+                                 f"rollout_backend vllm or drop tis_cap")
             if self.mode != "cot":
                 raise ValueError("grpo: tis_cap needs mode cot (TIR trajectories are several engine calls with "
                                  "executor text between them; their token log-probabilities are not kept)")
@@ -588,11 +610,14 @@ def _train_grpo(config: GRPOConfig, stop_after: int | None) -> dict[str, Any]:
             # Rollout, grading and reward (dynamic sampling: until the step's groups all carry a signal).
             started = time.time()
             policy.eval()
-            if config.rollout_backend in ("vllm", "openai"):
+            if config.rollout_backend != "hf":
+                adapters = Path(config.rollout_adapter_dir or out / "rollout-adapter")
                 if main:
-                    sync_adapter(backend, policy, Path(config.rollout_adapter_dir or out / "rollout-adapter"), step)
+                    sync_adapter(backend, policy, adapters, step)
                 accelerator.wait_for_everyone()
-                if not main:
+                if not main and config.rollout_backend == "openvino":  # each process has its own engine
+                    backend.use_lora(str(adapter_folder(adapters, step).resolve()), adapter_name(step), step + 1)
+                elif not main:
                     backend.model_id = adapter_name(step)  # the main process pushed it to the server
             sampled, trained, flat, tries = rollout_step(step, queries, backend, executor, prompts, reward_fn,
                                                          config, device, rank, world)
@@ -757,11 +782,16 @@ def rollout_backend(config: GRPOConfig, model: torch.nn.Module, tokenizer, devic
     """hf: the model being trained generates (no copy, always current). vllm: a vLLM engine on the starting
     weights that generates through the policy's LoRA adapter, saved and handed over at every step. openai: the
     same through an OpenAI-compatible server at `rollout_base_url` (on this machine or another), which loads each
-    step's adapter (`OpenAIBackend.use_lora`)."""
+    step's adapter (`OpenAIBackend.use_lora`). openvino: OpenVINO GenAI on this CPU, on an export of the starting
+    weights (made once, cached), applying each step's adapter at run time (`OpenVINOBackend.use_lora`)."""
     if config.rollout_backend == "openai":
         from mathloop.backends.openai import OpenAIBackend
 
         return OpenAIBackend(adapter_name(0), config.rollout_base_url, tokenizer_obj=tokenizer)
+    if config.rollout_backend == "openvino":
+        from mathloop.backends.openvino import OpenVINOBackend
+
+        return OpenVINOBackend(config.model, **config.openvino_args)
     if config.rollout_backend == "vllm":
         from mathloop.backends.vllm import VLLMBackend
         from mathloop.models import resolve_model
@@ -785,10 +815,15 @@ def adapter_name(step: int) -> str:
     return f"policy-step-{step}"
 
 
+def adapter_folder(folder: Path, step: int) -> Path:
+    """Where step `step`'s adapter is saved for the rollout engine."""
+    return folder / f"step-{step:06d}"
+
+
 def sync_adapter(backend, model: torch.nn.Module, folder: Path, step: int) -> None:
     """Save the policy's current LoRA adapter in `folder` and make the rollout engine (vLLM, or a server) sample
     through it (the previous step's adapter folder is removed)."""
-    target = folder / f"step-{step:06d}"
+    target = adapter_folder(folder, step)
     model.save_pretrained(str(target))
     backend.use_lora(str(target.resolve()), adapter_name(step), step + 1)
     for old in folder.glob("step-*"):
