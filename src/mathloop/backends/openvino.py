@@ -155,7 +155,7 @@ class OpenVINOBackend:
 
         n = 1 if params.greedy else params.n
         config = generation_config(self._genai, params, self.eos_token_ids)
-        if self._adapters is not None:
+        if self._adapters is not None:  # the state `use_lora` set is what applies; named per request as well
             config.adapters = self._adapters
         prompt_ids = self.tokenizer(prompts, add_special_tokens=False)["input_ids"]
         first_id = self._requests

@@ -615,10 +615,11 @@ def _train_grpo(config: GRPOConfig, stop_after: int | None) -> dict[str, Any]:
                 if main:
                     sync_adapter(backend, policy, adapters, step)
                 accelerator.wait_for_everyone()
-                if not main and config.rollout_backend == "openvino":  # each process has its own engine
-                    backend.use_lora(str(adapter_folder(adapters, step).resolve()), adapter_name(step), step + 1)
-                elif not main:
-                    backend.model_id = adapter_name(step)  # the main process pushed it to the server
+                if not main:
+                    if config.rollout_backend == "openvino":  # each process has its own engine
+                        backend.use_lora(str(adapter_folder(adapters, step).resolve()), adapter_name(step), step + 1)
+                    else:
+                        backend.model_id = adapter_name(step)  # the main process pushed it to the engine
             sampled, trained, flat, tries = rollout_step(step, queries, backend, executor, prompts, reward_fn,
                                                          config, device, rank, world)
             rewards = [r.reward for r in trained]
@@ -789,9 +790,9 @@ def rollout_backend(config: GRPOConfig, model: torch.nn.Module, tokenizer, devic
 
         return OpenAIBackend(adapter_name(0), config.rollout_base_url, tokenizer_obj=tokenizer)
     if config.rollout_backend == "openvino":
-        from mathloop.backends.openvino import OpenVINOBackend
+        from mathloop.backends import load_backend
 
-        return OpenVINOBackend(config.model, **config.openvino_args)
+        return load_backend("openvino", config.model, **config.openvino_args)
     if config.rollout_backend == "vllm":
         from mathloop.backends.vllm import VLLMBackend
         from mathloop.models import resolve_model
