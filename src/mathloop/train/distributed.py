@@ -1,7 +1,9 @@
-"""The `Accelerator` of a trainer (RM, GRPO): data parallelism under `accelerate launch` or `torchrun`."""
+"""The `Accelerator` of a trainer (RM, GRPO) and the process group's end: data parallelism under `accelerate launch`
+or `torchrun`."""
 
 from __future__ import annotations
 
+import atexit
 import os
 
 
@@ -17,4 +19,23 @@ def make_accelerator():
         raise RuntimeError(f"{launched} processes were launched but accelerate sees {accelerator.num_processes}: on "
                            f"a machine without GPUs set ACCELERATE_USE_CPU=true (e.g. ACCELERATE_USE_CPU=true "
                            f"accelerate launch --multi_gpu --num_processes {launched} ...)")
+    if accelerator.num_processes > 1:
+        destroy_process_group_at_exit()
     return accelerator
+
+
+def destroy_process_group_at_exit() -> None:
+    """Have the default process group destroyed when the process exits (once, however many trainers run in it)."""
+    atexit.unregister(destroy_process_group)
+    atexit.register(destroy_process_group)
+
+
+def destroy_process_group() -> None:
+    """Destroy the default process group while the interpreter is still whole. Left to interpreter finalization,
+    gloo's worker threads can outlive it and the process aborts ("terminate called without an active exception",
+    SIGABRT) after its work is done: a launch that trained correctly would exit non-zero. Registered with `atexit`
+    rather than called when a trainer returns, so several trainers can run in one launched process."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
