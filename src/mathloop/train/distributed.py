@@ -19,15 +19,18 @@ def make_accelerator():
         raise RuntimeError(f"{launched} processes were launched but accelerate sees {accelerator.num_processes}: on "
                            f"a machine without GPUs set ACCELERATE_USE_CPU=true (e.g. ACCELERATE_USE_CPU=true "
                            f"accelerate launch --multi_gpu --num_processes {launched} ...)")
-    if accelerator.num_processes > 1:
-        destroy_process_group_at_exit()
+    destroy_process_group_at_exit()
     return accelerator
 
 
 def destroy_process_group_at_exit() -> None:
-    """Have the default process group destroyed when the process exits (once, however many trainers run in it)."""
-    atexit.unregister(destroy_process_group)
-    atexit.register(destroy_process_group)
+    """Have the default process group, if there is one (several processes), destroyed when the process exits
+    (once, however many trainers run in it)."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        atexit.unregister(destroy_process_group)
+        atexit.register(destroy_process_group)
 
 
 def destroy_process_group() -> None:

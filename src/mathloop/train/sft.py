@@ -296,10 +296,9 @@ def _train_sft(config: SFTRunConfig, stop_after: int | None) -> dict[str, Any]:
 
     callbacks = [_MetricsLog(out / "metrics.jsonl", config)] + ([_StopAfter(stop_after)] if stop_after else [])
     trainer, report = build_trainer(config, callbacks)
-    if trainer.args.world_size > 1:
-        from mathloop.train.distributed import destroy_process_group_at_exit
+    from mathloop.train.distributed import destroy_process_group_at_exit
 
-        destroy_process_group_at_exit()
+    destroy_process_group_at_exit()  # several processes: TRL's Trainer leaves the group to exit, which can abort
     if trainer.is_world_process_zero():
         if checkpoint is None:
             _write_run_record(out, config, report)
