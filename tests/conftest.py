@@ -25,6 +25,15 @@ CORPUS = [
 ] * 20
 
 
+@pytest.fixture(autouse=True)
+def backend_auto_is_hf(monkeypatch):
+    """The `auto` backend resolves to hf in every test, also where OpenVINO GenAI is installed, so no test's engine
+    depends on the extras of the machine it runs on; the tests of `auto` itself set `openvino_installed`."""
+    import mathloop.backends
+
+    monkeypatch.setattr(mathloop.backends, "openvino_installed", lambda: False)
+
+
 @pytest.fixture(scope="module")
 def one_torch_thread():
     """Tiny models run fastest on one thread (several threads on tiny matrices mostly wait for each other).

@@ -365,3 +365,97 @@ def test_eval_records_the_engine_in_run_json(tmp_path, data_dir):
              backend=backend, progress=False)
     run = json.loads((tmp_path / "run" / "run.json").read_text())
     assert run["backend_info"] == backend.info and run["finished"]
+
+
+# --- `auto`, the default backend of eval, sample, synthesize and the loop's sections ---------------------------------
+
+@pytest.fixture
+def openvino_here(monkeypatch):
+    """A machine where OpenVINO GenAI is installed and torch sees no CUDA GPU."""
+    import torch
+
+    import mathloop.backends
+
+    monkeypatch.setattr(mathloop.backends, "openvino_installed", lambda: True)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+
+
+def test_auto_is_openvino_int8_where_it_is_installed_and_there_is_no_gpu(openvino_here, monkeypatch):
+    import torch
+
+    import mathloop.backends
+    from mathloop.backends import resolve_backend
+
+    assert resolve_backend("auto") == ("openvino", {"weight_format": "int8"})
+    assert resolve_backend("auto", {"weight_format": "fp16", "threads": 2}) == (
+        "openvino", {"weight_format": "fp16", "threads": 2})
+    assert resolve_backend("hf", {"batch_size": 8}) == ("hf", {"batch_size": 8})  # a named backend is kept
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert resolve_backend("auto", {"batch_size": 8}) == ("hf", {"batch_size": 8})
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(mathloop.backends, "openvino_installed", lambda: False)
+    assert resolve_backend("auto") == ("hf", {})
+
+
+def test_auto_refuses_settings_of_another_engine(openvino_here, tmp_path):
+    from mathloop.backends import resolve_backend
+    from mathloop.pipeline.loop import LoopConfig
+
+    with pytest.raises(ValueError, match=r"'batch_size' is not a setting of the openvino backend, which backend "
+                                         r"'auto' chose \(OpenVINO GenAI is installed and there is no CUDA GPU\)"):
+        resolve_backend("auto", {"batch_size": 32})
+    config = LoopConfig(output_dir=str(tmp_path / "loop"), eval={"backend_args": {"batch_size": 32}})
+    with pytest.raises(ValueError, match="'batch_size' is not a setting of the openvino backend"):
+        config.validate()  # before any stage runs
+    assert not (tmp_path / "loop").exists()
+
+
+def test_cli_names_the_engine_auto_chose_for_a_wrong_flag(openvino_here, tmp_path, capsys):
+    from mathloop.cli import main
+
+    assert main(["eval", "--out", str(tmp_path / "run"), "--batch-size", "4"]) == 2
+    err = capsys.readouterr().err
+    assert "--batch-size is not a setting of the openvino backend (chosen by --backend auto" in err
+    assert "--weight-format" in err and not (tmp_path / "run").exists()
+
+
+def test_a_run_records_the_engine_auto_chose_and_refuses_to_resume_on_another(openvino_here, monkeypatch, tmp_path,
+                                                                               data_dir):
+    import mathloop.backends
+    import mathloop.pipeline.evaluate as evaluate
+    from mathloop.backends.fake import FakeBackend
+    from mathloop.pipeline.evaluate import EvalConfig, run_eval
+    from mathloop.pipeline.sample import SampleConfig, run_sample
+
+    loaded = []
+
+    def load(name, model, args):
+        loaded.append((name, args))
+        return FakeBackend(["\\boxed{18}"])
+
+    monkeypatch.setattr(evaluate, "load_stage_backend", load)
+    config = EvalConfig(model="default", benchmarks=["gsm8k"], out=str(tmp_path / "eval"), limit=2,
+                        data_dir=str(data_dir))
+    assert config.backend == "auto"
+    run_eval(config, progress=False)
+    run = json.loads((tmp_path / "eval" / "run.json").read_text())
+    assert loaded == [("openvino", {"weight_format": "int8"})]
+    assert (run["config"]["backend"], run["config"]["backend_args"]) == ("openvino", {"weight_format": "int8"})
+    run_sample(SampleConfig(problems="gsm8k:test", out=str(tmp_path / "sample"), limit=1, n=2,
+                            data_dir=str(data_dir)), progress=False)
+    assert loaded[-1] == ("openvino", {"weight_format": "int8"})
+    # the same command where `auto` means hf: the run is not continued on another engine
+    monkeypatch.setattr(mathloop.backends, "openvino_installed", lambda: False)
+    with pytest.raises(ValueError, match="holds a run with other settings.*backend"):
+        run_eval(EvalConfig(model="default", benchmarks=["gsm8k"], out=str(tmp_path / "eval"), limit=3,
+                            data_dir=str(data_dir)), progress=False)
+    assert len(loaded) == 2
+
+
+def test_auto_with_a_backend_object_records_its_name(tmp_path, data_dir):
+    from mathloop.backends.fake import FakeBackend
+    from mathloop.pipeline.evaluate import EvalConfig, run_eval
+
+    run_eval(EvalConfig(model="fake", benchmarks=["gsm8k"], out=str(tmp_path / "run"), limit=1,
+                        data_dir=str(data_dir)), backend=FakeBackend(["\\boxed{1}"]), progress=False)
+    assert json.loads((tmp_path / "run" / "run.json").read_text())["config"]["backend"] == "fake"

@@ -236,7 +236,7 @@ def test_synthesize_command_end_to_end(tmp_path, monkeypatch, capsys):
             "--variants", "2", "--answers", "4", "--min-agreement", "0.5"]
     assert main(argv) == 0
     report = json.loads(capsys.readouterr().out)
-    assert loaded == [("hf", "default")] and report["kept"] == 8 and report["rejected"] == {}
+    assert loaded == [("auto", "default")] and report["kept"] == 8 and report["rejected"] == {}
     problems = read_records(Problem, out)
     assert len(problems) == 8 and all(p.gold and p.metadata["agreement"] == 0.75 for p in problems)
     assert main(argv) == 0 and json.loads(capsys.readouterr().out)["skipped_seeds"] == 4

@@ -118,11 +118,15 @@ def _settings(args: argparse.Namespace, cls, **extra):
 
 def with_backend_flags(args: argparse.Namespace, config, command: str):
     """`config` with the backend flags given on the command line added to its `backend_args`."""
+    from mathloop.backends import AUTO, choose_backend
+
     given = {key for keys in BACKEND_FLAGS.values() for key in keys if getattr(args, key) is not None}
-    wrong = sorted(given - set(BACKEND_FLAGS.get(config.backend, ())))
+    name, why = choose_backend(config.backend)
+    wrong = sorted(given - set(BACKEND_FLAGS.get(name, ())))
     if wrong:
-        raise ValueError(f"--{wrong[0].replace('_', '-')} is not a setting of the {config.backend} backend "
-                         f"(its flags: {', '.join('--' + k.replace('_', '-') for k in BACKEND_FLAGS[config.backend])})")
+        chosen = f" (chosen by --backend auto: {why}; name the backend the flag is for)" if config.backend == AUTO else ""
+        raise ValueError(f"--{wrong[0].replace('_', '-')} is not a setting of the {name} backend{chosen}; "
+                         f"its flags: {', '.join('--' + k.replace('_', '-') for k in BACKEND_FLAGS[name])}")
     config.backend_args = {**config.backend_args, **{key: getattr(args, key) for key in given}}
     if config.backend == "openai" and not config.backend_args.get("base_url"):
         raise SystemExit(f"mathloop {command}: --backend openai needs --base-url (e.g. http://localhost:8000/v1)")
@@ -137,9 +141,10 @@ BACKEND_FLAGS = {"hf": ("batch_size", "dtype"), "openai": ("base_url", "tokenize
 
 def add_backend_arguments(p: argparse.ArgumentParser, cls) -> None:
     """The generation backend flags shared by eval, sample and synthesize (read by `with_backend_flags`)."""
-    setting(p, cls, "--backend", choices=["hf", "openai", "vllm", "openvino"],
-            help="hf = transformers (CPU/GPU), openai = any OpenAI-compatible server, vllm = local vLLM, "
-                 "openvino = OpenVINO GenAI on CPU (exports the model once per checkpoint)")
+    setting(p, cls, "--backend", choices=["auto", "hf", "openai", "vllm", "openvino"],
+            help="auto = openvino with int8 weights where OpenVINO GenAI is installed and there is no CUDA GPU, else "
+                 "hf (run.json names the one that ran); hf = transformers (CPU/GPU), openai = any OpenAI-compatible "
+                 "server, vllm = local vLLM, openvino = OpenVINO GenAI on CPU (exports the model once per checkpoint)")
     p.add_argument("--batch-size", type=_positive_int, default=None, help="hf: sequences per forward batch")
     p.add_argument("--dtype", default=None, choices=["auto", "float32", "bfloat16", "float16"],
                    help="model dtype; auto (the default) is bfloat16 where the device computes it natively, else float32")

@@ -161,7 +161,7 @@ class SynthesizeConfig:
     seeds: str | int | None = None  # '<benchmark>:<split>:<count>' or a Problem JSONL file (loop: a count)
     out: str | None = None  # JSONL file of the kept problems (appended; resumed when it exists)
     model: str = "default"  # writes and answers the new problems: embedded name, folder or Hub id
-    backend: str = "hf"
+    backend: str = "auto"  # a registered backend, or auto: openvino where installed and no GPU, else hf
     backend_args: dict[str, Any] = field(default_factory=dict)
     variants_per_seed: int = SynthesisConfig.variants_per_seed  # new problems per seed, one operation each
     n_answers: int = SynthesisConfig.n_answers  # sampled solutions per new problem
@@ -455,7 +455,7 @@ def _as_stored(current: Any, old: Any) -> Any:
     return current
 
 
-def run_synthesis(model: str, seeds: str, out: str | Path, config: SynthesisConfig, *, backend: str = "hf",
+def run_synthesis(model: str, seeds: str, out: str | Path, config: SynthesisConfig, *, backend: str = "auto",
                   backend_args: dict[str, Any] | None = None, decontaminate: bool = False,
                   data_dir: str | None = None, chunk_size: int = 32) -> dict[str, Any]:
     """`mathloop synthesize`: seeds from a problem source (`load_problem_source`), optionally checked against the

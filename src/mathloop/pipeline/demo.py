@@ -6,7 +6,8 @@ word problems; exact answers; those repeating a held-out question are dropped), 
 correct solutions per problem, LoRA SFT trains on them for 2 epochs, and greedy accuracy on 240 other procedural
 problems is printed before and after, paired problem by problem (the change with Tango's interval, problems fixed
 and broken, the exact McNemar p). No reward model is trained: on a 2-core CPU that alone would take longer than the
-whole demo. Generation runs on OpenVINO GenAI when it is installed (`mathloop[openvino]`), else on the hf backend.
+whole demo. Generation uses the default backend, `auto`: OpenVINO GenAI with int8 weights when it is installed
+(`mathloop[openvino]`), else the hf backend; both evaluations of a run use the same engine.
 
 What the gain means: the model gets better at these procedural families (in distribution: the held-out problems are
 new draws of the same templates), not at GSM8K. Measured from a fresh clone on an idle 2-core AMD EPYC with
@@ -45,23 +46,13 @@ def demo_config(output_dir: str, model: str = "default", data_dir: str | None = 
     from mathloop.data.sources import default_data_dir
 
     data_dir = data_dir or (str(default_data_dir()) if default_data_dir() else None)
+    from mathloop.backends import AUTO, resolve_backend
+
     settings = {**DEMO_SETTINGS, "model": model}
-    engine = generation_backend()
+    name, args = resolve_backend(AUTO)  # named in the loop's run.json too (and as the demo named it before `auto`)
     for stage in ("sample", "eval"):
-        settings[stage] = {**settings[stage], **engine}
+        settings[stage] = {**settings[stage], "backend": name, "backend_args": args}
     return LoopConfig(output_dir=output_dir, data_dir=data_dir, decontaminate=True, **settings)
-
-
-def generation_backend() -> dict[str, Any]:
-    """The demo's generation engine: OpenVINO GenAI with int8 weights when it is installed (`mathloop[openvino]`:
-    continuous batching, about 10x the hf backend's sampling rate and 1.5x its greedy rate on a 2-core CPU; its
-    answers differ from the hf backend's in wording, not in accuracy: 27.1% vs 27.0% greedy on the GSM8K test), else
-    the hf backend. Both evaluations of a run use the same engine, so the before/after pairing is like for like."""
-    import importlib.util
-
-    if importlib.util.find_spec("openvino_genai") is not None:
-        return {"backend": "openvino", "backend_args": {"weight_format": "int8"}}
-    return {"backend": "hf", "backend_args": {"batch_size": 64}}
 
 
 def run_demo(output_dir: str, model: str = "default", progress: bool = True, backend=None) -> str:

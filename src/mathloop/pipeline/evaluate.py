@@ -51,7 +51,7 @@ class EvalConfig(SamplerOptions, RayOptions):
     out: str  # run folder (created; resumed when it exists)
     model: str = "default"
     benchmarks: list[str] = field(default_factory=lambda: ["gsm8k"])
-    backend: str = "hf"
+    backend: str = "auto"  # a registered backend, or auto: openvino where installed and no GPU, else hf
     mode: str = "cot"
     n: int = 1
     temperature: float = 0.0
@@ -123,6 +123,7 @@ def run_eval(config: EvalConfig, backend: Backend | None = None, progress: bool 
 
     `problems` replaces loading `config.benchmarks` from the data folder (e.g. built-in procedural problems);
     its keys name the sample files. The run folder is owned by this run while it works (`lock_run_dir`)."""
+    config = with_resolved_backend(config, backend)
     config.validate()
     data = {}
     if problems is None:  # loaded before the run folder exists, so a missing set leaves nothing behind
@@ -167,6 +168,21 @@ def _run_eval(config: EvalConfig, backend: Backend | None, progress: bool, probl
     summary = write_metrics(out, list(problems), problems)
     finish_run_record(out / "run.json", run_info, started)
     return summary
+
+
+def with_resolved_backend(config: Any, backend: Backend | None = None) -> Any:
+    """A generating stage's config (eval, sample) with `backend: auto` replaced by the engine it stands for and that
+    engine's arguments (`resolve_backend`), so run.json names the engine that runs and a resume with another one is
+    refused. With a `backend` object given, `auto` becomes that object's name."""
+    import dataclasses
+
+    from mathloop.backends import AUTO, resolve_backend
+
+    if backend is not None:
+        name = getattr(backend, "name", None)
+        return dataclasses.replace(config, backend=name) if config.backend == AUTO and name else config
+    name, args = resolve_backend(config.backend, config.backend_args)
+    return dataclasses.replace(config, backend=name, backend_args=args)
 
 
 def load_stage_backend(backend: str, model: str, backend_args: dict[str, Any]) -> Backend:

@@ -95,12 +95,15 @@ class LoopConfig:
                              f"num_gpus, replicas")
         if self.sft_init not in ("base", "previous"):
             raise ValueError(f"loop: sft_init must be 'base' or 'previous', got {self.sft_init!r}")
-        if self.synthesis_enabled:
-            self.synthesis_config()
+        from mathloop.backends import resolve_backend
+
         probe = Path(self.output_dir) / "round-1"
-        self.sample_config(self.model, probe, 1)
+        generating = [self.sample_config(self.model, probe, 1), self.eval_config(self.model, probe)]
+        if self.synthesis_enabled:
+            generating.append(self.synthesis_config())
+        for stage in generating:  # backend_args that do not fit the engine `auto` picks here fail now
+            resolve_backend(stage.backend, stage.backend_args)
         self.select_config(probe)
-        self.eval_config(self.model, probe)
         if self.rm_enabled:
             self.rm_config(self.model, probe / "samples.jsonl", probe)
         if self.rounds:

@@ -59,7 +59,7 @@ class SampleConfig(SamplerOptions, RayOptions):
     seed: int = 0
     shard: int = 0
     num_shards: int = 1
-    backend: str = "hf"
+    backend: str = "auto"  # a registered backend, or auto: openvino where installed and no GPU, else hf
     backend_args: dict[str, Any] = field(default_factory=dict)
     max_tool_calls: int = 4
     tool_timeout: float = 5.0
@@ -98,6 +98,9 @@ def shard_of(problem_id: str, num_shards: int) -> int:
 def run_sample(config: SampleConfig, backend: Backend | None = None, progress: bool = True) -> dict:
     """Run (or resume) sampling; returns counts per pass and overall. The folder (this shard of it) is owned by
     this run while it works (`lock_run_dir`)."""
+    from mathloop.pipeline.evaluate import with_resolved_backend
+
+    config = with_resolved_backend(config, backend)
     config.validate()
     problems = [p for p in load_problem_source(config.problems, config.data_dir, config.limit)
                 if shard_of(p.id, config.num_shards) == config.shard]  # before the folder: a missing set leaves none
