@@ -10,9 +10,9 @@ from mathloop.backends.base import SamplingParams
 pytest.importorskip("torch")
 
 
-@pytest.fixture(scope="module")
-def backend(tiny_model_dir):
-    return load_backend("hf", str(tiny_model_dir), dtype="float32", batch_size=4)
+@pytest.fixture(scope="module", params=[False, True], ids=["static", "refill"])
+def backend(tiny_model_dir, request):
+    return load_backend("hf", str(tiny_model_dir), dtype="float32", batch_size=4, refill=request.param)
 
 
 PROMPTS = ["What is 2 + 3?", "Janet has 16 eggs.", "Let x = 7", "print(1 + 2)", "The answer is", "sells"]
@@ -32,11 +32,11 @@ def test_greedy_batched_equals_one_at_a_time(backend, tiny_model_dir):
     assert all(c[0].prompt_tokens > 0 for c in batched)
 
 
-def test_segmented_refill_gives_the_same_greedy_text(tiny_model_dir):
+def test_refill_and_static_batches_give_the_same_greedy_text(tiny_model_dir):
     params = SamplingParams(max_new_tokens=10)
-    whole = load_backend("hf", str(tiny_model_dir), dtype="float32", batch_size=4, segment_tokens=None)
-    pieces = load_backend("hf", str(tiny_model_dir), dtype="float32", batch_size=4, segment_tokens=3)
-    a, b = whole.generate(PROMPTS, params), pieces.generate(PROMPTS, params)
+    static = load_backend("hf", str(tiny_model_dir), dtype="float32", batch_size=4, refill=False)
+    refill = load_backend("hf", str(tiny_model_dir), dtype="float32", batch_size=4)
+    a, b = static.generate(PROMPTS, params), refill.generate(PROMPTS, params)
     assert [c[0].text for c in a] == [c[0].text for c in b]
     assert [c[0].completion_tokens for c in a] == [c[0].completion_tokens for c in b]
     assert [c[0].finish_reason for c in a] == [c[0].finish_reason for c in b]
@@ -94,3 +94,72 @@ def test_continuous_batching_samples_n_per_prompt_reproducibly(tiny_model_dir):
     assert [[x.text for x in c] for c in first] == [[x.text for x in c] for c in again]
     assert len({x.text for x in first[0]}) > 1
     assert all(x.completion_tokens <= 8 for c in first for x in c)
+
+
+
+
+@pytest.mark.parametrize("batch_size", [2, 3, 8])
+def test_refill_gives_each_sequence_its_own_logits(tiny_model_dir, monkeypatch, batch_size):
+    """Rows that join, leave and share a padded cache get, at every step, the logits of their sequence computed
+    alone (batch 1, no padding), and sequences end at different steps."""
+    import torch
+
+    from mathloop.backends.hf import _Refill
+
+    seen: list[tuple[list[int], torch.Tensor]] = []
+    choose = _Refill._choose
+
+    def recording(self, rows, logits):
+        seen.extend((job.prompt_ids + job.generated, row.clone()) for job, row in zip(rows, logits))
+        return choose(self, rows, logits)
+
+    monkeypatch.setattr(_Refill, "_choose", recording)
+    backend = load_backend("hf", str(tiny_model_dir), dtype="float32", batch_size=batch_size, refill=True)
+    backend.eos_token_ids = [*backend.eos_token_ids, *range(100, 130)]  # about 1 in 10 sampled tokens ends a row
+    prompts = [p * k for k in (1, 3) for p in PROMPTS]  # 12 prompts of 2 to 21 tokens
+    results = backend.generate(prompts, SamplingParams(n=2, temperature=1.0, max_new_tokens=10, seed=3))
+    lengths = [c.completion_tokens for r in results for c in r]
+    assert len(set(lengths)) > 3 and len(seen) == sum(lengths) + sum(c.finish_reason == "stop" for r in results
+                                                                      for c in r)
+    with torch.inference_mode():
+        worst = max((backend.model(torch.tensor([ids])).logits[0, -1] - row).abs().max().item() for ids, row in seen)
+    assert worst < 1e-4, worst
+
+
+
+def test_refill_alone_is_plain_greedy_decoding(tiny_model_dir):
+    params = SamplingParams(max_new_tokens=12)
+    plain = load_backend("hf", str(tiny_model_dir), dtype="float32", batch_size=1).generate(PROMPTS, params)
+    refill = load_backend("hf", str(tiny_model_dir), dtype="float32", batch_size=1, refill=True)
+    assert [c[0].text for c in refill.generate(PROMPTS, params)] == [c[0].text for c in plain]
+
+
+def test_refill_applies_the_models_repetition_penalty_as_generate_does(tiny_model_dir):
+    params = SamplingParams(max_new_tokens=12)
+    static = load_backend("hf", str(tiny_model_dir), dtype="float32", batch_size=1)
+    refill = load_backend("hf", str(tiny_model_dir), dtype="float32", batch_size=4, refill=True)
+    plain = [c[0].text for c in static.generate(PROMPTS, params)]
+    for backend in (static, refill):
+        backend.model.generation_config.repetition_penalty = 1.5
+    penalized = [c[0].text for c in static.generate(PROMPTS, params)]
+    assert [c[0].text for c in refill.generate(PROMPTS, params)] == penalized != plain
+
+
+
+def test_refill_falls_back_to_static_batches_for_a_sliding_window_cache(tiny_model_dir, caplog):
+    import torch
+    from transformers import AutoTokenizer, Qwen2Config, Qwen2ForCausalLM
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
+    torch.manual_seed(0)
+    config = Qwen2Config(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=2, use_sliding_window=True, sliding_window=8,
+                         max_window_layers=1, eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
+    model = Qwen2ForCausalLM(config)
+    params = SamplingParams(max_new_tokens=6)
+    static = load_backend("hf", "sliding", model_obj=model, tokenizer_obj=tokenizer, batch_size=4)
+    refill = load_backend("hf", "sliding", model_obj=model, tokenizer_obj=tokenizer, batch_size=4, refill=True)
+    with caplog.at_level("WARNING"):
+        got = refill.generate(PROMPTS, params)
+    assert [c[0].text for c in got] == [c[0].text for c in static.generate(PROMPTS, params)]
+    assert "static batches" in caplog.text and not refill.refill

@@ -165,6 +165,7 @@ NOT_RESUME_KEYS = frozenset({
     "data_dir", "output_dir", "out", "batch_size", "rm_batch_size", "rollout_batch_size", "micro_batch",
     "micro_batch_groups", "gradient_checkpointing", "concurrency", "threads", "num_workers", "workers", "progress",
     "quiet", "report_to", "ray_address", "ray_replicas", "ray_num_cpus", "ray_num_gpus", "ray_chunk", "ray",
+    "save_steps", "keep_checkpoints", "log_every",  # how often a trainer checkpoints and logs, not what it learns
 })
 
 
