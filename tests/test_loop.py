@@ -234,3 +234,22 @@ def test_training_problems_that_repeat_a_heldout_question_are_removed(tiny_model
     problems = read_records(Problem, tmp_path / "run" / "problems.jsonl")
     assert [p.id for p in problems] == [p.id for p in TRAIN]
     assert json.loads((tmp_path / "run" / "decontamination.json").read_text())["heldout_overlap"] == 1
+
+
+def test_problems_per_round_gives_each_round_the_next_block(tmp_path):
+    """Round r samples the r-th block of problems_per_round training problems (written to round-<r>/problems.jsonl
+    once, so a resumed round samples the same block), wrapping around at the end of problems.jsonl."""
+    from mathloop.pipeline.loop import _sample
+
+    config = loop_config_from_dict({"output_dir": str(tmp_path / "run"), "problems_per_round": 3,
+                                    "sample": {"n": 2, "temperatures": [0.8], "max_new_tokens": 16}})
+    config.validate()
+    write_jsonl(tmp_path / "run" / "problems.jsonl", TRAIN)
+    seen = {}
+    for r in (1, 2, 3):
+        _sample(config, "fake", tmp_path / "run" / f"round-{r}", r, progress=False, backend=FakeBackend(half_right))
+        seen[r] = sorted({s.problem_id for s in read_records(Sample, tmp_path / "run" / f"round-{r}" / "samples.jsonl")})
+    ids = [p.id for p in TRAIN]
+    assert seen == {1: sorted(ids[0:3]), 2: sorted(ids[3:6]), 3: sorted(ids[6:8] + ids[0:1])}
+    with pytest.raises(ValueError, match="problems_per_round must be >= 1"):
+        loop_config_from_dict({"output_dir": str(tmp_path / "x"), "problems_per_round": 0}).validate()

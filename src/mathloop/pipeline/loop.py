@@ -17,6 +17,7 @@ inside itself):
                               synthesize section is on; in problems.jsonl too); synthesis.json counts, and
                               synthesized.rejected.jsonl holds every rejected candidate with its reason
   round-0/eval/               baseline evaluation (mathloop eval folder)
+  round-<r>/problems.jsonl    the round's block of the training problems, when problems_per_round is set
   round-<r>/samples/          mathloop sample folder; samples.jsonl merges its passes (with rm_score after scoring)
   round-<r>/rm/               reward model run (final/ is the RM), when the reward_model section is enabled
   round-<r>/sft_data.jsonl    selected responses as prompt-completion chat rows; select.json is the report
@@ -34,7 +35,10 @@ GRPOConfig, `synthesize`: SynthesizeConfig), read by the one loader `config.sett
 (address, replicas, num_cpus, num_gpus, chunk) runs the sample and eval stages on Ray actors (`mathloop.replicas`); the loop fills in the
 model, data and folder fields itself (a section may not set them), and the run's seed unless a section sets one. `sft_init: base` trains every round from the
 starting model on that round's data (the paper rebuilds the data each round); `previous` continues from the last
-round's model, which is cheaper on a CPU.
+round's model, which is cheaper on a CPU. `problems_per_round: N` gives each round the next N training problems
+(in problems.jsonl's order, wrapping around) instead of all of them: rounds that sample the same problems again
+train each model on answers to the problems its predecessor was trained on, which sharpens it on those problems
+more than on new ones (measured: README, "The loop").
 
 The `synthesize` section (`mathloop synthesize`'s settings; `seeds` is how many of the training problems seed it, and
 `model`/`backend`/`backend_args` may name another model, since the paper synthesized with a stronger model than the
@@ -70,6 +74,7 @@ class LoopConfig:
     data_dir: str | None = None
     rounds: int = 1
     sft_init: str = "base"  # "base" or "previous"
+    problems_per_round: int | None = None  # None: every round samples every training problem; N: the next N each round
     decontaminate: bool = True  # training problems and selected responses against every benchmark in data_dir
     seed: int = 0
     sample: dict[str, Any] = field(default_factory=dict)  # SampleConfig fields
@@ -93,6 +98,9 @@ class LoopConfig:
         if unknown:
             raise ValueError(f"loop: ray: unknown key(s) {', '.join(unknown)}; known: address, chunk, num_cpus, "
                              f"num_gpus, replicas")
+        if self.problems_per_round is not None and self.problems_per_round < 1:
+            raise ValueError(f"loop: problems_per_round must be >= 1 (or left out for all problems), got "
+                             f"{self.problems_per_round}")
         if self.sft_init not in ("base", "previous"):
             raise ValueError(f"loop: sft_init must be 'base' or 'previous', got {self.sft_init!r}")
         from mathloop.backends import resolve_backend
@@ -143,8 +151,9 @@ class LoopConfig:
     def sample_config(self, model: str, round_dir: Path, round_index: int):
         from mathloop.pipeline.sample import SampleConfig
 
+        problems = round_dir / "problems.jsonl" if self.problems_per_round else Path(self.output_dir) / "problems.jsonl"
         config = self._stage(SampleConfig, "sample", {**self._ray_settings(), **self.sample},
-                             {"model": model, "problems": str(Path(self.output_dir) / "problems.jsonl"),
+                             {"model": model, "problems": str(problems),
                               "out": str(round_dir / "samples"), "data_dir": self.data_dir})
         config.seed += 1000 * round_index  # each round draws fresh samples
         return config
@@ -373,11 +382,26 @@ def _sample(config: LoopConfig, model: str, round_dir: Path, r: int, progress: b
     from mathloop.pipeline.sample import read_samples, run_sample
 
     merged = round_dir / "samples.jsonl"
+    if config.problems_per_round and not (round_dir / "problems.jsonl").exists():
+        problems = read_records(Problem, Path(config.output_dir) / "problems.jsonl")
+        round_dir.mkdir(parents=True, exist_ok=True)
+        write_jsonl(round_dir / "problems.jsonl", round_problems(problems, config.problems_per_round, r))
     sample_config = config.sample_config(model, round_dir, r)
     summary = run_sample(sample_config, backend=backend, progress=progress)
     if not merged.exists():
         write_jsonl(merged, read_samples(sample_config.out))
     return summary
+
+
+def round_problems(problems: list, per_round: int, round_index: int) -> list:
+    """Round `round_index`'s block of `per_round` problems: blocks follow the list's order and wrap around, so
+    consecutive rounds get new problems until the list is used up (and no block repeats a problem).
+
+    >>> round_problems(list("abcde"), 2, 1), round_problems(list("abcde"), 2, 3), round_problems(list("abc"), 5, 2)
+    (['a', 'b'], ['e', 'a'], ['c', 'a', 'b'])
+    """
+    start = (round_index - 1) * per_round
+    return [problems[(start + i) % len(problems)] for i in range(min(per_round, len(problems)))]
 
 
 def _reward_model(config: LoopConfig, model: str, round_dir: Path) -> dict:
