@@ -28,6 +28,8 @@ try:
 except ImportError:
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
+import torch  # noqa: E402
+
 from mathloop.backends.base import SamplingParams  # noqa: E402
 from mathloop.backends.hf import HFBackend  # noqa: E402
 from mathloop.data.benchmarks import load_benchmark  # noqa: E402
@@ -55,7 +57,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     args = parser.parse_args()
     if args.threads:
-        __import__("torch").set_num_threads(args.threads)
+        torch.set_num_threads(args.threads)
 
     problems = load_benchmark("gsm8k", args.data_dir, limit=args.prompts)
     backend = HFBackend(args.model, batch_size=1, refill=False)
@@ -74,8 +76,8 @@ def main() -> None:
     rows.append((f"refill (batch {args.batch_size})", *measure(backend, prompts, params)))
 
     print(f"model: {backend.model_id}; dtype: {next(backend.model.parameters()).dtype}; "
-          f"threads: {__import__('torch').get_num_threads()}; CPU capability: "
-          f"{__import__('torch').backends.cpu.get_cpu_capability()}; load average: {os.getloadavg()[0]:.1f}; "
+          f"threads: {torch.get_num_threads()}; CPU capability: "
+          f"{torch.backends.cpu.get_cpu_capability()}; load average: {os.getloadavg()[0]:.1f}; "
           f"max_new_tokens: {args.max_new_tokens}; "
           + ("greedy" if args.n == 1 else f"{args.n} samples at temperature {args.temperature}, top-p 0.8"))
     print(f"{'configuration':<36} {'tokens/s':>9} {'tokens':>7} {'seconds':>8} {'vs batched':>10}")
