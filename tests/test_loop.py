@@ -99,6 +99,11 @@ def test_a_round_runs_every_stage_and_a_rerun_skips_them(tiny_model_dir, data_di
         first = row["vs_round_0"]["first_sample"]
         assert (first["both"], first["b"], first["c"], first["mcnemar_p"]) == (4, 0, 0, 1.0)
     assert (run / "summary.md").read_text().count("| +0.0 [-49.0, +49.0] | 0 / 0 | 1.000 |") == 2
+    # wall time per stage, in each row and in summary.md
+    assert set(summary["rounds"][1]["stage_seconds"]) == {"sample", "rm", "select", "sft", "eval"}
+    assert set(summary["rounds"][2]["stage_seconds"]) == {"grpo", "eval"}
+    assert summary["rounds"][1]["stage_seconds"]["sft"] > 0
+    assert "| round | sample | rm | select | sft | grpo | eval | total |" in (run / "summary.md").read_text()
     report = (run / "report.html").read_text()  # `mathloop report` of the folder (tests/test_report.py opens it)
     assert report.count("<tr><td>run:") == 3 + 2  # metrics of rounds 0, 1 and grpo; two paired comparisons
 
@@ -107,6 +112,8 @@ def test_a_round_runs_every_stage_and_a_rerun_skips_them(tiny_model_dir, data_di
     backend.calls.clear()
     run_loop(tiny_loop(tmp_path, tiny_model_dir, data_dir), progress=False, backend=backend)
     assert backend.calls == [] and final.stat().st_mtime_ns == stamp  # nothing sampled, nothing retrained
+    resumed = json.loads((run / "summary.json").read_text())["rounds"][1]["stage_seconds"]
+    assert resumed["sft"] >= summary["rounds"][1]["stage_seconds"]["sft"]  # a rerun adds its (tiny) time, no reset
 
     summary = run_loop(tiny_loop(tmp_path, tiny_model_dir, data_dir, rounds=2), progress=False, backend=backend)
     assert [r["round"] for r in summary["rounds"]] == [0, 1, 2, "grpo"] and final.stat().st_mtime_ns == stamp
@@ -253,3 +260,18 @@ def test_problems_per_round_gives_each_round_the_next_block(tmp_path):
     assert seen == {1: sorted(ids[0:3]), 2: sorted(ids[3:6]), 3: sorted(ids[6:8] + ids[0:1])}
     with pytest.raises(ValueError, match="problems_per_round must be >= 1"):
         loop_config_from_dict({"output_dir": str(tmp_path / "x"), "problems_per_round": 0}).validate()
+
+
+def test_stage_timer_sums_the_sessions_of_a_stage_and_counts_a_failed_one(tmp_path, monkeypatch):
+    from mathloop.pipeline import loop
+
+    clock = iter([100.0, 160.0, 200.0, 230.5, 300.0, 301.0])
+    monkeypatch.setattr(loop.time, "time", lambda: next(clock))
+    with loop.stage_timer(tmp_path / "round-1", "sample"):
+        pass
+    with pytest.raises(KeyboardInterrupt), loop.stage_timer(tmp_path / "round-1", "sample"):
+        raise KeyboardInterrupt  # an interrupted session's time still counts
+    with loop.stage_timer(tmp_path / "round-1", "sft"):
+        pass
+    assert loop.stage_seconds(tmp_path / "round-1") == {"sample": 90.5, "sft": 1.0}
+    assert loop.stage_seconds(tmp_path / "round-2") == {}

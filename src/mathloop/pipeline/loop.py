@@ -23,6 +23,8 @@ inside itself):
   round-<r>/sft_data.jsonl    selected responses as prompt-completion chat rows; select.json is the report
   round-<r>/sft/              SFT run (final/ is the next model)
   round-<r>/eval/             held-out evaluation of that model
+  round-<r>/stage_seconds.json   wall seconds per stage of the round (round-0 and grpo-after-round-<R> too), summed
+                              over the sessions that ran it; summary.md tabulates them in minutes
   grpo-after-round-<R>/       the GRPO stage from the last round's model, when enabled (eval/ inside)
   summary.md, summary.json, accuracy.svg   accuracy per round with 95% intervals; each later stage paired with
                               round 0 (delta with interval, discordant counts b / c, McNemar p: `mathloop compare`)
@@ -30,15 +32,16 @@ inside itself):
                               sample browser); a report that fails logs a warning and the loop goes on
 
 The sections of the YAML file are the settings of the stage commands, keys of their dataclasses (`sample`:
-SampleConfig, `reward_model`: RMTrainConfig, `select`: SelectConfig, `sft`: SFTRunConfig, `eval`: EvalConfig, `grpo`:
-GRPOConfig, `synthesize`: SynthesizeConfig), read by the one loader `config.settings_from_dict`; a `ray:` section
-(address, replicas, num_cpus, num_gpus, chunk) runs the sample and eval stages on Ray actors (`mathloop.replicas`); the loop fills in the
-model, data and folder fields itself (a section may not set them), and the run's seed unless a section sets one. `sft_init: base` trains every round from the
-starting model on that round's data (the paper rebuilds the data each round); `previous` continues from the last
-round's model, which is cheaper on a CPU. `problems_per_round: N` gives each round the next N training problems
-(in problems.jsonl's order, wrapping around) instead of all of them: rounds that sample the same problems again
-train each model on answers to the problems its predecessor was trained on, which sharpens it on those problems
-more than on new ones (measured: README, "The loop").
+SampleConfig, `reward_model`: RMTrainConfig, `select`: SelectConfig, `sft`: SFTRunConfig, `eval`: EvalConfig,
+`grpo`: GRPOConfig, `synthesize`: SynthesizeConfig), read by the one loader `config.settings_from_dict`; a `ray:`
+section (address, replicas, num_cpus, num_gpus, chunk) runs the sample and eval stages on Ray actors
+(`mathloop.replicas`); the loop fills in the model, data and folder fields itself (a section may not set them), and
+the run's seed unless a section sets one. `sft_init: base` trains every round from the starting model on that
+round's data (the paper rebuilds the data each round); `previous` continues from the last round's model, which is
+cheaper on a CPU. `problems_per_round: N` gives each round the next N training problems (in problems.jsonl's order,
+wrapping around) instead of all of them: rounds that sample the same problems again train each model on answers to
+the problems its predecessor was trained on, which sharpens it on those problems more than on new ones (measured:
+README, "The loop").
 
 The `synthesize` section (`mathloop synthesize`'s settings; `seeds` is how many of the training problems seed it, and
 `model`/`backend`/`backend_args` may name another model, since the paper synthesized with a stronger model than the
@@ -48,9 +51,11 @@ with majority-vote answers as their gold, to the training problems once, before 
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -254,45 +259,78 @@ def _run_loop(config: LoopConfig, progress: bool, backend, heldout: list[Problem
     _prepare_problems(out, config, heldout, backend)
 
     log.info("round 0: evaluating the starting model on %d held-out problems", len(heldout))
-    rows = [_evaluate(config, config.model, out / "round-0", heldout, progress, backend)
-            | {"round": 0, "model": config.model}]
+    with stage_timer(out / "round-0", "eval"):
+        row = _evaluate(config, config.model, out / "round-0", heldout, progress, backend)
+    rows = [row | {"round": 0, "model": config.model, "stage_seconds": stage_seconds(out / "round-0")}]
     log.info("round 0: %s", _accuracy_line(rows[0]))
     model = config.model
     for r in range(1, config.rounds + 1):
         round_dir = out / f"round-{r}"
-        started = time.time()
         log.info("round %d/%d: sampling", r, config.rounds)
-        sample_summary = _sample(config, model, round_dir, r, progress, backend)
+        with stage_timer(round_dir, "sample"):
+            sample_summary = _sample(config, model, round_dir, r, progress, backend)
         log.info("round %d: %s of %s samples verified correct, %s of %s problems solved", r,
                  sample_summary.get("correct"), sample_summary.get("samples"), sample_summary.get("solved_problems"),
                  sample_summary.get("problems"))
+        rm_summary = {}
         if config.rm_enabled:
             log.info("round %d: reward model", r)
-        rm_summary = _reward_model(config, model, round_dir) if config.rm_enabled else {}
-        selection = _select(config, round_dir)
+            with stage_timer(round_dir, "rm"):
+                rm_summary = _reward_model(config, model, round_dir)
+        with stage_timer(round_dir, "select"):
+            selection = _select(config, round_dir)
         log.info("round %d: selected %s SFT rows; fine-tuning", r, selection.get("rows"))
         init = config.model if config.sft_init == "base" else model
-        model = _sft(config, init, round_dir)
+        with stage_timer(round_dir, "sft"):
+            model = _sft(config, init, round_dir)
         log.info("round %d: evaluating %s", r, model)
-        row = _evaluate(config, model, round_dir, heldout, progress, backend)
+        with stage_timer(round_dir, "eval"):
+            row = _evaluate(config, model, round_dir, heldout, progress, backend)
         log.info("round %d: %s (round 0: %.1f%%)", r, _accuracy_line(row), 100 * rows[0]["acc"])
         row["vs_round_0"] = _against_round_0(out, round_dir, row["benchmark"])
         rows.append(row | {"round": r, "model": model, "samples": sample_summary, "rm": rm_summary,
-                           "selection": selection, "seconds": round(time.time() - started, 1)})
+                           "selection": selection, "stage_seconds": stage_seconds(round_dir)})
         _write_summary(out, rows)
         _write_report(out)
     if config.grpo_enabled:
         grpo_dir = out / f"grpo-after-round-{config.rounds}"
         log.info("grpo: training from %s", model)
-        model = _grpo(config, model, grpo_dir, config.rounds)
+        with stage_timer(grpo_dir, "grpo"):
+            model = _grpo(config, model, grpo_dir, config.rounds)
         log.info("grpo: evaluating %s", model)
-        row = _evaluate(config, model, grpo_dir, heldout, progress, backend)
+        with stage_timer(grpo_dir, "eval"):
+            row = _evaluate(config, model, grpo_dir, heldout, progress, backend)
         log.info("grpo: %s (round 0: %.1f%%)", _accuracy_line(row), 100 * rows[0]["acc"])
-        rows.append(row | {"round": "grpo", "model": model,
+        rows.append(row | {"round": "grpo", "model": model, "stage_seconds": stage_seconds(grpo_dir),
                            "vs_round_0": _against_round_0(out, grpo_dir, row["benchmark"])})
     summary = _write_summary(out, rows)
     _write_report(out)
     return summary
+
+
+STAGE_SECONDS = "stage_seconds.json"
+STAGES = ("sample", "rm", "select", "sft", "grpo", "eval")
+
+
+@contextlib.contextmanager
+def stage_timer(stage_dir: Path, stage: str) -> Iterator[None]:
+    """Add the wall seconds of the block to `stage` in `stage_dir`/stage_seconds.json, also when it fails or is
+    interrupted, so a stage run in several sessions reports their sum (a session killed outright adds nothing)."""
+    started = time.time()
+    try:
+        yield
+    finally:
+        path = stage_dir / STAGE_SECONDS
+        seconds = stage_seconds(stage_dir)
+        seconds[stage] = round(seconds.get(stage, 0.0) + time.time() - started, 1)
+        stage_dir.mkdir(parents=True, exist_ok=True)
+        write_json(path, seconds)
+
+
+def stage_seconds(stage_dir: Path) -> dict[str, float]:
+    """The wall seconds per stage recorded by `stage_timer` in `stage_dir` (empty for a round run before they were)."""
+    path = stage_dir / STAGE_SECONDS
+    return read_json(path) if path.exists() else {}
 
 
 def _accuracy_line(row: dict) -> str:
@@ -505,9 +543,36 @@ def _write_summary(out: Path, rows: list[dict]) -> dict:
     note = ("delta: points against round 0 on the same held-out problems (first sample), Tango's 95% score interval "
             "for paired proportions; b = right only in round 0, c = right only in this round; p = exact two-sided "
             "McNemar test (`mathloop compare` gives the full comparison).")
-    write_text_atomic(out / "summary.md", f"# mathloop loop: {out}\n\n{table}\n\n{note}\n")
+    write_text_atomic(out / "summary.md", f"# mathloop loop: {out}\n\n{table}\n\n{note}\n{stage_table(rows)}")
     write_text_atomic(out / "accuracy.svg", accuracy_svg(rows))
     return summary
+
+
+def stage_table(rows: list[dict]) -> str:
+    """The summary's table of wall minutes per stage and round (empty when no row has `stage_seconds`).
+
+    >>> spent = {"sample": 851.4, "select": 0.6, "sft": 827.0, "eval": 93.0}
+    >>> print(stage_table([{"round": 0, "stage_seconds": {"eval": 66.0}}, {"round": 1, "stage_seconds": spent}]))
+    <BLANKLINE>
+    Wall minutes per stage, summed over the sessions that ran it:
+    <BLANKLINE>
+    | round | sample | select | sft | eval | total |
+    |---|---|---|---|---|---|
+    | 0 |  |  |  | 1.1 | 1.1 |
+    | 1 | 14.2 | 0.0 | 13.8 | 1.6 | 29.5 |
+    <BLANKLINE>
+    """
+    timed = [row for row in rows if row.get("stage_seconds")]
+    if not timed:
+        return ""
+    stages = [stage for stage in STAGES if any(stage in row["stage_seconds"] for row in timed)]
+    lines = ["", "Wall minutes per stage, summed over the sessions that ran it:", "",
+             f"| round | {' | '.join(stages)} | total |", "|---" * (len(stages) + 2) + "|"]
+    for row in timed:
+        spent = row["stage_seconds"]
+        cells = [f"{spent[stage] / 60:.1f}" if stage in spent else "" for stage in stages]
+        lines.append(f"| {row['round']} | {' | '.join(cells)} | {sum(spent.values()) / 60:.1f} |")
+    return "\n".join(lines) + "\n"
 
 
 def _write_report(out: Path) -> None:
