@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from mathloop.cli import main
-from mathloop.pipeline.compare import compare_benchmark, read_graded_file, resolve_run
+from mathloop.pipeline.compare import Graded, compare_benchmark, read_graded_file, resolve_run
 from mathloop.pipeline.loop import _against_round_0, _write_summary
 from mathloop.records import Sample, write_jsonl
 from mathloop.stats import mcnemar_exact_p, paired_bootstrap_ci95, paired_difference_ci95
@@ -108,16 +108,54 @@ def test_paired_bootstrap_is_deterministic_for_a_seed():
 
 # ---- the comparison -------------------------------------------------------------------------------------------
 
+def graded(verdicts: dict[str, list[bool]]) -> dict[str, list[Graded]]:
+    """Samples with the given correctness; right answers are "1", wrong ones "2"."""
+    return {pid: [Graded(right, "1" if right else "2") for right in samples] for pid, samples in verdicts.items()}
+
+
 def test_compare_benchmark_pairs_only_shared_problems():
-    a = {"p1": [True], "p2": [True], "p3": [False], "p4": [True]}
-    b = {"p2": [False], "p3": [True], "p4": [True], "p5": [True], "p6": [True]}
+    a = graded({"p1": [True], "p2": [True], "p3": [False], "p4": [True]})
+    b = graded({"p2": [False], "p3": [True], "p4": [True], "p5": [True], "p6": [True]})
     entry = compare_benchmark(a, b)
     assert (entry["shared"], entry["only_in_a"], entry["only_in_b"]) == (3, 1, 2)
     first = entry["first_sample"]
     # shared p2 (A only), p3 (B only), p4 (both): p1 (right in A) and p5, p6 (right in B) do not count
     assert (first["both"], first["b"], first["c"], first["neither"]) == (1, 1, 1, 0)
     assert first["acc_a"]["mean"] == first["acc_b"]["mean"] == pytest.approx(2 / 3) and first["delta"] == 0
-    assert "mean" not in entry  # one sample per problem: no bootstrap
+    assert "mean" not in entry and "maj_at_k" not in entry  # one sample per problem: no bootstrap, no vote
+
+
+def test_majority_vote_and_coverage_are_paired_over_the_first_k_samples():
+    def sample(answer: str) -> Graded:  # the gold answer is 7
+        return Graded(answer in ("7", "7.0"), answer)
+
+    a = {  # 4 samples per problem
+        "p1": [sample(x) for x in ("7", "3", "3", "7.0")],  # 7 and 7.0 are one answer: 2 votes, tie, 7 came first
+        "p2": [sample(x) for x in ("3", "3", "7", "5")],  # majority 3: wrong; covered
+        "p3": [sample(x) for x in ("3", "4", "5", "6")],  # all wrong
+        "p4": [sample(x) for x in ("7", "7", "7", "7")],
+    }
+    b = {  # 5 samples per problem: only the first 4 count
+        "p1": [sample(x) for x in ("3", "3", "3", "3", "7")],  # maj wrong, not covered in the first 4
+        "p2": [sample(x) for x in ("7", "7", "3", "5", "5")],  # maj right
+        "p3": [sample(x) for x in ("3", "3", "5", "6", "7")],  # all 4 wrong
+        "p4": [sample(x) for x in ("7", "2", "7", "2", "2")],  # tie, 7 came first: right
+    }
+    entry = compare_benchmark(a, b, resamples=200)
+    maj, cover = entry["maj_at_k"], entry["pass_at_k"]
+    # maj@4: A right on p1, p4; B right on p2, p4 -> b = 1 (p1), c = 1 (p2), both 1 (p4), neither 1 (p3)
+    assert (maj["k"], maj["both"], maj["b"], maj["c"], maj["neither"]) == (4, 1, 1, 1, 1)
+    assert maj["mcnemar_p"] == 1.0 and maj["acc_a"]["mean"] == maj["acc_b"]["mean"] == 0.5
+    # pass@4: A covers p1, p2, p4; B covers p2, p4 -> b = 1 (p1), c = 0
+    assert (cover["k"], cover["both"], cover["b"], cover["c"], cover["neither"]) == (4, 2, 1, 0, 1)
+    assert cover["delta"] == -0.25 and cover["ci95"] == pytest.approx(list(paired_difference_ci95(2, 1, 0, 1)[1:]))
+    # the mean over every sample each run has: A (2/4 + 1/4 + 0 + 1) / 4, B (1/5 + 2/5 + 1/5 + 2/5) / 4
+    assert entry["mean"]["delta"] == pytest.approx(0.3 - 0.4375)
+
+    # runs that recorded no answers (a `mathloop grade` row without preds): coverage only, no vote
+    blind = {pid: [Graded(s.correct) for s in samples] for pid, samples in a.items()}
+    entry = compare_benchmark(blind, b, resamples=200)
+    assert "maj_at_k" not in entry and entry["pass_at_k"]["b"] == 1
 
 
 def eval_folder(root: Path, outcomes: dict[str, dict[str, list[bool]]]) -> Path:
@@ -156,6 +194,12 @@ def test_cli_compares_two_eval_folders(tmp_path, capsys):
     # means per problem: A (1/4 + 0 + 1 + 0) / 4 = 31.25%, B (2/4 + 1/4 + 1 + 1/4) / 4 = 50%
     assert "| math500 | 4 / 4 | 31.2 | 50.0 | +18.8 [" in markdown and "500 resamples, seed 0" in markdown
     assert "Only in A (not compared): aime24" in markdown
+    # maj@4: m1 goes from three wrong votes against one to a tie that the right answer wins (it came first);
+    # pass@4: B covers m2 and m4 as well
+    voted = markdown[markdown.index("| benchmark | k | A maj@k"):].splitlines()
+    assert voted[2].startswith("| math500 | 4 | 25.0 | 50.0 | +25.0 [") and voted[2].endswith("| 0 / 2 | 0.500 |")
+    assert "| 0 / 1 | 1.000 | 50.0 | 100.0 | +50.0 [" in voted[2]
+    assert not voted[3].startswith("| gsm8k")  # one sample per problem: no vote
     result = json.loads(json_path.read_text())
     first = result["benchmarks"]["gsm8k"]["first_sample"]
     assert (first["b"], first["c"], first["mcnemar_p"]) == (2, 10, 79 / 2048)
@@ -182,7 +226,8 @@ def test_cli_compares_loop_rounds_and_grade_files(tmp_path, capsys):
     write_jsonl(graded, [{"idx": i, "question": f"q{i}", "gt": "1", "code": ["r", "r"],
                           "mathloop": {"preds": ["1", "2"], "verdicts": [v, "incorrect"]}}
                          for i, v in enumerate(["correct", "incorrect", "correct"])])
-    assert read_graded_file(graded) == {"all": {"0": [True, False], "1": [False, False], "2": [True, False]}}
+    assert read_graded_file(graded) == {"all": {str(i): [Graded(v == "correct", "1"), Graded(False, "2")]
+                                                for i, v in enumerate(["correct", "incorrect", "correct"])}}
     assert main(["compare", str(graded), str(graded), "--resamples", "100"]) == 0
     assert "| all | 3 | 0 / 0 | 66.7 | 66.7 | +0.0 [" in capsys.readouterr().out
 

@@ -113,7 +113,10 @@ def test_a_round_runs_every_stage_and_a_rerun_skips_them(tiny_model_dir, data_di
     run_loop(tiny_loop(tmp_path, tiny_model_dir, data_dir), progress=False, backend=backend)
     assert backend.calls == [] and final.stat().st_mtime_ns == stamp  # nothing sampled, nothing retrained
     resumed = json.loads((run / "summary.json").read_text())["rounds"][1]["stage_seconds"]
-    assert resumed["sft"] >= summary["rounds"][1]["stage_seconds"]["sft"]  # a rerun adds its (tiny) time, no reset
+    timed = summary["rounds"][1]["stage_seconds"]
+    assert resumed == timed | {"rm": resumed["rm"]} and resumed["rm"] >= timed["rm"]  # finished stages add nothing
+    assert all(path.exists() for path in (run / "round-1" / "samples.jsonl", run / "round-1" / "select.json",
+                                          run / "round-1" / "eval" / "metrics.json"))  # the files marking them done
 
     summary = run_loop(tiny_loop(tmp_path, tiny_model_dir, data_dir, rounds=2), progress=False, backend=backend)
     assert [r["round"] for r in summary["rounds"]] == [0, 1, 2, "grpo"] and final.stat().st_mtime_ns == stamp
@@ -275,3 +278,10 @@ def test_stage_timer_sums_the_sessions_of_a_stage_and_counts_a_failed_one(tmp_pa
         pass
     assert loop.stage_seconds(tmp_path / "round-1") == {"sample": 90.5, "sft": 1.0}
     assert loop.stage_seconds(tmp_path / "round-2") == {}
+    # a stage whose last file exists was finished earlier (maybe before timing existed): its check adds nothing
+    done = tmp_path / "round-2" / "select.json"
+    done.parent.mkdir()
+    done.write_text("{}")
+    with loop.stage_timer(tmp_path / "round-2", "select", done=done):
+        pass
+    assert loop.stage_seconds(tmp_path / "round-2") == {} and not (tmp_path / "round-2" / "stage_seconds.json").exists()

@@ -14,7 +14,11 @@ Per benchmark, problems only one run has are dropped (and counted). On the share
                   and c (right only in B), and the exact two-sided McNemar p-value;
   mean            when a run has more than one sample per problem: each problem's share of correct samples, the
                   difference of the means with a 95% paired percentile bootstrap interval (seed and resample count
-                  reported).
+                  reported);
+  maj@k, pass@k   when both runs have k > 1 samples of every shared problem (k: the smaller run's count): the
+                  majority answer of each problem's first k samples (answers grouped by the verifier's
+                  `same_answer`) and "any of the first k correct", each paired like the first sample (Tango's
+                  interval, b / c, exact McNemar p). Sharper sampling can raise the mean and lower pass@k at once.
 See `mathloop.stats` for the formulas.
 """
 
@@ -22,13 +26,21 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
+from mathloop.metrics import maj_at_k
 from mathloop.records import RecordError, read_jsonl
 from mathloop.stats import BOOTSTRAP_RESAMPLES, paired_bootstrap_ci95, paired_outcomes
 
-# benchmark -> problem id -> correctness of each sample, in sample order
-Outcomes = dict[str, dict[str, list[bool]]]
+
+class Graded(NamedTuple):
+    """One graded sample as `mathloop compare` pairs it: is it correct, and the answer extracted from it."""
+    correct: bool
+    pred: str | None = None
+
+
+# benchmark -> problem id -> each sample, in sample order
+Outcomes = dict[str, dict[str, list[Graded]]]
 
 
 # ---- reading runs ---------------------------------------------------------------------------------------------
@@ -94,16 +106,20 @@ def _group_by_benchmark(path: str | Path) -> dict[str, list[tuple[int, dict]]]:
     return groups
 
 
-def _sample_outcomes(path: str | Path, rows: list[tuple[int, dict]]) -> dict[str, list[bool]]:
-    """problem id -> correctness per sample, ordered by sample_index, from (line number, row) pairs of either
-    shape `mathloop grade` writes."""
-    per_problem: dict[str, list[tuple[int, bool]]] = {}
+def _sample_outcomes(path: str | Path, rows: list[tuple[int, dict]]) -> dict[str, list[Graded]]:
+    """problem id -> each sample's correctness and answer, ordered by sample_index, from (line number, row) pairs of
+    either shape `mathloop grade` writes."""
+    per_problem: dict[str, list[tuple[int, Graded]]] = {}
     for lineno, row in rows:
         graded = row.get("mathloop")
         if isinstance(graded, dict) and isinstance(graded.get("verdicts"), list):
             verdicts = graded["verdicts"]
+            preds = graded.get("preds") if isinstance(graded.get("preds"), list) else [None] * len(verdicts)
+            if len(preds) != len(verdicts):
+                raise RecordError(f"{path}:{lineno}: mathloop.preds has {len(preds)} answers but mathloop.verdicts "
+                                  f"{len(verdicts)} verdicts")
         elif "verdict" in row:
-            verdicts = [row["verdict"]]
+            verdicts, preds = [row["verdict"]], [row.get("pred")]
         else:
             raise RecordError(f"{path}:{lineno}: no verdict (a `mathloop grade` output row has mathloop.verdicts, a "
                               f"graded sample has verdict); grade the file first with `mathloop grade`")
@@ -112,14 +128,30 @@ def _sample_outcomes(path: str | Path, rows: list[tuple[int, dict]]) -> dict[str
             raise RecordError(f"{path}:{lineno}: no problem_id, idx or question to pair the problem by")
         entries = per_problem.setdefault(str(key), [])
         start = int(row.get("sample_index") or 0) if len(verdicts) == 1 else len(entries)
-        entries += [(start + i, v == "correct") for i, v in enumerate(verdicts)]
-    return {pid: [correct for _, correct in sorted(entries, key=lambda e: e[0])]
+        entries += [(start + i, Graded(v == "correct", pred if isinstance(pred, str) else None))
+                    for i, (v, pred) in enumerate(zip(verdicts, preds))]
+    return {pid: [graded for _, graded in sorted(entries, key=lambda e: e[0])]
             for pid, entries in per_problem.items()}
 
 
 # ---- the comparison -------------------------------------------------------------------------------------------
 
-def compare_benchmark(a: dict[str, list[bool]], b: dict[str, list[bool]], resamples: int = BOOTSTRAP_RESAMPLES,
+def majority_correct(samples: list[Graded], k: int) -> bool:
+    """Is the majority answer of the first k samples correct (`mathloop.metrics.maj_at_k` with the verifier's
+    `same_answer`)?
+
+    >>> majority_correct([Graded(False, "3"), Graded(True, "4"), Graded(True, "4.0")], 3)
+    True
+    >>> majority_correct([Graded(False, "3"), Graded(True, "4"), Graded(True, "4.0")], 2)  # tie: the earlier answer
+    False
+    """
+    from mathloop.verify import same_answer
+
+    return maj_at_k([s.pred for s in samples], ["correct" if s.correct else "incorrect" for s in samples], k,
+                    same_answer) == 1.0
+
+
+def compare_benchmark(a: dict[str, list[Graded]], b: dict[str, list[Graded]], resamples: int = BOOTSTRAP_RESAMPLES,
                       seed: int = 0) -> dict[str, Any]:
     """The paired comparison of one benchmark: B against A on the problems both have (see the module docstring)."""
     shared = sorted(set(a) & set(b))
@@ -129,15 +161,24 @@ def compare_benchmark(a: dict[str, list[bool]], b: dict[str, list[bool]], resamp
     if not shared:
         return entry
     n = len(shared)
-    entry["first_sample"] = paired_outcomes([a[pid][0] for pid in shared], [b[pid][0] for pid in shared])
+    entry["first_sample"] = paired_outcomes([a[pid][0].correct for pid in shared],
+                                            [b[pid][0].correct for pid in shared])
     samples_a, samples_b = max(len(a[pid]) for pid in shared), max(len(b[pid]) for pid in shared)
     if max(samples_a, samples_b) > 1:
-        mean_a = [sum(a[pid]) / len(a[pid]) for pid in shared]
-        mean_b = [sum(b[pid]) / len(b[pid]) for pid in shared]
+        mean_a = [sum(s.correct for s in a[pid]) / len(a[pid]) for pid in shared]
+        mean_b = [sum(s.correct for s in b[pid]) / len(b[pid]) for pid in shared]
         difference, lower, upper = paired_bootstrap_ci95(mean_a, mean_b, resamples, seed)
         entry["mean"] = {"samples_a": samples_a, "samples_b": samples_b, "mean_a": sum(mean_a) / n,
                          "mean_b": sum(mean_b) / n, "delta": difference, "ci95": [lower, upper],
                          "interval": "paired percentile bootstrap", "resamples": resamples, "seed": seed}
+    k = min(len(runs[pid]) for runs in (a, b) for pid in shared)
+    if k > 1:
+        # a correct sample without an answer means the run recorded no answers: no majority vote to count
+        if not any(s.correct and s.pred is None for runs in (a, b) for pid in shared for s in runs[pid][:k]):
+            entry["maj_at_k"] = {"k": k, **paired_outcomes([majority_correct(a[pid], k) for pid in shared],
+                                                           [majority_correct(b[pid], k) for pid in shared])}
+        entry["pass_at_k"] = {"k": k, **paired_outcomes([any(s.correct for s in a[pid][:k]) for pid in shared],
+                                                        [any(s.correct for s in b[pid][:k]) for pid in shared])}
     return entry
 
 
@@ -199,6 +240,20 @@ def format_comparison(result: dict, label_a: str = "A", label_b: str = "B") -> s
             lines.append(f"| {name} | {mean['samples_a']} / {mean['samples_b']} | {_points(mean['mean_a'])} | "
                          f"{_points(mean['mean_b'])} | {_points(mean['delta'], True)} [{_points(lower, True)}, "
                          f"{_points(upper, True)}] |")
+    voted = [(name, entry) for name, entry in result["benchmarks"].items() if "pass_at_k" in entry]
+    if voted:
+        lines += ["", "Majority vote and coverage over each problem's first k samples (k: the smaller run's count), "
+                      "in percent: maj@k = the majority answer is correct (answers grouped by the verifier), pass@k = "
+                      "any of the k is correct; each paired like the first sample.", "",
+                  "| benchmark | k | A maj@k | B maj@k | delta [95% CI] | b / c | p | A pass@k | B pass@k | "
+                  "delta [95% CI] | b / c | p |", "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+        for name, entry in voted:
+            cells = [name, str(entry["pass_at_k"]["k"])]
+            for key in ("maj_at_k", "pass_at_k"):
+                paired = entry.get(key)
+                cells += ([_points(paired["acc_a"]["mean"]), _points(paired["acc_b"]["mean"]), *paired_cells(paired)]
+                          if paired else ["-", "-", *paired_cells(None)])
+            lines.append("| " + " | ".join(cells) + " |")
     for side, key in (("A", "benchmarks_only_in_a"), ("B", "benchmarks_only_in_b")):
         if result[key]:
             lines += ["", f"Only in {side} (not compared): {', '.join(result[key])}"]
