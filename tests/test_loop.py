@@ -94,6 +94,8 @@ def test_a_round_runs_every_stage_and_a_rerun_skips_them(tiny_model_dir, data_di
     assert summary["rounds"][2]["model"] == str(grpo_dir / "final")
     assert summary["rounds"][0]["acc"] == 1.0 and summary["rounds"][0]["n"] == 4
     assert "| 1 |" in (run / "summary.md").read_text() and (run / "accuracy.svg").read_text().startswith("<svg")
+    assert summary["rounds"][1]["samples"]["correct_per_problem"] == {"2": 8}  # half right: 2 of 4 on each
+    assert "| 16/32 | 8/8 (0) |" in (run / "summary.md").read_text()  # solved, none on every sample
     # every later stage is paired with round 0 on the same held-out problems (all 4 right both times here)
     for row in summary["rounds"][1:]:
         first = row["vs_round_0"]["first_sample"]

@@ -45,6 +45,8 @@ def test_each_temperature_is_a_pass_of_n_graded_responses(tmp_path):
         per_problem.setdefault(s.problem_id, []).append(s.sample_index)
     assert all(sorted(indexes) == list(range(6)) for indexes in per_problem.values())
     assert summary["correct"] == 4 * 2 * 2 and summary["solved_problems"] == 4
+    # the 4 easy problems are right on 4 of their 6 samples (0 and 2 of each pass), the 2 hard ones on none
+    assert summary["correct_per_problem"] == {"0": 2, "4": 4} and summary["all_correct_problems"] == 0
     assert all(s.gold and s.verdict and s.question for s in samples)
 
 

@@ -540,16 +540,18 @@ def _write_summary(out: Path, rows: list[dict]) -> dict:
     summary = {"rounds": rows}
     write_json(out / "summary.json", summary)
     lines = ["| round | held-out acc | 95% CI | delta vs round 0 [95% CI] | b / c | McNemar p | problems | SFT rows | "
-             "train samples correct | RM held-out pair acc |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
+             "train samples correct | train problems solved (every sample right) | RM held-out pair acc |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
     for row in rows:
         samples = row.get("samples") or {}
         correct = f"{samples['correct']}/{samples['samples']}" if samples.get("samples") else ""
+        solved = (f"{samples['solved_problems']}/{samples['problems']}" if samples.get("problems") else "") + (
+            f" ({samples['all_correct_problems']})" if "all_correct_problems" in samples else "")
         rm_acc = row.get("rm", {}).get("heldout_accuracy")
         paired = paired_cells(row["vs_round_0"].get("first_sample")) if "vs_round_0" in row else ["", "", ""]
         lines.append(f"| {row['round']} | {100 * row['acc']:.1f}% | [{100 * row['ci95'][0]:.1f}, "
                      f"{100 * row['ci95'][1]:.1f}] | {' | '.join(paired)} | {row['n']} | "
-                     f"{row.get('selection', {}).get('rows', '')} | {correct} | "
+                     f"{row.get('selection', {}).get('rows', '')} | {correct} | {solved} | "
                      f"{'' if rm_acc is None else f'{rm_acc:.3f}'} |")
     table = "\n".join(lines)
     note = ("delta: points against round 0 on the same held-out problems (first sample), Tango's 95% score interval "

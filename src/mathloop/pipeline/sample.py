@@ -19,6 +19,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import time
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -143,9 +144,16 @@ def _run_sample(config: SampleConfig, problems: list[Problem], backend: Backend 
     samples = read_samples(out)
     ids = {p.id for p in problems}
     mine = [s for s in samples if s.problem_id in ids]
+    right: dict[str, list[bool]] = {}
+    for s in mine:
+        right.setdefault(s.problem_id, []).append(s.verdict == CORRECT)
+    histogram = Counter(sum(verdicts) for verdicts in right.values())
     summary = {"problems": len(problems), "samples": len(mine),
                "correct": sum(s.verdict == CORRECT for s in mine),
-               "solved_problems": len({s.problem_id for s in mine if s.verdict == CORRECT}),
+               "solved_problems": sum(any(verdicts) for verdicts in right.values()),
+               # how sharp the model is on these problems: solved every time, and problems per number right
+               "all_correct_problems": sum(all(verdicts) for verdicts in right.values()),
+               "correct_per_problem": {str(k): histogram[k] for k in sorted(histogram)},
                "wall_seconds": round(time.time() - started, 1)}
     write_json(out / f"summary{suffix}.json", summary)
     return summary
