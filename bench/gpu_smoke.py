@@ -97,12 +97,12 @@ def stage_eval(model: Path, work: Path, device: str) -> dict:
     from mathloop.pipeline.evaluate import EvalConfig, run_eval
 
     metrics = run_eval(EvalConfig(out=str(work / "eval"), model=str(model), benchmarks=["gsm8k"], limit=16,
-                                  max_new_tokens=64, backend_args={"dtype": dtype, "device": device,
+                                  max_new_tokens=64, backend="hf", backend_args={"dtype": dtype, "device": device,
                                                                    "batch_size": 16}), progress=False)
     from mathloop.records import Sample, read_records
 
     tokens = sum(s.completion_tokens for s in read_records(Sample, work / "eval" / "samples" / "gsm8k.jsonl"))
-    return {"problems": 16, "completion_tokens": tokens, "acc": metrics["average"].get("acc")}
+    return {"problems": 16, "completion_tokens": tokens, "acc": metrics["benchmarks"]["gsm8k"]["acc"]}
 
 
 def stage_sft(model: Path, work: Path, device: str) -> dict:

@@ -122,7 +122,8 @@ def test_refill_gives_each_sequence_its_own_logits(tiny_model_dir, monkeypatch, 
     assert len(set(lengths)) > 3 and len(seen) == sum(lengths) + sum(c.finish_reason == "stop" for r in results
                                                                       for c in r)
     with torch.inference_mode():
-        worst = max((backend.model(torch.tensor([ids])).logits[0, -1] - row).abs().max().item() for ids, row in seen)
+        worst = max((backend.model(torch.tensor([ids], device=backend.model.device)).logits[0, -1] - row).abs().max()
+                    .item() for ids, row in seen)
     assert worst < 1e-4, worst
 
 

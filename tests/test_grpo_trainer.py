@@ -125,10 +125,16 @@ def test_overlong_mask_and_soft_penalty(tiny_model_dir, tmp_path, user_rewards):
     # mask: every response is cut off at 3 tokens, so nothing is left in the loss and the weights do not move.
     train_grpo(grpo_config(tmp_path, tiny_model_dir, output_dir=str(tmp_path / "mask"), overlong="mask", beta=0.0,
                            steps=1, max_new_tokens=3, reward=f"{user_rewards}:text_length"))
-    assert metric(tmp_path / "mask", "truncation_rate") == [1.0] and metric(tmp_path / "mask", "loss") == [0.0]
-    start = AutoModelForCausalLM.from_pretrained(tiny_model_dir).state_dict()
-    after = AutoModelForCausalLM.from_pretrained(tmp_path / "mask" / "final").state_dict()
-    assert all(torch.equal(start[k], after[k]) for k in start)
+    rollouts = read_records(Sample, tmp_path / "mask" / "rollouts" / "step-000001.jsonl")
+    cut = sum(s.finish_reason == "length" for s in rollouts) / len(rollouts)
+    assert metric(tmp_path / "mask", "truncation_rate") == [pytest.approx(cut)]
+    if not torch.cuda.is_available():
+        assert cut == 1.0  # the CPU's random stream: no response ends within 3 tokens
+    if cut == 1.0:  # (on a GPU's stream one of 32 did once: then it is trained on, as it should be)
+        assert metric(tmp_path / "mask", "loss") == [0.0]
+        start = AutoModelForCausalLM.from_pretrained(tiny_model_dir).state_dict()
+        after = AutoModelForCausalLM.from_pretrained(tmp_path / "mask" / "final").state_dict()
+        assert all(torch.equal(start[k], after[k]) for k in start)
 
     # soft_penalty: the reward is the function's plus the length ramp of the last 4 of 8 tokens.
     train_grpo(grpo_config(tmp_path, tiny_model_dir, output_dir=str(tmp_path / "soft"), overlong="soft_penalty",
@@ -381,12 +387,14 @@ def test_rm_based_rewards_use_the_reward_model_scores(tiny_model_dir, tiny_rewar
     train_grpo(grpo_config(tmp_path, tiny_model_dir, reward=reward, rm=str(tiny_reward_model), steps=1,
                            group_size=4, queries_per_step=2))
     rollouts = read_records(Sample, tmp_path / "run" / "rollouts" / "step-000001.jsonl")
-    model, tokenizer = load_reward_model(str(tiny_reward_model), device="cpu")
+    model, tokenizer = load_reward_model(str(tiny_reward_model))  # where and in the dtype GRPO scored them
     scores = score_samples(model, tokenizer, rollouts)
     assert len(set(scores)) > 1  # the random RM tells the responses apart
     expected = [shaped_reward(score, s.verdict == "correct") if reward == "shaped" else score
                 for s, score in zip(rollouts, scores)]
-    assert [s.metadata["reward"] for s in rollouts] == pytest.approx(expected, abs=1e-5)
+    # on a GPU the RM runs in bfloat16, where another batch's padding moves a score in the third digit
+    tolerance = 1e-5 if next(model.parameters()).dtype == torch.float32 else 2e-3
+    assert [s.metadata["reward"] for s in rollouts] == pytest.approx(expected, abs=tolerance)
 
 
 # ---- vLLM rollouts -----------------------------------------------------------------------------------------------

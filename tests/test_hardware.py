@@ -64,11 +64,12 @@ def test_hf_backend_auto_dtype(cpu_features, tiny_model_dir, native, expected):
     assert next(backend.model.parameters()).dtype == getattr(torch, expected)
 
 
-def test_eval_run_json_records_the_hardware(tmp_path, cpu_features):
+def test_eval_run_json_records_the_hardware(tmp_path, cpu_features, monkeypatch):
     from mathloop.pipeline.evaluate import EvalConfig, run_eval
     from mathloop.records import Problem
 
     cpu_features(False, False)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)  # a CPU-only machine, also where a GPU is present
     problems = {"gsm8k": [Problem(id="gsm8k/0", benchmark="gsm8k", question="1+1?", gold="2")]}
     backend = load_backend("fake", "tiny", responses=["The answer is \\boxed{2}."])
     run_eval(EvalConfig(model="tiny", benchmarks=["gsm8k"], out=str(tmp_path)), backend=backend, problems=problems,

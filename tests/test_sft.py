@@ -17,6 +17,7 @@ pytest.importorskip("trl")
 from mathloop.config import load_settings, settings_from_dict  # noqa: E402
 from mathloop.train.sft import (  # noqa: E402
     SFTRunConfig,
+    _checkpointing_field,
     build_trainer,
     drop_too_long,
     read_sft_examples,
@@ -278,3 +279,25 @@ def test_cli_maps_flags_onto_the_config_file(tmp_path, monkeypatch):
     assert (seen[0].epochs, seen[0].lora, seen[0].max_length, seen[0].model) == (1, True, 512, "smollm2")
     assert seen[0].learning_rate == 1e-5 and seen[0].data == "a.jsonl"
     assert main(["sft", "--data", "a.jsonl"]) == 2  # no output dir: a one-line error, not a traceback
+
+
+def test_activation_checkpointing_uses_the_field_the_installed_transformers_has():
+    """transformers 5.17 (a GPU image's) has only `gradient_checkpointing`; passing the newer name raised TypeError."""
+    import dataclasses
+
+    from trl import SFTConfig
+
+    @dataclasses.dataclass
+    class Older:
+        gradient_checkpointing: bool = False
+
+    @dataclasses.dataclass
+    class Newer(Older):
+        activation_checkpointing: bool = False
+
+    assert _checkpointing_field(Older) == "gradient_checkpointing"
+    assert _checkpointing_field(Newer) == "activation_checkpointing"
+    field = _checkpointing_field(SFTConfig)
+    args = SFTConfig(output_dir="unused", use_cpu=True, report_to="none", **{field: True})
+    assert getattr(args, field) is True
+

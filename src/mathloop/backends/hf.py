@@ -140,29 +140,34 @@ class HFBackend:
                           finish_reason="stop" if ended_by_eos or stop_string is not None else "length",
                           stop_string=stop_string)
 
-    @torch.inference_mode()
+    @torch.no_grad()  # not inference_mode: transformers' scheduler thread updates the tensors made here in place
     def _generate_continuous(self, prompt_ids: list[list[int]], n: int, params: SamplingParams
                              ) -> list[list[Completion]]:
-        """All sequences through one continuous-batching scheduler; n samples per prompt share its prefill."""
+        """All sequences through one continuous-batching scheduler, each prompt sent n times (transformers 5.17's
+        scheduler returned one sequence per prompt for num_return_sequences > 1)."""
         from transformers import GenerationConfig
         from transformers.generation.configuration_utils import ContinuousBatchingConfig
 
         sampling = ({"do_sample": False} if params.greedy else
                     {"do_sample": True, "temperature": params.temperature, "top_p": params.top_p, "top_k": 0})
-        config = GenerationConfig(max_new_tokens=params.max_new_tokens, num_return_sequences=n,
-                                  eos_token_id=self.eos_token_ids, pad_token_id=self.tokenizer.pad_token_id, **sampling)
+        config = GenerationConfig(max_new_tokens=params.max_new_tokens, eos_token_id=self.eos_token_ids,
+                                  pad_token_id=self.tokenizer.pad_token_id, **sampling)
         # The default sizes the KV cache to most of free memory; a tenth holds 128 x 2k tokens of a 0.5B model.
         scheduler = ContinuousBatchingConfig(max_memory_percent=0.1, seed=params.seed)
         torch.manual_seed(params.seed)
-        outputs = list(self.model.generate_batch(inputs=prompt_ids, generation_config=config,
-                                                 continuous_batching_config=scheduler).values())
+        requests = [ids for ids in prompt_ids for _ in range(n)]
+        by_id = self.model.generate_batch(inputs=requests, generation_config=config,
+                                          continuous_batching_config=scheduler)
+        outputs = list(by_id.values())
+        if all(o.request_id.startswith("req_") and o.request_id[4:].isdigit() for o in outputs):
+            outputs.sort(key=lambda o: int(o.request_id[4:]))  # req_<index into requests>, not finishing order
         failed = [o.request_id for o in outputs if o.error is not None]
         if len(outputs) != len(prompt_ids) * n or failed:
             raise RuntimeError(f"continuous batching returned {len(outputs)} of {len(prompt_ids) * n} sequences"
                                + (f"; failed: {', '.join(failed)}" if failed else "")
                                + "; rerun with continuous_batching=False")
         results = []
-        for i, ids in enumerate(prompt_ids):  # generate_batch returns each prompt's n sequences together, in order
+        for i, ids in enumerate(prompt_ids):  # each prompt's n requests are consecutive
             completions = []
             for output in outputs[i * n:(i + 1) * n]:
                 tokens = list(output.generated_tokens)

@@ -252,7 +252,7 @@ def build_trainer(config: SFTRunConfig, callbacks: list[TrainerCallback] | None 
         max_length=config.max_length, packing=config.packing, completion_only_loss=True,
         per_device_train_batch_size=config.per_device_batch_size,
         gradient_accumulation_steps=config.gradient_accumulation_steps,
-        activation_checkpointing=config.gradient_checkpointing,
+        **{_checkpointing_field(SFTConfig): config.gradient_checkpointing},
         bf16=bf16, use_cpu=not on_gpu, dataloader_pin_memory=on_gpu,
         save_strategy="steps", save_steps=config.save_steps, save_total_limit=config.keep_checkpoints,
         logging_steps=config.log_every, logging_first_step=True, report_to="none", seed=config.seed,
@@ -266,6 +266,15 @@ def build_trainer(config: SFTRunConfig, callbacks: list[TrainerCallback] | None 
                          processing_class=tokenizer, peft_config=peft_config, callbacks=callbacks)
     return trainer, {"model_path": path, "model_name": model_name, "examples": len(examples),
                      "dropped_too_long": dropped, "executor_output_masked": masked_executor}
+
+
+def _checkpointing_field(args_class: type) -> str:
+    """The TrainingArguments field that turns activation checkpointing on: `activation_checkpointing` in recent
+    transformers 5 releases, `gradient_checkpointing` before (5.17, for one, has only that)."""
+    import dataclasses
+
+    names = {f.name for f in dataclasses.fields(args_class)}
+    return "activation_checkpointing" if "activation_checkpointing" in names else "gradient_checkpointing"
 
 
 def train_sft(config: SFTRunConfig, stop_after: int | None = None) -> dict[str, Any]:
