@@ -284,6 +284,6 @@ def test_stage_timer_sums_the_sessions_of_a_stage_and_counts_a_failed_one(tmp_pa
     done = tmp_path / "round-2" / "select.json"
     done.parent.mkdir()
     done.write_text("{}")
-    with loop.stage_timer(tmp_path / "round-2", "select", done=done):
+    with loop.stage_timer(tmp_path / "round-2", "select"):
         pass
     assert loop.stage_seconds(tmp_path / "round-2") == {} and not (tmp_path / "round-2" / "stage_seconds.json").exists()

@@ -259,7 +259,7 @@ def _run_loop(config: LoopConfig, progress: bool, backend, heldout: list[Problem
     _prepare_problems(out, config, heldout, backend)
 
     log.info("round 0: evaluating the starting model on %d held-out problems", len(heldout))
-    with stage_timer(out / "round-0", "eval", done=_eval_done(out / "round-0")):
+    with stage_timer(out / "round-0", "eval"):
         row = _evaluate(config, config.model, out / "round-0", heldout, progress, backend)
     rows = [row | {"round": 0, "model": config.model, "stage_seconds": stage_seconds(out / "round-0")}]
     log.info("round 0: %s", _accuracy_line(rows[0]))
@@ -267,7 +267,7 @@ def _run_loop(config: LoopConfig, progress: bool, backend, heldout: list[Problem
     for r in range(1, config.rounds + 1):
         round_dir = out / f"round-{r}"
         log.info("round %d/%d: sampling", r, config.rounds)
-        with stage_timer(round_dir, "sample", done=round_dir / "samples.jsonl"):
+        with stage_timer(round_dir, "sample"):
             sample_summary = _sample(config, model, round_dir, r, progress, backend)
         log.info("round %d: %s of %s samples verified correct, %s of %s problems solved", r,
                  sample_summary.get("correct"), sample_summary.get("samples"), sample_summary.get("solved_problems"),
@@ -275,16 +275,16 @@ def _run_loop(config: LoopConfig, progress: bool, backend, heldout: list[Problem
         rm_summary = {}
         if config.rm_enabled:
             log.info("round %d: reward model", r)
-            with stage_timer(round_dir, "rm"):  # no one file marks both training and scoring done
+            with stage_timer(round_dir, "rm"):
                 rm_summary = _reward_model(config, model, round_dir)
-        with stage_timer(round_dir, "select", done=round_dir / "select.json"):
+        with stage_timer(round_dir, "select"):
             selection = _select(config, round_dir)
         log.info("round %d: selected %s SFT rows; fine-tuning", r, selection.get("rows"))
         init = config.model if config.sft_init == "base" else model
-        with stage_timer(round_dir, "sft", done=round_dir / "sft" / "final" / "config.json"):
+        with stage_timer(round_dir, "sft"):
             model = _sft(config, init, round_dir)
         log.info("round %d: evaluating %s", r, model)
-        with stage_timer(round_dir, "eval", done=_eval_done(round_dir)):
+        with stage_timer(round_dir, "eval"):
             row = _evaluate(config, model, round_dir, heldout, progress, backend)
         log.info("round %d: %s (round 0: %.1f%%)", r, _accuracy_line(row), 100 * rows[0]["acc"])
         row["vs_round_0"] = _against_round_0(out, round_dir, row["benchmark"])
@@ -295,10 +295,10 @@ def _run_loop(config: LoopConfig, progress: bool, backend, heldout: list[Problem
     if config.grpo_enabled:
         grpo_dir = out / f"grpo-after-round-{config.rounds}"
         log.info("grpo: training from %s", model)
-        with stage_timer(grpo_dir, "grpo", done=grpo_dir / "final" / "config.json"):
+        with stage_timer(grpo_dir, "grpo"):
             model = _grpo(config, model, grpo_dir, config.rounds)
         log.info("grpo: evaluating %s", model)
-        with stage_timer(grpo_dir, "eval", done=_eval_done(grpo_dir)):
+        with stage_timer(grpo_dir, "eval"):
             row = _evaluate(config, model, grpo_dir, heldout, progress, backend)
         log.info("grpo: %s (round 0: %.1f%%)", _accuracy_line(row), 100 * rows[0]["acc"])
         rows.append(row | {"round": "grpo", "model": model, "stage_seconds": stage_seconds(grpo_dir),
@@ -310,17 +310,21 @@ def _run_loop(config: LoopConfig, progress: bool, backend, heldout: list[Problem
 
 STAGE_SECONDS = "stage_seconds.json"
 STAGES = ("sample", "rm", "select", "sft", "grpo", "eval")
+# the file each stage writes last, under its round (or GRPO) folder; the RM has none that marks both training and
+# scoring done
+STAGE_DONE = {"sample": "samples.jsonl", "select": "select.json", "sft": "sft/final/config.json",
+              "grpo": "final/config.json", "eval": "eval/metrics.json"}
 
 
 @contextlib.contextmanager
-def stage_timer(stage_dir: Path, stage: str, done: Path | None = None) -> Iterator[None]:
+def stage_timer(stage_dir: Path, stage: str) -> Iterator[None]:
     """Add the wall seconds of the block to `stage` in `stage_dir`/stage_seconds.json, also when it fails or is
     interrupted, so a stage run in several sessions reports their sum (a session killed outright adds nothing).
 
-    `done` is the file the stage writes last: when it exists before the block, the stage was finished by an
-    earlier session and the resume's check adds nothing (a stage finished before timing existed stays untimed:
-    a blank in the summary, not 0.0)."""
-    if done is not None and done.exists():
+    When the stage's last file (`STAGE_DONE`) exists before the block, the stage was finished by an earlier
+    session and the resume's check adds nothing (a stage finished before timing existed stays untimed: a blank in
+    the summary, not 0.0)."""
+    if stage in STAGE_DONE and (stage_dir / STAGE_DONE[stage]).exists():
         yield
         return
     started = time.time()
@@ -426,7 +430,7 @@ def _synthesize(config: LoopConfig, out: Path, problems: list[Problem], index, b
 def _sample(config: LoopConfig, model: str, round_dir: Path, r: int, progress: bool, backend) -> dict:
     from mathloop.pipeline.sample import read_samples, run_sample
 
-    merged = round_dir / "samples.jsonl"
+    merged = round_dir / STAGE_DONE["sample"]
     if config.problems_per_round and not (round_dir / "problems.jsonl").exists():
         problems = read_records(Problem, Path(config.output_dir) / "problems.jsonl")
         round_dir.mkdir(parents=True, exist_ok=True)
@@ -519,11 +523,6 @@ def _evaluate(config: LoopConfig, model: str, stage_dir: Path, heldout: list[Pro
     acc = summary["benchmarks"][name]["acc"]
     return {"benchmark": name, "acc": acc["mean"], "ci95": acc["ci95"], "n": len(heldout),
             "metrics": summary["benchmarks"][name]}
-
-
-def _eval_done(stage_dir: Path) -> Path:
-    """The file a finished held-out evaluation of `stage_dir` has written last."""
-    return stage_dir / "eval" / "metrics.json"
 
 
 def _against_round_0(out: Path, stage_dir: Path, benchmark: str) -> dict:

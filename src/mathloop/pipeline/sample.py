@@ -149,7 +149,7 @@ def _run_sample(config: SampleConfig, problems: list[Problem], backend: Backend 
         right.setdefault(s.problem_id, []).append(s.verdict == CORRECT)
     histogram = Counter(sum(verdicts) for verdicts in right.values())
     summary = {"problems": len(problems), "samples": len(mine),
-               "correct": sum(s.verdict == CORRECT for s in mine),
+               "correct": sum(map(sum, right.values())),
                "solved_problems": sum(any(verdicts) for verdicts in right.values()),
                # how sharp the model is on these problems: solved every time, and problems per number right
                "all_correct_problems": sum(all(verdicts) for verdicts in right.values()),
