@@ -127,6 +127,45 @@ def test_a_round_runs_every_stage_and_a_rerun_skips_them(tiny_model_dir, data_di
     assert len(second) == 32 and second[0].model == "fake"
 
 
+@pytest.mark.training
+def test_coverage_interpolation_difficulty_and_negatives_in_one_round(tiny_model_dir, data_dir, tmp_path):
+    """The settings against narrowing: a dev split no round samples, the coverage evaluation of every round paired
+    with round 0, alpha picked on the dev split, difficulty-aware rows and wrong rows pushed down."""
+    config = tiny_loop(tmp_path, tiny_model_dir, data_dir, reward_model={}, grpo={}, dev_size=2,
+                       coverage={"n": 4, "limit": 3, "max_new_tokens": 32},
+                       interpolate={"alphas": [1.0, 0.5]}, select={"k": 2, "difficulty": True, "negatives": 1},
+                       sft={"epochs": 1, "max_length": 512, "per_device_batch_size": 4,
+                            "gradient_accumulation_steps": 1, "learning_rate": 1e-3, "negative_weight": 0.5})
+    summary = run_loop(config, progress=False, backend=FakeBackend(half_right))
+    run = tmp_path / "run"
+    dev = [p.id for p in read_records(Problem, run / "dev.jsonl")]
+    train = [p.id for p in read_records(Problem, run / "problems.jsonl")]
+    assert dev == [p.id for p in TRAIN[-2:]] and train == [p.id for p in TRAIN[:-2]]
+    assert {s.problem_id for s in read_records(Sample, run / "round-1" / "samples.jsonl")} == set(train)
+
+    # 2 of 4 right on every problem: ceil(2 * 2/4) = 1 right row, and 1 wrong row
+    rows = [json.loads(line) for line in (run / "round-1" / "sft_data.jsonl").read_text().splitlines()]
+    assert sorted(r["reward"] for r in rows) == [-1] * 6 + [1] * 6
+    assert all(("987654" in r["completion"][0]["content"]) == (r["reward"] == -1) for r in rows)
+    assert json.loads((run / "round-1" / "sft" / "run.json").read_text())["data"]["wrong_examples"] == 6
+
+    interpolation = json.loads((run / "round-1" / "interpolation.json").read_text())
+    assert [entry["alpha"] for entry in interpolation["grid"]] == [0.5, 1.0] and interpolation["dev_problems"] == 2
+    assert interpolation["alpha"] == 0.5  # the scripted sampler scores both the same: the smaller alpha wins
+    chosen = run / "round-1" / "interpolate" / "alpha-0.5" / "model"
+    assert summary["rounds"][1]["model"] == str(chosen) and (chosen / "config.json").exists()
+    assert (run / "round-1" / "interpolate" / "alpha-1" / "eval" / "metrics.json").exists()
+
+    for row in summary["rounds"]:
+        coverage = row["coverage"]
+        assert (coverage["n"], coverage["samples"]) == (3, 4) and coverage["metrics"]["pass@4"]["mean"] == 1.0
+    versus = summary["rounds"][1]["coverage"]["vs_round_0"]
+    assert versus["pass_at_k"]["k"] == 4 and versus["mean"]["delta"] == 0.0
+    text = (run / "summary.md").read_text()
+    assert "Coverage: 4 samples per problem on the first 3 held-out problems" in text
+    assert "| 1 | 50.0 | +0.0 [+0.0, +0.0] | 100.0 | +0.0 [-56.1, +56.1] | 0 / 0 | 1.000 | 100.0 |" in text
+    assert {"interpolate", "coverage"} <= set(summary["rounds"][1]["stage_seconds"])
+
 def test_a_run_folder_refuses_other_settings(tiny_model_dir, data_dir, tmp_path):
     with pytest.raises(ValueError, match="grpo stage selects its queries from a round's samples"):
         tiny_loop(tmp_path, tiny_model_dir, data_dir, rounds=0)

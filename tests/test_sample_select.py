@@ -156,6 +156,37 @@ def test_problems_without_gold_get_a_majority_pseudo_label_weighted_by_rm():
     assert report.dropped == {"no majority answer": 1}
 
 
+def test_difficulty_gives_rarely_solved_problems_more_rows_and_always_solved_ones_none():
+    def problem(pid: str, right: int, of: int = 4) -> list[Sample]:
+        return [graded(pid, f"Way {i} of {pid}: " + " ".join(["step"] * i) + f" {pid * (i + 1)} \\boxed{{7}}",
+                       "correct" if i < right else "incorrect", index=i) for i in range(of)]
+
+    samples = problem("hard", 1) + problem("half", 2) + problem("easy", 3) + problem("always", 4)
+    chosen, report = select_responses(samples, k=4, difficulty=True)
+    per_problem = {pid: sum(s.problem_id == pid for s in chosen) for pid in ("hard", "half", "easy", "always")}
+    # ceil(4 * wrong share), at most the distinct right responses there are
+    assert per_problem == {"hard": 1, "half": 2, "easy": 1, "always": 0}
+    assert report.dropped == {"solved by every sample": 1}
+    plain, _ = select_responses(samples, k=4)
+    assert len(plain) == 1 + 2 + 3 + 4
+
+
+def test_negatives_are_wrong_finished_distinct_responses_with_reward_minus_one():
+    samples = [graded("a", "Three plus four is seven \\boxed{7}", "correct", index=0),
+               graded("a", "Three plus four is eight, so the answer is \\boxed{8}", "incorrect", pred="8", index=1),
+               graded("a", "Three plus four is eight, so the answer is \\boxed{8}", "incorrect", pred="8", index=2),
+               graded("a", "It never ends ...", "incorrect", finish="length", index=3),
+               graded("a", "Subtracting: 4 - 3 = 1, \\boxed{1}", "incorrect", pred="1", index=4),
+               graded("b", "Seven minus nothing is \\boxed{6}", "incorrect", pred="6", index=0)]
+    chosen, report = select_responses(samples, k=2, negatives=2)
+    assert [(s.problem_id, s.sample_index, s.metadata.get("reward", 1)) for s in chosen] == [
+        ("a", 1, -1), ("a", 4, -1), ("a", 0, 1), ("b", 0, -1)]  # the copy and the truncated one are left out
+    assert report.negatives == 3 and report.selected == 4 and report.dropped == {"no correct response": 1}
+    assert [row["reward"] for row in sft_rows(chosen)] == [-1, -1, 1, -1]
+    without, _ = select_responses(samples, k=2)
+    assert [row["reward"] for row in sft_rows(without)] == [1]
+
+
 def test_sft_rows_are_prompt_completion_chats():
     rows = sft_rows([graded("a", "3 + 4 = 7, so \\boxed{7}.", "correct", rm=1.5)])
     assert rows[0]["prompt"][0]["role"] == "system" and "3 + 4" in rows[0]["prompt"][-1]["content"]

@@ -111,7 +111,7 @@ def test_tir_training_runs_and_records_the_masking(tiny_model_dir, tmp_path):
                                    max_length=512))
     assert summary["step"] == 1 and Path(summary["final"], "config.json").exists()
     run = json.loads((tmp_path / "sft" / "run.json").read_text())
-    assert run["data"] == {"examples": 4, "dropped_too_long": 0, "executor_output_masked": True}
+    assert run["data"] == {"examples": 4, "wrong_examples": 0, "dropped_too_long": 0, "executor_output_masked": True}
 
 
 @pytest.mark.training
@@ -301,3 +301,132 @@ def test_activation_checkpointing_uses_the_field_the_installed_transformers_has(
     args = SFTConfig(output_dir="unused", use_cpu=True, report_to="none", **{field: True})
     assert getattr(args, field) is True
 
+
+
+# ---- learning from wrong responses (mathloop.train.sft_loss) -----------------------------------------------------
+
+def test_the_wrong_term_is_bounded_and_stops_pushing_under_the_floor():
+    from mathloop.train.sft_loss import sft_token_loss
+
+    logp = torch.log(torch.tensor([[0.9, 0.02, 1e-9]])).requires_grad_()
+    mask = torch.ones(1, 3, dtype=torch.bool)
+    loss = sft_token_loss(logp, mask, torch.tensor([-1.0]), negative_weight=1.0, negative_floor=0.05)
+    loss.backward()
+    # log 0.9 counts, the two tokens under the floor count as log 0.05, whatever their probability (even 1e-9)
+    assert loss.item() == pytest.approx((torch.log(torch.tensor(0.9)).item() + 2 * torch.log(torch.tensor(0.05)).item()) / 3)
+    assert logp.grad[0].tolist() == pytest.approx([1 / 3, 0.0, 0.0])
+    # right rows: plain negative log-likelihood, a token mean
+    right = sft_token_loss(torch.log(torch.tensor([[0.5, 0.5]])), torch.tensor([[True, False]]), torch.tensor([1.0]))
+    assert right.item() == pytest.approx(torch.log(torch.tensor(2.0)).item())
+
+
+@pytest.mark.parametrize("rewards, message", [([0.5], "must be \\+1 or -1"), ([2.0], "must be \\+1 or -1")])
+def test_rewards_other_than_plus_or_minus_one_are_refused(rewards, message):
+    from mathloop.train.sft_loss import sft_token_loss
+
+    with pytest.raises(ValueError, match=message):
+        sft_token_loss(torch.zeros(1, 2), torch.ones(1, 2, dtype=torch.bool), torch.tensor(rewards))
+
+
+def wrong_rows(n: int = 4) -> list[dict]:
+    return [{**row, "completion": [{"role": "assistant", "content": f"Maybe it is {3 + i}? I guess {3 + i}."}],
+             "reward": -1} for i, row in enumerate(sft_rows(n))]
+
+
+@pytest.mark.training
+def test_the_trainer_loss_is_the_token_mean_nll_of_the_completion(tiny_model_dir, tmp_path):
+    """Right rows only: the trainer's loss equals the mean negative log-likelihood of the completion tokens,
+    computed here from the model's full logits."""
+    trainer, _ = build_trainer(sft_config(tmp_path, tiny_model_dir))
+    batch = next(iter(trainer.get_train_dataloader()))
+    assert batch["reward"].tolist() == [1.0] * 4
+    loss = trainer.compute_loss(trainer.model, dict(batch))
+    logits = trainer.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits[:, :-1]
+    labels = batch["labels"][:, 1:]
+    expected = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), labels.reshape(-1),
+                                                 ignore_index=-100)
+    assert loss.item() == pytest.approx(expected.item(), rel=1e-4)
+
+
+@pytest.mark.training
+def test_wrong_rows_are_pushed_down_and_refused_without_a_negative_weight(tiny_model_dir, tmp_path):
+    data = tmp_path / "mixed.jsonl"
+    write_jsonl(data, sft_rows(4) + wrong_rows(4))
+    with pytest.raises(ValueError, match="4 rows with reward -1.*negative_weight"):
+        build_trainer(sft_config(tmp_path, tiny_model_dir, data=str(data)))
+
+    def wrong_logp(model_dir) -> float:
+        """Summed log-probability of the wrong completions under a model."""
+        config = sft_config(tmp_path / "probe", tiny_model_dir, data=str(data), model=str(model_dir),
+                            negative_weight=1.0)
+        trainer, _ = build_trainer(config)
+        from mathloop.train.logprobs import completion_logprobs
+
+        total = 0.0
+        for batch in trainer.get_train_dataloader():
+            mask = (batch["labels"][:, 1:] != -100) & (batch["reward"] < 0)[:, None]
+            with torch.no_grad():
+                total += completion_logprobs(trainer.model, batch["input_ids"], batch["attention_mask"], mask).sum().item()
+        return total
+
+    right_only = tmp_path / "right.jsonl"
+    write_jsonl(right_only, sft_rows(4) * 2)  # as many rows and steps as the mixed file
+    plain = train_sft(sft_config(tmp_path, tiny_model_dir, data=str(right_only), output_dir=str(tmp_path / "plain"),
+                                 epochs=4))
+    # the random model gives every token about 1/300: a floor under that lets the wrong term act
+    both = train_sft(sft_config(tmp_path, tiny_model_dir, data=str(data), negative_weight=1.0, negative_floor=1e-6,
+                                epochs=4))
+    run = json.loads((tmp_path / "sft" / "run.json").read_text())
+    assert run["data"]["wrong_examples"] == 4 and run["config"]["negative_weight"] == 1.0
+    # the same right rows learned, and the wrong answers less likely than after plain SFT
+    assert wrong_logp(both["final"]) < wrong_logp(plain["final"]) - 1.0
+
+
+@pytest.mark.parametrize("reward", ["-1", 0, True, 0.5])
+def test_a_reward_other_than_plus_or_minus_one_names_the_record(tmp_path, reward):
+    write_jsonl(tmp_path / "bad.jsonl", [sft_rows(1)[0], {**sft_rows(1)[0], "reward": reward}])
+    with pytest.raises(RecordError, match="bad.jsonl: record 2: 'reward' must be 1"):
+        read_sft_examples(tmp_path / "bad.jsonl")
+
+
+# ---- interpolation (mathloop.train.interpolate) -----------------------------------------------------------------
+
+def test_interpolation_is_the_base_at_zero_and_the_tuned_model_at_one():
+    from mathloop.train.interpolate import interpolate_weights
+
+    base = {"w": torch.tensor([1.0, -2.0], dtype=torch.bfloat16), "steps": torch.tensor([3])}
+    tuned = {"w": torch.tensor([2.0, 2.0]), "steps": torch.tensor([5])}
+    assert interpolate_weights(base, tuned, 0.0)["w"].tolist() == [1.0, -2.0]
+    assert interpolate_weights(base, tuned, 1.0)["w"].tolist() == [2.0, 2.0]
+    half = interpolate_weights(base, tuned, 0.5)
+    assert half["w"].tolist() == [1.5, 0.0] and half["w"].dtype == torch.float32 and half["steps"].item() == 5
+    with pytest.raises(ValueError, match="only in the tuned model: extra"):
+        interpolate_weights(base, {**tuned, "extra": torch.zeros(1)}, 0.5)
+    with pytest.raises(ValueError, match="finite"):
+        interpolate_weights(base, tuned, float("nan"))
+
+
+@pytest.mark.training
+def test_interpolated_lora_model_equals_the_adapter_scaled_before_the_merge(tiny_model_dir, tmp_path):
+    """The interpolated merged model is the base with the LoRA update scaled by alpha: checked on the logits of a
+    model merged with its adapter's B matrices scaled by alpha."""
+    from peft import PeftModel
+
+    from mathloop.cli import main
+    from mathloop.models import load_causal_lm
+
+    summary = train_sft(sft_config(tmp_path, tiny_model_dir, lora=True, lora_rank=4, lora_alpha=8, epochs=1))
+    assert main(["interpolate", "--base", str(tiny_model_dir), "--tuned", summary["final"], "--alpha", "0.3",
+                 "--out", str(tmp_path / "mixed")]) == 0
+    mixed = load_causal_lm(str(tmp_path / "mixed"), torch.float32)
+    scaled = PeftModel.from_pretrained(load_causal_lm(str(tiny_model_dir), torch.float32), str(tmp_path / "sft" / "adapter"))
+    with torch.no_grad():
+        for name, parameter in scaled.named_parameters():
+            if "lora_B" in name:
+                parameter.mul_(0.3)
+    scaled = scaled.merge_and_unload()
+    ids = torch.tensor([[5, 17, 42, 99]])
+    with torch.no_grad():
+        assert torch.allclose(mixed(ids).logits, scaled(ids).logits, atol=1e-5)
+        base_logits = load_causal_lm(str(tiny_model_dir), torch.float32)(ids).logits
+        assert not torch.allclose(mixed(ids).logits, base_logits, atol=1e-4)

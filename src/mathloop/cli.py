@@ -11,6 +11,7 @@
   mathloop loop   self-improvement rounds from a YAML config (sample, RM, select, SFT, eval, GRPO)
   mathloop grpo   reinforcement learning with GRPO (resumable run folder)
   mathloop sft    supervised fine-tuning on prompt-completion chat rows with TRL (resumable run folder)
+  mathloop interpolate  base + alpha * (tuned - base): a model part of the way from a checkpoint to its fine-tuned one
   mathloop synthesize  new problems evolved from seed problems, answered by majority vote (resumable)
   mathloop demo   one round of the loop on the embedded model, before/after accuracy
   mathloop data   the benchmark data: `data list` (sources, versions, licences), `data pull` (harness layout)
@@ -594,6 +595,25 @@ def cmd_sft(args: argparse.Namespace) -> int:
     return 0
 
 
+def add_interpolate_parser(sub: argparse._SubParsersAction) -> None:
+    from mathloop.train import interpolate
+
+    p = sub.add_parser("interpolate", help=HELP["interpolate"], description=interpolate.__doc__,
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--base", required=True, help="the starting model: folder, .gguf file or embedded name (default)")
+    p.add_argument("--tuned", required=True, help="the fine-tuned model (a folder with the same weights' names)")
+    p.add_argument("--alpha", type=float, required=True, help="0 gives the base, 1 the tuned model")
+    p.add_argument("--out", required=True, help="folder to write the interpolated model to")
+
+
+def cmd_interpolate(args: argparse.Namespace) -> int:
+    from mathloop.train.interpolate import interpolate_models
+
+    print(json.dumps({"model": str(interpolate_models(args.base, args.tuned, args.alpha, args.out)),
+                      "alpha": args.alpha}))
+    return 0
+
+
 def add_synthesize_parser(sub: argparse._SubParsersAction) -> None:
     from mathloop.data.evolve import OPERATIONS
     from mathloop.data.evolve import SynthesizeConfig as C
@@ -685,6 +705,7 @@ HELP = {
     "grpo": "reinforcement learning of a policy with GRPO",
     "sft": "supervised fine-tuning on prompt-completion chat rows (TRL)",
     "synthesize": "new problems evolved from seed problems",
+    "interpolate": "a model part of the way from a checkpoint to its fine-tuned one",
     "data": "list or pull the benchmark data",
     "report": "one self-contained HTML page of runs (plots, tables, sample browser)",
 }
@@ -738,11 +759,11 @@ def cmd_report(args: argparse.Namespace) -> int:
 ADD_PARSER = {"eval": add_eval_parser, "grade": add_grade_parser, "compare": add_compare_parser,
               "exec": add_exec_parser, "rm": add_rm_parser, "score": add_score_parser, "sample": add_sample_parser,
               "select": add_select_parser, "loop": add_loop_parser, "demo": add_demo_parser, "grpo": add_grpo_parser,
-              "sft": add_sft_parser, "synthesize": add_synthesize_parser, "data": add_data_parser,
+              "sft": add_sft_parser, "interpolate": add_interpolate_parser, "synthesize": add_synthesize_parser, "data": add_data_parser,
               "report": add_report_parser}
 COMMANDS = {"eval": cmd_eval, "grade": cmd_grade, "compare": cmd_compare, "exec": cmd_exec, "rm": cmd_rm, "score": cmd_score,
             "sample": cmd_sample, "select": cmd_select, "loop": cmd_loop, "demo": cmd_demo, "grpo": cmd_grpo,
-            "sft": cmd_sft, "synthesize": cmd_synthesize, "data": cmd_data,
+            "sft": cmd_sft, "interpolate": cmd_interpolate, "synthesize": cmd_synthesize, "data": cmd_data,
             "report": cmd_report}
 
 

@@ -2,8 +2,8 @@
 
     setup     decontaminate [-> synthesize] the training problems (synthesis: `synthesize` section, off by default)
     round 0   eval                         the starting model on the held-out problems
-    round r   sample -> [rm -> score] -> select -> sft -> eval
-    grpo      (optional) GRPO from the last model on queries its samples solve 2..5 of 8 times -> eval
+    round r   sample -> [rm -> score] -> select -> sft -> [interpolate] -> eval [-> coverage]
+    grpo      (optional) GRPO from the last model on queries its samples solve 2..5 of 8 times -> eval [-> coverage]
 
 Everything lives in one run folder; each stage writes its own sub-folder and is skipped when its output is complete,
 so re-running the same command after a kill continues with the stage that was interrupted (each stage also resumes
@@ -16,12 +16,19 @@ inside itself):
   synthesized.jsonl           problems evolved from the training problems and answered by majority vote (when the
                               synthesize section is on; in problems.jsonl too); synthesis.json counts, and
                               synthesized.rejected.jsonl holds every rejected candidate with its reason
+  dev.jsonl                   the dev split (`dev_size`): the last training problems, which no round samples;
+                              interpolation picks its alpha on them, never on the held-out set
   round-0/eval/               baseline evaluation (mathloop eval folder)
+  round-<r>/coverage/         (coverage section) k samples on the first `limit` held-out problems: the mean share
+                              of correct samples, maj@k and pass@k of every round, paired with round 0's
   round-<r>/problems.jsonl    the round's block of the training problems, when problems_per_round is set
   round-<r>/samples/          mathloop sample folder; samples.jsonl merges its passes (with rm_score after scoring)
   round-<r>/rm/               reward model run (final/ is the RM), when the reward_model section is enabled
   round-<r>/sft_data.jsonl    selected responses as prompt-completion chat rows; select.json is the report
-  round-<r>/sft/              SFT run (final/ is the next model)
+  round-<r>/sft/              SFT run (final/ is the next model, unless interpolation picks another alpha)
+  round-<r>/interpolate/alpha-<a>/   (interpolate section) base + a * (tuned - base) of the round's SFT (model/)
+                              and its dev evaluation (eval/); interpolation.json has the grid, the dev scores and
+                              the chosen alpha, whose model is the round's model
   round-<r>/eval/             held-out evaluation of that model
   round-<r>/stage_seconds.json   wall seconds per stage of the round (round-0 and grpo-after-round-<R> too), summed
                               over the sessions that ran it; summary.md tabulates them in minutes
@@ -42,6 +49,13 @@ cheaper on a CPU. `problems_per_round: N` gives each round the next N training p
 wrapping around) instead of all of them: rounds that sample the same problems again train each model on answers to
 the problems its predecessor was trained on, which sharpens it on those problems more than on new ones (measured:
 README, "The loop").
+
+Against the narrowing that SFT on the model's own right answers causes (docs/results.md): `coverage` (EvalConfig
+fields; `n` samples per problem on the first `limit` held-out problems, default 8 x 400 at temperature 0.7, top-p
+0.8) measures it every round; `interpolate` (`alphas`, default [0.25, 0.5, 0.75, 1.0], and `metric`, default acc: the
+dev split's greedy accuracy under the eval section's settings; ties go to the smaller alpha) moves each round's
+model only part of the way from its starting point (`mathloop.train.interpolate`); the select section's
+`difficulty` and `negatives` and the sft section's `negative_weight` change what is trained on.
 
 The `synthesize` section (`mathloop synthesize`'s settings; `seeds` is how many of the training problems seed it, and
 `model`/`backend`/`backend_args` may name another model, since the paper synthesized with a stronger model than the
@@ -81,12 +95,16 @@ class LoopConfig:
     sft_init: str = "base"  # "base" or "previous"
     problems_per_round: int | None = None  # None: every round samples every training problem; N: the next N each round
     decontaminate: bool = True  # training problems and selected responses against every benchmark in data_dir
+    dev_size: int | None = None  # the last N training problems are the dev split (dev.jsonl), sampled by no round
     seed: int = 0
     sample: dict[str, Any] = field(default_factory=dict)  # SampleConfig fields
     reward_model: dict[str, Any] = field(default_factory=dict)  # RMTrainConfig fields, plus enabled: bool
     select: dict[str, Any] = field(default_factory=dict)  # k, use_rm, min_agreement, near_duplicate
     sft: dict[str, Any] = field(default_factory=dict)  # SFTRunConfig fields
     eval: dict[str, Any] = field(default_factory=dict)  # EvalConfig fields (n, temperature, max_new_tokens, ...)
+    coverage: dict[str, Any] = field(default_factory=dict)  # EvalConfig fields of the k-sample evaluation, plus
+    # limit (held-out problems) and enabled
+    interpolate: dict[str, Any] = field(default_factory=dict)  # alphas, metric, enabled (needs dev_size)
     grpo: dict[str, Any] = field(default_factory=dict)  # GRPO config fields, plus enabled: bool
     synthesize: dict[str, Any] = field(default_factory=dict)  # problem synthesis before round 1 (see below)
     ray: dict[str, Any] = field(default_factory=dict)  # address, replicas, num_cpus, num_gpus, chunk: sample and
@@ -108,10 +126,18 @@ class LoopConfig:
                              f"{self.problems_per_round}")
         if self.sft_init not in ("base", "previous"):
             raise ValueError(f"loop: sft_init must be 'base' or 'previous', got {self.sft_init!r}")
+        if self.dev_size is not None and self.dev_size < 1:
+            raise ValueError(f"loop: dev_size must be >= 1 (or left out for no dev split), got {self.dev_size}")
+        if self.interpolation_enabled:
+            if self.dev_size is None:
+                raise ValueError("loop: interpolate picks alpha on the dev split: set dev_size (e.g. 200)")
+            self.interpolation_grid()
         from mathloop.backends import resolve_backend
 
         probe = Path(self.output_dir) / "round-1"
         generating = [self.sample_config(self.model, probe, 1), self.eval_config(self.model, probe)]
+        if self.coverage_enabled:
+            generating.append(self.coverage_config(self.model, probe))
         if self.synthesis_enabled:
             generating.append(self.synthesis_config())
         for stage in generating:  # backend_args that do not fit the engine `auto` picks here fail now
@@ -130,6 +156,28 @@ class LoopConfig:
     @property
     def synthesis_enabled(self) -> bool:
         return bool(self.synthesize.get("enabled", bool(self.synthesize)))
+
+    @property
+    def coverage_enabled(self) -> bool:
+        return bool(self.coverage.get("enabled", bool(self.coverage)))
+
+    @property
+    def interpolation_enabled(self) -> bool:
+        return bool(self.interpolate.get("enabled", bool(self.interpolate)))
+
+    def interpolation_grid(self) -> tuple[list[float], str]:
+        """The alphas to try and the dev metric that picks one (a key of the eval metrics: acc, maj@k, pass@k)."""
+        unknown = sorted(set(self.interpolate) - {"enabled", "alphas", "metric"})
+        if unknown:
+            raise ValueError(f"loop: interpolate: unknown key(s) {', '.join(unknown)}; known: alphas, metric, enabled")
+        alphas = self.interpolate.get("alphas", [0.25, 0.5, 0.75, 1.0])
+        if not (isinstance(alphas, list) and alphas and all(isinstance(a, (int, float)) and not isinstance(a, bool)
+                                                            for a in alphas)):
+            raise ValueError(f"loop: interpolate: alphas must be a list of numbers, got {alphas!r}")
+        metric = self.interpolate.get("metric", "acc")
+        if not isinstance(metric, str) or not (metric == "acc" or metric.split("@")[0] in ("maj", "pass")):
+            raise ValueError(f"loop: interpolate: metric must be acc, maj@k or pass@k, got {metric!r}")
+        return sorted(float(a) for a in alphas), metric
 
     @property
     def rm_enabled(self) -> bool:
@@ -191,6 +239,16 @@ class LoopConfig:
                            {"model": model, "benchmarks": [], "out": str(round_dir / "eval"),
                             "data_dir": self.data_dir}, fixed=("limit", "split"))
 
+    def coverage_config(self, model: str, stage_dir: Path):
+        """The EvalConfig of the coverage section: k samples per held-out problem (its `limit` cuts the list)."""
+        from mathloop.pipeline.evaluate import EvalConfig
+
+        section = {"shots": 0, "n": 8, "temperature": 0.7, "top_p": 0.8, "limit": 400, **self._ray_settings(),
+                   **self.coverage}
+        return self._stage(EvalConfig, "coverage", section,
+                           {"model": model, "benchmarks": [], "out": str(stage_dir / "coverage"),
+                            "data_dir": self.data_dir}, fixed=("split",))
+
     def grpo_config(self, model: str, samples: Path, grpo_dir: Path, rm: str | None = None):
         """GRPO from `model` on the training problems its samples solve 2..5 of 8 times; the reward model is the
         section's `rm`, else the last round's (when the loop trains one)."""
@@ -223,7 +281,7 @@ def load_loop_config(path: str, overrides: dict[str, Any] | None = None) -> Loop
 
 def loop_config_from_dict(data: dict[str, Any], overrides: dict[str, Any] | None = None,
                           source: str = "loop config") -> LoopConfig:
-    names = ("sample", "reward_model", "select", "sft", "eval", "grpo", "synthesize")
+    names = ("sample", "reward_model", "select", "sft", "eval", "coverage", "interpolate", "grpo", "synthesize")
     for section in names:
         if not isinstance(data.get(section) or {}, dict):
             raise ValueError(f"{source}: {section} must be a mapping of settings")
@@ -261,8 +319,9 @@ def _run_loop(config: LoopConfig, progress: bool, backend, heldout: list[Problem
     log.info("round 0: evaluating the starting model on %d held-out problems", len(heldout))
     with stage_timer(out / "round-0", "eval"):
         row = _evaluate(config, config.model, out / "round-0", heldout, progress, backend)
+    log.info("round 0: %s", _accuracy_line(row))
+    row["coverage"] = _coverage(config, config.model, out / "round-0", heldout, progress, backend)
     rows = [row | {"round": 0, "model": config.model, "stage_seconds": stage_seconds(out / "round-0")}]
-    log.info("round 0: %s", _accuracy_line(rows[0]))
     model = config.model
     for r in range(1, config.rounds + 1):
         round_dir = out / f"round-{r}"
@@ -283,13 +342,20 @@ def _run_loop(config: LoopConfig, progress: bool, backend, heldout: list[Problem
         init = config.model if config.sft_init == "base" else model
         with stage_timer(round_dir, "sft"):
             model = _sft(config, init, round_dir)
+        interpolation = {}
+        if config.interpolation_enabled:
+            with stage_timer(round_dir, "interpolate"):
+                interpolation = _interpolate(config, init, model, round_dir, progress, backend)
+            model = interpolation["model"]
         log.info("round %d: evaluating %s", r, model)
         with stage_timer(round_dir, "eval"):
             row = _evaluate(config, model, round_dir, heldout, progress, backend)
         log.info("round %d: %s (round 0: %.1f%%)", r, _accuracy_line(row), 100 * rows[0]["acc"])
         row["vs_round_0"] = _against_round_0(out, round_dir, row["benchmark"])
+        row["coverage"] = _coverage(config, model, round_dir, heldout, progress, backend)
         rows.append(row | {"round": r, "model": model, "samples": sample_summary, "rm": rm_summary,
-                           "selection": selection, "stage_seconds": stage_seconds(round_dir)})
+                           "selection": selection, "interpolation": interpolation,
+                           "stage_seconds": stage_seconds(round_dir)})
         _write_summary(out, rows)
         _write_report(out)
     if config.grpo_enabled:
@@ -301,6 +367,7 @@ def _run_loop(config: LoopConfig, progress: bool, backend, heldout: list[Problem
         with stage_timer(grpo_dir, "eval"):
             row = _evaluate(config, model, grpo_dir, heldout, progress, backend)
         log.info("grpo: %s (round 0: %.1f%%)", _accuracy_line(row), 100 * rows[0]["acc"])
+        row["coverage"] = _coverage(config, model, grpo_dir, heldout, progress, backend)
         rows.append(row | {"round": "grpo", "model": model, "stage_seconds": stage_seconds(grpo_dir),
                            "vs_round_0": _against_round_0(out, grpo_dir, row["benchmark"])})
     summary = _write_summary(out, rows)
@@ -309,11 +376,12 @@ def _run_loop(config: LoopConfig, progress: bool, backend, heldout: list[Problem
 
 
 STAGE_SECONDS = "stage_seconds.json"
-STAGES = ("sample", "rm", "select", "sft", "grpo", "eval")
+STAGES = ("sample", "rm", "select", "sft", "interpolate", "grpo", "eval", "coverage")
 # the file each stage writes last, under its round (or GRPO) folder; the RM has none that marks both training and
 # scoring done
 STAGE_DONE = {"sample": "samples.jsonl", "select": "select.json", "sft": "sft/final/config.json",
-              "grpo": "final/config.json", "eval": "eval/metrics.json"}
+              "interpolate": "interpolation.json", "grpo": "final/config.json", "eval": "eval/metrics.json",
+              "coverage": "coverage/metrics.json"}
 
 
 @contextlib.contextmanager
@@ -367,14 +435,18 @@ def _check_config(out: Path, config: LoopConfig, data: dict[str, dict]) -> None:
 
 def _prepare_problems(out: Path, config: LoopConfig, heldout: list[Problem], backend=None) -> list[Problem]:
     """The training problems without any whose question is also a held-out question (procedural problems drawn
-    with two seeds can repeat), decontaminated against every benchmark of the data folder, plus the problems
-    synthesized from them when the synthesize section is on (once per run: problems.jsonl)."""
+    with two seeds can repeat), decontaminated against every benchmark of the data folder, less the dev split (the
+    last `dev_size`, to dev.jsonl), plus the problems synthesized from them when the synthesize section is on (once
+    per run: problems.jsonl)."""
     from mathloop.data.benchmarks import load_problem_source
 
     path = out / "problems.jsonl"
     if path.exists():
         return read_records(Problem, path)
     problems = load_problem_source(config.problems, config.data_dir, config.limit)
+    if config.dev_size is not None and config.dev_size >= len(problems):
+        raise ValueError(f"loop: dev_size {config.dev_size} leaves no training problems of the {len(problems)} in "
+                         f"{config.problems}; lower dev_size or raise limit")
     heldout_questions = {_question_key(p.question) for p in heldout}
     kept = [p for p in problems if _question_key(p.question) not in heldout_questions]
     report: dict[str, Any] = {"problems": len(problems), "heldout_overlap": len(problems) - len(kept), "removed": 0,
@@ -393,6 +465,9 @@ def _prepare_problems(out: Path, config: LoopConfig, heldout: list[Problem], bac
                       examples=[{"id": p.id, **p.metadata["contamination"]} for p in removed])
         log.info("decontamination: removed %d of %d training problems %s", len(removed), checked, per_benchmark)
     write_json(out / "decontamination.json", report)
+    if config.dev_size is not None:  # the dev split: the last problems, before synthesis adds any
+        write_jsonl(out / "dev.jsonl", problems[-config.dev_size:])
+        problems = problems[:-config.dev_size]
     if config.synthesis_enabled:
         problems = problems + _synthesize(config, out, problems, index, backend)
     write_jsonl(path, problems)
@@ -431,14 +506,16 @@ def _sample(config: LoopConfig, model: str, round_dir: Path, r: int, progress: b
     from mathloop.pipeline.sample import read_samples, run_sample
 
     merged = round_dir / STAGE_DONE["sample"]
+    sample_config = config.sample_config(model, round_dir, r)
+    if merged.exists():  # done (its samples may also have been copied in for an ablation on the same samples)
+        summary = Path(sample_config.out) / "summary.json"
+        return read_json(summary) if summary.exists() else {}
     if config.problems_per_round and not (round_dir / "problems.jsonl").exists():
         problems = read_records(Problem, Path(config.output_dir) / "problems.jsonl")
         round_dir.mkdir(parents=True, exist_ok=True)
         write_jsonl(round_dir / "problems.jsonl", round_problems(problems, config.problems_per_round, r))
-    sample_config = config.sample_config(model, round_dir, r)
     summary = run_sample(sample_config, backend=backend, progress=progress)
-    if not merged.exists():
-        write_jsonl(merged, read_samples(sample_config.out))
+    write_jsonl(merged, read_samples(sample_config.out))
     return summary
 
 
@@ -525,6 +602,79 @@ def _evaluate(config: LoopConfig, model: str, stage_dir: Path, heldout: list[Pro
             "metrics": summary["benchmarks"][name]}
 
 
+def _coverage(config: LoopConfig, model: str, stage_dir: Path, heldout: list[Problem], progress: bool,
+              backend) -> dict:
+    """The coverage section's k-sample evaluation of `model` on the first `limit` held-out problems, and (for a
+    later stage) its comparison with round 0's: the mean share of correct samples, maj@k and pass@k, paired
+    (`mathloop compare`). {} when the section is off."""
+    from mathloop.pipeline.compare import compare_benchmark, read_eval_folder
+    from mathloop.pipeline.evaluate import run_eval
+
+    if not config.coverage_enabled:
+        return {}
+    settings = config.coverage_config(model, stage_dir)
+    problems = heldout[:settings.limit] if settings.limit else heldout
+    with stage_timer(stage_dir, "coverage"):
+        summary = run_eval(settings, backend=backend, progress=progress, problems={"coverage": problems})
+    result = {"n": len(problems), "samples": settings.n, "metrics": summary["benchmarks"]["coverage"]}
+    round_0 = Path(config.output_dir) / "round-0" / "coverage"
+    if stage_dir.name != "round-0" and (round_0 / "metrics.json").exists():
+        before, after = read_eval_folder(round_0), read_eval_folder(stage_dir / "coverage")
+        result["vs_round_0"] = compare_benchmark(before["coverage"], after["coverage"])
+    return result
+
+
+def _interpolate(config: LoopConfig, init: str, tuned: str, round_dir: Path, progress: bool, backend) -> dict:
+    """Pick the round's model on the line from its SFT's starting model (`init`) to the fine-tuned one (`tuned`):
+    each alpha of the grid is interpolated (`mathloop.train.interpolate`) and evaluated on the dev split with the
+    eval section's settings; the best dev score wins, ties to the smaller alpha (nearer the starting model, which
+    sampled more diversely). interpolation.json holds the grid, every dev score and the choice; the models of the
+    alphas not chosen are deleted once chosen (their scores stay)."""
+    import shutil
+
+    from mathloop.pipeline.evaluate import run_eval
+    from mathloop.train.interpolate import interpolate_models
+
+    done = round_dir / STAGE_DONE["interpolate"]
+    if done.exists():
+        return read_json(done)
+    alphas, metric = config.interpolation_grid()
+    dev = read_records(Problem, Path(config.output_dir) / "dev.jsonl")
+    scores: dict[str, dict] = {}
+    for alpha in alphas:
+        folder = round_dir / "interpolate" / f"alpha-{alpha:g}"
+        model = tuned if alpha == 1 else init if alpha == 0 else str(folder / "model")
+        if not (folder / "eval" / "metrics.json").exists() and not Path(model, "config.json").exists() \
+                and model not in (tuned, init):
+            interpolate_models(init, tuned, alpha, model)
+        summary = run_eval(config.eval_config(model, folder), backend=backend, progress=progress,
+                           problems={"dev": dev})["benchmarks"]["dev"]
+        if metric not in summary:
+            raise ValueError(f"loop: interpolate: the dev evaluation has no {metric!r} (it has "
+                             f"{', '.join(k for k in summary if '@' in k or k == 'acc')}); set the eval section's n")
+        scores[f"{alpha:g}"] = {"alpha": alpha, "model": model, metric: summary[metric]}
+        log.info("interpolate: alpha %g, dev %s %.1f%%", alpha, metric, 100 * summary[metric]["mean"])
+    best = choose_alpha(list(scores.values()), metric)
+    for entry in scores.values():
+        if entry is not best and entry["model"] not in (tuned, init):
+            shutil.rmtree(entry["model"], ignore_errors=True)
+    result = {"metric": metric, "dev_problems": len(dev), "grid": list(scores.values()), "alpha": best["alpha"],
+              "model": best["model"]}
+    write_json(done, result)
+    log.info("interpolate: alpha %g chosen (dev %s %.1f%%)", best["alpha"], metric, 100 * best[metric]["mean"])
+    return result
+
+
+def choose_alpha(grid: list[dict], metric: str) -> dict:
+    """The grid entry with the best dev score; ties go to the smaller alpha (nearer the starting model).
+
+    >>> grid = [{"alpha": a, "acc": {"mean": m}} for a, m in ((0.25, 0.30), (0.5, 0.34), (0.75, 0.34), (1.0, 0.33))]
+    >>> choose_alpha(grid, "acc")["alpha"]
+    0.5
+    """
+    return max(grid, key=lambda entry: (entry[metric]["mean"], -entry["alpha"]))
+
+
 def _against_round_0(out: Path, stage_dir: Path, benchmark: str) -> dict:
     """The stage's held-out evaluation paired with round 0's, problem by problem (`mathloop compare`)."""
     from mathloop.pipeline.compare import compare_benchmark, read_eval_folder
@@ -556,9 +706,38 @@ def _write_summary(out: Path, rows: list[dict]) -> dict:
     note = ("delta: points against round 0 on the same held-out problems (first sample), Tango's 95% score interval "
             "for paired proportions; b = right only in round 0, c = right only in this round; p = exact two-sided "
             "McNemar test (`mathloop compare` gives the full comparison).")
-    write_text_atomic(out / "summary.md", f"# mathloop loop: {out}\n\n{table}\n\n{note}\n{stage_table(rows)}")
+    write_text_atomic(out / "summary.md", f"# mathloop loop: {out}\n\n{table}\n\n{note}\n{coverage_table(rows)}"
+                                          f"{stage_table(rows)}")
     write_text_atomic(out / "accuracy.svg", accuracy_svg(rows))
     return summary
+
+
+def coverage_table(rows: list[dict]) -> str:
+    """The summary's table of the coverage evaluations: per round the mean share of correct samples, maj@k and
+    pass@k, each with its change against round 0 on the same problems (empty when no row has one)."""
+    from mathloop.pipeline.compare import paired_cells
+
+    covered = [row for row in rows if row.get("coverage")]
+    if not covered:
+        return ""
+    first = covered[0]["coverage"]
+    k = first["samples"]
+    lines = ["", f"Coverage: {k} samples per problem on the first {first['n']} held-out problems, in percent; "
+                 f"changes against round 0 on the same problems (mean: paired bootstrap interval; maj@{k} and "
+                 f"pass@{k}: Tango's interval, b / c, exact McNemar p).", "",
+             f"| round | mean per sample | delta [95% CI] | maj@{k} | delta [95% CI] | b / c | p | pass@{k} | "
+             f"delta [95% CI] | b / c | p |", "|---" * 11 + "|"]
+    for row in covered:
+        metrics, versus = row["coverage"]["metrics"], row["coverage"].get("vs_round_0", {})
+        mean = versus.get("mean")
+        cells = [str(row["round"]), f"{100 * metrics['pass@1']['mean']:.1f}",
+                 f"{100 * mean['delta']:+.1f} [{100 * mean['ci95'][0]:+.1f}, {100 * mean['ci95'][1]:+.1f}]"
+                 if mean else "-"]
+        for key, name in (("maj_at_k", f"maj@{k}"), ("pass_at_k", f"pass@{k}")):
+            value = metrics.get(name)
+            cells += [f"{100 * value['mean']:.1f}" if value else "-", *paired_cells(versus.get(key))]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
 
 
 def stage_table(rows: list[dict]) -> str:

@@ -9,6 +9,13 @@ Per problem:
 Candidates that hit the token limit are dropped (they never finished), then exact and near-duplicate responses
 (word 3-gram Jaccard similarity >= `near_duplicate`, default 0.8) are removed, and the first `k` remain.
 
+Two settings against the narrowing that training on the model's own right answers causes (docs/results.md):
+- `difficulty`: rows per problem follow how often it was solved, ceil(k * wrong share): a problem solved c of n
+  times gets ceil(k * (n - c) / n) rows, so rarely solved problems get up to k and problems solved every time none
+  (DART-Math's argument: the easy ones teach what the model already does);
+- `negatives`: up to this many wrong, finished responses per problem with a gold answer become rows with
+  `"reward": -1`, which `mathloop sft` pushes down with its `negative_weight` (`mathloop.train.sft_loss`).
+
 `sft_rows` turns the chosen samples into TRL's prompt-completion conversational rows, so SFT computes the loss on
 the response only whatever the chat template:
   {"prompt": [system, user messages], "completion": [{"role": "assistant", "content": response}], ...}
@@ -42,6 +49,8 @@ class SelectConfig:
     shortest_first: bool = False  # without RM order: fewest completion tokens first (default: sampling order)
     min_agreement: float = 0.5  # pseudo-labels: share of the votes the majority answer needs
     near_duplicate: float = 0.8  # word 3-gram Jaccard similarity at which two responses count as one
+    difficulty: bool = False  # rows per problem ceil(k * share of wrong samples): none for problems always solved
+    negatives: int = 0  # wrong responses per problem kept as rows with reward -1 (for sft's negative_weight)
     decontaminate: bool = False  # remove responses and questions that match any benchmark of the data folder
     data_dir: str | None = None  # benchmark folder for decontaminate (default: $MATHLOOP_DATA_DIR)
 
@@ -52,6 +61,13 @@ class SelectConfig:
             raise ValueError(f"select: min_agreement must be in (0, 1], got {self.min_agreement}")
         if not 0 < self.near_duplicate <= 1:
             raise ValueError(f"select: near_duplicate must be in (0, 1], got {self.near_duplicate}")
+        if self.negatives < 0:
+            raise ValueError(f"select: negatives must be >= 0, got {self.negatives}")
+
+    def rule(self) -> dict[str, Any]:
+        """The settings of `select_responses`."""
+        return {name: getattr(self, name) for name in ("k", "use_rm", "min_agreement", "near_duplicate",
+                                                        "shortest_first", "difficulty", "negatives")}
 
 
 def run_select(config: SelectConfig, problems: Mapping[str, Problem] | None = None) -> dict:
@@ -67,8 +83,7 @@ def run_select(config: SelectConfig, problems: Mapping[str, Problem] | None = No
     refuse_overwriting_inputs({"--output": config.output}, {"--samples": config.samples})
     samples = [s for source in config.samples
                for s in (read_samples(source) if Path(source).is_dir() else read_records(Sample, source))]
-    chosen, report = select_responses(samples, k=config.k, use_rm=config.use_rm, min_agreement=config.min_agreement,
-                                      near_duplicate=config.near_duplicate, shortest_first=config.shortest_first)
+    chosen, report = select_responses(samples, **config.rule())
     info = report.to_dict()
     if config.decontaminate:
         chosen, info["decontamination"] = decontaminate_selection(chosen, config.data_dir)
@@ -90,10 +105,11 @@ class SelectionReport:
     dropped: Counter = field(default_factory=Counter)  # reason -> problems
     truncated: int = 0
     duplicates: int = 0
+    negatives: int = 0  # wrong responses selected as reward -1 rows (in `selected` too)
 
     def to_dict(self) -> dict:
         return {"problems": self.problems, "kept_problems": self.kept_problems, "selected": self.selected,
-                "pseudo_labelled": self.pseudo_labelled, "dropped": dict(self.dropped),
+                "negatives": self.negatives, "pseudo_labelled": self.pseudo_labelled, "dropped": dict(self.dropped),
                 "truncated_responses": self.truncated, "duplicate_responses": self.duplicates}
 
 
@@ -139,8 +155,10 @@ def majority_answer(samples: list[Sample], use_rm: bool = True) -> tuple[str | N
 def select_responses(samples: Iterable[Sample], k: int = SelectConfig.k, use_rm: bool = SelectConfig.use_rm,
                      min_agreement: float = SelectConfig.min_agreement,
                      near_duplicate: float = SelectConfig.near_duplicate,
-                     shortest_first: bool = SelectConfig.shortest_first) -> tuple[list[Sample], SelectionReport]:
-    """The SFT responses: up to `k` per problem, as described in the module docstring."""
+                     shortest_first: bool = SelectConfig.shortest_first, difficulty: bool = SelectConfig.difficulty,
+                     negatives: int = SelectConfig.negatives) -> tuple[list[Sample], SelectionReport]:
+    """The SFT responses: up to `k` per problem (fewer with `difficulty`), and up to `negatives` wrong ones marked
+    `metadata["reward"] = -1`, as described in the module docstring."""
     if k < 1:
         raise ValueError(f"select: k must be >= 1, got {k}")
     if not 0 < min_agreement <= 1:
@@ -152,9 +170,19 @@ def select_responses(samples: Iterable[Sample], k: int = SelectConfig.k, use_rm:
     chosen: list[Sample] = []
     for problem_id in sorted(by_problem):
         group = sorted(by_problem[problem_id], key=lambda s: s.sample_index)
+        rows = k
         if group[0].gold is not None:
             candidates = [s for s in group if s.verdict == "correct"]
             reason = "no correct response"
+            if difficulty:
+                rows = rows_for_difficulty(k, len(candidates), len(group))
+            if negatives:
+                wrong = _distinct(_finished([s for s in group if s.verdict != "correct"], report), negatives,
+                                  near_duplicate, report)
+                for s in wrong:
+                    s.metadata["reward"] = -1
+                chosen += wrong
+                report.negatives += len(wrong)
         else:
             label, share = majority_answer(group, use_rm)
             if label is None or share < min_agreement:
@@ -165,23 +193,15 @@ def select_responses(samples: Iterable[Sample], k: int = SelectConfig.k, use_rm:
                 s.metadata.update(pseudo_label=label, agreement=round(share, 4))
             report.pseudo_labelled += 1
             reason = "no agreeing response"
-        finished = [s for s in candidates if s.finish_reason != "length"]
-        report.truncated += len(candidates) - len(finished)
+        if rows == 0:
+            report.dropped["solved by every sample"] += 1
+            continue
+        finished = _finished(candidates, report)
         if use_rm and finished and all(s.rm_score is not None for s in finished):
             finished.sort(key=lambda s: -s.rm_score)
         elif shortest_first:
             finished.sort(key=lambda s: math.inf if s.completion_tokens is None else s.completion_tokens)  # stable
-        kept: list[Sample] = []
-        kept_shingles: list[set] = []
-        for s in finished:
-            mine = shingles(s.response)
-            if any(jaccard(mine, other) >= near_duplicate for other in kept_shingles):
-                report.duplicates += 1
-                continue
-            kept.append(s)
-            kept_shingles.append(mine)
-            if len(kept) == k:
-                break
+        kept = _distinct(finished, rows, near_duplicate, report)
         if not kept:
             report.dropped[reason if not candidates or finished else "only truncated responses"] += 1
             continue
@@ -189,6 +209,38 @@ def select_responses(samples: Iterable[Sample], k: int = SelectConfig.k, use_rm:
         chosen += kept
     report.selected = len(chosen)
     return chosen, report
+
+
+def rows_for_difficulty(k: int, correct: int, samples: int) -> int:
+    """SFT rows for a problem solved `correct` of `samples` times: ceil(k * wrong share).
+
+    >>> [rows_for_difficulty(4, c, 8) for c in range(9)]
+    [4, 4, 3, 3, 2, 2, 1, 1, 0]
+    """
+    return math.ceil(k * (samples - correct) / samples) if samples else 0
+
+
+def _finished(candidates: list[Sample], report: SelectionReport) -> list[Sample]:
+    """The candidates that did not hit the token limit (the others never finished); counts the rest."""
+    finished = [s for s in candidates if s.finish_reason != "length"]
+    report.truncated += len(candidates) - len(finished)
+    return finished
+
+
+def _distinct(candidates: list[Sample], limit: int, near_duplicate: float, report: SelectionReport) -> list[Sample]:
+    """The first `limit` candidates that are not near-duplicates of an earlier kept one (word 3-gram Jaccard)."""
+    kept: list[Sample] = []
+    kept_shingles: list[set] = []
+    for s in candidates:
+        if len(kept) == limit:
+            break
+        mine = shingles(s.response)
+        if any(jaccard(mine, other) >= near_duplicate for other in kept_shingles):
+            report.duplicates += 1
+            continue
+        kept.append(s)
+        kept_shingles.append(mine)
+    return kept
 
 
 def sft_rows(samples: Iterable[Sample], problems: Mapping[str, Problem] | None = None) -> list[dict]:
@@ -208,7 +260,7 @@ def sft_rows(samples: Iterable[Sample], problems: Mapping[str, Problem] | None =
                      "completion": [{"role": "assistant", "content": s.response}],
                      "problem_id": s.problem_id, "gold": s.gold if s.gold is not None
                      else s.metadata.get("pseudo_label"), "rm_score": s.rm_score, "mode": s.mode,
-                     "tool_output_spans": s.tool_output_spans})
+                     "tool_output_spans": s.tool_output_spans, "reward": s.metadata.get("reward", 1)})
     return rows
 
 
@@ -222,28 +274,3 @@ def decontaminate_selection(samples: list[Sample], data_dir: str | None = None) 
     return kept, {"removed_responses": len(removed), "per_benchmark": per_benchmark, "not_checked": index.unavailable,
                   "examples": [{"problem_id": s.problem_id, "sample_index": s.sample_index,
                                 **s.metadata["contamination"]} for s in removed]}
-
-
-def write_sft_data(samples: list[Sample], output: str | Path, *, decontaminate: bool = False,
-                   data_dir: str | None = None, problems: Mapping[str, Problem] | None = None,
-                   **selection: Any) -> dict:
-    """The select stage (`mathloop select` and the loop): `select_responses` (with `selection`'s settings), then
-    optionally `decontaminate_selection`, written to `output` as SFT rows; returns the report with the row count.
-    A selection that keeps no response is refused (nothing is written): SFT on an empty file cannot run."""
-    chosen, report = select_responses(samples, **selection)
-    info = report.to_dict()
-    if decontaminate:
-        chosen, info["decontamination"] = decontaminate_selection(chosen, data_dir)
-    if not chosen:
-        raise ValueError(f"{output}: selection kept no response ({info}); sample more responses per problem or "
-                         f"more problems")
-    info["rows"] = write_jsonl(output, sft_rows(chosen, problems))
-    return info
-
-
-def read_sample_sources(sources: list[str]) -> list[Sample]:
-    """Samples from JSONL files and `mathloop sample` folders (every pass and shard of a folder)."""
-    from mathloop.pipeline.sample import read_samples
-
-    return [s for source in sources
-            for s in (read_samples(source) if Path(source).is_dir() else read_records(Sample, source))]

@@ -95,6 +95,8 @@ class SFTRunConfig:
     lora_alpha: int = 32
     lora_layers: int | None = None  # LoRA in the last N transformer layers only (None: all); the layers below run
     # without a backward pass (needs gradient_checkpointing off), which makes a CPU step cheaper
+    negative_weight: float = 0.0  # weight of the wrong responses' term (rows with "reward": -1; mathloop.train.sft_loss)
+    negative_floor: float = 0.01  # a wrong response's token is pushed down only while its probability is above this
     dtype: str = "float32"  # weights: float32 or bfloat16 (half the memory, coarser updates)
     bf16: bool | None = None  # bfloat16 autocast; default: on for GPUs and CPUs that support it
     save_steps: int = 200  # checkpoint every N optimizer steps (and at the end)
@@ -128,6 +130,10 @@ class SFTRunConfig:
             raise ValueError(f"sft: lr_scheduler {self.lr_scheduler!r} is not one of {', '.join(schedulers)}")
         if not 0 <= self.warmup_ratio < 1:
             raise ValueError(f"sft: warmup_ratio must be in [0, 1), got {self.warmup_ratio}")
+        if self.negative_weight < 0:
+            raise ValueError(f"sft: negative_weight must be >= 0, got {self.negative_weight}")
+        if not 0 < self.negative_floor < 1:
+            raise ValueError(f"sft: negative_floor must be a probability in (0, 1), got {self.negative_floor}")
         if self.dtype not in ("float32", "bfloat16"):
             raise ValueError(f"sft: dtype must be float32 or bfloat16, got {self.dtype!r}")
         if self.packing and self.attn_implementation not in ("flash_attention_2", "flash_attention_3"):
@@ -144,12 +150,13 @@ class SFTRunConfig:
 # Settings a resumed run must share with the run that wrote the checkpoints.
 _RESUME_KEYS = ("data", "model", "epochs", "learning_rate", "lr_scheduler", "min_learning_rate", "warmup_ratio",
                 "max_length", "per_device_batch_size", "gradient_accumulation_steps", "packing", "lora", "lora_rank",
-                "lora_alpha", "lora_layers", "dtype", "bf16", "seed")
+                "lora_alpha", "lora_layers", "negative_weight", "negative_floor", "dtype", "bf16", "seed")
 
 
 def read_sft_examples(path: str | Path) -> list[dict[str, Any]]:
-    """The prompt-completion pairs of an SFT JSONL file, with their `tool_output_spans` when a row has any (other
-    keys are left out); a malformed line raises `RecordError` naming file and line."""
+    """The prompt-completion pairs of an SFT JSONL file, with their `tool_output_spans` when a row has any and their
+    `reward` (+1, the default: a right response; -1: a wrong one, `mathloop select --negatives`); other keys are
+    left out. A malformed line raises `RecordError` naming file and line."""
     examples = []
     for lineno, row in enumerate(read_jsonl(path), 1):
         for key in ("prompt", "completion"):
@@ -171,6 +178,11 @@ def read_sft_examples(path: str | Path) -> list[dict[str, Any]]:
                               f"inside the completion ({length} characters), got {spans!r}")
         if spans:
             example["tool_output_spans"] = spans
+        reward = row.get("reward", 1)
+        if isinstance(reward, bool) or reward not in (1, -1):
+            raise RecordError(f"{path}: record {lineno}: 'reward' must be 1 (a right response) or -1 (a wrong one), "
+                              f"got {reward!r}")
+        example["reward"] = float(reward)
         examples.append(example)
     if not examples:
         raise RecordError(f"{path}: no examples")
@@ -228,9 +240,14 @@ def build_trainer(config: SFTRunConfig, callbacks: list[TrainerCallback] | None 
     path, model_name = resolve_model(config.model)
     tokenizer = AutoTokenizer.from_pretrained(path)
     examples = read_sft_examples(config.data)
+    wrong = sum(e["reward"] < 0 for e in examples)
+    if wrong and not config.negative_weight:
+        raise ValueError(f"sft: {config.data} has {wrong} rows with reward -1 (wrong responses), which only "
+                         f"negative_weight > 0 trains (pushing them down); set negative_weight, or select without "
+                         f"negatives")
     masked_executor = any("tool_output_spans" in e for e in examples)
     if masked_executor:  # TIR data: tokenized here so that the executor's output is out of the loss
-        examples = [tokenize_example(tokenizer, e) for e in examples]
+        examples = [{**tokenize_example(tokenizer, e), "reward": e["reward"]} for e in examples]
     examples, dropped = drop_too_long(examples, tokenizer, config.max_length)
     if not examples:
         raise ValueError(f"sft: every example of {config.data} is longer than max_length={config.max_length} "
@@ -262,10 +279,50 @@ def build_trainer(config: SFTRunConfig, callbacks: list[TrainerCallback] | None 
     if config.lora:
         peft_config = lora_config("sft", config.lora_rank, config.lora_alpha, task_type="CAUSAL_LM",
                                   **top_layer_lora(model, config.lora_layers))
-    trainer = SFTTrainer(model=model, args=args, train_dataset=Dataset.from_list(examples),
-                         processing_class=tokenizer, peft_config=peft_config, callbacks=callbacks)
+    trainer = _trainer_class(SFTTrainer)(model=model, args=args, train_dataset=Dataset.from_list(examples),
+                                         processing_class=tokenizer, peft_config=peft_config, callbacks=callbacks)
+    trainer.objective = {"negative_weight": config.negative_weight, "negative_floor": config.negative_floor}
     return trainer, {"model_path": path, "model_name": model_name, "examples": len(examples),
-                     "dropped_too_long": dropped, "executor_output_masked": masked_executor}
+                     "wrong_examples": sum(e["reward"] < 0 for e in examples), "dropped_too_long": dropped,
+                     "executor_output_masked": masked_executor}
+
+
+def _trainer_class(base: type) -> type:
+    """TRL's SFTTrainer with the loss of `mathloop.train.sft_loss`: each row's `reward` column reaches the loss,
+    and the log-probabilities come from `completion_logprobs` (the LM head only on completion tokens)."""
+
+    class SFTRewardTrainer(base):
+        objective: dict[str, float]
+
+        def __init__(self, *args, **kwargs) -> None:
+            super().__init__(*args, **kwargs)
+            collate = self.data_collator
+
+            def with_rewards(rows: list[dict]) -> dict:
+                batch = collate([{k: v for k, v in row.items() if k != "reward"} for row in rows])
+                batch["reward"] = torch.tensor([float(row.get("reward", 1.0)) for row in rows])
+                return batch
+
+            self.data_collator = with_rewards
+
+        def _set_signature_columns_if_needed(self) -> None:
+            super()._set_signature_columns_if_needed()
+            if "reward" not in self._signature_columns:
+                self._signature_columns = [*self._signature_columns, "reward"]
+
+        def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+            from mathloop.train.logprobs import completion_logprobs
+            from mathloop.train.sft_loss import sft_token_loss
+
+            loss_mask = inputs["labels"][:, 1:] != -100
+            logp = completion_logprobs(model, inputs["input_ids"], inputs["attention_mask"], loss_mask)
+            loss = sft_token_loss(logp, loss_mask, inputs["reward"].to(logp.device), normalizer=num_items_in_batch,
+                                  **self.objective)
+            if self.args.average_tokens_across_devices and num_items_in_batch is not None:
+                loss = loss * self.accelerator.num_processes  # DDP averages; the normalizer counts every rank's tokens
+            return (loss, None) if return_outputs else loss
+
+    return SFTRewardTrainer
 
 
 def _checkpointing_field(args_class: type) -> str:
@@ -369,7 +426,7 @@ def _check_resumable(out: Path, config: SFTRunConfig) -> None:
 
 
 def _write_run_record(out: Path, config: SFTRunConfig, report: dict[str, Any]) -> None:
-    data = {key: report[key] for key in ("examples", "dropped_too_long", "executor_output_masked")}
+    data = {key: report[key] for key in ("examples", "wrong_examples", "dropped_too_long", "executor_output_masked")}
     write_json(out / "run.json", new_run_record(config, data, model_name=report["model_name"]))
 
 
