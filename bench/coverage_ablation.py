@@ -1,0 +1,203 @@
+"""Ablation of the settings against narrowing (issue 30): one loop round per arm, every arm trained from the SAME
+round-1 samples, each evaluated greedy on the held-out set and with k samples on the coverage subset, and paired
+with round 0 and with plain rejection-sampling SFT.
+
+The source is a loop folder whose round 1 has been sampled (e.g. `mathloop loop --config configs/cpu-gsm8k.yaml
+--rounds 1`). For each arm the script makes `<out>/<arm>/`, copies in the source's round-0 evaluations and round-1
+samples (arms that sample more, `hard_n`, copy only the first pass and sample the rest themselves), writes
+`<out>/<arm>/arm.yaml` (the base config with the arm's changes) and runs `mathloop loop` on it; an arm whose select
+and sft settings are the source's also takes the source's SFT and evaluation (the same rows give the same model).
+Every step resumes: run the same command again after a kill. Arms run one after another; `--arms` picks some.
+
+Then it prints the table: per arm the greedy accuracy and the coverage metrics (mean share of correct samples,
+maj@k, pass@k), each as a change against round 0 and against the plain arm on the same problems (intervals, b / c,
+exact McNemar p), and the wall minutes per stage, with the CPU named. `--table-only` prints it from what exists.
+
+Usage: python bench/coverage_ablation.py --source runs/cov --out runs/ablation [--arms plain,interpolate]
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+try:
+    import mathloop  # noqa: F401
+except ImportError:
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+
+import yaml  # noqa: E402
+
+from mathloop.config import read_yaml_mapping  # noqa: E402
+from mathloop.runs import read_json  # noqa: E402
+
+# The settings every arm shares on top of the base config: one round, a dev split of 200 training problems after
+# the ones the rounds use, and the coverage evaluation (8 samples on the first 400 held-out problems).
+COMMON = {"rounds": 1, "limit": 2360, "dev_size": 200,
+          "coverage": {"n": 8, "limit": 400, "temperature": 0.7, "top_p": 0.8, "max_new_tokens": 512}}
+# Each arm's changes to the base config's sections.
+ARMS: dict[str, dict] = {
+    "plain": {},
+    "interpolate": {"interpolate": {"alphas": [0.25, 0.5, 0.75, 1.0]}},
+    "negatives": {"select": {"negatives": 1}, "sft": {"negative_weight": 1.0}},
+    "difficulty": {"select": {"k": 4, "difficulty": True},
+                   "sample": {"hard_n": 8, "hard_max_correct": 1, "hard_temperature": 0.7}},
+}
+
+
+def arm_config(base: dict, arm: str, out: Path) -> dict:
+    """The base config with the common settings and the arm's changes (sections merged key by key)."""
+    config = copy.deepcopy(base) | copy.deepcopy(COMMON) | {"output_dir": str(out)}
+    for section, changes in ARMS[arm].items():
+        config[section] = {**config.get(section, {}), **changes}
+    return config
+
+
+def prepare(source: Path, arm_dir: Path, config: dict, base: dict) -> None:
+    """Copy the source's round-0 evaluations and round-1 samples into the arm's folder (once), with the wall
+    seconds of the stages copied. Round 0's coverage evaluation comes from the first arm that made it."""
+    if (arm_dir / "round-1" / "problems.jsonl").exists():
+        return
+    (arm_dir / "round-1").mkdir(parents=True, exist_ok=True)
+    shutil.copytree(source / "round-0", arm_dir / "round-0", dirs_exist_ok=True)
+    covered = sorted(arm_dir.parent.glob("*/round-0/coverage/metrics.json"))
+    if covered and not (arm_dir / "round-0" / "coverage").exists():
+        shutil.copytree(covered[0].parent, arm_dir / "round-0" / "coverage")
+        made = read_json(covered[0].parents[1] / "stage_seconds.json")
+        seconds = read_json(arm_dir / "round-0" / "stage_seconds.json")
+        (arm_dir / "round-0" / "stage_seconds.json").write_text(json.dumps({**seconds, "coverage": made["coverage"]}))
+    samples = source / "round-1" / "samples"
+    if (source / "round-1" / "stage_seconds.json").exists():
+        shutil.copy2(source / "round-1" / "stage_seconds.json", arm_dir / "round-1")
+    if config.get("sample", {}).get("hard_n"):  # the arm samples more: the first pass only, no run record
+        (arm_dir / "round-1" / "samples" / "samples").mkdir(parents=True, exist_ok=True)
+        shutil.copy2(samples / "samples" / "pass-0.jsonl", arm_dir / "round-1" / "samples" / "samples")
+    else:
+        shutil.copytree(samples, arm_dir / "round-1" / "samples", dirs_exist_ok=True)
+        shutil.copy2(source / "round-1" / "samples.jsonl", arm_dir / "round-1")
+        if all(config.get(key) == base.get(key) for key in ("select", "sft")):  # the same rows: the same model
+            copied = ["select.json", "sft_data.jsonl", "sft"] + ([] if config.get("interpolate") else ["eval"])
+            for name in copied:
+                path = source / "round-1" / name
+                if path.is_dir():
+                    shutil.copytree(path, arm_dir / "round-1" / name, dirs_exist_ok=True)
+                elif path.exists():
+                    shutil.copy2(path, arm_dir / "round-1")
+    shutil.copy2(source / "round-1" / "problems.jsonl", arm_dir / "round-1")
+    timed = arm_dir / "round-1" / "stage_seconds.json"
+    if timed.exists():  # keep only the stages whose output was copied
+        seconds = read_json(timed)
+        kept = {stage: value for stage, value in seconds.items()
+                if (arm_dir / "round-1" / {"sample": "samples", "select": "select.json", "sft": "sft",
+                                           "eval": "eval"}.get(stage, "-")).exists()}
+        timed.write_text(json.dumps(kept))
+
+
+def run_arm(source: Path, out: Path, arm: str, base: dict, data_dir: str | None) -> None:
+    arm_dir = out / arm
+    config = arm_config(base, arm, arm_dir)
+    arm_dir.mkdir(parents=True, exist_ok=True)
+    prepare(source, arm_dir, config, base)
+    (arm_dir / "arm.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
+    command = [sys.executable, "-m", "mathloop.cli", "loop", "--config", str(arm_dir / "arm.yaml")]
+    if data_dir:
+        command += ["--data-dir", data_dir]
+    print(f"== {arm}: {' '.join(command)}", flush=True)
+    subprocess.run(command, check=True)
+
+
+def paired(entry: dict | None) -> str:
+    from mathloop.pipeline.compare import paired_cells
+
+    if not entry:
+        return "-"
+    delta, bc, p = paired_cells(entry)
+    return f"{delta}, {bc}, p {p}"
+
+
+def table(out: Path, arms: list[str]) -> str:
+    """The ablation table from the arms' folders (arms without a finished round are left out)."""
+    from mathloop.pipeline.compare import compare_benchmark, read_eval_folder
+
+    def outcomes(arm: str, stage: str, folder: str) -> dict:
+        return read_eval_folder(out / arm / stage / folder)
+
+    done = [arm for arm in arms if (out / arm / "round-1" / "coverage" / "metrics.json").exists()]
+    if not done:
+        return "no arm has finished its round yet"
+    reference = "plain" if "plain" in done else done[0]
+    lines = [f"Arms from the same round-1 samples; greedy on the held-out set and {COMMON['coverage']['n']} samples "
+             f"on its first {COMMON['coverage']['limit']} problems. Cells: value; change [95% CI], b / c, McNemar p "
+             f"(mean: paired bootstrap interval) against round 0 and against the `{reference}` arm.", "",
+             "| arm | greedy | vs round 0 | vs " + reference + " | mean per sample | vs round 0 | vs " + reference +
+             " | maj@8 | vs round 0 | vs " + reference + " | pass@8 | vs round 0 | vs " + reference +
+             " | minutes (sample / select / sft / interpolate / eval / coverage) |", "|---" * 14 + "|"]
+    for arm in done:
+        cells = [arm]
+        for stage, name in (("eval", None), ("coverage", "coverage")):
+            this = outcomes(arm, "round-1", stage)
+            base0 = outcomes(arm, "round-0", stage)
+            ref = outcomes(reference, "round-1", stage)
+            bench = name or next(iter(this))
+            vs0, vsref = compare_benchmark(base0[bench], this[bench]), compare_benchmark(ref[bench], this[bench])
+            metrics = read_json(out / arm / "round-1" / stage / "metrics.json")["benchmarks"][bench]
+            if stage == "eval":
+                cells += [f"{100 * metrics['acc']['mean']:.1f}", paired(vs0.get("first_sample")),
+                          paired(vsref.get("first_sample")) if arm != reference else ""]
+                continue
+            for key, metric in (("mean", "pass@1"), ("maj_at_k", "maj@8"), ("pass_at_k", "pass@8")):
+                def cell(entry: dict | None) -> str:
+                    if key != "mean":
+                        return paired(entry)
+                    return (f"{100 * entry['delta']:+.1f} [{100 * entry['ci95'][0]:+.1f}, "
+                            f"{100 * entry['ci95'][1]:+.1f}]") if entry else "-"
+                cells += [f"{100 * metrics[metric]['mean']:.1f}", cell(vs0.get(key)),
+                          cell(vsref.get(key)) if arm != reference else ""]
+        seconds = read_json(out / arm / "round-1" / "stage_seconds.json") \
+            if (out / arm / "round-1" / "stage_seconds.json").exists() else {}
+        cells.append(" / ".join(f"{seconds[s] / 60:.0f}" if s in seconds else "-"
+                                for s in ("sample", "select", "sft", "interpolate", "eval", "coverage")))
+        lines.append("| " + " | ".join(cells) + " |")
+    interpolation = [(arm, read_json(out / arm / "round-1" / "interpolation.json")) for arm in done
+                     if (out / arm / "round-1" / "interpolation.json").exists()]
+    for arm, result in interpolation:
+        grid = ", ".join(f"{entry['alpha']:g}: {100 * entry[result['metric']]['mean']:.1f}" for entry in result["grid"])
+        lines.append(f"\n{arm}: dev {result['metric']} per alpha ({result['dev_problems']} problems) {grid}; chose "
+                     f"{result['alpha']:g}")
+    return "\n".join(lines)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--source", required=True, help="loop folder whose round 1 is sampled")
+    parser.add_argument("--out", default="runs/ablation")
+    parser.add_argument("--config", default="configs/cpu-gsm8k.yaml", help="the base config the arms change")
+    parser.add_argument("--arms", default=",".join(ARMS), help=f"comma-separated, of {', '.join(ARMS)}")
+    parser.add_argument("--data-dir", default=None)
+    parser.add_argument("--table-only", action="store_true", help="print the table of what exists, run nothing")
+    args = parser.parse_args()
+    arms = [a for a in args.arms.split(",") if a]
+    unknown = sorted(set(arms) - set(ARMS))
+    if unknown:
+        parser.error(f"--arms: unknown arm(s) {', '.join(unknown)}; known: {', '.join(ARMS)}")
+    source, out = Path(args.source), Path(args.out)
+    if not args.table_only:
+        if not (source / "round-1" / "samples.jsonl").exists():
+            parser.error(f"--source: {source} has no sampled round 1 (round-1/samples.jsonl)")
+        base = read_yaml_mapping(args.config, "loop")
+        for arm in arms:
+            run_arm(source, out, arm, base, args.data_dir)
+    import torch
+
+    print(f"CPU: torch capability {torch.backends.cpu.get_cpu_capability()}")
+    print(table(out, arms))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
