@@ -9,6 +9,8 @@ import types
 
 import pytest
 
+from mathloop.records import Problem
+
 from mathloop.backends import Backend, SamplingParams, load_backend
 from mathloop.backends import openvino as ov_backend
 from mathloop.backends.openvino import OpenVINOBackend, checkpoint_hash, export_openvino
@@ -48,7 +50,8 @@ def stub_genai(monkeypatch, tiny_model_dir, tmp_path):
             return types.SimpleNamespace(name="FINISHED" if self.pipeline.steps >= self.finish_at else "RUNNING")
 
         def read_all(self):  # like openvino-genai 2026.4, nothing for a sequence a stop string left empty
-            output = types.SimpleNamespace(generated_ids=self.script, finish_reason=self.reason)
+            output = types.SimpleNamespace(generated_ids=self.script, finish_reason=self.reason,
+                                           generated_log_probs=[-0.5] * len(self.script))
             return [output] * self.n if self.script else []
 
         def cancel(self):
@@ -124,12 +127,12 @@ def test_sampling_maps_to_generation_config(stub_genai, tiny_model_dir):
     [(request_id, prompt, config)] = stub_genai.requests
     assert (request_id, prompt) == (0, "q eos")  # the prompt text is tokenized once, without a template
     assert vars(config) == {"max_new_tokens": 64, "stop_token_ids": set(backend.eos_token_ids),
-                            "apply_chat_template": False, "stop_strings": {"```output"},
+                            "apply_chat_template": False, "logprobs": 1, "stop_strings": {"```output"},
                             "include_stop_str_in_output": True, "do_sample": True, "num_return_sequences": 3,
                             "temperature": 0.7, "top_p": 0.8, "rng_seed": 9, "top_k": 20, "min_p": 0.05}
     backend.generate(["q eos"], SamplingParams(max_new_tokens=8))
     assert vars(stub_genai.requests[1][2]) == {"max_new_tokens": 8, "stop_token_ids": set(backend.eos_token_ids),
-                                               "apply_chat_template": False}  # greedy: no sampling fields
+                                               "apply_chat_template": False, "logprobs": 1}  # greedy: no sampling
 
 
 def _adapter(folder, **config):
@@ -177,6 +180,8 @@ def test_a_folder_without_an_adapter_is_refused(stub_genai, tiny_model_dir, tmp_
 
 
 def test_outputs_map_to_completions(stub_genai, tiny_model_dir):
+    from mathloop.generate import response_samples
+
     backend = OpenVINOBackend(str(tiny_model_dir))
     seen = []
     params = SamplingParams(n=2, temperature=1.0, max_new_tokens=6, stop=("```output",))
@@ -188,6 +193,10 @@ def test_outputs_map_to_completions(stub_genai, tiny_model_dir):
     assert eos[0].completion_tokens == len(backend.tokenizer("The answer is \\boxed{5}.")["input_ids"])  # no EOS
     assert eos[0].prompt_tokens == len(backend.tokenizer("a eos")["input_ids"])
     assert (long[0].finish_reason, long[0].completion_tokens) == ("length", 6)
+    # the engine's log-probability of each generated token (the EOS's left out) makes the sample's confidence
+    assert eos[0].metadata["token_logprobs"] == [-0.5] * eos[0].completion_tokens
+    [sample, _] = response_samples([Problem("p", "b", "q", gold="5")], ["a eos"], [eos], params, "cot", "m")
+    assert sample.confidence == {"mean": -0.5, "lowest_window": -0.5, "tail": -0.5}
     assert (tool[0].text, tool[0].stop_string, tool[0].finish_reason) == ("print(1 + 2)\n```\n", "```output", "stop")
     # every completion, reported as its request finishes (the 6-token one first), not when the last one does
     assert [(i, j, r) for i, j, r, _ in seen] == [(1, 0, "length"), (1, 1, "length"), (0, 0, "stop"), (0, 1, "stop"),
@@ -310,6 +319,17 @@ def test_export_and_generate_tiny_model(tiny_model_dir, tmp_path, monkeypatch):
     assert greedy.prompt_tokens == len(backend.tokenizer(prompt, add_special_tokens=False)["input_ids"])
     stop = greedy.text[-2:]  # text the greedy response is known to reach (the random model repeats "\n")
     assert len(stop) == 2 and greedy.finish_reason == "length", greedy
+    # each generated token's log-probability (Sample.confidence) is the model's, as a direct forward pass gives it
+    import torch
+
+    from mathloop.models import load_causal_lm
+
+    ids = backend.tokenizer(prompt + greedy.text, add_special_tokens=False, return_tensors="pt")["input_ids"]
+    with torch.no_grad():
+        logp = torch.log_softmax(load_causal_lm(str(tiny_model_dir), torch.float32)(ids).logits[0, :-1].float(), -1)
+    start = greedy.prompt_tokens - 1
+    direct = logp[start:start + greedy.completion_tokens].gather(1, ids[0, start + 1:, None])[:, 0]
+    assert greedy.metadata["token_logprobs"] == pytest.approx(direct.tolist(), abs=2e-3)
     [[cut]] = backend.generate([prompt], SamplingParams(max_new_tokens=12, stop=(stop,)))  # TIR reads stop_string
     assert (cut.text, cut.stop_string, cut.finish_reason) == (greedy.text[:greedy.text.index(stop)], stop, "stop")
     assert cut.completion_tokens < greedy.completion_tokens  # the engine stopped there

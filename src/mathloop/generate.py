@@ -67,10 +67,13 @@ def response_samples(problems: list[Problem], prompts: list[str], completions: l
     """One `Sample` per completion (problem by problem, `sample_index` in order), carrying the problem's question,
     gold, answer type and benchmark version, and the sampling it was drawn with. `benchmark` names problems that
     have none."""
+    from mathloop.metrics import confidence_summary
+
     sampling = params.to_dict()
     return [Sample(problem_id=p.id, benchmark=p.benchmark or benchmark, prompt=prompt, response=c.text, mode=mode,
                    sample_index=j, gold=p.gold, prompt_tokens=c.prompt_tokens, completion_tokens=c.completion_tokens,
                    finish_reason=c.finish_reason, model=model, sampling=sampling,
+                   confidence=confidence_summary(c.metadata.get("token_logprobs")),
                    tool_output_spans=c.tool_output_spans, question=p.question,
                    answer_type=p.metadata.get("answer_type", "math"),
                    benchmark_version=p.metadata.get("benchmark_version"),

@@ -113,6 +113,29 @@ def rm_at_k(scores: Sequence[float | None], verdicts: Sequence[str], k: int) -> 
     return 1.0 if verdicts[best] == "correct" else 0.0
 
 
+CONFIDENCE_WINDOW = 32  # tokens per window of `confidence_summary`
+
+
+def confidence_summary(logprobs: Sequence[float] | None, window: int = CONFIDENCE_WINDOW) -> dict[str, float] | None:
+    """How sure the generator was of a response, from the log-probability of each token it generated (DeepConf,
+    arXiv 2508.15260, votes with such measures): `mean` over all tokens, `lowest_window` the lowest mean over a
+    sliding window of `window` tokens (the least certain stretch; the whole response when shorter), `tail` the mean
+    over the last `window` tokens (where the answer is). None without log-probabilities.
+
+    >>> confidence_summary([-0.1, -2.0, -0.1, -0.1], window=2)
+    {'mean': -0.575, 'lowest_window': -1.05, 'tail': -0.1}
+    """
+    if not logprobs:
+        return None
+    values = [float(x) for x in logprobs]
+    width = min(window, len(values))
+    sums = [sum(values[:width])]
+    for i in range(width, len(values)):
+        sums.append(sums[-1] + values[i] - values[i - width])
+    return {"mean": round(sum(values) / len(values), 6), "lowest_window": round(min(sums) / width, 6),
+            "tail": round(sum(values[-width:]) / width, 6)}
+
+
 def mean_ci95(values: Sequence[float]) -> tuple[float, float, float]:
     """Mean and 95% interval: Wilson score interval for 0/1 values, else mean +- 1.96 standard errors
     (sample std), clipped to [0, 1].

@@ -65,6 +65,9 @@ class Sample:
     prompt_tokens: int | None = None
     completion_tokens: int | None = None
     finish_reason: str | None = None
+    # Summaries of the generated tokens' log-probabilities (`metrics.confidence_summary`: mean, lowest_window,
+    # tail), where the backend reports them; None where it does not
+    confidence: dict[str, float] | None = None
     model: str = ""
     sampling: dict[str, Any] = field(default_factory=dict)
     # Character spans [start, end) of `response` written by the code executor (TIR), masked in training.

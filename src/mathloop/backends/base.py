@@ -89,7 +89,11 @@ def sampling_params(settings: Any, **overrides: Any) -> SamplingParams:
 
 @dataclass
 class Completion:
-    """One generated continuation. `finish_reason` is "stop" (EOS or a stop string) or "length"."""
+    """One generated continuation. `finish_reason` is "stop" (EOS or a stop string) or "length".
+
+    `metadata["token_logprobs"]`, where the engine reports them (openvino, hf, vllm with logprobs, OpenAI-compatible
+    servers with logprobs), is the log-probability of each generated token, from which each `Sample` gets its
+    `confidence` (`mathloop.metrics.confidence_summary`)."""
 
     text: str
     prompt_tokens: int = 0

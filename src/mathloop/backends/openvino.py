@@ -188,30 +188,33 @@ class OpenVINOBackend:
         if status != "FINISHED":
             raise RuntimeError(f"openvino backend: a request ended with status {status} (IGNORED: the KV cache could "
                                "not hold it; raise cache_size_gb)")
-        outputs = [(list(output.generated_ids), output.finish_reason.name == "STOP") for output in handle.read_all()]
+        outputs = [(list(output.generated_ids), output.finish_reason.name == "STOP", list(output.generated_log_probs))
+                   for output in handle.read_all()]
         if len(outputs) > n:
             raise RuntimeError(f"openvino backend: the pipeline returned {len(outputs)} of {n} sequences for a prompt")
         # A sequence cut by a stop string at its very start has no tokens left, and the handle returns nothing for
         # it (openvino-genai 2026.4; its own generate() gives an empty STOP sequence there): the same here.
-        outputs += [([], True)] * (n - len(outputs))
-        completions = [self.to_completion(ids, prompt_tokens, params, engine_stopped=stopped)
-                       for ids, stopped in outputs]
+        outputs += [([], True, [])] * (n - len(outputs))
+        completions = [self.to_completion(ids, prompt_tokens, params, engine_stopped=stopped, logprobs=logprobs)
+                       for ids, stopped, logprobs in outputs]
         return [completions[0]] * params.n if params.greedy and params.n > 1 else completions
 
     def to_completion(self, generated: list[int], prompt_tokens: int, params: SamplingParams,
-                      engine_stopped: bool = False) -> Completion:
-        """One sequence's token ids as a Completion. The pipeline keeps the EOS token and (asked to) the stop string
-        in them, except in one case seen with openvino-genai 2026.4: a stop string matched at the very start of a
-        response sometimes comes back as no tokens at all; with a single stop string it is still named."""
+                      engine_stopped: bool = False, logprobs: list[float] | None = None) -> Completion:
+        """One sequence's token ids (and the engine's log-probability of each) as a Completion. The pipeline keeps
+        the EOS token and (asked to) the stop string in them, except in one case seen with openvino-genai 2026.4: a
+        stop string matched at the very start of a response sometimes comes back as no tokens at all; with a single
+        stop string it is still named."""
         ended_by_eos = bool(generated) and generated[-1] in self.eos_token_ids
         if ended_by_eos:
             generated = generated[:-1]
+        metadata = {"token_logprobs": [float(x) for x in logprobs[:len(generated)]]} if logprobs else {}
         text, stop_string = cut_at_stop(self.tokenizer.decode(generated, skip_special_tokens=True), params.stop)
         if engine_stopped and not ended_by_eos and stop_string is None and len(params.stop) == 1:
             stop_string = params.stop[0]
         stopped = ended_by_eos or stop_string is not None or len(generated) < params.max_new_tokens
         return Completion(text=text, prompt_tokens=prompt_tokens, completion_tokens=len(generated),
-                          finish_reason="stop" if stopped else "length", stop_string=stop_string)
+                          finish_reason="stop" if stopped else "length", stop_string=stop_string, metadata=metadata)
 
 
 def generation_config(genai: Any, params: SamplingParams, eos_token_ids: list[int]) -> Any:
@@ -222,6 +225,7 @@ def generation_config(genai: Any, params: SamplingParams, eos_token_ids: list[in
     config.max_new_tokens = params.max_new_tokens
     config.stop_token_ids = set(eos_token_ids)
     config.apply_chat_template = False
+    config.logprobs = 1  # each sampled token's log-probability: the sample's confidence (`Sample.confidence`)
     if params.stop:
         config.stop_strings = set(params.stop)
         config.include_stop_str_in_output = True
