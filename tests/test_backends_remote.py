@@ -38,6 +38,8 @@ class CompletionsHandler(BaseHTTPRequestHandler):
         for i in range(1 if kind == "FEW" else n):
             choice = {"index": i, "text": f"sample {i} seed {body['seed']}: \\boxed{{{i}}}", "finish_reason": "stop",
                       "stop_reason": None, "logprobs": None}
+            if body.get("logprobs") is not None and kind != "NOLOGPROBS":  # as vLLM: one entry per sampled token
+                choice["logprobs"] = {"tokens": ["a", "b"], "token_logprobs": [-0.5, -1.5 - i], "top_logprobs": None}
             if kind == "TOOL":
                 choice.update(text="x = 1\nprint(x)\n```\n", stop_reason=stop[0])
             elif kind == "LONG":
@@ -106,7 +108,7 @@ def test_sampling_params_and_choices(server):
 
     bodies = sorted((r["body"] for r in server.requests), key=lambda b: b["prompt"])
     assert bodies[0] == {"model": "served-model", "prompt": "q1", "n": 2, "temperature": 0.7, "top_p": 0.8,
-                         "max_tokens": 5, "seed": 3, "stop": ["```output"]}
+                         "max_tokens": 5, "seed": 3, "stop": ["```output"], "logprobs": 1}
     assert {r["path"] for r in server.requests} == {"/v1/completions"}
 
     assert [c.text for c in plain] == ["sample 0 seed 3: \\boxed{0}", "sample 1 seed 3: \\boxed{1}"]
@@ -116,6 +118,14 @@ def test_sampling_params_and_choices(server):
                                                                           "stop")] * 2
     assert [(c.finish_reason, c.stop_string) for c in long] == [("length", None)] * 2
     assert [c.completion_tokens for c in long] == [5, 5]
+
+
+def test_token_logprobs_become_each_completions_metadata_and_can_be_turned_off(server):
+    params = SamplingParams(n=2, temperature=0.7, max_new_tokens=5, seed=0)
+    [[first, second]] = backend_for(server).generate(["q"], params)
+    assert first.metadata["token_logprobs"] == [-0.5, -1.5] and second.metadata["token_logprobs"] == [-0.5, -2.5]
+    [[plain, _]] = backend_for(server, logprobs=False).generate(["q NOLOGPROBS"], params)
+    assert "logprobs" not in server.requests[-1]["body"] and "token_logprobs" not in plain.metadata
 
 
 def test_prompt_order_is_kept_under_concurrency(server):

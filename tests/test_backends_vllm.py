@@ -79,7 +79,7 @@ def test_generate_maps_params_and_outputs(stub_vllm):
     [(prompts, sampling, use_tqdm)] = stub_vllm.generate_calls
     assert prompts == ["p1 tool", "p22 long", "p333 eos"] and use_tqdm is False
     assert sampling == {"n": 2, "temperature": 0.7, "top_p": 0.8, "max_tokens": 512, "seed": 3,
-                        "stop": ["```output"]}
+                        "stop": ["```output"], "logprobs": 0}  # the sampled tokens' log-probabilities: confidence
 
     [tool], [long], [eos, token_stop] = results
     assert (tool.text, tool.finish_reason, tool.stop_string) == ("x = 1\nprint(x)\n```\n", "stop", "```output")

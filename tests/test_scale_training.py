@@ -174,6 +174,9 @@ def assert_same_weights(one: dict, two: dict, start: dict) -> tuple[float, float
     assert one.keys() == two.keys()
     gap = max((one[k] - two[k]).abs().max().item() for k in one)
     moved = max((one[k] - start[k]).abs().max().item() for k in one)
+    diff = sum(((one[k] - two[k]).double() ** 2).sum() for k in one).sqrt().item()
+    step = sum(((one[k] - start[k]).double() ** 2).sum() for k in one).sqrt().item()
+    print("largest difference", gap, "largest change", moved, "relative difference (norms)", diff / step)
     assert gap <= WEIGHT_TOLERANCE and moved > 1000 * gap, (gap, moved)
     return gap, moved
 

@@ -48,13 +48,15 @@ class OpenAIBackend:
     `OPENAI_API_KEY` environment variable; local servers usually need none. `tokenizer_obj` is an already loaded
     tokenizer (GRPO passes the policy's). `retry_backoff` is the first wait in
     seconds between retries; it doubles each time (a server's `Retry-After` header wins when given).
+    `logprobs` (on by default) asks for each sampled token's log-probability (`"logprobs": 1`), which becomes the
+    sample's `confidence`; turn it off for a server that refuses the field.
     """
 
     name = "openai"
 
     def __init__(self, model: str, base_url: str, api_key: str | None = None, tokenizer: str | None = None,
                  concurrency: int = 32, timeout: float = 600, max_retries: int = 3,
-                 retry_backoff: float = 1.0, tokenizer_obj: Any = None) -> None:
+                 retry_backoff: float = 1.0, tokenizer_obj: Any = None, logprobs: bool = True) -> None:
         if concurrency < 1:
             raise ValueError(f"concurrency must be >= 1, got {concurrency}")
         if max_retries < 0:
@@ -65,6 +67,7 @@ class OpenAIBackend:
         self.concurrency = concurrency
         self.max_retries = max_retries
         self.retry_backoff = retry_backoff
+        self.logprobs = logprobs
         api_key = api_key or os.environ.get("OPENAI_API_KEY")
         headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
         self._client = httpx.Client(headers=headers, timeout=timeout,
@@ -145,6 +148,8 @@ class OpenAIBackend:
                     "temperature": params.temperature, "top_p": params.top_p,
                     "max_tokens": params.max_new_tokens, "seed": params.seed + len(completions),
                     **params.sampler_options()}  # extra body parameters (vLLM, SGLang servers read them)
+            if self.logprobs:
+                body["logprobs"] = 1  # the sampled token's log-probability (and the one most likely token)
             if params.stop:
                 body["stop"] = list(params.stop)
             got = parse_completions(self._post(body), params.stop)
@@ -172,7 +177,9 @@ class OpenAIBackend:
                         raise ServerError(f"{self.url} answered with invalid JSON: {response.text[:200]!r}") from exc
                 problem = f"HTTP {response.status_code}: {response.text[:500]}"
                 if response.status_code != 429 and response.status_code < 500:
-                    raise ServerError(f"{self.url} refused the request ({problem})")
+                    hint = (" (it may not serve log-probabilities: set the backend option logprobs: false)"
+                            if "logprobs" in body and "logprob" in response.text.lower() else "")
+                    raise ServerError(f"{self.url} refused the request ({problem}){hint}")
                 retry_after = _retry_after(response)
                 wait = wait if retry_after is None else retry_after
             if attempt < self.max_retries:
@@ -205,6 +212,9 @@ def parse_completions(payload: dict, stop: tuple[str, ...]) -> list[Completion]:
             metadata["stop_token_id"] = matched
         if raw_finish not in ("stop", "length"):
             metadata["finish_reason_raw"] = raw_finish
+        token_logprobs = (choice.get("logprobs") or {}).get("token_logprobs")
+        if token_logprobs and all(isinstance(x, (int, float)) for x in token_logprobs):
+            metadata["token_logprobs"] = [float(x) for x in token_logprobs]
         completion_tokens = (choice.get("usage") or {}).get("completion_tokens", choice.get("completion_tokens"))
         if completion_tokens is None:
             completion_tokens = estimated_tokens

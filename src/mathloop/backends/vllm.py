@@ -13,14 +13,16 @@ from mathloop.backends.base import Completion, Message, SamplingParams, cut_at_s
 class VLLMBackend:
     """Generate with `vllm.LLM`; `engine_kwargs` go to `vllm.LLM` unchanged (e.g. `enable_prefix_caching=True`).
 
-    `logprobs=True` also returns each completion's sampled token ids and their log-probabilities, in
-    `Completion.metadata["token_ids"]` and `["token_logprobs"]` (GRPO's rollout-engine correction reads them)."""
+    `logprobs=True` (the default) also returns each completion's sampled token ids and their log-probabilities, in
+    `Completion.metadata["token_ids"]` and `["token_logprobs"]`: each sample's `confidence`, and GRPO's
+    rollout-engine correction. vLLM computes them from the logits it already has (`logprobs=0`: the sampled token
+    only)."""
 
     name = "vllm"
 
     def __init__(self, model: str, dtype: str = "auto", tensor_parallel_size: int = 1,
                  gpu_memory_utilization: float = 0.9, max_model_len: int | None = None, seed: int = 0,
-                 logprobs: bool = False, **engine_kwargs: Any) -> None:
+                 logprobs: bool = True, **engine_kwargs: Any) -> None:
         try:
             import vllm
         except ImportError as exc:

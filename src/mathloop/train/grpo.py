@@ -405,8 +405,11 @@ def generate_rollouts(backend, executor, queries: list[Problem], prompts: dict[s
     groups = generate(backend, texts, params, config.mode, executor, config.max_tool_calls, session_prefix="grpo")
     samples = response_samples(queries, texts, groups, params, config.mode, config.model)
     completions = [c for group in groups for c in group]
+    # the engine's log-probabilities matter only to the rollout-engine correction (engines report them for every
+    # sample's confidence too)
     rollouts = [Rollout(s, q, ended_by_eos=c.finish_reason == "stop" and c.stop_string is None,
-                        token_ids=c.metadata.get("token_ids"), behaviour_logprobs=c.metadata.get("token_logprobs"))
+                        token_ids=c.metadata.get("token_ids"),
+                        behaviour_logprobs=c.metadata.get("token_logprobs") if config.tis_cap is not None else None)
                 for s, c, q in zip(samples, completions, (q for q in queries for _ in range(params.n)))]
     graded = [r for r in rollouts if r.sample.gold is not None]
     grade_samples([r.sample for r in graded], [r.query.choices for r in graded])
