@@ -326,3 +326,16 @@ def test_stage_timer_sums_the_sessions_of_a_stage_and_counts_a_failed_one(tmp_pa
     with loop.stage_timer(tmp_path / "round-2", "select"):
         pass
     assert loop.stage_seconds(tmp_path / "round-2") == {} and not (tmp_path / "round-2" / "stage_seconds.json").exists()
+
+
+def test_the_demo_does_not_warn_about_benchmarks_it_cannot_check(tmp_path):
+    from mathloop.data import decontaminate
+    from mathloop.pipeline.demo import demo_config
+    from mathloop.pipeline.loop import _quiet_decontamination
+
+    demo = demo_config(str(tmp_path / "demo"))
+    with _quiet_decontamination(demo):
+        assert decontaminate._PROCEDURAL.get()  # procedural problems: an info line, not a warning
+    gsm8k = LoopConfig(output_dir=str(tmp_path / "gsm8k"), problems="gsm8k:train")
+    with _quiet_decontamination(gsm8k):
+        assert not decontaminate._PROCEDURAL.get()

@@ -701,7 +701,7 @@ HELP = {
     "sample": "sample graded responses to training problems",
     "select": "pick the best responses per problem as SFT data",
     "loop": "run self-improvement rounds from a YAML config",
-    "demo": "one round of the loop on the embedded model (under 20 min on a laptop CPU)",
+    "demo": "one round of the loop on the embedded model, sized for a laptop CPU",
     "grpo": "reinforcement learning of a policy with GRPO",
     "sft": "supervised fine-tuning on prompt-completion chat rows (TRL)",
     "synthesize": "new problems evolved from seed problems",

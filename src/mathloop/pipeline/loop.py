@@ -48,7 +48,7 @@ round's data (the paper rebuilds the data each round); `previous` continues from
 cheaper on a CPU. `problems_per_round: N` gives each round the next N training problems (in problems.jsonl's order,
 wrapping around) instead of all of them: rounds that sample the same problems again train each model on answers to
 the problems its predecessor was trained on, which sharpens it on those problems more than on new ones (measured:
-README, "The loop").
+docs/loop.md).
 
 Against the narrowing that SFT on the model's own right answers causes (docs/results.md): `coverage` (EvalConfig
 fields; `n` samples per problem on the first `limit` held-out problems, default 8 x 400 at temperature 0.7, top-p
@@ -307,8 +307,18 @@ def run_loop(config: LoopConfig, progress: bool = True, backend=None) -> dict:
     heldout = load_problem_source(config.heldout, config.data_dir, config.heldout_limit)
     data = {**problem_source_data(config.problems, config.data_dir),
             **problem_source_data(config.heldout, config.data_dir)}
-    with lock_run_dir(config.output_dir):
+    with lock_run_dir(config.output_dir), _quiet_decontamination(config):
         return _run_loop(config, progress, backend, heldout, data)
+
+
+def _quiet_decontamination(config: LoopConfig):
+    """For training problems from the procedural generator (the demo's), the benchmarks decontamination cannot check
+    are not worth a warning: none of them can contain such a problem (`procedural_problems`)."""
+    if not config.decontaminate or not config.problems.startswith("synthetic:") or config.synthesis_enabled:
+        return contextlib.nullcontext()
+    from mathloop.data.decontaminate import procedural_problems
+
+    return procedural_problems()
 
 
 def _run_loop(config: LoopConfig, progress: bool, backend, heldout: list[Problem], data: dict[str, dict]) -> dict:
