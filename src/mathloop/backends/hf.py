@@ -5,7 +5,7 @@ most `batch_size` rows that refills: each step decodes one token per row over a 
 leaves at once, and waiting sequences are prefilled and join, so no slot decodes for a sequence that already ended.
 `refill=False` runs static batches of `batch_size` with `model.generate`, each until its longest member ends: one
 response that rambles to max_new_tokens keeps the finished slots busy. Refill pays where responses differ in
-length, not where most run to the limit (bench/generate.py; figures in docs/results.md). Models whose cache is not plain key/value tensors in every layer
+length, not where most hit the limit (docs/results.md). Models whose cache is not plain key/value tensors in every layer
 (sliding-window layers) keep static batches. `dtype="auto"` runs the model in bfloat16 where the device computes it
 natively and in float32 elsewhere (`mathloop.hardware`). Sampling is seeded (`params.seed`), so a run is
 reproducible for the same prompts, batch size and seed.
