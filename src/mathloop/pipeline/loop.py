@@ -788,31 +788,11 @@ def _write_report(out: Path) -> None:
                     out / "report.html", type(e).__name__, e, out)
 
 
-def accuracy_svg(rows: list[dict], width: int = 480, height: int = 300) -> str:
-    """A dependency-free SVG plot of held-out accuracy per round with 95% interval bars."""
-    left, right, top, bottom = 50, 20, 20, 40
-    plot_w, plot_h = width - left - right, height - top - bottom
-    n = max(len(rows), 1)
+def accuracy_svg(rows: list[dict]) -> str:
+    """Held-out accuracy per round with 95% interval bars, as an SVG file of its own (the report's `line_chart`)."""
+    from mathloop.report.plots import Series, line_chart
 
-    def x(i: int) -> float:
-        return left + (plot_w * (i + 0.5) / n)
-
-    def y(value: float) -> float:
-        return top + plot_h * (1 - value)
-
-    parts = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" font-family="sans-serif" '
-             f'font-size="11">',
-             f'<rect x="{left}" y="{top}" width="{plot_w}" height="{plot_h}" fill="none" stroke="#999"/>']
-    for tick in (0.0, 0.25, 0.5, 0.75, 1.0):
-        parts.append(f'<text x="{left - 6}" y="{y(tick) + 4:.1f}" text-anchor="end">{100 * tick:.0f}%</text>')
-    points = []
-    for i, row in enumerate(rows):
-        low, high = row["ci95"]
-        parts.append(f'<line x1="{x(i):.1f}" y1="{y(low):.1f}" x2="{x(i):.1f}" y2="{y(high):.1f}" stroke="#4a7"/>')
-        parts.append(f'<text x="{x(i):.1f}" y="{height - bottom + 16}" text-anchor="middle">{row["round"]}</text>')
-        points.append(f"{x(i):.1f},{y(row['acc']):.1f}")
-    parts.append(f'<polyline points="{" ".join(points)}" fill="none" stroke="#237" stroke-width="2"/>')
-    parts += [f'<circle cx="{p.split(",")[0]}" cy="{p.split(",")[1]}" r="3" fill="#237"/>' for p in points]
-    parts.append(f'<text x="{left + plot_w / 2}" y="{height - 6}" text-anchor="middle">round (held-out accuracy, '
-                 f'95% CI)</text></svg>')
-    return "\n".join(parts) + "\n"
+    accuracy = Series("", list(range(len(rows))), [row["acc"] for row in rows], [row["ci95"][0] for row in rows],
+                      [row["ci95"][1] for row in rows])
+    return line_chart("held-out accuracy per round (95% CI)", [accuracy], x_label="round", percent=True,
+                      x_names=[str(row["round"]) for row in rows], width=480, height=300, standalone=True) + "\n"
