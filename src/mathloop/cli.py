@@ -618,8 +618,8 @@ def cmd_interpolate(args: argparse.Namespace) -> int:
 
 
 def add_synthesize_parser(sub: argparse._SubParsersAction) -> None:
-    from mathloop.data.evolve import OPERATIONS
-    from mathloop.data.evolve import SynthesizeConfig as C
+    from mathloop.pipeline.evolve import OPERATIONS
+    from mathloop.pipeline.evolve import SynthesizeConfig as C
 
     p = sub.add_parser("synthesize", help=HELP["synthesize"], description=(
         "MuggleMath-style problem synthesis: the model rewrites each seed problem into --variants new ones (change "
@@ -648,12 +648,12 @@ def add_synthesize_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def cmd_synthesize(args: argparse.Namespace) -> int:
-    from mathloop.data.evolve import SynthesizeConfig, run_synthesis
+    from mathloop.pipeline.evolve import SynthesizeConfig, run_synthesis
 
     config = with_backend_flags(args, _settings(args, SynthesizeConfig), "synthesize")
     if not isinstance(config.seeds, str) or not config.out:
         raise ValueError("synthesize: give --seeds (a benchmark split or a Problem JSONL file) and --out")
-    print(json.dumps(run_synthesis(config.model, config.seeds, config.out, config.synthesis(),
+    print(json.dumps(run_synthesis(config.model, config.seeds, config.out, config.evolution(),
                                    backend=config.backend, backend_args=config.backend_args,
                                    decontaminate=config.decontaminate, data_dir=config.data_dir,
                                    chunk_size=config.chunk_size), indent=2))

@@ -191,7 +191,7 @@ class LoopConfig:
 
     def synthesis_config(self):
         """The `SynthesizeConfig` of the synthesize section."""
-        from mathloop.data.evolve import SynthesizeConfig
+        from mathloop.pipeline.evolve import SynthesizeConfig
 
         config = self._stage(SynthesizeConfig, "synthesize", {"model": self.model, **self.synthesize},
                              {"out": str(Path(self.output_dir) / "synthesized.jsonl"),
@@ -497,7 +497,7 @@ def _synthesize(config: LoopConfig, out: Path, problems: list[Problem], index, b
     """New problems evolved from the first `seeds` training problems and answered by majority vote
     (`mathloop synthesize`), checked against the benchmarks when the run decontaminates; resumable, with the
     rejected candidates in synthesized.rejected.jsonl and the counts in synthesis.json."""
-    from mathloop.data.evolve import synthesize_file
+    from mathloop.pipeline.evolve import synthesize_file
 
     settings = config.synthesis_config()
     seeds = problems[:settings.seeds or len(problems)]
@@ -505,7 +505,7 @@ def _synthesize(config: LoopConfig, out: Path, problems: list[Problem], index, b
         from mathloop.backends import load_backend
 
         backend = load_backend(settings.backend, settings.model, **settings.backend_args)
-    result = synthesize_file(backend, seeds, out / "synthesized.jsonl", settings.synthesis(), index,
+    result = synthesize_file(backend, seeds, out / "synthesized.jsonl", settings.evolution(), index,
                              settings.chunk_size)
     write_json(out / "synthesis.json", result)
     log.info("synthesis: %d new problems from %d seeds", result["kept"], len(seeds))
