@@ -121,3 +121,20 @@ def test_a_field_no_problem_has_is_an_error():
     index = ContaminationIndex.from_texts([("gsm8k/0", NEW_PROBLEM)])
     with pytest.raises(ValueError, match="solutoin"):
         decontaminate([Problem("t/0", "t", "question")], index, check_fields=("question", "solutoin"))
+
+
+def test_benchmarks_it_cannot_check_are_warned_once_and_never_for_procedural_problems(data_dir, monkeypatch, caplog):
+    import logging
+
+    from mathloop.data import benchmarks, decontaminate as module
+
+    monkeypatch.setattr(benchmarks, "available_benchmarks", lambda folder, split: (["math500"], ["aime24", "amc23"]))
+    monkeypatch.setattr(module, "_WARNED_UNAVAILABLE", set())
+    with caplog.at_level(logging.INFO, logger="mathloop.data.decontaminate"):
+        with module.procedural_problems():
+            ContaminationIndex.from_benchmarks(data_dir)  # the demo's problems: no benchmark can hold them
+        first = ContaminationIndex.from_benchmarks(data_dir)
+        again = ContaminationIndex.from_benchmarks(data_dir)  # the loop's selection, same folder, same process
+    levels = [r.levelno for r in caplog.records if "not checked against aime24, amc23" in r.getMessage()]
+    assert levels == [logging.INFO, logging.WARNING, logging.INFO]
+    assert first.unavailable == again.unavailable == ["aime24", "amc23"]  # still recorded in every report

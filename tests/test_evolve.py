@@ -10,9 +10,9 @@ import pytest
 from mathloop.backends.base import SamplingParams
 from mathloop.backends.fake import FakeBackend
 from mathloop.data.benchmarks import load_problem_source
-from mathloop.data.evolve import (
+from mathloop.pipeline.evolve import (
     OPERATIONS,
-    SynthesisConfig,
+    EvolutionSettings,
     answer_by_majority,
     choose_operations,
     evolve_problems,
@@ -176,12 +176,12 @@ def test_majority_answers_become_gold_only_with_enough_agreement():
 
 def test_synthesize_evolves_answers_and_reports():
     backend = FakeBackend(model)
-    problems, report = synthesize(backend, SEEDS[:3], SynthesisConfig(variants_per_seed=2, n_answers=4))
+    problems, report = synthesize(backend, SEEDS[:3], EvolutionSettings(variants_per_seed=2, n_answers=4))
     assert report.to_dict() == {"seeds": 3, "candidates": 6, "kept": 6, "rejected": {}}
     for p in problems:
         number = int(p.question.split("Tom has ")[1].split()[0])
         assert p.gold == str(number + 5) and p.metadata["agreement"] == 0.75
-    strict = SynthesisConfig(variants_per_seed=2, n_answers=4, min_agreement=0.8)
+    strict = EvolutionSettings(variants_per_seed=2, n_answers=4, min_agreement=0.8)
     problems, report = synthesize(FakeBackend(model), SEEDS[:3], strict)
     assert problems == [] and report.to_dict()["rejected"] == {"no_agreement": 6}
 
@@ -194,13 +194,13 @@ def test_synthesize_evolves_answers_and_reports():
 ])
 def test_bad_settings_are_refused(changes, message):
     with pytest.raises(ValueError, match=message):
-        SynthesisConfig(**changes).validate()
+        EvolutionSettings(**changes).validate()
 
 
 def test_the_output_file_resumes_and_skips_seeds_already_done(tmp_path):
     out = tmp_path / "problems.jsonl"
     backend = FakeBackend(model)
-    config = SynthesisConfig(variants_per_seed=2, n_answers=4, min_agreement=0.8)  # all rejected: no_agreement
+    config = EvolutionSettings(variants_per_seed=2, n_answers=4, min_agreement=0.8)  # all rejected: no_agreement
     first = synthesize_file(backend, SEEDS[:2], out, config, chunk_size=1)
     assert first["skipped_seeds"] == 0 and first["rejected"] == {"no_agreement": 4}
     assert len(backend.calls) == 4  # per chunk: one evolution call, one answering call
@@ -220,7 +220,7 @@ def test_the_output_file_resumes_and_skips_seeds_already_done(tmp_path):
     assert len(ids) == len(set(ids)) == 6
 
     with pytest.raises(ValueError, match="min_agreement: 0.8 -> 0.5"):
-        synthesize_file(backend, SEEDS[:3], out, SynthesisConfig(variants_per_seed=2, n_answers=4))
+        synthesize_file(backend, SEEDS[:3], out, EvolutionSettings(variants_per_seed=2, n_answers=4))
 
 
 def test_synthesize_command_end_to_end(tmp_path, monkeypatch, capsys):

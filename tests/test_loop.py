@@ -326,3 +326,27 @@ def test_stage_timer_sums_the_sessions_of_a_stage_and_counts_a_failed_one(tmp_pa
     with loop.stage_timer(tmp_path / "round-2", "select"):
         pass
     assert loop.stage_seconds(tmp_path / "round-2") == {} and not (tmp_path / "round-2" / "stage_seconds.json").exists()
+
+
+def test_the_demo_does_not_warn_about_benchmarks_it_cannot_check(tmp_path):
+    from mathloop.data import decontaminate
+    from mathloop.pipeline.demo import demo_config
+    from mathloop.pipeline.loop import _quiet_decontamination
+
+    demo = demo_config(str(tmp_path / "demo"))
+    with _quiet_decontamination(demo):
+        assert decontaminate._PROCEDURAL.get()  # procedural problems: an info line, not a warning
+    gsm8k = LoopConfig(output_dir=str(tmp_path / "gsm8k"), problems="gsm8k:train")
+    with _quiet_decontamination(gsm8k):
+        assert not decontaminate._PROCEDURAL.get()
+
+
+def test_accuracy_svg_is_the_reports_chart_with_its_own_style():
+    from mathloop.pipeline.loop import accuracy_svg
+
+    rows = [{"round": 0, "acc": 0.271, "ci95": [0.247, 0.295]}, {"round": 1, "acc": 0.286, "ci95": [0.262, 0.311]},
+            {"round": "grpo", "acc": 0.31, "ci95": [0.286, 0.336]}]
+    svg = accuracy_svg(rows)
+    assert svg.startswith('<svg class="chart"') and "<style>" in svg  # readable as a file on its own
+    assert svg.count("<circle") == 3 and svg.count('stroke-width="1.5"') == 3  # a point and a 95% bar per round
+    assert all(f">{name}</text>" in svg for name in ("0", "1", "grpo"))

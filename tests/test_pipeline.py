@@ -8,6 +8,7 @@ import pytest
 
 from mathloop.backends.fake import FakeBackend
 from mathloop.cli import main
+from mathloop.metrics import mean_stderr
 from mathloop.pipeline.evaluate import EvalConfig, run_eval
 from mathloop.pipeline.grade import grade_file
 from mathloop.records import Sample, read_records
@@ -42,9 +43,21 @@ def test_eval_writes_samples_metrics_table_and_run_record(tmp_path, data_dir):
     assert (gsm["correct"], gsm["incorrect"], gsm["no_answer"]) == (2, 6, 4)
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["benchmarks"]["gsm8k"]["acc"]["mean"] == pytest.approx(0.25)
+    assert metrics["schema"] == "mathloop.metrics/1" and metrics["scale"] == "fraction"
+    assert metrics["benchmarks"]["gsm8k"]["acc"]["stderr"] == pytest.approx(mean_stderr([1, 0, 0, 0]))
     assert "| gsm8k |" in (out / "results.md").read_text()
     run = json.loads((out / "run.json").read_text())
     assert run["config"]["n"] == 3 and run["sampling"]["top_p"] == 0.8 and "transformers" in run["versions"]
+    # the same numbers in lm-evaluation-harness's results layout, the settings beside them
+    harness = json.loads((out / "results.json").read_text())
+    task = harness["results"]["gsm8k"]
+    assert task["acc,none"] == pytest.approx(0.25) and task["maj@3,none"] == pytest.approx(0.25)
+    assert task["acc_stderr,none"] == pytest.approx(metrics["benchmarks"]["gsm8k"]["acc"]["stderr"])
+    assert harness["mathloop_ci95"]["gsm8k"]["acc,none"] == metrics["benchmarks"]["gsm8k"]["acc"]["ci95"]
+    assert harness["n-samples"]["gsm8k"] == {"original": 1319, "effective": 4} and harness["n-shot"]["gsm8k"] == 0
+    assert harness["configs"]["gsm8k"]["generation_kwargs"]["top_p"] == 0.8
+    assert harness["configs"]["gsm8k"]["metadata"]["sha256"] == run["data"]["gsm8k:test"]["sha256"]
+    assert harness["config"]["model_args"] == "pretrained=fake" and harness["config"]["random_seed"] == 0
 
 
 def test_resume_skips_finished_problems_and_regenerates_half_done_ones(tmp_path, data_dir):
@@ -100,11 +113,14 @@ def test_grade_reads_official_harness_rows(tmp_path):
     assert graded[0]["mathloop"] == {"preds": ["18", "18.0", "17", None],
                                      "verdicts": ["correct", "correct", "incorrect", "no_answer"]}
     assert graded[2]["mathloop"]["verdicts"] == ["correct", "incorrect", "incorrect", "incorrect"]
-    assert metrics["acc"] == pytest.approx(200 / 3, abs=0.01)  # rows 0 and 2 right on the first response
-    assert metrics["maj@4"] == pytest.approx(100 / 3, abs=0.01)  # row 0: 18 wins; row 1: 3 wins; row 2: A wins
-    assert metrics["rm@4"] == pytest.approx(200 / 3, abs=0.01)  # row 0: 18.0 (0.9); row 1: 0.5 (0.8); row 2: A
-    assert metrics["pass@4"] == pytest.approx(100.0)
-    assert metrics["pass@1"] == pytest.approx(100 * (2 / 4 + 1 / 4 + 1 / 4) / 3, abs=0.01)
+    entry = metrics["benchmarks"]["all"]  # harness rows name no benchmark; fractions, as eval's metrics.json
+    assert metrics["scale"] == "fraction" and entry["n_problems"] == 3 and entry["n_samples"] == 12
+    assert entry["acc"]["mean"] == pytest.approx(2 / 3)  # rows 0 and 2 right on the first response
+    assert entry["maj@4"]["mean"] == pytest.approx(1 / 3)  # row 0: 18 wins; row 1: 3 wins; row 2: A wins
+    assert entry["rm@4"]["mean"] == pytest.approx(2 / 3)  # row 0: 18.0 (0.9); row 1: 0.5 (0.8); row 2: A
+    assert entry["pass@4"]["mean"] == pytest.approx(1.0)
+    assert entry["pass@1"]["mean"] == pytest.approx((2 / 4 + 1 / 4 + 1 / 4) / 3)
+    assert entry["acc"]["stderr"] == pytest.approx(mean_stderr([1, 0, 1]))
     assert json.loads((tmp_path / "metrics.json").read_text()) == metrics
 
 
@@ -114,7 +130,8 @@ def test_grade_reads_mathloop_samples_and_rejects_unknown_rows(tmp_path):
     src = tmp_path / "samples.jsonl"
     src.write_text("".join(json.dumps(s.__dict__) + "\n" for s in samples))
     metrics = grade_file(src, tmp_path / "out.jsonl", workers=1)
-    assert metrics["num_problems"] == 1 and metrics["acc"] == 100.0 and metrics["pass@2"] == 100.0
+    entry = metrics["benchmarks"][samples[0].benchmark or "all"]
+    assert entry["n_problems"] == 1 and entry["acc"]["mean"] == 1.0 and entry["pass@2"]["mean"] == 1.0
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"foo": 1}\n')
     assert main(["grade", "--input", str(bad), "--output", str(tmp_path / "o.jsonl")]) == 2

@@ -14,7 +14,7 @@ from mathloop.config import field_default, settings_from_dict
 
 
 def stage_classes():
-    from mathloop.data.evolve import SynthesizeConfig
+    from mathloop.pipeline.evolve import SynthesizeConfig
     from mathloop.pipeline.evaluate import EvalConfig
     from mathloop.pipeline.loop import LoopConfig
     from mathloop.pipeline.sample import SampleConfig

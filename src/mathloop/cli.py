@@ -166,7 +166,8 @@ def add_eval_parser(sub: argparse._SubParsersAction) -> None:
     from mathloop.pipeline.evaluate import EvalConfig as C
 
     p = sub.add_parser("eval", help=HELP["eval"], description=(
-        "Generate solutions, extract and verify answers, and write samples, metrics.json and results.md to --out. "
+        "Generate solutions, extract and verify answers, and write samples, metrics.json, results.md and "
+        "results.json (lm-evaluation-harness layout) to --out. "
         "Re-running with the same --out resumes and skips finished problems."))
     add_config_argument(p, C)
     setting(p, C, "--model",
@@ -215,7 +216,8 @@ def add_grade_parser(sub: argparse._SubParsersAction) -> None:
         "write every row back with a 'mathloop' field {preds, verdicts}, and write acc/maj@k/rm@k/pass@k."))
     p.add_argument("--input", required=True, help="JSONL file to grade")
     p.add_argument("--output", required=True, help="JSONL file to write (input rows + 'mathloop' field)")
-    p.add_argument("--metrics", default=None, help="JSON file for the metrics (default: printed only)")
+    p.add_argument("--metrics", default=None, help="JSON file for the metrics, in the layout and scale of eval's "
+                   "metrics.json (docs/metrics.md; default: printed only)")
     p.add_argument("--answer-type", choices=["math", "mc", "list"], default=None,
                    help="force the answer type (default: per row; letters as gold mean multiple choice)")
     p.add_argument("--workers", type=_positive_int, default=None, help="verifier processes (default: all cores)")
@@ -227,8 +229,9 @@ def cmd_grade(args: argparse.Namespace) -> int:
 
     metrics = grade_file(args.input, args.output, args.metrics, answer_type=args.answer_type,
                          workers=args.workers, timeout=args.timeout)
-    print(f"# mathloop grade: {args.input}\n\n{format_metrics(metrics)}\n\npercent, 95% interval in brackets; "
-          f"graded rows -> {args.output}" + (f"; metrics -> {args.metrics}" if args.metrics else ""))
+    print(f"# mathloop grade: {args.input}\n\n{format_metrics(metrics)}\n\npercent, 95% interval in brackets (the "
+          f"metrics file holds fractions); graded rows -> {args.output}"
+          + (f"; metrics -> {args.metrics}" if args.metrics else ""))
     return 0
 
 
@@ -615,8 +618,8 @@ def cmd_interpolate(args: argparse.Namespace) -> int:
 
 
 def add_synthesize_parser(sub: argparse._SubParsersAction) -> None:
-    from mathloop.data.evolve import OPERATIONS
-    from mathloop.data.evolve import SynthesizeConfig as C
+    from mathloop.pipeline.evolve import OPERATIONS
+    from mathloop.pipeline.evolve import SynthesizeConfig as C
 
     p = sub.add_parser("synthesize", help=HELP["synthesize"], description=(
         "MuggleMath-style problem synthesis: the model rewrites each seed problem into --variants new ones (change "
@@ -645,12 +648,12 @@ def add_synthesize_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def cmd_synthesize(args: argparse.Namespace) -> int:
-    from mathloop.data.evolve import SynthesizeConfig, run_synthesis
+    from mathloop.pipeline.evolve import SynthesizeConfig, run_synthesis
 
     config = with_backend_flags(args, _settings(args, SynthesizeConfig), "synthesize")
     if not isinstance(config.seeds, str) or not config.out:
         raise ValueError("synthesize: give --seeds (a benchmark split or a Problem JSONL file) and --out")
-    print(json.dumps(run_synthesis(config.model, config.seeds, config.out, config.synthesis(),
+    print(json.dumps(run_synthesis(config.model, config.seeds, config.out, config.evolution(),
                                    backend=config.backend, backend_args=config.backend_args,
                                    decontaminate=config.decontaminate, data_dir=config.data_dir,
                                    chunk_size=config.chunk_size), indent=2))
@@ -701,7 +704,7 @@ HELP = {
     "sample": "sample graded responses to training problems",
     "select": "pick the best responses per problem as SFT data",
     "loop": "run self-improvement rounds from a YAML config",
-    "demo": "one round of the loop on the embedded model (under 20 min on a laptop CPU)",
+    "demo": "one round of the loop on the embedded model, sized for a laptop CPU",
     "grpo": "reinforcement learning of a policy with GRPO",
     "sft": "supervised fine-tuning on prompt-completion chat rows (TRL)",
     "synthesize": "new problems evolved from seed problems",

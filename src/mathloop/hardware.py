@@ -1,8 +1,8 @@
 """Which dtype a device computes fastest in, decided on the machine that runs, not the one that was measured.
 
-bfloat16 halves memory traffic, but a CPU without bfloat16 instructions emulates it: on an AVX2-only AMD EPYC a
-bfloat16 matmul of the default model's shape ran 13.5x slower than float32, while on a CPU with AVX512-BF16 the same
-matmul ran 2.4x faster than float32 (bench/generate.py prints both). So mathloop uses bfloat16 on a CPU only when
+bfloat16 halves memory traffic, but a CPU without bfloat16 instructions emulates it, many times slower than float32,
+while a CPU with AVX512-BF16 computes it faster than float32 (bench/dtype.py prints both; figures in
+docs/results.md, "Dtypes"). So mathloop uses bfloat16 on a CPU only when
 the CPU has AVX512-BF16 or AMX, on a GPU when CUDA reports bfloat16 support, and float32 everywhere else. The same
 rule decides the weights of generation and RM scoring (`--dtype auto`) and the autocast of training; every run.json
 records what was chosen (`hardware_info`).

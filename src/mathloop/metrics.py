@@ -14,6 +14,10 @@ from mathloop.stats import Z95, paired_outcomes, wilson_ci95
 
 VERDICT_NAMES = VERDICTS
 
+# The layout of every metrics.json (`mathloop eval`, `mathloop grade --metrics`, the loop's evaluations): bumped when
+# a key changes meaning. Every metric in it is a fraction in [0, 1]; tables show percent.
+METRICS_SCHEMA = "mathloop.metrics/1"
+
 
 def pass_at_k(n: int, c: int, k: int) -> float:
     """Probability that at least one of k samples drawn without replacement from n (c correct) is correct.
@@ -171,9 +175,23 @@ def rm_pair_accuracy(scores: Sequence[float | None], verdicts: Sequence[str]) ->
     return wins / (len(right) * len(wrong))
 
 
+def mean_stderr(values: Sequence[float]) -> float | None:
+    """Standard error of the mean: the sample standard deviation (n - 1) over sqrt(n), as lm-evaluation-harness
+    reports `<metric>_stderr`; None for fewer than two values.
+
+    >>> round(mean_stderr([1, 1, 0, 0]), 4), mean_stderr([1])
+    (0.2887, None)
+    """
+    n = len(values)
+    if n < 2:
+        return None
+    mean = sum(values) / n
+    return math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1)) / math.sqrt(n)
+
+
 def _metric(values: list[float]) -> dict:
     mean, lo, hi = mean_ci95(values)
-    return {"mean": mean, "ci95": [lo, hi]}
+    return {"mean": mean, "ci95": [lo, hi], "stderr": mean_stderr(values)}
 
 
 def _summarize_benchmark(problems: list[dict], ks: list[int], same: Callable[[str, str], bool] | None) -> dict:
@@ -225,10 +243,12 @@ def summarize(per_problem: list[dict], ks: list[int], same: Callable[[str, str],
     ranks a correct one above a wrong one; averaged over those problems, whose count is `problems`) and, for the
     largest k > 1, `rm@k_vs_maj@k`: the paired comparison of the two picks on each problem (`paired_outcomes`,
     A = maj@k, B = rm@k).
-    Each metric is `{"mean": m, "ci95": [lo, hi]}`. The "average" entry holds the mean over benchmarks of each
-    metric every benchmark reports (`ci95` None), the benchmark count and summed counts.
+    Each metric is `{"mean": m, "ci95": [lo, hi], "stderr": s}`, all fractions in [0, 1] (`mean_ci95`,
+    `mean_stderr` over the per-problem values). The "average" entry holds the mean over benchmarks of each metric
+    every benchmark reports (`ci95` and `stderr` None), the benchmark count and summed counts.
 
-    Returns `{"benchmarks": {name: entry}, "average": entry}`.
+    Returns `{"schema": METRICS_SCHEMA, "scale": "fraction", "benchmarks": {name: entry}, "average": entry}`, the
+    layout of every metrics.json (docs/metrics.md).
     """
     if not per_problem:
         raise ValueError("summarize needs at least one problem")
@@ -246,8 +266,9 @@ def summarize(per_problem: list[dict], ks: list[int], same: Callable[[str, str],
         average[key] = sum(e[key] for e in entries)
     for key, value in entries[0].items():
         if _is_metric(value) and all(key in e for e in entries):
-            average[key] = {"mean": sum(e[key]["mean"] for e in entries) / len(entries), "ci95": None}
-    return {"benchmarks": benchmarks, "average": average}
+            average[key] = {"mean": sum(e[key]["mean"] for e in entries) / len(entries), "ci95": None,
+                            "stderr": None}
+    return {"schema": METRICS_SCHEMA, "scale": "fraction", "benchmarks": benchmarks, "average": average}
 
 
 def format_metric(value: dict | None) -> str:

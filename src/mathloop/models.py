@@ -252,12 +252,19 @@ def top_layer_lora(model, layers: int | None) -> dict:
 
 
 def add_lora(model, config):
-    """`model` wrapped with LoRA adapters (`lora_config`); only the adapters train. peft reads transformers'
-    deprecated `is_gradient_checkpointing` alias; that FutureWarning (peft's to fix, not the user's) is hidden."""
-    import warnings
-
+    """`model` wrapped with LoRA adapters (`lora_config`); only the adapters train."""
     from peft import get_peft_model
+
+    with quiet_checkpointing_alias():
+        return get_peft_model(model, config)
+
+
+@contextlib.contextmanager
+def quiet_checkpointing_alias() -> Iterator[None]:
+    """Hide transformers' FutureWarning for its deprecated `is_gradient_checkpointing` alias, which peft and TRL read
+    (theirs to fix, not the user's: SFT printed it twice); every other warning passes."""
+    import warnings
 
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="`is_gradient_checkpointing` is deprecated", category=FutureWarning)
-        return get_peft_model(model, config)
+        yield

@@ -23,8 +23,8 @@ BACKENDS: dict[str, str] = {
 
 
 AUTO = "auto"
-# What `auto` gives the openvino backend: int8 weights, its fast setting (about 10x the hf backend's sampling rate
-# on a 2-core CPU; 27.1% against hf's 27.0% greedy on the GSM8K test).
+# What `auto` gives the openvino backend: int8 weights, its fast setting (its speed and accuracy against hf:
+# docs/results.md, "Generation engines").
 AUTO_OPENVINO_ARGS: dict[str, Any] = {"weight_format": "int8"}
 
 

@@ -4,10 +4,8 @@ n samples per prompt are n queue entries. By default (`refill=True`, `_Refill`) 
 most `batch_size` rows that refills: each step decodes one token per row over a shared KV cache, a finished row
 leaves at once, and waiting sequences are prefilled and join, so no slot decodes for a sequence that already ended.
 `refill=False` runs static batches of `batch_size` with `model.generate`, each until its longest member ends: one
-response that rambles to max_new_tokens keeps the finished slots busy. Measured with bench/generate.py on a 2-core
-AMD EPYC with avx512_bf16 (bfloat16, GSM8K prompts, 4 samples each at temperature 0.7): refill generated 1.39x the
-tokens per second of static batches at batch 16 and 512 new tokens, and 0.98x at batch 32 and 256 new tokens, where
-most responses run to the limit, so no slot idles. Models whose cache is not plain key/value tensors in every layer
+response that rambles to max_new_tokens keeps the finished slots busy. Refill pays where responses differ in
+length, not where most hit the limit (docs/results.md). Models whose cache is not plain key/value tensors in every layer
 (sliding-window layers) keep static batches. `dtype="auto"` runs the model in bfloat16 where the device computes it
 natively and in float32 elsewhere (`mathloop.hardware`). Sampling is seeded (`params.seed`), so a run is
 reproducible for the same prompts, batch size and seed.

@@ -26,6 +26,8 @@ reason in `metadata["contamination"]`, and a per-benchmark count.
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import dataclasses
 import logging
 import os
@@ -41,6 +43,32 @@ from mathloop.progress import progress_bar
 from mathloop.records import Problem, Sample
 
 log = logging.getLogger(__name__)
+
+# The benchmarks an index could not check are warned about once per process (a loop checks its problems and then each
+# round's selection against the same folder); inside `procedural_problems()` they are an info line only.
+_WARNED_UNAVAILABLE: set[tuple[str, ...]] = set()
+_PROCEDURAL = contextvars.ContextVar("mathloop_procedural_problems", default=False)
+
+
+@contextlib.contextmanager
+def procedural_problems():
+    """Within the block, the benchmarks decontamination cannot check are logged at info level, not warned about: the
+    problems come from the procedural generator, which no benchmark's test set can contain."""
+    token = _PROCEDURAL.set(True)
+    try:
+        yield
+    finally:
+        _PROCEDURAL.reset(token)
+
+
+def _report_unavailable(names: list[str]) -> None:
+    key = tuple(names)
+    warn = not _PROCEDURAL.get() and key not in _WARNED_UNAVAILABLE
+    if warn:
+        _WARNED_UNAVAILABLE.add(key)
+    log.log(logging.WARNING if warn else logging.INFO,
+            "decontamination: not checked against %s (not in the data folder, not packaged; pass --data-dir with the "
+            "harness's data folder)", ", ".join(names))
 
 NGRAM = 13
 MIN_RATIO = 0.6  # contaminated when the LCS ratio is strictly above this
@@ -200,8 +228,8 @@ class ContaminationIndex:
         """Index the questions of the benchmarks `names` (test split) from the data folder or the packaged data.
 
         A named benchmark that is missing raises `FileNotFoundError`. Without `names`, every registered benchmark
-        that is available is indexed, and the others are named in a warning and in `index.unavailable` (a run
-        reports them), never skipped silently.
+        that is available is indexed, and the others are named in `index.unavailable` (a run reports them) and in
+        a warning, once per process (`procedural_problems` makes it an info line), never skipped silently.
         """
         from mathloop.data.benchmarks import available_benchmarks
 
@@ -209,8 +237,7 @@ class ContaminationIndex:
         if names is None:
             names, unavailable = available_benchmarks(data_dir, split)
             if unavailable:
-                log.warning("decontamination: not checked against %s (not in the data folder, not packaged; "
-                            "pass --data-dir with the harness's data folder)", ", ".join(unavailable))
+                _report_unavailable(unavailable)
         problems: list[Problem] = []
         for name in names:
             problems.extend(load_benchmark(name, data_dir, split))

@@ -1,8 +1,9 @@
 """`mathloop demo`: one round of the self-improvement loop on the embedded default model, sized for a laptop CPU.
 
 The model (Qwen2.5-Coder-0.5B-Instruct, shipped in the `default-model` extra) samples 4 solutions at temperature 0.8
-to each of 128 built-in procedural problems (arithmetic, fractions, percentages, linear equations, number theory,
-word problems; exact answers; those repeating a held-out question are dropped), the verifier keeps up to 2 distinct
+to each built-in procedural problem (arithmetic, fractions, percentages, linear equations, number theory, word
+problems; exact answers): 128 are drawn, and those repeating a held-out question are dropped (9 with these seeds,
+so 119 are sampled). The verifier keeps up to 2 distinct
 correct solutions per problem, LoRA SFT trains on them for 2 epochs, and greedy accuracy on 240 other procedural
 problems is printed before and after, paired problem by problem (the change with Tango's interval, problems fixed
 and broken, the exact McNemar p). No reward model is trained: on a 2-core CPU that alone would take longer than the
@@ -10,18 +11,19 @@ whole demo. Generation uses the default backend, `auto`: OpenVINO GenAI with int
 (`mathloop[openvino]`), else the hf backend; both evaluations of a run use the same engine.
 
 What the gain means: the model gets better at these procedural families (in distribution: the held-out problems are
-new draws of the same templates), not at GSM8K. Measured from a fresh clone on an idle 2-core AMD EPYC with
-AVX512-BF16, OpenVINO int8 generation: 44.2% -> 51.7% on 240 held-out problems, +7.5 points [+1.9, +13.3], 33 fixed /
-15 broken, McNemar p = 0.013, in 17.3 minutes (2.2 baseline evaluation, 3.5 sampling, 9.6 SFT, 2.4 export and final
-evaluation; peak memory 12.2 GB). One SFT epoch (in batches of 4) measured +4.6 [-1.2, +10.5], p = 0.15, on the same
-samples. `--out` keeps everything, and re-running resumes.
+new draws of the same templates), not at GSM8K. The measured result and times, with the CPU and load they ran
+under, are in docs/results.md ("The demo"); the report ends with this run's minutes per stage, the cores it ran on
+and the load average, to compare with them. `--out` keeps everything, and re-running resumes.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
+from pathlib import Path
+
 from mathloop.pipeline.loop import LoopConfig, run_loop
+from mathloop.runs import read_json
 
 DEMO_SETTINGS: dict[str, Any] = {
     "model": "default",
@@ -59,8 +61,44 @@ def run_demo(output_dir: str, model: str = "default", progress: bool = True, bac
     """Run (or resume) the demo and return the before/after report as text."""
     import time
 
-    started = time.time()
+    started, load_before = time.time(), load_average()
     summary = run_loop(demo_config(output_dir, model), progress=progress, backend=backend)
+    setup_file = Path(output_dir) / "decontamination.json"
+    setup = read_json(setup_file) if setup_file.exists() else None
+    return demo_report(summary, output_dir, model, time.time() - started, machine_lines(load_before), setup)
+
+
+def demo_report(summary: dict, output_dir: str, model: str, seconds: float, machine: list[str],
+                setup: dict | None = None) -> str:
+    """The demo's closing report: what it trained on, accuracy before and after with the paired verdict, the minutes
+    per stage (`stage_table`, summed over the sessions of a resumed run) and the machine it ran on. `setup`: the
+    run's decontamination.json, whose counts say how many drawn problems were removed before sampling.
+
+    >>> rows = [{"round": 0, "acc": 0.4, "ci95": [0.3, 0.5], "n": 240, "stage_seconds": {"eval": 120.0}},
+    ...         {"round": 1, "acc": 0.5, "ci95": [0.4, 0.6], "n": 240, "selection": {"rows": 118},
+    ...          "stage_seconds": {"sample": 210.0, "eval": 90.0},
+    ...          "samples": {"problems": 119, "samples": 476, "correct": 200}}]
+    >>> setup = {"problems": 128, "heldout_overlap": 9, "removed": 0}
+    >>> print(demo_report({"rounds": rows}, "runs/demo", "default", 400.0, ["  ran on 2 cores"], setup))
+    mathloop demo: one round of sample -> verify -> select -> SFT on default
+      training problems: 119 of 128 drawn (9 repeat a held-out question: removed)
+      samples: 476 (200 verified correct), SFT rows: 118
+      held-out: 240 other built-in procedural problems (none repeats a training question), greedy
+      before (starting model)       40.0%   95% CI [30.0, 50.0]
+      after one round of SFT        50.0%   95% CI [40.0, 60.0]
+    <BLANKLINE>
+    Wall minutes per stage, summed over the sessions that ran it:
+    <BLANKLINE>
+    | round | sample | eval | total |
+    |---|---|---|---|
+    | 0 |  | 2.0 | 2.0 |
+    | 1 | 3.5 | 1.5 | 5.0 |
+    <BLANKLINE>
+      ran on 2 cores
+      wall time this session: 6.7 min; everything is in runs/demo (summary.md, accuracy.svg, report.html)
+    """
+    from mathloop.pipeline.loop import stage_table
+
     before, after = summary["rounds"][0], summary["rounds"][-1]
     selection = after.get("selection", {})
     samples = after.get("samples", {})
@@ -69,17 +107,64 @@ def run_demo(output_dir: str, model: str = "default", progress: bool = True, bac
         low, high = row["ci95"]
         return f"  {label:<28} {100 * row['acc']:5.1f}%   95% CI [{100 * low:.1f}, {100 * high:.1f}]"
 
+    setup = setup or {}
+    removed = [f"{count} {why}" for count, why in ((setup.get("heldout_overlap"), "repeat a held-out question"),
+                                                   (setup.get("removed"), "match a benchmark test item")) if count]
+    drawn = f" of {setup['problems']} drawn ({', '.join(removed)}: removed)" if removed else ""
     return "\n".join([
         f"mathloop demo: one round of sample -> verify -> select -> SFT on {model}",
-        f"  training problems: {samples.get('problems', '?')}, samples: {samples.get('samples', '?')} "
-        f"({samples.get('correct', '?')} verified correct), SFT rows: {selection.get('rows', '?')}",
+        f"  training problems: {samples.get('problems', '?')}{drawn}",
+        f"  samples: {samples.get('samples', '?')} ({samples.get('correct', '?')} verified correct), SFT rows: "
+        f"{selection.get('rows', '?')}",
         f"  held-out: {before['n']} other built-in procedural problems (none repeats a training question), greedy",
         line("before (starting model)", before),
         line("after one round of SFT", after),
         *paired_lines(after.get("vs_round_0", {}).get("first_sample")),
-        f"  wall time this run: {time.time() - started:.0f} s; everything is in {output_dir} (summary.md, "
+        stage_table(summary["rounds"]),
+        *machine,
+        f"  wall time this session: {seconds / 60:.1f} min; everything is in {output_dir} (summary.md, "
         f"accuracy.svg, report.html)",
     ])
+
+
+def load_average() -> float | None:
+    """The 1-minute load average (None where the system has none)."""
+    import os
+
+    try:
+        return os.getloadavg()[0]
+    except (AttributeError, OSError):
+        return None
+
+
+def machine_lines(load_before: float | None, load_after: float | None = None, cores: int | None = None,
+                  cpu: str | None = None) -> list[str]:
+    """The cores the demo ran on and how busy they were, so its minutes can be compared with the measured ones: the
+    demo keeps every core it may use busy, so a load average well above the core count means other jobs shared
+    them and the minutes are longer than on idle cores.
+
+    >>> print("\\n".join(machine_lines(0.1, 2.1, cores=2, cpu="AMD EPYC")))
+      ran on 2 cores (AMD EPYC); load average 0.1 before the run, 2.1 at its end: the cores were free for it
+    >>> print("\\n".join(machine_lines(3.0, 5.2, cores=2, cpu="AMD EPYC")))
+      ran on 2 cores (AMD EPYC); load average 3.0 before the run, 5.2 at its end: other jobs shared the cores, so
+      the minutes above are longer than this CPU takes when idle (docs/results.md, "The demo")
+    """
+    import os
+
+    from mathloop.hardware import _cpu_model
+
+    if cores is None:
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    cpu = cpu or _cpu_model()
+    load_after = load_average() if load_after is None else load_after
+    if load_before is None or load_after is None:
+        return [f"  ran on {cores} cores ({cpu}); no load average on this system"]
+    head = (f"  ran on {cores} cores ({cpu}); load average {load_before:.1f} before the run, {load_after:.1f} at its "
+            f"end")
+    if load_before < 0.5 * cores and load_after < 1.5 * cores:
+        return [head + ": the cores were free for it"]
+    return [head + ": other jobs shared the cores, so",
+            "  the minutes above are longer than this CPU takes when idle (docs/results.md, \"The demo\")"]
 
 
 def paired_lines(first: dict | None) -> list[str]:

@@ -4,8 +4,10 @@ The run folder holds:
   run.json                 what produced the run: model, backend, sampling, seed, benchmarks (with each data
                            file's version and sha256), package versions
   samples/<bench>.jsonl    one `Sample` per response, appended chunk by chunk (a killed run keeps what it wrote)
-  metrics.json             acc (first sample), maj@k, rm@k (with --rm), pass@k per benchmark and averaged
-  results.md               the same as a Markdown table
+  metrics.json             acc (first sample), maj@k, rm@k (with --rm), pass@k per benchmark and averaged, each
+                           a fraction with its 95% interval and standard error (docs/metrics.md)
+  results.md               the same as a Markdown table, in percent
+  results.json             the same in lm-evaluation-harness's results layout, with the run's settings beside them
 Re-running with the same folder skips the problems that already have all their samples; a different model or
 different sampling parameters or different benchmark data (sha256) for the same folder is refused, so one folder
 never mixes two runs; paths, batch sizes and worker counts may change.
@@ -245,7 +247,57 @@ def write_metrics(out: Path, benchmarks: list[str], problems: dict[str, list[Pro
     header = f"# mathloop eval\n\nmodel: `{run.get('model_name', run.get('config', {}).get('model', '?'))}`; " \
              f"sampling: `{json.dumps(run.get('sampling', {}))}`\n\n"
     write_text_atomic(out / "results.md", header + format_markdown(summary) + "\n")
+    write_json(out / "results.json", lm_eval_results(summary, run))
     return summary
+
+
+def lm_eval_results(summary: dict, run: dict) -> dict:
+    """`summary` (metrics.json) in the layout of lm-evaluation-harness's results file, so its readers (and a person
+    used to it) find each task's metrics as `"<metric>,<filter>"` fractions with `"<metric>_stderr,<filter>"`
+    beside them, and the run's settings under `config` and `configs`. The filter is "none": the answer extraction is
+    mathloop's verifier. The 95% intervals, which the harness's layout has no key for, are under `mathloop_ci95`.
+
+    >>> summary = {"benchmarks": {"gsm8k": {"n_problems": 2, "acc": {"mean": 0.5, "ci95": [0.1, 0.9], "stderr": 0.5}}}}
+    >>> run = {"config": {"model": "m", "backend": "hf", "n": 1, "seed": 0, "split": "test"}, "sampling": {}}
+    >>> results = lm_eval_results(summary, run)
+    >>> results["results"]["gsm8k"], results["n-samples"]["gsm8k"]["effective"]
+    ({'alias': 'gsm8k', 'acc,none': 0.5, 'acc_stderr,none': 0.5}, 2)
+    """
+    from mathloop.metrics import METRICS_SCHEMA
+
+    config, sampling = run.get("config", {}), run.get("sampling", {})
+    results, intervals, configs, versions, shots, better, counts = {}, {}, {}, {}, {}, {}, {}
+    for name, entry in summary["benchmarks"].items():
+        metrics = {key: value for key, value in entry.items() if isinstance(value, dict) and "mean" in value}
+        results[name] = {"alias": name}
+        for key, value in metrics.items():
+            results[name][f"{key},none"] = value["mean"]
+            results[name][f"{key}_stderr,none"] = value.get("stderr") if value.get("stderr") is not None else "N/A"
+        intervals[name] = {f"{key},none": value.get("ci95") for key, value in metrics.items()}
+        data = run.get("data", {}).get(f"{name}:{config.get('split', 'test')}", {})
+        try:
+            official_shots = get_benchmark(name).shots
+        except ValueError:  # problems that are not a registered benchmark (the loop's procedural ones)
+            official_shots = 0
+        shots[name] = official_shots if config.get("shots") is None else config["shots"]
+        versions[name] = data.get("benchmark_version")
+        better[name] = dict.fromkeys(metrics, True)
+        counts[name] = {"original": data.get("rows", entry["n_problems"]), "effective": entry["n_problems"]}
+        configs[name] = {"task": name, "dataset_path": data.get("source"), "test_split": config.get("split"),
+                         "num_fewshot": shots[name], "output_type": "generate_until", "repeats": config.get("n"),
+                         "generation_kwargs": sampling, "metadata": {"version": versions[name],
+                                                                     "data_version": data.get("version"),
+                                                                     "sha256": data.get("sha256")},
+                         "metric_list": [{"metric": key, "aggregation": "mean", "higher_is_better": True}
+                                         for key in metrics]}
+    return {"results": results, "mathloop_ci95": intervals, "configs": configs, "versions": versions,
+            "n-shot": shots, "higher_is_better": better, "n-samples": counts,
+            "config": {"model": f"mathloop-{config.get('backend')}", "model_args": f"pretrained={config.get('model')}",
+                       "limit": config.get("limit"), "gen_kwargs": sampling, "random_seed": config.get("seed"),
+                       "mode": config.get("mode"), "backend_info": run.get("backend_info")},
+            "mathloop": {"schema": METRICS_SCHEMA, "metrics_file": "metrics.json",
+                         "version": run.get("versions", {}).get("mathloop"), "hardware": run.get("hardware")},
+            "date": time.time()}
 
 
 def problem_outcome(samples: list[Sample], benchmark: str) -> dict:

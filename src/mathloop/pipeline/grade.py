@@ -5,7 +5,9 @@ Two input shapes are read, one row per line:
 - the official Qwen2.5-Math harness's output rows: `question`, `gt` (gold), `code` (list of responses) and optionally
   `pred_score` (list of [score]) — one problem per row.
 Every input row is written back unchanged plus a field `mathloop` = {"preds": [...], "verdicts": [...]}; the
-metrics file gets `acc` (first response), `maj@k`, `rm@k` (when scores exist) and `pass@k` for every k it can.
+metrics file has the layout and scale of `mathloop eval`'s metrics.json (docs/metrics.md: per benchmark, fractions
+with 95% intervals and standard errors): `acc` (first response), `maj@k`, `rm@k` (when scores exist) and `pass@k`
+for every k it can. Harness rows name no benchmark and count under "all"; mathloop samples under their benchmark.
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from mathloop.metrics import format_metric, summarize
+from mathloop.metrics import format_markdown, summarize
 from mathloop.records import VERDICTS, JsonlAppender, RecordError, read_jsonl
 from mathloop.verify import Verifier, same_answer
 from mathloop.runs import refuse_overwriting_inputs, write_json
@@ -88,56 +90,39 @@ def grade_file(input_path: str | Path, output_path: str | Path, metrics_path: st
             cursor += len(responses)
             preds, verdicts = [p for p, _ in part], [v for _, v in part]
             out.write([{**row, "mathloop": {"preds": preds, "verdicts": verdicts}}])
-            group = groups.setdefault(key, {"preds": [], "verdicts": [], "scores": []})
+            benchmark = row.get("benchmark") or "all"
+            group = groups.setdefault((benchmark, key), {"benchmark": benchmark, "preds": [], "verdicts": [],
+                                                         "scores": []})
             group["preds"] += preds
             group["verdicts"] += verdicts
             group["scores"] += scores if scores is not None else [None] * len(responses)
     tmp.replace(output_path)
-    metrics = harness_metrics(list(groups.values()))
+    metrics = graded_metrics(list(groups.values()))
     if metrics_path:
         Path(metrics_path).parent.mkdir(parents=True, exist_ok=True)
         write_json(Path(metrics_path), metrics)
     return metrics
 
 
-def harness_metrics(groups: list[dict[str, list]]) -> dict[str, Any]:
-    """acc, maj@k, rm@k, pass@k in percent (as the official harness reports them) over problems with n responses.
+def graded_metrics(groups: list[dict[str, Any]]) -> dict[str, Any]:
+    """The metrics of graded problems (each a dict of `benchmark`, `preds`, `verdicts`, `scores`) in the layout of
+    `mathloop eval`'s metrics.json (`metrics.summarize`): k runs over powers of two up to the smallest response count
+    among the problems, and that count; rm@k only when every response has a score.
 
-    k runs over powers of two up to the smallest n among the problems, and n itself.
+    >>> groups = [{"benchmark": "all", "preds": ["1", "2"], "verdicts": ["correct", "incorrect"], "scores": [None] * 2}]
+    >>> metrics = graded_metrics(groups)
+    >>> metrics["scale"], metrics["benchmarks"]["all"]["acc"]["mean"], metrics["benchmarks"]["all"]["pass@2"]["mean"]
+    ('fraction', 1.0, 1.0)
     """
-    if not groups:
-        return {"num_problems": 0}
     n = min(len(g["verdicts"]) for g in groups)
     ks = sorted({k for k in (1, 2, 4, 8, 16, 32, 64, 128, 256) if k <= n} | {n})
     have_scores = all(s is not None for g in groups for s in g["scores"])
-    rows = [{"verdicts": g["verdicts"], "preds": g["preds"], **({"scores": g["scores"]} if have_scores else {})}
-            for g in groups]
-    entry = summarize(rows, ks, same=same_answer)["benchmarks"]["all"]
-    metrics: dict[str, Any] = {"num_problems": entry["n_problems"], "num_samples": entry["n_samples"],
-                               **{v: entry[v] for v in VERDICTS}}
-    intervals = {}
-    for key, value in entry.items():
-        if isinstance(value, dict) and "mean" in value:
-            metrics[key] = round(100 * value["mean"], 2)
-            if value.get("ci95"):
-                intervals[key] = [round(100 * bound, 2) for bound in value["ci95"]]
-    metrics["ci95"] = intervals  # 95% intervals of the metrics, in percent like them
-    return metrics
+    rows = [{"benchmark": g["benchmark"], "verdicts": g["verdicts"], "preds": g["preds"],
+             **({"scores": g["scores"]} if have_scores else {})} for g in groups]
+    return summarize(rows, ks, same=same_answer)
 
 
 def format_metrics(metrics: dict[str, Any]) -> str:
-    """`grade_file`'s metrics as a Markdown table in the units and form of `mathloop eval`'s results.md: percent
-    with the 95% interval.
-
-    >>> print(format_metrics({"num_problems": 2, "acc": 50.0, "pass@1": 50.0, "ci95": {"acc": [9.45, 90.55]}}))
-    | problems | acc | pass@1 |
-    |---|---|---|
-    | 2 | 50.0 [9.4, 90.5] | 50.0 |
-    """
-    names = [key for key, value in metrics.items() if "@" in key or key == "acc"]
-    intervals = metrics.get("ci95", {})
-    cells = [format_metric({"mean": metrics[key] / 100,
-                            "ci95": [b / 100 for b in intervals[key]] if key in intervals else None})
-             for key in names]
-    return "\n".join(["| problems | " + " | ".join(names) + " |", "|---" * (len(names) + 1) + "|",
-                      f"| {metrics.get('num_problems', 0)} | " + " | ".join(cells) + " |"])
+    """`grade_file`'s metrics as the Markdown table of `mathloop eval`'s results.md: percent with the 95% interval
+    (the file holds fractions)."""
+    return format_markdown(metrics)

@@ -48,7 +48,7 @@ round's data (the paper rebuilds the data each round); `previous` continues from
 cheaper on a CPU. `problems_per_round: N` gives each round the next N training problems (in problems.jsonl's order,
 wrapping around) instead of all of them: rounds that sample the same problems again train each model on answers to
 the problems its predecessor was trained on, which sharpens it on those problems more than on new ones (measured:
-README, "The loop").
+docs/loop.md).
 
 Against the narrowing that SFT on the model's own right answers causes (docs/results.md): `coverage` (EvalConfig
 fields; `n` samples per problem on the first `limit` held-out problems, default 8 x 400 at temperature 0.7, top-p
@@ -191,7 +191,7 @@ class LoopConfig:
 
     def synthesis_config(self):
         """The `SynthesizeConfig` of the synthesize section."""
-        from mathloop.data.evolve import SynthesizeConfig
+        from mathloop.pipeline.evolve import SynthesizeConfig
 
         config = self._stage(SynthesizeConfig, "synthesize", {"model": self.model, **self.synthesize},
                              {"out": str(Path(self.output_dir) / "synthesized.jsonl"),
@@ -307,8 +307,18 @@ def run_loop(config: LoopConfig, progress: bool = True, backend=None) -> dict:
     heldout = load_problem_source(config.heldout, config.data_dir, config.heldout_limit)
     data = {**problem_source_data(config.problems, config.data_dir),
             **problem_source_data(config.heldout, config.data_dir)}
-    with lock_run_dir(config.output_dir):
+    with lock_run_dir(config.output_dir), _quiet_decontamination(config):
         return _run_loop(config, progress, backend, heldout, data)
+
+
+def _quiet_decontamination(config: LoopConfig):
+    """For training problems from the procedural generator (the demo's), the benchmarks decontamination cannot check
+    are not worth a warning: none of them can contain such a problem (`procedural_problems`)."""
+    if not config.decontaminate or not config.problems.startswith("synthetic:") or config.synthesis_enabled:
+        return contextlib.nullcontext()
+    from mathloop.data.decontaminate import procedural_problems
+
+    return procedural_problems()
 
 
 def _run_loop(config: LoopConfig, progress: bool, backend, heldout: list[Problem], data: dict[str, dict]) -> dict:
@@ -487,7 +497,7 @@ def _synthesize(config: LoopConfig, out: Path, problems: list[Problem], index, b
     """New problems evolved from the first `seeds` training problems and answered by majority vote
     (`mathloop synthesize`), checked against the benchmarks when the run decontaminates; resumable, with the
     rejected candidates in synthesized.rejected.jsonl and the counts in synthesis.json."""
-    from mathloop.data.evolve import synthesize_file
+    from mathloop.pipeline.evolve import synthesize_file
 
     settings = config.synthesis_config()
     seeds = problems[:settings.seeds or len(problems)]
@@ -495,7 +505,7 @@ def _synthesize(config: LoopConfig, out: Path, problems: list[Problem], index, b
         from mathloop.backends import load_backend
 
         backend = load_backend(settings.backend, settings.model, **settings.backend_args)
-    result = synthesize_file(backend, seeds, out / "synthesized.jsonl", settings.synthesis(), index,
+    result = synthesize_file(backend, seeds, out / "synthesized.jsonl", settings.evolution(), index,
                              settings.chunk_size)
     write_json(out / "synthesis.json", result)
     log.info("synthesis: %d new problems from %d seeds", result["kept"], len(seeds))
@@ -778,31 +788,11 @@ def _write_report(out: Path) -> None:
                     out / "report.html", type(e).__name__, e, out)
 
 
-def accuracy_svg(rows: list[dict], width: int = 480, height: int = 300) -> str:
-    """A dependency-free SVG plot of held-out accuracy per round with 95% interval bars."""
-    left, right, top, bottom = 50, 20, 20, 40
-    plot_w, plot_h = width - left - right, height - top - bottom
-    n = max(len(rows), 1)
+def accuracy_svg(rows: list[dict]) -> str:
+    """Held-out accuracy per round with 95% interval bars, as an SVG file of its own (the report's `line_chart`)."""
+    from mathloop.report.plots import Series, line_chart
 
-    def x(i: int) -> float:
-        return left + (plot_w * (i + 0.5) / n)
-
-    def y(value: float) -> float:
-        return top + plot_h * (1 - value)
-
-    parts = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" font-family="sans-serif" '
-             f'font-size="11">',
-             f'<rect x="{left}" y="{top}" width="{plot_w}" height="{plot_h}" fill="none" stroke="#999"/>']
-    for tick in (0.0, 0.25, 0.5, 0.75, 1.0):
-        parts.append(f'<text x="{left - 6}" y="{y(tick) + 4:.1f}" text-anchor="end">{100 * tick:.0f}%</text>')
-    points = []
-    for i, row in enumerate(rows):
-        low, high = row["ci95"]
-        parts.append(f'<line x1="{x(i):.1f}" y1="{y(low):.1f}" x2="{x(i):.1f}" y2="{y(high):.1f}" stroke="#4a7"/>')
-        parts.append(f'<text x="{x(i):.1f}" y="{height - bottom + 16}" text-anchor="middle">{row["round"]}</text>')
-        points.append(f"{x(i):.1f},{y(row['acc']):.1f}")
-    parts.append(f'<polyline points="{" ".join(points)}" fill="none" stroke="#237" stroke-width="2"/>')
-    parts += [f'<circle cx="{p.split(",")[0]}" cy="{p.split(",")[1]}" r="3" fill="#237"/>' for p in points]
-    parts.append(f'<text x="{left + plot_w / 2}" y="{height - 6}" text-anchor="middle">round (held-out accuracy, '
-                 f'95% CI)</text></svg>')
-    return "\n".join(parts) + "\n"
+    accuracy = Series("", list(range(len(rows))), [row["acc"] for row in rows], [row["ci95"][0] for row in rows],
+                      [row["ci95"][1] for row in rows])
+    return line_chart("held-out accuracy per round (95% CI)", [accuracy], x_label="round", percent=True,
+                      x_names=[str(row["round"]) for row in rows], width=480, height=300, standalone=True) + "\n"

@@ -11,6 +11,9 @@ import math
 from dataclasses import dataclass, field
 
 PALETTE = ("#1f5fa8", "#d9622b", "#2a9d5c", "#9b3fb5", "#b8860b", "#c0392b", "#17a2b8", "#555555")
+# The chart's look where no report.css is around (an SVG file on its own, e.g. a loop folder's accuracy.svg).
+STANDALONE_CSS = ("svg.chart{background:#fff;font:11px system-ui,sans-serif}.frame{fill:none;stroke:#aab}"
+                  ".grid{stroke:#eef0f3}.chart-title{font-weight:600;font-size:12px}")
 
 
 @dataclass
@@ -51,8 +54,9 @@ def _format_tick(value: float, percent: bool) -> str:
 
 
 def line_chart(title: str, series: list[Series], x_label: str = "step", percent: bool = False,
-               x_names: list[str] | None = None, width: int = 420, height: int = 240) -> str:
-    """An SVG line chart; `x_names` labels integer x positions (rounds, runs) instead of numeric ticks."""
+               x_names: list[str] | None = None, width: int = 420, height: int = 240, standalone: bool = False) -> str:
+    """An SVG line chart; `x_names` labels integer x positions (rounds, runs) instead of numeric ticks.
+    `standalone` carries its own style, for an .svg file shown outside the report."""
     left, right, top, bottom = 52, 12, 26, 38
     plot_w, plot_h = width - left - right, height - top - bottom
     points = [(x, y) for s in series for x, y in zip(s.x, s.y) if y is not None and math.isfinite(y)]
@@ -62,6 +66,8 @@ def line_chart(title: str, series: list[Series], x_label: str = "step", percent:
     parts = [f'<svg class="chart" xmlns="http://www.w3.org/2000/svg" viewBox="0 0 {width} {height}" width="{width}" '
              f'height="{height}" role="img" aria-label="{esc(title)}">',
              f'<text x="{left}" y="16" class="chart-title">{esc(title)}</text>']
+    if standalone:
+        parts.insert(1, f"<style>{STANDALONE_CSS}</style>")
     if not points:
         parts.append(f'<text x="{width / 2}" y="{height / 2}" text-anchor="middle">no data</text></svg>')
         return "".join(parts)

@@ -342,8 +342,10 @@ def train_sft(config: SFTRunConfig, stop_after: int | None = None) -> dict[str, 
     saved); calling `train_sft` again with the same config resumes it. The output folder is owned by this run
     (rank 0 of a distributed launch) while it works (`lock_run_dir`).
     """
+    from mathloop.models import quiet_checkpointing_alias
+
     config.validate()
-    with lock_run_dir(config.output_dir):
+    with lock_run_dir(config.output_dir), quiet_checkpointing_alias():
         return _train_sft(config, stop_after)
 
 

@@ -1,4 +1,8 @@
-"""Problem synthesis by the model: query evolution in the manner of MuggleMath (Li et al. 2023, "Query and Response
+"""`mathloop synthesize`: new problems written by the model from seed problems (query evolution in the manner of
+MuggleMath), a generating stage; `mathloop.data.synthetic` is the other source of new problems, a procedural
+generator with exact answers and no model.
+
+Problem synthesis by the model: query evolution in the manner of MuggleMath (Li et al. 2023, "Query and Response
 Augmentation"), with answers agreed by majority vote (the method page's stand-in for the paper's synthesized QA data).
 
 1. Evolve (`evolve_problems`): for each seed problem, `variants_per_seed` operations, chosen per seed reproducibly,
@@ -125,7 +129,7 @@ class SynthesisReport:
 
 
 @dataclass(frozen=True)
-class SynthesisConfig:
+class EvolutionSettings:
     """What decides the synthesized problems (recorded next to the output; a resumed file must keep it)."""
 
     variants_per_seed: int = 2  # new problems asked for per seed, each by a different operation
@@ -155,21 +159,21 @@ class SynthesisConfig:
 @dataclass
 class SynthesizeConfig:
     """Every setting of `mathloop synthesize` (and of the loop's synthesize section, where `seeds` is how many of the
-    training problems seed it and the loop sets `out`, `decontaminate` and `data_dir`); `synthesis()` is the
-    `SynthesisConfig` that decides the problems."""
+    training problems seed it and the loop sets `out`, `decontaminate` and `data_dir`); `evolution()` is the
+    `EvolutionSettings` that decides the problems."""
 
     seeds: str | int | None = None  # '<benchmark>:<split>:<count>' or a Problem JSONL file (loop: a count)
     out: str | None = None  # JSONL file of the kept problems (appended; resumed when it exists)
     model: str = "default"  # writes and answers the new problems: embedded name, folder or Hub id
     backend: str = "auto"  # a registered backend, or auto: openvino where installed and no GPU, else hf
     backend_args: dict[str, Any] = field(default_factory=dict)
-    variants_per_seed: int = SynthesisConfig.variants_per_seed  # new problems per seed, one operation each
-    n_answers: int = SynthesisConfig.n_answers  # sampled solutions per new problem
-    min_agreement: float = SynthesisConfig.min_agreement  # share of the solutions the majority answer needs
+    variants_per_seed: int = EvolutionSettings.variants_per_seed  # new problems per seed, one operation each
+    n_answers: int = EvolutionSettings.n_answers  # sampled solutions per new problem
+    min_agreement: float = EvolutionSettings.min_agreement  # share of the solutions the majority answer needs
     operations: list[str] | None = None  # a subset of OPERATIONS (None: all)
     max_new_tokens: int = ANSWER_SAMPLING.max_new_tokens  # per answer
     evolve_max_new_tokens: int = EVOLVE_SAMPLING.max_new_tokens  # per rewrite
-    seed: int = SynthesisConfig.seed  # operation choice and sampling
+    seed: int = EvolutionSettings.seed  # operation choice and sampling
     chunk_size: int = 32  # seeds per written chunk
     decontaminate: bool = False  # reject new problems that match a test item of a benchmark in the data folder
     data_dir: str | None = None  # benchmark folder (default: $MATHLOOP_DATA_DIR)
@@ -180,11 +184,11 @@ class SynthesizeConfig:
         if isinstance(self.seeds, int) and self.seeds < 1:
             raise ValueError(f"synthesize: seeds must be a count >= 1 (the first N training problems), got "
                              f"{self.seeds}")
-        self.synthesis()
+        self.evolution()
 
-    def synthesis(self) -> SynthesisConfig:
-        """The validated `SynthesisConfig` of these settings."""
-        config = SynthesisConfig(
+    def evolution(self) -> EvolutionSettings:
+        """The validated `EvolutionSettings` of these settings."""
+        config = EvolutionSettings(
             variants_per_seed=self.variants_per_seed, n_answers=self.n_answers, min_agreement=self.min_agreement,
             seed=self.seed, operations=tuple(self.operations or OPERATIONS),
             evolve_sampling=dataclasses.replace(EVOLVE_SAMPLING, max_new_tokens=self.evolve_max_new_tokens),
@@ -342,7 +346,7 @@ def answer_by_majority(backend: Backend, problems: list[Problem], n_answers: int
 
 # ---- both, in memory and into a resumable file -------------------------------------------------------------------
 
-def synthesize(backend: Backend, seeds: list[Problem], config: SynthesisConfig = SynthesisConfig(),
+def synthesize(backend: Backend, seeds: list[Problem], config: EvolutionSettings = EvolutionSettings(),
                verifier: Callable[[str, str], bool] = same_answer, index: ContaminationIndex | None = None,
                known_questions: Iterable[str] = ()) -> tuple[list[Problem], SynthesisReport]:
     """Evolve `seeds` into new problems and answer them by majority vote; returns the kept problems and a report
@@ -363,7 +367,7 @@ def rejected_path(out: str | Path) -> Path:
 
 
 def synthesize_file(backend: Backend, seeds: list[Problem], out: str | Path,
-                    config: SynthesisConfig = SynthesisConfig(), index: ContaminationIndex | None = None,
+                    config: EvolutionSettings = EvolutionSettings(), index: ContaminationIndex | None = None,
                     chunk_size: int = 32) -> dict[str, Any]:
     """`synthesize` into `out` (kept problems) and its `.rejected.jsonl` companion, `chunk_size` seeds at a time.
 
@@ -382,7 +386,7 @@ def synthesize_file(backend: Backend, seeds: list[Problem], out: str | Path,
         return _synthesize_file(backend, seeds, out, config, index, chunk_size)
 
 
-def _synthesize_file(backend: Backend, seeds: list[Problem], out: Path, config: SynthesisConfig,
+def _synthesize_file(backend: Backend, seeds: list[Problem], out: Path, config: EvolutionSettings,
                      index: ContaminationIndex | None, chunk_size: int) -> dict[str, Any]:
     rejected_file = rejected_path(out)
     _check_run_record(out, backend, config)
@@ -407,12 +411,12 @@ def _synthesize_file(backend: Backend, seeds: list[Problem], out: Path, config: 
             "rejected": dict(reasons.most_common()), "out": str(out), "rejected_file": str(rejected_file)}
 
 
-def _candidate_ids(seed_problem: Problem, config: SynthesisConfig) -> set[str]:
+def _candidate_ids(seed_problem: Problem, config: EvolutionSettings) -> set[str]:
     operations = choose_operations(seed_problem.id, config.variants_per_seed, config.seed, config.operations)
     return {f"{seed_problem.id}/evolved/{op}" for op in operations}
 
 
-def _drop_half_done_seeds(paths: list[Path], seeds: list[Problem], config: SynthesisConfig) -> set[str]:
+def _drop_half_done_seeds(paths: list[Path], seeds: list[Problem], config: EvolutionSettings) -> set[str]:
     """The candidate ids already written; rows of seeds with only some of their candidates written are removed
     from the files (those seeds run again whole)."""
     rows = {}
@@ -442,7 +446,7 @@ _RESUME_KEYS = ("model", "variants_per_seed", "n_answers", "min_agreement", "see
                 "evolve_sampling", "answer_sampling")
 
 
-def _check_run_record(out: Path, backend: Backend, config: SynthesisConfig) -> None:
+def _check_run_record(out: Path, backend: Backend, config: EvolutionSettings) -> None:
     settings = {"model": backend.model_id, **dataclasses.asdict(config)}
     start_run_record(out.with_name(out.name.removesuffix(".jsonl") + ".run.json"), settings, _RESUME_KEYS,
                      what=f"{out} holds problems synthesized", fix="use another output")
@@ -455,7 +459,7 @@ def _as_stored(current: Any, old: Any) -> Any:
     return current
 
 
-def run_synthesis(model: str, seeds: str, out: str | Path, config: SynthesisConfig, *, backend: str = "auto",
+def run_synthesis(model: str, seeds: str, out: str | Path, config: EvolutionSettings, *, backend: str = "auto",
                   backend_args: dict[str, Any] | None = None, decontaminate: bool = False,
                   data_dir: str | None = None, chunk_size: int = 32) -> dict[str, Any]:
     """`mathloop synthesize`: seeds from a problem source (`load_problem_source`), optionally checked against the
