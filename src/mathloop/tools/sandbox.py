@@ -84,6 +84,7 @@ from __future__ import annotations
 import json
 import os
 import random
+import re
 import select
 import signal
 import socket
@@ -103,6 +104,35 @@ OUTPUT_LIMIT = 400
 _KEEP_CHARS = 4096
 _WORKER_SCRIPT = Path(__file__).with_name("sandbox_worker.py")
 _MAX_REPLY = 1 << 20
+
+
+class SandboxUnavailable(RuntimeError):
+    """This host offers no way to confine a cell's file access, and the caller did not opt in to running without."""
+
+
+MODES = _wire.MODES
+UNSAFE_OPT_IN = "--unsafe-sandbox-file-access (YAML: unsafe_sandbox_file_access: true)"
+_WITHOUT_ENV = "MATHLOOP_SANDBOX_WITHOUT"
+_SURROGATES = re.compile("[\ud800-\udfff]")
+
+
+def valid_text(text: str) -> str:
+    """`text` as valid Unicode: each lone surrogate (which no UTF-8 writer accepts) becomes U+FFFD.
+
+    >>> valid_text("a\udcffb")
+    'a\ufffdb'
+    """
+    return _SURROGATES.sub("\ufffd", text)
+
+
+def disabled_layers() -> list[str]:
+    """The layers MATHLOOP_SANDBOX_WITHOUT turns off (comma-separated: namespaces, landlock), to force a weaker mode;
+    a ValueError naming the variable for anything else."""
+    names = [part.strip() for part in os.environ.get(_WITHOUT_ENV, "").split(",") if part.strip()]
+    unknown = sorted(set(names) - {"namespaces", "landlock"})
+    if unknown:
+        raise ValueError(f"{_WITHOUT_ENV}: unknown layer(s) {', '.join(unknown)}; use namespaces and/or landlock")
+    return names
 
 
 @dataclass
@@ -200,8 +230,8 @@ class _Process:
             self.kill()
             return ExecResult("killed", error="Killed: the program's process died (memory limit, CPU budget, "
                                               "crash or exit) or closed its channel", seconds=seconds)
-        return ExecResult(reply["status"], stdout=truncate(reply["stdout"].strip()),
-                          error=truncate(reply["error"].strip()), seconds=seconds)
+        return ExecResult(reply["status"], stdout=valid_text(truncate(reply["stdout"].strip())),
+                          error=valid_text(truncate(reply["error"].strip())), seconds=seconds)
 
     def _pending(self) -> bool:
         """Whether bytes wait on the channel (an end of file is not a protocol error: send or recv report it)."""
@@ -309,20 +339,33 @@ class Sandbox:
     workers: calls executing at once. timeout: wall-clock seconds per cell. memory_mb: address space a cell may add
     to the preloaded interpreter. cpu_budget_s: CPU seconds a session process may use over its life. disk_mb: size
     of each session's private tmpfs and the largest file. max_sessions: live session processes kept (older ones are
-    evicted and replayed on their next call). seccomp: install the seccomp filter (x86_64).
+    evicted and replayed on their next call). seccomp: install the seccomp filter (x86_64). unsafe_file_access:
+    where the host can confine files neither with namespaces nor with Landlock, run anyway (mode "unsafe": a cell
+    can read and write what the caller can) instead of raising `SandboxUnavailable`.
     """
 
     def __init__(self, workers: int = 2, timeout: float = 5.0, memory_mb: int = 1024, cpu_budget_s: int = 120,
                  disk_mb: int = 64, max_sessions: int = 64, preload: Sequence[str] = ("math", "numpy", "sympy"),
-                 seccomp: bool = True) -> None:
+                 seccomp: bool = True, unsafe_file_access: bool = False) -> None:
         if workers < 1 or timeout <= 0 or memory_mb < 16:
             raise ValueError("Sandbox needs workers >= 1, timeout > 0 and memory_mb >= 16")
         self.workers, self.timeout, self.max_sessions = workers, timeout, max_sessions
         config = {"memory_mb": memory_mb, "cpu_budget_s": int(cpu_budget_s), "disk_mb": disk_mb,
                   "keep_chars": _KEEP_CHARS, "preload": list(preload), "seccomp": seccomp,
                   "uid_base": random.randrange(1 << 20, 1 << 30, 1 << 16), "uid_span": 1 << 16,
-                  "scratch": os.environ.get("TMPDIR", "/tmp")}
+                  "scratch": os.path.realpath(os.environ.get("TMPDIR", "/tmp")), "home": os.path.expanduser("~"),
+                  "without": disabled_layers(), "unsafe": bool(unsafe_file_access)}
         self._zygote = _Zygote(config)
+        self.mode: str = self._zygote.info.get("mode", "refused")
+        if self.mode == "refused":
+            layers = self._zygote.info.get("layers", {})
+            self._zygote.stop()
+            self._closed = True
+            raise SandboxUnavailable(
+                "the TIR sandbox cannot confine file access on this host (" + "; ".join(
+                    f"{k}: {layers.get(k)}" for k in ("namespaces", "landlock") if layers.get(k) not in (None, True))
+                + "), so model-written code could read and write your files; to run it anyway, accepting that risk, "
+                f"pass {UNSAFE_OPT_IN}")
         self._slots = threading.BoundedSemaphore(workers)
         self._sessions: OrderedDict[str, _Session] = OrderedDict()
         self._lock = threading.Lock()
@@ -331,8 +374,9 @@ class Sandbox:
 
     @property
     def isolation(self) -> dict:
-        """{layer: True, or the reason it is missing}: netns, pidns, mountns, hidden_home, readonly_fs (the zygote),
-        then after the first call ipcns, private_tmpfs, private_proc, rlimits, uid, no_new_privs, seccomp."""
+        """{layer: True, or the reason it is missing}: userns, landlock, netns, pidns, mountns, hidden_home,
+        readonly_fs (the zygote), then after the first call ipcns, private_tmpfs, private_proc, rlimits, uid,
+        no_new_privs, seccomp (and landlock, in that mode). `mode` says which confines the files."""
         return dict(self._isolation)
 
     # ------------------------------------------------------------------------------------------------ processes
