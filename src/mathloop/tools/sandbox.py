@@ -98,16 +98,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
+from mathloop.tools import SandboxUnavailable
 from mathloop.tools import sandbox_worker as _wire
 
 OUTPUT_LIMIT = 400
 _KEEP_CHARS = 4096
 _WORKER_SCRIPT = Path(__file__).with_name("sandbox_worker.py")
 _MAX_REPLY = 1 << 20
-
-
-class SandboxUnavailable(RuntimeError):
-    """This host offers no way to confine a cell's file access, and the caller did not opt in to running without."""
 
 
 MODES = _wire.MODES
