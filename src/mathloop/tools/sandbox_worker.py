@@ -277,6 +277,10 @@ def setup_namespaces(cfg: dict) -> dict:
         layers["hidden_home"] = True
     except OSError as e:
         layers["hidden_home"] = str(e)
+    try:
+        layers["python_outside_tmp"] = relocate_python(cfg)
+    except OSError as e:
+        layers["python_outside_tmp"] = f"the Python installation under /tmp keeps its folder names there ({e})"
     failed = []
     for path, opts in sorted(_mountpoints(), key=lambda m: m[0].count("/")):
         flags = MS_REMOUNT | MS_BIND | MS_RDONLY
@@ -290,6 +294,52 @@ def setup_namespaces(cfg: dict) -> dict:
                 failed.append(f"{path} ({e.strerror})")
     layers["readonly_fs"] = True if not failed else "could not remount read-only: " + ", ".join(failed)
     return layers
+
+
+def relocate_python(cfg: dict) -> bool:
+    """Move the parts of the Python installation that live under /tmp out of it, so that a session's private /tmp
+    shows only the session's own files (not the host folders above a venv or checkout under /tmp): bind them
+    read-only onto a tmpfs covering /mnt (or /media, /srv, /opt), then point this interpreter there (sys.path, the
+    prefixes, every loaded package's __path__ and module's __file__) before anything is preloaded. True when done
+    or not needed."""
+    import importlib
+
+    under = [p for p in cfg["python_paths"] if p.startswith("/tmp/")]
+    under = [p for p in under if not any(p.startswith(q + "/") for q in under if q != p)]  # outermost only
+    if not under:
+        return True
+    base = next((d for d in ("/mnt", "/media", "/srv", "/opt") if os.path.isdir(d) and not os.path.islink(d)), None)
+    if base is None:
+        raise OSError(2, "no /mnt, /media, /srv or /opt to move it to")
+    cover(base, cfg["python_paths"], "size=1m,mode=0755")
+    moves = {}
+    for i, old in enumerate(under):
+        new = f"{base}/mathloop-python-{i}"
+        os.mkdir(new)
+        _mount(old, new, None, MS_BIND | MS_REC)
+        _mount(None, new, None, MS_REMOUNT | MS_BIND | MS_RDONLY)
+        moves[old] = new
+
+    def moved(path: str) -> str:
+        real = os.path.realpath(path)
+        for old, new in moves.items():
+            if real == old or real.startswith(old + "/"):
+                return new + real[len(old):]
+        return path
+
+    sys.path[:] = [moved(p) if p else p for p in sys.path]
+    for attr in ("prefix", "exec_prefix", "base_prefix", "base_exec_prefix", "executable"):
+        setattr(sys, attr, moved(getattr(sys, attr)))
+    for module in list(sys.modules.values()):
+        search = getattr(module, "__path__", None)
+        if isinstance(search, list):
+            search[:] = [moved(p) for p in search]
+        if isinstance(getattr(module, "__file__", None), str):
+            module.__file__ = moved(module.__file__)
+    sys.path_importer_cache.clear()
+    importlib.invalidate_caches()
+    cfg["python_paths"] = sorted({moved(p) for p in cfg["python_paths"]})
+    return True
 
 
 def home_folders(cfg: dict) -> list[str]:
