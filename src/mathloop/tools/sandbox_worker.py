@@ -1,13 +1,15 @@
 """The process side of `mathloop.tools.sandbox`: a zygote that forks one confined process per session.
 
 Run as a script (``python -I -B sandbox_worker.py CONFIG_JSON``) by `Sandbox`; it imports nothing from mathloop so
-it starts with a clean interpreter. The zygote runs no model code: it sets up the shared isolation (network and
-mount namespaces, read-only file systems), preloads math/numpy/sympy, then forks on request. Each forked child is
-the init (pid 1) of a new PID namespace: it gives the session its own mount and IPC namespaces (a private tmpfs as
-/tmp, re-exposing the Python installation if it lives under /tmp; a /proc of the new PID namespace), forks the
-session process (pid 2) and waits for it; killing the init kills the session. The session process confines itself
-(its own unprivileged uid, rlimits, no_new_privs, seccomp) before it reads the first cell, and then executes cells
-in one namespace until its socket closes.
+it starts with a clean interpreter. The zygote runs no model code: it picks its mode (`choose_mode`: root, userns,
+landlock, refused), sets up the shared isolation (in the namespace modes: network and mount namespaces, read-only
+file systems, hidden home folders; in userns mode inside a user namespace of its own), preloads math/numpy/sympy,
+then forks on request. In the namespace modes each forked child is the init (pid 1) of a new PID namespace (a raw
+clone(), see `fork_into_new_pidns`): it gives the session its own mount and IPC namespaces (a private tmpfs as /tmp,
+a /proc of the new PID namespace), forks the session process (pid 2) and waits for it; killing the init kills the
+session. The session process confines itself (its own unprivileged uid as root, else no capabilities; rlimits,
+no_new_privs, Landlock rules in landlock mode, seccomp) before it reads the first cell, and then executes cells in
+one namespace until its socket closes.
 
 Wire format on every socket: 4-byte big-endian length, then UTF-8 JSON. A request is {"id", "code"}; its reply
 echoes the id, so a reply the code forged or one left over from an earlier cell is a protocol error.
