@@ -119,7 +119,7 @@ _SURROGATES = re.compile("[\ud800-\udfff]")
 def valid_text(text: str) -> str:
     """`text` as valid Unicode: each lone surrogate (which no UTF-8 writer accepts) becomes U+FFFD.
 
-    >>> valid_text("a\udcffb")
+    >>> valid_text("a\\udcffb")
     'a\ufffdb'
     """
     return _SURROGATES.sub("\ufffd", text)
