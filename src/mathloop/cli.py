@@ -30,7 +30,7 @@ from mathloop.config import add_setting_flag as setting
 from mathloop.progress import configure_output
 from mathloop.records import RecordError
 from mathloop.runs import RunLockedError
-from mathloop.tools import SandboxUnavailable
+from mathloop.tools.errors import SandboxUnavailable
 
 # Errors a user can cause (a bad file, flag, setting or path, a folder in use, a host the sandbox cannot confine
 # without the opt-in): one line and exit code 2.

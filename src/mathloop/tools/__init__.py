@@ -2,12 +2,9 @@
 
 The sandbox is imported on first use, so that naming `SandboxUnavailable` (as the command does) costs nothing."""
 
+from mathloop.tools.errors import SandboxUnavailable
+
 __all__ = ["ExecResult", "Sandbox", "SandboxUnavailable", "format_output", "truncate"]
-
-
-class SandboxUnavailable(RuntimeError):
-    """This host offers no way to confine a TIR cell's file access (neither namespaces nor Landlock), and the caller
-    did not opt in to running without (`Sandbox(unsafe_file_access=True)`, --unsafe-sandbox-file-access)."""
 
 
 def __getattr__(name: str):

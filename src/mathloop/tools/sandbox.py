@@ -101,7 +101,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
-from mathloop.tools import SandboxUnavailable
+from mathloop.tools.errors import SandboxUnavailable
 from mathloop.tools import sandbox_worker as _wire
 
 OUTPUT_LIMIT = 400
