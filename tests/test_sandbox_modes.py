@@ -6,6 +6,7 @@ next cell must still compute. Run as root and, in CI (and `test_attacks_as_a_nor
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import socket
@@ -176,3 +177,33 @@ def test_attacks_as_a_normal_user():
                            str(REPO / "tests" / "test_sandbox.py")],
                           capture_output=True, text=True, env=env, cwd=str(REPO), timeout=600)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-2000:]
+
+
+_HALF_SET_UP = """
+import json, sys
+from mathloop.tools import sandbox_worker as w
+
+def failing_setup(cfg):  # a mount namespace entered, then a mount that cannot be made read-only
+    w._check(w._libc.unshare(w.CLONE_NEWNS), "unshare")
+    return {"mountns": True, "readonly_fs": "could not remount read-only: /x (mocked)", "hidden_home": True}
+
+w.setup_namespaces = failing_setup
+cfg = {"python_paths": w.python_paths(), "scratch": "/tmp", "home": "", "without": [], **json.loads(sys.argv[1])}
+print(json.dumps(w.choose_mode(cfg)))
+"""
+
+
+def test_namespaces_failing_half_way_restart_the_zygote_without_them():
+    """A zygote left in a half-made mount namespace must not go on in it: it asks for a fresh one ("retry"), which
+    then confines with Landlock and reports why the namespaces were not used."""
+    run = lambda cfg: subprocess.run([sys.executable, "-c", _HALF_SET_UP, json.dumps(cfg)], capture_output=True,  # noqa: E731
+                                     text=True, timeout=60, env=dict(os.environ, PYTHONPATH=str(REPO / "src")))
+    first = run({})
+    assert first.returncode == 0, first.stderr[-2000:]
+    mode, layers = json.loads(first.stdout)
+    if expected_mode("") not in ("root", "userns"):
+        pytest.skip("no namespaces on this machine")
+    assert mode == "retry" and "/x (mocked)" in layers["namespaces"]
+    second = run({"namespaces_failed": layers["namespaces"]})
+    mode, layers = json.loads(second.stdout)
+    assert mode == ("landlock" if landlock_abi() >= 1 else "refused") and "/x (mocked)" in layers["namespaces"]

@@ -356,6 +356,10 @@ class Sandbox:
                   "scratch": os.path.realpath(os.environ.get("TMPDIR", "/tmp")), "home": os.path.expanduser("~"),
                   "without": disabled_layers(), "unsafe": bool(unsafe_file_access)}
         self._zygote = _Zygote(config)
+        if self._zygote.info.get("mode") == "retry":  # namespaces failed half-way: a fresh zygote without them
+            self._zygote.stop()
+            config["namespaces_failed"] = str(self._zygote.info["layers"].get("namespaces"))
+            self._zygote = _Zygote(config)
         self.mode: str = self._zygote.info.get("mode", "refused")
         if self.mode == "refused":
             layers = self._zygote.info.get("layers", {})

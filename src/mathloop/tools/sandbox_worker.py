@@ -206,10 +206,13 @@ def choose_mode(cfg: dict) -> tuple[str, dict]:
     `cfg["without"]` (MATHLOOP_SANDBOX_WITHOUT) turns off "namespaces" and/or "landlock" to force a weaker mode."""
     without = set(cfg.get("without", ()))
     layers: dict = {}
-    if "namespaces" in without:
+    if cfg.get("namespaces_failed"):
+        layers["namespaces"] = cfg["namespaces_failed"]
+    elif "namespaces" in without:
         layers["namespaces"] = "turned off by MATHLOOP_SANDBOX_WITHOUT"
     else:
         mode = "root" if os.geteuid() == 0 else "userns"
+        before = {ns: os.readlink(f"/proc/self/ns/{ns}") for ns in ("user", "mnt")}
         try:
             if mode == "userns":
                 enter_user_namespace()
@@ -221,6 +224,8 @@ def choose_mode(cfg: dict) -> tuple[str, dict]:
                 f"{k}: {layers.get(k)}" for k in ("mountns", "readonly_fs", "hidden_home") if layers.get(k) is not True)
         except OSError as e:
             layers["namespaces"] = layers["userns"] = f"no user namespace ({e.strerror or e})"
+        if any(os.readlink(f"/proc/self/ns/{ns}") != before[ns] for ns in before):
+            return "retry", layers  # half set up: the parent starts a fresh zygote without namespaces
     for key in ("netns", "pidns", "mountns", "readonly_fs", "hidden_home"):
         layers.setdefault(key, layers["namespaces"])
     abi = landlock_abi()
@@ -729,7 +734,7 @@ def zygote_main(cfg: dict) -> None:
     mode, layers = choose_mode(cfg)
     cfg["mode"] = mode
     cfg["own_pidns"] = mode in NAMESPACE_MODES and layers.get("pidns") is True
-    if mode != "refused":
+    if mode not in ("refused", "retry"):
         preload(cfg["preload"])
     cfg["layers"] = layers
     children: dict[int, int] = {}  # pid -> uid
@@ -764,8 +769,8 @@ def zygote_main(cfg: dict) -> None:
             request = json.loads(data)
             if request.get("op") != "spawn":
                 continue
-            if mode == "refused":
-                continue  # the parent refuses to run code; it never asks
+            if mode in ("refused", "retry"):
+                continue  # the parent never asks such a zygote for a process
             used = set(children.values())
             while cfg["uid_base"] + next_uid in used:
                 next_uid = (next_uid + 1) % cfg["uid_span"]
