@@ -13,13 +13,15 @@ import socket
 import subprocess
 import sys
 import uuid
+from contextlib import nullcontext
 from pathlib import Path
 
 import pytest
 
 from mathloop.backends.fake import FakeBackend
 from mathloop.cli import main
-from mathloop.pipeline.evaluate import EvalConfig, run_eval
+from mathloop.generate import code_executor
+from mathloop.pipeline.evaluate import EvalConfig, generation_resources, run_eval
 from mathloop.tools.sandbox import Sandbox, SandboxUnavailable
 from mathloop.tools.sandbox_worker import landlock_abi
 
@@ -150,9 +152,15 @@ def test_commands_refuse_with_one_line_and_run_with_the_opt_in(tmp_path, data_di
     with pytest.raises(SandboxUnavailable):  # before any row is written
         run_eval(config, backend=FakeBackend(), progress=False)
     assert not (tmp_path / "run" / "samples" / "gsm8k.jsonl").exists()
-    config.unsafe_sandbox_file_access = True  # the YAML key / flag of eval, sample and grpo
-    run_eval(config, backend=FakeBackend(), progress=False)
-    assert (tmp_path / "run" / "samples" / "gsm8k.jsonl").read_text().count("\n") == 1
+    config.unsafe_sandbox_file_access = True  # the YAML key / flag of eval, sample and grpo, down to the sandbox
+    seen = []
+    monkeypatch.setattr("mathloop.generate.code_executor", lambda *args: seen.append(args) or nullcontext())
+    monkeypatch.setattr("mathloop.pipeline.evaluate.code_executor", lambda *args: seen.append(args) or nullcontext())
+    with generation_resources(config):
+        pass
+    assert seen == [("tir", 5.0, True)]
+    with code_executor("tir", 5.0, True) as sandbox:  # (the real one, unpatched in its module's namespace)
+        assert sandbox.mode == "unsafe" and sandbox.run("print(6 * 7)").stdout == "42"
 
 
 @pytest.mark.integration
