@@ -170,16 +170,16 @@ def test_attacks_as_a_normal_user():
     here when missing), where the sandbox must confine through a user namespace or Landlock."""
     if subprocess.run(["id", CI_USER], capture_output=True).returncode != 0:
         subprocess.run(["useradd", "--create-home", CI_USER], check=True)
+    env = dict(os.environ, PYTHONPATH=str(REPO / "src"), PYTHONDONTWRITEBYTECODE="1")
+    env.pop("MATHLOOP_SANDBOX_WITHOUT", None)
     can_run = subprocess.run(["runuser", "-u", CI_USER, "--", sys.executable, "-c", "import mathloop"],
-                             capture_output=True, text=True, cwd="/", env=dict(os.environ, PYTHONPATH=str(REPO / "src")))
+                             capture_output=True, text=True, cwd="/", env=env)
     if can_run.returncode != 0:
         message = (f"{CI_USER} cannot run {sys.executable} with this checkout ({can_run.stderr.strip()[-200:]}); make "
                    "the interpreter's and the checkout's folders searchable by others (.ci/run does)")
         if os.environ.get("MATHLOOP_CI"):
             pytest.fail(message)
         pytest.skip(message)
-    env = dict(os.environ, PYTHONPATH=str(REPO / "src"), PYTHONDONTWRITEBYTECODE="1")
-    env.pop("MATHLOOP_SANDBOX_WITHOUT", None)
     proc = subprocess.run(["runuser", "-u", CI_USER, "--", sys.executable, "-m", "pytest", "-q", "-p",
                            "no:cacheprovider", "-m", "not integration", str(REPO / "tests" / "test_sandbox_modes.py"),
                            str(REPO / "tests" / "test_sandbox.py")],
@@ -204,8 +204,10 @@ print(json.dumps(w.choose_mode(cfg)))
 def test_namespaces_failing_half_way_restart_the_zygote_without_them():
     """A zygote left in a half-made mount namespace must not go on in it: it asks for a fresh one ("retry"), which
     then confines with Landlock and reports why the namespaces were not used."""
-    run = lambda cfg: subprocess.run([sys.executable, "-c", _HALF_SET_UP, json.dumps(cfg)], capture_output=True,  # noqa: E731
-                                     text=True, timeout=60, env=dict(os.environ, PYTHONPATH=str(REPO / "src")))
+    def run(cfg: dict) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-c", _HALF_SET_UP, json.dumps(cfg)], capture_output=True, text=True,
+                              timeout=60, env=dict(os.environ, PYTHONPATH=str(REPO / "src")))
+
     first = run({})
     assert first.returncode == 0, first.stderr[-2000:]
     mode, layers = json.loads(first.stdout)
