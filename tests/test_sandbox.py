@@ -44,10 +44,14 @@ def assert_still_works(sb: Sandbox) -> None:
 
 
 def needs(sb: Sandbox, *layers: str) -> None:
+    """Skip a test whose layers this machine cannot give; fail it where the sandbox runs with namespaces (as root or
+    in a user namespace), which give every layer. (test_sandbox_modes.py asserts the mode is the strongest offered.)"""
     sb.run("pass")  # the per-process layers are reported by the first process
     missing = {k: v for k, v in sb.isolation.items() if k in layers and v is not True}
+    if missing and sb.mode in ("root", "userns"):
+        pytest.fail(f"isolation layer missing in {sb.mode} mode: {missing}")
     if missing:
-        pytest.skip(f"isolation layer missing on this host: {missing}")
+        pytest.skip(f"isolation layer missing on this host ({sb.mode} mode): {missing}")
 
 
 # ------------------------------------------------------------------------------------------------ plain behaviour
@@ -353,21 +357,35 @@ def test_host_command_lines_are_invisible(sandbox):
 
 
 _UNDER_TMP_SCRIPT = """
-import json, sys
-from mathloop.tools.sandbox import Sandbox
+import json, os, sys
+from mathloop.tools.sandbox import Sandbox, SandboxUnavailable
 
 probe = "try:\\n    open({!r}, 'w')\\n    print('ok')\\nexcept OSError:\\n    print('OSError')"
-with Sandbox(workers=1, timeout=20) as sb:
-    imports = sb.run("import sys, numpy, numpy.random, sympy.stats\\nprint(sys.prefix, numpy.__file__)\\n"
-                     "print(numpy.random.default_rng(0).integers(10, 11), sympy.stats.E(sympy.stats.Die('X', 6)))")
-    writes = [sb.run(probe.format(path)).stdout for path in (sys.argv[1], "/tmp/scratch")]
-    normal = sb.run("print(sum(range(10)))")
-    print(json.dumps([imports.status, imports.stdout, imports.error, writes, normal.stdout, sb.isolation]))
+listing = ("import os\\ntry:\\n    t = os.listdir('/tmp')\\nexcept OSError as e:\\n    t = type(e).__name__\\n"
+           "print(os.listdir('.'), t, os.path.exists('mine.txt'))")
+report = {}
+for without in ("", "namespaces"):
+    os.environ["MATHLOOP_SANDBOX_WITHOUT"] = without
+    try:
+        sb = Sandbox(workers=1, timeout=20)
+    except SandboxUnavailable:
+        continue
+    with sb:
+        imports = sb.run("import sys, numpy, numpy.random, sympy.stats\\nprint(sys.prefix, numpy.__file__)\\n"
+                         "print(numpy.random.default_rng(0).integers(10, 11), sympy.stats.E(sympy.stats.Die('X', 6)))")
+        writes = [sb.run(probe.format(path)).stdout for path in (sys.argv[1], "/tmp/scratch")]
+        sb.run("open('mine.txt', 'w').write('a')", session="a")
+        seen = sb.run(listing, session="b").stdout
+        normal = sb.run("print(sum(range(10)))")
+        report[sb.mode] = [imports.status, imports.stdout, imports.error, writes, seen, normal.stdout]
+print(json.dumps(report))
 """
 
 
-def test_interpreter_under_tmp_keeps_its_site_packages(tmp_path):
-    """A venv under /tmp whose numpy and sympy live in its own site-packages (hard links, no copy)."""
+def test_interpreter_under_tmp_keeps_its_site_packages_and_its_name_stays_out_of_sessions(tmp_path):
+    """A venv under /tmp whose numpy and sympy live in its own site-packages (hard links as root, else a copy): it
+    still imports in every mode, read-only, and a session's /tmp and working folder show only the session's own
+    files: no folder of the host's /tmp, not even the one above the venv (as with a checkout under /tmp)."""
     venv = Path("/tmp") / f"mathloop-venv-{uuid.uuid4().hex[:8]}"
     purelib = Path(sysconfig.get_paths()["purelib"])
     script = tmp_path / "under_tmp.py"
@@ -376,19 +394,30 @@ def test_interpreter_under_tmp_keeps_its_site_packages(tmp_path):
         subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True)
         site = venv / "lib" / f"python{sys.version_info.major}.{sys.version_info.minor}" / "site-packages"
         for name in ("numpy", "numpy.libs", "sympy", "mpmath"):
-            if (purelib / name).exists():
-                subprocess.run(["cp", "-al", str(purelib / name), str(site / name)], check=True)
+            if (purelib / name).exists():  # a normal user may not hard-link root's files: a copy then
+                subprocess.run(["cp", "-al" if os.geteuid() == 0 else "-a", str(purelib / name), str(site / name)],
+                               check=True)
         env = dict(os.environ, PYTHONPATH=str(REPO / "src"), PYTHONDONTWRITEBYTECODE="1")
         proc = subprocess.run([str(venv / "bin" / "python"), str(script), str(site / "pwned")], capture_output=True,
                               text=True, env=env, timeout=300)
         assert proc.returncode == 0, proc.stderr[-2000:]
-        status, stdout, error, writes, normal, isolation = json.loads(proc.stdout.strip().splitlines()[-1])
-        assert (status, error) == ("ok", ""), (stdout, error)
-        assert stdout.splitlines() == [f"{venv} {site}/numpy/__init__.py", "10 7/2"]
+        report = json.loads(proc.stdout.strip().splitlines()[-1])
+        for mode, (status, stdout, error, writes, seen, normal) in report.items():
+            assert (status, error) == ("ok", ""), (mode, stdout, error)
+            prefix, numpy_file = stdout.splitlines()[0].split()
+            assert numpy_file == f"{prefix}/{site.relative_to(venv)}/numpy/__init__.py", (mode, stdout)
+            assert stdout.splitlines()[1] == "10 7/2"
+            assert normal == "45"
+            if mode in ("root", "userns"):  # moved out of /tmp, read-only; the session's /tmp is its own
+                assert venv.name not in stdout and writes == ["OSError", "ok"], (mode, stdout, writes)
+                assert seen == "[] [] False", mode
+            elif mode == "landlock":  # in place, read-only; the scratch folder is the session's own, /tmp unlisted
+                assert writes == ["OSError", "OSError"] and seen == "[] PermissionError False", (mode, writes, seen)
         assert not (site / "pwned").exists()
-        if isolation.get("private_tmpfs") is True:  # the installation is back, read-only; the rest of /tmp is private
-            assert writes == ["OSError", "ok"]
-        assert normal == "45"
+        from mathloop.tools.sandbox_worker import landlock_abi
+
+        assert landlock_abi() < 1 or "landlock" in report, report.keys()  # both confining modes where offered
+        assert report, "no confining mode on this machine"
     finally:
         shutil.rmtree(venv, ignore_errors=True)
 
@@ -442,6 +471,47 @@ def test_a_forged_reply_with_the_right_id_cannot_answer_the_next_cell(sandbox):
     assert nxt.status == "killed" and "protocol" in nxt.error and "previous" not in nxt.stdout, nxt
     sandbox.close_session(session)
     assert_still_works(sandbox)
+
+
+# ------------------------------------------------------------------------------------------------ text that crosses
+
+def test_lone_surrogates_and_huge_messages_come_back_as_valid_text(sandbox):
+    printed = sandbox.run("print('a\\udcffb')")
+    assert (printed.status, printed.stdout) == ("ok", "a\ufffdb")
+    raised = sandbox.run("raise ValueError('\\ud800' + 'x' * 5_000_000 + 'end')")  # 5 MB: over the reply limit
+    assert raised.status == "error" and raised.error.startswith("ValueError: \ufffdxxx"), raised.error[:80]
+    assert raised.error.endswith("xxxend") and len(raised.error) == 403
+    for text in (printed.stdout, raised.error):
+        text.encode("utf-8")  # strict: no lone surrogate left
+    assert_still_works(sandbox)
+
+
+def test_tir_eval_with_a_surrogate_cell_writes_its_rows_and_resumes(tmp_path, data_dir):
+    """A model whose cell prints a lone surrogate and whose answer holds one: every row is written, as valid UTF-8,
+    and the run resumes to more problems."""
+    from mathloop.backends.fake import FakeBackend
+    from mathloop.pipeline.evaluate import EvalConfig, run_eval
+    from mathloop.records import Sample, read_records
+
+    def model(prompt: str, index: int) -> str:
+        if "```output" not in prompt:
+            return "Let me look.\n```python\nprint('\\udcff', 18)\n```\n```output\n"
+        return "It printed \udcff, so $\\boxed{18}$."
+
+    def config(limit: int) -> EvalConfig:
+        return EvalConfig(out=str(tmp_path / "run"), model="fake", backend="fake", mode="tir", benchmarks=["gsm8k"],
+                          limit=limit, data_dir=str(data_dir))
+
+    run_eval(config(1), backend=FakeBackend(model), progress=False)
+    run_eval(config(2), backend=FakeBackend(model), progress=False)  # resumes: one more problem
+    path = tmp_path / "run" / "samples" / "gsm8k.jsonl"
+    path.read_bytes().decode("utf-8")  # strict
+    samples = read_records(Sample, path)
+    assert [s.problem_id for s in samples] == ["gsm8k/0", "gsm8k/1"]
+    for sample in samples:
+        (start, end), = sample.tool_output_spans
+        assert sample.response[start:end] == "\n\ufffd 18\n```\n" and "It printed \ufffd" in sample.response
+        assert sample.pred == "18"
 
 
 # ------------------------------------------------------------------------------------------------ pool behaviour

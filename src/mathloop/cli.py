@@ -30,9 +30,11 @@ from mathloop.config import add_setting_flag as setting
 from mathloop.progress import configure_output
 from mathloop.records import RecordError
 from mathloop.runs import RunLockedError
+from mathloop.tools.errors import SandboxUnavailable
 
-# Errors a user can cause (a bad file, flag, setting or path, a folder in use): one line and exit code 2.
-USER_ERRORS = (RecordError, ValueError, OSError, ImportError, RunLockedError)
+# Errors a user can cause (a bad file, flag, setting or path, a folder in use, a host the sandbox cannot confine
+# without the opt-in): one line and exit code 2.
+USER_ERRORS = (RecordError, ValueError, OSError, ImportError, RunLockedError, SandboxUnavailable)
 
 
 class _Parser(argparse.ArgumentParser):
@@ -64,6 +66,13 @@ def add_ray_settings(p: argparse.ArgumentParser, cls: type) -> None:
     setting(p, cls, "--ray-num-cpus", type=float, help="Ray: CPUs per replica")
     setting(p, cls, "--ray-num-gpus", type=float, help="Ray: GPUs per replica")
     setting(p, cls, "--ray-chunk", type=_positive_int, help="Ray: problems per chunk handed to a replica")
+
+
+def add_unsafe_sandbox_flag(p: argparse.ArgumentParser, cls: type) -> None:
+    """--unsafe-sandbox-file-access: the explicit opt-in to TIR on a host whose sandbox cannot confine files."""
+    setting(p, cls, "--unsafe-sandbox-file-access", action="store_true",
+            help="tir: where this host offers neither user namespaces nor Landlock, run the model's code anyway; it "
+                 "can then read and write every file you can (see docs/sandbox.md)")
 
 
 def _csv(text: str) -> list[str]:
@@ -178,6 +187,7 @@ def add_eval_parser(sub: argparse._SubParsersAction) -> None:
             help="cot = chain of thought; tir = tool-integrated reasoning, the model's Python runs in the sandbox")
     setting(p, C, "--max-tool-calls", type=int, help="tir: code executions per response")
     setting(p, C, "--tool-timeout", type=_positive_float, help="tir: seconds per execution")
+    add_unsafe_sandbox_flag(p, C)
     setting(p, C, "--n", type=_positive_int, help="samples per problem")
     setting(p, C, "--temperature", type=float, help="0 = greedy")
     add_sampler_settings(p, C)
@@ -268,6 +278,9 @@ def add_exec_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--timeout", type=_positive_float, default=5.0, help="wall-clock seconds (default: %(default)s)")
     p.add_argument("--memory-mb", type=int, default=1024,
                    help="memory the program may allocate beyond the preloaded interpreter (default: %(default)s)")
+    p.add_argument("--unsafe-sandbox-file-access", action="store_true",
+                   help="where this host offers neither user namespaces nor Landlock, run FILE anyway; it can then "
+                        "read and write every file you can (see docs/sandbox.md)")
 
 
 def cmd_exec(args: argparse.Namespace) -> int:
@@ -281,7 +294,8 @@ def cmd_exec(args: argparse.Namespace) -> int:
         code = data.decode("utf-8")
     except UnicodeDecodeError as e:
         raise ValueError(f"{args.file}: not UTF-8 text (byte {e.start}); save the program as UTF-8") from None
-    with Sandbox(workers=1, timeout=args.timeout, memory_mb=args.memory_mb) as sandbox:
+    with Sandbox(workers=1, timeout=args.timeout, memory_mb=args.memory_mb,
+                 unsafe_file_access=args.unsafe_sandbox_file_access) as sandbox:
         result = sandbox.run(code)
     print(json.dumps(dataclasses.asdict(result)))
     return 0 if result.status == "ok" else 1
@@ -385,6 +399,7 @@ def add_sample_parser(sub: argparse._SubParsersAction) -> None:
                                                           "sandbox")
     setting(p, C, "--max-tool-calls", type=int, help="tir: code executions per response")
     setting(p, C, "--tool-timeout", type=_positive_float, help="tir: seconds per execution")
+    add_unsafe_sandbox_flag(p, C)
     setting(p, C, "--hard-n", type=int,
             help="extra responses for problems with at most --hard-max-correct correct ones")
     setting(p, C, "--hard-max-correct", type=int, help="a problem is hard with at most this many correct responses")
@@ -504,6 +519,7 @@ def add_grpo_parser(sub: argparse._SubParsersAction) -> None:
                                                           "sandbox")
     setting(p, C, "--max-tool-calls", type=int, help="tir: code executions per response")
     setting(p, C, "--tool-timeout", type=_positive_float, help="tir: seconds per execution")
+    add_unsafe_sandbox_flag(p, C)
     setting(p, C, "--reward", help="shaped (verifier + reward model), verifier, rm, or module.path:function with TRL's "
                                    "reward signature")
     setting(p, C, "--rm", help="reward model folder (`mathloop rm train`) or Hub id")

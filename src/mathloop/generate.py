@@ -22,15 +22,17 @@ from mathloop.records import JsonlAppender, Mode, Problem, Sample, drop_torn_las
 MODES = ("cot", "tir")
 
 
-def code_executor(mode: str, timeout: float = 5.0) -> ContextManager[Any]:
-    """The code sandbox for TIR (`timeout` seconds per execution); a do-nothing context for CoT."""
+def code_executor(mode: str, timeout: float = 5.0, unsafe_file_access: bool = False) -> ContextManager[Any]:
+    """The code sandbox for TIR (`timeout` seconds per execution); a do-nothing context for CoT. Raises
+    `SandboxUnavailable` where the host cannot confine the code's file access, unless `unsafe_file_access`
+    (--unsafe-sandbox-file-access, YAML unsafe_sandbox_file_access) accepts running it unconfined."""
     if mode not in MODES:
         raise ValueError(f"unknown mode '{mode}': use cot or tir")
     if mode != "tir":
         return contextlib.nullcontext()
     from mathloop.tools.sandbox import Sandbox
 
-    return Sandbox(timeout=timeout)
+    return Sandbox(timeout=timeout, unsafe_file_access=unsafe_file_access)
 
 
 OnCompletion = Callable[[int, int, Completion], None]  # (prompt index, sample index, the finished completion)

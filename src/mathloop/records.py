@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Iterator, Literal, TypeVar
@@ -178,10 +179,19 @@ class JsonlAppender:
         self.close()
 
 
+_SURROGATES = re.compile("[\ud800-\udfff]")
+
+
 def _dumps(row: dict[str, Any] | Problem | Sample) -> str:
+    """One JSONL line. A lone surrogate in a string (a model-written cell can print one) becomes U+FFFD: no UTF-8
+    writer accepts it, and one string must not stop a run.
+
+    >>> _dumps({"stdout": "\\udcff"})
+    '{"stdout": "\ufffd"}'
+    """
     if dataclasses.is_dataclass(row):
         row = dataclasses.asdict(row)
-    return json.dumps(row, ensure_ascii=False)
+    return _SURROGATES.sub("\ufffd", json.dumps(row, ensure_ascii=False))
 
 
 def drop_torn_last_line(path: str | os.PathLike) -> None:

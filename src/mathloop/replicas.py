@@ -87,6 +87,7 @@ class ReplicaSpec:
     mode: str = "cot"
     tool_timeout: float = 5.0
     max_tool_calls: int = 4
+    unsafe_sandbox_file_access: bool = False
 
 
 class GenerationReplica:
@@ -102,7 +103,8 @@ class GenerationReplica:
         self.backend = load_backend(spec.backend, spec.model, **spec.backend_args)
         self._stack = contextlib.ExitStack()
         self.verifier = self._stack.enter_context(Verifier(verifier_workers))
-        self.executor = self._stack.enter_context(code_executor(spec.mode, spec.tool_timeout))
+        self.executor = self._stack.enter_context(code_executor(spec.mode, spec.tool_timeout,
+                                                                        spec.unsafe_sandbox_file_access))
 
     def chat_prompts(self, problems: list[Problem], shots: int) -> list[str]:
         from mathloop.prompts import build_messages

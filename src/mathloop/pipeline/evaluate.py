@@ -67,6 +67,7 @@ class EvalConfig(SamplerOptions, RayOptions):
     shots: int | None = None  # None: the benchmark's official setting
     max_tool_calls: int = 4  # TIR: code executions per response
     tool_timeout: float = 5.0  # TIR: seconds per code execution (the official harness's limit)
+    unsafe_sandbox_file_access: bool = False  # TIR on a host that cannot confine files: run cells unconfined anyway
     backend_args: dict[str, Any] = field(default_factory=dict)
     rm: str | None = None  # reward model (folder or Hub id) that scores every sample, for RM@k
     rm_batch_size: int = 8
@@ -90,9 +91,10 @@ def generation_resources(config: Any):
     (the replicas run their own when the stage runs on Ray) and `replicas()`, the Ray replica pool started on first
     use and stopped with the stage."""
     spec = ReplicaSpec(config.backend, config.model, config.backend_args, config.mode, config.tool_timeout,
-                       config.max_tool_calls)
+                       config.max_tool_calls, config.unsafe_sandbox_file_access)
     local_mode = "cot" if config.ray_address else config.mode
-    with Verifier() as verifier, code_executor(local_mode, config.tool_timeout) as executor, \
+    with Verifier() as verifier, \
+            code_executor(local_mode, config.tool_timeout, config.unsafe_sandbox_file_access) as executor, \
             contextlib.ExitStack() as stack:
         started: list = []
 

@@ -64,6 +64,7 @@ class SampleConfig(SamplerOptions, RayOptions):
     backend_args: dict[str, Any] = field(default_factory=dict)
     max_tool_calls: int = 4
     tool_timeout: float = 5.0
+    unsafe_sandbox_file_access: bool = False  # TIR on a host that cannot confine files: run cells unconfined anyway
 
     def validate(self) -> None:
         if self.n < 1 or not self.temperatures:

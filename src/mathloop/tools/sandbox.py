@@ -28,29 +28,40 @@ defined") on error (like the official harness, output printed before the error i
 timeout, and the reason on a killed process. The session process keeps only the first and last 4096 characters of
 stdout, so 100 MB of output costs no memory (exact unless more than ~3800 characters of whitespace end or start it).
 
-Isolation, as root on Linux (what this host gives; `Sandbox.isolation` reports what was achieved, and
-tests/test_sandbox.py attacks each):
+Modes (`Sandbox.mode`; docs/sandbox.md has the table and measured figures). The zygote confines cells with the
+strongest mechanism the host offers: "root" (namespaces as root), "userns" (the same namespaces inside an
+unprivileged user namespace that maps the caller's uid to itself; cells run as that uid with every capability
+dropped), "landlock" (no namespaces: Landlock rules in each session process, read and execute everywhere except the
+home folders, the temporary folders and other processes' /proc, write only in the session's scratch folder), else
+"refused": the constructor raises `SandboxUnavailable` with one line naming the opt-in, `unsafe_file_access=True`
+(mode "unsafe": cells can read and write whatever the caller can). MATHLOOP_SANDBOX_WITHOUT=namespaces,landlock turns
+layers off to force a weaker mode. `Sandbox.isolation` reports each layer: True or the reason it is missing.
+
+Isolation in the namespace modes (tests/test_sandbox.py attacks each; tests/test_sandbox_modes.py attacks every mode):
   - network: the zygote is in a new network namespace with no interface up: no network at all, not even
     127.0.0.1; seccomp additionally refuses socket(), connect(), bind().
-  - files: a new mount namespace in which every mount is remounted read-only; /root and /home are covered by an
-    empty tmpfs, re-exposing only the Python installation beneath them. Each session gets its own mount namespace
-    with a private tmpfs on /tmp (size `disk_mb`, mode 0700, owned by its uid) as working directory, HOME and
-    TMPDIR; it hides the host's /tmp, re-exposes read-only the Python installation if it lives there (a venv under
-    /tmp keeps its site-packages), and vanishes with the session. RLIMIT_FSIZE caps any file at `disk_mb`.
-  - processes: each session is a new PID namespace whose init (pid 1, root, runs no model code) waits for the
-    session process (pid 2); /proc is that namespace's, mounted read-only with hidepid=invisible, so the cell sees
-    only its own process: no command line (argv), environment or status of any host process. The parent's SIGKILL
-    to the init ends the whole namespace.
+  - files: a new mount namespace in which every mount is remounted read-only; /root, /home and the caller's home
+    are covered by an empty tmpfs, re-exposing only the Python installation beneath them. Each session gets its own
+    mount namespace with a private tmpfs on /tmp (size `disk_mb`, mode 0700, owned by its uid) as working
+    directory, HOME and TMPDIR; it hides the host's /tmp and vanishes with the session. A Python installation under
+    /tmp is moved (bind-mounted read-only) onto a tmpfs over /mnt before preloading, so the session's /tmp shows
+    only its own files. RLIMIT_FSIZE caps any file at `disk_mb`.
+  - processes: each session is a new PID namespace whose init (pid 1, runs no model code) waits for the session
+    process (pid 2); /proc is that namespace's, mounted read-only with hidepid=invisible, so the cell sees only its
+    own process: no command line (argv), environment or status of any host process. The parent's SIGKILL to the
+    init ends the whole namespace.
   - IPC: each session has its own IPC namespace (SysV shared memory, semaphores, message queues and POSIX message
     queues are invisible to other sessions and the host and are freed with the session), and seccomp refuses all
     of them anyway; RLIMIT_MSGQUEUE = 0. POSIX shm_open needs /dev/shm, which is read-only.
+  - identity: as root, the session process runs under its own unprivileged uid/gid (a random block of otherwise
+    unused uids), no supplementary groups, so it can neither signal nor read the parent, the zygote or other
+    sessions; in userns mode it keeps the caller's uid without capabilities, in a PID namespace of its own.
+In every mode:
   - memory: RLIMIT_AS = the preloaded image + `memory_mb` (big allocations raise MemoryError); seccomp refuses
     memfd_create and memfd_secret, the anonymous files that would hold memory outside RLIMIT_AS and the tmpfs.
-  - identity: the session process runs under its own unprivileged uid/gid (a random block of otherwise unused
-    uids), no supplementary groups, so it can neither signal nor read the parent, the zygote or other sessions.
-    The environment is emptied (HOME, TMPDIR, PATH, LANG only): parent secrets are not visible.
-  - process creation: RLIMIT_NPROC = 0 for that uid (fork, threads and subprocesses fail with EAGAIN); seccomp
-    refuses fork/vfork/execve/execveat, clone without CLONE_THREAD, ptrace, mount/unshare/setns, bpf, and
+  - environment: emptied (HOME, TMPDIR, PATH, LANG only): parent secrets are not visible.
+  - process creation: RLIMIT_NPROC = 0 (fork, threads and subprocesses fail with EAGAIN for a non-root uid);
+    seccomp refuses fork/vfork/execve/execveat, clone without CLONE_THREAD, ptrace, mount/unshare/setns, bpf, and
     kill/tkill/tgkill to any pid other than its own; PR_SET_NO_NEW_PRIVS.
   - time: a wall-clock `timeout` per cell enforced by SIGKILL from the parent; RLIMIT_CPU = `cpu_budget_s` CPU
     seconds per session process (protects against an orphaned busy loop if the parent dies); core dumps off; 64
@@ -58,19 +69,11 @@ tests/test_sandbox.py attacks each):
   - channel: each request carries a random id that its reply must echo. Anything else on the session's socket
     (garbage, a reply that does not decode or names another request, bytes left over from an earlier cell) is a
     protocol error: the process is killed and the cell's result is status "killed" with "protocol error" and what
-    was received, so no later cell can be answered with a stale reply.
-Weaker hosts, degraded honestly (each item shows as a reason string in `Sandbox.isolation`):
-  - not root (or no CAP_SYS_ADMIN): no namespaces and no uid switch (UNTESTED on this host, which runs as root).
-    Then the code CAN use the network (unless seccomp is on), CAN write wherever the calling user can (its
-    working directory is a private temporary folder, removed when the process ends, but not a jail), CAN read the
-    caller's files, every process's command line under /proc and /proc/PID/environ of the caller's processes,
-    and CAN signal them (unless seccomp is on). RLIMIT_NPROC = 0 still applies to a non-root user and blocks every
-    fork and thread of the cell (the user already has processes). Still guaranteed: the empty environment, the
-    wall-clock timeout, the memory / CPU / file-size rlimits, output truncation, no_new_privs, the protocol check,
-    and seccomp on x86_64 (it needs no privilege), which also closes SysV IPC, message queues and memfd.
+    was received, so no later cell can be answered with a stale reply. Text that comes back is valid Unicode (lone
+    surrogates become U+FFFD) and an exception message is cut to its ends, like stdout, whatever its size.
   - no seccomp (non-x86_64, a kernel without it, or `seccomp=False`): processes are stopped only by RLIMIT_NPROC,
-    sockets only by the network namespace, IPC only by the IPC namespace, and memfd_create is NOT bounded (up to
-    64 open files of `disk_mb` each count against host memory).
+    sockets only by the network namespace (none in landlock mode before Landlock ABI 4, which refuses TCP), IPC
+    only by the IPC namespace, and memfd_create is NOT bounded.
 Not guaranteed anywhere: isolation from kernel exploits (this is not a VM); CPU time of a cell is bounded by the wall
 timeout, not throttled; the tmpfs counts against host memory (bounded by `disk_mb` per live session); a cell can read
 world-readable files outside /root, /home and /tmp (e.g. the repository) and system-wide /proc files (meminfo, ...);
@@ -84,6 +87,7 @@ from __future__ import annotations
 import json
 import os
 import random
+import re
 import select
 import signal
 import socket
@@ -97,12 +101,38 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
+from mathloop.tools.errors import SandboxUnavailable
 from mathloop.tools import sandbox_worker as _wire
 
 OUTPUT_LIMIT = 400
 _KEEP_CHARS = 4096
 _WORKER_SCRIPT = Path(__file__).with_name("sandbox_worker.py")
 _MAX_REPLY = 1 << 20
+
+
+MODES = _wire.MODES
+UNSAFE_OPT_IN = "--unsafe-sandbox-file-access (YAML: unsafe_sandbox_file_access: true)"
+_WITHOUT_ENV = "MATHLOOP_SANDBOX_WITHOUT"
+_SURROGATES = re.compile("[\ud800-\udfff]")
+
+
+def valid_text(text: str) -> str:
+    """`text` as valid Unicode: each lone surrogate (which no UTF-8 writer accepts) becomes U+FFFD.
+
+    >>> valid_text("a\\udcffb")
+    'a\ufffdb'
+    """
+    return _SURROGATES.sub("\ufffd", text)
+
+
+def disabled_layers() -> list[str]:
+    """The layers MATHLOOP_SANDBOX_WITHOUT turns off (comma-separated: namespaces, landlock), to force a weaker mode;
+    a ValueError naming the variable for anything else."""
+    names = [part.strip() for part in os.environ.get(_WITHOUT_ENV, "").split(",") if part.strip()]
+    unknown = sorted(set(names) - {"namespaces", "landlock"})
+    if unknown:
+        raise ValueError(f"{_WITHOUT_ENV}: unknown layer(s) {', '.join(unknown)}; use namespaces and/or landlock")
+    return names
 
 
 @dataclass
@@ -200,8 +230,8 @@ class _Process:
             self.kill()
             return ExecResult("killed", error="Killed: the program's process died (memory limit, CPU budget, "
                                               "crash or exit) or closed its channel", seconds=seconds)
-        return ExecResult(reply["status"], stdout=truncate(reply["stdout"].strip()),
-                          error=truncate(reply["error"].strip()), seconds=seconds)
+        return ExecResult(reply["status"], stdout=valid_text(truncate(reply["stdout"].strip())),
+                          error=valid_text(truncate(reply["error"].strip())), seconds=seconds)
 
     def _pending(self) -> bool:
         """Whether bytes wait on the channel (an end of file is not a protocol error: send or recv report it)."""
@@ -309,20 +339,37 @@ class Sandbox:
     workers: calls executing at once. timeout: wall-clock seconds per cell. memory_mb: address space a cell may add
     to the preloaded interpreter. cpu_budget_s: CPU seconds a session process may use over its life. disk_mb: size
     of each session's private tmpfs and the largest file. max_sessions: live session processes kept (older ones are
-    evicted and replayed on their next call). seccomp: install the seccomp filter (x86_64).
+    evicted and replayed on their next call). seccomp: install the seccomp filter (x86_64). unsafe_file_access:
+    where the host can confine files neither with namespaces nor with Landlock, run anyway (mode "unsafe": a cell
+    can read and write what the caller can) instead of raising `SandboxUnavailable`.
     """
 
     def __init__(self, workers: int = 2, timeout: float = 5.0, memory_mb: int = 1024, cpu_budget_s: int = 120,
                  disk_mb: int = 64, max_sessions: int = 64, preload: Sequence[str] = ("math", "numpy", "sympy"),
-                 seccomp: bool = True) -> None:
+                 seccomp: bool = True, unsafe_file_access: bool = False) -> None:
         if workers < 1 or timeout <= 0 or memory_mb < 16:
             raise ValueError("Sandbox needs workers >= 1, timeout > 0 and memory_mb >= 16")
         self.workers, self.timeout, self.max_sessions = workers, timeout, max_sessions
         config = {"memory_mb": memory_mb, "cpu_budget_s": int(cpu_budget_s), "disk_mb": disk_mb,
                   "keep_chars": _KEEP_CHARS, "preload": list(preload), "seccomp": seccomp,
                   "uid_base": random.randrange(1 << 20, 1 << 30, 1 << 16), "uid_span": 1 << 16,
-                  "scratch": os.environ.get("TMPDIR", "/tmp")}
+                  "scratch": os.path.realpath(os.environ.get("TMPDIR", "/tmp")), "home": os.path.expanduser("~"),
+                  "without": disabled_layers(), "unsafe": bool(unsafe_file_access)}
         self._zygote = _Zygote(config)
+        if self._zygote.info.get("mode") == "retry":  # namespaces failed half-way: a fresh zygote without them
+            self._zygote.stop()
+            config["namespaces_failed"] = str(self._zygote.info["layers"].get("namespaces"))
+            self._zygote = _Zygote(config)
+        self.mode: str = self._zygote.info.get("mode", "refused")
+        if self.mode == "refused":
+            layers = self._zygote.info.get("layers", {})
+            self._zygote.stop()
+            self._closed = True
+            raise SandboxUnavailable(
+                "the TIR sandbox cannot confine file access on this host (" + "; ".join(
+                    f"{k}: {layers.get(k)}" for k in ("namespaces", "landlock") if layers.get(k) not in (None, True))
+                + "), so model-written code could read and write your files; to run it anyway, accepting that risk, "
+                f"pass {UNSAFE_OPT_IN}")
         self._slots = threading.BoundedSemaphore(workers)
         self._sessions: OrderedDict[str, _Session] = OrderedDict()
         self._lock = threading.Lock()
@@ -331,8 +378,9 @@ class Sandbox:
 
     @property
     def isolation(self) -> dict:
-        """{layer: True, or the reason it is missing}: netns, pidns, mountns, hidden_home, readonly_fs (the zygote),
-        then after the first call ipcns, private_tmpfs, private_proc, rlimits, uid, no_new_privs, seccomp."""
+        """{layer: True, or the reason it is missing}: userns, landlock, netns, pidns, mountns, hidden_home,
+        readonly_fs (the zygote), then after the first call ipcns, private_tmpfs, private_proc, rlimits, uid,
+        no_new_privs, seccomp (and landlock, in that mode). `mode` says which confines the files."""
         return dict(self._isolation)
 
     # ------------------------------------------------------------------------------------------------ processes

@@ -1,13 +1,15 @@
 """The process side of `mathloop.tools.sandbox`: a zygote that forks one confined process per session.
 
 Run as a script (``python -I -B sandbox_worker.py CONFIG_JSON``) by `Sandbox`; it imports nothing from mathloop so
-it starts with a clean interpreter. The zygote runs no model code: it sets up the shared isolation (network and
-mount namespaces, read-only file systems), preloads math/numpy/sympy, then forks on request. Each forked child is
-the init (pid 1) of a new PID namespace: it gives the session its own mount and IPC namespaces (a private tmpfs as
-/tmp, re-exposing the Python installation if it lives under /tmp; a /proc of the new PID namespace), forks the
-session process (pid 2) and waits for it; killing the init kills the session. The session process confines itself
-(its own unprivileged uid, rlimits, no_new_privs, seccomp) before it reads the first cell, and then executes cells
-in one namespace until its socket closes.
+it starts with a clean interpreter. The zygote runs no model code: it picks its mode (`choose_mode`: root, userns,
+landlock, refused), sets up the shared isolation (in the namespace modes: network and mount namespaces, read-only
+file systems, hidden home folders; in userns mode inside a user namespace of its own), preloads math/numpy/sympy,
+then forks on request. In the namespace modes each forked child is the init (pid 1) of a new PID namespace (a raw
+clone(), see `fork_into_new_pidns`): it gives the session its own mount and IPC namespaces (a private tmpfs as /tmp,
+a /proc of the new PID namespace), forks the session process (pid 2) and waits for it; killing the init kills the
+session. The session process confines itself (its own unprivileged uid as root, else no capabilities; rlimits,
+no_new_privs, Landlock rules in landlock mode, seccomp) before it reads the first cell, and then executes cells in
+one namespace until its socket closes.
 
 Wire format on every socket: 4-byte big-endian length, then UTF-8 JSON. A request is {"id", "code"}; its reply
 echoes the id, so a reply the code forged or one left over from an earlier cell is a protocol error.
@@ -24,6 +26,7 @@ import select
 import shutil
 import signal
 import socket
+import stat
 import struct
 import sys
 import tempfile
@@ -31,17 +34,25 @@ import time
 import traceback
 
 CLONE_NEWNS, CLONE_NEWIPC, CLONE_NEWPID, CLONE_NEWNET = 0x00020000, 0x08000000, 0x20000000, 0x40000000
+CLONE_NEWUSER, SIGCHLD = 0x10000000, 17
 MS_RDONLY, MS_NOSUID, MS_NODEV, MS_NOEXEC = 1, 2, 4, 8
+MS_NOATIME, MS_NODIRATIME, MS_RELATIME = 1024, 2048, 1 << 21
 MS_REMOUNT, MS_BIND, MS_MOVE, MS_REC, MS_PRIVATE = 32, 4096, 8192, 16384, 1 << 18
 MNT_DETACH = 2
 PR_SET_DUMPABLE, PR_SET_NO_NEW_PRIVS, PR_SET_SECCOMP = 4, 38, 22
+PR_CAPBSET_DROP, PR_CAP_AMBIENT, PR_CAP_AMBIENT_CLEAR_ALL = 24, 47, 4
 SECCOMP_MODE_FILTER = 2
+# The modes, strongest first; see `choose_mode`. "unsafe" is "refused" allowed by the caller's explicit opt-in.
+MODES = ("root", "userns", "landlock", "refused")
+NAMESPACE_MODES = ("root", "userns")
 
 _libc = ctypes.CDLL(None, use_errno=True)
+_libc.syscall.restype = ctypes.c_long
+_pylibc = ctypes.PyDLL(None, use_errno=True)  # keeps the GIL across the call: needed around a raw clone()
+_pylibc.syscall.restype = ctypes.c_long
 _libc.mount.argtypes = [ctypes.c_char_p, ctypes.c_char_p, ctypes.c_char_p, ctypes.c_ulong, ctypes.c_char_p]
 _libc.umount2.argtypes = [ctypes.c_char_p, ctypes.c_int]
 _libc.unshare.argtypes = [ctypes.c_int]
-_libc.setns.argtypes = [ctypes.c_int, ctypes.c_int]
 _libc.prctl.argtypes = [ctypes.c_int, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong]
 
 
@@ -187,23 +198,74 @@ def python_paths() -> list[str]:
     return sorted(paths)
 
 
-def setup_zygote(cfg: dict) -> dict:
-    """Shared isolation, done once as root: new network + mount namespaces, every mount read-only, /root and /home
-    hidden except the Python installation, and a check that each session can get its own PID namespace.
-    Returns {layer: True or the reason it is missing}."""
+def choose_mode(cfg: dict) -> tuple[str, dict]:
+    """Set up the zygote's shared isolation in the strongest mode this host offers and return (mode, layers):
+    root (namespaces as root), userns (the same namespaces inside an unprivileged user namespace), landlock (no
+    namespaces: Landlock file rules in each session process), else refused ("unsafe" when the caller opted in).
+    `cfg["without"]` (MATHLOOP_SANDBOX_WITHOUT) turns off "namespaces" and/or "landlock" to force a weaker mode."""
+    without = set(cfg.get("without", ()))
     layers: dict = {}
-    if os.geteuid() != 0:
-        reason = "not root: no namespaces, no uid switch"
-        return {k: reason for k in ("netns", "pidns", "mountns", "readonly_fs", "hidden_home")}
+    if cfg.get("namespaces_failed"):
+        layers["namespaces"] = cfg["namespaces_failed"]
+    elif "namespaces" in without:
+        layers["namespaces"] = "turned off by MATHLOOP_SANDBOX_WITHOUT"
+    else:
+        mode = "root" if os.geteuid() == 0 else "userns"
+        before = {ns: os.readlink(f"/proc/self/ns/{ns}") for ns in ("user", "mnt")}
+        try:
+            if mode == "userns":
+                enter_user_namespace()
+            layers["userns"] = True if mode == "userns" else "not needed: root"
+            layers.update(setup_namespaces(cfg))
+            if all(layers.get(k) is True for k in ("mountns", "readonly_fs", "hidden_home")):
+                return mode, layers
+            layers["namespaces"] = "the file system could not be confined: " + "; ".join(
+                f"{k}: {layers.get(k)}" for k in ("mountns", "readonly_fs", "hidden_home") if layers.get(k) is not True)
+        except OSError as e:
+            layers["namespaces"] = layers["userns"] = f"no user namespace ({e.strerror or e})"
+        if any(os.readlink(f"/proc/self/ns/{ns}") != before[ns] for ns in before):
+            return "retry", layers  # half set up: the parent starts a fresh zygote without namespaces
+    for key in ("netns", "pidns", "mountns", "readonly_fs", "hidden_home"):
+        layers.setdefault(key, layers["namespaces"])
+    abi = landlock_abi()
+    if "landlock" in without:
+        layers["landlock"] = "turned off by MATHLOOP_SANDBOX_WITHOUT"
+    elif abi < 1:
+        layers["landlock"] = "the kernel has no Landlock (Linux 5.13+ with landlock in its LSM list)"
+    else:
+        cfg["landlock_abi"] = abi
+        cfg["readable"] = readable_paths(cfg)
+        layers["landlock"] = True
+        layers["readonly_fs"] = layers["hidden_home"] = "landlock (in each session process)"
+        return "landlock", layers
+    return ("unsafe" if cfg.get("unsafe") else "refused"), layers
+
+
+def enter_user_namespace() -> None:
+    """Become the owner of a new user namespace in which the caller's uid and gid map to themselves: full
+    capabilities over the namespaces made from here on, none over the host's objects. Raises OSError."""
+    uid, gid = os.getuid(), os.getgid()
+    _check(_libc.unshare(CLONE_NEWUSER), "unshare(CLONE_NEWUSER)")
+    for name, text in (("setgroups", "deny"), ("uid_map", f"{uid} {uid} 1"), ("gid_map", f"{gid} {gid} 1")):
+        with open(f"/proc/self/{name}", "w") as f:
+            f.write(text)
+
+
+def setup_namespaces(cfg: dict) -> dict:
+    """Shared isolation, once, with CAP_SYS_ADMIN (as root, or in our own user namespace): new network and mount
+    namespaces, every mount read-only, /root, /home and the caller's home hidden except the Python installation, and
+    a check that a session can get its own PID namespace. Returns {layer: True or the reason it is missing}."""
+    layers: dict = {}
     try:
         _check(_libc.unshare(CLONE_NEWNET), "unshare(CLONE_NEWNET)")
         layers["netns"] = True
     except OSError as e:
         layers["netns"] = str(e)
     try:
-        cfg["pidns_fd"] = os.open("/proc/self/ns/pid", os.O_RDONLY)
-        _check(_libc.unshare(CLONE_NEWPID), "unshare(CLONE_NEWPID)")  # takes effect for children only...
-        _check(_libc.setns(cfg["pidns_fd"], CLONE_NEWPID), "setns(CLONE_NEWPID)")  # ...and is undone at once
+        pid = fork_into_new_pidns()
+        if pid == 0:
+            os._exit(0)
+        os.waitpid(pid, 0)
         layers["pidns"] = True
     except OSError as e:
         layers["pidns"] = str(e)
@@ -215,23 +277,210 @@ def setup_zygote(cfg: dict) -> dict:
         layers["mountns"] = layers["readonly_fs"] = layers["hidden_home"] = str(e)
         return layers
     try:
-        for home in ("/root", "/home"):
-            if os.path.isdir(home):
-                cover(home, cfg["python_paths"], "size=1m,mode=0755")
+        for home in home_folders(cfg):
+            if os.path.isdir(home) and os.path.realpath(home) != "/":
+                cover(os.path.realpath(home), cfg["python_paths"], "size=1m,mode=0755")
         layers["hidden_home"] = True
     except OSError as e:
         layers["hidden_home"] = str(e)
+    try:
+        layers["python_outside_tmp"] = relocate_python(cfg)
+    except OSError as e:
+        layers["python_outside_tmp"] = f"the Python installation under /tmp keeps its folder names there ({e})"
     failed = []
     for path, opts in sorted(_mountpoints(), key=lambda m: m[0].count("/")):
         flags = MS_REMOUNT | MS_BIND | MS_RDONLY
-        flags |= (MS_NOSUID if "nosuid" in opts else 0) | (MS_NODEV if "nodev" in opts else 0)
-        flags |= MS_NOEXEC if "noexec" in opts else 0
+        for opt, flag in (("nosuid", MS_NOSUID), ("nodev", MS_NODEV), ("noexec", MS_NOEXEC), ("noatime", MS_NOATIME),
+                          ("nodiratime", MS_NODIRATIME), ("relatime", MS_RELATIME)):
+            flags |= flag if opt in opts else 0  # in a user namespace these are locked: a remount must keep them
         try:
             _mount(None, path, None, flags)
         except OSError as e:
-            failed.append(f"{path} ({e.strerror})")
+            if not (e.errno in (2, 13, 20) and not os.path.exists(path)):  # beneath a cover: not reachable anyway
+                failed.append(f"{path} ({e.strerror})")
     layers["readonly_fs"] = True if not failed else "could not remount read-only: " + ", ".join(failed)
     return layers
+
+
+def relocate_python(cfg: dict) -> bool:
+    """Move the parts of the Python installation that live under /tmp out of it, so that a session's private /tmp
+    shows only the session's own files (not the host folders above a venv or checkout under /tmp): bind them
+    read-only onto a tmpfs covering /mnt (or /media, /srv, /opt), then point this interpreter there (sys.path, the
+    prefixes, every loaded package's __path__ and module's __file__) before anything is preloaded. True when done
+    or not needed."""
+    import importlib
+
+    under = [p for p in cfg["python_paths"] if p.startswith("/tmp/")]
+    under = [p for p in under if not any(p.startswith(q + "/") for q in under if q != p)]  # outermost only
+    if not under:
+        return True
+    base = next((d for d in ("/mnt", "/media", "/srv", "/opt") if os.path.isdir(d) and not os.path.islink(d)), None)
+    if base is None:
+        raise OSError(2, "no /mnt, /media, /srv or /opt to move it to")
+    cover(base, cfg["python_paths"], "size=1m,mode=0755")
+    moves = {}
+    for i, old in enumerate(under):
+        new = f"{base}/mathloop-python-{i}"
+        os.mkdir(new)
+        _mount(old, new, None, MS_BIND | MS_REC)
+        _mount(None, new, None, MS_REMOUNT | MS_BIND | MS_RDONLY)
+        moves[old] = new
+
+    def moved(path: str) -> str:
+        real = os.path.realpath(path)
+        for old, new in moves.items():
+            if real == old or real.startswith(old + "/"):
+                return new + real[len(old):]
+        return path
+
+    sys.path[:] = [moved(p) if p else p for p in sys.path]
+    for attr in ("prefix", "exec_prefix", "base_prefix", "base_exec_prefix", "executable"):
+        setattr(sys, attr, moved(getattr(sys, attr)))
+    for module in list(sys.modules.values()):
+        search = getattr(module, "__path__", None)
+        if isinstance(search, list):
+            search[:] = [moved(p) for p in search]
+        if isinstance(getattr(module, "__file__", None), str):
+            module.__file__ = moved(module.__file__)
+    sys.path_importer_cache.clear()
+    importlib.invalidate_caches()
+    cfg["python_paths"] = sorted({moved(p) for p in cfg["python_paths"]})
+    return True
+
+
+def home_folders(cfg: dict) -> list[str]:
+    """The folders no cell may read: /root, /home, and the caller's home wherever it is."""
+    import pwd
+
+    homes = ["/root", "/home", cfg.get("home") or ""]
+    try:
+        homes.append(pwd.getpwuid(os.getuid()).pw_dir)
+    except KeyError:
+        pass
+    return sorted({os.path.realpath(h) for h in homes if h and os.path.isabs(h)} - {"/"})
+
+
+def fork_into_new_pidns() -> int:
+    """os.fork(), but the child is pid 1 of a new PID namespace (a raw clone() between Python's own fork hooks).
+    Unlike unshare(CLONE_NEWPID) this leaves the zygote's own namespace for children unchanged, which matters in a
+    user namespace, where the zygote could not setns() back into the host's PID namespace."""
+    if os.uname().machine != "x86_64":
+        raise OSError(38, "clone(CLONE_NEWPID) is only called with x86_64's argument order")
+    api = ctypes.pythonapi
+    api.PyOS_BeforeFork()
+    pid = _pylibc.syscall(56, CLONE_NEWPID | SIGCHLD, 0, 0, 0, 0)  # clone(flags, stack=0, ...): fork semantics
+    err = ctypes.get_errno()
+    if pid == 0:
+        api.PyOS_AfterFork_Child()
+        return 0
+    api.PyOS_AfterFork_Parent()
+    if pid < 0:
+        raise OSError(err, f"clone(CLONE_NEWPID): {os.strerror(err)}")
+    return pid
+
+
+# ---------------------------------------------------------------------------------------------------- landlock
+
+# Landlock file-system rights (ABI 1: bits 0-12; ABI 2: REFER; ABI 3: TRUNCATE; ABI 5: IOCTL_DEV), network rights
+# (ABI 4: bind and connect TCP) and scopes (ABI 6: abstract UNIX sockets, signals).
+LL_EXECUTE, LL_WRITE_FILE, LL_READ_FILE, LL_READ_DIR = 1, 2, 4, 8
+LL_TRUNCATE, LL_IOCTL_DEV = 1 << 14, 1 << 15
+_LL_SYS_CREATE, _LL_SYS_ADD_RULE, _LL_SYS_RESTRICT = 444, 445, 446
+
+
+def landlock_abi() -> int:
+    """The kernel's Landlock ABI version, 0 when it has none (or it is turned off)."""
+    abi = _libc.syscall(_LL_SYS_CREATE, None, ctypes.c_size_t(0), ctypes.c_uint32(1))  # LANDLOCK_CREATE_RULESET_VERSION
+    return max(0, int(abi))
+
+
+def _landlock_fs_rights(abi: int) -> int:
+    rights = (1 << 13) - 1
+    rights |= (1 << 13) if abi >= 2 else 0
+    rights |= LL_TRUNCATE if abi >= 3 else 0
+    rights |= LL_IOCTL_DEV if abi >= 5 else 0
+    return rights
+
+
+def readable_paths(cfg: dict) -> list[str]:
+    """What a Landlock cell may read and execute: the whole file system except the home folders, the temporary
+    folders (other cells' and processes' files) and /proc (other processes), each excluded folder's siblings listed
+    one by one since Landlock only grants; then the Python installation wherever it lives."""
+    excluded = set(home_folders(cfg)) | {os.path.realpath(p) for p in ("/tmp", "/var/tmp", "/dev/shm", "/proc",
+                                                                         cfg["scratch"])}
+    out: list[str] = []
+
+    def walk(folder: str) -> None:
+        try:
+            names = sorted(os.listdir(folder))
+        except OSError:
+            return
+        for name in names:
+            path = os.path.join(folder, name)
+            real = os.path.realpath(path)
+            if real in excluded or any(real.startswith(x + "/") for x in excluded):
+                continue
+            if any(x.startswith(real + "/") for x in excluded):
+                if os.path.isdir(real) and real.startswith(folder.rstrip("/") + "/"):
+                    walk(real)  # an ancestor of an excluded folder: grant its other entries one by one
+                continue
+            out.append(real)
+
+    walk("/")
+    out += cfg["python_paths"]
+    return sorted(set(out))
+
+
+def landlock_confine(abi: int, readable: list[str], writable: str) -> None:
+    """Restrict this process (and anything it could start) to reading and executing `readable` and doing anything
+    in `writable`; with ABI 4+ no TCP bind/connect, with ABI 6+ no abstract UNIX sockets or signals out of the
+    domain. Needs no_new_privs first. Raises OSError."""
+    fs_all = _landlock_fs_rights(abi)
+    net = 3 if abi >= 4 else 0  # LANDLOCK_ACCESS_NET_BIND_TCP | CONNECT_TCP, with no rule granting either
+    scoped = 3 if abi >= 6 else 0
+    attr = struct.pack("=QQQ", fs_all, net, scoped)[: 8 if abi < 4 else 16 if abi < 6 else 24]
+    buf = ctypes.create_string_buffer(attr, len(attr))
+    ruleset = _libc.syscall(_LL_SYS_CREATE, buf, ctypes.c_size_t(len(attr)), ctypes.c_uint32(0))
+    if ruleset < 0:
+        err = ctypes.get_errno()
+        raise OSError(err, f"landlock_create_ruleset: {os.strerror(err)}")
+    file_rights = LL_EXECUTE | LL_WRITE_FILE | LL_READ_FILE | (LL_TRUNCATE if abi >= 3 else 0) | (
+        LL_IOCTL_DEV if abi >= 5 else 0)
+    try:
+        for path, rights in [(p, LL_EXECUTE | LL_READ_FILE | LL_READ_DIR) for p in readable] + [(writable, fs_all)]:
+            try:
+                fd = os.open(path, os.O_PATH | os.O_CLOEXEC)
+            except OSError:
+                continue  # gone since the list was made
+            try:
+                if not stat.S_ISDIR(os.fstat(fd).st_mode):
+                    rights &= file_rights
+                rule = ctypes.create_string_buffer(struct.pack("=Qi", rights, fd), 12)
+                if _libc.syscall(_LL_SYS_ADD_RULE, ctypes.c_int(ruleset), ctypes.c_int(1), rule, ctypes.c_uint32(0)):
+                    err = ctypes.get_errno()
+                    raise OSError(err, f"landlock_add_rule {path}: {os.strerror(err)}")
+            finally:
+                os.close(fd)
+        if _libc.syscall(_LL_SYS_RESTRICT, ctypes.c_int(ruleset), ctypes.c_uint32(0)):
+            err = ctypes.get_errno()
+            raise OSError(err, f"landlock_restrict_self: {os.strerror(err)}")
+    finally:
+        os.close(ruleset)
+
+
+def drop_capabilities() -> None:
+    """Give up every capability (effective, permitted, inheritable, ambient and bounding): in user-namespace mode the
+    session process would otherwise keep CAP_SYS_ADMIN over its namespaces and could unmount the covers."""
+    for cap in range(64):
+        if _libc.prctl(PR_CAPBSET_DROP, cap, 0, 0, 0) != 0 and ctypes.get_errno() == 22:  # EINVAL: past the last
+            break
+    _libc.prctl(PR_CAP_AMBIENT, PR_CAP_AMBIENT_CLEAR_ALL, 0, 0, 0)
+    header = ctypes.create_string_buffer(struct.pack("=Ii", 0x20080522, 0), 8)  # _LINUX_CAPABILITY_VERSION_3
+    data = ctypes.create_string_buffer(bytes(24), 24)
+    _check(int(_libc.syscall(126, header, data)), "capset")  # all zero
+    with open("/proc/self/status") as f:
+        if any(line.startswith(("CapEff:", "CapPrm:")) and int(line.split()[1], 16) for line in f):
+            raise OSError(1, "capabilities still held after capset")
 
 
 def cover(target: str, keep: list[str], options: str) -> None:
@@ -317,20 +566,22 @@ def _last_line(exc: BaseException) -> str:
 
 
 def session_namespaces(uid: int, cfg: dict) -> tuple[str | None, dict]:
-    """As root, in the forked child: its own mount and IPC namespaces, a private tmpfs on /tmp that re-exposes the
-    Python installation when it lives under /tmp, and (when the child is the init of its own PID namespace) a /proc
-    of that namespace in which only processes of the same uid are visible. Returns (workdir or None, layers)."""
+    """In the forked child, with CAP_SYS_ADMIN (root and userns modes): its own mount and IPC namespaces, a private
+    tmpfs on /tmp that re-exposes the Python installation when it lives under /tmp, and (when the child is the init
+    of its own PID namespace) a /proc of that namespace in which only processes of the same uid are visible.
+    Returns (workdir or None, layers)."""
     layers: dict = {}
-    if os.geteuid() != 0:
-        reason = "not root: no namespaces"
+    if cfg["mode"] not in NAMESPACE_MODES:
+        reason = f"{cfg['mode']} mode: no namespaces"
+        if cfg["mode"] == "landlock":
+            return None, {"ipcns": reason, "private_tmpfs": "landlock: a private scratch folder, nothing else "
+                          "writable", "private_proc": "landlock: no other process's /proc entries"}
         return None, {"ipcns": reason, "private_tmpfs": reason, "private_proc": reason}
     try:
         _check(_libc.unshare(CLONE_NEWIPC), "unshare(CLONE_NEWIPC)")
         layers["ipcns"] = True
     except OSError as e:
         layers["ipcns"] = str(e)
-    if cfg["layers"].get("mountns") is not True:
-        return None, dict(layers, private_tmpfs="no mount namespace", private_proc="no mount namespace")
     try:
         _check(_libc.unshare(CLONE_NEWNS), "unshare(CLONE_NEWNS)")
     except OSError as e:
@@ -342,7 +593,7 @@ def session_namespaces(uid: int, cfg: dict) -> tuple[str | None, dict]:
         layers["private_tmpfs"] = True
     except OSError as e:
         layers["private_tmpfs"] = str(e)
-    if cfg["layers"].get("pidns") is True:
+    if cfg["own_pidns"]:
         try:
             try:
                 _mount("proc", "/proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC | MS_RDONLY, "hidepid=invisible")
@@ -395,9 +646,14 @@ def confine_process(sock: socket.socket, uid: int, cfg: dict, workdir: str | Non
         os.setresuid(uid, uid, uid)
         layers["uid"] = True
     else:
-        layers["uid"] = f"not root: runs as the caller's uid {os.getuid()}"
+        drop_capabilities()  # those of our own user namespace, if any
+        layers["uid"] = f"not root: runs as the caller's uid {os.getuid()}, with no capabilities"
     _check(_libc.prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0), "no_new_privs")
     layers["no_new_privs"] = True
+    if cfg["mode"] == "landlock":
+        readable = cfg["readable"] + [f"/proc/{os.getpid()}"]  # its own /proc entry, no other process's
+        landlock_confine(cfg["landlock_abi"], readable, workdir)  # failing here fails the session: never run open
+        layers.update(landlock=True, readonly_fs=True, hidden_home=True)
     if cfg["seccomp"]:
         try:
             install_seccomp()
@@ -417,7 +673,7 @@ def session_main(sock: socket.socket, uid: int, cfg: dict) -> None:
     parent's SIGKILL to this init kills the whole namespace. Without one it is the session process itself."""
     try:
         workdir, layers = session_namespaces(uid, cfg)
-        if cfg["layers"].get("pidns") is True:
+        if cfg["own_pidns"]:
             pid = os.fork()
             if pid:
                 sock.close()
@@ -456,6 +712,8 @@ def child_main(sock: socket.socket, layers: dict, cfg: dict) -> None:
             status, error = "ok", ""
         except BaseException as e:  # noqa: BLE001 - SystemExit / KeyboardInterrupt are program errors too
             status, error = "error", _last_line(e)
+            if len(error) > 2 * keep:  # a 5 MB message: its ends, as for stdout, well within the reply limit
+                error = error[:keep] + error[-keep:]
         elapsed = _clock() - start
         sys.stdout = sys.__stdout__
         try:
@@ -472,12 +730,15 @@ def zygote_main(cfg: dict) -> None:
     ctl = socket.socket(fileno=cfg["ctl_fd"])
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides when we go
     cfg["python_paths"] = python_paths()
-    layers = setup_zygote(cfg)
-    preload(cfg["preload"])
+    mode, layers = choose_mode(cfg)
+    cfg["mode"] = mode
+    cfg["own_pidns"] = mode in NAMESPACE_MODES and layers.get("pidns") is True
+    if mode not in ("refused", "retry"):
+        preload(cfg["preload"])
     cfg["layers"] = layers
     children: dict[int, int] = {}  # pid -> uid
     next_uid = 0
-    ready = {"layers": layers, "preloaded": [m for m in cfg["preload"] if m in sys.modules]}
+    ready = {"mode": mode, "layers": layers, "preloaded": [m for m in cfg["preload"] if m in sys.modules]}
     ctl.sendmsg([json.dumps(ready).encode()])
     null = os.open(os.devnull, os.O_RDWR)
     os.dup2(null, 2)  # the parent stops reading our stderr once we are up
@@ -507,22 +768,17 @@ def zygote_main(cfg: dict) -> None:
             request = json.loads(data)
             if request.get("op") != "spawn":
                 continue
+            if mode in ("refused", "retry"):
+                continue  # the parent never asks such a zygote for a process
             used = set(children.values())
             while cfg["uid_base"] + next_uid in used:
                 next_uid = (next_uid + 1) % cfg["uid_span"]
-            uid = cfg["uid_base"] + next_uid
+            uid = cfg["uid_base"] + next_uid if os.geteuid() == 0 else os.getuid()
             next_uid = (next_uid + 1) % cfg["uid_span"]
-            if layers.get("mountns") is not True:
+            if mode not in NAMESPACE_MODES:
                 cfg["workdir"] = tempfile.mkdtemp(prefix="mathloop-cell-", dir=cfg["scratch"])
             parent_end, child_end = socket.socketpair()
-            pid, own_pidns = -1, layers.get("pidns") is True
-            if own_pidns:
-                _check(_libc.unshare(CLONE_NEWPID), "unshare(CLONE_NEWPID)")  # the next child is pid 1 of a new one
-            try:
-                pid = os.fork()
-            finally:
-                if own_pidns and pid != 0:
-                    _check(_libc.setns(cfg["pidns_fd"], CLONE_NEWPID), "setns(CLONE_NEWPID)")
+            pid = fork_into_new_pidns() if cfg["own_pidns"] else os.fork()  # the child is pid 1 of a new one
             if pid == 0:
                 try:
                     ctl.close()
@@ -531,7 +787,7 @@ def zygote_main(cfg: dict) -> None:
                 finally:
                     os._exit(0)
             children[pid] = uid
-            if layers.get("mountns") is not True:
+            if mode not in NAMESPACE_MODES:
                 workdirs[pid] = cfg["workdir"]
             child_end.close()
             pidfd = os.pidfd_open(pid)

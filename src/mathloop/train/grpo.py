@@ -134,6 +134,7 @@ class GRPOConfig(SamplerOptions):
     mode: str = "cot"  # cot | tir (the model's Python runs in the sandbox during rollouts)
     max_tool_calls: int = 4  # tir: code executions per response
     tool_timeout: float = 5.0  # tir: seconds per execution
+    unsafe_sandbox_file_access: bool = False  # tir on a host that cannot confine files: run cells unconfined anyway
     group_size: int = 8  # responses per query (G; the paper uses 32)
     queries_per_step: int = 16  # queries per optimizer step
     steps: int = 100  # optimizer steps in all (one rollout batch each)
@@ -605,7 +606,7 @@ def _train_grpo(config: GRPOConfig, stop_after: int | None) -> dict[str, Any]:
     last: dict[str, Any] = {}
     reporter = MetricsReporter(config.report_to, out, "grpo", dataclasses.asdict(config), resume_step=step,
                                main_process=main)
-    with code_executor(config.mode, config.tool_timeout) as executor, reporter, \
+    with code_executor(config.mode, config.tool_timeout, config.unsafe_sandbox_file_access) as executor, reporter, \
             progress_bar(config.steps, "grpo", "step", enabled=main, initial=step) as bar:
         while step < stop:
             torch.manual_seed(config.seed + step)
