@@ -313,6 +313,31 @@ CASES: list[tuple[str, str, str, str, str]] = [
     ("answer-phrase-math-list", r"12\text{ and }13", r'Final Answer: The final answer is "$12$ and $13$". I hope it is correct.', "math", C),
     ("fp-answer-phrase-math-list-last-only", "13", r'Final Answer: The final answer is "$12$ and $13$". I hope it is correct.', "math", I),
     ("fp-answer-phrase-math-list-wrong-item", r"12\text{ and }13", r"The final answer is $12$, $14$.", "math", I),
+    # --- issue 29, false positives: a unit is ignored only when the other side has none; different units are not equal
+    # unless a conversion table relates them (then the converted values compare exactly)
+    ("fp-units-cm-vs-km", "5 cm", boxed("5 km"), "math", I),
+    ("fp-units-km-vs-cm-text", r"5 \text{ km}", boxed(r"5 \text{ cm}"), "math", I),
+    ("fp-units-hours-vs-minutes", "2 hours", boxed("2 minutes"), "math", I),
+    ("fp-units-minutes-vs-hours", r"2\text{ minutes}", boxed(r"2\text{ hours}"), "math", I),
+    ("fp-units-dollars-vs-cents", r"\$5", boxed("5 cents"), "math", I),
+    ("fp-units-cents-vs-dollars", "5 cents", boxed(r"\$5"), "math", I),
+    ("fp-units-lone-dollar-vs-cents", "$5", boxed("5 cents"), "math", I),
+    ("fp-units-other-words", "9 (apples)", boxed("9 oranges"), "math", I),
+    ("fp-units-area-vs-length", r"72\text{ m}^2", boxed(r"72\text{ m}"), "math", I),
+    ("fp-units-square-cm-vs-square-m", r"15\mbox{ cm}^2", boxed(r"15\text{ m}^2"), "math", I),
+    ("fp-units-metric-vs-imperial-not-converted", "254 cm", boxed(r"100\text{ inches}"), "math", I),
+    ("fp-units-converted-wrong-value", "2 hours", boxed("100 minutes"), "math", I),
+    ("units-converted-hours-to-minutes", "2 hours", boxed("120 minutes"), "math", C),
+    ("units-converted-minutes-to-hours", r"120\text{ minutes}", boxed(r"2\text{ hours}"), "math", C),
+    ("units-converted-dollars-to-cents", r"\$5", boxed("500 cents"), "math", C),
+    ("units-converted-square-m-to-square-cm", r"1\text{ m}^2", boxed(r"10000\text{ cm}^2"), "math", C),
+    ("units-same-unit-other-spelling", r"5\text{ cm}", boxed(r"5\text{ centimeters}"), "math", C),
+    ("units-same-unit-singular-plural", "1 hour", boxed(r"1\text{ hours}"), "math", C),
+    ("units-same-dollar-forms", r"\$5", boxed(r"5 \text{ dollars}"), "math", C),
+    ("units-same-unknown-word", "9 (apples)", boxed("9 apples"), "math", C),
+    ("units-same-unit-wrong-value", "5 cm", boxed("6 cm"), "math", I),
+    ("units-one-side-only-gold", "5 km", boxed("5"), "math", C),
+    ("units-one-side-only-pred", "5", boxed(r"5\text{ hours}"), "math", C),
 ]
 
 

@@ -33,6 +33,7 @@ from typing import Any
 
 from mathloop.verify.latex import _LETTERS, clean_answer, final_boxes, option_letter
 from mathloop.verify.numeric import clearly_different, evaluate_constant
+from mathloop.verify.units import answer_unit, conversion
 
 MIN_DECIMALS_FOR_ROUNDING = 3
 # Bounds that keep every in-process path linear and fast: an answer longer than MAX_ANSWER_CHARS (after extraction) is
@@ -43,7 +44,7 @@ MAX_LIST_ITEMS = 64
 
 # Multi-letter unit words stripped after a plain number. Single letters (m, a, s) are never units here: "a+b" != "b".
 _UNIT_WORDS = (
-    "cm|mm|km|meters?|metres?|inch(?:es)?|feet|foot|ft|miles?|yards?|units?|square units|sq units|degrees?|"
+    "cm|mm|km|(?:centi|milli|kilo)?(?:meters?|metres?)|kilograms?|ounces?|oz|yards?|yd|inch(?:es)?|feet|foot|ft|miles?|yards?|units?|square units|sq units|degrees?|"
     "dollars?|cents?|hours?|hrs?|minutes?|mins?|seconds?|secs?|days?|weeks?|months?|years?|kg|grams?|pounds?|lbs?|"
     "liters?|litres?|ml|mph|people|students|apples|cookies|times|ways|points|percent(?:age)?|pct"
 )
@@ -100,7 +101,7 @@ def _strip_text_commands(s: str) -> str:
                 tail = ","
             continue
         unit_tail = _UNIT_TAIL.match(s, match.end())
-        if tail and tail in "0123456789}" and len(words.strip()) >= 2 and unit_tail and not _HALF_DAY.fullmatch(words):
+        if tail and tail in "0123456789}" and (len(words.strip()) >= 2 or words.strip().isalpha()) and unit_tail and not _HALF_DAY.fullmatch(words):
             last = len(s)
             break
         out.append(f" {words} " if tail else words)
@@ -510,11 +511,37 @@ def fast_equivalent(gold: str, pred: str, answer_type: str = "math", rounding: b
         return letter_gold == letter_pred
     if len(gold) > MAX_ANSWER_CHARS or len(pred) > MAX_ANSWER_CHARS:
         return _as_text(gold) == _as_text(pred)  # bounded: no normalisation rule or parse runs on 1 MB
+    if answer_type == "math":
+        by_units = units_verdict(gold, pred)
+        if by_units is not None:
+            return by_units
     gold_n, pred_n = normalize(gold), normalize(pred)
     equal = partial(_fast_one, rounding=rounding)
     if answer_type == "list":
         return _match_lists(split_top_level(gold_n), split_top_level(pred_n), equal)
     return equal(gold_n, pred_n)
+
+
+def units_verdict(gold: str, pred: str) -> bool | None:
+    """False when both answers carry units that differ and no conversion relates them (``5 cm`` vs ``5 km``); with a
+    conversion (``2 hours`` vs ``120 minutes``, plain numbers only), the exact comparison of the converted values. None
+    when at most one side has a unit or both have the same one: the unit is then ignored (see ``units``).
+
+    >>> units_verdict("5 cm", "5 km"), units_verdict(r"\\$5", "500 cents"), units_verdict(r"5\\text{ cm}", "5")
+    (False, True, None)
+    """
+    unit_gold, unit_pred = answer_unit(gold), answer_unit(pred)
+    if unit_gold is None or unit_pred is None or unit_gold == unit_pred:
+        return None
+    factors = conversion(unit_gold, unit_pred)
+    if factors is None:
+        return False
+    gold_n, pred_n = normalize(gold), normalize(pred)
+    number_gold = parse_plain_number(drop_thousands_commas(gold_n, pred_n))
+    number_pred = parse_plain_number(drop_thousands_commas(pred_n, gold_n))
+    if number_gold is None or number_pred is None:
+        return False
+    return number_gold[0] * factors[0] == number_pred[0] * factors[1]
 
 
 def _fast_one(gold: str, pred: str, rounding: bool = False) -> bool | None:
