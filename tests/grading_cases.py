@@ -338,6 +338,34 @@ CASES: list[tuple[str, str, str, str, str]] = [
     ("units-same-unit-wrong-value", "5 cm", boxed("6 cm"), "math", I),
     ("units-one-side-only-gold", "5 km", boxed("5"), "math", C),
     ("units-one-side-only-pred", "5", boxed(r"5\text{ hours}"), "math", C),
+    # --- issue 29, false positives: the last answer stated counts. A final-answer statement after the last box, or a
+    # retraction after it with a new value, replaces the box; a retraction without a new value leaves no answer.
+    ("last-answer-markdown-statement-after-box", "11", "Counting the terms gives $\\boxed{10}$.\n\nLet me recount: the "
+     "first term was missed.\n\n**Final Answer**: 11", "math", C),
+    ("fp-last-answer-markdown-statement-after-box", "10", "Counting the terms gives $\\boxed{10}$.\n\nLet me recount: "
+     "the first term was missed.\n\n**Final Answer**: 11", "math", I),
+    ("fp-last-answer-bold-colon-after-box", "10", "So $n = \\boxed{10}$.\n\n**Final Answer:** $11$", "math", I),
+    ("fp-last-answer-heading-after-box", "10", "So $n = \\boxed{10}$.\n\n### Final Answer\n11", "math", I),
+    ("last-answer-heading-then-box", "11", "So $n = 10$? No.\n\n### Final Answer\n\\[\n\\boxed{11}\n\\]", "math", C),
+    ("last-answer-retraction-new-value", "9", "Thus $x = \\boxed{8}$.\n\nWait, that is not right: the equation is "
+     "$x + 3 = 12$, so it is 9.", "math", C),
+    ("fp-last-answer-retraction-old-box", "8", "Thus $x = \\boxed{8}$.\n\nWait, that is not right: the equation is "
+     "$x + 3 = 12$, so it is 9.", "math", I),
+    ("fp-last-answer-retraction-new-math", "12", r"The area is $\boxed{12}$. Actually, I made a mistake: the "
+     r"height is 5, so the area is $\frac{1}{2} \cdot 6 \cdot 5 = 15$.", "math", I),
+    ("last-answer-retraction-new-math", "15", r"The area is $\boxed{12}$. Actually, I made a mistake: the "
+     r"height is 5, so the area is $\frac{1}{2} \cdot 6 \cdot 5 = 15$.", "math", C),
+    ("fp-last-answer-retraction-without-value", "8", r"Thus $x = \boxed{8}$. Wait, that is not right.", "math", N),
+    ("last-answer-retraction-then-new-box", "9", r"Thus $\boxed{8}$. Wait, that is wrong. Redo: $x = \boxed{9}$.",
+     "math", C),
+    ("last-answer-hope-it-is-correct-keeps-box", "10", r"So $\boxed{10}$. I hope the answer is correct.", "math", C),
+    ("last-answer-check-after-box-keeps-box", "12", "So $\\boxed{12}$.\n\nCheck: $3 \\times 4 = 12$.", "math", C),
+    # --- issue 29, false negatives: the same value boxed twice is one answer (not the list 6,6)
+    ("same-value-boxed-twice", "6", r"So $x = \boxed{6}$, i.e. $\boxed{6}$.", "math", C),
+    ("same-value-boxed-twice-other-form", "6", r"The answer is $\boxed{6}$ and $\boxed{6.0}$.", "math", C),
+    ("fp-two-values-boxed-not-one", "6", r"The answer is $\boxed{6}$ and $\boxed{7}$.", "math", I),
+    ("two-values-boxed-are-a-list", "6, 7", r"The answer is $\boxed{6}$ and $\boxed{7}$.", "math", C),
+    ("gold-same-value-boxed-twice", r"\boxed{6} and \boxed{6}", boxed("6"), "math", C),
 ]
 
 
@@ -355,4 +383,37 @@ QUESTION_CASES: list[tuple[str, str, str, str, str]] = [
     ("exact-question-pi", "What is the area of the circle, in terms of $\\pi$?", r"4\pi", boxed("12.566"), I),
     ("exact-question-symbolic-path", "Find the value.", r"\frac{\pi}{2}", boxed("1.571"), I),
     ("exact-question-exact-answer", "Express your answer as a common fraction.", r"\frac{1}{3}", boxed(r"\frac{2}{6}"), C),
+]
+
+
+# (id, question, gold, response, truncated, expected): a response cut at the token limit (finish reason "length") gets
+# no fallback extraction; a fallback answer that is only an expression copied from the question is no answer.
+CUT = "To compute \\(6 \\times 3\\), we multiply:\n\\[\n6 \\times 3\n\\]\n\nFirst, "
+SIX_BY_THREE = "Compute $6 \\times 3$."
+TRUNCATED_CASES: list[tuple[str, str | None, str, str, bool, str]] = [
+    ("fp-truncated-last-math-no-answer", SIX_BY_THREE, "18", CUT, True, N),
+    ("fp-truncated-last-number-no-answer", "How many apples are left?", "18", "We had 20 apples, gave away 2, so 18 "
+     "apples and then", True, N),
+    ("fp-truncated-real-response-last-equation", "Compute $\\left(886 + 1258\\right) + 471 + 1750$.", "4365",
+     "Add \\(2615\\) and \\(1750\\):\n\n\\[2615 + 1750\\]\nFirst, add the ones places.\nSo, \\(2615 + 1750 = 4365\\)."
+     "\n\nTherefore,", True, N),
+    ("truncated-complete-box-counts", SIX_BY_THREE, "18", "So \\(6 \\times 3 = \\boxed{18}\\). Let me also check by", True,
+     C),
+    ("truncated-answer-phrase-counts", SIX_BY_THREE, "18", "The answer is 18. Let me also check by adding 6 three", True, C),
+    ("fp-truncated-answer-phrase-cut-mid-number", SIX_BY_THREE, "18", "Let me check once more. The answer is 18", True,
+     N),
+    ("fp-truncated-answer-phrase-cut-after-point", SIX_BY_THREE, "18", "Let me check once more. The answer is 18.", True,
+     N),
+    ("truncated-hash-answer-counts", "How many apples are left?", "18", "20 - 2 = 18\n#### 18\n\nWe can also", True, C),
+    ("truncated-cut-box-no-answer", SIX_BY_THREE, "18", "So the answer is \\(\\boxed{1", True, N),
+    ("truncated-mc-last-letter-no-answer", "Which is largest?", "B", "Comparing the options one by one:\nB", True, N),
+    ("not-truncated-mc-last-letter", "Which is largest?", "B", "Comparing the options one by one:\nB", False, C),
+    ("not-truncated-last-number-counts", "How many apples are left?", "18", "We had 20 apples, gave away 2, so 18 "
+     "apples are left", False, C),
+    ("fp-copied-from-question-no-answer", SIX_BY_THREE, "18", CUT, False, N),
+    ("fp-copied-from-question-spacing", SIX_BY_THREE, "18", "We need \\(6\\times 3\\)", False, N),
+    ("copied-no-question-reads-the-expression", None, "18", "We need \\(6\\times 3\\)", False, C),
+    ("not-copied-result-after-expression", SIX_BY_THREE, "18", "We need \\(6 \\times 3 = 18\\)", False, C),
+    ("copied-plain-number-still-an-answer", "John has 3 apples and eats none. How many are left?", "3",
+     "He still has 3", False, C),
 ]

@@ -122,7 +122,8 @@ def normalize(answer: str) -> str:
         return _as_text(answer)
     s = clean_answer(answer)
     if "\\boxed" in s or "\\fbox" in s:  # a gold written as a solution: its boxes are the answer
-        s = ",".join(clean_answer(box) for box in final_boxes(s)) or s
+        boxes = [clean_answer(box) for box in final_boxes(s)]
+        s = ",".join(boxes if len(set(boxes)) > 1 else boxes[:1]) or s  # the same value boxed twice is one answer
     if s.startswith("{") and s.endswith("}") and _balanced(s[1:-1]) and len(split_top_level(s[1:-1])) > 1:
         s = f"\\{{{s[1:-1]}\\}}"  # bare braces around a list: a set
     s = s.replace("\\dfrac", "\\frac").replace("\\tfrac", "\\frac").replace("\\displaystyle", "")

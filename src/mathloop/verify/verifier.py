@@ -20,18 +20,22 @@ def grade(
     choices: list[str] | None = None,
     timeout: float = 5.0,
     question: str | None = None,
+    truncated: bool = False,
 ) -> tuple[str | None, str]:
     """(extracted prediction, verdict): "correct", "incorrect", or "no_answer" when nothing could be extracted.
 
     A missing gold (``None``) cannot confirm anything: the verdict is "incorrect" unless there is no answer. A gold
     written as a solution is read for its answer (``solution_answer``; its final boxes, see ``normalize``).
     ``question``: when it asks for a decimal or a rounding, a rounded decimal answers an exact gold (3.142 for
-    ``\\pi``); without it, or when it does not ask, a decimal approximation of an exact gold is incorrect.
+    ``\\pi``); without it, or when it does not ask, a decimal approximation of an exact gold is incorrect; a fallback
+    answer (no box, no answer phrase) that is only an expression copied from the question is no answer.
+    ``truncated``: the response stopped at the token limit (a sample's finish reason "length"): only a box, an answer
+    phrase or ``####`` give an answer (``extract_answer``).
 
     >>> grade("18", r"She pays $\\$18$, so the answer is $\\boxed{18.00}$.")
     ('18.00', 'correct')
     """
-    pred = extract_answer(response, answer_type, choices)
+    pred = extract_answer(response, answer_type, choices, truncated=truncated, question=question)
     if pred is None:
         return None, NO_ANSWER
     if gold is None:
@@ -111,15 +115,19 @@ class Verifier:
         answer_type: str | list[str] = "math",
         choices: list[str] | None | list[list[str] | None] = None,
         questions: list[str | None] | None = None,
+        truncated: list[bool] | None = None,
     ) -> list[tuple[str | None, str]]:
         """``grade`` for every (gold, response) item, in order. ``choices``: one list for all items, or one per item;
-        ``questions``: one per item (or None), see ``grade``."""
+        ``questions`` and ``truncated`` (finish reason "length"): one per item (or None), see ``grade``."""
         types = _per_item(answer_type, len(items))
-        roundings = [question_allows_rounding(q) for q in _per_item(questions or [None] * len(items), len(items))]
+        per_question = _per_item(questions or [None] * len(items), len(items))
+        cut = _per_item(truncated or [False] * len(items), len(items))
+        roundings = [question_allows_rounding(q) for q in per_question]
         per_item_choices = choices if choices and isinstance(choices[0], list) else [choices] * len(items)
         if len(per_item_choices) != len(items):
             raise ValueError(f"expected {len(items)} choice lists, got {len(per_item_choices)}")
-        preds = [extract_answer(response, kind, opts) for (_, response), kind, opts in zip(items, types, per_item_choices)]  # type: ignore[arg-type]
+        preds = [extract_answer(response, kind, opts, truncated=bool(stop), question=q)  # type: ignore[arg-type]
+                 for (_, response), kind, opts, stop, q in zip(items, types, per_item_choices, cut, per_question)]
         to_check = [i for i, (pred, (gold, _)) in enumerate(zip(preds, items)) if pred is not None and gold is not None]
         verdicts = self.is_equivalent_batch([(solution_answer(items[i][0]), preds[i]) for i in to_check], [types[i] for i in to_check],  # type: ignore[misc]
                                             [roundings[i] for i in to_check])
