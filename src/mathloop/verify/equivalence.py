@@ -132,7 +132,11 @@ def normalize(answer: str) -> str:
     s = _COMMA_NEGATIVE_SPACE.sub(",", s)
     s = re.sub(r"(?<!\\)\\[,;:! ]|~", " ", s)
     s = _SPACE_THOUSANDS.sub(lambda m: "".join(m.group().split()), s)
+    s = _TRIG_OF_DEGREES.sub(lambda m: f"\\{m.group(1)}(\\frac{{{m.group(2)}\\pi}}{{180}})", s)  # \sin 60^\circ
     s = re.sub(r"\^\s*\{?\\circ\}?|°|\\degree", "", s)
+    s = _LOG_BASE.sub(r"\\log_{\1}", s)  # \log_2 8: the base is one character, the space ends it
+    s = s.replace("\\varnothing", "\\emptyset")
+    s = _REPEATING.sub(_repeating_as_fraction, s)
     s = s.replace("\\%", "").replace("%", "").replace("\\$", "").replace("$", "")
     s = _strip_text_commands(s)
     s = re.sub(r"(?<=[\w)\]}])\s*,?\s*\b(?:and|or)\b\s*(?=[-+\w(\[\\{])", ",", s)  # "1 and 2", "(1,2) or (2,1)"
@@ -149,7 +153,46 @@ def normalize(answer: str) -> str:
     if paren_letter:
         s = paren_letter.group(1)
     s = _set_builder_to_interval(s)
+    s = _mixed_number(s)
+    s = _NUMBER_WORDS.get(s.lower(), s)
     return _squeeze_spaces(s)
+
+
+_TRIG_OF_DEGREES = re.compile(
+    r"\\(sin|cos|tan|cot|sec|csc)\s*+\(?\s*+(\d+(?:\.\d+)?)\s*+(?:\^\s*+\{?\s*+\\circ\s*+\}?|°|\\degree)\s*+\)?"
+)
+_LOG_BASE = re.compile(r"\\log_(\w)\s+")
+_REPEATING = re.compile(r"(-?)(\d*)\.(\d*)\\overline\{(\d+)\}")
+_MIXED = re.compile(r"(-?)(\d+)(?:\s+(\d+)/(\d+)|\s*\\frac\{(\d+)\}\{(\d+)\})")
+_NUMBER_WORDS = {word: str(value) for value, word in enumerate(
+    "zero one two three four five six seven eight nine ten eleven twelve thirteen fourteen fifteen sixteen seventeen "
+    "eighteen nineteen twenty".split())}
+_NUMBER_WORDS.update({"thirty": "30", "forty": "40", "fifty": "50", "sixty": "60", "seventy": "70", "eighty": "80",
+                      "ninety": "90", "hundred": "100", "a hundred": "100", "one hundred": "100"})
+
+
+def _repeating_as_fraction(match: re.Match[str]) -> str:
+    """``0.\\overline{3}`` -> ``\\frac{1}{3}``, ``1.1\\overline{6}`` -> ``\\frac{7}{6}``: a repeating decimal is exact."""
+    sign, whole, fixed, period = match.groups()
+    value = int(whole or "0") + Fraction(int(fixed + period) - int(fixed or "0"), 10 ** len(fixed) * (10 ** len(period) - 1))
+    return f"{sign}\\frac{{{value.numerator}}}{{{value.denominator}}}" if value.denominator > 1 else f"{sign}{value}"
+
+
+def _mixed_number(s: str) -> str:
+    """A whole answer written as a mixed number: an integer, then a proper fraction of integers (``4 1/2``,
+    ``4\\frac{1}{2}``) -> ``\\frac{9}{2}``. Anything else is unchanged.
+
+    >>> _mixed_number("4 1/2"), _mixed_number(r"-2\\frac{1}{3}"), _mixed_number(r"2\\frac{3}{2}")
+    ('\\\\frac{9}{2}', '-\\\\frac{7}{3}', '2\\\\frac{3}{2}')
+    """
+    match = _MIXED.fullmatch(s.strip()) if len(s) <= 60 else None
+    if not match:
+        return s
+    sign, whole, num, den = match.group(1), int(match.group(2)), match.group(3) or match.group(5), match.group(4) or match.group(6)
+    if not 0 < int(num) < int(den):
+        return s
+    value = whole + Fraction(int(num), int(den))
+    return f"{sign}\\frac{{{value.numerator}}}{{{value.denominator}}}"
 
 
 def _as_text(answer: str) -> str:
