@@ -269,6 +269,8 @@ def align_forms(gold: str, pred: str) -> tuple[str, str]:
     gold, pred = named_values(gold, pred)
     gold, pred = strip_variable(gold, pred), strip_variable(pred, gold)
     gold, pred = inequality_as_interval(gold, pred), inequality_as_interval(pred, gold)
+    gold, pred = excluded_value_as_union(gold, pred), excluded_value_as_union(pred, gold)
+    gold, pred = absolute_inequality_as_set(gold, pred), absolute_inequality_as_set(pred, gold)
     gold, pred = plus_minus_as_pair(gold, pred), plus_minus_as_pair(pred, gold)
     return gold, pred
 
@@ -391,6 +393,47 @@ def inequality_as_interval(answer: str, other: str) -> str:
     return f"{'(' if low_strict else '['}{low},{high}{')' if high_strict else ']'}"
 
 
+_NOT_EQUAL = re.compile(r"([a-zA-Z])\s*(?:\\neq?|\\ne)(?![a-zA-Z])\s*([^,<>=]+)")
+_ABSOLUTE = re.compile(r"\|\s*([a-zA-Z])\s*\|\s*(<|>|\\\\?(?:leqslant|geqslant|leq?|geq?)(?![a-zA-Z]))\s*([^,<>=]+)")
+
+
+def excluded_value_as_union(answer: str, other: str) -> str:
+    """``x \\neq 2`` -> ``(-\\infty,2)\\cup(2,\\infty)`` when the other answer is a union of intervals; else unchanged.
+
+    >>> excluded_value_as_union(r"x\\neq2", r"(-\\infty,2)\\cup(2,\\infty)")
+    '(-\\\\infty,2)\\\\cup(2,\\\\infty)'
+    """
+    match = _NOT_EQUAL.fullmatch(answer.strip()) if len(answer) <= 200 and "\\cup" in other else None
+    if not match:
+        return answer
+    value = match.group(2).strip()
+    return f"(-\\infty,{value})\\cup({value},\\infty)"
+
+
+def absolute_inequality_as_set(answer: str, other: str) -> str:
+    """``|x| < 2`` -> ``(-2,2)`` (``\\le``: ``[-2,2]``) against an interval; ``|x| > 2`` ->
+    ``(-\\infty,-2)\\cup(2,\\infty)`` against a union; else unchanged. The bound must be a plain positive number or one
+    symbol (``|x| < a``).
+
+    >>> absolute_inequality_as_set("|x|<2", "(-2,2)"), absolute_inequality_as_set(r"|x|\\geq3", r"(-\\infty,-3]\\cup[3,\\infty)")
+    ('(-2,2)', '(-\\\\infty,-3]\\\\cup[3,\\\\infty)')
+    """
+    text = answer.replace("\\lvert", "|").replace("\\rvert", "|").replace("\\vert", "|")
+    match = _ABSOLUTE.fullmatch(text.strip()) if len(text) <= 200 and "|" in text else None
+    if not match:
+        return answer
+    relation, bound = match.group(2).lstrip("\\"), match.group(3).strip()
+    number = parse_plain_number(bound)
+    if not (number and number[0] > 0 or re.fullmatch(r"[a-zA-Z]|\\[a-zA-Z]+", bound)):
+        return answer
+    strict = relation in ("<", ">")
+    if relation in ("<", "le", "leq", "leqslant") and _is_interval(other):
+        return f"{'(' if strict else '['}-{bound},{bound}{')' if strict else ']'}"
+    if relation in (">", "ge", "geq", "geqslant") and "\\cup" in other:
+        return f"(-\\infty,-{bound}{')' if strict else ']'}\\cup{'(' if strict else '['}{bound},\\infty)"
+    return answer
+
+
 def _is_interval(answer: str) -> bool:
     return len(answer) >= 5 and answer[0] in "([" and answer[-1] in ")]" and _balanced(answer[1:-1]) and len(
         split_top_level(answer[1:-1])) == 2
@@ -448,6 +491,29 @@ def is_malformed(answer: str) -> bool:
     if _ARROW.search(answer) and "\\lim" not in answer:
         return True
     return answer.count("{") - answer.count("\\{") != answer.count("}") - answer.count("\\}") or not _balanced(answer)
+
+
+def time_of_day(answer: str) -> tuple[int, int, int] | None:
+    """(hour 0-23, minute, second) of a time that says which half of the day it is: with a.m./p.m. (``3:45 p.m.``), or
+    in 24-hour form (an hour from 13 to 23, or written with a leading zero: ``15:45``, ``03:45``, ``00:30``). None for
+    anything else, such as ``3:45`` or ``12:30`` without a.m./p.m. (either half of the day).
+
+    >>> time_of_day("3:45 p.m."), time_of_day("15:45"), time_of_day("12:30 a.m."), time_of_day("3:45")
+    ((15, 45, 0), (15, 45, 0), (0, 30, 0), None)
+    """
+    match = _CLOCK.fullmatch(answer.strip())
+    if not match:
+        return None
+    hours, minutes, seconds, half = match.groups()
+    hour, minute, second = int(hours), int(minutes), int(seconds or 0)
+    if minute > 59 or second > 59:
+        return None
+    half = re.sub(r"[\s.]", "", half).lower()
+    if half:
+        return (hour % 12 + (12 if half == "pm" else 0), minute, second) if 1 <= hour <= 12 else None
+    if 13 <= hour <= 23 or (hours.startswith("0") and len(hours) == 2):
+        return hour, minute, second
+    return None
 
 
 def _clock_or_ratio(answer: str) -> tuple[Any, ...] | None:
@@ -603,6 +669,10 @@ def _fast_one(gold: str, pred: str, rounding: bool = False) -> bool | None:
         return plain_numbers_equal(number_gold, number_pred, rounding)
     clock_gold, clock_pred = _clock_or_ratio(gold), _clock_or_ratio(pred)
     if clock_gold is not None or clock_pred is not None:
+        if clock_gold != clock_pred:
+            day_gold, day_pred = time_of_day(gold), time_of_day(pred)
+            if day_gold is not None and day_pred is not None:
+                return day_gold == day_pred  # 15:45 is 3:45 p.m.
         return clock_gold == clock_pred
     base_g, base_p = _BASE_NUMBER.fullmatch(gold), _BASE_NUMBER.fullmatch(pred)
     if base_g and base_p:  # 52_8: digits and base must both match
@@ -721,6 +791,7 @@ def _symbolic_one(gold: str, pred: str, rounding: bool = False) -> bool:
         return False
     if any(_parse_lost_content(text, parsed[0]) for text, parsed in ((gold, parsed_gold), (pred, parsed_pred))):
         return False
+    parsed_gold, parsed_pred = _imaginary_unit(parsed_gold, gold), _imaginary_unit(parsed_pred, pred)
     exact = _exact_number_check(parsed_gold[0], parsed_pred[0], gold, pred, rounding)
     if exact is not None:
         return exact
@@ -742,6 +813,19 @@ def _parse(answer: str) -> list[Any]:
     parsed = math_verify.parse(f"${answer}$", extraction_config=[LatexExtractionConfig(boxed_match_priority=0)],
                                parsing_timeout=None)
     return parsed if parsed and not isinstance(parsed[0], str) else []
+
+
+_INDEX_I = re.compile(r"_\{?\s*i\b|\\(?:sum|prod)")
+
+
+def _imaginary_unit(parsed: list[Any], text: str) -> list[Any]:
+    """The letter i as the imaginary unit (math-verify reads ``e^{i\\pi}`` with a symbol i), unless i is an index."""
+    import sympy
+
+    if not parsed or not isinstance(parsed[0], sympy.Basic) or _INDEX_I.search(text):
+        return parsed
+    symbols = {symbol: sympy.I for symbol in parsed[0].free_symbols if str(symbol) == "i"}  # any assumptions
+    return [parsed[0].xreplace(symbols), *parsed[1:]] if symbols else parsed
 
 
 _LONE_LETTER = re.compile(r"(?<![\\A-Za-z])[A-Za-z](?![A-Za-z])")
