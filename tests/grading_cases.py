@@ -465,6 +465,8 @@ TRUNCATED_CASES: list[tuple[str, str | None, str, str, bool, str]] = [
     ("fp-copied-from-question-spacing", SIX_BY_THREE, "18", "We need \\(6\\times 3\\)", False, N),
     ("copied-no-question-reads-the-expression", None, "18", "We need \\(6\\times 3\\)", False, C),
     ("not-copied-result-after-expression", SIX_BY_THREE, "18", "We need \\(6 \\times 3 = 18\\)", False, C),
+    ("copied-plain-fraction-still-an-answer", r"Which is larger, $\frac{1}{5}$ or $\frac{1}{6}$?", r"\frac{1}{5}",
+     r"The larger one is \(\frac{1}{5}\)", False, C),
     ("copied-plain-number-still-an-answer", "John has 3 apples and eats none. How many are left?", "3",
      "He still has 3", False, C),
 ]

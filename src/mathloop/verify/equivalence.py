@@ -822,8 +822,10 @@ def _imaginary_unit(parsed: list[Any], text: str) -> list[Any]:
     """The letter i as the imaginary unit (math-verify reads ``e^{i\\pi}`` with a symbol i), unless i is an index."""
     import sympy
 
-    if not parsed or not isinstance(parsed[0], sympy.Basic) or _INDEX_I.search(text):
+    if not parsed or not isinstance(parsed[0], sympy.Basic) or _INDEX_I.search(text) or "\\text" in text:
         return parsed
+    if "i" not in _LONE_LETTER.findall(re.sub(r"\\[A-Za-z]+", " ", text)):
+        return parsed  # an i inside a word (a name read letter by letter) is no imaginary unit
     symbols = {symbol: sympy.I for symbol in parsed[0].free_symbols if str(symbol) == "i"}  # any assumptions
     return [parsed[0].xreplace(symbols), *parsed[1:]] if symbols else parsed
 

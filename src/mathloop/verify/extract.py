@@ -185,6 +185,7 @@ def _value_after(text: str) -> str | None:
     return None
 
 
+_PLAIN_FRACTION = re.compile(r"-?\\[dt]?frac\{-?\d+\}\{\d+\}|-?\\[dt]?frac\d\d")
 _OPERATOR = re.compile(r"[-+*/^=]|\\[A-Za-z]+")
 
 
@@ -193,6 +194,8 @@ def _copied_from(answer: str, question: str) -> bool:
     compact = "".join(answer.split())
     if len(compact) < 3 or not _OPERATOR.search(compact.lstrip("-")) or _NUMBER.fullmatch(compact):
         return False
+    if _PLAIN_FRACTION.fullmatch(compact):
+        return False  # a number (1/5, \frac{1}{5}) may be the answer and in the question both
     return compact in "".join(question.replace("$", " ").split())
 
 
