@@ -467,6 +467,12 @@ TRUNCATED_CASES: list[tuple[str, str | None, str, str, bool, str]] = [
     ("not-copied-result-after-expression", SIX_BY_THREE, "18", "We need \\(6 \\times 3 = 18\\)", False, C),
     ("copied-plain-fraction-still-an-answer", r"Which is larger, $\frac{1}{5}$ or $\frac{1}{6}$?", r"\frac{1}{5}",
      r"The larger one is \(\frac{1}{5}\)", False, C),
+    ("fp-copied-from-question-boxed", SIX_BY_THREE, "18", "Therefore, the value of \\(6 \\times 3\\) is "
+     "\\(\\boxed{6 \\times 3}\\).", False, N),
+    ("copied-boxed-expression-is-the-gold", r"Which is larger, $2^{10}$ or $10^3$?", "2^{10}", r"So $\boxed{2^{10}}$.",
+     False, C),
+    ("copied-boxed-expression-not-the-gold", r"Which is larger, $2^{10}$ or $10^3$?", "2^{10}", r"So $\boxed{10^3}$.",
+     False, N),
     ("copied-plain-number-still-an-answer", "John has 3 apples and eats none. How many are left?", "3",
      "He still has 3", False, C),
 ]

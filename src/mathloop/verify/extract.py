@@ -131,7 +131,7 @@ def _extract_math(response: str, truncated: bool = False, question: str | None =
     if truncated:
         return None  # cut at the token limit: no box, no finished answer phrase, no answer (a last number is not one)
     fallback = _fallback(response)
-    if fallback is not None and question is not None and _copied_from(fallback, question):
+    if fallback is not None and question is not None and copied_from(fallback, question):
         return None  # "6 \times 3" for "What is $6 \times 3$?": the question, not an answer
     return fallback
 
@@ -189,8 +189,12 @@ _PLAIN_FRACTION = re.compile(r"-?\\[dt]?frac\{-?\d+\}\{\d+\}|-?\\[dt]?frac\d\d")
 _OPERATOR = re.compile(r"[-+*/^=]|\\[A-Za-z]+")
 
 
-def _copied_from(answer: str, question: str) -> bool:
-    """True when ``answer`` is an expression (not a plain number) that the question contains as written."""
+def copied_from(answer: str, question: str) -> bool:
+    """True when ``answer`` is an expression (not a plain number) that the question contains as written.
+
+    >>> copied_from(r"6 \\times 3", r"Compute $6\\times 3$."), copied_from("18", "Is it 18?")
+    (True, False)
+    """
     compact = "".join(answer.split())
     if len(compact) < 3 or not _OPERATOR.search(compact.lstrip("-")) or _NUMBER.fullmatch(compact):
         return False
