@@ -336,6 +336,9 @@ CASES: list[tuple[str, str, str, str, str]] = [
     ("units-same-dollar-forms", r"\$5", boxed(r"5 \text{ dollars}"), "math", C),
     ("units-same-unknown-word", "9 (apples)", boxed("9 apples"), "math", C),
     ("units-same-unit-wrong-value", "5 cm", boxed("6 cm"), "math", I),
+    ("units-letters-after-number-are-a-product", "2xy", boxed("2yx"), "math", C),
+    ("units-letters-after-number-differ", "2xy", boxed("2xz"), "math", I),
+    ("units-glued-known-unit-differs", "5cm", boxed("5km"), "math", I),
     ("units-one-side-only-gold", "5 km", boxed("5"), "math", C),
     ("units-one-side-only-pred", "5", boxed(r"5\text{ hours}"), "math", C),
     # --- issue 29, false positives: the last answer stated counts. A final-answer statement after the last box, or a

@@ -88,6 +88,8 @@ def answer_unit(answer: str) -> Unit | None:
     (('m', 2), ('km', 1), ('dollar', 1), ('in', 1))
     >>> answer_unit(r"10\\%"), answer_unit(r"90^\\circ"), answer_unit("x+1"), answer_unit("5 square units")
     (('percent', 1), ('degree', 1), None, None)
+    >>> answer_unit("9 apples"), answer_unit("2xy"), answer_unit("3R^2"), answer_unit("5cm")
+    (('apple', 1), None, None, ('cm', 1))
     """
     s = answer.strip().strip(".").strip()
     if len(s) > 300 or "\\boxed" in s or "\\fbox" in s:
@@ -105,7 +107,11 @@ def answer_unit(answer: str) -> Unit | None:
     for pattern in (_TEXT_UNIT, _WORD_UNIT, _PAREN_UNIT):
         match = pattern.match(s)
         if match:
-            return _unit_word(match.group(1), match.group(2) if pattern.groups > 1 else None)
+            unit = _unit_word(match.group(1), match.group(2) if pattern.groups > 1 else None)
+            if unit and pattern is _WORD_UNIT and unit[0] not in _KNOWN and (
+                    len(unit[0]) < 3 or not s[match.start(1) - 1].isspace()):
+                return None  # 2k, 3R^2, 2xy: letters after a number are a product, not a unit word
+            return unit
     return None
 
 
