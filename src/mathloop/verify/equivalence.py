@@ -5,7 +5,8 @@ Two layers:
 1. ``fast_equivalent`` (in-process, no sympy, cannot hang): normalises both strings (``$``, ``\\text{}`` units, ``\\%``,
    degrees, ``\\dfrac``, thousands commas, "9 (apples)", ``x=`` prefixes, ...) and decides identical strings, plain numbers
    (exactly, with ``fractions.Fraction``), tuples/intervals/sets of plain numbers, and option letters. Returns None when
-   it cannot decide.
+   it cannot decide. Before any of that, two answers whose units differ are unequal unless a conversion table relates
+   them (``units.py``: a unit is ignored only when the other side has none).
 2. ``symbolic_equivalent`` (meant to run in a worker process that the parent kills on timeout, see ``pool.py``):
    math-verify's ``parse``/``verify`` with its signal-based timeouts disabled, behind an exact layer for numbers.
 
