@@ -16,7 +16,7 @@ except ImportError:  # running from a checkout without `pip install -e .`
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from grading_cases import CASES, QUESTION_CASES  # noqa: E402
+from grading_cases import CASES, QUESTION_CASES, TRUNCATED_CASES  # noqa: E402
 
 from mathloop.verify import Verifier, extract_answer, grade, is_equivalent  # noqa: E402
 from mathloop.verify.equivalence import fast_equivalent  # noqa: E402
@@ -42,9 +42,34 @@ def test_question_decides_decimal_approximations(question: str, gold: str, respo
         assert verifier.grade_batch([(gold, response)], questions=[question])[0][1] == expected
 
 
+@pytest.mark.parametrize(("question", "gold", "response", "truncated", "expected"), [c[1:] for c in TRUNCATED_CASES],
+                         ids=[c[0] for c in TRUNCATED_CASES])
+def test_truncated_responses_and_copied_expressions(question: str | None, gold: str, response: str, truncated: bool,
+                                                   expected: str) -> None:
+    answer_type = "mc" if gold == "B" else "math"
+    assert grade(gold, response, answer_type, question=question, truncated=truncated)[1] == expected
+
+
+def test_truncation_reaches_batch_grading_and_samples() -> None:
+    """The batch takes one flag per item, and a Sample's finish reason "length" is that flag."""
+    from mathloop.generate import grade_samples
+    from mathloop.records import Sample
+
+    cases = [c for c in TRUNCATED_CASES if c[0].startswith(("fp-truncated", "truncated-complete"))]
+    with Verifier(workers=1) as verifier:
+        graded = verifier.grade_batch([(c[2], c[3]) for c in cases], questions=[c[1] for c in cases],
+                                      truncated=[c[4] for c in cases])
+        assert [v for _, v in graded] == [c[5] for c in cases]
+        samples = [Sample(problem_id=c[0], prompt="", response=c[3], gold=c[2], question=c[1],
+                          finish_reason="length" if c[4] else "stop") for c in cases]
+        grade_samples(samples, [None] * len(samples), verifier)
+    assert [s.verdict for s in samples] == [c[5] for c in cases]
+
+
 def test_table_is_large_and_ids_unique() -> None:
     assert len(CASES) >= 100
     assert len({case[0] for case in CASES}) == len(CASES)
+    assert len({case[0] for case in TRUNCATED_CASES}) == len(TRUNCATED_CASES)
 
 
 def test_batch_agrees_with_single_calls() -> None:

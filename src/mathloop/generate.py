@@ -85,16 +85,18 @@ def response_samples(problems: list[Problem], prompts: list[str], completions: l
 
 def grade_samples(samples: list[Sample], choices: list[list[str] | None], verifier: Any = None) -> None:
     """Set each sample's `pred` and `verdict` against its gold (`choices`: the options of each sample's problem); the
-    sample's question decides whether a decimal may stand for an exact gold (`mathloop.verify`).
+    sample's question decides whether a decimal may stand for an exact gold, and a response cut at the token limit
+    (finish reason "length") gets no fallback extraction (`mathloop.verify`).
     With a `mathloop.verify.Verifier` the batch is checked in its worker pool, else one by one in this process."""
     if verifier is not None:
         graded = verifier.grade_batch([(s.gold, s.response) for s in samples],
                                       answer_type=[s.answer_type for s in samples], choices=choices,
-                                      questions=[s.question for s in samples])
+                                      questions=[s.question for s in samples],
+                                      truncated=[s.finish_reason == "length" for s in samples])
     else:
         from mathloop.verify import grade
 
-        graded = [grade(s.gold, s.response, s.answer_type, c, question=s.question)
+        graded = [grade(s.gold, s.response, s.answer_type, c, question=s.question, truncated=s.finish_reason == "length")
                   for s, c in zip(samples, choices)]
     for sample, (pred, verdict) in zip(samples, graded):
         sample.pred, sample.verdict = pred, verdict

@@ -77,9 +77,11 @@ def grade_file(input_path: str | Path, output_path: str | Path, metrics_path: st
     flat = [(gold, response, answer_type or kind, row.get("choices") if isinstance(row.get("choices"), list) else None)
             for row, (gold, responses, _, kind, _) in zip(rows, items) for response in responses]
     questions = [_question(row) for row, (_, responses, _, _, _) in zip(rows, items) for _ in responses]
+    truncated = [row.get("finish_reason") == "length" for row, (_, responses, _, _, _) in zip(rows, items)
+                 for _ in responses]
     with Verifier(workers=workers, timeout=timeout) as verifier:
         graded = verifier.grade_batch([(g, r) for g, r, _, _ in flat], answer_type=[t for _, _, t, _ in flat],
-                                      choices=[c for _, _, _, c in flat], questions=questions)
+                                      choices=[c for _, _, _, c in flat], questions=questions, truncated=truncated)
     tmp = output_path.with_name(output_path.name + ".partial")
     tmp.unlink(missing_ok=True)
     groups: dict[Any, dict[str, list]] = {}

@@ -96,8 +96,9 @@ def _column(columns: Mapping[str, Any], name: str, count: int, default: Any = No
 def verifier_reward(prompts: Sequence[Any], completions: Sequence[Any], **columns: Any) -> list[float | None]:
     """r_v: 1.0 when the completion's final answer equals the `gold` column's answer, 0.0 when it does not (or has
     no answer), None where the row has no gold answer. Optional columns: `answer_type` ("math" by default),
-    `question` (a question asking for a decimal or a rounding lets a rounded decimal answer an exact gold) and
-    `choices` (for multiple-choice rows), as `mathloop.verify.grade` takes them.
+    `question` (a question asking for a decimal or a rounding lets a rounded decimal answer an exact gold),
+    `choices` (for multiple-choice rows) and `finish_reason` ("length": the completion was cut at the token limit, so
+    no fallback extraction), as `mathloop.verify.grade` takes them.
 
     >>> verifier_reward(["q", "q", "q"], ["so $\\\\boxed{0.5}$", "\\\\boxed{2}", "\\\\boxed{1}"],
     ...                 gold=["1/2", "3", None])
@@ -108,13 +109,15 @@ def verifier_reward(prompts: Sequence[Any], completions: Sequence[Any], **column
     answer_types = _column(columns, "answer_type", count, default="math")
     choices = _column(columns, "choices", count)
     questions = _column(columns, "question", count)
+    finish_reasons = _column(columns, "finish_reason", count)
     rewards: list[float | None] = []
-    for completion, gold, answer_type, options, question in zip(completions, golds, answer_types, choices, questions):
+    for completion, gold, answer_type, options, question, finish in zip(completions, golds, answer_types, choices,
+                                                                        questions, finish_reasons):
         if gold is None:
             rewards.append(None)
             continue
         _, verdict = grade(str(gold), completion_text(completion), answer_type or "math", options,
-                           question=question if isinstance(question, str) else None)
+                           question=question if isinstance(question, str) else None, truncated=finish == "length")
         rewards.append(1.0 if verdict == CORRECT else 0.0)
     return rewards
 

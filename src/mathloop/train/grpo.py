@@ -419,11 +419,12 @@ def generate_rollouts(backend, executor, queries: list[Problem], prompts: dict[s
 
 def reward_rollouts(rollouts: list[Rollout], reward_fn: RewardFn) -> None:
     """Set each rollout's reward (the configured function; None, a row the function does not apply to, counts as
-    0 as in TRL). The function gets the columns gold, answer_type, choices, question and problem_id, one entry
-    per completion."""
+    0 as in TRL). The function gets the columns gold, answer_type, choices, question, problem_id and finish_reason
+    ("length": cut at the token limit, graded without fallback extraction), one entry per completion."""
     columns = {"gold": [r.sample.gold for r in rollouts], "answer_type": [r.sample.answer_type for r in rollouts],
                "choices": [r.query.choices for r in rollouts], "question": [r.sample.question for r in rollouts],
-               "problem_id": [r.sample.problem_id for r in rollouts]}
+               "problem_id": [r.sample.problem_id for r in rollouts],
+               "finish_reason": [r.sample.finish_reason for r in rollouts]}
     rewards = reward_fn([r.sample.prompt for r in rollouts], [r.sample.response for r in rollouts], **columns)
     if len(rewards) != len(rollouts):
         raise ValueError(f"reward function {getattr(reward_fn, '__name__', reward_fn)} returned {len(rewards)} "

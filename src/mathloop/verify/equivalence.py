@@ -5,7 +5,8 @@ Two layers:
 1. ``fast_equivalent`` (in-process, no sympy, cannot hang): normalises both strings (``$``, ``\\text{}`` units, ``\\%``,
    degrees, ``\\dfrac``, thousands commas, "9 (apples)", ``x=`` prefixes, ...) and decides identical strings, plain numbers
    (exactly, with ``fractions.Fraction``), tuples/intervals/sets of plain numbers, and option letters. Returns None when
-   it cannot decide.
+   it cannot decide. Before any of that, two answers whose units differ are unequal unless a conversion table relates
+   them (``units.py``: a unit is ignored only when the other side has none).
 2. ``symbolic_equivalent`` (meant to run in a worker process that the parent kills on timeout, see ``pool.py``):
    math-verify's ``parse``/``verify`` with its signal-based timeouts disabled, behind an exact layer for numbers.
 
@@ -33,6 +34,7 @@ from typing import Any
 
 from mathloop.verify.latex import _LETTERS, clean_answer, final_boxes, option_letter
 from mathloop.verify.numeric import clearly_different, evaluate_constant
+from mathloop.verify.units import answer_unit, conversion
 
 MIN_DECIMALS_FOR_ROUNDING = 3
 # Bounds that keep every in-process path linear and fast: an answer longer than MAX_ANSWER_CHARS (after extraction) is
@@ -43,7 +45,7 @@ MAX_LIST_ITEMS = 64
 
 # Multi-letter unit words stripped after a plain number. Single letters (m, a, s) are never units here: "a+b" != "b".
 _UNIT_WORDS = (
-    "cm|mm|km|meters?|metres?|inch(?:es)?|feet|foot|ft|miles?|yards?|units?|square units|sq units|degrees?|"
+    "cm|mm|km|(?:centi|milli|kilo)?(?:meters?|metres?)|kilograms?|ounces?|oz|yards?|yd|inch(?:es)?|feet|foot|ft|miles?|yards?|units?|square units|sq units|degrees?|"
     "dollars?|cents?|hours?|hrs?|minutes?|mins?|seconds?|secs?|days?|weeks?|months?|years?|kg|grams?|pounds?|lbs?|"
     "liters?|litres?|ml|mph|people|students|apples|cookies|times|ways|points|percent(?:age)?|pct"
 )
@@ -100,7 +102,7 @@ def _strip_text_commands(s: str) -> str:
                 tail = ","
             continue
         unit_tail = _UNIT_TAIL.match(s, match.end())
-        if tail and tail in "0123456789}" and len(words.strip()) >= 2 and unit_tail and not _HALF_DAY.fullmatch(words):
+        if tail and tail in "0123456789}" and (len(words.strip()) >= 2 or words.strip().isalpha()) and unit_tail and not _HALF_DAY.fullmatch(words):
             last = len(s)
             break
         out.append(f" {words} " if tail else words)
@@ -121,7 +123,8 @@ def normalize(answer: str) -> str:
         return _as_text(answer)
     s = clean_answer(answer)
     if "\\boxed" in s or "\\fbox" in s:  # a gold written as a solution: its boxes are the answer
-        s = ",".join(clean_answer(box) for box in final_boxes(s)) or s
+        boxes = [clean_answer(box) for box in final_boxes(s)]
+        s = ",".join(boxes if len(set(boxes)) > 1 else boxes[:1]) or s  # the same value boxed twice is one answer
     if s.startswith("{") and s.endswith("}") and _balanced(s[1:-1]) and len(split_top_level(s[1:-1])) > 1:
         s = f"\\{{{s[1:-1]}\\}}"  # bare braces around a list: a set
     s = s.replace("\\dfrac", "\\frac").replace("\\tfrac", "\\frac").replace("\\displaystyle", "")
@@ -130,7 +133,11 @@ def normalize(answer: str) -> str:
     s = _COMMA_NEGATIVE_SPACE.sub(",", s)
     s = re.sub(r"(?<!\\)\\[,;:! ]|~", " ", s)
     s = _SPACE_THOUSANDS.sub(lambda m: "".join(m.group().split()), s)
+    s = _TRIG_OF_DEGREES.sub(lambda m: f"\\{m.group(1)}(\\frac{{{m.group(2)}\\pi}}{{180}})", s)  # \sin 60^\circ
     s = re.sub(r"\^\s*\{?\\circ\}?|°|\\degree", "", s)
+    s = _LOG_BASE.sub(r"\\log_{\1}", s)  # \log_2 8: the base is one character, the space ends it
+    s = s.replace("\\varnothing", "\\emptyset")
+    s = _REPEATING.sub(_repeating_as_fraction, s)
     s = s.replace("\\%", "").replace("%", "").replace("\\$", "").replace("$", "")
     s = _strip_text_commands(s)
     s = re.sub(r"(?<=[\w)\]}])\s*,?\s*\b(?:and|or)\b\s*(?=[-+\w(\[\\{])", ",", s)  # "1 and 2", "(1,2) or (2,1)"
@@ -147,7 +154,46 @@ def normalize(answer: str) -> str:
     if paren_letter:
         s = paren_letter.group(1)
     s = _set_builder_to_interval(s)
+    s = _mixed_number(s)
+    s = _NUMBER_WORDS.get(s.lower(), s)
     return _squeeze_spaces(s)
+
+
+_TRIG_OF_DEGREES = re.compile(
+    r"\\(sin|cos|tan|cot|sec|csc)\s*+\(?\s*+(\d+(?:\.\d+)?)\s*+(?:\^\s*+\{?\s*+\\circ\s*+\}?|°|\\degree)\s*+\)?"
+)
+_LOG_BASE = re.compile(r"\\log_(\w)\s+")
+_REPEATING = re.compile(r"(-?)(\d*)\.(\d*)\\overline\{(\d+)\}")
+_MIXED = re.compile(r"(-?)(\d+)(?:\s+(\d+)/(\d+)|\s*\\frac\{(\d+)\}\{(\d+)\})")
+_NUMBER_WORDS = {word: str(value) for value, word in enumerate(
+    "zero one two three four five six seven eight nine ten eleven twelve thirteen fourteen fifteen sixteen seventeen "
+    "eighteen nineteen twenty".split())}
+_NUMBER_WORDS.update({"thirty": "30", "forty": "40", "fifty": "50", "sixty": "60", "seventy": "70", "eighty": "80",
+                      "ninety": "90", "hundred": "100", "a hundred": "100", "one hundred": "100"})
+
+
+def _repeating_as_fraction(match: re.Match[str]) -> str:
+    """``0.\\overline{3}`` -> ``\\frac{1}{3}``, ``1.1\\overline{6}`` -> ``\\frac{7}{6}``: a repeating decimal is exact."""
+    sign, whole, fixed, period = match.groups()
+    value = int(whole or "0") + Fraction(int(fixed + period) - int(fixed or "0"), 10 ** len(fixed) * (10 ** len(period) - 1))
+    return f"{sign}\\frac{{{value.numerator}}}{{{value.denominator}}}" if value.denominator > 1 else f"{sign}{value}"
+
+
+def _mixed_number(s: str) -> str:
+    """A whole answer written as a mixed number: an integer, then a proper fraction of integers (``4 1/2``,
+    ``4\\frac{1}{2}``) -> ``\\frac{9}{2}``. Anything else is unchanged.
+
+    >>> _mixed_number("4 1/2"), _mixed_number(r"-2\\frac{1}{3}"), _mixed_number(r"2\\frac{3}{2}")
+    ('\\\\frac{9}{2}', '-\\\\frac{7}{3}', '2\\\\frac{3}{2}')
+    """
+    match = _MIXED.fullmatch(s.strip()) if len(s) <= 60 else None
+    if not match:
+        return s
+    sign, whole, num, den = match.group(1), int(match.group(2)), match.group(3) or match.group(5), match.group(4) or match.group(6)
+    if not 0 < int(num) < int(den):
+        return s
+    value = whole + Fraction(int(num), int(den))
+    return f"{sign}\\frac{{{value.numerator}}}{{{value.denominator}}}"
 
 
 def _as_text(answer: str) -> str:
@@ -224,6 +270,8 @@ def align_forms(gold: str, pred: str) -> tuple[str, str]:
     gold, pred = named_values(gold, pred)
     gold, pred = strip_variable(gold, pred), strip_variable(pred, gold)
     gold, pred = inequality_as_interval(gold, pred), inequality_as_interval(pred, gold)
+    gold, pred = excluded_value_as_union(gold, pred), excluded_value_as_union(pred, gold)
+    gold, pred = absolute_inequality_as_set(gold, pred), absolute_inequality_as_set(pred, gold)
     gold, pred = plus_minus_as_pair(gold, pred), plus_minus_as_pair(pred, gold)
     return gold, pred
 
@@ -346,6 +394,47 @@ def inequality_as_interval(answer: str, other: str) -> str:
     return f"{'(' if low_strict else '['}{low},{high}{')' if high_strict else ']'}"
 
 
+_NOT_EQUAL = re.compile(r"([a-zA-Z])\s*(?:\\neq?|\\ne)(?![a-zA-Z])\s*([^,<>=]+)")
+_ABSOLUTE = re.compile(r"\|\s*([a-zA-Z])\s*\|\s*(<|>|\\\\?(?:leqslant|geqslant|leq?|geq?)(?![a-zA-Z]))\s*([^,<>=]+)")
+
+
+def excluded_value_as_union(answer: str, other: str) -> str:
+    """``x \\neq 2`` -> ``(-\\infty,2)\\cup(2,\\infty)`` when the other answer is a union of intervals; else unchanged.
+
+    >>> excluded_value_as_union(r"x\\neq2", r"(-\\infty,2)\\cup(2,\\infty)")
+    '(-\\\\infty,2)\\\\cup(2,\\\\infty)'
+    """
+    match = _NOT_EQUAL.fullmatch(answer.strip()) if len(answer) <= 200 and "\\cup" in other else None
+    if not match:
+        return answer
+    value = match.group(2).strip()
+    return f"(-\\infty,{value})\\cup({value},\\infty)"
+
+
+def absolute_inequality_as_set(answer: str, other: str) -> str:
+    """``|x| < 2`` -> ``(-2,2)`` (``\\le``: ``[-2,2]``) against an interval; ``|x| > 2`` ->
+    ``(-\\infty,-2)\\cup(2,\\infty)`` against a union; else unchanged. The bound must be a plain positive number or one
+    symbol (``|x| < a``).
+
+    >>> absolute_inequality_as_set("|x|<2", "(-2,2)"), absolute_inequality_as_set(r"|x|\\geq3", r"(-\\infty,-3]\\cup[3,\\infty)")
+    ('(-2,2)', '(-\\\\infty,-3]\\\\cup[3,\\\\infty)')
+    """
+    text = answer.replace("\\lvert", "|").replace("\\rvert", "|").replace("\\vert", "|")
+    match = _ABSOLUTE.fullmatch(text.strip()) if len(text) <= 200 and "|" in text else None
+    if not match:
+        return answer
+    relation, bound = match.group(2).lstrip("\\"), match.group(3).strip()
+    number = parse_plain_number(bound)
+    if not (number and number[0] > 0 or re.fullmatch(r"[a-zA-Z]|\\[a-zA-Z]+", bound)):
+        return answer
+    strict = relation in ("<", ">")
+    if relation in ("<", "le", "leq", "leqslant") and _is_interval(other):
+        return f"{'(' if strict else '['}-{bound},{bound}{')' if strict else ']'}"
+    if relation in (">", "ge", "geq", "geqslant") and "\\cup" in other:
+        return f"(-\\infty,-{bound}{')' if strict else ']'}\\cup{'(' if strict else '['}{bound},\\infty)"
+    return answer
+
+
 def _is_interval(answer: str) -> bool:
     return len(answer) >= 5 and answer[0] in "([" and answer[-1] in ")]" and _balanced(answer[1:-1]) and len(
         split_top_level(answer[1:-1])) == 2
@@ -403,6 +492,29 @@ def is_malformed(answer: str) -> bool:
     if _ARROW.search(answer) and "\\lim" not in answer:
         return True
     return answer.count("{") - answer.count("\\{") != answer.count("}") - answer.count("\\}") or not _balanced(answer)
+
+
+def time_of_day(answer: str) -> tuple[int, int, int] | None:
+    """(hour 0-23, minute, second) of a time that says which half of the day it is: with a.m./p.m. (``3:45 p.m.``), or
+    in 24-hour form (an hour from 13 to 23, or written with a leading zero: ``15:45``, ``03:45``, ``00:30``). None for
+    anything else, such as ``3:45`` or ``12:30`` without a.m./p.m. (either half of the day).
+
+    >>> time_of_day("3:45 p.m."), time_of_day("15:45"), time_of_day("12:30 a.m."), time_of_day("3:45")
+    ((15, 45, 0), (15, 45, 0), (0, 30, 0), None)
+    """
+    match = _CLOCK.fullmatch(answer.strip())
+    if not match:
+        return None
+    hours, minutes, seconds, half = match.groups()
+    hour, minute, second = int(hours), int(minutes), int(seconds or 0)
+    if minute > 59 or second > 59:
+        return None
+    half = re.sub(r"[\s.]", "", half).lower()
+    if half:
+        return (hour % 12 + (12 if half == "pm" else 0), minute, second) if 1 <= hour <= 12 else None
+    if 13 <= hour <= 23 or (hours.startswith("0") and len(hours) == 2):
+        return hour, minute, second
+    return None
 
 
 def _clock_or_ratio(answer: str) -> tuple[Any, ...] | None:
@@ -510,11 +622,37 @@ def fast_equivalent(gold: str, pred: str, answer_type: str = "math", rounding: b
         return letter_gold == letter_pred
     if len(gold) > MAX_ANSWER_CHARS or len(pred) > MAX_ANSWER_CHARS:
         return _as_text(gold) == _as_text(pred)  # bounded: no normalisation rule or parse runs on 1 MB
+    if answer_type == "math":
+        by_units = units_verdict(gold, pred)
+        if by_units is not None:
+            return by_units
     gold_n, pred_n = normalize(gold), normalize(pred)
     equal = partial(_fast_one, rounding=rounding)
     if answer_type == "list":
         return _match_lists(split_top_level(gold_n), split_top_level(pred_n), equal)
     return equal(gold_n, pred_n)
+
+
+def units_verdict(gold: str, pred: str) -> bool | None:
+    """False when both answers carry units that differ and no conversion relates them (``5 cm`` vs ``5 km``); with a
+    conversion (``2 hours`` vs ``120 minutes``, plain numbers only), the exact comparison of the converted values. None
+    when at most one side has a unit or both have the same one: the unit is then ignored (see ``units``).
+
+    >>> units_verdict("5 cm", "5 km"), units_verdict(r"\\$5", "500 cents"), units_verdict(r"5\\text{ cm}", "5")
+    (False, True, None)
+    """
+    unit_gold, unit_pred = answer_unit(gold), answer_unit(pred)
+    if unit_gold is None or unit_pred is None or unit_gold == unit_pred:
+        return None
+    factors = conversion(unit_gold, unit_pred)
+    if factors is None:
+        return False
+    gold_n, pred_n = normalize(gold), normalize(pred)
+    number_gold = parse_plain_number(drop_thousands_commas(gold_n, pred_n))
+    number_pred = parse_plain_number(drop_thousands_commas(pred_n, gold_n))
+    if number_gold is None or number_pred is None:
+        return False
+    return number_gold[0] * factors[0] == number_pred[0] * factors[1]
 
 
 def _fast_one(gold: str, pred: str, rounding: bool = False) -> bool | None:
@@ -532,6 +670,10 @@ def _fast_one(gold: str, pred: str, rounding: bool = False) -> bool | None:
         return plain_numbers_equal(number_gold, number_pred, rounding)
     clock_gold, clock_pred = _clock_or_ratio(gold), _clock_or_ratio(pred)
     if clock_gold is not None or clock_pred is not None:
+        if clock_gold != clock_pred:
+            day_gold, day_pred = time_of_day(gold), time_of_day(pred)
+            if day_gold is not None and day_pred is not None:
+                return day_gold == day_pred  # 15:45 is 3:45 p.m.
         return clock_gold == clock_pred
     base_g, base_p = _BASE_NUMBER.fullmatch(gold), _BASE_NUMBER.fullmatch(pred)
     if base_g and base_p:  # 52_8: digits and base must both match
@@ -650,6 +792,7 @@ def _symbolic_one(gold: str, pred: str, rounding: bool = False) -> bool:
         return False
     if any(_parse_lost_content(text, parsed[0]) for text, parsed in ((gold, parsed_gold), (pred, parsed_pred))):
         return False
+    parsed_gold, parsed_pred = _imaginary_unit(parsed_gold, gold), _imaginary_unit(parsed_pred, pred)
     exact = _exact_number_check(parsed_gold[0], parsed_pred[0], gold, pred, rounding)
     if exact is not None:
         return exact
@@ -671,6 +814,21 @@ def _parse(answer: str) -> list[Any]:
     parsed = math_verify.parse(f"${answer}$", extraction_config=[LatexExtractionConfig(boxed_match_priority=0)],
                                parsing_timeout=None)
     return parsed if parsed and not isinstance(parsed[0], str) else []
+
+
+_INDEX_I = re.compile(r"_\{?\s*i\b|\\(?:sum|prod)")
+
+
+def _imaginary_unit(parsed: list[Any], text: str) -> list[Any]:
+    """The letter i as the imaginary unit (math-verify reads ``e^{i\\pi}`` with a symbol i), unless i is an index."""
+    import sympy
+
+    if not parsed or not isinstance(parsed[0], sympy.Basic) or _INDEX_I.search(text) or "\\text" in text:
+        return parsed
+    if "i" not in _LONE_LETTER.findall(re.sub(r"\\[A-Za-z]+", " ", text)):
+        return parsed  # an i inside a word (a name read letter by letter) is no imaginary unit
+    symbols = {symbol: sympy.I for symbol in parsed[0].free_symbols if str(symbol) == "i"}  # any assumptions
+    return [parsed[0].xreplace(symbols), *parsed[1:]] if symbols else parsed
 
 
 _LONE_LETTER = re.compile(r"(?<![\\A-Za-z])[A-Za-z](?![A-Za-z])")

@@ -21,7 +21,17 @@ from mathloop.verify.latex import (  # noqa: F401 - re-exported: extract is wher
 )
 
 
-_ANSWER_IS = re.compile(r"(?:final answer|the answer)\s*(?:is\s*:?|:)\s*", re.IGNORECASE)
+# "the answer is", "final answer:", also in Markdown ("**Final Answer**: 11", "**Final Answer:** 11") and as a heading
+# with the answer on the next line ("### Final Answer\n11").
+_ANSWER_IS = re.compile(
+    r"(?:final answer|the answer)[ \t*]*+(?:is\b[ \t*]*+:?|:)[ \t*]*+|final answer[ \t*]*+\n\s*+", re.IGNORECASE
+)
+# A later sentence that takes the boxed answer back ("Wait, that is not right ... so it is 9").
+_RETRACTION = re.compile(
+    r"\b(?:wait|actually|oops|mistake|not (?:right|correct)|incorrect|wrong|error|correction|re-?(?:check|consider|do|calculate|evaluate))\b",
+    re.IGNORECASE,
+)
+_PROSE_ONLY = re.compile(r"[A-Za-z ,;:'!?\-]*")
 _GSM8K = re.compile(r"####\s*([^\n]+)")
 # A number: space-separated thousands first (``1 000``: every group after the first exactly 3 digits), then digits with
 # commas, a decimal, a fraction.
@@ -98,19 +108,103 @@ def _last_number(response: str) -> str | None:
     return numbers[-1].rstrip(",") if numbers else None
 
 
-def _extract_math(response: str) -> str | None:
+def _extract_math(response: str, truncated: bool = False, question: str | None = None) -> str | None:
+    """The last answer stated: the last box, unless a later statement replaces it (see ``extract_answer``)."""
     spans = box_spans(response)
-    phrases = list(_ANSWER_IS.finditer(response))
-    if spans and not (phrases and phrases[-1].start() > spans[-1][2]):  # "Final Answer: ..." after the last box wins
-        boxes = [clean_answer(box) for box in final_boxes(response)]
-        if any(boxes):
-            return ",".join(box for box in boxes if box)
+    if spans:
+        after = response[spans[-1][2] :]
+        later = _after_answer_phrase(after)
+        if later is not None and not _PROSE_ONLY.fullmatch(later):
+            return later  # "**Final Answer**: 11" after the last box wins ("the answer is correct" does not)
+        retraction = _RETRACTION.search(after)
+        if retraction:
+            return _value_after(after[retraction.end() :])  # the box was taken back: the new value, or none
+        boxes = _distinct([clean_answer(box) for box in final_boxes(response)])
+        if boxes:
+            return ",".join(boxes)
     phrase = _after_answer_phrase(response)
-    if phrase is not None:
+    if phrase is not None and not (truncated and _unfinished(response, _ANSWER_IS)):
         return phrase
     gsm = _GSM8K.findall(response)
-    if gsm:
+    if gsm and not (truncated and _unfinished(response, _GSM8K)):
         return clean_answer(gsm[-1]) or None
+    if truncated:
+        return None  # cut at the token limit: no box, no finished answer phrase, no answer (a last number is not one)
+    fallback = _fallback(response)
+    if fallback is not None and question is not None and copied_from(fallback, question):
+        return None  # "6 \times 3" for "What is $6 \times 3$?": the question, not an answer
+    return fallback
+
+
+def _unfinished(response: str, pattern: re.Pattern[str]) -> bool:
+    """True when the last match of ``pattern`` is on the response's last line and that line ends without a sentence
+    end: a cut response's "The answer is 18" may have gone on as 185."""
+    last = None
+    for last in pattern.finditer(response):
+        pass
+    return last is not None and not _LINE_END.search(response, last.end())
+
+
+_LINE_END = re.compile(r"\n|[.!?](?:\s|$)(?<!\d\.$)")
+
+
+def _distinct(boxes: list[str]) -> list[str]:
+    """The non-empty boxes of one answer; the same value boxed twice (``\\boxed{6} \\boxed{6}``, also ``6`` and
+    ``6.0``) is one answer.
+
+    >>> _distinct(["6", "6"]), _distinct(["6", "6.0"]), _distinct(["6", "7"])
+    (['6'], ['6'], ['6', '7'])
+    """
+    from mathloop.verify.equivalence import fast_equivalent  # local: equivalence imports this module
+
+    boxes = [box for box in boxes if box]
+    if len(boxes) < 2:
+        return boxes
+    if len({"".join(box.split()) for box in boxes}) == 1:
+        return boxes[:1]  # linear, for any number of boxes
+    if len(boxes) <= 8 and all(fast_equivalent(boxes[0], box) is True for box in boxes[1:]):
+        return boxes[:1]
+    return boxes
+
+
+_SENTENCE_END = re.compile(r"(?<=[.!?])\s+|\n+")
+_HAS_VALUE = re.compile(r"\d|\$|\\\(|\\\[")
+
+
+def _value_after(text: str) -> str | None:
+    """The value of the last sentence of ``text`` that states one ("so it is 9" -> 9), or None.
+
+    >>> _value_after(r" that is not right: $6+3$ is 9, not 8. So it is $9$."), _value_after(" let me re-read. OK.")
+    ('9', None)
+    """
+    for sentence in reversed(_SENTENCE_END.split(text)):
+        if _HAS_VALUE.search(sentence):
+            tail = re.split(r"\b(?:is|are|equals|was|be|gives|get)\b", sentence)[-1]
+            value = last_math(tail) or _last_number(tail) or last_math(sentence) or _last_number(sentence)
+            return clean_answer(value) if value else None
+    return None
+
+
+_PLAIN_FRACTION = re.compile(r"-?\\[dt]?frac\{-?\d+\}\{\d+\}|-?\\[dt]?frac\d\d")
+_OPERATOR = re.compile(r"[-+*/^=]|\\[A-Za-z]+")
+
+
+def copied_from(answer: str, question: str) -> bool:
+    """True when ``answer`` is an expression (not a plain number) that the question contains as written.
+
+    >>> copied_from(r"6 \\times 3", r"Compute $6\\times 3$."), copied_from("18", "Is it 18?")
+    (True, False)
+    """
+    compact = "".join(answer.split())
+    if len(compact) < 3 or not _OPERATOR.search(compact.lstrip("-")) or _NUMBER.fullmatch(compact):
+        return False
+    if _PLAIN_FRACTION.fullmatch(compact):
+        return False  # a number (1/5, \frac{1}{5}) may be the answer and in the question both
+    return compact in "".join(question.replace("$", " ").split())
+
+
+def _fallback(response: str) -> str | None:
+    """No box, no answer phrase: a concluding sentence's one number, the last math, the bare response, the last number."""
     conclusion = _conclusion_number(response)
     if conclusion is not None:
         return conclusion
@@ -165,7 +259,7 @@ def _letter_from_choices(answer: str, choices: list[str]) -> str | None:
     return None
 
 
-def _extract_mc(response: str, choices: list[str] | None) -> str | None:
+def _extract_mc(response: str, choices: list[str] | None, truncated: bool = False) -> str | None:
     for box in reversed(find_boxes(response)):
         letter = option_letter(box)
         if letter:
@@ -184,6 +278,8 @@ def _extract_mc(response: str, choices: list[str] | None) -> str | None:
             letter = _letter_from_choices(phrase, choices)
             if letter:
                 return letter
+    if truncated:
+        return None  # a letter on the last line of a cut response is not an answer
     lines = [line for line in response.strip().splitlines() if line.strip()]
     if lines:
         match = _MC_PATTERNS[1].match(lines[-1])
@@ -195,11 +291,11 @@ def _extract_mc(response: str, choices: list[str] | None) -> str | None:
     return None
 
 
-def _extract_list(response: str) -> str | None:
+def _extract_list(response: str, truncated: bool = False, question: str | None = None) -> str | None:
     """Several final answers (OlympiadBench): the boxes of the paragraph holding the last box, comma-joined."""
     last_box = max(response.rfind(cmd) for cmd in _BOX_COMMANDS)
     if last_box < 0:
-        return _extract_math(response)
+        return _extract_math(response, truncated, question)
     paragraph_start = response.rfind("\n\n", 0, last_box) + 1
     group = [clean_answer(box) for box in find_boxes(response[paragraph_start:])]
     group = [box for box in group if box]
@@ -223,11 +319,18 @@ def solution_answer(gold: str) -> str:
     return (_after_answer_phrase(gold) or gold) if before.count("{") == before.count("}") else gold
 
 
-def extract_answer(response: str, answer_type: str = "math", choices: list[str] | None = None) -> str | None:
+def extract_answer(response: str, answer_type: str = "math", choices: list[str] | None = None,
+                   truncated: bool = False, question: str | None = None) -> str | None:
     """The final answer in ``response``, or None when there is none (the verdict "no_answer").
 
     ``answer_type``: "math" (last ``\\boxed{}``; "the answer is X"; ``#### X``; last number), "mc" (an option letter;
     a boxed option text is mapped to its letter with ``choices``), "list" (every box of the final paragraph, comma-joined).
+
+    The last answer stated counts: a final-answer statement after the last box ("**Final Answer**: 11") replaces it, and
+    so does a retraction after it ("Wait, that is not right ... so it is 9": the new value, or no answer without one);
+    the same value boxed twice is one answer. ``truncated`` (the response stopped at the token limit, finish reason
+    "length"): only a box, an answer phrase or ``####`` give an answer, no fallback. ``question``: a fallback answer
+    that is only an expression copied from the question is no answer.
 
     >>> extract_answer(r"So the answer is $\\boxed{\\frac{1}{2}}$.")
     '\\\\frac{1}{2}'
@@ -239,7 +342,7 @@ def extract_answer(response: str, answer_type: str = "math", choices: list[str] 
     if not response:
         return None
     if answer_type == "mc":
-        return _extract_mc(response, choices)
+        return _extract_mc(response, choices, truncated)
     if answer_type == "list":
-        return _extract_list(response)
-    return _extract_math(response)
+        return _extract_list(response, truncated, question)
+    return _extract_math(response, truncated, question)

@@ -40,6 +40,9 @@ STARTUP_TIMEOUT_S = 120.0
 WALL_BACKSTOP_FACTOR = 10.0  # a task also ends after this many times its deadline in wall seconds (stopped worker)
 WALL_BACKSTOP_MIN_S = 30.0
 _WARM_UP = (r"\sqrt{12}", r"2\sqrt{3}", "math")  # exercises parse, simplify and evalf once before "ready"
+# A batch starts one more worker per this many sympy comparisons (up to the pool's size): a worker's start-up (Python,
+# sympy, math-verify: about half a CPU second) costs as much as dozens of comparisons, so a small batch is not spread.
+TASKS_PER_WORKER = 64
 
 Task = dict[str, Any]  # {"gold": str, "pred": str, "answer_type": str, "rounding": bool}
 
@@ -282,7 +285,7 @@ def _parse_result(line: str | None) -> bool | None:
 
 
 class WorkerPool:
-    """Up to ``size`` worker processes, started lazily; thread-safe.
+    """Up to ``size`` worker processes, started lazily (when a comparison needs sympy); thread-safe.
 
     ``run(task, timeout)`` checks out one worker (waiting if all are busy); ``run_many`` keeps all of them busy.
     A worker that misses its deadline is killed and replaced; its task answers False.
@@ -304,9 +307,11 @@ class WorkerPool:
                 self._idle.append(_Worker(self.memory_limit_mb))
                 self._count += 1
 
-    def _acquire(self, block: bool = True) -> _Worker | None:
+    def _acquire(self, block: bool = True, limit: int | None = None) -> _Worker | None:
+        """An idle worker, else a new one while fewer than ``limit`` (default: the pool's size) run, else wait."""
+        limit = self.size if limit is None else min(limit, self.size)
         with self._condition:
-            while not self._idle and self._count >= self.size:
+            while not self._idle and self._count >= limit:
                 if not block or self._closed:
                     return None
                 self._condition.wait()
@@ -382,8 +387,9 @@ class WorkerPool:
     def _fill(self, tasks: list[Task], pending: list[int], busy: dict, timeout: float) -> None:
         """Give pending tasks to free workers (blocking for one only when nothing is running)."""
         fresh: list[_Worker] = []
+        limit = 1 + len(tasks) // TASKS_PER_WORKER
         while len(fresh) < len(pending):
-            worker = self._acquire(block=not busy and not fresh)
+            worker = self._acquire(block=not busy and not fresh, limit=limit)
             if worker is None:
                 break
             fresh.append(worker)

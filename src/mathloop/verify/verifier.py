@@ -6,7 +6,8 @@ from typing import Sequence, TypeVar
 
 from mathloop.records import CORRECT, INCORRECT, NO_ANSWER
 from mathloop.verify.equivalence import fast_equivalent, question_allows_rounding
-from mathloop.verify.extract import extract_answer, solution_answer
+from mathloop.verify.extract import copied_from, extract_answer, solution_answer
+from mathloop.verify.latex import clean_answer
 from mathloop.verify.pool import WorkerPool, default_pool
 
 
@@ -20,24 +21,38 @@ def grade(
     choices: list[str] | None = None,
     timeout: float = 5.0,
     question: str | None = None,
+    truncated: bool = False,
 ) -> tuple[str | None, str]:
     """(extracted prediction, verdict): "correct", "incorrect", or "no_answer" when nothing could be extracted.
 
     A missing gold (``None``) cannot confirm anything: the verdict is "incorrect" unless there is no answer. A gold
     written as a solution is read for its answer (``solution_answer``; its final boxes, see ``normalize``).
     ``question``: when it asks for a decimal or a rounding, a rounded decimal answers an exact gold (3.142 for
-    ``\\pi``); without it, or when it does not ask, a decimal approximation of an exact gold is incorrect.
+    ``\\pi``); without it, or when it does not ask, a decimal approximation of an exact gold is incorrect; a fallback
+    answer (no box, no answer phrase) that is only an expression copied from the question is no answer.
+    Any answer, boxed too, that is only an expression copied from the question (``\\boxed{6 \\times 3}`` for "Compute
+    $6 \\times 3$.") is no answer, unless the gold is written that way (a question that offers expressions to choose).
+    ``truncated``: the response stopped at the token limit (a sample's finish reason "length"): only a box, an answer
+    phrase or ``####`` give an answer (``extract_answer``).
 
     >>> grade("18", r"She pays $\\$18$, so the answer is $\\boxed{18.00}$.")
     ('18.00', 'correct')
     """
-    pred = extract_answer(response, answer_type, choices)
+    pred = _not_copied(extract_answer(response, answer_type, choices, truncated=truncated, question=question), gold,
+                       question)
     if pred is None:
         return None, NO_ANSWER
     if gold is None:
         return pred, INCORRECT
     rounding = question_allows_rounding(question)
     return pred, CORRECT if is_equivalent(solution_answer(gold), pred, answer_type, timeout, rounding) else INCORRECT
+
+
+def _not_copied(pred: str | None, gold: str | None, question: str | None) -> str | None:
+    """``pred``, or None when it only restates an expression of the question (and the gold is not that expression)."""
+    if pred is None or not question or not copied_from(pred, question):
+        return pred
+    return pred if gold is not None and "".join(pred.split()) == "".join(clean_answer(gold).split()) else None
 
 
 def _per_item(value: T | Sequence[T], count: int) -> list[T]:
@@ -71,7 +86,8 @@ def is_equivalent(gold: str, pred: str, answer_type: str = "math", timeout: floa
 
 
 class Verifier:
-    """Batch grading: cheap cases in-process, sympy cases spread over ``workers`` processes with hard timeouts.
+    """Batch grading: cheap cases in-process, sympy cases spread over up to ``workers`` processes with hard timeouts
+    (started lazily: a batch that the exact fast path decides starts none, a small one starts one).
 
     >>> with Verifier(workers=1) as verifier:
     ...     verifier.is_equivalent_batch([("1/2", "0.5"), ("2", "3")])
@@ -80,8 +96,7 @@ class Verifier:
 
     def __init__(self, workers: int | None = None, timeout: float = 5.0) -> None:
         self.timeout = timeout
-        self.pool = WorkerPool(workers)
-        self.pool.prestart()  # the workers import sympy while this process extracts answers and runs the fast path
+        self.pool = WorkerPool(workers)  # workers start when a comparison first needs sympy, not before
 
     def is_equivalent_batch(self, pairs: list[tuple[str, str]], answer_type: str | list[str] = "math",
                             rounding: bool | list[bool] = False) -> list[bool]:
@@ -111,15 +126,19 @@ class Verifier:
         answer_type: str | list[str] = "math",
         choices: list[str] | None | list[list[str] | None] = None,
         questions: list[str | None] | None = None,
+        truncated: list[bool] | None = None,
     ) -> list[tuple[str | None, str]]:
         """``grade`` for every (gold, response) item, in order. ``choices``: one list for all items, or one per item;
-        ``questions``: one per item (or None), see ``grade``."""
+        ``questions`` and ``truncated`` (finish reason "length"): one per item (or None), see ``grade``."""
         types = _per_item(answer_type, len(items))
-        roundings = [question_allows_rounding(q) for q in _per_item(questions or [None] * len(items), len(items))]
+        per_question = _per_item(questions or [None] * len(items), len(items))
+        cut = _per_item(truncated or [False] * len(items), len(items))
+        roundings = [question_allows_rounding(q) for q in per_question]
         per_item_choices = choices if choices and isinstance(choices[0], list) else [choices] * len(items)
         if len(per_item_choices) != len(items):
             raise ValueError(f"expected {len(items)} choice lists, got {len(per_item_choices)}")
-        preds = [extract_answer(response, kind, opts) for (_, response), kind, opts in zip(items, types, per_item_choices)]  # type: ignore[arg-type]
+        preds = [_not_copied(extract_answer(response, kind, opts, truncated=bool(stop), question=q), gold, q)  # type: ignore[arg-type]
+                 for (gold, response), kind, opts, stop, q in zip(items, types, per_item_choices, cut, per_question)]
         to_check = [i for i, (pred, (gold, _)) in enumerate(zip(preds, items)) if pred is not None and gold is not None]
         verdicts = self.is_equivalent_batch([(solution_answer(items[i][0]), preds[i]) for i in to_check], [types[i] for i in to_check],  # type: ignore[misc]
                                             [roundings[i] for i in to_check])
