@@ -16,7 +16,7 @@ import inspect
 from pathlib import Path
 from typing import Any, Callable, ContextManager
 
-from mathloop.backends.base import Backend, Completion, SamplingParams
+from mathloop.backends.base import Backend, Completion, SamplingParams, call_generate, takes_seed_keys
 from mathloop.records import JsonlAppender, Mode, Problem, Sample, drop_torn_last_line, read_records, write_jsonl
 
 MODES = ("cot", "tir")
@@ -43,18 +43,23 @@ def reports_each_completion(backend: Backend) -> bool:
 
 def generate(backend: Backend, prompts: list[str], params: SamplingParams, mode: str = "cot", executor: Any = None,
              max_tool_calls: int = 4, on_progress: OnCompletion | None = None,
-             session_prefix: str = "tir") -> list[list[Completion]]:
+             session_prefix: str = "tir", seed_keys: list[str] | None = None,
+             on_tokens: Callable[[int], None] | None = None) -> list[list[Completion]]:
     """`params.n` completions per prompt, in prompt order. tir: TIR trajectories with `executor` running the code
     (`code_executor`); cot: the backend alone. `on_progress(i, j, completion)` is called once per completion: as
-    it finishes where the backend reports that (`reports_each_completion`), else when the call returns."""
+    it finishes where the backend reports that (`reports_each_completion`), else when the call returns.
+    `seed_keys` (one per prompt: its problem id) seed each sample on backends that take them (`takes_seed_keys`);
+    `on_tokens(k)` counts generated tokens where the backend reports them."""
     if mode == "tir":
         from mathloop.tools.tir import tir_generate
 
-        completions = tir_generate(backend, prompts, params, executor, max_tool_calls, session_prefix)
+        completions = tir_generate(backend, prompts, params, executor, max_tool_calls, session_prefix,
+                                   seed_keys=seed_keys, on_tokens=on_tokens)
     elif on_progress and reports_each_completion(backend):
-        return backend.generate(prompts, params, on_progress=on_progress)  # type: ignore[call-arg]
+        return call_generate(backend, prompts, params, on_progress=on_progress, seed_keys=seed_keys,
+                             on_tokens=on_tokens)
     else:
-        completions = backend.generate(prompts, params)
+        completions = call_generate(backend, prompts, params, seed_keys=seed_keys, on_tokens=on_tokens)
     if on_progress:
         for i, outs in enumerate(completions):
             for j, completion in enumerate(outs):
@@ -158,7 +163,8 @@ def generate_and_grade(problems: list[Problem], path: Path, backend: Backend, pa
                 if all(c is not None for c in finished[i]):
                     write(i)
 
-            completions = generate(backend, texts, params, mode, executor, max_tool_calls, on_completion)
+            completions = generate(backend, texts, params, mode, executor, max_tool_calls, on_completion,
+                                   seed_keys=[p.id for p in batch])
             for i, outs in enumerate(completions):  # a backend that reported fewer than it returned
                 if not written[i]:
                     finished[i] = list(outs)

@@ -14,7 +14,8 @@ so every chunk is written exactly once, by the replica that finished it (a chunk
 A chunk that kills `MAX_CHUNK_TRIES` replicas in a row ends the run with an error naming it.
 
 Chunks are the same as in a run without Ray (problems sorted by prompt length, the same chunk size), so a greedy
-run writes the same rows; sampled responses are the same too where the backend seeds per chunk alike (hf).
+run writes the same rows; sampled responses are the same too on backends that seed each sample by its problem id
+and index (hf, openvino: `takes_seed_keys`), whichever replica draws them and whatever the chunk size.
 Ray is an optional dependency (`pip install 'mathloop[ray]'`), imported here only when a run asks for it.
 """
 
@@ -113,7 +114,7 @@ class GenerationReplica:
         from mathloop.generate import generate, grade_samples, response_samples
 
         completions = generate(self.backend, prompts, params, self.spec.mode, self.executor,
-                               self.spec.max_tool_calls)
+                               self.spec.max_tool_calls, seed_keys=[p.id for p in problems])
         samples = response_samples(problems, prompts, completions, params, self.spec.mode,  # type: ignore[arg-type]
                                    self.backend.model_id, benchmark)
         choices = {p.id: p.choices for p in problems}
