@@ -154,6 +154,12 @@ def takes_seed_keys(backend: Any) -> bool:
     return "seed_keys" in inspect.signature(backend.generate).parameters
 
 
+def seeds_each_sample(backend: Any) -> bool:
+    """Whether each sampled response of `backend` depends on (run seed, key, sample index) alone: a backend that
+    takes `seed_keys`, except the hf backend's `continuous_batching` (transformers' scheduler draws per call)."""
+    return takes_seed_keys(backend) and not getattr(backend, "continuous_batching", False)
+
+
 def call_generate(backend: Any, prompts: list[str], params: SamplingParams, **optional: Any) -> list[list[Completion]]:
     """`backend.generate(prompts, params, ...)` with those of the `optional` keyword arguments (`seed_keys`,
     `on_progress`, `on_tokens`) that are not None and that this backend's `generate` takes."""
