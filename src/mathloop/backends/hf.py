@@ -342,6 +342,8 @@ class _Refill:
         while queue or rows:
             if rows:
                 tokens = self._choose(rows, logits)
+                if self.on_tokens:
+                    self.on_tokens(len(rows))
                 keep = []
                 for r, (job, token) in enumerate(zip(rows, tokens.tolist())):
                     completion = self.backend._advance(job, [token], self.params, [job.pending_logprob])
@@ -349,8 +351,6 @@ class _Refill:
                         keep.append(r)
                     else:
                         finished(job, completion)
-                if self.on_tokens:
-                    self.on_tokens(len(rows))
                 if len(keep) < len(rows):
                     index = torch.tensor(keep, dtype=torch.long, device=self.device)
                     rows, mask, tokens = [rows[r] for r in keep], mask[index], tokens[index]

@@ -151,11 +151,14 @@ class OpenVINOBackend:
 
     def generate(self, prompts: list[str], params: SamplingParams,
                  on_progress: Callable[[int, int, Completion], None] | None = None,
-                 seed_keys: list[str] | None = None) -> list[list[Completion]]:
+                 seed_keys: list[str] | None = None,
+                 on_tokens: Callable[[int], None] | None = None) -> list[list[Completion]]:
         """Every prompt is queued at once (the pipeline schedules them) and the pipeline is stepped here, so that
         `on_progress(i, j, completion)` is called as each sequence finishes: a caller can save them and show
         progress while the others run. Greedy decoding generates once per prompt and repeats it `n` times; sampling
-        sends one request per response, seeded `sample_seed(params.seed, seed_keys[i], j)`."""
+        sends one request per response, seeded `sample_seed(params.seed, seed_keys[i], j)`. `on_tokens(k)` is called
+        after each pipeline step with the requests it advanced (each step decodes one token per running request; a
+        count for progress bars, not exact around prefill)."""
         if not prompts:
             return []
         import numpy as np
@@ -183,6 +186,8 @@ class OpenVINOBackend:
                 if stepped:
                     self.pipeline.step()
                 done = [key for key, handle in handles.items() if handle.get_status().name != "RUNNING"]
+                if stepped and on_tokens:
+                    on_tokens(len(handles))
                 if not done and not stepped:
                     raise RuntimeError(f"openvino backend: {len(handles)} requests still running in a pipeline "
                                        "with no unfinished requests")
