@@ -287,7 +287,8 @@ class RecordingBar:
         pass
 
 
-def test_the_bar_counts_tokens_before_the_first_sequence_ends(tiny_model_dir, tmp_path, monkeypatch):
+@pytest.mark.parametrize("refill", [True, False], ids=["refill", "static"])
+def test_the_bar_counts_tokens_before_the_first_sequence_ends(tiny_model_dir, tmp_path, monkeypatch, refill):
     """Issue 28 item 6: the hf backend reports tokens at every decoding step, so the stage's bar moves long before
     a sequence finishes; its total follows the lengths of the finished sequences."""
     import mathloop.progress
@@ -298,7 +299,7 @@ def test_the_bar_counts_tokens_before_the_first_sequence_ends(tiny_model_dir, tm
     bars: list[RecordingBar] = []
     monkeypatch.setattr(mathloop.progress, "progress_bar",
                         lambda *args, **kwargs: bars.append(RecordingBar(events)) or bars[-1])
-    backend = load_backend("hf", str(tiny_model_dir), dtype="float32", batch_size=8)
+    backend = load_backend("hf", str(tiny_model_dir), dtype="float32", batch_size=8, refill=refill)
     backend.eos_token_ids = []  # every sequence runs to max_new_tokens: none ends before 12 steps
     generate_and_grade(PROBLEMS[:3], tmp_path / "s.jsonl", backend,
                        SamplingParams(n=2, temperature=1.0, max_new_tokens=12), verifier=None)

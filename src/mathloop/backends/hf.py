@@ -92,7 +92,7 @@ class HFBackend:
         for each completion as soon as it is finished (sample j of prompt i), so a stage can show progress and
         write finished prompts before the call returns. Sample j of prompt i is seeded by
         `sample_seed(params.seed, seed_keys[i], j)` (default key: the prompt text). `on_tokens(k)` is called as
-        k more tokens are generated (every decoding step of refill; after each static batch)."""
+        k more tokens are generated (every decoding step)."""
         keys = list(seed_keys) if seed_keys is not None else list(prompts)
         if len(keys) != len(prompts):
             raise ValueError(f"hf backend: {len(keys)} seed keys for {len(prompts)} prompts")
@@ -127,12 +127,9 @@ class HFBackend:
             queue.sort(key=lambda job: -len(job.prompt_ids))  # similar lengths batch together
             batch, queue = queue[:self.batch_size], queue[self.batch_size:]
             budget = max(params.max_new_tokens - len(job.generated) for job in batch)
-            new, logprobs = self._generate_ids(batch, budget, params)
+            new, logprobs = self._generate_ids(batch, budget, params, on_tokens)
             for job, new_ids, new_logprobs in zip(batch, new, logprobs):
-                before = len(job.generated)
                 completion = self._advance(job, new_ids, params, new_logprobs)
-                if on_tokens:
-                    on_tokens(len(job.generated) - before)
                 if completion is None:  # stopped by a stop string its whole text does not hold: go on
                     queue.append(job)
                 else:
@@ -207,8 +204,8 @@ class HFBackend:
         return results
 
     @torch.inference_mode()
-    def _generate_ids(self, batch: list[_Job], max_new_tokens: int, params: SamplingParams
-                      ) -> tuple[list[list[int]], list[list[float]]]:
+    def _generate_ids(self, batch: list[_Job], max_new_tokens: int, params: SamplingParams,
+                      on_tokens: Callable[[int], None] | None = None) -> tuple[list[list[int]], list[list[float]]]:
         """One `model.generate` call over left-padded prompt+generated token ids; returns the new ids per row and
         their log-probabilities. `generate` decodes greedily over scores that `_TokenChooser` (a logits processor,
         the same choice as refill's) has reduced to the one token it picked, so each row draws with its own seed."""
@@ -217,7 +214,8 @@ class HFBackend:
         pad = self.tokenizer.pad_token_id
         input_ids = torch.tensor([[pad] * (width - len(r)) + r for r in rows], device=self.device)
         attention_mask = torch.tensor([[0] * (width - len(r)) + [1] * len(r) for r in rows], device=self.device)
-        chooser = _StaticChoice(_TokenChooser(self.model, params, self.device), batch, width)
+        chooser = _StaticChoice(_TokenChooser(self.model, params, self.device), batch, width,
+                                on_tokens, self.eos_token_ids)
         # the chooser applies the model's repetition penalty itself; generate's own sampling settings are off
         kwargs = dict(max_new_tokens=max_new_tokens, pad_token_id=pad, eos_token_id=self.eos_token_ids,
                       do_sample=False, temperature=None, top_p=None, top_k=None, repetition_penalty=1.0,
@@ -280,14 +278,21 @@ class _TokenChooser:
 
 class _StaticChoice:
     """`_TokenChooser` as a logits processor of `model.generate` (static batches): scores become -inf except at the
-    chosen token, so greedy decoding takes it; the log-probabilities are kept per row."""
+    chosen token, so greedy decoding takes it; the log-probabilities are kept per row. `on_tokens(k)` hears of the
+    k rows (not yet ended by an end token) that get a token at each step."""
 
-    def __init__(self, chooser: _TokenChooser, batch: list[_Job], width: int):
-        self.chooser, self.batch, self.width = chooser, batch, width
+    def __init__(self, chooser: _TokenChooser, batch: list[_Job], width: int,
+                 on_tokens: Callable[[int], None] | None = None, eos_token_ids: list[int] = ()):
+        self.chooser, self.batch, self.width, self.on_tokens = chooser, batch, width, on_tokens
+        self.eos = torch.tensor(list(eos_token_ids), dtype=torch.long)
         self.logprobs: list[list[float]] = [[] for _ in batch]
 
     def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
         step = input_ids.shape[1] - self.width
+        if self.on_tokens:
+            generated = input_ids[:, self.width:]
+            ended = torch.isin(generated, self.eos.to(generated.device)).any(dim=1)
+            self.on_tokens(int((~ended).sum()))
 
         def seen() -> list[list[int]]:
             return [job.prompt_ids + job.generated + row for job, row in
