@@ -140,6 +140,15 @@ def _error_line(e: BaseException, args: argparse.Namespace | None = None) -> str
     return "; ".join(line.strip() for line in str(e).splitlines() if line.strip()) or type(e).__name__
 
 
+def _print_summary(summary: dict) -> None:
+    """A training command's summary, printed once: by rank 0 of an `accelerate launch` (the values are the run's,
+    averaged over processes where each process has its own), by the only process otherwise."""
+    from mathloop.train.distributed import is_main_process
+
+    if is_main_process():
+        print(json.dumps(summary, indent=2))
+
+
 def _settings(args: argparse.Namespace, cls, **extra):
     """A stage's settings: --config's YAML (when given) with the flags the command line gives on top."""
     from mathloop.config import flag_overrides, load_settings
@@ -364,7 +373,7 @@ def add_rm_parser(sub: argparse._SubParsersAction) -> None:
 def cmd_rm(args: argparse.Namespace) -> int:
     from mathloop.train import rm
 
-    print(json.dumps(rm.train(_settings(args, rm.RMTrainConfig)), indent=2))
+    _print_summary(rm.train(_settings(args, rm.RMTrainConfig)))
     return 0
 
 
@@ -581,7 +590,7 @@ def add_grpo_parser(sub: argparse._SubParsersAction) -> None:
 def cmd_grpo(args: argparse.Namespace) -> int:
     from mathloop.train import grpo
 
-    print(json.dumps(grpo.train_grpo(_settings(args, grpo.GRPOConfig)), indent=2))
+    _print_summary(grpo.train_grpo(_settings(args, grpo.GRPOConfig)))
     return 0
 
 
@@ -621,7 +630,7 @@ def add_sft_parser(sub: argparse._SubParsersAction) -> None:
 def cmd_sft(args: argparse.Namespace) -> int:
     from mathloop.train import sft
 
-    print(json.dumps(sft.train_sft(_settings(args, sft.SFTRunConfig)), indent=2))
+    _print_summary(sft.train_sft(_settings(args, sft.SFTRunConfig)))
     return 0
 
 
