@@ -176,8 +176,8 @@ class OpenVINOBackend:
                                            None if params.greedy else sample_seed(params.seed, keys[i], j))
                 if self._adapters is not None:  # the state `use_lora` set is what applies; named per request too
                     config.adapters = self._adapters
-                handles[i, j] = self.pipeline.add_request(self._requests, openvino.Tensor(np.array([ids], dtype=np.int64)),
-                                                          config)
+                tensor = openvino.Tensor(np.array([ids], dtype=np.int64))
+                handles[i, j] = self.pipeline.add_request(self._requests, tensor, config)
                 self._requests += 1  # request ids stay unique across calls
         results: list[list[Completion | None]] = [[None] * n for _ in prompts]
         try:
