@@ -96,31 +96,46 @@ def connect_ray(ray: Any, address: str | None) -> None:
         ray.init(address=address, include_dashboard=False, log_to_driver=False)
     except Exception as e:  # Ray raises its own kinds (AuthenticationError, ConnectionError, RuntimeError)
         text = f"{type(e).__name__}: {e}"
-        if "AuthenticationError" in text or "auth" in text.lower() and "token" in text.lower():
+        # A cluster that refuses the token logs InvalidAuthToken from C++ and raises a plain ConnectionError (Ray
+        # 2.60): a cluster that answers at the address but cannot be joined is taken for one.
+        if address == "auto":
+            from ray._private.utils import read_ray_address
+
+            target = os.environ.get("RAY_ADDRESS") or read_ray_address()
+        else:
+            target = os.environ.get("RAY_ADDRESS") or address
+        refused = isinstance(e, ConnectionError) and _answers(target)
+        if refused or "AuthenticationError" in text or "auth" in text.lower() and "token" in text.lower():
             raise ValueError(
-                f"ray_address {address}: the Ray cluster refused this process's authentication token "
-                f"({type(e).__name__}); give it the cluster's token: RAY_AUTH_MODE=token and RAY_AUTH_TOKEN=<token> "
-                "(or RAY_AUTH_TOKEN_PATH=<file>; `ray get-auth-token` on the head node prints it; the default is "
+                f"ray_address {address}: the Ray cluster there refused this process (InvalidAuthToken: token "
+                f"authentication, {type(e).__name__}); give it the cluster's token: RAY_AUTH_MODE=token and "
+                "RAY_AUTH_TOKEN=<token> (or RAY_AUTH_TOKEN_PATH=<file>; `ray get-auth-token` on the head node prints it; the default is "
                 "~/.ray/auth_token)") from None
         raise
+
+
+def _answers(address: str | None) -> bool:
+    """Whether something listens at a Ray address (HOST:PORT or ray://HOST:PORT)."""
+    import socket
+
+    if not address or ":" not in address:
+        return False
+    host, _, port = address.removeprefix("ray://").rpartition(":")
+    try:
+        with socket.create_connection((host, int(port)), timeout=2):
+            return True
+    except (OSError, ValueError):
+        return False
 
 
 def _refuse_a_stale_cluster_file(ray: Any) -> None:
     """`ray_address: auto` joins the cluster /tmp/ray/ray_current_cluster names; when nothing listens at that
     address the cluster has stopped and Ray would wait for it: refuse at once."""
-    import socket
-
     from ray._private.utils import get_ray_address_file, read_ray_address
 
     address = read_ray_address()
-    if not address or ":" not in address:
+    if not address or ":" not in address or _answers(address):
         return
-    host, _, port = address.rpartition(":")
-    try:
-        with socket.create_connection((host, int(port)), timeout=2):
-            return
-    except (OSError, ValueError):
-        pass
     raise ValueError(f"ray_address auto: {get_ray_address_file(None)} names the cluster at {address}, which no longer "
                      "answers (it was stopped); start one with `ray start --head`, or use ray_address: local for a "
                      "cluster of this run alone")
