@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 
 from mathloop.backends import load_backend
@@ -164,3 +166,43 @@ def test_refill_falls_back_to_static_batches_for_a_sliding_window_cache(tiny_mod
         got = refill.generate(PROMPTS, params)
     assert [c[0].text for c in got] == [c[0].text for c in static.generate(PROMPTS, params)]
     assert "static batches" in caplog.text and not refill.refill
+
+
+def test_a_sample_draws_the_same_tokens_whatever_shares_its_batch(tiny_model_dir):
+    """Issue 28 item 2: each sample is seeded by (run seed, key, sample index) alone, so batch size, the other prompts
+    of a call, their order and the decoding loop (refill or static batches) do not change its tokens."""
+    params = SamplingParams(n=3, temperature=1.0, top_p=0.95, max_new_tokens=10, seed=11)
+    keys = [f"p/{i}" for i in range(len(PROMPTS))]
+    runs = []
+    for batch_size, refill in ((1, True), (4, True), (5, False), (16, True)):
+        backend = load_backend("hf", str(tiny_model_dir), dtype="float32", batch_size=batch_size, refill=refill)
+        runs.append([[c.text for c in r] for r in backend.generate(PROMPTS, params, seed_keys=keys)])
+    assert all(run == runs[0] for run in runs[1:])
+    alone = backend.generate(PROMPTS[4:1:-1], params, seed_keys=keys[4:1:-1])  # a subset, other order
+    assert [[c.text for c in r] for r in alone] == runs[0][4:1:-1]
+    other_seed = backend.generate(PROMPTS, dataclasses.replace(params, seed=12), seed_keys=keys)
+    assert [[c.text for c in r] for r in other_seed] != runs[0]
+    assert len({text for r in runs[0] for text in r}) > len(PROMPTS)  # samples of one prompt differ
+
+
+def test_each_generated_tokens_log_probability_is_the_models(backend, monkeypatch):
+    """Issue 32: token_logprobs (Sample.confidence) are log p(token | prefix) of a direct forward pass."""
+    import torch
+
+    finished = []
+    advance = type(backend)._advance
+
+    def recording(self, job, *args):
+        completion = advance(self, job, *args)
+        if completion is not None:
+            finished.append((job.prompt_ids + job.generated, len(job.prompt_ids), completion))
+        return completion
+
+    monkeypatch.setattr(type(backend), "_advance", recording)
+    backend.generate(PROMPTS[:3], SamplingParams(n=2, temperature=0.8, max_new_tokens=6, seed=3))
+    assert len(finished) == 6
+    for ids, prompt_length, completion in finished:
+        with torch.inference_mode():
+            logp = torch.log_softmax(backend.model(torch.tensor([ids])).logits[0, :-1].float(), dim=-1)
+        direct = logp[prompt_length - 1:].gather(1, torch.tensor(ids[prompt_length:])[:, None])[:, 0].tolist()
+        assert completion.metadata["token_logprobs"] == pytest.approx(direct, abs=1e-4)

@@ -12,6 +12,7 @@ import pytest
 from mathloop.records import Problem
 
 from mathloop.backends import Backend, SamplingParams, load_backend
+from mathloop.backends.base import sample_seed
 from mathloop.backends import openvino as ov_backend
 from mathloop.backends.openvino import OpenVINOBackend, checkpoint_hash, export_openvino
 
@@ -123,15 +124,18 @@ def test_sampling_maps_to_generation_config(stub_genai, tiny_model_dir):
     backend = OpenVINOBackend(str(tiny_model_dir))
     params = SamplingParams(n=3, temperature=0.7, top_p=0.8, top_k=20, min_p=0.05, max_new_tokens=64, seed=9,
                             stop=("```output",))
-    backend.generate(["q eos"], params)
-    [(request_id, prompt, config)] = stub_genai.requests
-    assert (request_id, prompt) == (0, "q eos")  # the prompt text is tokenized once, without a template
-    assert vars(config) == {"max_new_tokens": 64, "stop_token_ids": set(backend.eos_token_ids),
-                            "apply_chat_template": False, "logprobs": 1, "stop_strings": {"```output"},
-                            "include_stop_str_in_output": True, "do_sample": True, "num_return_sequences": 3,
-                            "temperature": 0.7, "top_p": 0.8, "rng_seed": 9, "top_k": 20, "min_p": 0.05}
+    backend.generate(["q eos"], params, seed_keys=["gsm8k/3"])
+    # one request per response, each seeded by (run seed, problem id, sample index) alone (issue 28)
+    assert [(request_id, prompt) for request_id, prompt, _ in stub_genai.requests] == [(0, "q eos"), (1, "q eos"),
+                                                                                      (2, "q eos")]
+    for j, (_, _, config) in enumerate(stub_genai.requests):
+        assert vars(config) == {"max_new_tokens": 64, "stop_token_ids": set(backend.eos_token_ids),
+                                "apply_chat_template": False, "logprobs": 1, "stop_strings": {"```output"},
+                                "include_stop_str_in_output": True, "do_sample": True, "num_return_sequences": 1,
+                                "temperature": 0.7, "top_p": 0.8, "rng_seed": sample_seed(9, "gsm8k/3", j),
+                                "top_k": 20, "min_p": 0.05}
     backend.generate(["q eos"], SamplingParams(max_new_tokens=8))
-    assert vars(stub_genai.requests[1][2]) == {"max_new_tokens": 8, "stop_token_ids": set(backend.eos_token_ids),
+    assert vars(stub_genai.requests[3][2]) == {"max_new_tokens": 8, "stop_token_ids": set(backend.eos_token_ids),
                                                "apply_chat_template": False, "logprobs": 1}  # greedy: no sampling
 
 
@@ -155,7 +159,7 @@ def test_lora_adapters_are_applied_at_run_time(stub_genai, tiny_model_dir, tmp_p
     assert [(configs[0].max_new_tokens, configs[0].adapters.alpha) for _, configs in rebuilt.generated] == [
         (1, 2.0), (1, 4.0)]
     backend.generate(["q eos"], SamplingParams(n=2, temperature=1.0, max_new_tokens=8))
-    [(_, _, config)] = stub_genai.requests
+    [(_, _, config), _] = stub_genai.requests  # one request per response
     assert config.adapters.adapter.path == str(tmp_path / "step-1" / "adapter_model.safetensors")
     assert config.adapters.alpha == 4.0  # rsLoRA: lora_alpha / sqrt(r)
     assert backend.info["lora_adapter"] == str(tmp_path / "step-1")

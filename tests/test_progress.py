@@ -265,3 +265,68 @@ def test_adding_lora_does_not_show_peft_s_deprecation_warning(tiny_model_dir):
         warnings.simplefilter("always")
         add_lora(model, lora_config("rm", 4, 8))
     assert not [w for w in caught if "is_gradient_checkpointing" in str(w.message)]
+
+
+class RecordingBar:
+    """Stands in for the tqdm bar of `generate_and_grade`: what it was told, in order."""
+
+    def __init__(self, events: list) -> None:
+        self.events, self.n, self.total = events, 0, None
+
+    def update(self, count: int) -> None:
+        self.n += count
+        self.events.append(("tokens", count))
+
+    def set_postfix_str(self, text: str, refresh: bool = True) -> None:
+        self.events.append(("postfix", text))
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        pass
+
+
+@pytest.mark.parametrize("refill", [True, False], ids=["refill", "static"])
+def test_the_bar_counts_tokens_before_the_first_sequence_ends(tiny_model_dir, tmp_path, monkeypatch, refill):
+    """Issue 28 item 6: the hf backend reports tokens at every decoding step, so the stage's bar moves long before
+    a sequence finishes; its total follows the lengths of the finished sequences."""
+    import mathloop.progress
+    from mathloop.backends import load_backend
+    from mathloop.generate import generate_and_grade
+
+    events: list = []
+    bars: list[RecordingBar] = []
+    monkeypatch.setattr(mathloop.progress, "progress_bar",
+                        lambda *args, **kwargs: bars.append(RecordingBar(events)) or bars[-1])
+    backend = load_backend("hf", str(tiny_model_dir), dtype="float32", batch_size=8, refill=refill)
+    backend.eos_token_ids = []  # every sequence runs to max_new_tokens: none ends before 12 steps
+    generate_and_grade(PROBLEMS[:3], tmp_path / "s.jsonl", backend,
+                       SamplingParams(n=2, temperature=1.0, max_new_tokens=12), verifier=None)
+    [bar] = bars
+    first_done = events.index(("postfix", "1/6 seq"))
+    assert events[0] == ("postfix", "0/6 seq") and events[1] == ("tokens", 6)  # one token for each of 6 rows
+    assert sum(count for kind, count in events[:first_done] if kind == "tokens") >= 6 * 11
+    assert bar.n == bar.total == 6 * 12 and events[-1] == ("postfix", "6/6 seq")
+
+
+def test_openvino_reports_tokens_at_every_pipeline_step(stub_genai_steps):
+    backend, calls = stub_genai_steps
+    events: list = []
+    backend.generate(["q long", "q eos"], SamplingParams(n=2, temperature=1.0, max_new_tokens=16),
+                     on_progress=lambda i, j, c: events.append("done"), on_tokens=lambda k: events.append(k))
+    assert events[:3] == [4, 4, 4] and events.count("done") == 4  # 4 requests, one token each per step
+
+
+@pytest.fixture
+def stub_genai_steps(monkeypatch, tiny_model_dir, tmp_path):
+    """The openvino backend on the stub engine of tests/test_backends_openvino.py."""
+    import importlib.util
+    import pathlib
+
+    spec = importlib.util.spec_from_file_location("ov_tests", pathlib.Path(__file__).with_name(
+        "test_backends_openvino.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    genai = module.stub_genai.__wrapped__(monkeypatch, tiny_model_dir, tmp_path)
+    return module.OpenVINOBackend(str(tiny_model_dir)), genai

@@ -135,7 +135,7 @@ RANK_LINE = ("import pathlib\nfrom mathloop.train.distributed import make_accele
              "pathlib.Path(f'rank-{state.process_index}-of-{state.num_processes}').touch()\n")
 
 
-def launch(script: Path, processes: int, tmp_path: Path) -> None:
+def launch(script: Path, processes: int, tmp_path: Path) -> subprocess.CompletedProcess:
     """N processes on the CPU (gloo) with accelerate's multi-process launcher (torchrun), bounded in time; `script`
     prints `RANK_LINE`. `accelerate launch --cpu --num_processes N` alone starts one process unless mpirun is
     there (its CPU path goes through MPI); `ACCELERATE_USE_CPU=true accelerate launch --multi_gpu` starts N.
@@ -151,6 +151,7 @@ def launch(script: Path, processes: int, tmp_path: Path) -> None:
     assert ranks == [f"rank-{r}-of-{processes}" for r in range(processes)]  # really distributed
     for p in script.parent.glob("rank-*"):
         p.unlink()
+    return result
 
 
 def test_launched_processes_exit_cleanly_after_collectives(tmp_path):
@@ -240,3 +241,28 @@ def test_two_rm_processes_with_half_the_groups_reach_the_weights_of_one(tiny_mod
     start = trained_weights(tmp_path / "one" / "checkpoints" / "step-000001")  # after one step: both runs moved on
     print("rm: 2 processes vs 1, largest weight difference, largest change", assert_same_weights(one_w, two_w, start))
     assert (tmp_path / "two" / "final").is_dir() and len((tmp_path / "two" / "metrics.jsonl").read_text().splitlines()) == 2
+
+
+def test_two_sft_processes_report_the_mean_loss_once(tiny_model_dir, tmp_path):
+    """Issue 28 item 5: under `accelerate launch` rank 0 prints the summary once, and its train_loss (also in
+    summary.json) is the mean over the processes, each of which averaged only its own batches."""
+    from mathloop.records import write_jsonl
+
+    rows = [{"prompt": [{"role": "user", "content": f"What is 2 + {i}?"}],
+             "completion": [{"role": "assistant", "content": f"2 + {i} = {2 + i}. \\boxed{{{2 + i}}}"}]}
+            for i in range(8)]
+    write_jsonl(tmp_path / "sft.jsonl", rows)
+    (tmp_path / "sft.yaml").write_text(yaml.safe_dump(dict(
+        model=str(tiny_model_dir), data=str(tmp_path / "sft.jsonl"), output_dir=str(tmp_path / "out"), epochs=1,
+        learning_rate=3e-3, per_device_batch_size=2, gradient_accumulation_steps=1, max_length=64,
+        log_every=100)))  # no logging step: each Trainer's training_loss is its own process's mean
+    script = tmp_path / "sft_main.py"
+    script.write_text(RANK_LINE + "import sys\nfrom mathloop.cli import main\n"
+                      f"sys.exit(main(['sft', '--config', {str(tmp_path / 'sft.yaml')!r}, '--quiet']))\n")
+    result = launch(script, 2, tmp_path)
+    assert result.stdout.count('"train_loss"') == 1, result.stdout  # one summary, not one per rank
+    printed = json.loads(result.stdout[result.stdout.index('{\n  "step"'):result.stdout.rindex("}") + 1])
+    written = json.loads((tmp_path / "out" / "summary.json").read_text())
+    losses = written["train_loss_per_process"]
+    assert len(losses) == 2 and losses[0] != losses[1]  # each process saw other batches
+    assert written["train_loss"] == pytest.approx(sum(losses) / 2) == printed["train_loss"]

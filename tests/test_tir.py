@@ -64,3 +64,24 @@ def test_tool_call_limit_makes_the_model_finish():
 def test_last_code_block():
     assert last_code_block("no code") is None
     assert last_code_block("```python\na\n```\n```python\nb\n```") == "b\n"
+
+
+class KeyedFake(FakeBackend):
+    """A fake that takes per-sample seed keys, as hf and openvino do, and records them."""
+
+    def __init__(self, responses):
+        super().__init__(responses)
+        self.keys: list[list[str]] = []
+
+    def generate(self, prompts, params, seed_keys=None):
+        self.keys.append(list(seed_keys))
+        return super().generate(prompts, params)
+
+
+def test_every_segment_of_a_trajectory_has_seeds_of_its_own():
+    """Issue 28 item 2: the first segment is sample j of the problem's key; a continuation is sample 0 of
+    <key>/<j>/<cells run>, so no two segments share a seed and none depends on the batch."""
+    backend = KeyedFake(model)
+    tir_generate(backend, ["Q1", "NOCODE"], SamplingParams(n=2, temperature=0.7, max_new_tokens=500),
+                 RecordingExecutor(), seed_keys=["gsm8k/1", "gsm8k/2"])
+    assert backend.keys == [["gsm8k/1", "gsm8k/2"], ["gsm8k/1/0/1", "gsm8k/1/1/1"], ["gsm8k/1/0/2", "gsm8k/1/1/2"]]

@@ -21,6 +21,7 @@
 from __future__ import annotations
 
 import argparse
+import errno
 import json
 import sys
 import typing
@@ -90,6 +91,17 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _non_negative_int(text: str) -> int:
+    """argparse type: an integer >= 0."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 0, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {value}")
+    return value
+
+
 def _positive_float(text: str) -> float:
     """argparse type: a number > 0."""
     try:
@@ -112,11 +124,38 @@ def _temperatures(text: str) -> list[float]:
     return values
 
 
-def _error_line(e: BaseException) -> str:
-    """The one line a user sees for `e`: an OSError names its path first; other messages are joined onto one line."""
+# Modules of optional extras, by the extra that installs them (a ModuleNotFoundError names the install line).
+EXTRA_OF_MODULE = {"datasets": "train", "trl": "train", "peft": "train", "ray": "ray", "openvino_genai": "openvino",
+                   "vllm": "vllm", "tensorboard": "tensorboard", "wandb": "wandb", "playwright": "browser",
+                   "deepspeed": "deepspeed"}
+
+
+def _error_line(e: BaseException, args: argparse.Namespace | None = None) -> str:
+    """The one line a user sees for `e`: an OSError names its path first (a full disk without one names the
+    command's output); a missing optional module names the extra that installs it; other messages are joined onto
+    one line."""
     if isinstance(e, OSError) and e.filename is not None:
         return f"{e.filename}: {e.strerror or e}"
+    if isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT):
+        where = next((getattr(args, name) for name in ("out", "output", "output_dir") if getattr(args, name, None)),
+                     None)
+        return (f"{where}: " if where else "") + f"{e.strerror}; free space there (or give another output folder) " \
+            "and run the same command again to resume"
+    if isinstance(e, ModuleNotFoundError) and e.name and e.name.split(".")[0] in EXTRA_OF_MODULE:
+        module = e.name.split(".")[0]
+        command = getattr(args, "command", None)
+        return (f"{module} is not installed{f' (mathloop {command} needs it)' if command else ''}: "
+                f"pip install 'mathloop[{EXTRA_OF_MODULE[module]}]'")
     return "; ".join(line.strip() for line in str(e).splitlines() if line.strip()) or type(e).__name__
+
+
+def _print_summary(summary: dict) -> None:
+    """A training command's summary, printed once: by rank 0 of an `accelerate launch` (the values are the run's,
+    averaged over processes where each process has its own), by the only process otherwise."""
+    from mathloop.train.distributed import is_main_process
+
+    if is_main_process():
+        print(json.dumps(summary, indent=2))
 
 
 def _settings(args: argparse.Namespace, cls, **extra):
@@ -185,7 +224,7 @@ def add_eval_parser(sub: argparse._SubParsersAction) -> None:
     setting(p, C, "--benchmarks", type=_csv, help="comma-separated benchmark names, e.g. gsm8k,math500")
     setting(p, C, "--mode", choices=["cot", "tir"],
             help="cot = chain of thought; tir = tool-integrated reasoning, the model's Python runs in the sandbox")
-    setting(p, C, "--max-tool-calls", type=int, help="tir: code executions per response")
+    setting(p, C, "--max-tool-calls", type=_non_negative_int, help="tir: code executions per response")
     setting(p, C, "--tool-timeout", type=_positive_float, help="tir: seconds per execution")
     add_unsafe_sandbox_flag(p, C)
     setting(p, C, "--n", type=_positive_int, help="samples per problem")
@@ -194,7 +233,7 @@ def add_eval_parser(sub: argparse._SubParsersAction) -> None:
     setting(p, C, "--seed", type=int, help="sampling seed")
     setting(p, C, "--limit", type=_positive_int, help="first N problems of each benchmark (default: all)")
     setting(p, C, "--split", help="data split")
-    setting(p, C, "--shots", type=int,
+    setting(p, C, "--shots", type=_non_negative_int,
             help="few-shot examples for multiple-choice sets (default: the official setting, 5 for MC sets)")
     setting(p, C, "--data-dir", help="benchmark folder in the official harness layout (default: $MATHLOOP_DATA_DIR); "
                                       "sets it lacks come from the data packaged with mathloop")
@@ -254,7 +293,7 @@ def add_compare_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("b", help="the run compared with it, in the same forms; differences are B - A")
     p.add_argument("--out", default=None, help="write the Markdown here instead of printing it")
     p.add_argument("--json", default=None, help="also write the comparison as JSON here")
-    p.add_argument("--resamples", type=int, default=compare.BOOTSTRAP_RESAMPLES,
+    p.add_argument("--resamples", type=_positive_int, default=compare.BOOTSTRAP_RESAMPLES,
                    help="bootstrap resamples for runs with several samples per problem (default: %(default)s)")
     p.add_argument("--seed", type=int, default=0, help="bootstrap seed (default: %(default)s)")
 
@@ -351,7 +390,7 @@ def add_rm_parser(sub: argparse._SubParsersAction) -> None:
 def cmd_rm(args: argparse.Namespace) -> int:
     from mathloop.train import rm
 
-    print(json.dumps(rm.train(_settings(args, rm.RMTrainConfig)), indent=2))
+    _print_summary(rm.train(_settings(args, rm.RMTrainConfig)))
     return 0
 
 
@@ -397,7 +436,7 @@ def add_sample_parser(sub: argparse._SubParsersAction) -> None:
     add_sampler_settings(p, C)
     setting(p, C, "--mode", choices=["cot", "tir"], help="cot = chain of thought; tir = the model's Python runs in the "
                                                           "sandbox")
-    setting(p, C, "--max-tool-calls", type=int, help="tir: code executions per response")
+    setting(p, C, "--max-tool-calls", type=_non_negative_int, help="tir: code executions per response")
     setting(p, C, "--tool-timeout", type=_positive_float, help="tir: seconds per execution")
     add_unsafe_sandbox_flag(p, C)
     setting(p, C, "--hard-n", type=int,
@@ -517,7 +556,7 @@ def add_grpo_parser(sub: argparse._SubParsersAction) -> None:
     setting(p, C, "--selection-n", type=_positive_int, help="samples per query the selection counts")
     setting(p, C, "--mode", choices=["cot", "tir"], help="cot = chain of thought; tir = the model's Python runs in the "
                                                           "sandbox")
-    setting(p, C, "--max-tool-calls", type=int, help="tir: code executions per response")
+    setting(p, C, "--max-tool-calls", type=_positive_int, help="tir: code executions per response")
     setting(p, C, "--tool-timeout", type=_positive_float, help="tir: seconds per execution")
     add_unsafe_sandbox_flag(p, C)
     setting(p, C, "--reward", help="shaped (verifier + reward model), verifier, rm, or module.path:function with TRL's "
@@ -570,7 +609,7 @@ def add_grpo_parser(sub: argparse._SubParsersAction) -> None:
 def cmd_grpo(args: argparse.Namespace) -> int:
     from mathloop.train import grpo
 
-    print(json.dumps(grpo.train_grpo(_settings(args, grpo.GRPOConfig)), indent=2))
+    _print_summary(grpo.train_grpo(_settings(args, grpo.GRPOConfig)))
     return 0
 
 
@@ -610,7 +649,7 @@ def add_sft_parser(sub: argparse._SubParsersAction) -> None:
 def cmd_sft(args: argparse.Namespace) -> int:
     from mathloop.train import sft
 
-    print(json.dumps(sft.train_sft(_settings(args, sft.SFTRunConfig)), indent=2))
+    _print_summary(sft.train_sft(_settings(args, sft.SFTRunConfig)))
     return 0
 
 
@@ -794,7 +833,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return COMMANDS[args.command](args)
     except USER_ERRORS as e:
-        print(f"mathloop {args.command}: error: {_error_line(e)}", file=sys.stderr)
+        print(f"mathloop {args.command}: error: {_error_line(e, args)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"mathloop {args.command}: interrupted; run the same command again to resume", file=sys.stderr)

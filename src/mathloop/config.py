@@ -24,6 +24,9 @@ def read_yaml_mapping(path: str, what: str) -> dict[str, Any]:
     with open(path, encoding="utf-8") as f:
         try:
             data = yaml.safe_load(f) or {}
+        except UnicodeDecodeError as e:
+            raise ValueError(f"{path}: not UTF-8 text (byte {e.start + 1} is 0x{e.object[e.start]:02x}); save the "
+                             "file as UTF-8") from None
         except yaml.YAMLError as e:
             mark = getattr(e, "problem_mark", None)
             where = f"{path}:{mark.line + 1}" if mark is not None else str(path)

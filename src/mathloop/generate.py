@@ -16,7 +16,7 @@ import inspect
 from pathlib import Path
 from typing import Any, Callable, ContextManager
 
-from mathloop.backends.base import Backend, Completion, SamplingParams
+from mathloop.backends.base import Backend, Completion, SamplingParams, call_generate, takes_seed_keys
 from mathloop.records import JsonlAppender, Mode, Problem, Sample, drop_torn_last_line, read_records, write_jsonl
 
 MODES = ("cot", "tir")
@@ -38,6 +38,42 @@ def code_executor(mode: str, timeout: float = 5.0, unsafe_file_access: bool = Fa
 OnCompletion = Callable[[int, int, Completion], None]  # (prompt index, sample index, the finished completion)
 
 
+def reports_tokens(backend: Backend) -> bool:
+    """Whether `backend.generate` takes `on_tokens` and calls it as tokens are generated (hf, openvino)."""
+    return "on_tokens" in inspect.signature(backend.generate).parameters
+
+
+class TokenProgress:
+    """A bar that counts generated tokens, so it moves within seconds of a stage's start even while every sequence
+    runs in parallel (a bar of finished sequences sits at 0 until the first one ends). Its total is the tokens
+    expected: `max_new_tokens` for every sequence until one finishes, then the tokens of the finished ones plus
+    their mean length for each one left, so the ETA follows the lengths seen. The postfix counts finished
+    sequences. Tokens come from the backend as they are generated (`reports_tokens`), else with each finished
+    completion."""
+
+    def __init__(self, bar: Any, sequences: int, max_new_tokens: int, streamed: bool) -> None:
+        self.bar, self.sequences, self.streamed = bar, sequences, streamed
+        self.finished = self.finished_tokens = 0
+        bar.total = sequences * max_new_tokens
+        self._postfix()
+
+    def tokens(self, count: int) -> None:
+        self.bar.update(count)
+
+    def sequence_done(self, completion: Completion) -> None:
+        if not self.streamed:
+            self.bar.update(completion.completion_tokens)
+        self.finished += 1
+        self.finished_tokens += completion.completion_tokens
+        left = self.sequences - self.finished
+        expected = self.finished_tokens + round(left * self.finished_tokens / self.finished)
+        self.bar.total = max(expected, self.bar.n + (1 if left else 0))
+        self._postfix()
+
+    def _postfix(self) -> None:
+        self.bar.set_postfix_str(f"{self.finished}/{self.sequences} seq", refresh=True)
+
+
 def reports_each_completion(backend: Backend) -> bool:
     """Whether `backend.generate` takes `on_progress` and calls it as each completion finishes (hf, openvino)."""
     return "on_progress" in inspect.signature(backend.generate).parameters
@@ -45,18 +81,23 @@ def reports_each_completion(backend: Backend) -> bool:
 
 def generate(backend: Backend, prompts: list[str], params: SamplingParams, mode: str = "cot", executor: Any = None,
              max_tool_calls: int = 4, on_progress: OnCompletion | None = None,
-             session_prefix: str = "tir") -> list[list[Completion]]:
+             session_prefix: str = "tir", seed_keys: list[str] | None = None,
+             on_tokens: Callable[[int], None] | None = None) -> list[list[Completion]]:
     """`params.n` completions per prompt, in prompt order. tir: TIR trajectories with `executor` running the code
     (`code_executor`); cot: the backend alone. `on_progress(i, j, completion)` is called once per completion: as
-    it finishes where the backend reports that (`reports_each_completion`), else when the call returns."""
+    it finishes where the backend reports that (`reports_each_completion`), else when the call returns.
+    `seed_keys` (one per prompt: its problem id) seed each sample on backends that take them (`takes_seed_keys`);
+    `on_tokens(k)` counts generated tokens where the backend reports them."""
     if mode == "tir":
         from mathloop.tools.tir import tir_generate
 
-        completions = tir_generate(backend, prompts, params, executor, max_tool_calls, session_prefix)
+        completions = tir_generate(backend, prompts, params, executor, max_tool_calls, session_prefix,
+                                   seed_keys=seed_keys, on_tokens=on_tokens)
     elif on_progress and reports_each_completion(backend):
-        return backend.generate(prompts, params, on_progress=on_progress)  # type: ignore[call-arg]
+        return call_generate(backend, prompts, params, on_progress=on_progress, seed_keys=seed_keys,
+                             on_tokens=on_tokens)
     else:
-        completions = backend.generate(prompts, params)
+        completions = call_generate(backend, prompts, params, seed_keys=seed_keys, on_tokens=on_tokens)
     if on_progress:
         for i, outs in enumerate(completions):
             for j, completion in enumerate(outs):
@@ -132,7 +173,7 @@ def generate_and_grade(problems: list[Problem], path: Path, backend: Backend, pa
     multiple-choice problems), grade them and append them to `path` problem by problem, each as soon as its last
     response is finished: with a backend that reports each completion (hf, openvino) a killed run loses only the batch in
     flight; other backends (and TIR) get one backend batch of problems per call, so it loses at most that.
-    The bar counts generated sequences."""
+    The bar counts generated tokens (`TokenProgress`)."""
     from mathloop.prompts import build_messages
     from mathloop.progress import progress_bar
 
@@ -141,8 +182,9 @@ def generate_and_grade(problems: list[Problem], path: Path, backend: Backend, pa
     streamed = mode == "cot" and reports_each_completion(backend)
     per_call = 1 if params.greedy else params.n  # sequences one problem puts in a backend batch
     chunk = len(problems) if streamed else max(1, getattr(backend, "batch_size", 32) // per_call)
-    with JsonlAppender(path) as appender, progress_bar(len(problems) * params.n, desc or "generate", "seq",
-                                                        enabled=progress) as bar:
+    with JsonlAppender(path) as appender, progress_bar(None, desc or "generate", "tok", enabled=progress,
+                                                        unit_scale=True) as bar:
+        counter = TokenProgress(bar, len(problems) * per_call, params.max_new_tokens, reports_tokens(backend))
         for start in range(0, len(problems), chunk):
             batch = problems[start:start + chunk]
             texts = [prompts[p.id] for p in batch]
@@ -158,11 +200,13 @@ def generate_and_grade(problems: list[Problem], path: Path, backend: Backend, pa
 
             def on_completion(i: int, j: int, completion: Completion) -> None:
                 finished[i][j] = completion
-                bar.update(1)
+                if j == 0 or not params.greedy:  # greedy: one sequence stands for all n
+                    counter.sequence_done(completion)
                 if all(c is not None for c in finished[i]):
                     write(i)
 
-            completions = generate(backend, texts, params, mode, executor, max_tool_calls, on_completion)
+            completions = generate(backend, texts, params, mode, executor, max_tool_calls, on_completion,
+                                   seed_keys=[p.id for p in batch], on_tokens=counter.tokens)
             for i, outs in enumerate(completions):  # a backend that reported fewer than it returned
                 if not written[i]:
                     finished[i] = list(outs)

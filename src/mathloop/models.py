@@ -72,6 +72,11 @@ def resolve_model(spec: str) -> tuple[str, str]:
     if path.exists():
         if path.is_file() and path.suffix == ".gguf":
             return str(convert_gguf(path, cache_dir() / f"{path.stem}-bf16")), spec
+        if not (path / "config.json").is_file():
+            what = "a folder without config.json" if path.is_dir() else "a file that is not a .gguf model"
+            raise ValueError(f"--model {spec}: {what}; give a Hugging Face model folder (config.json, tokenizer and "
+                             f"*.safetensors files), a .gguf file, an embedded name ({', '.join(EMBEDDED_MODELS)}) "
+                             f"or a Hub id")
         return str(path), spec
     return spec, spec
 

@@ -104,8 +104,19 @@ def from_dict(cls: type[R], row: dict[str, Any]) -> R:
 def read_jsonl(path: str | os.PathLike) -> Iterator[dict[str, Any]]:
     """Yield the JSON objects of a JSONL file; blank lines are skipped, a bad line raises `RecordError`."""
     path = Path(path)
-    with path.open(encoding="utf-8") as f:
-        yield from jsonl_rows(f, path)
+    with path.open("rb") as f:
+        yield from jsonl_rows(utf8_lines(f, path), path)
+
+
+def utf8_lines(lines: Iterable[bytes], source: str | os.PathLike) -> Iterator[str]:
+    """The lines of a file read in binary, decoded as UTF-8; a line that is not raises `RecordError` naming
+    `source` and the line (a codec message alone names neither)."""
+    for lineno, line in enumerate(lines, 1):
+        try:
+            yield line.decode("utf-8")
+        except UnicodeDecodeError as e:
+            raise RecordError(f"{source}:{lineno}: not UTF-8 text (byte {e.start + 1} of the line is "
+                              f"0x{line[e.start]:02x}); save the file as UTF-8") from None
 
 
 def jsonl_rows(lines: Iterable[str], source: str | os.PathLike) -> Iterator[dict[str, Any]]:
@@ -123,6 +134,31 @@ def jsonl_rows(lines: Iterable[str], source: str | os.PathLike) -> Iterator[dict
         yield row
 
 
+_NONE = type(None)
+# The fields of a record that code reads as text or numbers, and the JSON types they may hold.
+FIELD_TYPES: dict[type, dict[str, tuple[type, ...]]] = {
+    Problem: {"id": (str,), "benchmark": (str,), "question": (str,), "gold": (str, _NONE)},
+    Sample: {"problem_id": (str,), "prompt": (str,), "response": (str,), "benchmark": (str,), "sample_index": (int,),
+             "gold": (str, _NONE), "question": (str, _NONE), "pred": (str, _NONE), "rm_score": (int, float, _NONE),
+             "prompt_tokens": (int, _NONE), "completion_tokens": (int, _NONE)},
+}
+_TYPE_NAMES = {str: "a string", int: "an integer", float: "a number", _NONE: "null"}
+
+
+def check_field_types(cls: type, row: dict[str, Any], where: str) -> None:
+    """Raise `RecordError` naming `where` and the key when a field of `row` has a JSON type its record does not take
+    (`FIELD_TYPES`): a number as gold, text as sample_index."""
+    for name, types in FIELD_TYPES.get(cls, {}).items():
+        if name not in row:
+            continue
+        value = row[name]
+        if isinstance(value, types) and not (isinstance(value, bool) and bool not in types):
+            continue
+        wanted = " or ".join(dict.fromkeys(_TYPE_NAMES[t] for t in types))
+        fix = f'; write it as "{value}"' if str in types and isinstance(value, (int, float)) else ""
+        raise RecordError(f"{where}: {name} must be {wanted}, got {json.dumps(value)}{fix}")
+
+
 def read_records(cls: type[R], path: str | os.PathLike) -> list[R]:
     """Read `Problem`s or `Sample`s from JSONL, naming file, line and field on a bad row."""
     required = [f.name for f in dataclasses.fields(cls)
@@ -132,6 +168,7 @@ def read_records(cls: type[R], path: str | os.PathLike) -> list[R]:
         missing = [name for name in required if name not in row]
         if missing:
             raise RecordError(f"{path}: record {lineno}: missing field(s) {', '.join(missing)} for {cls.__name__}")
+        check_field_types(cls, row, f"{path}: record {lineno}")
         try:
             records.append(from_dict(cls, row))
         except TypeError as e:
@@ -170,7 +207,10 @@ class JsonlAppender:
             raise OSError(e.errno, e.strerror, str(self.path)) from None
 
     def close(self) -> None:
-        self._f.close()
+        try:
+            self._f.close()
+        except OSError as e:
+            raise OSError(e.errno, e.strerror, str(self.path)) from None
 
     def __enter__(self) -> JsonlAppender:
         return self

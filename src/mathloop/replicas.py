@@ -14,7 +14,14 @@ so every chunk is written exactly once, by the replica that finished it (a chunk
 A chunk that kills `MAX_CHUNK_TRIES` replicas in a row ends the run with an error naming it.
 
 Chunks are the same as in a run without Ray (problems sorted by prompt length, the same chunk size), so a greedy
-run writes the same rows; sampled responses are the same too where the backend seeds per chunk alike (hf).
+run writes the same rows; sampled responses are the same too on backends that seed each sample by its problem id
+and index (hf, openvino: `takes_seed_keys`), whichever replica draws them and whatever the chunk size.
+Connecting (`connect_ray`): `local` always starts a new cluster on this machine (never the one a stale
+/tmp/ray/ray_current_cluster file names); `auto` joins the cluster that file names and refuses, in one line, a file
+whose cluster no longer answers; a cluster with token authentication (Ray >= 2.52; on by default for clusters
+started with `ray start` from Ray 2.59) that refuses this process's token gets one line that says where Ray reads
+the token from (docs/reliability.md).
+
 Ray is an optional dependency (`pip install 'mathloop[ray]'`), imported here only when a run asks for it.
 """
 
@@ -77,6 +84,63 @@ def import_ray():
     return ray
 
 
+def connect_ray(ray: Any, address: str | None) -> None:
+    """`ray.init` for `ray_address` (see the module docstring); a cluster that cannot be joined is a ValueError
+    whose one line says why and what to do."""
+    if address in (None, "local"):
+        ray.init(address="local", include_dashboard=False, log_to_driver=False)
+        return
+    if address == "auto" and not os.environ.get("RAY_ADDRESS"):
+        _refuse_a_stale_cluster_file(ray)
+    try:
+        ray.init(address=address, include_dashboard=False, log_to_driver=False)
+    except Exception as e:  # Ray raises its own kinds (AuthenticationError, ConnectionError, RuntimeError)
+        text = f"{type(e).__name__}: {e}"
+        # A cluster that refuses the token logs InvalidAuthToken from C++ and raises a plain ConnectionError (Ray
+        # 2.60): a cluster that answers at the address but cannot be joined is taken for one.
+        if address == "auto":
+            from ray._private.utils import read_ray_address
+
+            target = os.environ.get("RAY_ADDRESS") or read_ray_address()
+        else:
+            target = os.environ.get("RAY_ADDRESS") or address
+        refused = isinstance(e, ConnectionError) and _answers(target)
+        if refused or "AuthenticationError" in text or "auth" in text.lower() and "token" in text.lower():
+            raise ValueError(
+                f"ray_address {address}: the Ray cluster there refused this process (InvalidAuthToken: token "
+                f"authentication, {type(e).__name__}); give it the cluster's token: RAY_AUTH_MODE=token and "
+                "RAY_AUTH_TOKEN=<token> (or RAY_AUTH_TOKEN_PATH=<file>; `ray get-auth-token` on the head node prints it; the default is "
+                "~/.ray/auth_token)") from None
+        raise
+
+
+def _answers(address: str | None) -> bool:
+    """Whether something listens at a Ray address (HOST:PORT or ray://HOST:PORT)."""
+    import socket
+
+    if not address or ":" not in address:
+        return False
+    host, _, port = address.removeprefix("ray://").rpartition(":")
+    try:
+        with socket.create_connection((host, int(port)), timeout=2):
+            return True
+    except (OSError, ValueError):
+        return False
+
+
+def _refuse_a_stale_cluster_file(ray: Any) -> None:
+    """`ray_address: auto` joins the cluster /tmp/ray/ray_current_cluster names; when nothing listens at that
+    address the cluster has stopped and Ray would wait for it: refuse at once."""
+    from ray._private.utils import get_ray_address_file, read_ray_address
+
+    address = read_ray_address()
+    if not address or ":" not in address or _answers(address):
+        return
+    raise ValueError(f"ray_address auto: {get_ray_address_file(None)} names the cluster at {address}, which no longer "
+                     "answers (it was stopped); start one with `ray start --head`, or use ray_address: local for a "
+                     "cluster of this run alone")
+
+
 @dataclass
 class ReplicaSpec:
     """What every replica builds: the backend and how it generates."""
@@ -115,7 +179,7 @@ class GenerationReplica:
         from mathloop.generate import generate, grade_samples, response_samples
 
         completions = generate(self.backend, prompts, params, self.spec.mode, self.executor,
-                               self.spec.max_tool_calls)
+                               self.spec.max_tool_calls, seed_keys=[p.id for p in problems])
         samples = response_samples(problems, prompts, completions, params, self.spec.mode,  # type: ignore[arg-type]
                                    self.backend.model_id, benchmark)
         choices = {p.id: p.choices for p in problems}
@@ -138,8 +202,7 @@ class ReplicaPool:
         self.options, self.spec = options, spec
         self._started_ray = False
         if not self.ray.is_initialized():
-            address = None if options.ray_address in (None, "local") else options.ray_address
-            self.ray.init(address=address, include_dashboard=False, log_to_driver=False)
+            connect_ray(self.ray, options.ray_address)
             self._started_ray = True
         workers = max(1, int(options.ray_num_cpus))
         self._actor_class = self.ray.remote(num_cpus=options.ray_num_cpus, num_gpus=options.ray_num_gpus,

@@ -253,12 +253,16 @@ def start_run_record(path: str | os.PathLike, config: Any, resume_keys: tuple[st
 
 def record_backend(path: str | os.PathLike, record: dict[str, Any], backend: Any) -> None:
     """Add what the backend reports about its engine (`backend.info`: e.g. the openvino backend's engine version,
-    weight format and export folder) to the run record at `path` as `backend_info`; backends without `info` add
-    nothing."""
+    weight format and export folder) to the run record at `path` as `backend_info`, and how it seeds samples
+    (`sample_seeds`: "per sample" where each response depends on the run seed, its problem id and its index alone,
+    else "per call", where responses also depend on batching, resume, shards and replicas; docs/reliability.md)."""
+    from mathloop.backends.base import seeds_each_sample
+
     info = getattr(backend, "info", None)
     if info:
         record["backend_info"] = info
-        write_json(path, record)
+    record["sample_seeds"] = "per sample" if seeds_each_sample(backend) else "per call"
+    write_json(path, record)
 
 
 def finish_run_record(path: str | os.PathLike, record: dict[str, Any], started: float) -> None:

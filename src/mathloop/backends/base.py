@@ -8,6 +8,8 @@ into completions (`generate`). Prompts are text, not messages, so a stage can co
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import inspect
 from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
 
@@ -120,6 +122,49 @@ class Backend(Protocol):
     def generate(self, prompts: list[str], params: SamplingParams) -> list[list[Completion]]:
         """Return `params.n` completions for every prompt, in prompt order. Stop strings are cut from the text."""
         ...
+
+
+def sample_seed(seed: int, key: str, index: int) -> int:
+    """The seed of sample `index` of the request `key` (a problem id, else the prompt text) in a call seeded `seed`:
+    a function of these three alone, so a sample draws the same tokens whatever else shares its batch, chunk, shard,
+    replica or resumed run (backends that take `seed_keys`, `takes_seed_keys`). A 63-bit integer.
+
+    >>> sample_seed(0, "gsm8k/17", 3) == sample_seed(0, "gsm8k/17", 3) != sample_seed(0, "gsm8k/17", 4)
+    True
+    """
+    digest = hashlib.blake2b(f"{seed}\0{key}\0{index}".encode("utf-8", "surrogatepass"), digest_size=8).digest()
+    return int.from_bytes(digest, "big") >> 1
+
+
+def token_uniform(seed: int, position: int) -> float:
+    """The uniform number in [0, 1) that picks the token at `position` (0: the first generated) of the sequence
+    seeded `seed` (`sample_seed`): counter-based, so it does not depend on how many numbers were drawn before
+    (a sequence that leaves a batch and joins another, or stops at a stop string and goes on, draws the same).
+
+    >>> 0 <= token_uniform(5, 0) < 1 and token_uniform(5, 0) == token_uniform(5, 0) != token_uniform(5, 1)
+    True
+    """
+    digest = hashlib.blake2b(f"{seed}\0{position}".encode(), digest_size=8).digest()
+    return (int.from_bytes(digest, "big") >> 11) / float(1 << 53)
+
+
+def takes_seed_keys(backend: Any) -> bool:
+    """Whether `backend.generate` takes `seed_keys` and seeds every sample by `sample_seed` (hf, openvino): then
+    the same run seed draws the same responses regardless of batching, resume, shards or Ray replicas."""
+    return "seed_keys" in inspect.signature(backend.generate).parameters
+
+
+def seeds_each_sample(backend: Any) -> bool:
+    """Whether each sampled response of `backend` depends on (run seed, key, sample index) alone: a backend that
+    takes `seed_keys`, except the hf backend's `continuous_batching` (transformers' scheduler draws per call)."""
+    return takes_seed_keys(backend) and not getattr(backend, "continuous_batching", False)
+
+
+def call_generate(backend: Any, prompts: list[str], params: SamplingParams, **optional: Any) -> list[list[Completion]]:
+    """`backend.generate(prompts, params, ...)` with those of the `optional` keyword arguments (`seed_keys`,
+    `on_progress`, `on_tokens`) that are not None and that this backend's `generate` takes."""
+    accepted = inspect.signature(backend.generate).parameters
+    return backend.generate(prompts, params, **{k: v for k, v in optional.items() if v is not None and k in accepted})
 
 
 def cut_at_stop(text: str, stop: tuple[str, ...]) -> tuple[str, str | None]:

@@ -7,8 +7,18 @@ leaves at once, and waiting sequences are prefilled and join, so no slot decodes
 response that rambles to max_new_tokens keeps the finished slots busy. Refill pays where responses differ in
 length, not where most hit the limit (docs/results.md). Models whose cache is not plain key/value tensors in every layer
 (sliding-window layers) keep static batches. `dtype="auto"` runs the model in bfloat16 where the device computes it
-natively and in float32 elsewhere (`mathloop.hardware`). Sampling is seeded (`params.seed`), so a run is
-reproducible for the same prompts, batch size and seed.
+natively and in float32 elsewhere (`mathloop.hardware`).
+
+Seeds: every sampled sequence has its own seed, `sample_seed(params.seed, key, j)` for sample j of a prompt whose
+key is its problem id (`seed_keys`, which stages pass) or else its text, and its token at position t is drawn by
+inverse CDF with the uniform number `token_uniform(seed, t)`. No random state is shared between sequences or carried
+from one draw to the next, so a sample's tokens do not depend on the batch size, on which sequences share its batch,
+on a resumed run, a shard or a Ray replica; the only remaining difference is floating-point rounding of logits that
+a different batch shape computes in another order (a token whose cumulative probability lies within rounding of the
+drawn number; not seen in the tests). `continuous_batching=True` leaves the draws to transformers' scheduler (one
+seed per call): its samples depend on the batch. Both decoding loops also report each generated token's
+log-probability under the model (`Completion.metadata["token_logprobs"]`, before penalty and temperature), from
+which each `Sample` gets its `confidence`.
 """
 
 from __future__ import annotations
@@ -19,7 +29,7 @@ from typing import Callable
 
 import torch
 
-from mathloop.backends.base import Completion, Message, SamplingParams, cut_at_stop
+from mathloop.backends.base import Completion, Message, SamplingParams, cut_at_stop, sample_seed, token_uniform
 
 log = logging.getLogger(__name__)
 
@@ -29,7 +39,10 @@ class _Job:
     prompt_index: int
     sample_index: int
     prompt_ids: list[int]
+    seed: int = 0  # `sample_seed` of this sequence
     generated: list[int] = field(default_factory=list)
+    logprobs: list[float] = field(default_factory=list)  # of each generated token, the model's (no penalty, warpers)
+    pending_logprob: float = 0.0  # refill: the log-probability of the token chosen this step
 
 
 class HFBackend:
@@ -70,10 +83,17 @@ class HFBackend:
         return self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
 
     def generate(self, prompts: list[str], params: SamplingParams,
-                 on_progress: Callable[[int, int, Completion], None] | None = None) -> list[list[Completion]]:
+                 on_progress: Callable[[int, int, Completion], None] | None = None,
+                 seed_keys: list[str] | None = None,
+                 on_tokens: Callable[[int], None] | None = None) -> list[list[Completion]]:
         """Generate `params.n` completions per prompt, in prompt order. `on_progress(i, j, completion)` is called
         for each completion as soon as it is finished (sample j of prompt i), so a stage can show progress and
-        write finished prompts before the call returns."""
+        write finished prompts before the call returns. Sample j of prompt i is seeded by
+        `sample_seed(params.seed, seed_keys[i], j)` (default key: the prompt text). `on_tokens(k)` is called as
+        k more tokens are generated (every decoding step)."""
+        keys = list(seed_keys) if seed_keys is not None else list(prompts)
+        if len(keys) != len(prompts):
+            raise ValueError(f"hf backend: {len(keys)} seed keys for {len(prompts)} prompts")
         n = 1 if params.greedy else params.n  # greedy decoding is deterministic: compute once, repeat below
         prompt_ids = self.tokenizer(prompts, add_special_tokens=False)["input_ids"]
         if self.continuous_batching and not params.stop:
@@ -85,7 +105,8 @@ class HFBackend:
                     for j, completion in enumerate(completions):
                         on_progress(i, j, completion)
             return results
-        queue = [_Job(i, j, prompt_ids[i]) for i in range(len(prompts)) for j in range(n)]
+        queue = [_Job(i, j, prompt_ids[i], sample_seed(params.seed, keys[i], j))
+                 for i in range(len(prompts)) for j in range(n)]
         results: list[list[Completion | None]] = [[None] * n for _ in prompts]
         if self.refill and not _Refill.supports(self.model):
             log.warning("hf backend: refill needs a plain key/value cache in every layer (no sliding window); "
@@ -99,16 +120,14 @@ class HFBackend:
                     on_progress(job.prompt_index, j, completion)
 
         if self.refill:
-            _Refill(self, params).run(queue, finished)
-        round_ = 0
+            _Refill(self, params, on_tokens).run(queue, finished)
         while queue and not self.refill:  # static batches
             queue.sort(key=lambda job: -len(job.prompt_ids))  # similar lengths batch together
             batch, queue = queue[:self.batch_size], queue[self.batch_size:]
-            torch.manual_seed(params.seed + round_)
-            round_ += 1
             budget = max(params.max_new_tokens - len(job.generated) for job in batch)
-            for job, new_ids in zip(batch, self._generate_ids(batch, budget, params)):
-                completion = self._advance(job, new_ids, params)
+            new, logprobs = self._generate_ids(batch, budget, params, on_tokens)
+            for job, new_ids, new_logprobs in zip(batch, new, logprobs):
+                completion = self._advance(job, new_ids, params, new_logprobs)
                 if completion is None:  # stopped by a stop string its whole text does not hold: go on
                     queue.append(job)
                 else:
@@ -117,15 +136,18 @@ class HFBackend:
             results = [[r[0]] * params.n for r in results]
         return results  # type: ignore[return-value]
 
-    def _advance(self, job: _Job, new_ids: list[int], params: SamplingParams) -> Completion | None:
-        """Add new tokens to a job; return its Completion when it is finished (an end token, the token budget, a
-        stop string in its text), else None."""
+    def _advance(self, job: _Job, new_ids: list[int], params: SamplingParams,
+                 new_logprobs: list[float] | None = None) -> Completion | None:
+        """Add new tokens (and their log-probabilities) to a job; return its Completion when it is finished (an end
+        token, the token budget, a stop string in its text), else None."""
         ended_by_eos = False
-        for t in new_ids:
+        for k, t in enumerate(new_ids):
             if t in self.eos_token_ids:
                 ended_by_eos = True
                 break
             job.generated.append(t)
+            if new_logprobs is not None and k < len(new_logprobs):
+                job.logprobs.append(new_logprobs[k])
             if len(job.generated) >= params.max_new_tokens:
                 break
         out_of_budget = len(job.generated) >= params.max_new_tokens
@@ -136,7 +158,9 @@ class HFBackend:
             return None
         return Completion(text=text, prompt_tokens=len(job.prompt_ids), completion_tokens=len(job.generated),
                           finish_reason="stop" if ended_by_eos or stop_string is not None else "length",
-                          stop_string=stop_string)
+                          stop_string=stop_string,
+                          metadata={"token_logprobs": list(job.logprobs)} if len(job.logprobs) == len(job.generated)
+                          else {})
 
     @torch.no_grad()  # not inference_mode: transformers' scheduler thread updates the tensors made here in place
     def _generate_continuous(self, prompt_ids: list[list[int]], n: int, params: SamplingParams
@@ -178,44 +202,40 @@ class HFBackend:
         return results
 
     @torch.inference_mode()
-    def _generate_ids(self, batch: list[_Job], max_new_tokens: int, params: SamplingParams) -> list[list[int]]:
-        """One `model.generate` call over left-padded prompt+generated token ids; returns the new ids per row."""
+    def _generate_ids(self, batch: list[_Job], max_new_tokens: int, params: SamplingParams,
+                      on_tokens: Callable[[int], None] | None = None) -> tuple[list[list[int]], list[list[float]]]:
+        """One `model.generate` call over left-padded prompt+generated token ids; returns the new ids per row and
+        their log-probabilities. `generate` decodes greedily over scores that `_TokenChooser` (a logits processor,
+        the same choice as refill's) has reduced to the one token it picked, so each row draws with its own seed."""
         rows = [job.prompt_ids + job.generated for job in batch]
         width = max(len(r) for r in rows)
         pad = self.tokenizer.pad_token_id
         input_ids = torch.tensor([[pad] * (width - len(r)) + r for r in rows], device=self.device)
         attention_mask = torch.tensor([[0] * (width - len(r)) + [1] * len(r) for r in rows], device=self.device)
-        kwargs = dict(max_new_tokens=max_new_tokens, pad_token_id=pad, eos_token_id=self.eos_token_ids)
-        if params.greedy:
-            kwargs.update(do_sample=False, temperature=None, top_p=None, top_k=None)
-        else:  # top_k=0 overrides a generation config's own top_k; the sampler options set override that
-            kwargs.update(do_sample=True, temperature=params.temperature, top_p=params.top_p, top_k=0)
-            kwargs.update(params.sampler_options())
+        chooser = _StaticChoice(_TokenChooser(self.model, params, self.device), batch, width,
+                                on_tokens, self.eos_token_ids)
+        # the chooser applies the model's repetition penalty itself; generate's own sampling settings are off
+        kwargs = dict(max_new_tokens=max_new_tokens, pad_token_id=pad, eos_token_id=self.eos_token_ids,
+                      do_sample=False, temperature=None, top_p=None, top_k=None, repetition_penalty=1.0,
+                      logits_processor=[chooser])
         if params.stop:
             kwargs.update(stopping_criteria=[StopOnStrings(self.tokenizer, params.stop, width)])
         out = self.model.generate(input_ids=input_ids, attention_mask=attention_mask, **kwargs)
-        return out[:, width:].tolist()
+        return out[:, width:].tolist(), chooser.logprobs
 
 
-class _Refill:
-    """Decoding in one batch that refills (`HFBackend(refill=True)`): each step decodes one token for every row
-    with a shared KV cache; a row whose sequence ends leaves the batch at once (its cache rows are dropped), and
-    waiting sequences are prefilled and join as soon as a quarter of the `batch_size` rows are free (or none are
-    running). Rows are left-padded to a common cache length: a new group's cache is padded on the left to the
-    batch's and the other way round, padding is masked, and positions count real tokens only, so each row's logits
-    are those of the sequence alone (up to floating-point rounding). Columns that only padding uses are cut away.
+class _TokenChooser:
+    """Each row's next token, for both decoding loops: the model's repetition penalty when its generation config sets
+    one, then greedy argmax, or temperature, top-k, top-p and min-p in that order (as `generate` applies them) and a
+    draw by inverse CDF with the row's own uniform number, `token_uniform(job.seed, position)`; and the chosen
+    token's log-probability under the model's own distribution (the logits before penalty and warpers)."""
 
-    Token choice follows `generate`: the model's repetition penalty when its generation config sets one, then
-    greedy argmax, or temperature, top-k, top-p and min-p in that order and a draw from a generator seeded with
-    `params.seed`."""
-
-    def __init__(self, backend: "HFBackend", params: SamplingParams):
+    def __init__(self, model, params: SamplingParams, device):
         from transformers import (LogitsProcessorList, MinPLogitsWarper, RepetitionPenaltyLogitsProcessor,
                                   TemperatureLogitsWarper, TopKLogitsWarper, TopPLogitsWarper)
 
-        self.backend, self.params = backend, params
-        self.model, self.device = backend.model, backend.device
-        penalty = getattr(self.model.generation_config, "repetition_penalty", None)
+        self.params, self.device = params, device
+        penalty = getattr(model.generation_config, "repetition_penalty", None)
         self.penalty = RepetitionPenaltyLogitsProcessor(penalty) if penalty not in (None, 1.0) else None
         self.processors = LogitsProcessorList()
         if not params.greedy:
@@ -227,7 +247,79 @@ class _Refill:
                 self.processors.append(TopPLogitsWarper(params.top_p))
             if params.min_p:
                 self.processors.append(MinPLogitsWarper(params.min_p))
-        self.generator = torch.Generator(device=self.device).manual_seed(params.seed)
+
+    def __call__(self, jobs: list[_Job], seen: Callable[[], list[list[int]]], positions: list[int],
+                 logits: torch.Tensor) -> tuple[torch.Tensor, list[float]]:
+        """Tokens and their log-probabilities for rows `jobs` (`seen()`: each row's tokens so far, read only when
+        a penalty needs them; `positions`: the index among generated tokens of the token chosen now)."""
+        raw = logits.float()
+        if self.penalty is not None:  # the penalty reads the tokens so far (padding repeats a token: no change)
+            rows = seen()
+            width = max(len(row) for row in rows)
+            logits = self.penalty(torch.tensor([row[:1] * (width - len(row)) + row for row in rows],
+                                               device=self.device), raw)
+        else:
+            logits = raw
+        if self.processors:
+            logits = self.processors(None, logits)
+        if self.params.greedy:
+            tokens = logits.argmax(dim=-1)
+        else:
+            cdf = torch.softmax(logits, dim=-1).double().cumsum(dim=-1)
+            uniform = torch.tensor([[token_uniform(job.seed, t)] for job, t in zip(jobs, positions)],
+                                   dtype=torch.float64, device=cdf.device)
+            # the first token whose cumulative probability exceeds u: never one of probability 0
+            tokens = torch.searchsorted(cdf, uniform * cdf[:, -1:], right=True)[:, 0].clamp(max=cdf.shape[1] - 1)
+        logprobs = torch.log_softmax(raw, dim=-1).gather(1, tokens[:, None])[:, 0]
+        return tokens, logprobs.tolist()
+
+
+class _StaticChoice:
+    """`_TokenChooser` as a logits processor of `model.generate` (static batches): scores become -inf except at the
+    chosen token, so greedy decoding takes it; the log-probabilities are kept per row. `on_tokens(k)` hears of the
+    k rows (not yet ended by an end token) that get a token at each step."""
+
+    def __init__(self, chooser: _TokenChooser, batch: list[_Job], width: int,
+                 on_tokens: Callable[[int], None] | None = None, eos_token_ids: list[int] = ()):
+        self.chooser, self.batch, self.width, self.on_tokens = chooser, batch, width, on_tokens
+        self.eos = torch.tensor(list(eos_token_ids), dtype=torch.long)
+        self.logprobs: list[list[float]] = [[] for _ in batch]
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
+        step = input_ids.shape[1] - self.width
+        if self.on_tokens:
+            generated = input_ids[:, self.width:]
+            ended = torch.isin(generated, self.eos.to(generated.device)).any(dim=1)
+            self.on_tokens(int((~ended).sum()))
+
+        def seen() -> list[list[int]]:
+            return [job.prompt_ids + job.generated + row for job, row in
+                    zip(self.batch, input_ids[:, self.width:].tolist())]
+
+        tokens, logprobs = self.chooser(self.batch, seen, [len(job.generated) + step for job in self.batch], scores)
+        for row, logprob in zip(self.logprobs, logprobs):
+            row.append(logprob)
+        chosen = torch.full_like(scores, float("-inf"))
+        chosen[torch.arange(len(tokens), device=scores.device), tokens] = 0.0
+        return chosen
+
+
+class _Refill:
+    """Decoding in one batch that refills (`HFBackend(refill=True)`): each step decodes one token for every row
+    with a shared KV cache; a row whose sequence ends leaves the batch at once (its cache rows are dropped), and
+    waiting sequences are prefilled and join as soon as a quarter of the `batch_size` rows are free (or none are
+    running). Rows are left-padded to a common cache length: a new group's cache is padded on the left to the
+    batch's and the other way round, padding is masked, and positions count real tokens only, so each row's logits
+    are those of the sequence alone (up to floating-point rounding). Columns that only padding uses are cut away.
+
+    Token choice is `_TokenChooser`'s, as in static batches: each sequence draws with its own seed.
+    `on_tokens(k)` is called after each step with the k tokens it generated."""
+
+    def __init__(self, backend: "HFBackend", params: SamplingParams,
+                 on_tokens: Callable[[int], None] | None = None):
+        self.backend, self.params, self.on_tokens = backend, params, on_tokens
+        self.model, self.device = backend.model, backend.device
+        self.chooser = _TokenChooser(self.model, params, self.device)
         import inspect  # transformers 5.x renames forward's `past_key_values` to `cache`
 
         self.cache_key = "cache" if "cache" in inspect.signature(self.model.forward).parameters else "past_key_values"
@@ -253,9 +345,11 @@ class _Refill:
         while queue or rows:
             if rows:
                 tokens = self._choose(rows, logits)
+                if self.on_tokens:
+                    self.on_tokens(len(rows))
                 keep = []
                 for r, (job, token) in enumerate(zip(rows, tokens.tolist())):
-                    completion = self.backend._advance(job, [token], self.params)
+                    completion = self.backend._advance(job, [token], self.params, [job.pending_logprob])
                     if completion is None:
                         keep.append(r)
                     else:
@@ -299,17 +393,12 @@ class _Refill:
         return cache, mask, out.logits[:, -1, :].float()
 
     def _choose(self, rows: list[_Job], logits: torch.Tensor) -> torch.Tensor:
-        """Each row's next token from its logits."""
-        if self.penalty is not None:  # the penalty reads the tokens so far (padding repeats a prompt token: no change)
-            seen = [job.prompt_ids + job.generated for job in rows]
-            width = max(len(row) for row in seen)
-            logits = self.penalty(torch.tensor([row[:1] * (width - len(row)) + row for row in seen],
-                                               device=self.device), logits)
-        if self.processors:
-            logits = self.processors(None, logits)
-        if self.params.greedy:
-            return logits.argmax(dim=-1)
-        return torch.multinomial(torch.softmax(logits, dim=-1), 1, generator=self.generator)[:, 0]
+        """Each row's next token from its logits (its log-probability goes to `job.pending_logprob`)."""
+        tokens, logprobs = self.chooser(rows, lambda: [job.prompt_ids + job.generated for job in rows],
+                                        [len(job.generated) for job in rows], logits)
+        for job, logprob in zip(rows, logprobs):
+            job.pending_logprob = logprob
+        return tokens
 
 
 def _join_caches(cache, mask, other, other_mask):

@@ -21,6 +21,12 @@ fp16/fp32 weights get f32 compute and KV cache, which reproduced the hf backend'
 token on the first 32 GSM8K questions; int8/int4 weights (asked for speed) get the plugin's own precisions. int8
 weights differ in most responses but scored within noise of fp16 on the first 100 (29 vs 27 correct).
 
+Seeds: a sampled prompt's n responses are n requests of one sequence each, request j seeded (`rng_seed`) with
+`sample_seed(params.seed, key, j)` (key: the problem id, `seed_keys`, else the prompt text), so a response does not
+depend on the other requests of the pipeline, the batch, a resumed run, a shard or a Ray replica. The prompt is
+prefilled once per response rather than once per prompt (the cost of that independence; prompts are short next to
+responses).
+
 LoRA: `use_lora` makes the pipeline generate through a peft adapter applied at run time to the exported base weights,
 so GRPO's rollouts follow the policy's adapter each step without a new export (`rollout_backend: openvino`).
 
@@ -42,7 +48,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from mathloop.backends.base import Completion, Message, SamplingParams, cut_at_stop
+from mathloop.backends.base import Completion, Message, SamplingParams, cut_at_stop, sample_seed
 
 log = logging.getLogger(__name__)
 
@@ -144,43 +150,58 @@ class OpenVINOBackend:
         return self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
 
     def generate(self, prompts: list[str], params: SamplingParams,
-                 on_progress: Callable[[int, int, Completion], None] | None = None) -> list[list[Completion]]:
+                 on_progress: Callable[[int, int, Completion], None] | None = None,
+                 seed_keys: list[str] | None = None,
+                 on_tokens: Callable[[int], None] | None = None) -> list[list[Completion]]:
         """Every prompt is queued at once (the pipeline schedules them) and the pipeline is stepped here, so that
-        `on_progress(i, j, completion)` is called as each prompt's sequences finish: a caller can save them and show
-        progress while the others run. Greedy decoding generates once per prompt and repeats it `n` times."""
+        `on_progress(i, j, completion)` is called as each sequence finishes: a caller can save them and show
+        progress while the others run. Greedy decoding generates once per prompt and repeats it `n` times; sampling
+        sends one request per response, seeded `sample_seed(params.seed, seed_keys[i], j)`. `on_tokens(k)` is called
+        after each pipeline step with the requests it advanced (each step decodes one token per running request; a
+        count for progress bars, not exact around prefill)."""
         if not prompts:
             return []
         import numpy as np
         import openvino
 
+        keys = list(seed_keys) if seed_keys is not None else list(prompts)
+        if len(keys) != len(prompts):
+            raise ValueError(f"openvino backend: {len(keys)} seed keys for {len(prompts)} prompts")
         n = 1 if params.greedy else params.n
-        config = generation_config(self._genai, params, self.eos_token_ids)
-        if self._adapters is not None:  # the state `use_lora` set is what applies; named per request as well
-            config.adapters = self._adapters
         prompt_ids = self.tokenizer(prompts, add_special_tokens=False)["input_ids"]
-        first_id = self._requests
-        self._requests += len(prompts)  # request ids stay unique across calls
-        handles = {i: self.pipeline.add_request(first_id + i, openvino.Tensor(np.array([ids], dtype=np.int64)),
-                                                config) for i, ids in enumerate(prompt_ids)}
-        results: list[list[Completion]] = [[] for _ in prompts]
+        handles = {}
+        for i, ids in enumerate(prompt_ids):
+            for j in range(n):
+                config = generation_config(self._genai, params, self.eos_token_ids,
+                                           None if params.greedy else sample_seed(params.seed, keys[i], j))
+                if self._adapters is not None:  # the state `use_lora` set is what applies; named per request too
+                    config.adapters = self._adapters
+                tensor = openvino.Tensor(np.array([ids], dtype=np.int64))
+                handles[i, j] = self.pipeline.add_request(self._requests, tensor, config)
+                self._requests += 1  # request ids stay unique across calls
+        results: list[list[Completion | None]] = [[None] * n for _ in prompts]
         try:
             while handles:
                 stepped = self.pipeline.has_non_finished_requests()
                 if stepped:
                     self.pipeline.step()
-                done = [i for i, handle in handles.items() if handle.get_status().name != "RUNNING"]
+                done = [key for key, handle in handles.items() if handle.get_status().name != "RUNNING"]
+                if stepped and on_tokens:
+                    on_tokens(len(handles))
                 if not done and not stepped:
                     raise RuntimeError(f"openvino backend: {len(handles)} requests still running in a pipeline "
                                        "with no unfinished requests")
-                for i in done:
-                    results[i] = self._finished(handles.pop(i), len(prompt_ids[i]), n, params)
+                for i, j in done:
+                    [results[i][j]] = self._finished(handles.pop((i, j)), len(prompt_ids[i]), 1, params)[:1]
                     if on_progress:
-                        for j, completion in enumerate(results[i]):
-                            on_progress(i, j, completion)
+                        for k in range(params.n) if params.greedy else (j,):  # greedy: one stands for all n
+                            on_progress(i, k, results[i][j])  # type: ignore[arg-type]
         finally:
             for handle in handles.values():  # interrupted: free the other requests' KV cache
                 handle.cancel()
-        return results
+        if params.greedy and params.n > 1:
+            return [[r[0]] * params.n for r in results]  # type: ignore[misc]
+        return results  # type: ignore[return-value]
 
     def _finished(self, handle: Any, prompt_tokens: int, n: int, params: SamplingParams) -> list[Completion]:
         """A finished request's sequences as Completions (greedy: the one sequence `params.n` times)."""
@@ -217,10 +238,11 @@ class OpenVINOBackend:
                           finish_reason="stop" if stopped else "length", stop_string=stop_string, metadata=metadata)
 
 
-def generation_config(genai: Any, params: SamplingParams, eos_token_ids: list[int]) -> Any:
+def generation_config(genai: Any, params: SamplingParams, eos_token_ids: list[int], seed: int | None = None) -> Any:
     """The `openvino_genai.GenerationConfig` of `params`: the prompts are token ids already through the chat template
     (no template applied again), stop strings are kept in the output so that `cut_at_stop` finds which one ended a
-    response, and sampling options are set only where they change the distribution."""
+    response, and sampling options are set only where they change the distribution. With `seed` (one response's
+    `sample_seed`) the request is that one response, else `params.n` drawn from `params.seed`."""
     config = genai.GenerationConfig()
     config.max_new_tokens = params.max_new_tokens
     config.stop_token_ids = set(eos_token_ids)
@@ -231,10 +253,10 @@ def generation_config(genai: Any, params: SamplingParams, eos_token_ids: list[in
         config.include_stop_str_in_output = True
     if not params.greedy:
         config.do_sample = True
-        config.num_return_sequences = params.n
+        config.num_return_sequences = params.n if seed is None else 1
         config.temperature = params.temperature
         config.top_p = params.top_p
-        config.rng_seed = params.seed
+        config.rng_seed = params.seed if seed is None else seed
         options = params.sampler_options()
         if "top_k" in options:
             config.top_k = options["top_k"]

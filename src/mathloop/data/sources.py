@@ -55,6 +55,10 @@ def resolve_data_file(name: str, split: str = "test", data_dir: str | os.PathLik
     """The file that holds `name`'s `split`: the data folder's when it has one, else the packaged copy. `hub` (the
     set's Hugging Face dataset id, when the registry has one) goes into the error that says where to get it."""
     root = Path(data_dir) if data_dir else default_data_dir()
+    if root is not None and root.exists() and not root.is_dir():
+        flag = "--data-dir" if data_dir else f"${DATA_DIR_ENV}"
+        raise NotADirectoryError(f"{flag} {root}: is a file, not a folder; give the folder that holds "
+                                 "<benchmark>/<split>.jsonl files (gsm8k/test.jsonl, ...)")
     if root is not None:
         for suffix in (".jsonl", ".jsonl.gz"):
             path = root / name / f"{split}{suffix}"
@@ -83,7 +87,12 @@ def read_data_file(path: Path) -> tuple[list[dict[str, Any]], str]:
         if entry is not None and entry["sha256"] != digest:
             raise RecordError(f"{path}: checksum mismatch (sha256 {digest[:12]}..., manifest "
                               f"{entry['sha256'][:12]}...): the packaged file is damaged; reinstall mathloop")
-    rows = list(jsonl_rows(raw.decode("utf-8").splitlines(), path))
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        line = raw.count(b"\n", 0, e.start) + 1
+        raise RecordError(f"{path}:{line}: not UTF-8 text; save the file as UTF-8") from None
+    rows = list(jsonl_rows(text.splitlines(), path))
     return rows, digest
 
 

@@ -262,12 +262,19 @@ def format_comparison(result: dict, label_a: str = "A", label_b: str = "B") -> s
 
 def compare_runs(spec_a: str, spec_b: str, resamples: int = BOOTSTRAP_RESAMPLES, seed: int = 0) -> tuple[dict, str]:
     """Read both runs and compare them; returns (the JSON result, its Markdown)."""
+    if resamples < 1:
+        raise ValueError(f"compare: --resamples must be >= 1, got {resamples}")
     path_a, outcomes_a = read_outcomes(spec_a)
     path_b, outcomes_b = read_outcomes(spec_b)
     result = {"a": str(path_a), "b": str(path_b), **compare_outcomes(outcomes_a, outcomes_b, resamples, seed)}
     if not result["benchmarks"]:
         raise ValueError(f"{spec_a} and {spec_b} share no benchmark (A: {', '.join(outcomes_a)}; B: "
                          f"{', '.join(outcomes_b)})")
+    if not any(entry.get("first_sample") for entry in result["benchmarks"].values()):
+        example_a = next((pid for runs in outcomes_a.values() for pid in runs), "")
+        example_b = next((pid for runs in outcomes_b.values() for pid in runs), "")
+        raise ValueError(f"{spec_a} and {spec_b} share no problem to pair (A's ids look like {example_a!r}, B's like "
+                         f"{example_b!r}); compare two runs of the same problems")
     return result, format_comparison(result, str(path_a), str(path_b))
 
 

@@ -79,6 +79,8 @@ class EvalConfig(SamplerOptions, RayOptions):
             raise ValueError(f"eval: unknown mode '{self.mode}': use cot or tir")
         if self.n < 1:
             raise ValueError(f"eval: n must be >= 1, got {self.n}")
+        if self.shots is not None and self.shots < 0:
+            raise ValueError(f"eval: shots must be >= 0 (or left out for the benchmark's own), got {self.shots}")
         validate_generation_settings(self, "eval")
 
     def sampling(self) -> SamplingParams:
@@ -112,6 +114,9 @@ def validate_generation_settings(config: Any, stage: str) -> None:
         raise ValueError(f"{stage}: limit must be >= 1 (or left out for all problems), got {config.limit}")
     if not config.tool_timeout > 0:
         raise ValueError(f"{stage}: tool_timeout must be > 0 seconds, got {config.tool_timeout}")
+    if config.max_tool_calls < 0:
+        raise ValueError(f"{stage}: max_tool_calls must be >= 0 (code executions per response), got "
+                         f"{config.max_tool_calls}")
     validate_sampler_options(config, stage)
     validate_ray_options(config, stage)
 

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from mathloop.metrics import format_markdown, summarize
-from mathloop.records import VERDICTS, JsonlAppender, RecordError, read_jsonl
+from mathloop.records import VERDICTS, JsonlAppender, RecordError, Sample, check_field_types, read_jsonl
 from mathloop.verify import Verifier, same_answer
 from mathloop.runs import refuse_overwriting_inputs, write_json
 
@@ -47,8 +47,7 @@ def _row_to_items(row: dict[str, Any], where: str) -> tuple[str | None, list[str
         answer_type = row.get("answer_type") or guess_answer_type(gold or "")
         return gold, [str(r) for r in responses], scores, answer_type, row.get("idx", where)
     if "response" in row and "problem_id" in row:  # mathloop Sample row
-        if not isinstance(row["response"], str):
-            raise RecordError(f"{where}: response must be a string, got {type(row['response']).__name__}")
+        check_field_types(Sample, row, where)
         meta = row.get("metadata") or {}
         scores = [float(row["rm_score"])] if row.get("rm_score") is not None else None
         gold = row.get("gold")

@@ -123,6 +123,7 @@ def _run_sample(config: SampleConfig, problems: list[Problem], backend: Backend 
     if config.hard_n:
         passes.append((config.hard_temperature, config.hard_n))
     suffix = "" if config.num_shards == 1 else f".shard-{config.shard}-of-{config.num_shards}"
+    recorded = False
     with generation_resources(config) as (verifier, executor, replicas):
         for i, (temperature, n) in enumerate(passes):
             pass_problems = problems
@@ -139,7 +140,9 @@ def _run_sample(config: SampleConfig, problems: list[Problem], backend: Backend 
                 continue
             if backend is None:
                 backend = load_stage_backend(config.backend, config.model, config.backend_args)
+            if not recorded:
                 record_backend(out / "run.json", record, backend)
+                recorded = True
             generate_and_grade(pending, path, backend, params, config.mode, verifier=verifier, executor=executor,
                                max_tool_calls=config.max_tool_calls, progress=progress, desc=f"pass {i}")
     samples = read_samples(out)

@@ -15,9 +15,9 @@ from __future__ import annotations
 
 import dataclasses
 import re
-from typing import Protocol, Sequence
+from typing import Callable, Protocol, Sequence
 
-from mathloop.backends.base import Backend, Completion, SamplingParams
+from mathloop.backends.base import Backend, Completion, SamplingParams, call_generate
 
 OUTPUT_STOP = "```output"
 _PYTHON_BLOCK = re.compile(r"```python\n(.*?)```", re.DOTALL)
@@ -42,12 +42,18 @@ def last_code_block(text: str) -> str | None:
 
 
 def tir_generate(backend: Backend, prompts: list[str], params: SamplingParams, executor: Executor,
-                 max_tool_calls: int = 4, session_prefix: str = "tir") -> list[list[Completion]]:
-    """Run `params.n` TIR trajectories per prompt to completion; returns them in prompt order."""
-    first = backend.generate(prompts, _with_stop(params))
+                 max_tool_calls: int = 4, session_prefix: str = "tir", seed_keys: list[str] | None = None,
+                 on_tokens: Callable[[int], None] | None = None) -> list[list[Completion]]:
+    """Run `params.n` TIR trajectories per prompt to completion; returns them in prompt order. With `seed_keys`
+    (one per prompt, its problem id; default the prompt), trajectory j's first segment is sample j of its key and
+    each continuation is sample 0 of `<key>/<j>/<cells run>`, so a trajectory's seeds are its own on backends that
+    seed per sample (`takes_seed_keys`), whatever else shares the batch."""
+    keys = list(seed_keys) if seed_keys is not None else list(prompts)
+    first = call_generate(backend, prompts, _with_stop(params), seed_keys=keys, on_tokens=on_tokens)
     trajectories = [[Completion(text="", finish_reason="") for _ in outs] for outs in first]
     flat = [(p, t) for p, group in zip(prompts, trajectories) for t in group]
     prompt_of = {id(t): p for p, t in flat}
+    key_of = {id(t): f"{key}/{j}" for key, group in zip(keys, trajectories) for j, t in enumerate(group)}
     sessions = {id(t): f"{session_prefix}-{i}" for i, (_, t) in enumerate(flat)}
     step = [(t, c) for group, outs in zip(trajectories, first) for t, c in zip(group, outs)]
     try:
@@ -60,7 +66,7 @@ def tir_generate(backend: Backend, prompts: list[str], params: SamplingParams, e
                 _append_tool_output(t, output)
             budgets = [params.max_new_tokens - t.completion_tokens for t in to_run]
             continued = _continue(backend, [prompt_of[id(t)] + t.text for t in to_run], to_run, params, budgets,
-                                  max_tool_calls)
+                                  max_tool_calls, [f"{key_of[id(t)]}/{t.tool_calls}" for t in to_run], on_tokens)
             step = list(zip(to_run, continued))
     finally:
         for _, t in flat:
@@ -74,7 +80,8 @@ def _with_stop(params: SamplingParams, allow_tool: bool = True, **changes) -> Sa
 
 
 def _continue(backend: Backend, texts: list[str], trajectories: list[Completion], params: SamplingParams,
-              budgets: list[int], max_tool_calls: int) -> list[Completion]:
+              budgets: list[int], max_tool_calls: int, keys: list[str],
+              on_tokens: Callable[[int], None] | None = None) -> list[Completion]:
     """Continue every trajectory (`texts`: its prompt and text so far) with its remaining token budget, one sample
     each; those at the tool-call limit generate without the ```output stop string, so they finish."""
     outs: list[Completion | None] = [None] * len(trajectories)
@@ -83,7 +90,8 @@ def _continue(backend: Backend, texts: list[str], trajectories: list[Completion]
         groups.setdefault((budget, t.tool_calls < max_tool_calls), []).append(i)
     for (budget, allow_tool), indices in groups.items():
         group_params = _with_stop(params, allow_tool, n=1, max_new_tokens=budget)
-        results = backend.generate([texts[i] for i in indices], group_params)
+        results = call_generate(backend, [texts[i] for i in indices], group_params,
+                                seed_keys=[keys[i] for i in indices], on_tokens=on_tokens)
         for i, result in zip(indices, results):
             outs[i] = result[0]
     return outs  # type: ignore[return-value]

@@ -23,6 +23,26 @@ def make_accelerator():
     return accelerator
 
 
+def is_main_process() -> bool:
+    """Whether this is the process that reports (rank 0 of a launch, or the only process)."""
+    return int(os.environ.get("RANK", "0")) == 0
+
+
+def mean_over_processes(value: float) -> tuple[float, list[float]]:
+    """The mean of `value` over the processes of a launch, and each process's value (rank order); `value` and
+    `[value]` in a single process. Every process must call it (a collective)."""
+    import torch
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return value, [value]
+    device = f"cuda:{torch.cuda.current_device()}" if dist.get_backend() == "nccl" else "cpu"
+    values = [torch.zeros(1, dtype=torch.float64, device=device) for _ in range(dist.get_world_size())]
+    dist.all_gather(values, torch.tensor([float(value)], dtype=torch.float64, device=device))
+    each = [v.item() for v in values]
+    return sum(each) / len(each), each
+
+
 def destroy_process_group_at_exit() -> None:
     """Have the default process group, if there is one (several processes), destroyed when the process exits
     (once, however many trainers run in it)."""

@@ -16,7 +16,8 @@ runs the steps. One step:
 Under `accelerate launch` (N processes) each process rolls out every N-th query of the step and trains on its
 groups; gradients are averaged (DDP), each micro-batch weighted by its share of the whole step, so N processes
 reach the weights of one on the same rollouts; only the main process writes (and pushes adapters to a rollout
-engine). hf rollouts are seeded per process, so they differ from a one-process run's; dynamic sampling needs one
+engine). hf and openvino rollouts are seeded per response (`backends.base.sample_seed` of the step's seed, the
+prompt and the response's index), so they do not depend on which process draws them; dynamic sampling needs one
 process.
 
 It is a plain PyTorch loop rather than TRL's GRPOTrainer because TIR rollouts need the sandbox inside the rollout
@@ -839,8 +840,8 @@ def sync_adapter(backend, model: torch.nn.Module, folder: Path, step: int) -> No
 
 def rollout_seed(config: GRPOConfig, step: int, round_: int = 0) -> int:
     """The sampling seed of step `step` (and dynamic-sampling round `round_`): a function of (seed, step, round)
-    only, so a resumed run samples the same rollouts. Random rather than seed + step because the backend adds its
-    batch number to it."""
+    only, so a resumed run samples the same rollouts. Random rather than seed + step, so neighbouring steps' seeds
+    are unrelated."""
     if round_ == 0:
         return random.Random(config.seed * 1000003 + step).randrange(2 ** 31)
     return random.Random(f"grpo-rollout-{config.seed}-{step}-{round_}").randrange(2 ** 31)

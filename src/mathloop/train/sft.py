@@ -376,7 +376,12 @@ def _train_sft(config: SFTRunConfig, stop_after: int | None) -> dict[str, Any]:
 
     result = trainer.train(resume_from_checkpoint=checkpoint)
     state = trainer.state
-    summary = {"step": state.global_step, "total_steps": state.max_steps, "train_loss": result.training_loss,
+    from mathloop.train.distributed import mean_over_processes
+
+    # each process's Trainer averages its own batches' losses; the run's loss is the mean over processes
+    train_loss, per_process = mean_over_processes(result.training_loss)
+    summary = {"step": state.global_step, "total_steps": state.max_steps, "train_loss": train_loss,
+               **({"train_loss_per_process": per_process} if len(per_process) > 1 else {}),
                "examples": report["examples"], "dropped_too_long": report["dropped_too_long"],
                "resumed_from": checkpoint, "final": None}
     if state.global_step < state.max_steps:  # stopped early (stop_after): the checkpoint is there to resume
