@@ -360,11 +360,7 @@ def _guess_old_record(folder: Path) -> dict[str, Any]:
                    if p.is_dir()]
         return {"kind": "loop", "stages": stages}
     if (folder / "metrics.jsonl").exists():
-        if (folder / "rollouts").is_dir():
-            return {"kind": "grpo"}
-        from mathloop.records import read_jsonl
-
-        if any("reward_mean" in r for r in read_jsonl(folder / "metrics.jsonl")):
+        if (folder / "rollouts").is_dir() or '"reward_mean"' in (folder / "metrics.jsonl").read_text("utf-8"):
             return {"kind": "grpo"}
         return {"kind": "rm" if (folder / "rm_data.jsonl").exists() else "sft"}
     samples = folder / "samples"
