@@ -80,7 +80,7 @@ from typing import Any
 from mathloop.config import read_yaml_mapping, settings_from_dict
 from mathloop.records import Problem, read_records, write_jsonl
 from mathloop.replicas import RAY_OPTIONS
-from mathloop.runs import lock_run_dir, read_json, start_run_record, write_json, write_text_atomic
+from mathloop.runs import lock_run_dir, mark_run_finished, read_json, start_run_record, write_json, write_text_atomic
 
 log = logging.getLogger(__name__)
 
@@ -386,6 +386,7 @@ def _run_loop(config: LoopConfig, progress: bool, backend, heldout: list[Problem
                            "vs_round_0": _against_round_0(out, grpo_dir, row["benchmark"])})
     summary = _write_summary(out, rows)
     _write_report(out)
+    mark_run_finished(out)
     return summary
 
 
