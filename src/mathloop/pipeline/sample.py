@@ -157,7 +157,7 @@ def _run_sample(config: SampleConfig, problems: list[Problem], backend: Backend 
                "correct_per_problem": {str(k): histogram[k] for k in sorted(histogram)},
                "wall_seconds": round(time.time() - started, 1)}
     write_json(out / f"summary{suffix}.json", summary)
-    if config.num_shards == 1:  # shards share run.json: the folder is done when `merge` has their samples
+    if config.num_shards == 1:  # shards share run.json: no one shard knows that the others are done
         finish_run_record(out / "run.json", record, started)
     return summary
 
