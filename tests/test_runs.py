@@ -280,7 +280,7 @@ def test_a_record_from_before_kinds_gets_the_kind_of_the_run_that_resumes_it(tmp
 
     write_json(tmp_path / "run.json", {"config": {"n": 4}, "data": {}})
     record, resumed = start_run_record(tmp_path / "run.json", {"n": 4}, ("n",), kind="sample")
-    assert resumed and record["kind"] == "sample"
+    assert resumed and record["kind"] == "sample" and read_run_record(tmp_path)["kind"] == "sample"
 
 
 def test_a_checkpoint_is_refused_by_the_one_run_record_check(tmp_path):

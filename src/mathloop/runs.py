@@ -242,7 +242,8 @@ def _checked_kind(kind: str) -> str:
     Traceback (most recent call last):
     ValueError: run kind 'round 1': a kind is a lowercase word (letters, digits, - and _), e.g. eval, sft, grpo
     """
-    if not (isinstance(kind, str) and kind and kind.replace("-", "").replace("_", "").isalnum() and kind == kind.lower()):
+    word = kind.replace("-", "").replace("_", "") if isinstance(kind, str) else ""
+    if not (word.isalnum() and kind == kind.lower()):
         raise ValueError(f"run kind {kind!r}: a kind is a lowercase word (letters, digits, - and _), e.g. eval, sft, "
                          f"grpo")
     return kind
@@ -289,9 +290,10 @@ def start_run_record(path: str | os.PathLike, config: Any, resume_keys: tuple[st
         record = read_json(path)
         check_run_record(record, config, resume_keys, data, what or f"{path.parent} holds a run", fix, kind)
         record["data"] = {**record.get("data", {}), **dict(data or {})}
+        stale = record.pop("finished", None) is not None
         if kind is not None and "kind" not in record:
-            record = {"kind": _checked_kind(kind), **record}
-        if record.pop("finished", None) is not None:
+            record, stale = {"kind": _checked_kind(kind), **record}, True
+        if stale:
             write_json(path, record)
         return record, True
     record = new_run_record(config, data, kind, resume_keys, **facts)
