@@ -191,4 +191,5 @@ def read_samples(folder: str | Path) -> list[Sample]:
 
 def _check_run_record(out: Path, config: SampleConfig) -> dict:
     return start_run_record(out / "run.json", config, _RESUME_KEYS, problem_source_data(config.problems, config.data_dir),
-                            what=f"{out} holds samples made", fix="use a new --out folder", kind="sample")[0]
+                            what=f"{out} holds samples made", fix="use a new --out folder",
+                            kind="sample")[0]

@@ -424,7 +424,8 @@ def _merge_adapter(base_path: str, adapter_dir: Path, target: Path, config: SFTR
 def _check_resumable(out: Path, config: SFTRunConfig) -> None:
     record = out / "run.json"
     if record.exists():
-        check_run_record(read_json(record), config, _RESUME_KEYS, what=f"{out} holds a run", fix="use a new output_dir", kind="sft")
+        check_run_record(read_json(record), config, _RESUME_KEYS, what=f"{out} holds a run", fix="use a new output_dir",
+                         kind="sft")
 
 
 def _write_run_record(out: Path, config: SFTRunConfig, report: dict[str, Any]) -> None:
