@@ -13,6 +13,7 @@ from mathloop.backends.fake import FakeBackend
 from mathloop.data.benchmarks import load_benchmark
 from mathloop.data.benchmarks import pull_benchmarks
 from mathloop.data.synthetic import generate_problems
+from mathloop.pipeline.compare import resolve_run
 from mathloop.pipeline.loop import LoopConfig, load_loop_config, loop_config_from_dict, run_loop
 from mathloop.records import Problem, Sample, read_records, write_jsonl
 
@@ -107,6 +108,13 @@ def test_a_round_runs_every_stage_and_a_rerun_skips_them(tiny_model_dir, data_di
     assert summary["rounds"][1]["stage_seconds"]["sft"] > 0
     assert "| round | sample | rm | select | sft | grpo | eval | total |" in (run / "summary.md").read_text()
     report = (run / "report.html").read_text()  # `mathloop report` of the folder (tests/test_report.py opens it)
+    records = {str(p.parent.relative_to(run)): json.loads(p.read_text()) for p in run.rglob("run.json")}
+    assert {folder: record["kind"] for folder, record in records.items()} == {
+        ".": "loop", "round-0/eval": "eval", "round-1/samples": "sample", "round-1/rm": "rm", "round-1/sft": "sft",
+        "round-1/eval": "eval", "grpo-after-round-1": "grpo", "grpo-after-round-1/eval": "eval"}
+    assert all("finished" in record for record in records.values())  # every stage's done marker, and the loop's
+    assert records["."]["stages"] == [{"name": "0", "folder": "round-0"}, {"name": "1", "folder": "round-1"},
+                                      {"name": "grpo", "folder": "grpo-after-round-1"}]
     assert report.count("<tr><td>run:") == 3 + 2  # metrics of rounds 0, 1 and grpo; two paired comparisons
 
     final = run / "round-1" / "sft" / "final" / "config.json"
@@ -123,6 +131,9 @@ def test_a_round_runs_every_stage_and_a_rerun_skips_them(tiny_model_dir, data_di
     summary = run_loop(tiny_loop(tmp_path, tiny_model_dir, data_dir, rounds=2), progress=False, backend=backend)
     assert [r["round"] for r in summary["rounds"]] == [0, 1, 2, "grpo"] and final.stat().st_mtime_ns == stamp
     assert (run / "grpo-after-round-2" / "final" / "config.json").exists()
+    assert [stage["name"] for stage in json.loads((run / "run.json").read_text())["stages"]] == [
+        "0", "1", "grpo-after-round-1", "2", "grpo"]  # the earlier GRPO stage keeps its folder's name
+    assert resolve_run(f"{run}:grpo") == run / "grpo-after-round-2" / "eval"
     second = read_records(Sample, run / "round-2" / "samples.jsonl")
     assert len(second) == 32 and second[0].model == "fake"
 

@@ -228,3 +228,166 @@ def test_a_torn_training_log_line_does_not_block_resume(tmp_path):
     log_file.write_text('{"step": 1}\n{"step": 2}\n{"step": 3, "lo')
     drop_metrics_after(log_file, 2)
     assert log_file.read_text() == '{"step": 1}\n{"step": 2}\n'
+
+
+# ---- the run record's kind -----------------------------------------------------------------------------------
+
+def _run_folder(folder: Path, kind: str, **facts) -> Path:
+    from mathloop.runs import new_run_record
+
+    folder.mkdir(parents=True, exist_ok=True)
+    write_json(folder / "run.json", new_run_record({"model": "m"}, kind=kind, resume_keys=("model",), **facts))
+    return folder
+
+
+def _samples(path: Path, rows: int = 2) -> None:
+    samples = [{"problem_id": f"p{i}", "prompt": "", "response": f"\\boxed{{{i}}}", "verdict": "correct",
+                         "gold": str(i), "pred": str(i)} for i in range(rows)]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("".join(json.dumps(row) + "\n" for row in samples))
+
+
+@pytest.mark.parametrize("kind", ["eval", "sample", "synthesize", "rm", "sft", "grpo", "loop"])
+def test_a_folder_of_each_kind_is_recognised_by_its_record_not_its_files(tmp_path, kind):
+    from mathloop.runs import KINDS, read_run_record
+
+    folder = _run_folder(tmp_path / "run", kind)
+    # files another kind would have: the record decides, not them
+    (folder / "rollouts").mkdir()
+    (folder / "metrics.jsonl").write_text('{"step": 1, "reward_mean": 0.5}\n')
+    record = read_run_record(folder)
+    assert kind in KINDS and record["kind"] == kind and "kind_guessed" not in record
+    assert record["resume_keys"] == ["model"]
+
+
+def test_resuming_a_folder_of_another_kind_is_refused_and_a_resume_is_unfinished_until_it_ends(tmp_path):
+    from mathloop.runs import finish_run_record, run_finished, start_run_record
+
+    record, resumed = start_run_record(tmp_path / "run.json", {"n": 4}, ("n",), kind="eval")
+    assert not resumed and record["kind"] == "eval" and not run_finished(tmp_path)
+    finish_run_record(tmp_path / "run.json", record, 0.0)
+    assert run_finished(tmp_path)
+    with pytest.raises(ValueError, match=rf"^{tmp_path} holds a run of kind eval, not sample; use a new output"):
+        start_run_record(tmp_path / "run.json", {"n": 4}, ("n",), kind="sample")
+    record, resumed = start_run_record(tmp_path / "run.json", {"n": 4}, ("n",), kind="eval")
+    assert resumed and not run_finished(tmp_path)  # written at once: a kill now leaves it unfinished
+    with pytest.raises(ValueError, match="run kind 'Eval 2'"):
+        start_run_record(tmp_path / "new" / "run.json", {}, kind="Eval 2")
+
+
+def test_a_record_from_before_kinds_gets_the_kind_of_the_run_that_resumes_it(tmp_path):
+    from mathloop.runs import read_run_record, start_run_record
+
+    write_json(tmp_path / "run.json", {"config": {"n": 4}, "data": {}})
+    record, resumed = start_run_record(tmp_path / "run.json", {"n": 4}, ("n",), kind="sample")
+    assert resumed and record["kind"] == "sample" and read_run_record(tmp_path)["kind"] == "sample"
+
+
+def test_a_checkpoint_is_refused_by_the_one_run_record_check(tmp_path):
+    torch = pytest.importorskip("torch")
+    from mathloop.train.checkpoint import load_checkpoint, save_checkpoint
+    from mathloop.train.rm import RMTrainConfig
+
+    model = torch.nn.Linear(2, 1)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    config = RMTrainConfig(samples=["s.jsonl"], output_dir=str(tmp_path), seed=1)
+    path = save_checkpoint(tmp_path, model, optimizer, 3, config)
+    assert load_checkpoint(path, model, optimizer, config, ("seed",)) == 3
+    other = RMTrainConfig(samples=["s.jsonl"], output_dir=str(tmp_path), seed=2)
+    with pytest.raises(ValueError, match=rf"^{tmp_path} holds a run with other settings \(seed: 1 -> 2\); use a new "
+                                         rf"output_dir$"):
+        load_checkpoint(path, model, optimizer, other, ("seed",))
+
+
+def test_a_trainers_final_model_marks_its_record_finished(tmp_path):
+    from mathloop.runs import run_finished
+    from mathloop.train.checkpoint import finish_final, start_final
+
+    _run_folder(tmp_path, "sft")
+    start_final(tmp_path).mkdir()
+    assert not run_finished(tmp_path)
+    finish_final(tmp_path)
+    assert run_finished(tmp_path) and (tmp_path / "final").is_dir()
+
+
+def test_a_new_trainer_shows_in_the_report_as_itself_with_its_curves(tmp_path):
+    from mathloop.report import build_report
+    from mathloop.report.runs import read_run
+
+    folder = _run_folder(tmp_path / "dpo-run", "dpo")
+    (folder / "metrics.jsonl").write_text("".join(json.dumps({"step": s, "loss": 1 / s, "margin": 0.1 * s}) + "\n"
+                                                  for s in range(1, 4)))
+    view = read_run(folder)
+    assert view.kind == "dpo" and [(c.kind, len(c.records)) for c in view.curves] == [("dpo", 3)]
+    build_report([str(folder)], tmp_path / "r.html")
+    page = (tmp_path / "r.html").read_text()
+    assert "(dpo: " in page and "DPO, 3 logged steps" in page and 'aria-label="margin"' in page
+    # ... also inside a loop stage, next to the SFT run
+    loop = _run_folder(tmp_path / "loop", "loop", stages=[{"name": "1", "folder": "round-1"}])
+    (loop / "round-1").mkdir()
+    (folder).rename(loop / "round-1" / "dpo")
+    assert [(c.label, c.kind) for c in read_run(loop).curves] == [("loop:1 dpo", "dpo")]
+
+
+def test_a_sample_folder_shows_as_training_samples_not_as_an_evaluation(tmp_path):
+    from mathloop.report.runs import read_run
+
+    folder = _run_folder(tmp_path / "s", "sample")
+    _samples(folder / "samples" / "pass-0.jsonl", rows=3)
+    view = read_run(folder)
+    assert view.kind == "sample" and [(s.evaluation, len(s.samples)) for s in view.sample_sets] == [(False, 3)]
+
+
+def test_compare_and_report_find_a_loops_stages_in_its_record(tmp_path):
+    """Stage folders named in the loop's record are found whatever they are called (no round-N glob)."""
+    from mathloop.pipeline.compare import resolve_run
+    from mathloop.report.runs import read_run
+
+    loop = _run_folder(tmp_path / "loop", "loop", stages=[{"name": "0", "folder": "start"},
+                                                          {"name": "grpo", "folder": "rl"}])
+    for stage in ("start", "rl"):
+        _samples(_run_folder(loop / stage / "eval", "eval") / "samples" / "gsm8k.jsonl")
+    _run_folder(loop / "rl", "grpo", queries={"kept": 2})
+    (loop / "rl" / "metrics.jsonl").write_text('{"step": 1, "loss": 0.5}\n')
+    assert resolve_run(f"{loop}:grpo") == loop / "rl" / "eval" and resolve_run(f"{loop}:0") == loop / "start" / "eval"
+    with pytest.raises(FileNotFoundError, match="has no stage round-1 .*its stages: 0, grpo"):
+        resolve_run(f"{loop}:1")
+    with pytest.raises(ValueError, match=f"is a loop folder; name a round: {loop}:0, {loop}:grpo"):
+        resolve_run(str(loop))
+    with pytest.raises(FileNotFoundError, match="no evaluation \\(it holds a grpo run"):
+        resolve_run(str(_run_folder(tmp_path / "bare-grpo", "grpo")))
+    view = read_run(loop)
+    assert [s.label for s in view.sample_sets] == ["loop:0", "loop:grpo"]
+    assert [(c.label, c.kind) for c in view.curves] == [("loop:grpo", "grpo")]
+    assert ("loop:grpo: GRPO queries", {"kept": 2}) in view.data_reports
+
+
+@pytest.mark.parametrize("layout, kind", [
+    ({"round-0/eval/samples/gsm8k.jsonl": ""}, "loop"),
+    ({"samples/gsm8k.jsonl": ""}, "eval"),
+    ({"samples/pass-0.jsonl": ""}, "sample"),
+    ({"metrics.jsonl": '{"step": 1, "loss": 1}\n', "rm_data.jsonl": ""}, "rm"),
+    ({"metrics.jsonl": '{"step": 1, "loss": 1}\n'}, "sft"),
+    ({"metrics.jsonl": '{"step": 1, "reward_mean": 1}\n'}, "grpo"),
+    ({"metrics.jsonl": '{"step": 1, "loss": 1}\n', "rollouts/0.jsonl": ""}, "grpo"),
+])
+def test_old_folders_without_a_kind_are_recognised_from_their_files(tmp_path, layout, kind):
+    from mathloop.runs import read_run_record
+
+    write_json(tmp_path / "run.json", {"config": {}, "data": {"groups": 3}})  # a record from before kinds
+    for name, text in layout.items():
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_text(text)
+    record = read_run_record(tmp_path)
+    assert (record["kind"], record["kind_guessed"], record["data"]) == (kind, True, {"groups": 3})
+    assert read_run_record(tmp_path / "round-0") is None  # a stage folder is not a run
+
+
+def test_an_old_loop_folder_lists_its_rounds_in_order_then_grpo(tmp_path):
+    from mathloop.runs import read_run_record
+
+    for name in ("round-10", "round-2", "round-0", "grpo-after-round-10", "round-x"):
+        (tmp_path / name).mkdir()
+    assert read_run_record(tmp_path)["stages"] == [
+        {"name": "0", "folder": "round-0"}, {"name": "2", "folder": "round-2"}, {"name": "10", "folder": "round-10"},
+        {"name": "grpo", "folder": "grpo-after-round-10"}]

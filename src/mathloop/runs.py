@@ -7,10 +7,15 @@
   hard link).
 - `write_text_atomic` / `write_json` / `read_json`: a summary file is either the old one or the new one, never a
   torn mix (temporary file in the same folder + fsync + rename); a corrupt JSON file is named when read.
-- `start_run_record(path, config, resume_keys, data)`: the run record (`run.json`) of every stage: the settings,
-  the data it reads (version and sha256 of each file), package versions, hardware and start time. A run that
-  resumes a folder must match the record on the resume keys and on every data file both read, else it is refused
-  with what differs; `finish_run_record` is the completion marker (`finished`, wall seconds).
+- `start_run_record(path, config, resume_keys, data, kind=...)`: the run record (`run.json`) of every stage: its
+  `kind` (`KINDS`), the settings, the resume keys, the data it reads (version and sha256 of each file), package
+  versions, hardware and start time. A run that resumes a folder must be of the same kind and match the record on
+  the resume keys and on every data file both read, else it is refused with what differs (`check_run_record`, also
+  what a training checkpoint is checked with); `finish_run_record` / `mark_run_finished` write the completion marker
+  (`finished`, wall seconds).
+- `read_run_record(folder)`: what a folder holds, for the report, `compare` and the loop: its record's `kind` (and a
+  loop's `stages`). Folders written before records had a kind are recognised from their files by one function,
+  `_guess_old_record`.
 """
 
 from __future__ import annotations
@@ -31,6 +36,18 @@ from typing import Any, Iterator, Mapping
 log = logging.getLogger(__name__)
 
 LOCK_NAME = ".mathloop.lock"
+RECORD_NAME = "run.json"
+
+# The kinds of run a record names, and what the folder holds. A kind not listed (a newer stage) is shown as itself.
+KINDS = {
+    "eval": "`mathloop eval`: samples/<benchmark>.jsonl, metrics.json",
+    "sample": "`mathloop sample`: samples/pass-<i>.jsonl, summary.json",
+    "synthesize": "`mathloop synthesize`: <name>.jsonl, its record is <name>.run.json",
+    "rm": "`mathloop rm train`: metrics.jsonl, rm_data.jsonl, checkpoints/, final/",
+    "sft": "`mathloop sft`: metrics.jsonl, checkpoints, final/",
+    "grpo": "`mathloop grpo`: metrics.jsonl, rollouts/, checkpoints/, final/",
+    "loop": "`mathloop loop`: one folder per stage (`stages`: round-<r>/, grpo-after-round-<R>/), summary.json",
+}
 
 
 class RunLockedError(RuntimeError):
@@ -203,29 +220,55 @@ def package_versions() -> dict[str, str]:
     return versions
 
 
-def new_run_record(config: Any, data: Mapping[str, Any] | None = None, **facts: Any) -> dict[str, Any]:
-    """A run record: `config` (a dataclass or a mapping), `data` (`data_record` per data file), the stage's own
-    `facts`, start time, package versions and hardware."""
+def new_run_record(config: Any, data: Mapping[str, Any] | None = None, kind: str | None = None,
+                   resume_keys: tuple[str, ...] | None = None, **facts: Any) -> dict[str, Any]:
+    """A run record: its `kind` (`KINDS`), `config` (a dataclass or a mapping), the `resume_keys` a resume must match
+    (None: every setting but the `NOT_RESUME_KEYS`), `data` (`data_record` per data file), the stage's own `facts`,
+    start time, package versions and hardware."""
     from mathloop.hardware import hardware_info
 
-    return {"config": _settings_dict(config), **facts, "data": dict(data or {}),
+    head = {} if kind is None else {"kind": _checked_kind(kind)}
+    keys = {} if resume_keys is None else {"resume_keys": list(resume_keys)}
+    return {**head, "config": _settings_dict(config), **keys, **facts, "data": dict(data or {}),
             "started": time.strftime("%Y-%m-%dT%H:%M:%S"), "versions": package_versions(),
             "hardware": hardware_info()}
 
 
+def _checked_kind(kind: str) -> str:
+    """
+    >>> _checked_kind("dpo")
+    'dpo'
+    >>> _checked_kind("round 1")
+    Traceback (most recent call last):
+    ValueError: run kind 'round 1': a kind is a lowercase word (letters, digits, - and _), e.g. eval, sft, grpo
+    """
+    word = kind.replace("-", "").replace("_", "") if isinstance(kind, str) else ""
+    if not (word.isalnum() and kind == kind.lower()):
+        raise ValueError(f"run kind {kind!r}: a kind is a lowercase word (letters, digits, - and _), e.g. eval, sft, "
+                         f"grpo")
+    return kind
+
+
 def check_run_record(record: Mapping[str, Any], config: Any, resume_keys: tuple[str, ...] | None = None,
                      data: Mapping[str, Any] | None = None, what: str = "a run",
-                     fix: str = "use a new output folder") -> None:
-    """Refuse to resume `record` with `config` and `data` when they differ on a resume key (None: every setting
-    but the `NOT_RESUME_KEYS`) or on a data file both read; the error names the folder's `what` and the changes.
+                     fix: str = "use a new output folder", kind: str | None = None) -> None:
+    """Refuse to resume `record` with `config` and `data` when it is a run of another `kind`, or they differ on a
+    resume key (None: every setting but the `NOT_RESUME_KEYS`) or on a data file both read; the error names the
+    folder's `what` and the changes. A record without a kind (written before records had one) is not refused for
+    its kind.
 
     >>> check_run_record({"config": {"n": 4, "batch_size": 8}}, {"n": 4, "batch_size": 16}, what="runs/a")
     >>> check_run_record({"config": {"n": 4}}, {"n": 8}, ("n",), what="runs/a holds samples")
     Traceback (most recent call last):
     ValueError: runs/a holds samples with other settings (n: 4 -> 8); use a new output folder
+    >>> check_run_record({"kind": "eval", "config": {}}, {}, kind="sft", what="runs/a holds a run")
+    Traceback (most recent call last):
+    ValueError: runs/a holds a run of kind eval, not sft; use a new output folder
     """
     from mathloop.config import changed_data, changed_settings, result_settings
 
+    if kind is not None and record.get("kind") not in (None, kind):
+        raise ValueError(f"{what} of kind {record['kind']}, not {kind}; {fix}")
     old, current = result_settings(record.get("config", {})), result_settings(_settings_dict(config))
     keys = tuple(current) if resume_keys is None else resume_keys
     detail = (changed_settings(old, current, keys)
@@ -236,17 +279,24 @@ def check_run_record(record: Mapping[str, Any], config: Any, resume_keys: tuple[
 
 def start_run_record(path: str | os.PathLike, config: Any, resume_keys: tuple[str, ...] | None = None,
                      data: Mapping[str, Any] | None = None, what: str | None = None,
-                     fix: str = "use a new output folder", **facts: Any) -> tuple[dict[str, Any], bool]:
+                     fix: str = "use a new output folder", kind: str | None = None,
+                     **facts: Any) -> tuple[dict[str, Any], bool]:
     """The run record at `path` and whether the run resumes: a new record is written; an existing one is checked
     (`check_run_record`) and returned with this run's data added (written back by `finish_run_record` or the
-    caller)."""
+    caller). A resumed record is no longer finished (written at once, so a kill leaves it unfinished); one without
+    a kind gets this run's."""
     path = Path(path)
     if path.exists():
         record = read_json(path)
-        check_run_record(record, config, resume_keys, data, what or f"{path.parent} holds a run", fix)
+        check_run_record(record, config, resume_keys, data, what or f"{path.parent} holds a run", fix, kind)
         record["data"] = {**record.get("data", {}), **dict(data or {})}
+        stale = record.pop("finished", None) is not None
+        if kind is not None and "kind" not in record:
+            record, stale = {"kind": _checked_kind(kind), **record}, True
+        if stale:
+            write_json(path, record)
         return record, True
-    record = new_run_record(config, data, **facts)
+    record = new_run_record(config, data, kind, resume_keys, **facts)
     write_json(path, record)
     return record, False
 
@@ -270,6 +320,61 @@ def finish_run_record(path: str | os.PathLike, record: dict[str, Any], started: 
     record.update(finished=time.strftime("%Y-%m-%dT%H:%M:%S"),
                   wall_seconds=round(record.get("wall_seconds", 0) + time.time() - started, 1))
     write_json(path, record)
+
+
+def mark_run_finished(folder: str | os.PathLike) -> None:
+    """Write the completion marker into the run record of `folder` (a trainer's, when its final model is whole);
+    a folder without a record is left as it is."""
+    path = Path(folder) / RECORD_NAME
+    if path.exists():
+        record = read_json(path)
+        record["finished"] = time.strftime("%Y-%m-%dT%H:%M:%S")
+        write_json(path, record)
+
+
+def run_finished(folder: str | os.PathLike) -> bool:
+    """Whether the run record of `folder` carries the completion marker."""
+    path = Path(folder) / RECORD_NAME
+    return path.exists() and "finished" in read_json(path)
+
+
+def read_run_record(folder: str | os.PathLike) -> dict[str, Any] | None:
+    """The run record of `folder` with its `kind` (and a loop's `stages`), or None when the folder holds no run.
+
+    A record without a kind (written before records had one), or a folder without a record, is recognised from its
+    files (`_guess_old_record`); such a record has `"kind_guessed": true`."""
+    folder = Path(folder)
+    path = folder / RECORD_NAME
+    record = read_json(path) if path.is_file() else {}
+    if not isinstance(record, dict):
+        raise ValueError(f"{path}: not a run record (a JSON object); restore or delete it")
+    if isinstance(record.get("kind"), str):
+        return record
+    guessed = _guess_old_record(folder)
+    return {**record, **guessed, "kind_guessed": True} if guessed else None
+
+
+def _guess_old_record(folder: Path) -> dict[str, Any]:
+    """The kind (and a loop's stages) of a folder written before run records named their kind, from its files, as
+    the report and `compare` guessed it then; {} when the files are not a run's. New folders never come here: do
+    not teach it new kinds."""
+    if (folder / "round-0").is_dir():
+        rounds = sorted((p for p in folder.glob("round-*") if p.is_dir() and p.name[6:].isdigit()),
+                        key=lambda p: int(p.name[6:]))
+        stages = [{"name": p.name[6:], "folder": p.name} for p in rounds]
+        stages += [{"name": "grpo", "folder": p.name} for p in sorted(folder.glob("grpo-after-round-*"))
+                   if p.is_dir()]
+        return {"kind": "loop", "stages": stages}
+    if (folder / "metrics.jsonl").exists():
+        if (folder / "rollouts").is_dir() or '"reward_mean"' in (folder / "metrics.jsonl").read_text("utf-8"):
+            return {"kind": "grpo"}
+        return {"kind": "rm" if (folder / "rm_data.jsonl").exists() else "sft"}
+    samples = folder / "samples"
+    if any(samples.glob("pass-*.jsonl")):
+        return {"kind": "sample"}
+    if any(samples.glob("*.jsonl")):
+        return {"kind": "eval"}
+    return {}
 
 
 def _settings_dict(config: Any) -> dict[str, Any]:

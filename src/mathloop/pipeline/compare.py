@@ -3,7 +3,8 @@
 A and B are each one of
   EVAL_DIR          a `mathloop eval` folder (samples/<benchmark>.jsonl; the benchmark is the file name)
   LOOP_DIR:<r>      round r of a `mathloop loop` folder (its round-<r>/eval folder; round 0 is the starting model),
-                    or LOOP_DIR:grpo for the GRPO stage's evaluation; a round folder (LOOP_DIR/round-2) works too
+                    or LOOP_DIR:grpo for the GRPO stage's evaluation: any stage the loop's run record names
+                    (`stages`); a stage folder holding an eval/ folder (LOOP_DIR/round-2) works too
   FILE.jsonl        a file written by `mathloop grade` (each row's `mathloop.verdicts`), or any `Sample` JSONL with
                     graded `verdict`s; problems are keyed by `problem_id` (harness rows: `idx`, else `question`)
                     and grouped by `benchmark` ("all" when rows carry none)
@@ -30,6 +31,7 @@ from typing import Any, NamedTuple
 
 from mathloop.metrics import maj_at_k
 from mathloop.records import RecordError, read_jsonl
+from mathloop.runs import read_run_record
 from mathloop.stats import BOOTSTRAP_RESAMPLES, paired_bootstrap_ci95, paired_outcomes
 
 
@@ -51,28 +53,40 @@ def resolve_run(spec: str) -> Path:
     if path.is_file():
         return path
     if path.is_dir():
-        if (path / "samples").is_dir():
-            return path
-        if (path / "eval" / "samples").is_dir():
-            return path / "eval"
-        if (path / "round-0").is_dir():
-            raise ValueError(f"{spec} is a loop folder; name a round: {spec}:0, {spec}:1, ... or {spec}:grpo")
-        raise FileNotFoundError(f"{spec}: no samples/ folder (not a mathloop eval folder, loop round or loop folder)")
+        return _evaluation_folder(path, spec)
     loop_dir, sep, stage = spec.rpartition(":")
     if sep and Path(loop_dir).is_dir():
-        if stage == "grpo":
-            found = sorted(Path(loop_dir).glob("grpo-after-round-*"))
-            if not found:
-                raise FileNotFoundError(f"{spec}: {loop_dir} has no grpo-after-round-* folder")
-            stage_dir = found[-1]
-        elif stage.isdigit():
-            stage_dir = Path(loop_dir) / f"round-{int(stage)}"
-        else:
-            raise ValueError(f"{spec}: the loop stage after ':' must be a round number or 'grpo', got {stage!r}")
-        if not (stage_dir / "eval" / "samples").is_dir():
-            raise FileNotFoundError(f"{spec}: {stage_dir / 'eval'} holds no evaluation (has that stage run?)")
-        return stage_dir / "eval"
+        record = read_run_record(loop_dir)
+        if record is None or record["kind"] != "loop":
+            raise ValueError(f"{spec}: {loop_dir} is not a loop folder ({_what(record)}); name its folder alone")
+        stages = {entry["name"]: entry["folder"] for entry in record.get("stages", [])}
+        if stage.isdigit():
+            stage = str(int(stage))
+        if stage not in stages:
+            missing = f"round-{stage}" if stage.isdigit() else stage
+            raise FileNotFoundError(f"{spec}: {loop_dir} has no stage {missing} (has it run? its stages: "
+                                    f"{', '.join(stages) or 'none yet'})")
+        return _evaluation_folder(Path(loop_dir) / stages[stage], spec)
     raise FileNotFoundError(f"{spec}: no such eval folder, loop round (LOOP_DIR:<round>) or graded JSONL file")
+
+
+def _evaluation_folder(path: Path, spec: str) -> Path:
+    """The eval folder `path` is, or holds as eval/ (a loop stage's, or a training run's evaluation)."""
+    record = read_run_record(path)
+    if record is not None and record["kind"] == "eval":
+        return path
+    inner = read_run_record(path / "eval") if (path / "eval").is_dir() else None
+    if inner is not None and inner["kind"] == "eval":
+        return path / "eval"
+    if record is not None and record["kind"] == "loop":
+        names = [entry["name"] for entry in record.get("stages", [])] or ["0"]
+        raise ValueError(f"{spec} is a loop folder; name a round: " + ", ".join(f"{spec}:{n}" for n in names))
+    raise FileNotFoundError(f"{spec}: no evaluation ({_what(record)}; an eval folder, or a folder with eval/ inside, "
+                            f"holds one: has that stage run?)")
+
+
+def _what(record: dict | None) -> str:
+    return "not a mathloop run folder" if record is None else f"it holds a {record['kind']} run"
 
 
 def read_eval_folder(folder: str | Path) -> Outcomes:

@@ -335,7 +335,7 @@ def _start_run_record(out: Path, config: EvalConfig, data: dict[str, dict] | Non
     `data_record` (version and sha256): where the data was read from does not matter, its checksum does. A resumed
     run may add benchmarks and problems and change the reward model."""
     record, resumed = start_run_record(out / "run.json", config, _RESUME_KEYS, data, what=f"{out} holds a run",
-                                       fix="use a new --out folder", sampling=config.sampling().to_dict(),
+                                       fix="use a new --out folder", kind="eval", sampling=config.sampling().to_dict(),
                                        model_name=config.model)
     if resumed:
         old = record["config"]

@@ -449,7 +449,7 @@ _RESUME_KEYS = ("model", "variants_per_seed", "n_answers", "min_agreement", "see
 def _check_run_record(out: Path, backend: Backend, config: EvolutionSettings) -> None:
     settings = {"model": backend.model_id, **dataclasses.asdict(config)}
     start_run_record(out.with_name(out.name.removesuffix(".jsonl") + ".run.json"), settings, _RESUME_KEYS,
-                     what=f"{out} holds problems synthesized", fix="use another output")
+                     what=f"{out} holds problems synthesized", fix="use another output", kind="synthesize")
 
 
 def _as_stored(current: Any, old: Any) -> Any:

@@ -9,9 +9,12 @@ Everything lives in one run folder; each stage writes its own sub-folder and is 
 so re-running the same command after a kill continues with the stage that was interrupted (each stage also resumes
 inside itself):
 
-  run.json                    the settings of the run and the version and sha256 of the benchmark data it reads (a
-                              resumed run must match them, except paths, batch sizes and worker counts, which do not
-                              change results), package versions and hardware
+  run.json                    the run record (kind loop): the settings of the run and the version and sha256 of the
+                              benchmark data it reads (a resumed run must match them, except paths, batch sizes and
+                              worker counts, which do not change results), package versions, hardware, and `stages`:
+                              each stage's name and folder (round-<r>, grpo-after-round-<R>), in order, as
+                              `mathloop compare LOOP_DIR:<name>` and `mathloop report` find them; every run folder
+                              inside has its own run.json with its kind (eval, sample, rm, sft, grpo)
   problems.jsonl              training problems after decontamination; decontamination.json says what was removed
   synthesized.jsonl           problems evolved from the training problems and answered by majority vote (when the
                               synthesize section is on; in problems.jsonl too); synthesis.json counts, and
@@ -77,7 +80,7 @@ from typing import Any
 from mathloop.config import read_yaml_mapping, settings_from_dict
 from mathloop.records import Problem, read_records, write_jsonl
 from mathloop.replicas import RAY_OPTIONS
-from mathloop.runs import lock_run_dir, read_json, start_run_record, write_json, write_text_atomic
+from mathloop.runs import lock_run_dir, mark_run_finished, read_json, start_run_record, write_json, write_text_atomic
 
 log = logging.getLogger(__name__)
 
@@ -327,6 +330,7 @@ def _run_loop(config: LoopConfig, progress: bool, backend, heldout: list[Problem
     _prepare_problems(out, config, heldout, backend)
 
     log.info("round 0: evaluating the starting model on %d held-out problems", len(heldout))
+    begin_stage(out, "0", "round-0")
     with stage_timer(out / "round-0", "eval"):
         row = _evaluate(config, config.model, out / "round-0", heldout, progress, backend)
     log.info("round 0: %s", _accuracy_line(row))
@@ -334,7 +338,7 @@ def _run_loop(config: LoopConfig, progress: bool, backend, heldout: list[Problem
     rows = [row | {"round": 0, "model": config.model, "stage_seconds": stage_seconds(out / "round-0")}]
     model = config.model
     for r in range(1, config.rounds + 1):
-        round_dir = out / f"round-{r}"
+        round_dir = begin_stage(out, str(r), f"round-{r}")
         log.info("round %d/%d: sampling", r, config.rounds)
         with stage_timer(round_dir, "sample"):
             sample_summary = _sample(config, model, round_dir, r, progress, backend)
@@ -369,7 +373,7 @@ def _run_loop(config: LoopConfig, progress: bool, backend, heldout: list[Problem
         _write_summary(out, rows)
         _write_report(out)
     if config.grpo_enabled:
-        grpo_dir = out / f"grpo-after-round-{config.rounds}"
+        grpo_dir = begin_stage(out, "grpo", f"grpo-after-round-{config.rounds}")
         log.info("grpo: training from %s", model)
         with stage_timer(grpo_dir, "grpo"):
             model = _grpo(config, model, grpo_dir, config.rounds)
@@ -382,6 +386,7 @@ def _run_loop(config: LoopConfig, progress: bool, backend, heldout: list[Problem
                            "vs_round_0": _against_round_0(out, grpo_dir, row["benchmark"])})
     summary = _write_summary(out, rows)
     _write_report(out)
+    mark_run_finished(out)
     return summary
 
 
@@ -437,10 +442,26 @@ def _check_config(out: Path, config: LoopConfig, data: dict[str, dict]) -> None:
 
     keys = tuple(k for k in result_settings(dataclasses.asdict(config)) if k != "rounds")
     record, resumed = start_run_record(out / "run.json", config, keys, data, what=f"{out} holds a loop run",
-                                       fix="use a new output_dir")
+                                       fix="use a new output_dir", kind="loop", stages=[])
     if resumed:
         record["config"] = dataclasses.asdict(config)
+        record.setdefault("stages", [])  # a loop from before the record named its stages: each is added as it is met
         write_json(out / "run.json", record)
+
+
+def begin_stage(out: Path, name: str, folder: str) -> Path:
+    """Name the stage `name` (a round number, or grpo) and its folder in the loop's run record, once, in the order
+    the stages run; returns the folder. `mathloop compare LOOP_DIR:<name>` and the report find stages here. A GRPO
+    stage of a run continued for more rounds takes the name grpo; the earlier one keeps its folder's name."""
+    record = read_json(out / "run.json")
+    stages = record.setdefault("stages", [])
+    if not any(stage == {"name": name, "folder": folder} for stage in stages):
+        for stage in stages:
+            if stage["name"] == name:
+                stage["name"] = stage["folder"]
+        stages.append({"name": name, "folder": folder})
+        write_json(out / "run.json", record)
+    return out / folder
 
 
 def _prepare_problems(out: Path, config: LoopConfig, heldout: list[Problem], backend=None) -> list[Problem]:

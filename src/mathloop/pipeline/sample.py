@@ -35,7 +35,8 @@ from mathloop.data.benchmarks import load_problem_source, problem_source_data
 from mathloop.generate import generate_and_grade, pending_problems
 from mathloop.records import CORRECT, Problem, Sample, read_records
 from mathloop.replicas import RayOptions
-from mathloop.runs import lock_run_dir, record_backend, refuse_overwriting_inputs, start_run_record, write_json
+from mathloop.runs import (finish_run_record, lock_run_dir, record_backend, refuse_overwriting_inputs, start_run_record,
+                           write_json)
 
 log = logging.getLogger(__name__)
 
@@ -160,6 +161,8 @@ def _run_sample(config: SampleConfig, problems: list[Problem], backend: Backend 
                "correct_per_problem": {str(k): histogram[k] for k in sorted(histogram)},
                "wall_seconds": round(time.time() - started, 1)}
     write_json(out / f"summary{suffix}.json", summary)
+    if config.num_shards == 1:  # shards share run.json: no one shard knows that the others are done
+        finish_run_record(out / "run.json", record, started)
     return summary
 
 
@@ -192,4 +195,5 @@ def read_samples(folder: str | Path) -> list[Sample]:
 
 def _check_run_record(out: Path, config: SampleConfig) -> dict:
     return start_run_record(out / "run.json", config, _RESUME_KEYS, problem_source_data(config.problems, config.data_dir),
-                            what=f"{out} holds samples made", fix="use a new --out folder")[0]
+                            what=f"{out} holds samples made", fix="use a new --out folder",
+                            kind="sample")[0]

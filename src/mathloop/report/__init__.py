@@ -215,13 +215,23 @@ def _plots_section(evaluations: list[SampleSet], curves: list[Curves]) -> str:
                                  width=max(420, 90 * len(evaluations))))
     out = ['<div class="charts">' + "".join(charts) + "</div>"] if charts else []
     for c in curves:
-        drawn = [chart for chart in (_curve_chart(c, *spec) for spec in CURVES[c.kind]) if chart]
+        drawn = [chart for chart in (_curve_chart(c, *spec) for spec in curve_specs(c)) if chart]
         if drawn:
             out.append(f"<h3>{html.escape(c.label)} ({c.kind.upper()}, {len(c.records)} logged steps)</h3>"
                        f'<div class="charts">{"".join(drawn)}</div>')
     if not out:
         return '<p class="note">Nothing to plot: one evaluation and no training run.</p>'
     return "\n".join(out)
+
+
+def curve_specs(curves: Curves) -> list[tuple[str, str, bool]]:
+    """The charts of a training run: its kind's in `CURVES`; a kind not listed there (a newer trainer) gets one
+    chart per number it logs (at most 8), titled by its key."""
+    if curves.kind in CURVES:
+        return CURVES[curves.kind]
+    keys = dict.fromkeys(key for r in curves.records for key, value in r.items()
+                         if key != "step" and isinstance(value, (int, float)) and not isinstance(value, bool))
+    return [(key, key, False) for key in list(keys)[:8]]
 
 
 def _curve_chart(curves: Curves, key: str, title: str, percent: bool) -> str | None:

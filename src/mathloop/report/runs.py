@@ -1,12 +1,14 @@
 """Read what a report shows from the folders mathloop writes: evaluations, sample sets, training curves, reports.
 
-One `RunView` per path given to `mathloop report`:
+One `RunView` per path given to `mathloop report`; what a folder is comes from its run record's `kind`
+(`mathloop.runs.read_run_record`, which also recognises folders written before records had a kind):
   eval folder        samples/<benchmark>.jsonl (+ metrics.json): one evaluation
-  loop folder        round-<r>/eval and grpo-after-round-<R>/eval (evaluations, in round order), round-<r>/samples.jsonl
-                     (training samples with RM scores), rm/ sft/ and GRPO metrics.jsonl (curves), decontamination.json,
-                     synthesis.json and round-<r>/select.json (what was removed and why)
-  training folder    metrics.jsonl of `mathloop rm train`, `sft` or `grpo` (curves), run.json's data report,
-                     eval/ when the folder has one
+  sample folder      samples/pass-<i>.jsonl: training samples
+  loop folder        the stages its record names, in order: each stage's eval/ (an evaluation), samples.jsonl
+                     (training samples with RM scores), every training run inside (rm/, sft/, the GRPO stage itself:
+                     curves), decontamination.json, synthesis.json and select.json (what was removed and why)
+  training folder    metrics.jsonl of `mathloop rm train`, `sft`, `grpo` or any other trainer (curves, under its
+                     kind), run.json's data report, eval/ when the folder has one
   graded file        a `mathloop grade` output file or any graded Sample JSONL: one evaluation
 """
 
@@ -20,6 +22,7 @@ from typing import Any
 
 from mathloop.pipeline.compare import Outcomes, read_eval_folder, read_graded_file
 from mathloop.records import read_jsonl
+from mathloop.runs import read_run_record
 
 
 @dataclass
@@ -39,7 +42,7 @@ class Curves:
     """metrics.jsonl records of one training run."""
 
     label: str
-    kind: str  # grpo | rm | sft
+    kind: str  # the run record's kind: grpo | rm | sft | a newer trainer's
     records: list[dict[str, Any]]
 
 
@@ -47,7 +50,7 @@ class Curves:
 class RunView:
     label: str
     path: str
-    kind: str  # eval | loop | grpo | rm | sft | graded
+    kind: str  # the run record's kind (eval | sample | loop | grpo | rm | sft | ...) or graded
     sample_sets: list[SampleSet] = field(default_factory=list)
     curves: list[Curves] = field(default_factory=list)
     data_reports: list[tuple[str, Any]] = field(default_factory=list)  # (title, JSON value)
@@ -63,58 +66,64 @@ def read_run(path: str | Path, label: str | None = None) -> RunView:
         return view
     if not path.is_dir():
         raise FileNotFoundError(f"{path}: no such run folder or graded JSONL file")
-    if (path / "round-0").is_dir():
-        return _loop(path, label)
-    view = RunView(label, str(path), "eval")
-    _stage(view, path, label)
+    record = read_run_record(path)
+    if record is None:
+        raise FileNotFoundError(f"{path}: not a mathloop eval, loop, rm/sft/grpo folder (no run.json with a kind, "
+                                f"samples/, round-0/ or metrics.jsonl)")
+    if record["kind"] == "loop":
+        return _loop(path, label, record)
+    view = RunView(label, str(path), record["kind"])
+    _stage(view, path, label, record)
     if not view.sample_sets and not view.curves:
-        raise FileNotFoundError(f"{path}: not a mathloop eval, loop, rm/sft/grpo folder (no samples/, round-0/ or "
+        raise FileNotFoundError(f"{path}: a {record['kind']} run with nothing to show yet (no samples or "
                                 f"metrics.jsonl)")
-    if view.curves and not any(s.evaluation for s in view.sample_sets):
-        view.kind = view.curves[0].kind
     return view
 
 
-def _loop(path: Path, label: str) -> RunView:
+def _loop(path: Path, label: str, record: dict[str, Any]) -> RunView:
     view = RunView(label, str(path), "loop")
     for name, title in (("decontamination.json", "training problems removed by decontamination"),
                         ("synthesis.json", "problem synthesis")):
         if (path / name).exists():
             view.data_reports.append((f"{label}: {title}", _json(path / name)))
-    stages = sorted((p for p in path.glob("round-*") if p.name[6:].isdigit()), key=lambda p: int(p.name[6:]))
-    stages += sorted(path.glob("grpo-after-round-*"))
-    for stage in stages:
-        name = "grpo" if stage.name.startswith("grpo") else stage.name[6:]
-        stage_label = f"{label}:{name}"
+    for entry in record.get("stages", []):
+        stage, stage_label = path / entry["folder"], f"{label}:{entry['name']}"
+        if not stage.is_dir():
+            continue
         if (stage / "samples.jsonl").exists():
             rows = [normalize_sample(r, f"{stage}/samples.jsonl:{i}") for i, r in
                     enumerate(read_jsonl(stage / "samples.jsonl"), 1)]
             view.sample_sets.append(SampleSet(f"{stage_label} training samples", rows, evaluation=False))
         if (stage / "select.json").exists():
             view.data_reports.append((f"{stage_label}: selection of SFT data", _json(stage / "select.json")))
-        for sub in ("rm", "sft"):
-            if (stage / sub).is_dir():
-                _stage(view, stage / sub, f"{stage_label} {sub}")
-        _stage(view, stage, stage_label, eval_dirs=("eval",))  # round-<r>/samples/ is the sampling run
+        for sub in sorted(p for p in stage.iterdir() if p.is_dir()):  # the training runs inside (rm/, sft/, ...)
+            sub_record = read_run_record(sub)
+            if sub_record is not None and sub_record["kind"] not in ("eval", "sample"):
+                _stage(view, sub, f"{stage_label} {sub.name}", sub_record)
+        _stage(view, stage, stage_label, read_run_record(stage))  # the GRPO stage is a training run itself
     return view
 
 
-def _stage(view: RunView, folder: Path, label: str, eval_dirs: tuple[str, ...] = (".", "eval")) -> None:
-    """The evaluation, curves and data report of one folder (an eval folder, a training run, or a loop stage)."""
-    if (folder / "metrics.jsonl").exists():
-        records = [r for r in read_jsonl(folder / "metrics.jsonl")]
-        kind = ("grpo" if (folder / "rollouts").is_dir() or any("reward_mean" in r for r in records) else
-                "rm" if (folder / "rm_data.jsonl").exists() else "sft")
-        view.curves.append(Curves(label, kind, records))
-        run = _json(folder / "run.json") if (folder / "run.json").exists() else {}
-        if kind == "rm" and isinstance(run.get("data"), dict):
-            view.data_reports.append((f"{label}: reward-model data", run["data"]))
-        if kind == "grpo" and isinstance(run.get("queries"), dict):
-            view.data_reports.append((f"{label}: GRPO queries", run["queries"]))
-    for eval_dir in (folder / name for name in eval_dirs):
+def _stage(view: RunView, folder: Path, label: str, record: dict[str, Any] | None) -> None:
+    """The evaluation, training samples, curves and data report of one run folder (an eval or sample folder, a
+    training run, or a loop stage) of the kind its `record` names."""
+    kind = record["kind"] if record else None
+    if kind == "sample":
+        from mathloop.pipeline.sample import read_samples
+        from mathloop.records import to_dict
+
+        rows = [normalize_sample(to_dict(s), f"{folder}/samples") for s in read_samples(folder)]
+        view.sample_sets.append(SampleSet(f"{label} samples", rows, evaluation=False))
+    if kind is not None and (folder / "metrics.jsonl").exists():
+        view.curves.append(Curves(label, kind, list(read_jsonl(folder / "metrics.jsonl"))))
+        if kind == "rm" and isinstance(record.get("data"), dict):
+            view.data_reports.append((f"{label}: reward-model data", record["data"]))
+        if kind == "grpo" and isinstance(record.get("queries"), dict):
+            view.data_reports.append((f"{label}: GRPO queries", record["queries"]))
+    eval_dir = folder if kind == "eval" else folder / "eval"
+    if eval_dir is folder or (eval_dir.is_dir() and (read_run_record(eval_dir) or {}).get("kind") == "eval"):
         if (eval_dir / "samples").is_dir() and any((eval_dir / "samples").glob("*.jsonl")):
             view.sample_sets.append(_eval_folder(eval_dir, label))
-            break
 
 
 def _eval_folder(folder: Path, label: str) -> SampleSet:

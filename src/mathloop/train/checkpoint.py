@@ -15,9 +15,8 @@ from pathlib import Path
 
 import torch
 
-from mathloop.config import changed_settings
 from mathloop.records import drop_torn_last_line
-from mathloop.runs import read_json, write_json, write_text_atomic
+from mathloop.runs import check_run_record, mark_run_finished, read_json, write_json, write_text_atomic
 
 
 def latest_checkpoint(out: Path) -> Path | None:
@@ -49,11 +48,8 @@ def load_checkpoint(path: Path, model: torch.nn.Module, optimizer: torch.optim.O
     """Restore weights and optimizer from `path`; return its step. Refuses a checkpoint whose settings differ
     from `config` in any of `resume_keys`."""
     state = read_json(path / "state.json")
-    old = state.get("config", {})
-    current = dataclasses.asdict(config)
-    detail = changed_settings(old, current, resume_keys)
-    if detail:
-        raise ValueError(f"{config.output_dir} holds a run with other settings ({detail}); use a new output_dir")
+    check_run_record(state, config, tuple(resume_keys), what=f"{config.output_dir} holds a run",
+                     fix="use a new output_dir")
     weights = torch.load(path / "trainable.pt", map_location="cpu", weights_only=True)
     missing = [n for n, p in model.named_parameters() if p.requires_grad and n not in weights]
     if missing:
@@ -76,7 +72,8 @@ def drop_metrics_after(path: Path, step: int) -> None:
 
 # ---- final/: the trained model of every trainer (sft, rm, grpo) ----------------------------------------------
 # A trainer writes its model into <out>/final.partial (`start_final`) and renames it to <out>/final when it is
-# whole (`finish_final`): final/ existing is the completion marker, and a kill mid-save leaves no final/.
+# whole (`finish_final`), which also marks the run record finished: final/ existing is the completion marker, and a
+# kill mid-save leaves no final/.
 
 def final_done(out: Path) -> bool:
     """Whether the run in `out` has written its final model."""
@@ -95,4 +92,5 @@ def finish_final(out: Path) -> Path:
     final = out / "final"
     shutil.rmtree(final, ignore_errors=True)
     (out / "final.partial").rename(final)
+    mark_run_finished(out)
     return final

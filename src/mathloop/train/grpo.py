@@ -863,4 +863,4 @@ def save_final(model: torch.nn.Module, tokenizer, out: Path, config: GRPOConfig)
     finish_final(out)
 
 def _write_run_record(out: Path, config: GRPOConfig, report: dict[str, int]) -> None:
-    write_json(out / "run.json", new_run_record(config, queries=report))
+    write_json(out / "run.json", new_run_record(config, kind="grpo", resume_keys=_RESUME_KEYS, queries=report))

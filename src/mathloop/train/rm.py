@@ -307,4 +307,4 @@ def _write_run_record(out: Path, config: RMTrainConfig, report, total_steps: int
     data = {"groups": report.groups, "positives": report.positives, "negatives": report.negatives,
             "dropped": dict(report.reasons()), "contaminated_samples": report.contaminated_samples,
             "ungraded_samples": report.ungraded_samples, "duplicate_samples": report.duplicate_samples}
-    write_json(out / "run.json", new_run_record(config, data, total_steps=total_steps))
+    write_json(out / "run.json", new_run_record(config, data, "rm", _RESUME_KEYS, total_steps=total_steps))

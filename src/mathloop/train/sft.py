@@ -429,12 +429,13 @@ def _merge_adapter(base_path: str, adapter_dir: Path, target: Path, config: SFTR
 def _check_resumable(out: Path, config: SFTRunConfig) -> None:
     record = out / "run.json"
     if record.exists():
-        check_run_record(read_json(record), config, _RESUME_KEYS, what=f"{out} holds a run", fix="use a new output_dir")
+        check_run_record(read_json(record), config, _RESUME_KEYS, what=f"{out} holds a run", fix="use a new output_dir",
+                         kind="sft")
 
 
 def _write_run_record(out: Path, config: SFTRunConfig, report: dict[str, Any]) -> None:
     data = {key: report[key] for key in ("examples", "wrong_examples", "dropped_too_long", "executor_output_masked")}
-    write_json(out / "run.json", new_run_record(config, data, model_name=report["model_name"]))
+    write_json(out / "run.json", new_run_record(config, data, "sft", _RESUME_KEYS, model_name=report["model_name"]))
 
 
 class _MetricsLog(TrainerCallback):
