@@ -54,6 +54,7 @@ class CorpusConfig(ClassifierConfig):
     text_key: str = "text"  # the text field of JSONL, Parquet and Hub rows
     limit: int = -1  # documents per reader (-1: all), for a first look at a big dump
     decontaminate: bool = True  # 13-gram + LCS against every available benchmark's test split
+    decontaminate_benchmarks: list[str] | None = None  # only these benchmarks (None: every available one)
     dedup: bool = True  # MinHash near-duplicate removal
     minhash_ngrams: int = 5
     minhash_buckets: int = 14
@@ -78,6 +79,11 @@ class CorpusConfig(ClassifierConfig):
                      "quality_batch_size"):
             if getattr(self, name) < 1:
                 raise ValueError(f"corpus build: {name} must be >= 1, got {getattr(self, name)}")
+        if self.executor == "slurm":
+            missing = [key for key in ("time", "partition") if key not in self.executor_args]
+            if missing:
+                raise ValueError(f"corpus build: the slurm executor needs executor_args {', '.join(missing)} "
+                                 f"(e.g. executor_args: {{partition: cpu, time: '10:00:00'}})")
         if not 0 <= self.quality_threshold <= 1:
             raise ValueError(f"corpus build: quality_threshold must be in [0, 1], got {self.quality_threshold}")
         for key in ("positives", "negatives"):
@@ -177,7 +183,8 @@ def stage_pipelines(config: CorpusConfig, out: Path, classifier_model: str) -> d
     filtering = [*readers, html_to_text_step(),
                  MathClassifierFilter(classifier_model, config.threshold, _writer(removed / "classifier"))]
     if config.decontaminate:
-        filtering.append(decontamination_filter(config.data_dir, exclusion_writer=_writer(removed / "decontaminate")))
+        filtering.append(decontamination_filter(config.data_dir, config.decontaminate_benchmarks,
+                                                exclusion_writer=_writer(removed / "decontaminate")))
     filtering.append(_writer(out / "filtered"))
     final = [rank_file_reader(out / "filtered")]
     stages: dict[str, list] = {}
@@ -211,9 +218,6 @@ def _executors(config: CorpusConfig, out: Path, stages: dict[str, list]) -> list
             from datatrove.executor import SlurmPipelineExecutor
 
             args = {"job_name": f"corpus-{name}", **config.executor_args}
-            missing = [key for key in ("time", "partition") if key not in args]
-            if missing:
-                raise ValueError(f"corpus build: the slurm executor needs executor_args {', '.join(missing)}")
             executors.append(SlurmPipelineExecutor(**common, **args))
         else:
             from datatrove.executor import RayPipelineExecutor

@@ -56,7 +56,8 @@ class ClassifierConfig:
     domain_share: float = 0.5  # share of a domain's pool documents that must be hits to widen recall there
     domain_min_docs: int = 3  # domains with fewer pool documents are not widened
     domain_threshold: float = 0.5  # score a document of a widened domain needs to join the positives
-    random_negatives: int = 2000  # input documents sampled as negatives for the seed round
+    random_negatives: int = -1  # input documents sampled as negatives for the seed round; -1: 2000 when no
+    # negatives are given, else none (a sample of a web dump is mostly not math; of a math-rich input it is not)
     pool_size: int = 20000  # input documents scored in each recall round
     max_seed_positives: int = 20000  # benchmark training items used as seed positives
     epoch: int = 10
@@ -183,12 +184,14 @@ class RecallReport:
 def train_with_recall(seeds: list[str], negatives: list[str], pool: list[tuple[str, str | None]],
                       folder: str | Path, config: ClassifierConfig = ClassifierConfig()) -> RecallReport:
     """The seed classifier, then `config.rounds` recall rounds over `pool` ((text, url) pairs of input documents);
-    `negatives` are the user's, to which a random sample of the pool is added in the seed round. Returns what each
+    `negatives` are the user's, to which a random sample of the pool is added in the seed round
+    (`random_negatives`). Returns what each
     round trained on and added; the last round's model is the classifier."""
     config.validate()
     folder = Path(folder)
     rng = random.Random(config.seed)
-    random_negatives = [text for text, _ in rng.sample(pool, min(config.random_negatives, len(pool)))]
+    wanted = config.random_negatives if config.random_negatives >= 0 else (0 if negatives else 2000)
+    random_negatives = [text for text, _ in rng.sample(pool, min(wanted, len(pool)))]
     positives, round_negatives = list(seeds), negatives + random_negatives
     report = RecallReport()
     for round_index in range(config.rounds + 1):

@@ -8,8 +8,9 @@
 
 With the defaults (5-word shingles, 14 buckets of 8 hashes) two documents are caught with probability about 0.9 at
 a Jaccard similarity of 0.75, and rarely below 0.6. Words are the project's normalised tokens
-(`mathloop.data.decontaminate.normalize_text`: lowercase, numbers kept, LaTeX markup dropped), so a repost with a
-new header and a few words changed still shares most shingles.
+(`mathloop.data.decontaminate.normalize_text`: lowercase, LaTeX markup dropped), and numbers are kept (datatrove
+would turn them all into 0): two worked examples that differ only in their numbers are two exercises. A repost
+with a header of its own still shares most shingles with its original.
 """
 
 from __future__ import annotations
@@ -27,9 +28,12 @@ class DedupSettings:
 
     def minhash_config(self):
         from datatrove.pipeline.dedup.minhash import MinhashConfig
+        from datatrove.utils.text import TextNormConfig
 
+        # numbers are kept: two worked examples that differ only in their numbers are two exercises, not one page
+        # twice (datatrove's default turns every number into 0, right for web boilerplate, wrong for math)
         return MinhashConfig(n_grams=self.n_grams, num_buckets=self.buckets, hashes_per_bucket=self.hashes_per_bucket,
-                             seed=self.seed)
+                             seed=self.seed, norm_config=TextNormConfig(norm_numbers=False))
 
 
 def word_tokenizer():

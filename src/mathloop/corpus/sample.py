@@ -6,8 +6,8 @@ It holds the kinds of page the pipeline must tell apart:
                     calculus), on math-site domains
   other             recipes, travel notes, match reports, product reviews, gardening and history pages (with
                     numbers in them: prices, scores, years, so "has digits" is not "is math")
-  repost            a math page copied to another site with a new header and footer and a few words changed (a
-                    near-duplicate that MinHash deduplication removes)
+  repost            a math page copied to another site under a header of its own (a near-duplicate that MinHash
+                    deduplication removes)
   benchmark_quote   a forum post that quotes a benchmark test problem verbatim (decontamination removes it)
 
 Every document has `metadata["label"]` ("math" or "other": what a perfect classifier keeps; reposts and quotes
@@ -144,10 +144,8 @@ OTHER_TEMPLATES = (_recipe, _travel, _sports, _review, _garden, _history)
 
 
 def _repost(r: random.Random, text: str) -> str:
-    words = text.split()
-    for _ in range(max(1, len(words) // 40)):  # a word or two changed, as a scraper or an editor would
-        words[r.randrange(len(words))] = r.choice(("also", "then", "now", "here"))
-    return ("Reposted for our students. " + " ".join(words) + " Share this page with your class!")
+    """The page copied to another site under a header of its own, as scrapers and mirrors do."""
+    return f"{r.choice(('Reposted for our students.', 'Mirror of a lesson page.', 'Shared by a reader:'))} {text}"
 
 
 def _quote(r: random.Random, question: str) -> str:
