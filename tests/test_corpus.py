@@ -156,6 +156,16 @@ def test_the_whole_pipeline_on_the_sample_corpus(sample, tmp_path):
     assert json.loads((out / "stats.json").read_text())["documents_out"] == len(kept)
     assert f"near_duplicate: {dedup['removed']}" in (out / "stats.md").read_text()
 
+    assert main(["corpus", "text", "--corpus", str(out / "corpus"), "--out", str(tmp_path / "text.jsonl")]) == 0
+    rows = [json.loads(line) for line in (tmp_path / "text.jsonl").read_text().splitlines()]
+    assert [r["text"] for r in rows] == [d["text"] for d in kept]
+
+    from mathloop.report import build_report
+
+    build_report([str(out)], tmp_path / "report.html")  # the report shows each step's counts and reasons
+    page = (tmp_path / "report.html").read_text()
+    assert "corpus steps" in page and "near_duplicate" in page and "contaminated_gsm8k" in page
+
     again = build_corpus(config)  # every task is marked complete: nothing is redone
     assert again["documents_out"] == len(kept)
 

@@ -568,7 +568,8 @@ def add_sft_parser(sub: argparse._SubParsersAction) -> None:
     add_config_argument(p, C)
     setting(p, C, "--model", help="starting model: 'default' (embedded Qwen2.5-Coder-0.5B-Instruct), a local folder "
                                   "or a Hub id")
-    setting(p, C, "--data", help="JSONL of {prompt: [messages], completion: [assistant message]}")
+    setting(p, C, "--data", help="JSONL of {prompt: [messages], completion: [assistant message]}, or of {text: ...} rows "
+                                "(text mode: continued pre-training on every token)")
     setting(p, C, "--output-dir", help="run folder (created; resumed when it holds checkpoints)")
     setting(p, C, "--epochs", type=int, help="passes over the data")
     setting(p, C, "--learning-rate", "--lr", type=float, help="peak learning rate")
@@ -707,6 +708,9 @@ def add_corpus_parser(sub: argparse._SubParsersAction) -> None:
     setting(q, Q, "--max-new-tokens", type=_positive_int, help="per solution")
     setting(q, Q, "--limit", type=_positive_int, help="documents to use")
     add_backend_arguments(q, Q)
+    t = actions.add_parser("text", help="a built corpus as {\"text\"} rows for continued pre-training (mathloop sft)")
+    t.add_argument("--corpus", required=True, help="corpus folder (<build out>/corpus) or JSONL file")
+    t.add_argument("--out", required=True, help="JSONL file to write")
     sm = actions.add_parser("sample", help="write a small labelled web corpus (offline tries and tests)")
     sm.add_argument("--out", required=True, help="folder to write (web/, held_out.jsonl, negatives.txt)")
     sm.add_argument("--seed", type=int, default=0, help="random seed")
@@ -717,6 +721,15 @@ def cmd_corpus(args: argparse.Namespace) -> int:
         from mathloop.corpus.sample import write_sample_corpus
 
         print(json.dumps(write_sample_corpus(args.out, seed=args.seed), indent=2))
+        return 0
+    if args.action == "text":
+        from mathloop.corpus.qa import read_documents
+        from mathloop.records import write_jsonl
+        from mathloop.runs import refuse_overwriting_inputs
+
+        refuse_overwriting_inputs({"--out": args.out}, {"--corpus": args.corpus})
+        count = write_jsonl(args.out, ({"text": text} for _, text in read_documents(args.corpus)))
+        print(json.dumps({"out": args.out, "documents": count}))
         return 0
     if args.action == "qa":
         from mathloop.corpus.qa import QAConfig, run_qa

@@ -8,6 +8,8 @@ One `RunView` per path given to `mathloop report`:
   training folder    metrics.jsonl of `mathloop rm train`, `sft` or `grpo` (curves), run.json's data report,
                      eval/ when the folder has one
   graded file        a `mathloop grade` output file or any graded Sample JSONL: one evaluation
+  corpus folder      `mathloop corpus build` output: stats.json (per step: in, kept, removed by reason, docs/s) and
+                     the classifier's report (recall rounds, held-out precision and recall)
 """
 
 from __future__ import annotations
@@ -47,7 +49,7 @@ class Curves:
 class RunView:
     label: str
     path: str
-    kind: str  # eval | loop | grpo | rm | sft | graded
+    kind: str  # eval | loop | grpo | rm | sft | graded | corpus
     sample_sets: list[SampleSet] = field(default_factory=list)
     curves: list[Curves] = field(default_factory=list)
     data_reports: list[tuple[str, Any]] = field(default_factory=list)  # (title, JSON value)
@@ -65,6 +67,8 @@ def read_run(path: str | Path, label: str | None = None) -> RunView:
         raise FileNotFoundError(f"{path}: no such run folder or graded JSONL file")
     if (path / "round-0").is_dir():
         return _loop(path, label)
+    if (path / "stats.json").exists() and (path / "classifier").is_dir():
+        return _corpus(path, label)
     view = RunView(label, str(path), "eval")
     _stage(view, path, label)
     if not view.sample_sets and not view.curves:
@@ -96,6 +100,20 @@ def _loop(path: Path, label: str) -> RunView:
             if (stage / sub).is_dir():
                 _stage(view, stage / sub, f"{stage_label} {sub}")
         _stage(view, stage, stage_label, eval_dirs=("eval",))  # round-<r>/samples/ is the sampling run
+    return view
+
+
+def _corpus(path: Path, label: str) -> RunView:
+    """A `mathloop corpus build` folder: each step's documents in, kept and removed by reason, and the classifier
+    (its recall rounds and held-out precision/recall)."""
+    view = RunView(label, str(path), "corpus")
+    stats = _json(path / "stats.json")
+    steps = [{k: v for k, v in step.items() if k != "seconds"} for step in stats.get("steps", [])
+             if "in" in step or "documents" in step]
+    view.data_reports.append((f"{label}: corpus steps ({stats.get('documents_out')} documents kept)", steps))
+    classifier = _json(path / "classifier" / "report.json") if (path / "classifier" / "report.json").exists() else {}
+    if classifier:
+        view.data_reports.append((f"{label}: math classifier", classifier))
     return view
 
 
