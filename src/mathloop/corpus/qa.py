@@ -78,7 +78,7 @@ def parse_qa(response: str) -> tuple[str, str | None] | None:
     >>> parse_qa("Question: What is 2 + 3?\\nAnswer: 5")
     ('What is 2 + 3?', '5')
     >>> parse_qa("Question: Find $x$ if $2x = 8$.\\nAnswer: $x = 4$.")
-    ('Find $x$ if $2x = 8$.', 'x = 4')
+    ('Find $x$ if $2x = 8$.', '4')
     >>> parse_qa("I cannot find a question.") is None
     True
     """
