@@ -71,6 +71,13 @@ def test_the_sample_corpus_has_every_kind_in_every_input_format(sample):
     assert all(d.metadata["url"].startswith("https://") and d.text for d in wet)
 
 
+def test_hub_inputs_stream_the_named_config_and_split():
+    [reader] = make_readers("hf:HuggingFaceFW/fineweb-edu:sample-10BT@train", text_key="content")
+    assert type(reader).__name__ == "HuggingFaceDatasetReader"  # built without network; reading streams
+    assert (reader.dataset, reader.dataset_options, reader.streaming, reader.text_key) == (
+        "HuggingFaceFW/fineweb-edu", {"split": "train", "name": "sample-10BT"}, True, "content")
+
+
 def test_html_pages_from_warc_response_records_become_text(tmp_path):
     from warcio.statusandheaders import StatusAndHeaders
     from warcio.warcwriter import WARCWriter
