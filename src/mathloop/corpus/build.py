@@ -171,7 +171,7 @@ def _writer(folder: Path):
 def stage_pipelines(config: CorpusConfig, out: Path, classifier_model: str) -> dict[str, list]:
     """The datatrove steps of each stage (see the module docstring)."""
     from mathloop.corpus import dedup
-    from mathloop.corpus.classifier import MathClassifierFilter
+    from mathloop.corpus.classifier import math_classifier_filter
     from mathloop.corpus.decontam import decontamination_filter
     from mathloop.corpus.quality import quality_filter
     from mathloop.corpus.readers import html_to_text_step, make_readers, rank_file_reader
@@ -181,7 +181,7 @@ def stage_pipelines(config: CorpusConfig, out: Path, classifier_model: str) -> d
     settings = config.dedup_settings()
     readers = [r for source in config.inputs for r in make_readers(source, config.text_key, config.limit)]
     filtering = [*readers, html_to_text_step(),
-                 MathClassifierFilter(classifier_model, config.threshold, _writer(removed / "classifier"))]
+                 math_classifier_filter(classifier_model, config.threshold, _writer(removed / "classifier"))]
     if config.decontaminate:
         filtering.append(decontamination_filter(config.data_dir, config.decontaminate_benchmarks,
                                                 exclusion_writer=_writer(removed / "decontaminate")))

@@ -216,10 +216,8 @@ def train_with_recall(seeds: list[str], negatives: list[str], pool: list[tuple[s
 
 def evaluate_classifier(model: str | Path, texts: Sequence[str], labels: Sequence[bool],
                         threshold: float = 0.5) -> dict[str, Any]:
-    """Precision, recall and F1 of `model` at `threshold` on labelled texts (True = math).
-
-    >>> # precision_recall(predicted, labels) is the arithmetic; see its doctest
-    """
+    """Precision, recall and F1 of `model` at `threshold` on labelled texts (True = math); the arithmetic is
+    `precision_recall`."""
     scores = MathClassifier(model).score(list(texts))
     return {**precision_recall([s >= threshold for s in scores], labels), "threshold": threshold}
 
@@ -241,25 +239,20 @@ def precision_recall(predicted: Sequence[bool], labels: Sequence[bool]) -> dict[
             "tp": tp, "fp": fp, "fn": fn, "tn": tn}
 
 
-class MathClassifierFilter:
-    """datatrove filter: keeps documents with P(math) >= threshold; writes the score to metadata["math_score"]."""
-
-    def __new__(cls, model: str | Path, threshold: float = 0.5, exclusion_writer=None):
-        return _math_filter_class()(str(model), threshold, exclusion_writer)
-
-
-def _math_filter_class():
+def math_classifier_filter(model: str | Path, threshold: float = 0.5, exclusion_writer=None):
+    """The datatrove filter: keeps documents with P(math) >= threshold and writes the score to
+    metadata["math_score"]; the fastText model is loaded in the worker on first use, not pickled with the pipeline."""
     from datatrove.pipeline.filters.base_filter import BaseFilter
 
     class MathScoreFilter(BaseFilter):
         name = "math classifier"
 
-        def __init__(self, model: str, threshold: float, exclusion_writer=None):
+        def __init__(self):
             super().__init__(exclusion_writer, batch_size=256)
-            self.model_path, self.threshold, self._classifier = model, threshold, None
+            self.model_path, self.threshold, self._classifier = str(model), threshold, None
 
         def filter_batch(self, batch):
-            if self._classifier is None:  # loaded in the worker, not pickled with the pipeline
+            if self._classifier is None:
                 self._classifier = MathClassifier(self.model_path)
             results = []
             for doc, score in zip(batch, self._classifier.score([d.text for d in batch])):
@@ -270,4 +263,4 @@ def _math_filter_class():
         def filter(self, doc):
             return self.filter_batch([doc])[0]
 
-    return MathScoreFilter
+    return MathScoreFilter()
