@@ -15,6 +15,7 @@
   mathloop synthesize  new problems evolved from seed problems, answered by majority vote (resumable)
   mathloop demo   one round of the loop on the embedded model, before/after accuracy
   mathloop data   the benchmark data: `data list` (sources, versions, licences), `data pull` (harness layout)
+  mathloop corpus the pre-training half: `corpus build` (math corpus from web data), `corpus qa`, `corpus sample`
   mathloop report one self-contained HTML page of runs: metrics, comparison, plots, sample browser
 """
 
@@ -619,7 +620,8 @@ def add_sft_parser(sub: argparse._SubParsersAction) -> None:
     add_config_argument(p, C)
     setting(p, C, "--model", help="starting model: 'default' (embedded Qwen2.5-Coder-0.5B-Instruct), a local folder "
                                   "or a Hub id")
-    setting(p, C, "--data", help="JSONL of {prompt: [messages], completion: [assistant message]}")
+    setting(p, C, "--data", help="JSONL of {prompt: [messages], completion: [assistant message]}, or of {text: ...} rows "
+                                "(text mode: continued pre-training on every token)")
     setting(p, C, "--output-dir", help="run folder (created; resumed when it holds checkpoints)")
     setting(p, C, "--epochs", type=int, help="passes over the data")
     setting(p, C, "--learning-rate", "--lr", type=float, help="peak learning rate")
@@ -709,6 +711,91 @@ def cmd_synthesize(args: argparse.Namespace) -> int:
     return 0
 
 
+def add_corpus_parser(sub: argparse._SubParsersAction) -> None:
+    from mathloop.corpus.build import CorpusConfig as C
+    from mathloop.corpus.qa import QAConfig as Q
+
+    p = sub.add_parser("corpus", help=HELP["corpus"], description=(
+        "The pre-training half (docs/corpus.md; pip install 'mathloop[corpus]'): `build` recalls math documents from "
+        "web data with a fastText classifier and filters them (decontamination, MinHash dedup, quality scores) on "
+        "datatrove; `qa` writes question-answer pairs from kept documents; `sample` writes a small labelled web "
+        "corpus to try it offline. Continued pre-training: `mathloop sft --data <text rows>`."))
+    actions = p.add_subparsers(dest="action", required=True)
+    b = actions.add_parser("build", help="build a math corpus from web documents (resumable output folder)",
+                           description="See `mathloop.corpus.build`: classifier (with iterative recall), filter "
+                                       "(classifier, decontamination), MinHash dedup, quality; stats.json per step.")
+    add_config_argument(b, C)
+    setting(b, C, "--input", dest="inputs", action="append",
+            help="a .jsonl[.gz] / .parquet / .warc[.gz] / .wet[.gz] file, a folder of them, or "
+                 "hf:<dataset id>[:config][@split] (streamed); repeat for several")
+    setting(b, C, "--out", help="output folder (re-running resumes)")
+    setting(b, C, "--positives", action="append", help="math text file (JSONL \"text\" or one document a line)")
+    setting(b, C, "--negatives", action="append", help="non-math text file, same forms")
+    setting(b, C, "--eval-file", help="labelled JSONL (text, label: math|other) for the classifier's precision/recall")
+    setting(b, C, "--classifier-model", help="a trained fastText model.bin (no training)")
+    setting(b, C, "--threshold", type=float, help="P(math) a document needs")
+    setting(b, C, "--rounds", type=int, help="iterative recall rounds after the seed classifier")
+    setting(b, C, "--random-negatives", type=int, help="input documents sampled as negatives for the seed round")
+    setting(b, C, "--quality-model", help="small model for quality scores (default, smollm2, a folder); off if unset")
+    setting(b, C, "--quality-threshold", type=float, help="P(yes) a document needs")
+    setting(b, C, "--no-decontaminate", dest="decontaminate", action="store_const", const=False,
+            help="skip decontamination")
+    setting(b, C, "--no-dedup", dest="dedup", action="store_const", const=False, help="skip MinHash deduplication")
+    setting(b, C, "--executor", choices=["local", "slurm", "ray"], help="datatrove executor")
+    setting(b, C, "--tasks", type=_positive_int, help="parallel tasks (input files are sharded over them)")
+    setting(b, C, "--workers", type=_positive_int, help="local executor: processes at once")
+    setting(b, C, "--limit", type=int, help="documents per reader (-1: all)")
+    setting(b, C, "--data-dir", help="benchmark folder (default: $MATHLOOP_DATA_DIR)")
+    q = actions.add_parser("qa", help="question-answer pairs from corpus documents, kept when self-consistent",
+                           description="See `mathloop.corpus.qa`. Re-running the same command skips done documents.")
+    add_config_argument(q, Q)
+    setting(q, Q, "--corpus", help="corpus folder (<build out>/corpus) or JSONL file of {\"text\"}")
+    setting(q, Q, "--out", help="JSONL file of kept pairs (rejected ones beside it)")
+    setting(q, Q, "--model", help="embedded name (default, smollm2), folder or Hub id")
+    setting(q, Q, "--format", choices=["sft", "text"], help="SFT rows or pre-training text rows")
+    setting(q, Q, "--answers", dest="n_answers", type=_positive_int, help="solutions per question")
+    setting(q, Q, "--min-agreement", type=float, help="share of the solutions the majority answer needs")
+    setting(q, Q, "--require-reference", action="store_const", const=True,
+            help="also require the majority answer to equal the document's answer")
+    setting(q, Q, "--max-new-tokens", type=_positive_int, help="per solution")
+    setting(q, Q, "--limit", type=_positive_int, help="documents to use")
+    add_backend_arguments(q, Q)
+    t = actions.add_parser("text", help="a built corpus as {\"text\"} rows for continued pre-training (mathloop sft)")
+    t.add_argument("--corpus", required=True, help="corpus folder (<build out>/corpus) or JSONL file")
+    t.add_argument("--out", required=True, help="JSONL file to write")
+    sm = actions.add_parser("sample", help="write a small labelled web corpus (offline tries and tests)")
+    sm.add_argument("--out", required=True, help="folder to write (web/, held_out.jsonl, negatives.txt)")
+    sm.add_argument("--seed", type=int, default=0, help="random seed")
+
+
+def cmd_corpus(args: argparse.Namespace) -> int:
+    if args.action == "sample":
+        from mathloop.corpus.sample import write_sample_corpus
+
+        print(json.dumps(write_sample_corpus(args.out, seed=args.seed), indent=2))
+        return 0
+    if args.action == "text":
+        from mathloop.corpus.qa import read_documents
+        from mathloop.records import write_jsonl
+        from mathloop.runs import refuse_overwriting_inputs
+
+        refuse_overwriting_inputs({"--out": args.out}, {"--corpus": args.corpus})
+        count = write_jsonl(args.out, ({"text": text} for _, text in read_documents(args.corpus)))
+        print(json.dumps({"out": args.out, "documents": count}))
+        return 0
+    if args.action == "qa":
+        from mathloop.corpus.qa import QAConfig, run_qa
+
+        config = with_backend_flags(args, _settings(args, QAConfig), "corpus qa")
+        print(json.dumps(run_qa(config), indent=2))
+        return 0
+    from mathloop.corpus.build import CorpusConfig, build_corpus, stats_markdown
+
+    stats = build_corpus(_settings(args, CorpusConfig))
+    print(stats_markdown(stats) if "steps" in stats else json.dumps(stats))
+    return 0
+
+
 def add_data_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("data", help=HELP["data"], description=(
         "Benchmarks are read from --data-dir / $MATHLOOP_DATA_DIR when given, else from the test sets packaged with "
@@ -759,6 +846,7 @@ HELP = {
     "synthesize": "new problems evolved from seed problems",
     "interpolate": "a model part of the way from a checkpoint to its fine-tuned one",
     "data": "list or pull the benchmark data",
+    "corpus": "build a math pre-training corpus, QA pairs from it, or a sample corpus",
     "report": "one self-contained HTML page of runs (plots, tables, sample browser)",
 }
 
@@ -812,10 +900,11 @@ ADD_PARSER = {"eval": add_eval_parser, "grade": add_grade_parser, "compare": add
               "exec": add_exec_parser, "rm": add_rm_parser, "score": add_score_parser, "sample": add_sample_parser,
               "select": add_select_parser, "loop": add_loop_parser, "demo": add_demo_parser, "grpo": add_grpo_parser,
               "sft": add_sft_parser, "interpolate": add_interpolate_parser, "synthesize": add_synthesize_parser, "data": add_data_parser,
+              "corpus": add_corpus_parser,
               "report": add_report_parser}
 COMMANDS = {"eval": cmd_eval, "grade": cmd_grade, "compare": cmd_compare, "exec": cmd_exec, "rm": cmd_rm, "score": cmd_score,
             "sample": cmd_sample, "select": cmd_select, "loop": cmd_loop, "demo": cmd_demo, "grpo": cmd_grpo,
-            "sft": cmd_sft, "interpolate": cmd_interpolate, "synthesize": cmd_synthesize, "data": cmd_data,
+            "sft": cmd_sft, "interpolate": cmd_interpolate, "synthesize": cmd_synthesize, "data": cmd_data, "corpus": cmd_corpus,
             "report": cmd_report}
 
 

@@ -10,6 +10,8 @@ One `RunView` per path given to `mathloop report`; what a folder is comes from i
   training folder    metrics.jsonl of `mathloop rm train`, `sft`, `grpo` or any other trainer (curves, under its
                      kind), run.json's data report, eval/ when the folder has one
   graded file        a `mathloop grade` output file or any graded Sample JSONL: one evaluation
+  corpus folder      `mathloop corpus build` output: stats.json (per step: in, kept, removed by reason, docs/s) and
+                     the classifier's report (recall rounds, held-out precision and recall)
 """
 
 from __future__ import annotations
@@ -50,7 +52,7 @@ class Curves:
 class RunView:
     label: str
     path: str
-    kind: str  # the run record's kind (eval | sample | loop | grpo | rm | sft | ...) or graded
+    kind: str  # the run record's kind (eval | sample | loop | grpo | rm | sft | corpus | ...) or graded
     sample_sets: list[SampleSet] = field(default_factory=list)
     curves: list[Curves] = field(default_factory=list)
     data_reports: list[tuple[str, Any]] = field(default_factory=list)  # (title, JSON value)
@@ -66,6 +68,8 @@ def read_run(path: str | Path, label: str | None = None) -> RunView:
         return view
     if not path.is_dir():
         raise FileNotFoundError(f"{path}: no such run folder or graded JSONL file")
+    if (path / "stats.json").exists() and (path / "classifier").is_dir():  # a corpus build writes no run record
+        return _corpus(path, label)
     record = read_run_record(path)
     if record is None:
         raise FileNotFoundError(f"{path}: not a mathloop eval, loop, rm/sft/grpo folder (no run.json with a kind, "
@@ -101,6 +105,20 @@ def _loop(path: Path, label: str, record: dict[str, Any]) -> RunView:
             if sub_record is not None and sub_record["kind"] not in ("eval", "sample"):
                 _stage(view, sub, f"{stage_label} {sub.name}", sub_record)
         _stage(view, stage, stage_label, read_run_record(stage))  # the GRPO stage is a training run itself
+    return view
+
+
+def _corpus(path: Path, label: str) -> RunView:
+    """A `mathloop corpus build` folder: each step's documents in, kept and removed by reason, and the classifier
+    (its recall rounds and held-out precision/recall)."""
+    view = RunView(label, str(path), "corpus")
+    stats = _json(path / "stats.json")
+    steps = [{k: v for k, v in step.items() if k != "seconds"} for step in stats.get("steps", [])
+             if "in" in step or "documents" in step]
+    view.data_reports.append((f"{label}: corpus steps ({stats.get('documents_out')} documents kept)", steps))
+    classifier = _json(path / "classifier" / "report.json") if (path / "classifier" / "report.json").exists() else {}
+    if classifier:
+        view.data_reports.append((f"{label}: math classifier", classifier))
     return view
 
 

@@ -11,6 +11,10 @@ labels are -100), whatever the template. TIR rows (`mathloop select` on TIR samp
 the model; a data file with such rows is tokenized here (`tokenize_example`) so that those tokens are out of the loss
 too, as in the paper's TIR training, and TRL receives `input_ids` with a `completion_mask`.
 
+Text mode (continued pre-training, `mathloop corpus`): a data file whose rows are {"text": "..."} trains on every
+token of each text, cut into blocks of `max_length` tokens (`text_blocks`); summary.json then also holds the tokens
+and tokens per second.
+
 Examples longer than `max_length` tokens are dropped rather than truncated: a cut solution has no final answer and
 no end-of-turn token, and would teach the model not to finish.
 
@@ -156,9 +160,21 @@ _RESUME_KEYS = ("data", "model", "epochs", "learning_rate", "lr_scheduler", "min
 def read_sft_examples(path: str | Path) -> list[dict[str, Any]]:
     """The prompt-completion pairs of an SFT JSONL file, with their `tool_output_spans` when a row has any and their
     `reward` (+1, the default: a right response; -1: a wrong one, `mathloop select --negatives`); other keys are
-    left out. A malformed line raises `RecordError` naming file and line."""
+    left out. Rows of the form {"text": ...} (every row of the file) are text mode, continued pre-training
+    (`text_blocks`). A malformed line raises `RecordError` naming file and line."""
     examples = []
     for lineno, row in enumerate(read_jsonl(path), 1):
+        if "text" in row and "prompt" not in row:  # text mode: continued pre-training on plain text
+            if not isinstance(row["text"], str) or not row["text"].strip():
+                raise RecordError(f"{path}: record {lineno}: 'text' must be a non-empty string")
+            if examples and "text" not in examples[0]:
+                raise RecordError(f"{path}: record {lineno}: a text row among prompt-completion rows; a data file "
+                                  f"holds one kind")
+            examples.append({"text": row["text"], "reward": 1.0})
+            continue
+        if examples and "text" in examples[0]:
+            raise RecordError(f"{path}: record {lineno}: a prompt-completion row among text rows; a data file holds "
+                              f"one kind")
         for key in ("prompt", "completion"):
             messages = row.get(key)
             if not (isinstance(messages, list) and messages and all(
@@ -200,6 +216,23 @@ def drop_too_long(examples: list[dict], tokenizer, max_length: int) -> tuple[lis
 
     kept = [e for e in examples if length(e) <= max_length]
     return kept, len(examples) - len(kept)
+
+
+def text_blocks(tokenizer, text: str, max_length: int) -> list[dict[str, list[int]]]:
+    """Text mode (continued pre-training): the document's tokens, then the end-of-text token, cut into blocks of at
+    most `max_length` tokens, every token in the loss. A long document is split rather than dropped (unlike a
+    chat example, a block of running text needs no ending); blocks never join two documents.
+
+    The end-of-text token is the tokenizer's eos token (for chat models, whose eos ends a turn, the pad token when
+    it is a distinct <|endoftext|>-style token), so the model learns where a document stops."""
+    ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+    end = tokenizer.eos_token_id
+    if tokenizer.pad_token is not None and "endoftext" in tokenizer.pad_token:
+        end = tokenizer.pad_token_id
+    if end is not None:
+        ids = ids + [end]
+    return [{"input_ids": ids[i:i + max_length], "completion_mask": [1] * len(ids[i:i + max_length])}
+            for i in range(0, len(ids), max_length)]
 
 
 def tokenize_example(tokenizer, example: dict[str, Any]) -> dict[str, list[int]]:
@@ -246,7 +279,11 @@ def build_trainer(config: SFTRunConfig, callbacks: list[TrainerCallback] | None 
                          f"negative_weight > 0 trains (pushing them down); set negative_weight, or select without "
                          f"negatives")
     masked_executor = any("tool_output_spans" in e for e in examples)
-    if masked_executor:  # TIR data: tokenized here so that the executor's output is out of the loss
+    text_mode = "text" in examples[0]
+    if text_mode:  # continued pre-training: every token of the text in the loss, long texts cut into blocks
+        examples = [{**block, "reward": 1.0} for e in examples
+                    for block in text_blocks(tokenizer, e["text"], config.max_length)]
+    elif masked_executor:  # TIR data: tokenized here so that the executor's output is out of the loss
         examples = [{**tokenize_example(tokenizer, e), "reward": e["reward"]} for e in examples]
     examples, dropped = drop_too_long(examples, tokenizer, config.max_length)
     if not examples:
@@ -284,7 +321,8 @@ def build_trainer(config: SFTRunConfig, callbacks: list[TrainerCallback] | None 
     trainer.objective = {"negative_weight": config.negative_weight, "negative_floor": config.negative_floor}
     return trainer, {"model_path": path, "model_name": model_name, "examples": len(examples),
                      "wrong_examples": sum(e["reward"] < 0 for e in examples), "dropped_too_long": dropped,
-                     "executor_output_masked": masked_executor}
+                     "executor_output_masked": masked_executor, "text_mode": text_mode,
+                     "tokens": sum(len(e["input_ids"]) for e in examples) if text_mode else None}
 
 
 def _trainer_class(base: type) -> type:
@@ -384,6 +422,12 @@ def _train_sft(config: SFTRunConfig, stop_after: int | None) -> dict[str, Any]:
                **({"train_loss_per_process": per_process} if len(per_process) > 1 else {}),
                "examples": report["examples"], "dropped_too_long": report["dropped_too_long"],
                "resumed_from": checkpoint, "final": None}
+    if report["text_mode"]:  # continued pre-training: tokens per second, to size a cluster run
+        seconds = result.metrics.get("train_runtime") or 0.0
+        steps_run = state.global_step - (trainer_step(checkpoint) if checkpoint else 0)  # this call's steps
+        epochs_run = steps_run / max(state.max_steps, 1) * config.epochs
+        summary.update({"text_mode": True, "tokens": report["tokens"], "train_seconds": round(seconds, 2),
+                        "tokens_per_second": round(report["tokens"] * epochs_run / seconds, 1) if seconds else None})
     if state.global_step < state.max_steps:  # stopped early (stop_after): the checkpoint is there to resume
         return summary
 
@@ -435,6 +479,8 @@ def _check_resumable(out: Path, config: SFTRunConfig) -> None:
 
 def _write_run_record(out: Path, config: SFTRunConfig, report: dict[str, Any]) -> None:
     data = {key: report[key] for key in ("examples", "wrong_examples", "dropped_too_long", "executor_output_masked")}
+    if report["text_mode"]:
+        data.update(text_mode=True, tokens=report["tokens"])
     write_json(out / "run.json", new_run_record(config, data, "sft", _RESUME_KEYS, model_name=report["model_name"]))
 
 
