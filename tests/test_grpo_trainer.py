@@ -215,16 +215,16 @@ def test_executor_output_is_masked_out_of_the_loss(tiny_model_dir, tmp_path):
     assert tokenizer.decode(kept) == response[:start] + response[end:] + tokenizer.eos_token
     assert response[start:end] in tokenizer.decode(dropped)
 
-    # The loss moves the logits of exactly those positions: logits at position t predict target t.
+    # The loss moves the head's input at exactly those positions: the last hidden state at t predicts target t.
     model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32)
     outputs = []
-    model.register_forward_hook(lambda module, args, output: outputs.append(output))
+    model.get_decoder().register_forward_hook(lambda module, args, output: outputs.append(output))
     rollout.advantage = 1.0
     loss, _ = micro_batch_loss(model, None, encode_rollouts(tokenizer, [rollout], torch.device("cpu")), config)
-    logits = outputs[0].logits
-    logits.retain_grad()
+    hidden = outputs[0].last_hidden_state
+    hidden.retain_grad()
     loss.backward()
-    grad = logits.grad[0, :-1].abs().sum(dim=-1)
+    grad = hidden.grad[0, :-1].abs().sum(dim=-1)
     assert (grad[~loss_mask[0]] == 0).all() and (grad[loss_mask[0]] > 0).all()
 
 
