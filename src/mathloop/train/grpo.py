@@ -12,6 +12,8 @@ runs the steps. One step:
   4. group-relative advantages (r - mean) / std within each query's group;
   5. one optimizer step: per micro-batch, policy log-probabilities (with gradient) and reference ones (without),
      `grpo_loss`, backward scaled by the micro-batch's share of the batch; then gradient clipping and AdamW.
+     Log-probabilities come from the LM head on response tokens only (`completion_logprobs`); with beta = 0 there
+     is no reference and rollouts of advantage 0 are skipped (their loss and gradient are exactly 0).
 
 Under `accelerate launch` (N processes) each process rolls out every N-th query of the step and trains on its
 groups; gradients are averaged (DDP), each micro-batch weighted by its share of the whole step, so N processes
@@ -31,7 +33,7 @@ Choices the paper leaves open, or where mathloop differs from it:
     ratio is clipped to [1 - clip_low, 1 + clip_high]. The behaviour policy mu is the rollout engine; with vLLM
     rollouts and `tis_cap`, its reported log-probs weight each token by min(pi_old / mu, tis_cap);
   - practitioners' variants, all off by default: dynamic sampling, overlong mask / soft penalty, loss_type dapo /
-    dr_grpo, scale_rewards batch / none (README "GRPO options");
+    dr_grpo, scale_rewards batch / none (docs/training.md);
   - beta = 1e-3 (the paper's KL coefficient), k3 estimator, token mean per response then mean over responses;
   - log-probabilities are taken at the sampling temperature, so the reference and policy distributions are the
     ones the rollouts came from;
