@@ -9,7 +9,7 @@ Each row runs in its own process (so its peak RSS is its own): load the model, o
         step 1), micro-batches of `--micro-batch`, LoRA; rollouts are not included (generation is measured by
         bench/generate.py).
 Columns: wall seconds of the step, tokens (non-padding) per second, the FLOPs the step executed (matmuls and
-attention, counted by torch's FlopCounterMode in a separate, untimed step), the achieved FLOP/s as a fraction of
+attention, counted by torch's FlopCounterMode in the untimed warm-up step), the achieved FLOP/s as a fraction of
 this machine's float32 matmul peak (measured here, same threads), and the peak RSS.
 
 Variants (cumulative within a trainer, "before" first):
@@ -87,6 +87,7 @@ def run_one(trainer: str, variant: str, args: argparse.Namespace) -> dict:
 
     from mathloop.models import load_tokenizer, resolve_model
 
+    began = time.perf_counter()
     torch.set_num_threads(args.threads)
     settings = dict(dict(VARIANTS[trainer])[variant])
     if settings.pop("plain", False):
@@ -98,14 +99,16 @@ def run_one(trainer: str, variant: str, args: argparse.Namespace) -> dict:
     tokenizer = load_tokenizer(path)
     step, tokens = {"sft": sft_step, "rm": rm_step, "grpo": grpo_step}[trainer](path, tokenizer, lora_layers,
                                                                                 settings, args)
-    step()  # warm-up
+    loaded = time.perf_counter()
+    with FlopCounterMode(display=False) as counter:  # the warm-up step, counted (its time is not used)
+        step()
+    print(f"{trainer} {variant}: built in {loaded - began:.1f} s, warm-up step {time.perf_counter() - loaded:.1f} s",
+          file=sys.stderr, flush=True)
     times = []
     for _ in range(args.repeats):
         start = time.perf_counter()
         step()
         times.append(time.perf_counter() - start)
-    with FlopCounterMode(display=False) as counter:
-        step()
     return {"trainer": trainer, "variant": variant, "seconds": min(times), "tokens": tokens,
             "flops": counter.get_total_flops(), "peak_rss_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20}
 
