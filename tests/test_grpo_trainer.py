@@ -639,3 +639,45 @@ def test_lora_layers_puts_adapters_in_the_top_blocks_only(tiny_model_dir, tmp_pa
     assert trainable and all(".layers.1." in n and "lora_" in n for n in trainable)
     with pytest.raises(ValueError, match="lora_layers needs lora"):
         grpo_config(tmp_path, tiny_model_dir, lora_layers=1).validate()
+
+
+def test_overlapped_rollouts_are_sampled_during_the_previous_update_one_step_stale(tiny_model_dir, tmp_path,
+                                                                                   monkeypatch):
+    """overlap_rollouts: step s+1's rollouts are generated in a thread, from step s's adapter, while step s
+    updates; the first step's are sampled as usual (a stub OpenVINO engine records who sampled what)."""
+    import threading
+    from pathlib import Path
+
+    from mathloop.backends import Completion
+    from mathloop.backends import openvino as ov_backend
+    from mathloop.train.grpo import train_grpo
+
+    calls = []
+
+    class StubEngine:
+        def __init__(self, model, **kwargs):
+            from transformers import AutoTokenizer
+
+            self.tokenizer, self.adapter = AutoTokenizer.from_pretrained(model), None
+
+        def use_lora(self, path, name, lora_id=0):
+            assert Path(path).exists()
+            self.adapter = name
+
+        def chat_prompt(self, messages):
+            return self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+
+        def generate(self, prompts, params, on_progress=None):
+            calls.append((self.adapter, threading.current_thread() is threading.main_thread()))
+            return [[Completion(text="so \\boxed{7}" if j % 2 == 0 else "so \\boxed{3}", prompt_tokens=3,
+                                completion_tokens=4, finish_reason="stop") for j in range(params.n)]
+                    for _ in prompts]
+
+    with pytest.raises(ValueError, match="overlap_rollouts needs a rollout engine"):
+        grpo_config(tmp_path, tiny_model_dir, overlap_rollouts=True).validate()
+    monkeypatch.setattr(ov_backend, "OpenVINOBackend", StubEngine)
+    summary = train_grpo(grpo_config(tmp_path, tiny_model_dir, rollout_backend="openvino", lora=True, lora_rank=4,
+                                     steps=3, queries_per_step=2, group_size=4, overlap_rollouts=True))
+    assert calls == [("policy-step-0", True), ("policy-step-0", False), ("policy-step-1", False)]
+    assert metric(tmp_path / "run", "stale_rollouts") == [False, True, True]
+    assert metric(tmp_path / "run", "accuracy") == [0.5, 0.5, 0.5] and summary["final"]

@@ -518,6 +518,9 @@ def add_grpo_parser(sub: argparse._SubParsersAction) -> None:
                                               "is sent the policy's LoRA adapter every step")
     setting(p, C, "--rollout-adapter-dir", help="openai rollouts: where adapters are saved, a path the server can read")
     setting(p, C, "--rollout-batch-size", type=_positive_int, help="hf rollouts: sequences per generation batch")
+    setting(p, C, "--overlap-rollouts", action="store_true",
+            help="rollout engines other than hf: generate the next step's rollouts while this step's update runs "
+                 "(one step stale; with vllm and --tis-cap importance-weighted)")
     setting(p, C, "--learning-rate", "--lr", type=float, help="AdamW learning rate (default: 1e-6, with --lora 2e-5)")
     setting(p, C, "--beta", type=float, help="KL coefficient to the reference policy; 0 drops the reference")
     setting(p, C, "--lora", action="store_true", help="train LoRA adapters instead of all weights (needs mathloop[train])")

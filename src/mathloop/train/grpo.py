@@ -73,6 +73,7 @@ import random
 import shutil
 import time
 from collections.abc import Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -179,6 +180,9 @@ class GRPOConfig(SamplerOptions):
     # their loss and gradient are exactly 0, so the step is the same (a step of flat groups only costs nothing)
     sort_by_length: bool = True  # micro-batches of rollouts of similar length (less padding; same gradient)
     threads: int | None = None  # torch threads of the trainer (default: torch's choice, one per core)
+    overlap_rollouts: bool = False  # rollout engines other than hf: the next step's rollouts are generated (in a
+    # thread; the engine runs outside Python) while this step's update runs, from this step's adapter, so they are
+    # one step stale when trained on; with vllm and tis_cap each token is weighted by min(pi_old / mu, tis_cap)
     gradient_checkpointing: bool = False
     dtype: str | None = None  # policy weights: float32 by default; bfloat16 saves memory with LoRA
     save_every: int = 25  # checkpoint every N steps (and always at the end)
@@ -249,6 +253,9 @@ class GRPOConfig(SamplerOptions):
                 raise ValueError(f"grpo: {name} must be one of {', '.join(allowed)}, got {getattr(self, name)!r}")
         if self.lora_layers is not None and (self.lora_layers < 1 or not self.lora):
             raise ValueError(f"grpo: lora_layers needs lora: true and a value >= 1, got {self.lora_layers}")
+        if self.overlap_rollouts and self.rollout_backend == "hf":
+            raise ValueError("grpo: overlap_rollouts needs a rollout engine besides the trained model (rollout_backend "
+                             "openvino, vllm or openai); with hf the model that trains also generates")
         if self.threads is not None and self.threads < 1:
             raise ValueError(f"grpo: threads must be >= 1, got {self.threads}")
         for name in ("dynamic_sampling_tries", "updates_per_batch"):
@@ -610,6 +617,8 @@ def _train_grpo(config: GRPOConfig, stop_after: int | None) -> dict[str, Any]:
     accelerator = make_accelerator()
     device, main = accelerator.device, accelerator.is_main_process
     world, rank = accelerator.num_processes, accelerator.process_index
+    if world > 1 and config.overlap_rollouts:
+        raise ValueError("grpo: overlap_rollouts runs in one process only; drop it or launch one process")
     if world > 1 and config.dynamic_sampling:
         raise ValueError("grpo: dynamic_sampling runs in one process only (its extra rounds depend on every "
                          "process's groups); drop it or launch one process")
@@ -649,14 +658,23 @@ def _train_grpo(config: GRPOConfig, stop_after: int | None) -> dict[str, Any]:
     last: dict[str, Any] = {}
     reporter = MetricsReporter(config.report_to, out, "grpo", dataclasses.asdict(config), resume_step=step,
                                main_process=main)
+    # overlap_rollouts: a thread generates step s+1's rollouts (from the adapter of step s) while step s updates.
+    ahead = ThreadPoolExecutor(1, thread_name_prefix="grpo-rollouts") if config.overlap_rollouts else None
+    pending: Future | None = None
     with code_executor(config.mode, config.tool_timeout) as executor, reporter, \
-            progress_bar(config.steps, "grpo", "step", enabled=main, initial=step) as bar:
+            progress_bar(config.steps, "grpo", "step", enabled=main, initial=step) as bar, \
+            ahead if ahead is not None else contextlib.nullcontext():
         while step < stop:
             torch.manual_seed(config.seed + step)
 
             # Rollout, grading and reward (dynamic sampling: until the step's groups all carry a signal).
             started = time.time()
             policy.eval()
+            stale = pending is not None  # sampled during the previous step's update, from its adapter
+            sampled = None
+            if pending is not None:
+                sampled, trained, flat, tries = pending.result()
+                pending = None
             if config.rollout_backend != "hf":
                 adapters = Path(config.rollout_adapter_dir or out / "rollout-adapter")
                 if main:
@@ -667,8 +685,12 @@ def _train_grpo(config: GRPOConfig, stop_after: int | None) -> dict[str, Any]:
                         backend.use_lora(str(adapter_folder(adapters, step).resolve()), adapter_name(step), step + 1)
                     else:
                         backend.model_id = adapter_name(step)  # the main process pushed it to the engine
-            sampled, trained, flat, tries = rollout_step(step, queries, backend, executor, prompts, reward_fn,
-                                                         config, device, rank, world)
+            if sampled is None:
+                sampled, trained, flat, tries = rollout_step(step, queries, backend, executor, prompts, reward_fn,
+                                                             config, device, rank, world)
+            if ahead is not None and step + 1 < stop:
+                pending = ahead.submit(rollout_step, step + 1, queries, backend, executor, prompts, reward_fn, config,
+                                       device, rank, world)
             rewards = [r.reward for r in trained]
             all_rewards = torch.tensor(gather_object([rewards]) if world > 1 else [rewards], dtype=torch.float32)
             advantages = [group_advantages(part.view(-1, config.group_size), scale=config.scale_rewards)
@@ -750,6 +772,7 @@ def _train_grpo(config: GRPOConfig, stop_after: int | None) -> dict[str, Any]:
                     "is_ratio_mean": sums["is_ratio"] / sums["is_tokens"] if sums["is_tokens"] else None,
                     "is_ratio_max": is_ratio_max,
                     "sampling_tries": tries, "groups_trained": len(trained) // config.group_size,
+                    "stale_rollouts": stale,
                     "rollout_seconds": round(rollout_seconds, 2), "update_seconds": round(time.time() - started, 2)}
             if main:
                 log.info("step %d/%d %s", step, config.steps,
