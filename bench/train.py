@@ -109,8 +109,9 @@ def run_one(trainer: str, variant: str, args: argparse.Namespace) -> dict:
         start = time.perf_counter()
         step()
         times.append(time.perf_counter() - start)
+    peak_rss_gb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2 ** 20  # Linux: kilobytes
     return {"trainer": trainer, "variant": variant, "seconds": min(times), "tokens": tokens,
-            "flops": counter.get_total_flops(), "peak_rss_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20}
+            "flops": counter.get_total_flops(), "peak_rss_gb": peak_rss_gb}
 
 
 def lora_model(path: str, lora_layers: int | None, seed: int = 0):

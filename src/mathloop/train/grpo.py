@@ -527,8 +527,11 @@ def micro_batches(tokenizer, rollouts: Sequence[Rollout], config: GRPOConfig, de
     """The rollouts encoded in micro-batches of `micro_batch` (with `sort_by_length`, longest first, so that each
     micro-batch pads to a length close to its rows'), truncated responses masked out with overlong mask."""
     if config.sort_by_length:
-        lengths = {id(r): len(tokenizer(r.sample.prompt, add_special_tokens=False)["input_ids"])
-                   + (len(r.token_ids) if r.token_ids is not None else r.sample.completion_tokens or 0) for r in rollouts}
+        def length(r: Rollout) -> int:
+            response = len(r.token_ids) if r.token_ids is not None else r.sample.completion_tokens or 0
+            return len(tokenizer(r.sample.prompt, add_special_tokens=False)["input_ids"]) + response
+
+        lengths = {id(r): length(r) for r in rollouts}
         rollouts = sorted(rollouts, key=lambda r: -lengths[id(r)])
     batches = [encode_rollouts(tokenizer, rollouts[i:i + config.micro_batch], device)
                for i in range(0, len(rollouts), config.micro_batch)]

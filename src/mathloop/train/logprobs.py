@@ -43,7 +43,9 @@ def completion_logprobs(model: torch.nn.Module, input_ids: torch.Tensor, attenti
     if parts is None:  # the plain path
         logits = model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).logits[:, :-1][mask]
         picked = token_logprobs(logits, targets, temperature=temperature, chunk_size=chunk_size)
-        picked_entropy = token_entropy(logits.detach(), temperature=temperature, chunk_size=chunk_size) if entropy else None
+        picked_entropy = None
+        if entropy:
+            picked_entropy = token_entropy(logits.detach(), temperature=temperature, chunk_size=chunk_size)
     else:
         decoder, head = parts
         hidden = _last_hidden_state(model, decoder, input_ids, attention_mask)[:, :-1][mask]
