@@ -215,16 +215,16 @@ def test_executor_output_is_masked_out_of_the_loss(tiny_model_dir, tmp_path):
     assert tokenizer.decode(kept) == response[:start] + response[end:] + tokenizer.eos_token
     assert response[start:end] in tokenizer.decode(dropped)
 
-    # The loss moves the logits of exactly those positions: logits at position t predict target t.
+    # The loss moves the head's input at exactly those positions: the last hidden state at t predicts target t.
     model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32)
     outputs = []
-    model.register_forward_hook(lambda module, args, output: outputs.append(output))
+    model.get_decoder().register_forward_hook(lambda module, args, output: outputs.append(output))
     rollout.advantage = 1.0
     loss, _ = micro_batch_loss(model, None, encode_rollouts(tokenizer, [rollout], torch.device("cpu")), config)
-    logits = outputs[0].logits
-    logits.retain_grad()
+    hidden = outputs[0].last_hidden_state
+    hidden.retain_grad()
     loss.backward()
-    grad = logits.grad[0, :-1].abs().sum(dim=-1)
+    grad = hidden.grad[0, :-1].abs().sum(dim=-1)
     assert (grad[~loss_mask[0]] == 0).all() and (grad[loss_mask[0]] > 0).all()
 
 
@@ -572,3 +572,112 @@ def test_cli_runs_the_practitioner_variants_from_a_yaml_config(tiny_model_dir, t
     (tmp_path / "bad.yaml").write_text((tmp_path / "grpo.yaml").read_text().replace("dr_grpo", "ppo"))
     assert main(["grpo", "--config", str(tmp_path / "bad.yaml"), "--output-dir", str(tmp_path / "bad")]) == 2
     assert "loss_type must be one of grpo, dapo, dr_grpo, got 'ppo'" in capsys.readouterr().err
+
+
+# ---- less work per step ----------------------------------------------------------------------------------------
+
+def update_gradients(model, tokenizer, rollouts, config):
+    """The loss and gradients of one update on `rollouts`, micro-batch by micro-batch as the trainer weighs them."""
+    from mathloop.train.grpo import micro_batch_loss, update_batches
+
+    model.zero_grad(set_to_none=True)
+    batches, units, total = update_batches(tokenizer, rollouts, config, torch.device("cpu"))
+    loss_sum = 0.0
+    for batch, n in zip(batches, units):
+        loss, _ = micro_batch_loss(model, None, batch, config)
+        (loss * n / total).backward()
+        loss_sum += loss.item() * n / total
+    return len(batches), loss_sum, {k: p.grad.clone() for k, p in model.named_parameters() if p.grad is not None}
+
+
+@pytest.mark.parametrize("loss_type", ["grpo", "dapo", "dr_grpo"])
+def test_skipped_flat_groups_and_sorted_micro_batches_give_the_same_loss_and_gradients(tiny_model_dir, tmp_path,
+                                                                                       loss_type):
+    """With beta = 0, rollouts of advantage 0 get no forward or backward and micro-batches hold rollouts of similar
+    length; loss and gradients are those of every rollout in rollout order."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from mathloop.records import Problem
+    from mathloop.train.grpo import Rollout
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32)
+    responses = ["7", "The answer is 7 because 3 + 4 = 7.", "8", "It is 6.", "so 5 + 2 = 7", "no idea at all here"]
+    advantages = [0.0, 0.0, 0.0, 1.2, -0.4, -0.8]  # a flat group of 3, then a group with a signal
+    rollouts = [Rollout(Sample(problem_id=f"q{i // 3}", prompt=f"What is {i} + {7 - i}? ", response=text,
+                               completion_tokens=len(tokenizer(text)["input_ids"]), finish_reason="stop"),
+                        Problem(id=f"q{i // 3}", benchmark="t", question="", gold="7"), ended_by_eos=True,
+                        advantage=a) for i, (text, a) in enumerate(zip(responses, advantages))]
+    common = dict(beta=0.0, micro_batch=2, loss_type=loss_type)
+    n_full, full_loss, full = update_gradients(model, tokenizer, rollouts, grpo_config(
+        tmp_path, tiny_model_dir, skip_zero_advantage=False, sort_by_length=False, **common))
+    n_lean, lean_loss, lean = update_gradients(model, tokenizer, rollouts, grpo_config(tmp_path, tiny_model_dir,
+                                                                                       **common))
+    assert (n_full, n_lean) == (3, 2)  # 6 rollouts in 3 micro-batches; the 3 of advantage 0 skipped
+    assert lean_loss == pytest.approx(full_loss, abs=1e-6) and full_loss != 0
+    assert full.keys() == lean.keys()
+    for k in full:
+        torch.testing.assert_close(lean[k], full[k], atol=1e-6, rtol=1e-5, msg=k)
+    # a step of flat groups only: nothing to run (the trainer still steps the optimizer on zero gradients)
+    for r in rollouts:
+        r.advantage = 0.0
+    assert update_gradients(model, tokenizer, rollouts, grpo_config(tmp_path, tiny_model_dir, **common))[:2] == (0, 0)
+    # with a KL term a rollout of advantage 0 still has a gradient: nothing is skipped
+    from mathloop.train.grpo import update_batches
+
+    config = grpo_config(tmp_path, tiny_model_dir, **{**common, "beta": 0.1})
+    assert len(update_batches(tokenizer, rollouts, config, torch.device("cpu"))[0]) == 3
+
+
+def test_lora_layers_puts_adapters_in_the_top_blocks_only(tiny_model_dir, tmp_path):
+    pytest.importorskip("peft")
+    from mathloop.train.grpo import build_policy
+
+    model, _ = build_policy(grpo_config(tmp_path, tiny_model_dir, lora=True, lora_rank=4, lora_layers=1),
+                            torch.device("cpu"))
+    trainable = [n for n, p in model.named_parameters() if p.requires_grad]
+    assert trainable and all(".layers.1." in n and "lora_" in n for n in trainable)
+    with pytest.raises(ValueError, match="lora_layers needs lora"):
+        grpo_config(tmp_path, tiny_model_dir, lora_layers=1).validate()
+
+
+def test_overlapped_rollouts_are_sampled_during_the_previous_update_one_step_stale(tiny_model_dir, tmp_path,
+                                                                                   monkeypatch):
+    """overlap_rollouts: step s+1's rollouts are generated in a thread, from step s's adapter, while step s
+    updates; the first step's are sampled as usual (a stub OpenVINO engine records who sampled what)."""
+    import threading
+    from pathlib import Path
+
+    from mathloop.backends import Completion
+    from mathloop.backends import openvino as ov_backend
+    from mathloop.train.grpo import train_grpo
+
+    calls = []
+
+    class StubEngine:
+        def __init__(self, model, **kwargs):
+            from transformers import AutoTokenizer
+
+            self.tokenizer, self.adapter = AutoTokenizer.from_pretrained(model), None
+
+        def use_lora(self, path, name, lora_id=0):
+            assert Path(path).exists()
+            self.adapter = name
+
+        def chat_prompt(self, messages):
+            return self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+
+        def generate(self, prompts, params, on_progress=None):
+            calls.append((self.adapter, threading.current_thread() is threading.main_thread()))
+            return [[Completion(text="so \\boxed{7}" if j % 2 == 0 else "so \\boxed{3}", prompt_tokens=3,
+                                completion_tokens=4, finish_reason="stop") for j in range(params.n)]
+                    for _ in prompts]
+
+    with pytest.raises(ValueError, match="overlap_rollouts needs a rollout engine"):
+        grpo_config(tmp_path, tiny_model_dir, overlap_rollouts=True).validate()
+    monkeypatch.setattr(ov_backend, "OpenVINOBackend", StubEngine)
+    summary = train_grpo(grpo_config(tmp_path, tiny_model_dir, rollout_backend="openvino", lora=True, lora_rank=4,
+                                     steps=3, queries_per_step=2, group_size=4, overlap_rollouts=True))
+    assert calls == [("policy-step-0", True), ("policy-step-0", False), ("policy-step-1", False)]
+    assert metric(tmp_path / "run", "stale_rollouts") == [False, True, True]
+    assert metric(tmp_path / "run", "accuracy") == [0.5, 0.5, 0.5] and summary["final"]

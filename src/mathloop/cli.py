@@ -571,11 +571,22 @@ def add_grpo_parser(sub: argparse._SubParsersAction) -> None:
                                               "is sent the policy's LoRA adapter every step")
     setting(p, C, "--rollout-adapter-dir", help="openai rollouts: where adapters are saved, a path the server can read")
     setting(p, C, "--rollout-batch-size", type=_positive_int, help="hf rollouts: sequences per generation batch")
+    setting(p, C, "--overlap-rollouts", action="store_true",
+            help="rollout engines other than hf: generate the next step's rollouts while this step's update runs "
+                 "(one step stale; with vllm and --tis-cap importance-weighted)")
     setting(p, C, "--learning-rate", "--lr", type=float, help="AdamW learning rate (default: 1e-6, with --lora 2e-5)")
     setting(p, C, "--beta", type=float, help="KL coefficient to the reference policy; 0 drops the reference")
     setting(p, C, "--lora", action="store_true", help="train LoRA adapters instead of all weights (needs mathloop[train])")
     setting(p, C, "--lora-rank", type=int, help="LoRA rank")
+    setting(p, C, "--lora-layers", type=_positive_int,
+            help="LoRA in the last N transformer blocks only (no backward below them; default: every block)")
     setting(p, C, "--micro-batch", type=_positive_int, help="sequences per forward/backward")
+    setting(p, C, "--no-skip-zero-advantage", dest="skip_zero_advantage", action="store_false",
+            help="with --beta 0, still run forward and backward on rollouts of advantage 0 (flat groups; their loss "
+                 "and gradient are 0, so this only costs time)")
+    setting(p, C, "--no-sort-by-length", dest="sort_by_length", action="store_false",
+            help="micro-batches in rollout order instead of rollouts of similar length together")
+    setting(p, C, "--threads", type=_positive_int, help="torch threads of the trainer (default: one per core)")
     setting(p, C, "--gradient-checkpointing", action="store_true",
             help="recompute activations in the backward pass to save memory")
     setting(p, C, "--dtype", help="policy weights dtype (default: float32; bfloat16 saves memory with LoRA)")

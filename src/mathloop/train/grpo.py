@@ -12,6 +12,8 @@ runs the steps. One step:
   4. group-relative advantages (r - mean) / std within each query's group;
   5. one optimizer step: per micro-batch, policy log-probabilities (with gradient) and reference ones (without),
      `grpo_loss`, backward scaled by the micro-batch's share of the batch; then gradient clipping and AdamW.
+     Log-probabilities come from the LM head on response tokens only (`completion_logprobs`); with beta = 0 there
+     is no reference and rollouts of advantage 0 are skipped (their loss and gradient are exactly 0).
 
 Under `accelerate launch` (N processes) each process rolls out every N-th query of the step and trains on its
 groups; gradients are averaged (DDP), each micro-batch weighted by its share of the whole step, so N processes
@@ -32,7 +34,7 @@ Choices the paper leaves open, or where mathloop differs from it:
     ratio is clipped to [1 - clip_low, 1 + clip_high]. The behaviour policy mu is the rollout engine; with vLLM
     rollouts and `tis_cap`, its reported log-probs weight each token by min(pi_old / mu, tis_cap);
   - practitioners' variants, all off by default: dynamic sampling, overlong mask / soft penalty, loss_type dapo /
-    dr_grpo, scale_rewards batch / none (README "GRPO options");
+    dr_grpo, scale_rewards batch / none (docs/training.md);
   - beta = 1e-3 (the paper's KL coefficient), k3 estimator, token mean per response then mean over responses;
   - log-probabilities are taken at the sampling temperature, so the reference and policy distributions are the
     ones the rollouts came from;
@@ -72,6 +74,7 @@ import random
 import shutil
 import time
 from collections.abc import Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -102,11 +105,10 @@ from mathloop.train.grpo_math import (
     group_advantages,
     grpo_loss,
     soft_overlong_penalty,
-    token_entropy,
-    token_logprobs,
     truncated_importance_weights,
     zero_variance_groups,
 )
+from mathloop.train.logprobs import completion_logprobs
 from mathloop.train.tracking import MetricsReporter, check_report_to
 
 log = logging.getLogger(__name__)
@@ -174,6 +176,15 @@ class GRPOConfig(SamplerOptions):
     lora: bool = False  # train LoRA adapters instead of all weights (needs `mathloop[train]`)
     lora_rank: int = 16
     lora_alpha: int = 32
+    lora_layers: int | None = None  # LoRA in the last N transformer blocks only (None: all); the blocks below run
+    # without a backward pass (nothing below needs a gradient), a cheaper CPU step
+    skip_zero_advantage: bool = True  # beta = 0: rollouts with advantage 0 (flat groups) get no forward/backward;
+    # their loss and gradient are exactly 0, so the step is the same (a step of flat groups only costs nothing)
+    sort_by_length: bool = True  # micro-batches of rollouts of similar length (less padding; same gradient)
+    threads: int | None = None  # torch threads of the trainer (default: torch's choice, one per core)
+    overlap_rollouts: bool = False  # rollout engines other than hf: the next step's rollouts are generated (in a
+    # thread; the engine runs outside Python) while this step's update runs, from this step's adapter, so they are
+    # one step stale when trained on; with vllm and tis_cap each token is weighted by min(pi_old / mu, tis_cap)
     gradient_checkpointing: bool = False
     dtype: str | None = None  # policy weights: float32 by default; bfloat16 saves memory with LoRA
     save_every: int = 25  # checkpoint every N steps (and always at the end)
@@ -242,6 +253,13 @@ class GRPOConfig(SamplerOptions):
                               ("overlong", ("none", "mask", "soft_penalty"))):
             if getattr(self, name) not in allowed:
                 raise ValueError(f"grpo: {name} must be one of {', '.join(allowed)}, got {getattr(self, name)!r}")
+        if self.lora_layers is not None and (self.lora_layers < 1 or not self.lora):
+            raise ValueError(f"grpo: lora_layers needs lora: true and a value >= 1, got {self.lora_layers}")
+        if self.overlap_rollouts and self.rollout_backend == "hf":
+            raise ValueError("grpo: overlap_rollouts needs a rollout engine besides the trained model (rollout_backend "
+                             "openvino, vllm or openai); with hf the model that trains also generates")
+        if self.threads is not None and self.threads < 1:
+            raise ValueError(f"grpo: threads must be >= 1, got {self.threads}")
         for name in ("dynamic_sampling_tries", "updates_per_batch"):
             if getattr(self, name) < 1:
                 raise ValueError(f"grpo: {name} must be >= 1, got {getattr(self, name)}")
@@ -270,7 +288,7 @@ class GRPOConfig(SamplerOptions):
 # Settings a resumed run must share with the run that wrote the checkpoint.
 _RESUME_KEYS = ("model", "queries", "benchmark", "split", "limit", "selection_samples", "selection_low",
                 "selection_high", "selection_n", "mode", "group_size", "queries_per_step", "reward", "rm", "alpha",
-                "lora", "lora_rank", "lora_alpha", "seed")
+                "lora", "lora_rank", "lora_alpha", "lora_layers", "seed")
 
 
 def _is_function_spec(text: str) -> bool:
@@ -339,7 +357,7 @@ def query_indices(step: int, n_queries: int, config: GRPOConfig) -> list[int]:
 def build_policy(config: GRPOConfig, device: torch.device) -> tuple[torch.nn.Module, Any]:
     """The policy (full, or with LoRA adapters) and its tokenizer."""
     from mathloop.models import add_lora, enable_activation_checkpointing, load_causal_lm, load_tokenizer, lora_config
-    from mathloop.models import resolve_model
+    from mathloop.models import resolve_model, top_layer_lora
 
     path, _ = resolve_model(config.model)
     tokenizer = load_tokenizer(path)
@@ -347,7 +365,8 @@ def build_policy(config: GRPOConfig, device: torch.device) -> tuple[torch.nn.Mod
     if config.gradient_checkpointing:
         enable_activation_checkpointing(model)
     if config.lora:
-        lora = lora_config("grpo", config.lora_rank, config.lora_alpha, task_type="CAUSAL_LM")
+        lora = lora_config("grpo", config.lora_rank, config.lora_alpha, task_type="CAUSAL_LM",
+                           **top_layer_lora(model, config.lora_layers))
         torch.manual_seed(config.seed)  # the adapters' initial weights
         model = add_lora(model, lora)
     return model.to(device), tokenizer
@@ -496,23 +515,59 @@ def encode_rollouts(tokenizer, rollouts: Sequence[Rollout], device: torch.device
                       behaviour_logp=behaviour_logp)
 
 
+def update_batches(tokenizer, trained: Sequence[Rollout], config: GRPOConfig, device: torch.device
+                   ) -> tuple[list[MicroBatch], list[int], float]:
+    """The micro-batches an update runs on, what each one's loss averages over (`aggregation_units`), and that
+    count for all of `trained`. With beta = 0 and `skip_zero_advantage`, rollouts of advantage 0 are left out of the
+    micro-batches (their loss and gradient are exactly 0) but still count in the total, so the step's loss and
+    gradient are those of the full computation."""
+    aggregation = LOSS_AGGREGATION[config.loss_type]
+    batches = micro_batches(tokenizer, trained, config, device)
+    total_units = float(sum(aggregation_units(batch.loss_mask, aggregation) for batch in batches))
+    if config.skip_zero_advantage and config.beta == 0 and any(r.advantage == 0 for r in trained):
+        batches = micro_batches(tokenizer, [r for r in trained if r.advantage != 0], config, device)
+    return batches, [aggregation_units(batch.loss_mask, aggregation) for batch in batches], total_units
+
+
+def micro_batches(tokenizer, rollouts: Sequence[Rollout], config: GRPOConfig, device: torch.device) -> list[MicroBatch]:
+    """The rollouts encoded in micro-batches of `micro_batch` (with `sort_by_length`, longest first, so that each
+    micro-batch pads to a length close to its rows'), truncated responses masked out with overlong mask."""
+    if config.sort_by_length:
+        def length(r: Rollout) -> int:
+            response = len(r.token_ids) if r.token_ids is not None else r.sample.completion_tokens or 0
+            return len(tokenizer(r.sample.prompt, add_special_tokens=False)["input_ids"]) + response
+
+        lengths = {id(r): length(r) for r in rollouts}
+        rollouts = sorted(rollouts, key=lambda r: -lengths[id(r)])
+    batches = [encode_rollouts(tokenizer, rollouts[i:i + config.micro_batch], device)
+               for i in range(0, len(rollouts), config.micro_batch)]
+    if config.overlong == "mask":
+        for batch in batches:
+            batch.loss_mask = drop_truncated(batch.loss_mask, batch.truncated)
+    return batches
+
+
 def sequence_logprobs(model: torch.nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor,
-                      temperature: float, *, entropy: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """log pi(token t+1 | tokens <= t) for every position, (B, T-1) float32, and (with `entropy`) the entropy of
-    the policy's distribution there (B, T-1), without gradient."""
-    logits = model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).logits[:, :-1]
-    logp = token_logprobs(logits, input_ids[:, 1:], temperature=temperature)
-    return logp, token_entropy(logits, temperature=temperature) if entropy else None
+                      temperature: float, *, entropy: bool = False, loss_mask: torch.Tensor | None = None
+                      ) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """log pi(token t+1 | tokens <= t), (B, T-1) float32, and (with `entropy`) the entropy of the policy's
+    distribution there (B, T-1), without gradient: at the positions of `loss_mask` (default: every non-padding
+    position), 0 elsewhere. The LM head runs on those positions only, chunked (`completion_logprobs`)."""
+    mask = attention_mask[:, 1:].bool() if loss_mask is None else loss_mask
+    if entropy:
+        return completion_logprobs(model, input_ids, attention_mask, mask, temperature=temperature, entropy=True)
+    return completion_logprobs(model, input_ids, attention_mask, mask, temperature=temperature), None
 
 
 @torch.no_grad()
 def reference_logprobs(model: torch.nn.Module, reference: torch.nn.Module | None, input_ids: torch.Tensor,
-                       attention_mask: torch.Tensor, temperature: float) -> torch.Tensor:
+                       attention_mask: torch.Tensor, temperature: float,
+                       loss_mask: torch.Tensor | None = None) -> torch.Tensor:
     """The reference policy's log-probabilities: the frozen copy, or (LoRA) the policy with adapters switched off."""
     if reference is not None:
-        return sequence_logprobs(reference, input_ids, attention_mask, temperature)[0]
+        return sequence_logprobs(reference, input_ids, attention_mask, temperature, loss_mask=loss_mask)[0]
     with model.disable_adapter():
-        return sequence_logprobs(model, input_ids, attention_mask, temperature)[0]
+        return sequence_logprobs(model, input_ids, attention_mask, temperature, loss_mask=loss_mask)[0]
 
 
 def micro_batch_loss(model: torch.nn.Module, reference: torch.nn.Module | None, batch: MicroBatch,
@@ -528,12 +583,12 @@ def micro_batch_loss(model: torch.nn.Module, reference: torch.nn.Module | None, 
     mask = batch.loss_mask
     first = batch.old_logp is None
     logp, entropy = sequence_logprobs(model, batch.input_ids, batch.attention_mask, config.temperature,
-                                      entropy=first)
+                                      entropy=first, loss_mask=mask)
     if first:
-        batch.old_logp = logp.detach()
-        if config.beta > 0:
+        batch.old_logp = logp.detach()  # no forward of its own: the weights of rollout time are these
+        if config.beta > 0:  # beta = 0: no reference forward at all
             batch.ref_logp = reference_logprobs(policy or model, reference, batch.input_ids, batch.attention_mask,
-                                                config.temperature)
+                                                config.temperature, loss_mask=mask)
     is_weights, is_stats = None, {}
     if config.tis_cap is not None and batch.behaviour_logp is not None:
         is_weights, is_stats = truncated_importance_weights(batch.old_logp, batch.behaviour_logp, mask,
@@ -571,9 +626,13 @@ def _train_grpo(config: GRPOConfig, stop_after: int | None) -> dict[str, Any]:
     accelerator = make_accelerator()
     device, main = accelerator.device, accelerator.is_main_process
     world, rank = accelerator.num_processes, accelerator.process_index
+    if world > 1 and config.overlap_rollouts:
+        raise ValueError("grpo: overlap_rollouts runs in one process only; drop it or launch one process")
     if world > 1 and config.dynamic_sampling:
         raise ValueError("grpo: dynamic_sampling runs in one process only (its extra rounds depend on every "
                          "process's groups); drop it or launch one process")
+    if config.threads:
+        torch.set_num_threads(config.threads)
     out = Path(config.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     queries, report = load_queries(config)
@@ -608,14 +667,23 @@ def _train_grpo(config: GRPOConfig, stop_after: int | None) -> dict[str, Any]:
     last: dict[str, Any] = {}
     reporter = MetricsReporter(config.report_to, out, "grpo", dataclasses.asdict(config), resume_step=step,
                                main_process=main)
+    # overlap_rollouts: a thread generates step s+1's rollouts (from the adapter of step s) while step s updates.
+    ahead = ThreadPoolExecutor(1, thread_name_prefix="grpo-rollouts") if config.overlap_rollouts else None
+    pending: Future | None = None
     with code_executor(config.mode, config.tool_timeout, config.unsafe_sandbox_file_access) as executor, reporter, \
-            progress_bar(config.steps, "grpo", "step", enabled=main, initial=step) as bar:
+            progress_bar(config.steps, "grpo", "step", enabled=main, initial=step) as bar, \
+            ahead if ahead is not None else contextlib.nullcontext():
         while step < stop:
             torch.manual_seed(config.seed + step)
 
             # Rollout, grading and reward (dynamic sampling: until the step's groups all carry a signal).
             started = time.time()
             policy.eval()
+            stale = pending is not None  # sampled during the previous step's update, from its adapter
+            sampled = None
+            if pending is not None:
+                sampled, trained, flat, tries = pending.result()
+                pending = None
             if config.rollout_backend != "hf":
                 adapters = Path(config.rollout_adapter_dir or out / "rollout-adapter")
                 if main:
@@ -626,8 +694,12 @@ def _train_grpo(config: GRPOConfig, stop_after: int | None) -> dict[str, Any]:
                         backend.use_lora(str(adapter_folder(adapters, step).resolve()), adapter_name(step), step + 1)
                     else:
                         backend.model_id = adapter_name(step)  # the main process pushed it to the engine
-            sampled, trained, flat, tries = rollout_step(step, queries, backend, executor, prompts, reward_fn,
-                                                         config, device, rank, world)
+            if sampled is None:
+                sampled, trained, flat, tries = rollout_step(step, queries, backend, executor, prompts, reward_fn,
+                                                             config, device, rank, world)
+            if ahead is not None and step + 1 < stop:
+                pending = ahead.submit(rollout_step, step + 1, queries, backend, executor, prompts, reward_fn, config,
+                                       device, rank, world)
             rewards = [r.reward for r in trained]
             all_rewards = torch.tensor(gather_object([rewards]) if world > 1 else [rewards], dtype=torch.float32)
             advantages = [group_advantages(part.view(-1, config.group_size), scale=config.scale_rewards)
@@ -645,15 +717,11 @@ def _train_grpo(config: GRPOConfig, stop_after: int | None) -> dict[str, Any]:
             # `updates_per_batch` optimizer steps over the trained rollouts, micro-batch by micro-batch; each
             # micro-batch's loss weighs by its share of what the loss averages over (responses or tokens) in the
             # whole step, across processes (DDP averages the processes' gradients, hence the factor `world`).
+            # With beta = 0 a rollout of advantage 0 adds exactly 0 to loss and gradient: it is left out of the
+            # forward and backward, but still counts in what the loss averages over (`total_units`).
             started = time.time()
             model.train()
-            batches = [encode_rollouts(tokenizer, trained[i:i + config.micro_batch], device)
-                       for i in range(0, len(trained), config.micro_batch)]
-            if config.overlong == "mask":
-                for batch in batches:
-                    batch.loss_mask = drop_truncated(batch.loss_mask, batch.truncated)
-            units = [aggregation_units(batch.loss_mask, aggregation) for batch in batches]
-            total_units = float(sum(units))
+            batches, units, total_units = update_batches(tokenizer, trained, config, device)
             if world > 1:
                 total_units = accelerator.reduce(torch.tensor(total_units, device=device), "sum").item()
             sums: dict[str, float] = dict.fromkeys(("loss", "kl", "grad_norm", "tokens", "clipped", "entropy",
@@ -713,6 +781,7 @@ def _train_grpo(config: GRPOConfig, stop_after: int | None) -> dict[str, Any]:
                     "is_ratio_mean": sums["is_ratio"] / sums["is_tokens"] if sums["is_tokens"] else None,
                     "is_ratio_max": is_ratio_max,
                     "sampling_tries": tries, "groups_trained": len(trained) // config.group_size,
+                    "stale_rollouts": stale,
                     "rollout_seconds": round(rollout_seconds, 2), "update_seconds": round(time.time() - started, 2)}
             if main:
                 log.info("step %d/%d %s", step, config.steps,
