@@ -5,6 +5,7 @@ from fractions import Fraction
 import pytest
 
 from mathloop.metrics import (
+    selector_at_k,
     format_markdown,
     maj_at_k,
     mean_ci95,
@@ -135,7 +136,10 @@ def test_summarize_three_problems():
     assert (gsm8k["correct"], gsm8k["incorrect"], gsm8k["no_answer"]) == (3, 4, 1)
     expected_gsm8k = {"acc": 0.5, "pass@1": (0.5 + 0.25) / 2, "pass@2": (5 / 6 + 1 / 2) / 2, "pass@4": 1.0,
                       "maj@1": 0.5, "maj@2": 0.5, "maj@4": 0.5, "rm@1": 0.5, "rm@2": 0.0, "rm@4": 0.5,
-                      "rm_pair_acc": (2 / 4 + 3 / 3) / 2}
+                      "rm_pair_acc": (2 / 4 + 3 / 3) / 2,
+                      # votes weighted by sigmoid(score): at k=2 the heavier wrong "2" and the lone "5" win; at k=4
+                      # "1" (0.525 + 0.574) beats "2" (0.622), "5" (0.550 + 0.525) beats "6" (0.711)
+                      "rm-weighted@2": 0.0, "rm-weighted@4": 0.5}
     assert {k: v["mean"] for k, v in gsm8k.items() if isinstance(v, dict) and "mean" in v} \
         == pytest.approx(expected_gsm8k)
     # maj@4 is right on the first problem only, rm@4 on the second only
@@ -174,13 +178,15 @@ def test_summarize_rejects_unknown_verdict():
 def test_format_markdown_table():
     table = format_markdown(summarize(PROBLEMS, ks=[1, 4]))
     lines = table.splitlines()
-    assert lines[0] == "| benchmark | n | acc | pass@1 | pass@4 | maj@1 | maj@4 | rm@1 | rm@4 | rm_pair_acc |"
-    assert lines[1] == "|---|---|---|---|---|---|---|---|---|---|"
+    assert lines[0] == ("| benchmark | n | acc | pass@1 | pass@4 | maj@1 | maj@4 | rm@1 | rm@4 | rm_pair_acc "
+                        "| rm-weighted@4 |")
+    assert lines[1] == "|---|---|---|---|---|---|---|---|---|---|---|"
     assert lines[2].startswith("| gsm8k | 2 | 50.0 [")
     assert lines[3].startswith("| math | 1 | 0.0 [0.0, 79.3] |")  # Wilson interval of 0/1
-    assert lines[3].endswith("| - | - | - |")  # no rm@k without scores
-    assert lines[4] == "| average | 3 | 25.0 | 43.8 | 100.0 | 25.0 | 75.0 | - | - | - |"
-    assert lines[6].startswith("RM pick against majority vote") and lines[8].startswith("- gsm8k rm@4 vs maj@4: +0.0 [")
+    assert lines[3].endswith("| - | - | - | - |")  # no rm@k without scores
+    assert lines[4] == "| average | 3 | 25.0 | 43.8 | 100.0 | 25.0 | 75.0 | - | - | - | - |"
+    assert lines[6].startswith("Picks against majority vote") and lines[8].startswith("- gsm8k rm@4 vs maj@4: +0.0 [")
+    assert lines[9].startswith("- gsm8k rm-weighted@4 vs maj@4: +0.0 [")
 
 
 def test_rm_pair_accuracy_by_hand():
@@ -223,3 +229,43 @@ def test_no_rm_against_majority_without_scores_or_with_one_sample():
     assert not any("_vs_maj@" in key for key in summarize(problems, [1, 3])["benchmarks"]["gsm8k"])
     one = [{"benchmark": "gsm8k", "preds": ["7"], "verdicts": ["correct"], "scores": [0.5]}]
     assert not any("_vs_maj@" in key for key in summarize(one, [1])["benchmarks"]["gsm8k"])
+
+
+def _confident(preds: list, verdicts: list, lowest: list[float]) -> dict:
+    return {"benchmark": "gsm8k", "preds": preds, "verdicts": verdicts,
+            "confidences": [{"mean": x / 2, "lowest_window": x, "tail": x} for x in lowest]}
+
+
+def test_confidence_selectors_on_hand_made_groups():
+    # the majority "4" is wrong; the right "3" is the most confident answer
+    row = _confident(["4", "4", "3", None], [I, I, C, N], [-1.0, -1.2, -0.1, -0.05])
+    picks = {s: selector_at_k(s, row, 4) for s in ("majority", "confidence", "confidence-weighted",
+                                                   "confidence-filtered")}
+    # the most confident sample has no answer: confidence@4 picks it and is wrong; the weights exp(-1) + exp(-1.2)
+    # = 0.67 for "4" lose to exp(-0.1) = 0.90 for "3"; the most confident half votes "3" (the None does not vote)
+    assert picks == {"majority": 0.0, "confidence": 0.0, "confidence-weighted": 1.0, "confidence-filtered": 1.0}
+    tie = _confident(["4", "3"], [I, C], [-0.5, -0.5])  # equal confidence: the earlier sample
+    assert selector_at_k("confidence", tie, 2) == 0.0
+    one = _confident(["3"], [C], [-2.0])
+    assert [selector_at_k(s, one, 1) for s in ("confidence", "confidence-weighted", "confidence-filtered")] == [1.0] * 3
+    missing = _confident(["3", "4"], [C, I], [-0.1, -0.2])
+    missing["confidences"][1] = None
+    with pytest.raises(ValueError, match="confidence"):
+        selector_at_k("confidence", missing, 2)
+    with pytest.raises(ValueError, match="reward-model score"):
+        selector_at_k("rm-weighted", row, 2)
+    with pytest.raises(ValueError, match="unknown selector"):
+        selector_at_k("best", row, 2)
+
+
+def test_summarize_reports_confidence_picks_paired_with_majority():
+    rows = [_confident(["4", "4", "3", "3"], [I, I, C, C], [-2.0, -3.0, -0.1, -0.2]),  # filtered vote fixes it
+            _confident(["5", "5", "6", "7"], [C, C, I, I], [-0.3, -0.2, -0.1, -0.4])]  # most confident is wrong
+    entry = summarize(rows, ks=[1, 2, 4])["benchmarks"]["gsm8k"]
+    assert entry["maj@4"]["mean"] == 0.5
+    assert (entry["confidence@4"]["mean"], entry["confidence-filtered@4"]["mean"]) == (0.5, 1.0)
+    paired = entry["confidence-filtered@4_vs_maj@4"]
+    assert (paired["both"], paired["b"], paired["c"], paired["neither"]) == (1, 0, 1, 0)
+    assert "confidence@1" not in entry  # one sample: nothing to pick
+    assert "rm-weighted@4" not in entry and "confidence@4" not in summarize(
+        [{k: v for k, v in r.items() if k != "confidences"} for r in rows], ks=[4])["benchmarks"]["gsm8k"]

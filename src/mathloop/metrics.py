@@ -117,6 +117,85 @@ def rm_at_k(scores: Sequence[float | None], verdicts: Sequence[str], k: int) -> 
     return 1.0 if verdicts[best] == "correct" else 0.0
 
 
+def weighted_maj_at_k(answers: Sequence[str | None], verdicts: Sequence[str], weights: Sequence[float], k: int,
+                      same: Callable[[str, str], bool] | None = None) -> float:
+    """1.0 if the answer with the most weight among the first k samples is correct (`majority` with weights).
+
+    >>> weighted_maj_at_k(["3", "4", "4"], ["correct", "incorrect", "incorrect"], [0.9, 0.3, 0.3], 3)
+    1.0
+    """
+    if not len(answers) == len(verdicts) == len(weights):
+        raise ValueError(f"weighted maj@k got {len(answers)} answers, {len(verdicts)} verdicts, {len(weights)} weights")
+    _check_k(k, len(answers), "weighted maj@k")
+    winner, _ = majority(answers[:k], same, weights[:k])
+    return 0.0 if winner is None else float(verdicts[winner] == "correct")
+
+
+def filtered_maj_at_k(answers: Sequence[str | None], verdicts: Sequence[str], confidences: Sequence[float], k: int,
+                      same: Callable[[str, str], bool] | None = None, keep: float = 0.5) -> float:
+    """1.0 if the majority answer of the most confident `keep` share of the first k samples (at least one; ties in
+    confidence: earlier first) is correct: DeepConf's filtered vote (arXiv 2508.15260).
+
+    >>> filtered_maj_at_k(["4", "4", "3", "3"], ["incorrect"] * 2 + ["correct"] * 2, [-2.0, -3.0, -0.1, -0.2], 4)
+    1.0
+    """
+    if not len(answers) == len(verdicts) == len(confidences):
+        raise ValueError(f"filtered maj@k got {len(answers)} answers, {len(verdicts)} verdicts, "
+                         f"{len(confidences)} confidences")
+    _check_k(k, len(answers), "filtered maj@k")
+    kept = sorted(sorted(range(k), key=lambda i: (-confidences[i], i))[:max(1, round(keep * k))])
+    winner, _ = majority([answers[i] for i in kept], same)
+    return 0.0 if winner is None else float(verdicts[kept[winner]] == "correct")
+
+
+def _sigmoid(x: float) -> float:
+    return 1.0 / (1.0 + math.exp(-x)) if x >= 0 else math.exp(x) / (1.0 + math.exp(x))
+
+
+# How a problem's samples may be reduced to one answer (`mathloop eval` reports each as <selector>@k next to maj@k):
+# majority vote; the reward model's best sample (rm) or votes weighted by sigmoid(RM score) (rm-weighted); the
+# generator's own confidence (`confidence_summary`, measure CONFIDENCE_MEASURE): the most confident sample
+# (confidence), votes weighted by exp(confidence), the geometric-mean token probability (confidence-weighted), or
+# the vote of the most confident half (confidence-filtered).
+SELECTORS = ("majority", "rm", "rm-weighted", "confidence", "confidence-weighted", "confidence-filtered")
+CONFIDENCE_MEASURE = "lowest_window"
+
+
+def selector_at_k(selector: str, problem: dict, k: int, same: Callable[[str, str], bool] | None = None,
+                  measure: str = CONFIDENCE_MEASURE) -> float:
+    """`selector`'s pick among a problem's first k samples graded (1.0 correct, else 0.0). `problem` is a row of
+    `summarize`: `preds`, `verdicts`, and `scores` (RM) or `confidences` (per sample a `confidence_summary`) as the
+    selector needs.
+
+    >>> row = {"preds": ["4", "3", "3"], "verdicts": ["correct", "incorrect", "incorrect"],
+    ...        "confidences": [{"lowest_window": -0.1}, {"lowest_window": -2.0}, {"lowest_window": -3.0}]}
+    >>> [selector_at_k(s, row, 3) for s in ("majority", "confidence", "confidence-weighted", "confidence-filtered")]
+    [0.0, 1.0, 1.0, 1.0]
+    """
+    preds, verdicts = problem["preds"], problem["verdicts"]
+    if selector == "majority":
+        return maj_at_k(preds, verdicts, k, same)
+    if selector in ("rm", "rm-weighted"):
+        scores = problem.get("scores")
+        if scores is None or any(x is None for x in scores):
+            raise ValueError(f"{selector}@k needs a reward-model score for every sample (score them first)")
+        if selector == "rm":
+            return rm_at_k(scores, verdicts, k)
+        return weighted_maj_at_k(preds, verdicts, [_sigmoid(x) for x in scores], k, same)
+    if selector in ("confidence", "confidence-weighted", "confidence-filtered"):
+        confidences = problem.get("confidences")
+        if confidences is None or any(c is None or measure not in c for c in confidences):
+            raise ValueError(f"{selector}@k needs every sample's confidence {measure!r} (a backend that reports "
+                             f"token log-probabilities: hf, openvino, vllm, openai)")
+        values = [float(c[measure]) for c in confidences]
+        if selector == "confidence":
+            return rm_at_k(values, verdicts, k)
+        if selector == "confidence-weighted":
+            return weighted_maj_at_k(preds, verdicts, [math.exp(v) for v in values], k, same)
+        return filtered_maj_at_k(preds, verdicts, values, k, same)
+    raise ValueError(f"unknown selector {selector!r}; expected one of {', '.join(SELECTORS)}")
+
+
 CONFIDENCE_WINDOW = 32  # tokens per window of `confidence_summary`
 
 
@@ -225,6 +304,18 @@ def _summarize_benchmark(problems: list[dict], ks: list[int], same: Callable[[st
         if ks and ks[-1] > 1:
             k = ks[-1]
             entry[f"rm@{k}_vs_maj@{k}"] = paired_outcomes([v == 1.0 for v in maj[k]], [v == 1.0 for v in rm[k]])
+    selectors = ((["rm-weighted"] if has_scores else []) +
+                 (["confidence", "confidence-weighted", "confidence-filtered"]
+                  if all(p.get("confidences") and all(c and CONFIDENCE_MEASURE in c for c in p["confidences"])
+                         for p in problems) else []))
+    for selector in selectors:
+        picked = {k: [selector_at_k(selector, p, k, same) for p in problems] for k in ks if k > 1}
+        for k, values in picked.items():
+            entry[f"{selector}@{k}"] = _metric(values)
+        if picked:
+            k = max(picked)
+            entry[f"{selector}@{k}_vs_maj@{k}"] = paired_outcomes([v == 1.0 for v in maj[k]],
+                                                                  [v == 1.0 for v in picked[k]])
     return entry
 
 
@@ -242,7 +333,9 @@ def summarize(per_problem: list[dict], ks: list[int], same: Callable[[str, str],
     With scores it also reports `rm_pair_acc` (per problem with both correct and wrong samples, how often the RM
     ranks a correct one above a wrong one; averaged over those problems, whose count is `problems`) and, for the
     largest k > 1, `rm@k_vs_maj@k`: the paired comparison of the two picks on each problem (`paired_outcomes`,
-    A = maj@k, B = rm@k).
+    A = maj@k, B = rm@k). With scores (`rm-weighted`) or every sample's `confidences` (`confidence`,
+    `confidence-weighted`, `confidence-filtered`) it reports `<selector>@k` for each k > 1 and
+    `<selector>@k_vs_maj@k` for the largest (`SELECTORS`, `selector_at_k`).
     Each metric is `{"mean": m, "ci95": [lo, hi], "stderr": s}`, all fractions in [0, 1] (`mean_ci95`,
     `mean_stderr` over the per-problem values). The "average" entry holds the mean over benchmarks of each metric
     every benchmark reports (`ci95` and `stderr` None), the benchmark count and summed counts.
@@ -305,10 +398,10 @@ def format_markdown(summary: dict) -> str:
         cells = [name, str(entry["n_problems"])] + [format_metric(entry.get(c)) for c in columns]
         lines.append("| " + " | ".join(cells) + " |")
     paired = [(name, key, value) for name, entry in summary["benchmarks"].items()
-              for key, value in entry.items() if key.startswith("rm@") and "_vs_maj@" in key]
+              for key, value in entry.items() if "_vs_maj@" in key]
     if paired:
-        lines += ["", "RM pick against majority vote on the same problems (B - A in points, Tango's 95% interval; "
-                      "b = right only by majority, c = right only by the RM; exact McNemar p):", ""]
+        lines += ["", "Picks against majority vote on the same problems (B - A in points, Tango's 95% interval; "
+                      "b = right only by majority, c = right only by the other pick; exact McNemar p):", ""]
         for name, key, r in paired:
             lower, upper = r["ci95"]
             lines.append(f"- {name} {key.replace('_vs_', ' vs ')}: {100 * r['delta']:+.1f} [{100 * lower:+.1f}, "

@@ -313,6 +313,8 @@ def problem_outcome(samples: list[Sample], benchmark: str) -> dict:
                            "preds": [s.pred for s in samples]}
     if all(s.rm_score is not None for s in samples):
         row["scores"] = [s.rm_score for s in samples]
+    if all(s.confidence is not None for s in samples):
+        row["confidences"] = [s.confidence for s in samples]
     return row
 
 
