@@ -102,7 +102,7 @@ class LoopConfig:
     seed: int = 0
     sample: dict[str, Any] = field(default_factory=dict)  # SampleConfig fields
     reward_model: dict[str, Any] = field(default_factory=dict)  # RMTrainConfig fields, plus enabled: bool
-    select: dict[str, Any] = field(default_factory=dict)  # k, use_rm, min_agreement, near_duplicate
+    select: dict[str, Any] = field(default_factory=dict)  # k, vote, min_agreement, near_duplicate
     sft: dict[str, Any] = field(default_factory=dict)  # SFTRunConfig fields
     eval: dict[str, Any] = field(default_factory=dict)  # EvalConfig fields (n, temperature, max_new_tokens, ...)
     coverage: dict[str, Any] = field(default_factory=dict)  # EvalConfig fields of the k-sample evaluation, plus
