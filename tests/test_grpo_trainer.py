@@ -10,6 +10,7 @@ import sys
 import pytest
 import torch
 
+from mathloop.backends.base import Backend
 from mathloop.records import Sample, read_records, write_jsonl
 
 USER_REWARDS = '''
@@ -151,7 +152,7 @@ def test_overlong_mask_and_soft_penalty(tiny_model_dir, tmp_path, user_rewards):
 
 # ---- masking of the code executor's output ---------------------------------------------------------------------
 
-class ScriptedTIRModel:
+class ScriptedTIRModel(Backend):
     """A backend that writes code then stops at ```output, and after the executor's output ends with an answer."""
 
     name, model_id = "scripted", "scripted"
@@ -476,7 +477,9 @@ def test_openvino_rollouts_sample_through_the_adapter_of_each_step(tiny_model_di
 
     engines = []
 
-    class StubEngine:
+    class StubEngine(Backend):
+        supports_lora = reports_each_completion = True
+
         def __init__(self, model, weight_format="fp16", threads=None):
             from transformers import AutoTokenizer
 
@@ -654,7 +657,9 @@ def test_overlapped_rollouts_are_sampled_during_the_previous_update_one_step_sta
 
     calls = []
 
-    class StubEngine:
+    class StubEngine(Backend):
+        supports_lora = reports_each_completion = True
+
         def __init__(self, model, **kwargs):
             from transformers import AutoTokenizer
 

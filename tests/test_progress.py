@@ -28,6 +28,8 @@ class Interrupted(KeyboardInterrupt):
 class StreamingFake(FakeBackend):
     """Reports each completion as it finishes, like the hf backend, and is killed after `kill_after` of them."""
 
+    reports_each_completion = True
+
     def __init__(self, kill_after: int | None = None) -> None:
         super().__init__(answer)
         self.kill_after, self.reported = kill_after, 0

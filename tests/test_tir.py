@@ -69,6 +69,8 @@ def test_last_code_block():
 class KeyedFake(FakeBackend):
     """A fake that takes per-sample seed keys, as hf and openvino do, and records them."""
 
+    takes_seed_keys = True
+
     def __init__(self, responses):
         super().__init__(responses)
         self.keys: list[list[str]] = []

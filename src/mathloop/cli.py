@@ -185,10 +185,12 @@ BACKEND_FLAGS = {"hf": ("batch_size", "dtype"), "openai": ("base_url", "tokenize
 
 def add_backend_arguments(p: argparse.ArgumentParser, cls) -> None:
     """The generation backend flags shared by eval, sample and synthesize (read by `with_backend_flags`)."""
-    setting(p, cls, "--backend", choices=["auto", "hf", "openai", "vllm", "openvino"],
-            help="auto = openvino with int8 weights where OpenVINO GenAI is installed and there is no CUDA GPU, else "
-                 "hf (run.json names the one that ran); hf = transformers (CPU/GPU), openai = any OpenAI-compatible "
-                 "server, vllm = local vLLM, openvino = OpenVINO GenAI on CPU (exports the model once per checkpoint)")
+    from mathloop.backends import AUTO, BACKENDS, backend_names
+
+    setting(p, cls, "--backend", choices=[AUTO, *backend_names()],
+            help=f"{AUTO} = openvino with int8 weights where OpenVINO GenAI is installed and there is no CUDA GPU, "
+                 f"else hf (run.json names the one that ran); "
+                 + "; ".join(f"{name} = {BACKENDS[name].about}" for name in backend_names()))
     p.add_argument("--batch-size", type=_positive_int, default=None, help="hf: sequences per forward batch")
     p.add_argument("--dtype", default=None, choices=["auto", "float32", "bfloat16", "float16"],
                    help="model dtype; auto (the default) is bfloat16 where the device computes it natively, else float32")

@@ -12,11 +12,10 @@ Helpers take a `SamplingParams` and a mode, never a stage's config, so every sta
 from __future__ import annotations
 
 import contextlib
-import inspect
 from pathlib import Path
 from typing import Any, Callable, ContextManager
 
-from mathloop.backends.base import Backend, Completion, SamplingParams, call_generate, takes_seed_keys
+from mathloop.backends.base import Backend, Completion, SamplingParams, call_generate
 from mathloop.records import JsonlAppender, Mode, Problem, Sample, drop_torn_last_line, read_records, write_jsonl
 
 MODES = ("cot", "tir")
@@ -38,17 +37,12 @@ def code_executor(mode: str, timeout: float = 5.0, unsafe_file_access: bool = Fa
 OnCompletion = Callable[[int, int, Completion], None]  # (prompt index, sample index, the finished completion)
 
 
-def reports_tokens(backend: Backend) -> bool:
-    """Whether `backend.generate` takes `on_tokens` and calls it as tokens are generated (hf, openvino)."""
-    return "on_tokens" in inspect.signature(backend.generate).parameters
-
-
 class TokenProgress:
     """A bar that counts generated tokens, so it moves within seconds of a stage's start even while every sequence
     runs in parallel (a bar of finished sequences sits at 0 until the first one ends). Its total is the tokens
     expected: `max_new_tokens` for every sequence until one finishes, then the tokens of the finished ones plus
     their mean length for each one left, so the ETA follows the lengths seen. The postfix counts finished
-    sequences. Tokens come from the backend as they are generated (`reports_tokens`), else with each finished
+    sequences. Tokens come from the backend as they are generated (`Backend.reports_tokens`), else with each finished
     completion."""
 
     def __init__(self, bar: Any, sequences: int, max_new_tokens: int, streamed: bool) -> None:
@@ -74,26 +68,21 @@ class TokenProgress:
         self.bar.set_postfix_str(f"{self.finished}/{self.sequences} seq", refresh=True)
 
 
-def reports_each_completion(backend: Backend) -> bool:
-    """Whether `backend.generate` takes `on_progress` and calls it as each completion finishes (hf, openvino)."""
-    return "on_progress" in inspect.signature(backend.generate).parameters
-
-
 def generate(backend: Backend, prompts: list[str], params: SamplingParams, mode: str = "cot", executor: Any = None,
              max_tool_calls: int = 4, on_progress: OnCompletion | None = None,
              session_prefix: str = "tir", seed_keys: list[str] | None = None,
              on_tokens: Callable[[int], None] | None = None) -> list[list[Completion]]:
     """`params.n` completions per prompt, in prompt order. tir: TIR trajectories with `executor` running the code
     (`code_executor`); cot: the backend alone. `on_progress(i, j, completion)` is called once per completion: as
-    it finishes where the backend reports that (`reports_each_completion`), else when the call returns.
-    `seed_keys` (one per prompt: its problem id) seed each sample on backends that take them (`takes_seed_keys`);
+    it finishes where the backend reports that (`Backend.reports_each_completion`), else when the call returns.
+    `seed_keys` (one per prompt: its problem id) seed each sample on backends that take them (`Backend.takes_seed_keys`);
     `on_tokens(k)` counts generated tokens where the backend reports them."""
     if mode == "tir":
         from mathloop.tools.tir import tir_generate
 
         completions = tir_generate(backend, prompts, params, executor, max_tool_calls, session_prefix,
                                    seed_keys=seed_keys, on_tokens=on_tokens)
-    elif on_progress and reports_each_completion(backend):
+    elif on_progress and backend.reports_each_completion:
         return call_generate(backend, prompts, params, on_progress=on_progress, seed_keys=seed_keys,
                              on_tokens=on_tokens)
     else:
@@ -179,12 +168,12 @@ def generate_and_grade(problems: list[Problem], path: Path, backend: Backend, pa
 
     prompts = {p.id: backend.chat_prompt(build_messages(p, mode, shots)) for p in problems}
     problems = sorted(problems, key=lambda p: -len(prompts[p.id]))  # similar lengths share a batch
-    streamed = mode == "cot" and reports_each_completion(backend)
+    streamed = mode == "cot" and backend.reports_each_completion
     per_call = 1 if params.greedy else params.n  # sequences one problem puts in a backend batch
-    chunk = len(problems) if streamed else max(1, getattr(backend, "batch_size", 32) // per_call)
+    chunk = len(problems) if streamed else max(1, backend.batch_size // per_call)
     with JsonlAppender(path) as appender, progress_bar(None, desc or "generate", "tok", enabled=progress,
                                                         unit_scale=True) as bar:
-        counter = TokenProgress(bar, len(problems) * per_call, params.max_new_tokens, reports_tokens(backend))
+        counter = TokenProgress(bar, len(problems) * per_call, params.max_new_tokens, backend.reports_tokens)
         for start in range(0, len(problems), chunk):
             batch = problems[start:start + chunk]
             texts = [prompts[p.id] for p in batch]

@@ -15,7 +15,7 @@ A chunk that kills `MAX_CHUNK_TRIES` replicas in a row ends the run with an erro
 
 Chunks are the same as in a run without Ray (problems sorted by prompt length, the same chunk size), so a greedy
 run writes the same rows; sampled responses are the same too on backends that seed each sample by its problem id
-and index (hf, openvino: `takes_seed_keys`), whichever replica draws them and whatever the chunk size.
+and index (hf, openvino: `Backend.seeds_each_sample`), whichever replica draws them and whatever the chunk size.
 Connecting (`connect_ray`): `local` always starts a new cluster on this machine (never the one a stale
 /tmp/ray/ray_current_cluster file names); `auto` joins the cluster that file names and refuses, in one line, a file
 whose cluster no longer answers; a cluster with token authentication (Ray >= 2.52; on by default for clusters

@@ -306,12 +306,9 @@ def record_backend(path: str | os.PathLike, record: dict[str, Any], backend: Any
     weight format and export folder) to the run record at `path` as `backend_info`, and how it seeds samples
     (`sample_seeds`: "per sample" where each response depends on the run seed, its problem id and its index alone,
     else "per call", where responses also depend on batching, resume, shards and replicas; docs/reliability.md)."""
-    from mathloop.backends.base import seeds_each_sample
-
-    info = getattr(backend, "info", None)
-    if info:
-        record["backend_info"] = info
-    record["sample_seeds"] = "per sample" if seeds_each_sample(backend) else "per call"
+    if backend.info:
+        record["backend_info"] = dict(backend.info)
+    record["sample_seeds"] = "per sample" if backend.seeds_each_sample else "per call"
     write_json(path, record)
 
 

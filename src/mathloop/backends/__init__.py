@@ -9,17 +9,41 @@ means another engine is refused rather than continued with it.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 from mathloop.backends.base import Backend, Completion, Message, SamplingParams, cut_at_stop
 
-BACKENDS: dict[str, str] = {
-    "hf": "mathloop.backends.hf:HFBackend",  # transformers, in process (CPU or GPU)
-    "openai": "mathloop.backends.openai:OpenAIBackend",  # any OpenAI-compatible server (vllm serve, SGLang, ...)
-    "vllm": "mathloop.backends.vllm:VLLMBackend",  # vLLM's offline engine (GPU, optional extra)
-    "openvino": "mathloop.backends.openvino:OpenVINOBackend",  # OpenVINO GenAI continuous batching (CPU, extra)
-    "fake": "mathloop.backends.fake:FakeBackend",  # scripted responses, for tests
+@dataclass(frozen=True)
+class Registration:
+    """A backend as the registry knows it, without importing it: where its class is and what it is."""
+
+    target: str  # "module:Class", imported only when the backend is asked for
+    about: str  # one line for --backend's help
+    for_users: bool = True  # offered by --backend and GRPO's rollout_backend (fake: tests only)
+
+
+# The one place a backend is registered: `load_backend`, the stages' `backend` setting, `--backend` and GRPO's
+# `rollout_backend` all take their names from here. What a backend can do besides `generate` is declared on its
+# class (`Backend`'s optional capabilities).
+BACKENDS: dict[str, Registration] = {
+    "hf": Registration("mathloop.backends.hf:HFBackend", "transformers, in process (CPU or GPU)"),
+    "openai": Registration("mathloop.backends.openai:OpenAIBackend",
+                           "any OpenAI-compatible server (vllm serve, SGLang, ...) at --base-url"),
+    "vllm": Registration("mathloop.backends.vllm:VLLMBackend", "vLLM's offline engine (GPU, optional extra)"),
+    "openvino": Registration("mathloop.backends.openvino:OpenVINOBackend",
+                             "OpenVINO GenAI on CPU (optional extra; exports the model once per checkpoint)"),
+    "fake": Registration("mathloop.backends.fake:FakeBackend", "scripted responses, for tests", for_users=False),
 }
+
+
+def backend_names() -> list[str]:
+    """The registered backends a user may name (all but those for tests), in registry order.
+
+    >>> backend_names()
+    ['hf', 'openai', 'vllm', 'openvino']
+    """
+    return [name for name, registration in BACKENDS.items() if registration.for_users]
 
 
 AUTO = "auto"
@@ -49,13 +73,26 @@ def choose_backend(name: str) -> tuple[str, str]:
     return "openvino", "OpenVINO GenAI is installed and there is no CUDA GPU"
 
 
-def backend_class(name: str) -> type:
+def backend_class(name: str) -> type[Backend]:
+    """The class of the backend registered as `name` (its module imported now)."""
     if name not in BACKENDS:
         raise ValueError(f"unknown backend {name!r}; choose one of: {AUTO}, {', '.join(BACKENDS)}")
     import importlib
 
-    module_name, class_name = BACKENDS[name].split(":")
+    module_name, class_name = BACKENDS[name].target.split(":")
     return getattr(importlib.import_module(module_name), class_name)
+
+
+def backend_settings(name: str) -> list[str]:
+    """The constructor arguments of the backend registered as `name` besides the model: the keys its
+    `backend_args` (and GRPO's `openvino_args`) may hold.
+
+    >>> backend_settings("fake")
+    ['responses', 'model_id']
+    """
+    import inspect
+
+    return [p for p in inspect.signature(backend_class(name)).parameters if p not in ("self", "model")]
 
 
 def resolve_backend(name: str, backend_args: dict[str, Any] | None = None) -> tuple[str, dict[str, Any]]:
@@ -72,9 +109,7 @@ def resolve_backend(name: str, backend_args: dict[str, Any] | None = None) -> tu
     chosen, why = choose_backend(name)
     if chosen == "openvino":
         args = {**AUTO_OPENVINO_ARGS, **args}
-    import inspect
-
-    accepted = [p for p in inspect.signature(backend_class(chosen)).parameters if p not in ("self", "model")]
+    accepted = backend_settings(chosen)
     unknown = sorted(set(args) - set(accepted))
     if unknown:
         raise ValueError(f"backend_args: {unknown[0]!r} is not a setting of the {chosen} backend, which backend "
@@ -97,5 +132,5 @@ def load_backend(name: str, model: str, **kwargs: Any) -> Backend:
     return cls(model, **kwargs)
 
 
-__all__ = ["AUTO", "BACKENDS", "Backend", "Completion", "Message", "SamplingParams", "choose_backend", "cut_at_stop",
-           "load_backend", "resolve_backend"]
+__all__ = ["AUTO", "BACKENDS", "Backend", "Completion", "Message", "Registration", "SamplingParams", "backend_class",
+           "backend_names", "backend_settings", "choose_backend", "cut_at_stop", "load_backend", "resolve_backend"]

@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import inspect
 from dataclasses import dataclass, field
-from typing import Any, Protocol, runtime_checkable
+from types import MappingProxyType
+from typing import Any, Callable, Mapping, Protocol, runtime_checkable
 
 Message = dict[str, str]  # {"role": "system" | "user" | "assistant", "content": "..."}
 
@@ -110,24 +110,43 @@ class Completion:
 
 @runtime_checkable
 class Backend(Protocol):
-    """What mathloop needs from a model server or library."""
+    """What mathloop needs from a model server or library: `chat_prompt` and `generate`, and the optional
+    capabilities below, declared as class attributes (a backend subclasses `Backend` and sets those it has; the
+    defaults say it has none). Callers read these attributes, never the signature of `generate`."""
 
-    name: str  # registry name: "hf", "openai", "vllm", "fake"
+    name: str  # registry name: "hf", "openai", "vllm", "openvino", "fake"
     model_id: str  # what produced the samples, recorded in every Sample
+
+    # Optional capabilities.
+    supports_lora: bool = False  # `use_lora(path, name, lora_id)`: generate through a LoRA adapter from now on
+    takes_seed_keys: bool = False  # `generate(..., seed_keys=)`: each sample seeded by `sample_seed` (hf, openvino)
+    # each response depends on (run seed, key, sample index) alone, so a run seed draws the same responses
+    # regardless of batching, resume, shards or Ray replicas (openvino; hf without `continuous_batching`)
+    seeds_each_sample: bool = False
+    reports_each_completion: bool = False  # `generate(..., on_progress=)`: called as each completion finishes
+    reports_tokens: bool = False  # `generate(..., on_tokens=)`: called with the tokens of each generation step
+    batch_size: int = 32  # sequences one `generate` call should carry (stages cut their work into calls of this)
+    info: Mapping[str, Any] = MappingProxyType({})  # what the engine reports of itself (run.json's backend_info)
 
     def chat_prompt(self, messages: list[Message]) -> str:
         """Render messages with the model's chat template, ending with the opening of the assistant turn."""
         ...
 
     def generate(self, prompts: list[str], params: SamplingParams) -> list[list[Completion]]:
-        """Return `params.n` completions for every prompt, in prompt order. Stop strings are cut from the text."""
+        """Return `params.n` completions for every prompt, in prompt order. Stop strings are cut from the text.
+        A backend with `takes_seed_keys`, `reports_each_completion` or `reports_tokens` also takes the keyword
+        arguments `seed_keys`, `on_progress` or `on_tokens` (`call_generate` passes those it declares)."""
         ...
+
+    def use_lora(self, path: str, name: str, lora_id: int = 0) -> None:
+        """Where `supports_lora`: generate through the LoRA adapter saved at `path` (known as `name`) from now on."""
+        raise NotImplementedError(f"the {self.name} backend cannot load a LoRA adapter at run time")
 
 
 def sample_seed(seed: int, key: str, index: int) -> int:
     """The seed of sample `index` of the request `key` (a problem id, else the prompt text) in a call seeded `seed`:
     a function of these three alone, so a sample draws the same tokens whatever else shares its batch, chunk, shard,
-    replica or resumed run (backends that take `seed_keys`, `takes_seed_keys`). A 63-bit integer.
+    replica or resumed run (backends that declare `takes_seed_keys`). A 63-bit integer.
 
     >>> sample_seed(0, "gsm8k/17", 3) == sample_seed(0, "gsm8k/17", 3) != sample_seed(0, "gsm8k/17", 4)
     True
@@ -148,23 +167,19 @@ def token_uniform(seed: int, position: int) -> float:
     return (int.from_bytes(digest, "big") >> 11) / float(1 << 53)
 
 
-def takes_seed_keys(backend: Any) -> bool:
-    """Whether `backend.generate` takes `seed_keys` and seeds every sample by `sample_seed` (hf, openvino): then
-    the same run seed draws the same responses regardless of batching, resume, shards or Ray replicas."""
-    return "seed_keys" in inspect.signature(backend.generate).parameters
-
-
-def seeds_each_sample(backend: Any) -> bool:
-    """Whether each sampled response of `backend` depends on (run seed, key, sample index) alone: a backend that
-    takes `seed_keys`, except the hf backend's `continuous_batching` (transformers' scheduler draws per call)."""
-    return takes_seed_keys(backend) and not getattr(backend, "continuous_batching", False)
-
-
-def call_generate(backend: Any, prompts: list[str], params: SamplingParams, **optional: Any) -> list[list[Completion]]:
-    """`backend.generate(prompts, params, ...)` with those of the `optional` keyword arguments (`seed_keys`,
-    `on_progress`, `on_tokens`) that are not None and that this backend's `generate` takes."""
-    accepted = inspect.signature(backend.generate).parameters
-    return backend.generate(prompts, params, **{k: v for k, v in optional.items() if v is not None and k in accepted})
+def call_generate(backend: Backend, prompts: list[str], params: SamplingParams, *, seed_keys: list[str] | None = None,
+                  on_progress: Callable[[int, int, Completion], None] | None = None,
+                  on_tokens: Callable[[int], None] | None = None) -> list[list[Completion]]:
+    """`backend.generate(prompts, params, ...)` with those of `seed_keys`, `on_progress` and `on_tokens` that are
+    given and that the backend declares it takes (`takes_seed_keys`, `reports_each_completion`, `reports_tokens`)."""
+    optional: dict[str, Any] = {}
+    if seed_keys is not None and backend.takes_seed_keys:
+        optional["seed_keys"] = seed_keys
+    if on_progress is not None and backend.reports_each_completion:
+        optional["on_progress"] = on_progress
+    if on_tokens is not None and backend.reports_tokens:
+        optional["on_tokens"] = on_tokens
+    return backend.generate(prompts, params, **optional)
 
 
 def cut_at_stop(text: str, stop: tuple[str, ...]) -> tuple[str, str | None]:

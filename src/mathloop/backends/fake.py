@@ -11,14 +11,14 @@ import re
 from collections.abc import Callable
 from typing import Union
 
-from mathloop.backends.base import Completion, Message, SamplingParams, cut_at_stop
+from mathloop.backends.base import Backend, Completion, Message, SamplingParams, cut_at_stop
 
 Responses = Union[Callable[[str, int], str], dict[str, str], list[str], None]
 
 DEFAULT_RESPONSE = "The answer is \\boxed{0}."
 
 
-class FakeBackend:
+class FakeBackend(Backend):
     """Answers from a script instead of a model.
 
     `responses` is one of:

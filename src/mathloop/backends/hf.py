@@ -29,7 +29,7 @@ from typing import Callable
 
 import torch
 
-from mathloop.backends.base import Completion, Message, SamplingParams, cut_at_stop, sample_seed, token_uniform
+from mathloop.backends.base import Backend, Completion, Message, SamplingParams, cut_at_stop, sample_seed, token_uniform
 
 log = logging.getLogger(__name__)
 
@@ -45,8 +45,9 @@ class _Job:
     pending_logprob: float = 0.0  # refill: the log-probability of the token chosen this step
 
 
-class HFBackend:
+class HFBackend(Backend):
     name = "hf"
+    takes_seed_keys = reports_each_completion = reports_tokens = True
 
     def __init__(self, model: str, dtype: str = "auto", device: str | None = None, batch_size: int = 32,
                  refill: bool = True, model_obj=None, tokenizer_obj=None, threads: int | None = None,
@@ -63,6 +64,7 @@ class HFBackend:
         self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
         self.batch_size = batch_size
         self.continuous_batching = continuous_batching
+        self.seeds_each_sample = not continuous_batching  # transformers' scheduler draws per call
         self.refill = refill
         if model_obj is not None:
             self.model, self.tokenizer, self.model_id = model_obj, tokenizer_obj, model

@@ -21,7 +21,7 @@ from typing import Any
 
 import httpx
 
-from mathloop.backends.base import Completion, Message, SamplingParams, cut_at_stop
+from mathloop.backends.base import Backend, Completion, Message, SamplingParams, cut_at_stop
 
 
 class ServerError(RuntimeError):
@@ -40,7 +40,7 @@ def completions_url(base_url: str) -> str:
     return base + "/completions" if base.endswith("/v1") else base + "/v1/completions"
 
 
-class OpenAIBackend:
+class OpenAIBackend(Backend):
     """Generate through an OpenAI-compatible `/v1/completions` endpoint.
 
     `model` is the name the server serves; `tokenizer` is a local folder or Hub id whose chat template renders
@@ -53,6 +53,7 @@ class OpenAIBackend:
     """
 
     name = "openai"
+    supports_lora = True
 
     def __init__(self, model: str, base_url: str, api_key: str | None = None, tokenizer: str | None = None,
                  concurrency: int = 32, timeout: float = 600, max_retries: int = 3,

@@ -48,7 +48,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from mathloop.backends.base import Completion, Message, SamplingParams, cut_at_stop, sample_seed
+from mathloop.backends.base import Backend, Completion, Message, SamplingParams, cut_at_stop, sample_seed
 
 log = logging.getLogger(__name__)
 
@@ -61,7 +61,7 @@ _CHECKPOINT_FILES = ("config.json", "generation_config.json", "tokenizer.json", 
 _WEIGHT_SUFFIXES = (".safetensors", ".bin")
 
 
-class OpenVINOBackend:
+class OpenVINOBackend(Backend):
     """Generate with `openvino_genai.ContinuousBatchingPipeline` on CPU.
 
     `model` is anything `resolve_model` takes (an embedded name, a local HF folder such as an SFT `final/`, a GGUF
@@ -72,6 +72,7 @@ class OpenVINOBackend:
     optimum-intel to export with (default: the managed export environment)."""
 
     name = "openvino"
+    supports_lora = takes_seed_keys = seeds_each_sample = reports_each_completion = reports_tokens = True
 
     def __init__(self, model: str, weight_format: str = "fp16", inference_precision: str | None = "auto",
                  kv_cache_precision: str | None = "auto", threads: int | None = None, cache_size_gb: int = 2,

@@ -7,10 +7,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from mathloop.backends.base import Completion, Message, SamplingParams, cut_at_stop
+from mathloop.backends.base import Backend, Completion, Message, SamplingParams, cut_at_stop
 
 
-class VLLMBackend:
+class VLLMBackend(Backend):
     """Generate with `vllm.LLM`; `engine_kwargs` go to `vllm.LLM` unchanged (e.g. `enable_prefix_caching=True`).
 
     `logprobs=True` (the default) also returns each completion's sampled token ids and their log-probabilities, in
@@ -19,6 +19,7 @@ class VLLMBackend:
     only)."""
 
     name = "vllm"
+    supports_lora = True
 
     def __init__(self, model: str, dtype: str = "auto", tensor_parallel_size: int = 1,
                  gpu_memory_utilization: float = 0.9, max_model_len: int | None = None, seed: int = 0,

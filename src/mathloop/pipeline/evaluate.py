@@ -188,7 +188,7 @@ def with_resolved_backend(config: Any, backend: Backend | None = None) -> Any:
     from mathloop.backends import AUTO, resolve_backend
 
     if backend is not None:
-        name = getattr(backend, "name", None)
+        name = backend.name
         return dataclasses.replace(config, backend=name) if config.backend == AUTO and name else config
     name, args = resolve_backend(config.backend, config.backend_args)
     return dataclasses.replace(config, backend=name, backend_args=args)

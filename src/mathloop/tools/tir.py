@@ -47,7 +47,7 @@ def tir_generate(backend: Backend, prompts: list[str], params: SamplingParams, e
     """Run `params.n` TIR trajectories per prompt to completion; returns them in prompt order. With `seed_keys`
     (one per prompt, its problem id; default the prompt), trajectory j's first segment is sample j of its key and
     each continuation is sample 0 of `<key>/<j>/<cells run>`, so a trajectory's seeds are its own on backends that
-    seed per sample (`takes_seed_keys`), whatever else shares the batch."""
+    seed per sample (`Backend.takes_seed_keys`), whatever else shares the batch."""
     keys = list(seed_keys) if seed_keys is not None else list(prompts)
     first = call_generate(backend, prompts, _with_stop(params), seed_keys=keys, on_tokens=on_tokens)
     trajectories = [[Completion(text="", finish_reason="") for _ in outs] for outs in first]

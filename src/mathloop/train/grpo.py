@@ -81,6 +81,7 @@ from typing import Any
 
 import torch
 
+from mathloop.backends import Backend, backend_names, backend_settings, load_backend
 from mathloop.backends.base import SamplerOptions, SamplingParams, sampling_params, validate_sampler_options
 from mathloop.generate import code_executor, generate, grade_samples, response_samples
 from mathloop.hardware import autocast
@@ -114,7 +115,9 @@ from mathloop.train.tracking import MetricsReporter, check_report_to
 log = logging.getLogger(__name__)
 
 BUILTIN_REWARDS = ("shaped", "verifier", "rm")
-ROLLOUT_BACKENDS = ("hf", "vllm", "openai", "openvino")
+# Every backend a user may name generates rollouts (`rollout_backend`): hf is the trained model itself, the others
+# are engines besides it that generate through the policy's LoRA adapter (`Backend.supports_lora`).
+ROLLOUT_BACKENDS = tuple(backend_names())
 # loss_type -> how `grpo_loss` reduces the per-token loss (`aggregate_token_loss`)
 LOSS_AGGREGATION = {"grpo": "seq_mean_token_mean", "dapo": "token_mean", "dr_grpo": "seq_mean_token_sum_norm"}
 
@@ -218,11 +221,7 @@ class GRPOConfig(SamplerOptions):
             if self.rollout_backend != "openvino":
                 raise ValueError(f"grpo: openvino_args are for rollout_backend openvino, got rollout_backend "
                                  f"{self.rollout_backend}")
-            import inspect
-
-            from mathloop.backends.openvino import OpenVINOBackend
-
-            known = [k for k in inspect.signature(OpenVINOBackend).parameters if k != "model"]
+            known = backend_settings("openvino")
             unknown = sorted(set(self.openvino_args) - set(known))
             if unknown:
                 raise ValueError(f"grpo: openvino_args: unknown key(s) {', '.join(unknown)}; known: "
@@ -684,7 +683,7 @@ def _train_grpo(config: GRPOConfig, stop_after: int | None) -> dict[str, Any]:
             if pending is not None:
                 sampled, trained, flat, tries = pending.result()
                 pending = None
-            if config.rollout_backend != "hf":
+            if backend.supports_lora:  # an engine besides the policy: it gets the step's adapter
                 adapters = Path(config.rollout_adapter_dir or out / "rollout-adapter")
                 if main:
                     sync_adapter(backend, policy, adapters, step)
@@ -854,36 +853,51 @@ def rollout_step(step: int, queries: list[Problem], backend, executor, prompts: 
     return sampled, kept, flat_count / groups, rounds
 
 
-def rollout_backend(config: GRPOConfig, model: torch.nn.Module, tokenizer, device: torch.device):
-    """hf: the model being trained generates (no copy, always current). vllm: a vLLM engine on the starting
-    weights that generates through the policy's LoRA adapter, saved and handed over at every step. openai: the
-    same through an OpenAI-compatible server at `rollout_base_url` (on this machine or another), which loads each
-    step's adapter (`OpenAIBackend.use_lora`). openvino: OpenVINO GenAI on this CPU, on an export of the starting
-    weights (made once, cached), applying each step's adapter at run time (`OpenVINOBackend.use_lora`)."""
-    if config.rollout_backend == "openai":
-        from mathloop.backends.openai import OpenAIBackend
+def rollout_backend(config: GRPOConfig, model: torch.nn.Module, tokenizer, device: torch.device) -> Backend:
+    """The rollout engine `config.rollout_backend`, built by `load_backend`. hf: the model being trained generates
+    (the policy object itself: no copy, always current). The others generate through the policy's LoRA adapter,
+    handed over at every step (`sync_adapter`, `Backend.use_lora`), with the arguments `ROLLOUT_ENGINE_ARGS` gives."""
+    if config.rollout_backend == "hf":
+        return load_backend("hf", config.model, model_obj=model, tokenizer_obj=tokenizer,
+                            batch_size=config.rollout_batch_size, device=str(device))
+    name, kwargs = ROLLOUT_ENGINE_ARGS.get(config.rollout_backend, _engine_args)(config, tokenizer)
+    return load_backend(config.rollout_backend, name, **kwargs)
 
-        return OpenAIBackend(adapter_name(0), config.rollout_base_url, tokenizer_obj=tokenizer)
-    if config.rollout_backend == "openvino":
-        from mathloop.backends import load_backend
 
-        return load_backend("openvino", config.model, **config.openvino_args)
-    if config.rollout_backend == "vllm":
-        from mathloop.backends.vllm import VLLMBackend
-        from mathloop.models import resolve_model
+def _engine_args(config: GRPOConfig, tokenizer) -> tuple[str, dict[str, Any]]:
+    return config.model, {}
 
-        path, _ = resolve_model(config.model)
-        engine_args = dict(config.vllm_args)
-        if config.tis_cap is not None:
-            # The sampled tokens' log-probabilities after temperature and top-p (vLLM >= 0.10.2; its default,
-            # raw_logprobs, is the distribution before them), so mu is the distribution actually sampled from.
-            engine_args.setdefault("logprobs_mode", "processed_logprobs")
-        return VLLMBackend(path, seed=config.seed, enable_lora=True, max_lora_rank=config.lora_rank,
-                           logprobs=config.tis_cap is not None, **engine_args)
-    from mathloop.backends.hf import HFBackend
 
-    return HFBackend(config.model, model_obj=model, tokenizer_obj=tokenizer, batch_size=config.rollout_batch_size,
-                     device=str(device))
+def _openai_args(config: GRPOConfig, tokenizer) -> tuple[str, dict[str, Any]]:
+    """An OpenAI-compatible server at `rollout_base_url` (on this machine or another), which loads each step's
+    adapter and serves it under the adapter's name."""
+    return adapter_name(0), {"base_url": config.rollout_base_url, "tokenizer_obj": tokenizer}
+
+
+def _openvino_args(config: GRPOConfig, tokenizer) -> tuple[str, dict[str, Any]]:
+    """OpenVINO GenAI on this CPU, on an export of the starting weights (made once, cached), applying each step's
+    adapter at run time; `openvino_args` are its settings."""
+    return config.model, dict(config.openvino_args)
+
+
+def _vllm_args(config: GRPOConfig, tokenizer) -> tuple[str, dict[str, Any]]:
+    """A vLLM engine on the starting weights with LoRA enabled; with `tis_cap` it returns the sampled tokens'
+    log-probabilities, for the rollout-engine correction. `vllm_args` go to the engine."""
+    from mathloop.models import resolve_model
+
+    path, _ = resolve_model(config.model)
+    engine_args = dict(config.vllm_args)
+    if config.tis_cap is not None:
+        # The sampled tokens' log-probabilities after temperature and top-p (vLLM >= 0.10.2; its default,
+        # raw_logprobs, is the distribution before them), so mu is the distribution actually sampled from.
+        engine_args.setdefault("logprobs_mode", "processed_logprobs")
+    return path, {"seed": config.seed, "enable_lora": True, "max_lora_rank": config.lora_rank,
+                       "logprobs": config.tis_cap is not None, **engine_args}
+
+
+# The model and constructor arguments of each rollout engine besides hf (default: the policy's starting model, the
+# engine's own defaults).
+ROLLOUT_ENGINE_ARGS = {"openai": _openai_args, "openvino": _openvino_args, "vllm": _vllm_args}
 
 
 def adapter_name(step: int) -> str:
