@@ -201,8 +201,11 @@ def add_backend_arguments(p: argparse.ArgumentParser, cls) -> None:
 
 
 def add_config_argument(p: argparse.ArgumentParser, cls) -> None:
+    """--config, and `cls` as the command's settings: `build_parser` adds a flag for each of its fields that the
+    command does not declare by hand (`mathloop.config.add_field_flags`)."""
     p.add_argument("--config", default=None,
                    help=f"YAML file of settings (keys are {cls.__name__} fields); flags override it")
+    p.settings_class = cls
 
 
 def add_eval_parser(sub: argparse._SubParsersAction) -> None:
@@ -492,6 +495,7 @@ def add_loop_parser(sub: argparse._SubParsersAction) -> None:
         "Rounds of sample -> verify -> train RM -> select -> SFT -> evaluate (and GRPO when configured) in one "
         "resumable run folder; see configs/*.yaml. Re-running the same command skips finished stages."))
     p.add_argument("--config", required=True, help="loop YAML file (e.g. configs/cpu-default.yaml)")
+    p.settings_class = C
     setting(p, C, "--output-dir", help="run folder (overrides the config's output_dir)")
     setting(p, C, "--rounds", type=int, help="number of rounds (overrides the config's)")
     setting(p, C, "--data-dir", help="benchmark folder (default: $MATHLOOP_DATA_DIR)")
@@ -875,7 +879,21 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
         else:
             sub.add_parser(name, help=HELP[name])
         add_quiet_flag(sub.choices[name])
+        add_settings_flags(sub.choices[name])
     return parser
+
+
+def add_settings_flags(p: argparse.ArgumentParser) -> None:
+    """On a command and each of its actions with a settings class (`add_config_argument`): a flag for every field
+    of that class not declared by hand, made from the field (`mathloop.config.add_field_flags`)."""
+    from mathloop.config import add_field_flags
+
+    if getattr(p, "settings_class", None) is not None:
+        add_field_flags(p, p.settings_class)
+    for action in p._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for child in action.choices.values():
+                add_settings_flags(child)
 
 
 def add_quiet_flag(p: argparse.ArgumentParser) -> None:

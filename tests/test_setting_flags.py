@@ -1,0 +1,68 @@
+"""Every stage's settings dataclass is the source of its command's flags: each field has a flag with help."""
+
+import argparse
+import dataclasses
+
+import pytest
+
+from mathloop import cli
+
+
+def _settings_parsers(parser, path=()):
+    """(command path, parser, settings class) for every command and action that reads a settings class."""
+    if getattr(parser, "settings_class", None) is not None:
+        yield " ".join(path), parser, parser.settings_class
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for name, child in action.choices.items():
+                yield from _settings_parsers(child, (*path, name))
+
+
+@pytest.fixture(scope="module")
+def parser():
+    return cli.build_parser()
+
+
+def test_every_settings_field_has_a_flag_with_help(parser):
+    found = list(_settings_parsers(parser))
+    commands = {command for command, _, _ in found}
+    assert {"eval", "sample", "select", "loop", "grpo", "sft", "rm train", "synthesize", "corpus build",
+            "corpus qa"} <= commands
+    missing = []
+    for command, p, cls in found:
+        helps = {action.dest: action.help for action in p._actions}
+        for f in dataclasses.fields(cls):
+            if f.name not in helps:
+                missing.append(f"{command}: {cls.__name__}.{f.name} has no flag")
+            elif not (helps[f.name] or "").strip() or helps[f.name].startswith("(default"):
+                missing.append(f"{command}: {cls.__name__}.{f.name} has no help (metadata={{'help': ...}})")
+    assert not missing, "\n".join(missing)
+
+
+def test_generated_flags_parse_to_settings(parser):
+    """Flags made from fields: a number, a switch, --x/--no-x for a bool whose default is not False, a mapping as
+    JSON, comma-separated lists; not given, they are None (the YAML value or the field's default applies)."""
+    from mathloop.config import flag_overrides
+    from mathloop.train.grpo import GRPOConfig
+    from mathloop.train.sft import SFTRunConfig
+
+    args = parser.parse_args(["grpo", "--weight-decay", "0.1", "--vllm-args", '{"gpu_memory_utilization": 0.4}',
+                              "--overlong-buffer", "64"])
+    given = flag_overrides(args, GRPOConfig)
+    assert given["weight_decay"] == 0.1 and given["overlong_buffer"] == 64
+    assert given["vllm_args"] == {"gpu_memory_utilization": 0.4}
+    assert "max_grad_norm" not in given
+    args = parser.parse_args(["sft", "--no-bf16", "--packing", "--lr-scheduler", "linear"])
+    assert flag_overrides(args, SFTRunConfig) | {} == {"bf16": False, "packing": True, "lr_scheduler": "linear"}
+    args = parser.parse_args(["corpus", "build", "--decontaminate-benchmarks", "gsm8k,math500", "--no-benchmark-seeds"])
+    assert args.decontaminate_benchmarks == ["gsm8k", "math500"] and args.benchmark_seeds is False
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["grpo", "--vllm-args", "[1]"], "--vllm-args: expected a JSON object"),
+    (["grpo", "--weight-decay", "much"], "--weight-decay: invalid float value"),
+])
+def test_generated_flags_refuse_bad_values(parser, argv, message, capsys):
+    with pytest.raises(SystemExit) as e:
+        parser.parse_args(argv)
+    assert e.value.code == 2 and message in capsys.readouterr().err
