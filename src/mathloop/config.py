@@ -122,7 +122,7 @@ def add_setting_flag(parser: Any, cls: type, flag: str, *aliases: str, dest: str
     default = field_default(cls, dest)
     shown = ",".join(str(v) for v in default) if isinstance(default, (list, tuple)) else default
     switch = kwargs.get("action") in ("store_true", "store_false")
-    if default not in (dataclasses.MISSING, None, []) and not switch and "(default:" not in help:
+    if default not in (dataclasses.MISSING, None, [], {}) and not switch and "(default:" not in help:
         help = f"{help} (default: {shown})".strip()
     elif default is dataclasses.MISSING and not kwargs.get("required"):
         help = f"{help} (required, here or in --config)".strip()

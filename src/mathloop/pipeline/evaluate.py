@@ -68,10 +68,12 @@ class EvalConfig(SamplerOptions, RayOptions):
     max_tool_calls: int = 4  # TIR: code executions per response
     tool_timeout: float = 5.0  # TIR: seconds per code execution (the official harness's limit)
     unsafe_sandbox_file_access: bool = False  # TIR on a host that cannot confine files: run cells unconfined anyway
-    backend_args: dict[str, Any] = field(default_factory=dict)
+    backend_args: dict[str, Any] = field(default_factory=dict, metadata={
+        "help": "backend settings as JSON (the backend flags such as --batch-size set the same keys)"})
     rm: str | None = None  # reward model (folder or Hub id) that scores every sample, for RM@k
     rm_batch_size: int = 8
-    rm_max_length: int = 4096
+    rm_max_length: int = field(default=4096, metadata={
+        "help": "reward model: tokens per prompt + response; longer ones keep their end"})
     rm_dtype: str | None = None  # default: bfloat16 where the device computes it natively, else float32
 
     def validate(self) -> None:

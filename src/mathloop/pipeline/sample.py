@@ -62,7 +62,8 @@ class SampleConfig(SamplerOptions, RayOptions):
     shard: int = 0
     num_shards: int = 1
     backend: str = "auto"  # a registered backend, or auto: openvino where installed and no GPU, else hf
-    backend_args: dict[str, Any] = field(default_factory=dict)
+    backend_args: dict[str, Any] = field(default_factory=dict, metadata={
+        "help": "backend settings as JSON (the backend flags such as --batch-size set the same keys)"})
     max_tool_calls: int = 4
     tool_timeout: float = 5.0
     unsafe_sandbox_file_access: bool = False  # TIR on a host that cannot confine files: run cells unconfined anyway

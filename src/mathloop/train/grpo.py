@@ -151,23 +151,28 @@ class GRPOConfig(SamplerOptions):
     rollout_base_url: str | None = None  # openai rollouts: e.g. http://sampler:8000/v1
     rollout_adapter_dir: str | None = None  # openai rollouts: where adapters are saved for the server to load, a
     # path the server can read (default: <output_dir>/rollout-adapter; another machine needs a shared filesystem)
-    vllm_args: dict[str, Any] = dataclasses.field(default_factory=dict)  # e.g. gpu_memory_utilization: 0.4
-    openvino_args: dict[str, Any] = dataclasses.field(default_factory=dict)  # OpenVINOBackend settings, e.g.
-    # weight_format: int8 (default fp16 weights with f32 compute: the closest to the trained policy), threads
+    vllm_args: dict[str, Any] = dataclasses.field(default_factory=dict, metadata={
+        "help": "vllm rollouts: vLLM engine settings, e.g. gpu_memory_utilization: 0.4"})
+    openvino_args: dict[str, Any] = dataclasses.field(default_factory=dict, metadata={
+        "help": "openvino rollouts: OpenVINOBackend settings, e.g. weight_format: int8 (default fp16 weights with f32 "
+                "compute: the closest to the trained policy), threads"})
     reward: str = "shaped"  # shaped | verifier | rm | 'module.path:function' (TRL signature)
     rm: str | None = None  # reward model folder or Hub id, for reward shaped or rm
     alpha: float = 0.5  # shaped reward: sigmoid(alpha * r_m) + (r_v - 1)
     learning_rate: float | None = None  # default 1e-6 (full fine-tuning) or 2e-5 (LoRA: adapters need larger steps)
-    weight_decay: float = 0.0
-    max_grad_norm: float = 1.0
+    weight_decay: float = dataclasses.field(default=0.0, metadata={"help": "AdamW weight decay"})
+    max_grad_norm: float = dataclasses.field(default=1.0, metadata={"help": "gradients clipped to this global norm"})
     beta: float = 1e-3  # KL coefficient (k3 estimator) to the reference policy; 0 drops the reference
     loss_type: str = "grpo"  # grpo (token mean per response, then mean) | dapo (token mean) | dr_grpo (sum / B*L_max)
     scale_rewards: str = "group"  # advantages divided by the group's std | the batch's std | none (Dr. GRPO)
     dynamic_sampling: bool = False  # DAPO: drop groups whose rewards are all equal, sample more queries to fill the step
-    dynamic_sampling_tries: int = 4  # rollout rounds per step at most (the first included) when dynamic_sampling
+    dynamic_sampling_tries: int = dataclasses.field(default=4, metadata={
+        "help": "rollout rounds per step at most (the first included) when dynamic_sampling"})
     overlong: str = "none"  # none | mask (truncated responses out of the loss) | soft_penalty (DAPO's length ramp)
-    overlong_buffer: int = 256  # soft_penalty: tokens before max_new_tokens where the penalty ramps from 0 to -1
-    overlong_penalty: float = 1.0  # soft_penalty: the penalty at max_new_tokens
+    overlong_buffer: int = dataclasses.field(default=256, metadata={
+        "help": "soft_penalty: tokens before max_new_tokens where the penalty ramps from 0 to -1"})
+    overlong_penalty: float = dataclasses.field(default=1.0, metadata={
+        "help": "soft_penalty: the penalty at max_new_tokens"})
     updates_per_batch: int = 1  # optimizer steps per rollout batch; > 1 makes the clipped ratio pi / pi_old act
     clip_low: float = 0.2  # ratio clipped to [1 - clip_low, 1 + clip_high] (DAPO's clip-higher: clip_high 0.28)
     clip_high: float = 0.2
@@ -175,7 +180,8 @@ class GRPOConfig(SamplerOptions):
     micro_batch: int = 8  # sequences per forward/backward (gradients accumulated over the step)
     lora: bool = False  # train LoRA adapters instead of all weights (needs `mathloop[train]`)
     lora_rank: int = 16
-    lora_alpha: int = 32
+    lora_alpha: int = dataclasses.field(default=32, metadata={
+        "help": "LoRA scaling alpha (the update is scaled by alpha / rank)"})
     lora_layers: int | None = None  # LoRA in the last N transformer blocks only (None: all); the blocks below run
     # without a backward pass (nothing below needs a gradient), a cheaper CPU step
     skip_zero_advantage: bool = True  # beta = 0: rollouts with advantage 0 (flat groups) get no forward/backward;
@@ -188,7 +194,8 @@ class GRPOConfig(SamplerOptions):
     gradient_checkpointing: bool = False
     dtype: str | None = None  # policy weights: float32 by default; bfloat16 saves memory with LoRA
     save_every: int = 25  # checkpoint every N steps (and always at the end)
-    keep_checkpoints: int = 2
+    keep_checkpoints: int = dataclasses.field(default=2, metadata={
+        "help": "checkpoints kept in the run folder (older ones are deleted)"})
     report_to: list[str] = dataclasses.field(default_factory=list)  # tensorboard and/or wandb, besides metrics.jsonl
     seed: int = 0
 

@@ -64,23 +64,24 @@ class RMTrainConfig:
     heldout_fraction: float = 0.05  # problems held out for pairwise accuracy
     learning_rate: float = 1e-5
     warmup_steps: int = 0  # linear warm-up, then constant
-    weight_decay: float = 0.0
-    max_grad_norm: float = 1.0
+    weight_decay: float = field(default=0.0, metadata={"help": "AdamW weight decay"})
+    max_grad_norm: float = field(default=1.0, metadata={"help": "gradients clipped to this global norm"})
     epochs: int = 1
     groups_per_batch: int = 8  # problems per optimizer step
     micro_batch_groups: int | None = None  # problems per forward/backward (gradient accumulation); None = all
     max_length: int = 2048  # tokens per prompt + response (longer ones keep their end)
     lora: bool = False  # train LoRA adapters + head instead of the full backbone (needs `mathloop[train]`)
     lora_rank: int = 16
-    lora_alpha: int = 32
+    lora_alpha: int = field(default=32, metadata={"help": "LoRA scaling alpha (the update is scaled by alpha / rank)"})
     lora_layers: int | None = None  # LoRA in the last N transformer layers only (None: all); the layers below run
     # without a backward pass, which makes a CPU step several times cheaper
     gradient_checkpointing: bool = False
     dtype: str | None = None  # backbone weights: default bfloat16 on GPU, float32 on CPU
     eval_every: int = 0  # held-out evaluation every N steps (0: only at the end)
     save_every: int = 0  # checkpoint every N steps (0: only at the end)
-    keep_checkpoints: int = 2
-    log_every: int = 1
+    keep_checkpoints: int = field(default=2, metadata={
+        "help": "checkpoints kept in the run folder (older ones are deleted)"})
+    log_every: int = field(default=1, metadata={"help": "optimizer steps between metrics lines"})
     report_to: list[str] = field(default_factory=list)  # tensorboard and/or wandb, besides metrics.jsonl (rank 0)
     seed: int = 0
 
