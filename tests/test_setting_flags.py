@@ -66,3 +66,33 @@ def test_generated_flags_refuse_bad_values(parser, argv, message, capsys):
     with pytest.raises(SystemExit) as e:
         parser.parse_args(argv)
     assert e.value.code == 2 and message in capsys.readouterr().err
+
+
+# The resume keys of each stage as they were written by hand before they came from field metadata.
+HAND_WRITTEN_RESUME_KEYS = {
+    "mathloop.pipeline.evaluate": {"backend", "max_new_tokens", "max_tool_calls", "min_p", "mode", "model", "n", "seed",
+                                   "shots", "split", "temperature", "top_k", "top_p"},
+    "mathloop.pipeline.sample": {"hard_max_correct", "hard_n", "hard_temperature", "max_new_tokens", "min_p", "mode",
+                                 "model", "n", "num_shards", "problems", "seed", "temperatures", "top_k", "top_p"},
+    "mathloop.train.grpo": {"alpha", "benchmark", "group_size", "limit", "lora", "lora_alpha", "lora_layers",
+                            "lora_rank", "mode", "model", "queries", "queries_per_step", "reward", "rm", "seed",
+                            "selection_high", "selection_low", "selection_n", "selection_samples", "split"},
+    "mathloop.train.rm": {"decontaminate", "epochs", "fill_samples", "group_size", "groups_per_batch",
+                          "heldout_fraction", "lora", "lora_layers", "lora_rank", "max_ratio", "model", "samples",
+                          "seed"},
+    "mathloop.train.sft": {"bf16", "data", "dtype", "epochs", "gradient_accumulation_steps", "learning_rate", "lora",
+                           "lora_alpha", "lora_layers", "lora_rank", "lr_scheduler", "max_length", "min_learning_rate",
+                           "model", "negative_floor", "negative_weight", "packing", "per_device_batch_size", "seed",
+                           "warmup_ratio"},
+}
+
+
+@pytest.mark.parametrize("module", sorted(HAND_WRITTEN_RESUME_KEYS))
+def test_resume_keys_from_field_metadata_equal_the_hand_written_lists(module):
+    import importlib
+
+    from mathloop.config import NOT_RESUME_KEYS
+
+    keys = importlib.import_module(module)._RESUME_KEYS
+    assert len(keys) == len(set(keys)) and set(keys) == HAND_WRITTEN_RESUME_KEYS[module]
+    assert not set(keys) & NOT_RESUME_KEYS

@@ -194,6 +194,20 @@ def _json_mapping(text: str) -> dict:
     return value
 
 
+def resume_keys(cls: type, but: tuple[str, ...] = ()) -> tuple[str, ...]:
+    """The resume keys of the settings class `cls`: its fields marked `metadata={"resume": True}` (a setting that
+    decides what a run produces, so a run folder resumes only with the same value), in field order, less `but`.
+
+    >>> @dataclasses.dataclass
+    ... class Demo:
+    ...     n: int = dataclasses.field(default=4, metadata={"resume": True})
+    ...     out: str = "run"
+    >>> resume_keys(Demo)
+    ('n',)
+    """
+    return tuple(f.name for f in dataclasses.fields(cls) if f.metadata.get("resume") and f.name not in but)
+
+
 def flag_overrides(args: Any, cls: type) -> dict[str, Any]:
     """The fields of `cls` that the parsed `args` give (argparse leaves the others None)."""
     return {f.name: getattr(args, f.name) for f in dataclasses.fields(cls) if getattr(args, f.name, None) is not None}

@@ -81,7 +81,14 @@ from typing import Any
 
 import torch
 
-from mathloop.backends.base import SamplerOptions, SamplingParams, sampling_params, validate_sampler_options
+from mathloop.backends.base import (
+    SAMPLER_OPTIONS,
+    SamplerOptions,
+    SamplingParams,
+    sampling_params,
+    validate_sampler_options,
+)
+from mathloop.config import resume_keys
 from mathloop.generate import code_executor, generate, grade_samples, response_samples
 from mathloop.hardware import autocast
 from mathloop.progress import progress_bar
@@ -124,22 +131,29 @@ class GRPOConfig(SamplerOptions):
     """Every setting of a GRPO run (recorded in run.json; YAML keys use these names)."""
 
     output_dir: str  # run folder: checkpoints, logs, rollouts, final/
-    model: str = "default"  # policy to train: 'default' (embedded model), a local folder or a Hub id
-    queries: str | None = None  # problems JSONL (question, gold) ...
-    benchmark: str | None = None  # ... or a benchmark in the harness layout (with split, data_dir)
-    split: str = "train"
+    model: str = dataclasses.field(default="default", metadata={"resume": True,
+        "help": "policy to train: 'default' (embedded model), a local folder or a Hub id"})
+    queries: str | None = dataclasses.field(default=None, metadata={"resume": True,
+        "help": "problems JSONL (question, gold) ..."})
+    benchmark: str | None = dataclasses.field(default=None, metadata={"resume": True,
+        "help": "... or a benchmark in the harness layout (with split, data_dir)"})
+    split: str = dataclasses.field(default="train", metadata={"resume": True})
     data_dir: str | None = None  # benchmark folder (default: $MATHLOOP_DATA_DIR)
-    limit: int | None = None  # the first N queries only
-    selection_samples: str | None = None  # graded samples JSONL: keep queries with low..high of n correct
-    selection_low: int = 2
-    selection_high: int = 5
-    selection_n: int = 8
-    mode: str = "cot"  # cot | tir (the model's Python runs in the sandbox during rollouts)
+    limit: int | None = dataclasses.field(default=None, metadata={"resume": True, "help": "the first N queries only"})
+    selection_samples: str | None = dataclasses.field(default=None, metadata={"resume": True,
+        "help": "graded samples JSONL: keep queries with low..high of n correct"})
+    selection_low: int = dataclasses.field(default=2, metadata={"resume": True})
+    selection_high: int = dataclasses.field(default=5, metadata={"resume": True})
+    selection_n: int = dataclasses.field(default=8, metadata={"resume": True})
+    mode: str = dataclasses.field(default="cot", metadata={"resume": True,
+        "help": "cot | tir (the model's Python runs in the sandbox during rollouts)"})
     max_tool_calls: int = 4  # tir: code executions per response
     tool_timeout: float = 5.0  # tir: seconds per execution
     unsafe_sandbox_file_access: bool = False  # tir on a host that cannot confine files: run cells unconfined anyway
-    group_size: int = 8  # responses per query (G; the paper uses 32)
-    queries_per_step: int = 16  # queries per optimizer step
+    group_size: int = dataclasses.field(default=8, metadata={"resume": True,
+        "help": "responses per query (G; the paper uses 32)"})
+    queries_per_step: int = dataclasses.field(default=16, metadata={"resume": True,
+        "help": "queries per optimizer step"})
     steps: int = 100  # optimizer steps in all (one rollout batch each)
     max_new_tokens: int = 1024  # per response
     temperature: float = 1.0  # sampling temperature, also applied to the log-probabilities
@@ -156,9 +170,12 @@ class GRPOConfig(SamplerOptions):
     openvino_args: dict[str, Any] = dataclasses.field(default_factory=dict, metadata={
         "help": "openvino rollouts: OpenVINOBackend settings, e.g. weight_format: int8 (default fp16 weights with f32 "
                 "compute: the closest to the trained policy), threads"})
-    reward: str = "shaped"  # shaped | verifier | rm | 'module.path:function' (TRL signature)
-    rm: str | None = None  # reward model folder or Hub id, for reward shaped or rm
-    alpha: float = 0.5  # shaped reward: sigmoid(alpha * r_m) + (r_v - 1)
+    reward: str = dataclasses.field(default="shaped", metadata={"resume": True,
+        "help": "shaped | verifier | rm | 'module.path:function' (TRL signature)"})
+    rm: str | None = dataclasses.field(default=None, metadata={"resume": True,
+        "help": "reward model folder or Hub id, for reward shaped or rm"})
+    alpha: float = dataclasses.field(default=0.5, metadata={"resume": True,
+        "help": "shaped reward: sigmoid(alpha * r_m) + (r_v - 1)"})
     learning_rate: float | None = None  # default 1e-6 (full fine-tuning) or 2e-5 (LoRA: adapters need larger steps)
     weight_decay: float = dataclasses.field(default=0.0, metadata={"help": "AdamW weight decay"})
     max_grad_norm: float = dataclasses.field(default=1.0, metadata={"help": "gradients clipped to this global norm"})
@@ -178,12 +195,14 @@ class GRPOConfig(SamplerOptions):
     clip_high: float = 0.2
     tis_cap: float | None = None  # rollout-engine correction (vllm rollouts): per-token weight min(pi_old / mu, cap)
     micro_batch: int = 8  # sequences per forward/backward (gradients accumulated over the step)
-    lora: bool = False  # train LoRA adapters instead of all weights (needs `mathloop[train]`)
-    lora_rank: int = 16
-    lora_alpha: int = dataclasses.field(default=32, metadata={
+    lora: bool = dataclasses.field(default=False, metadata={"resume": True,
+        "help": "train LoRA adapters instead of all weights (needs `mathloop[train]`)"})
+    lora_rank: int = dataclasses.field(default=16, metadata={"resume": True})
+    lora_alpha: int = dataclasses.field(default=32, metadata={"resume": True,
         "help": "LoRA scaling alpha (the update is scaled by alpha / rank)"})
-    lora_layers: int | None = None  # LoRA in the last N transformer blocks only (None: all); the blocks below run
-    # without a backward pass (nothing below needs a gradient), a cheaper CPU step
+    lora_layers: int | None = dataclasses.field(default=None, metadata={"resume": True,
+        "help": "LoRA in the last N transformer blocks only (None: all); the blocks below run without a backward pass"
+                " (nothing below needs a gradient), a cheaper CPU step"})
     skip_zero_advantage: bool = True  # beta = 0: rollouts with advantage 0 (flat groups) get no forward/backward;
     # their loss and gradient are exactly 0, so the step is the same (a step of flat groups only costs nothing)
     sort_by_length: bool = True  # micro-batches of rollouts of similar length (less padding; same gradient)
@@ -197,7 +216,7 @@ class GRPOConfig(SamplerOptions):
     keep_checkpoints: int = dataclasses.field(default=2, metadata={
         "help": "checkpoints kept in the run folder (older ones are deleted)"})
     report_to: list[str] = dataclasses.field(default_factory=list)  # tensorboard and/or wandb, besides metrics.jsonl
-    seed: int = 0
+    seed: int = dataclasses.field(default=0, metadata={"resume": True})
 
     def __post_init__(self) -> None:
         if self.learning_rate is None:
@@ -293,9 +312,9 @@ class GRPOConfig(SamplerOptions):
 
 
 # Settings a resumed run must share with the run that wrote the checkpoint.
-_RESUME_KEYS = ("model", "queries", "benchmark", "split", "limit", "selection_samples", "selection_low",
-                "selection_high", "selection_n", "mode", "group_size", "queries_per_step", "reward", "rm", "alpha",
-                "lora", "lora_rank", "lora_alpha", "lora_layers", "seed")
+# the resume keys: fields marked metadata={"resume": True}; rollout sampling (SAMPLER_OPTIONS, inherited) may change
+# between runs of one folder
+_RESUME_KEYS = resume_keys(GRPOConfig, but=SAMPLER_OPTIONS)
 
 
 def _is_function_spec(text: str) -> bool:
