@@ -96,3 +96,16 @@ def test_resume_keys_from_field_metadata_equal_the_hand_written_lists(module):
     keys = importlib.import_module(module)._RESUME_KEYS
     assert len(keys) == len(set(keys)) and set(keys) == HAND_WRITTEN_RESUME_KEYS[module]
     assert not set(keys) & NOT_RESUME_KEYS
+
+
+def test_options_doc_lists_every_field_and_is_current(parser):
+    """docs/options.md is generated from the settings classes (scripts/options_doc.py): it lists every field of
+    every command with a settings class, and a field added without regenerating it fails here."""
+    from pathlib import Path
+
+    text = (Path(__file__).resolve().parents[1] / "docs" / "options.md").read_text(encoding="utf-8")
+    for command, p, cls in _settings_parsers(parser):
+        section = text.split(f"## mathloop {command} ({cls.__name__})\n", 1)[-1].split("\n## ", 1)[0]
+        missing = [f.name for f in dataclasses.fields(cls) if f"| `{f.name}` |" not in section]
+        assert not missing, f"docs/options.md, mathloop {command}: no row for {missing}"
+    assert text == cli.settings_markdown(parser), "docs/options.md is not current: run python scripts/options_doc.py"

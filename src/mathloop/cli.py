@@ -537,7 +537,7 @@ def add_grpo_parser(sub: argparse._SubParsersAction) -> None:
         "Roll out groups of responses per query from the policy being trained (CoT, or TIR with the sandbox), grade "
         "them, reward them (default: the paper's shaped reward from verifier and reward model), and update the "
         "policy with GRPO. Settings come from --config (YAML, keys are GRPOConfig fields, flags with underscores) "
-        "and flags, flags winning; every field is settable in YAML, the common ones by flag. Re-running with the "
+        "and flags, flags winning; every field is a YAML key and a flag (docs/options.md). Re-running with the "
         "same --output-dir resumes from the latest checkpoint. The trained model is written to <output-dir>/final."))
     add_config_argument(p, C)
     setting(p, C, "--model", help="policy: 'default' (embedded Qwen2.5-Coder-0.5B-Instruct), a local folder or a Hub id")
@@ -904,6 +904,49 @@ def add_quiet_flag(p: argparse.ArgumentParser) -> None:
         if isinstance(action, argparse._SubParsersAction):
             for child in action.choices.values():
                 add_quiet_flag(child)
+
+
+def settings_parsers(parser: argparse.ArgumentParser, path: tuple[str, ...] = ()):
+    """(command words, parser) of every command and action of `parser` that reads a settings class."""
+    if getattr(parser, "settings_class", None) is not None:
+        yield path, parser
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for name, child in action.choices.items():
+                yield from settings_parsers(child, (*path, name))
+
+
+def settings_markdown(parser: argparse.ArgumentParser | None = None) -> str:
+    """docs/options.md: for each command with a settings class, every field with its flag, default, whether it is
+    a resume key and its help, all read from the dataclass and the flags made from it
+    (`python scripts/options_doc.py` writes the file; a test checks it is current)."""
+    import dataclasses
+    import re
+    import sys
+
+    from mathloop.config import field_default
+
+    lines = ["# Settings of every command", "",
+             "Generated from the settings dataclasses by `python scripts/options_doc.py` (a test fails when this page "
+             "misses a field). Each field is a YAML key of the command's `--config` file and a flag; flags win over "
+             "the file. A resume key must keep its value for a run folder to resume (`docs/runs.md`).", ""]
+    for path, p in settings_parsers(parser or build_parser()):
+        cls = p.settings_class
+        keys = getattr(sys.modules[cls.__module__], "_RESUME_KEYS", None)
+        flags = {action.dest: action for action in p._actions if action.option_strings}
+        lines += [f"## mathloop {' '.join(path)} ({cls.__name__})", "",
+                  "| field | flag | default | resume key | what it does |", "|---|---|---|---|---|"]
+        for f in dataclasses.fields(cls):
+            action = flags.get(f.name)
+            default = field_default(cls, f.name)
+            shown = "required" if default is dataclasses.MISSING else f"`{default!r}`"
+            what = re.sub(r" ?\((default: [^()]*|required, here or in --config)\)$", "",
+                          (action.help if action else "") or f.metadata.get("help", "")).replace("|", "\\|")
+            flag = ", ".join(f"`{o}`" for o in action.option_strings) if action else ""
+            resume = "" if keys is None else ("yes" if f.name in keys else "")
+            lines.append(f"| `{f.name}` | {flag} | {shown} | {resume} | {what} |")
+        lines.append("")
+    return "\n".join(lines)
 
 
 def add_report_parser(sub: argparse._SubParsersAction) -> None:
