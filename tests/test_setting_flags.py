@@ -109,3 +109,30 @@ def test_options_doc_lists_every_field_and_is_current(parser):
         missing = [f.name for f in dataclasses.fields(cls) if f"| `{f.name}` |" not in section]
         assert not missing, f"docs/options.md, mathloop {command}: no row for {missing}"
     assert text == cli.settings_markdown(parser), "docs/options.md is not current: run python scripts/options_doc.py"
+
+
+def test_a_new_trainer_option_is_one_field(tmp_path):
+    """One field with help and resume metadata gives the flag with its help, the YAML key, the run record's
+    config and resume keys, the resume check and the docs row; nothing else is written for it."""
+    from mathloop.config import add_field_flags, flag_overrides, load_settings, resume_keys
+    from mathloop.runs import check_run_record, new_run_record
+    from mathloop.train.sft import SFTRunConfig
+
+    @dataclasses.dataclass
+    class NextSFT(SFTRunConfig):
+        new_knob: float = dataclasses.field(default=0.5, metadata={"help": "a new knob", "resume": True})
+
+    p = argparse.ArgumentParser(prog="mathloop sft")
+    p.settings_class = NextSFT
+    assert "new_knob" in add_field_flags(p, NextSFT)
+    assert "a new knob (default: 0.5)" in " ".join(p.format_help().split())
+    yaml_file = tmp_path / "sft.yaml"
+    yaml_file.write_text("data: d.jsonl\noutput_dir: out\nnew_knob: 0.6\n")
+    assert load_settings(NextSFT, str(yaml_file)).new_knob == 0.6
+    config = load_settings(NextSFT, str(yaml_file), flag_overrides(p.parse_args(["--new-knob", "0.7"]), NextSFT))
+    assert config.new_knob == 0.7 and "new_knob" in resume_keys(NextSFT)
+    record = new_run_record(config, kind="sft", resume_keys=resume_keys(NextSFT))
+    assert record["config"]["new_knob"] == 0.7 and "new_knob" in record["resume_keys"]
+    with pytest.raises(ValueError, match=r"new_knob: 0.7 -> 0.6"):
+        check_run_record(record, dataclasses.replace(config, new_knob=0.6), resume_keys(NextSFT))
+    assert "| `new_knob` | `--new-knob` | `0.5` | yes | a new knob |" in cli.settings_markdown(p)

@@ -924,7 +924,7 @@ def settings_markdown(parser: argparse.ArgumentParser | None = None) -> str:
     import re
     import sys
 
-    from mathloop.config import field_default
+    from mathloop.config import field_default, resume_keys
 
     lines = ["# Settings of every command", "",
              "Generated from the settings dataclasses by `python scripts/options_doc.py` (a test fails when this page "
@@ -932,7 +932,7 @@ def settings_markdown(parser: argparse.ArgumentParser | None = None) -> str:
              "the file. A resume key must keep its value for a run folder to resume (`docs/runs.md`).", ""]
     for path, p in settings_parsers(parser or build_parser()):
         cls = p.settings_class
-        keys = getattr(sys.modules[cls.__module__], "_RESUME_KEYS", None)
+        keys = getattr(sys.modules[cls.__module__], "_RESUME_KEYS", None) or resume_keys(cls) or None
         flags = {action.dest: action for action in p._actions if action.option_strings}
         lines += [f"## mathloop {' '.join(path)} ({cls.__name__})", "",
                   "| field | flag | default | resume key | what it does |", "|---|---|---|---|---|"]
