@@ -121,7 +121,7 @@ def test_gold_problems_keep_the_top_k_correct_by_rm_score_without_truncated_or_d
     assert [s.rm_score for s in chosen] == [2.0, 1.0]  # 5.0 truncated, 0.1 near-copy of 2.0, 9.0 wrong
     assert report.truncated == 1 and report.duplicates == 1
     assert report.dropped == {"no correct response": 1} and report.kept_problems == 1
-    chosen, _ = select_responses(samples, k=2, use_rm=False)
+    chosen, _ = select_responses(samples, k=2, vote="majority")
     assert [s.sample_index for s in chosen] == [0, 2]  # sampling order when RM scores are ignored
 
 
@@ -146,14 +146,33 @@ def test_shortest_first_keeps_the_most_concise_correct_responses():
 def test_problems_without_gold_get_a_majority_pseudo_label_weighted_by_rm():
     votes = [graded("q", f"Way {i}: the total is {a}, \\boxed{{{a}}}", gold=None, pred=a, rm=rm, index=i)
              for i, (a, rm) in enumerate([("12", -4.0), ("12", -4.0), ("12", -4.0), ("15", 4.0), ("15", 4.0)])]
-    assert majority_answer(votes, use_rm=False) == ("12", 0.6)
+    assert majority_answer(votes, vote="majority") == ("12", 0.6)
     label, share = majority_answer(votes)  # weights sigmoid(rm): 3 x 0.018 vs 2 x 0.982
     assert label == "15" and share == pytest.approx(0.9735, abs=1e-3)
     chosen, report = select_responses(votes, k=4)
     assert {s.pred for s in chosen} == {"15"} and report.pseudo_labelled == 1
     assert chosen[0].metadata["pseudo_label"] == "15"
-    _, report = select_responses(votes, k=4, use_rm=False, min_agreement=0.7)
+    _, report = select_responses(votes, k=4, vote="majority", min_agreement=0.7)
     assert report.dropped == {"no majority answer": 1}
+
+
+def test_confidence_weighted_vote_ranks_by_the_generators_confidence_and_needs_it_everywhere():
+    votes = [graded("q", f"Way {i}: the total is {a}, \\boxed{{{a}}}", gold=None, pred=a, index=i)
+             for i, a in enumerate(["12", "12", "12", "15", "15"])]
+    for s, lowest in zip(votes, [-3.0, -3.0, -3.0, -0.1, -0.2]):
+        s.confidence = {"mean": lowest / 2, "lowest_window": lowest, "tail": lowest}
+    label, share = majority_answer(votes, vote="confidence-weighted")  # 3 x exp(-3) = 0.149 vs 0.905 + 0.819
+    assert label == "15" and share == pytest.approx(1.724 / 1.873, abs=1e-3)
+    right = [graded("a", f"Solution number {i} counts {'up ' * i}to \\boxed{{7}}", "correct", index=i) for i in range(3)]
+    for s, lowest in zip(right, [-2.0, -0.5, -1.0]):
+        s.confidence = {"mean": 0.0, "lowest_window": lowest, "tail": 0.0}
+    chosen, _ = select_responses(right, k=2, vote="confidence-weighted")
+    assert [s.sample_index for s in chosen] == [1, 2]  # most confident first
+    right[0].confidence = None
+    with pytest.raises(ValueError, match="confidence"):
+        select_responses(right, k=2, vote="confidence-weighted")
+    with pytest.raises(ValueError, match="rm_score"):
+        select_responses(right, k=2, vote="rm-weighted")
 
 
 def test_difficulty_gives_rarely_solved_problems_more_rows_and_always_solved_ones_none():

@@ -462,15 +462,17 @@ def add_select_parser(sub: argparse._SubParsersAction) -> None:
     from mathloop.pipeline.select import SelectConfig as C
 
     p = sub.add_parser("select", help=HELP["select"], description=(
-        "Read samples (files, or `mathloop sample` folders), keep up to --k correct responses per problem (best RM "
-        "score first when samples have rm_score), pseudo-label problems without a gold answer by majority vote, "
+        "Read samples (files, or `mathloop sample` folders), keep up to --k correct responses per problem (ranked "
+        "by --vote), pseudo-label problems without a gold answer by a vote, "
         "drop truncated and near-duplicate responses, optionally remove responses that match a benchmark, and "
         "write prompt-completion chat rows for `mathloop sft`."))
     add_config_argument(p, C)
     setting(p, C, "--samples", type=_csv, help="comma-separated sample JSONL files or folders")
     setting(p, C, "--output", help="SFT data JSONL to write")
     setting(p, C, "--k", type=_positive_int, help="responses per problem")
-    setting(p, C, "--no-rm", dest="use_rm", action="store_false", help="ignore rm_score (order and votes unweighted)")
+    setting(p, C, "--vote", choices=["auto", "majority", "rm-weighted", "confidence-weighted"],
+            help="how correct responses rank and pseudo-label votes weigh: by RM score (rm-weighted; auto when every "
+                 "sample has one), by the generator's confidence (confidence-weighted), or not (majority)")
     setting(p, C, "--shortest-first", action="store_true",
             help="without RM order, keep the responses with the fewest tokens (default: sampling order)")
     setting(p, C, "--min-agreement", type=float, help="pseudo-labels: share of votes the majority answer needs")

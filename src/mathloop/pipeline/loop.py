@@ -110,7 +110,7 @@ class LoopConfig:
     reward_model: dict[str, Any] = field(default_factory=dict, metadata={
         "help": "reward model: RMTrainConfig fields, plus enabled: bool"})
     select: dict[str, Any] = field(default_factory=dict, metadata={
-        "help": "select stage: SelectConfig fields (k, use_rm, ...)"})
+        "help": "select stage: SelectConfig fields (k, vote, ...)"})
     sft: dict[str, Any] = field(default_factory=dict, metadata={"help": "SFT stage: SFTRunConfig fields"})
     eval: dict[str, Any] = field(default_factory=dict, metadata={
         "help": "held-out evaluation: EvalConfig fields (n, temperature, max_new_tokens, ...)"})

@@ -1,11 +1,14 @@
 """Rejection sampling into SFT data (method step 5): pick the best responses per problem, write chat rows.
 
 Per problem:
-- with a gold answer: the verified-correct responses, best RM score first (no RM scores: in sampling order, or
-  fewest tokens first with `shortest_first`: concise solutions, which also cost SFT less);
-- without one (synthesized problems): a pseudo-label by majority vote over the extracted answers, each response
-  weighted by sigmoid(RM score) when scores exist; the problem is kept when the winning answer holds at least
-  `min_agreement` of the weight, and its responses that agree are the candidates.
+- with a gold answer: the verified-correct responses, ranked by `vote`: best RM score first (`rm-weighted`, and
+  `auto` when every sample has a score), most confident first (`confidence-weighted`: the generator's own
+  `Sample.confidence`), else in sampling order, or fewest tokens first with `shortest_first` (concise solutions,
+  which also cost SFT less);
+- without one (synthesized problems): a pseudo-label by a vote over the extracted answers, each response weighted by
+  sigmoid(RM score) (`rm-weighted`; `auto` with scores), by exp(confidence) (`confidence-weighted`) or 1
+  (`majority`); the problem is kept when the winning answer holds at least `min_agreement` of the weight, and its
+  responses that agree are the candidates.
 Candidates that hit the token limit are dropped (they never finished), then exact and near-duplicate responses
 (word 3-gram Jaccard similarity >= `near_duplicate`, default 0.8) are removed, and the first `k` remain.
 
@@ -31,10 +34,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from mathloop.metrics import majority
+from mathloop.metrics import CONFIDENCE_MEASURE, majority
 from mathloop.prompts import build_messages
 from mathloop.records import Problem, Sample, read_records, write_jsonl
 from mathloop.verify import same_answer
+
+
+VOTES = ("auto", "majority", "rm-weighted", "confidence-weighted")
 
 
 @dataclass
@@ -45,7 +51,7 @@ class SelectConfig:
     samples: list[str]  # sample JSONL files or `mathloop sample` folders
     output: str  # SFT data JSONL to write
     k: int = 4  # responses per problem
-    use_rm: bool = True  # order and weight votes by rm_score when samples have one
+    vote: str = "auto"  # auto | majority | rm-weighted | confidence-weighted: how responses rank and votes weigh
     shortest_first: bool = False  # without RM order: fewest completion tokens first (default: sampling order)
     min_agreement: float = 0.5  # pseudo-labels: share of the votes the majority answer needs
     near_duplicate: float = 0.8  # word 3-gram Jaccard similarity at which two responses count as one
@@ -65,10 +71,12 @@ class SelectConfig:
             raise ValueError(f"select: near_duplicate must be in (0, 1], got {self.near_duplicate}")
         if self.negatives < 0:
             raise ValueError(f"select: negatives must be >= 0, got {self.negatives}")
+        if self.vote not in VOTES:
+            raise ValueError(f"select: vote must be one of {', '.join(VOTES)}, got {self.vote!r}")
 
     def rule(self) -> dict[str, Any]:
         """The settings of `select_responses`."""
-        return {name: getattr(self, name) for name in ("k", "use_rm", "min_agreement", "near_duplicate",
+        return {name: getattr(self, name) for name in ("k", "vote", "min_agreement", "near_duplicate",
                                                         "shortest_first", "difficulty", "negatives")}
 
 
@@ -136,25 +144,47 @@ def jaccard(a: set, b: set) -> float:
     return len(a & b) / len(a | b) if a or b else 1.0
 
 
-def majority_answer(samples: list[Sample], use_rm: bool = True) -> tuple[str | None, float]:
-    """The (RM-weighted) majority answer among the samples' extracted answers and its share of the weight.
+def vote_weights(samples: list[Sample], vote: str = "auto") -> list[float] | None:
+    """Each sample's weight in a vote and rank (higher first), or None for plain votes in sampling order:
+    sigmoid(RM score) for `rm-weighted` (and `auto` when every sample has a score), exp(confidence) for
+    `confidence-weighted` (the geometric-mean probability of the tokens of the `CONFIDENCE_MEASURE` window).
 
-    Answers are grouped with the verifier's equivalence (1/2 and 0.5 are one vote); with RM scores on every sample
-    each vote weighs sigmoid(score). Samples without an answer count in the total weight but vote for nothing.
+    >>> vote_weights([Sample("p", "", "", rm_score=0.0)]), vote_weights([Sample("p", "", "")])
+    ([0.5], None)
+    """
+    if vote == "majority" or (vote == "auto" and not all(s.rm_score is not None for s in samples)):
+        return None
+    if vote in ("auto", "rm-weighted"):
+        if any(s.rm_score is None for s in samples):
+            raise ValueError("select: vote rm-weighted needs an rm_score on every sample (score them with "
+                             "`mathloop rm score`, or use vote majority)")
+        return [1.0 / (1.0 + math.exp(-s.rm_score)) for s in samples]
+    if vote == "confidence-weighted":
+        if any(not s.confidence or CONFIDENCE_MEASURE not in s.confidence for s in samples):
+            raise ValueError("select: vote confidence-weighted needs every sample's confidence (sample with a "
+                             "backend that reports token log-probabilities: hf, openvino, vllm, openai)")
+        return [math.exp(s.confidence[CONFIDENCE_MEASURE]) for s in samples]
+    raise ValueError(f"select: vote must be one of {', '.join(VOTES)}, got {vote!r}")
+
+
+def majority_answer(samples: list[Sample], vote: str = "auto") -> tuple[str | None, float]:
+    """The (weighted) majority answer among the samples' extracted answers and its share of the weight.
+
+    Answers are grouped with the verifier's equivalence (1/2 and 0.5 are one vote); each vote weighs what
+    `vote_weights` gives (1 without). Samples without an answer count in the total weight but vote for nothing.
 
     >>> s = [Sample("p", "", "", pred=a) for a in ("1/2", "0.5", "3", None)]
     >>> majority_answer(s)
     ('1/2', 0.5)
     """
-    weighted = use_rm and all(s.rm_score is not None for s in samples)
-    weights = [1.0 / (1.0 + math.exp(-s.rm_score)) if weighted else 1.0 for s in samples]
+    weights = vote_weights(samples, vote) or [1.0] * len(samples)
     winner, votes = majority([s.pred for s in samples], same_answer, weights)
     if winner is None:
         return None, 0.0
     return samples[winner].pred, votes / sum(weights)
 
 
-def select_responses(samples: Iterable[Sample], k: int = SelectConfig.k, use_rm: bool = SelectConfig.use_rm,
+def select_responses(samples: Iterable[Sample], k: int = SelectConfig.k, vote: str = SelectConfig.vote,
                      min_agreement: float = SelectConfig.min_agreement,
                      near_duplicate: float = SelectConfig.near_duplicate,
                      shortest_first: bool = SelectConfig.shortest_first, difficulty: bool = SelectConfig.difficulty,
@@ -186,7 +216,7 @@ def select_responses(samples: Iterable[Sample], k: int = SelectConfig.k, use_rm:
                 chosen += wrong
                 report.negatives += len(wrong)
         else:
-            label, share = majority_answer(group, use_rm)
+            label, share = majority_answer(group, vote)
             if label is None or share < min_agreement:
                 report.dropped["no majority answer"] += 1
                 continue
@@ -199,8 +229,10 @@ def select_responses(samples: Iterable[Sample], k: int = SelectConfig.k, use_rm:
             report.dropped["solved by every sample"] += 1
             continue
         finished = _finished(candidates, report)
-        if use_rm and finished and all(s.rm_score is not None for s in finished):
-            finished.sort(key=lambda s: -s.rm_score)
+        weights = vote_weights(finished, vote) if finished else None
+        if weights is not None:
+            order = sorted(range(len(finished)), key=lambda i: -weights[i])  # stable: sampling order on ties
+            finished = [finished[i] for i in order]
         elif shortest_first:
             finished.sort(key=lambda s: math.inf if s.completion_tokens is None else s.completion_tokens)  # stable
         kept = _distinct(finished, rows, near_duplicate, report)
