@@ -116,10 +116,11 @@ def add_setting_flag(parser: Any, cls: type, flag: str, *aliases: str, dest: str
     Its default is None (not given: the YAML value or the field's default applies) and its help ends with the
     field's default, so the default is written once, in the dataclass (a help text that explains what None or
     another default means says it itself). A `store_false` flag sets the field to False. A flag naming no field
-    is an error when the parser is built.
+    is an error when the parser is built. Without `help` the field's `metadata["help"]` is the help.
     """
     dest = dest or flag.lstrip("-").replace("-", "_")
     default = field_default(cls, dest)
+    help = help or next((f.metadata.get("help", "") for f in dataclasses.fields(cls) if f.name == dest), "")
     shown = ",".join(str(v) for v in default) if isinstance(default, (list, tuple)) else default
     switch = kwargs.get("action") in ("store_true", "store_false")
     if default not in (dataclasses.MISSING, None, [], {}) and not switch and "(default:" not in help:
