@@ -879,7 +879,10 @@ def settings_markdown(parser: argparse.ArgumentParser | None = None) -> str:
     lines = ["# Settings of every command", "",
              "Generated from the settings dataclasses by `python scripts/options_doc.py` (a test fails when this page "
              "misses a field). Each field is a YAML key of the command's `--config` file and a flag; flags win over "
-             "the file. A resume key must keep its value for a run folder to resume (`docs/runs.md`).", ""]
+             "the file. A resume key must keep its value for a run folder to resume (`docs/runs.md`).", "",
+             "A new option is one field of the stage's dataclass, e.g. `warmup: int = field(default=0, metadata="
+             "{\"help\": \"...\", \"resume\": True})`: its flag (`--warmup`, type from the annotation), help, YAML "
+             "key, run record entry and resume check follow from it; then rerun the script above.", ""]
     for path, p in settings_parsers(parser or build_parser()):
         cls = p.settings_class
         keys = getattr(sys.modules[cls.__module__], "_RESUME_KEYS", None) or resume_keys(cls) or None
