@@ -74,7 +74,7 @@ def test_every_flag_sets_a_field_and_restates_no_default(stage):
         assert action.dest in fields | backend, f"{stage} {action.option_strings}: no {cls.__name__} field"
         assert action.default is None, f"{stage} {action.option_strings}: restates a default"
         default = field_default(cls, action.dest) if action.dest in fields else None
-        if action.dest in fields and default not in (None, [], dataclasses.MISSING) and action.nargs != 0:
+        if action.dest in fields and default not in (None, [], {}, dataclasses.MISSING) and action.nargs != 0:
             shown = ",".join(map(str, default)) if isinstance(default, list) else str(default)
             assert f"(default: {shown})" in action.help, f"{stage} {action.option_strings}: {action.help}"
 

@@ -203,8 +203,11 @@ def add_backend_arguments(p: argparse.ArgumentParser, cls) -> None:
 
 
 def add_config_argument(p: argparse.ArgumentParser, cls) -> None:
+    """--config, and `cls` as the command's settings: `build_parser` adds a flag for each of its fields that the
+    command does not declare by hand (`mathloop.config.add_field_flags`)."""
     p.add_argument("--config", default=None,
                    help=f"YAML file of settings (keys are {cls.__name__} fields); flags override it")
+    p.settings_class = cls
 
 
 def add_eval_parser(sub: argparse._SubParsersAction) -> None:
@@ -496,6 +499,7 @@ def add_loop_parser(sub: argparse._SubParsersAction) -> None:
         "Rounds of sample -> verify -> train RM -> select -> SFT -> evaluate (and GRPO when configured) in one "
         "resumable run folder; see configs/*.yaml. Re-running the same command skips finished stages."))
     p.add_argument("--config", required=True, help="loop YAML file (e.g. configs/cpu-default.yaml)")
+    p.settings_class = C
     setting(p, C, "--output-dir", help="run folder (overrides the config's output_dir)")
     setting(p, C, "--rounds", type=int, help="number of rounds (overrides the config's)")
     setting(p, C, "--data-dir", help="benchmark folder (default: $MATHLOOP_DATA_DIR)")
@@ -537,83 +541,31 @@ def add_grpo_parser(sub: argparse._SubParsersAction) -> None:
         "Roll out groups of responses per query from the policy being trained (CoT, or TIR with the sandbox), grade "
         "them, reward them (default: the paper's shaped reward from verifier and reward model), and update the "
         "policy with GRPO. Settings come from --config (YAML, keys are GRPOConfig fields, flags with underscores) "
-        "and flags, flags winning; every field is settable in YAML, the common ones by flag. Re-running with the "
+        "and flags, flags winning; every field is a YAML key and a flag (docs/options.md). Re-running with the "
         "same --output-dir resumes from the latest checkpoint. The trained model is written to <output-dir>/final."))
     add_config_argument(p, C)
-    setting(p, C, "--model", help="policy: 'default' (embedded Qwen2.5-Coder-0.5B-Instruct), a local folder or a Hub id")
-    setting(p, C, "--output-dir", help="run folder (created; resumed when it holds checkpoints)")
-    setting(p, C, "--queries", help="problems JSONL to train on (question, gold)")
-    setting(p, C, "--benchmark", help="or a benchmark's split as the queries, e.g. gsm8k")
-    setting(p, C, "--split", help="split of --benchmark")
-    setting(p, C, "--data-dir", help="benchmark folder (default: $MATHLOOP_DATA_DIR)")
-    setting(p, C, "--limit", type=_positive_int, help="the first N queries only (default: all)")
-    setting(p, C, "--selection-samples",
-            help="graded samples JSONL: keep only queries with --selection-low..--selection-high of "
-                 "--selection-n samples correct")
-    setting(p, C, "--selection-low", type=int, help="fewest correct samples a kept query has")
-    setting(p, C, "--selection-high", type=int, help="most correct samples a kept query has")
-    setting(p, C, "--selection-n", type=_positive_int, help="samples per query the selection counts")
-    setting(p, C, "--mode", choices=["cot", "tir"], help="cot = chain of thought; tir = the model's Python runs in the "
-                                                          "sandbox")
-    setting(p, C, "--max-tool-calls", type=_positive_int, help="tir: code executions per response")
-    setting(p, C, "--tool-timeout", type=_positive_float, help="tir: seconds per execution")
+    setting(p, C, "--limit", type=_positive_int)
+    setting(p, C, "--selection-n", type=_positive_int)
+    setting(p, C, "--mode", choices=["cot", "tir"])
+    setting(p, C, "--max-tool-calls", type=_positive_int)
+    setting(p, C, "--tool-timeout", type=_positive_float)
     add_unsafe_sandbox_flag(p, C)
-    setting(p, C, "--reward", help="shaped (verifier + reward model), verifier, rm, or module.path:function with TRL's "
-                                   "reward signature")
-    setting(p, C, "--rm", help="reward model folder (`mathloop rm train`) or Hub id")
-    setting(p, C, "--alpha", type=float, help="shaped reward: sigmoid(alpha * r_m) + (r_v - 1)")
-    setting(p, C, "--steps", type=_positive_int, help="optimizer steps in all")
-    setting(p, C, "--group-size", type=int, help="responses per query")
-    setting(p, C, "--queries-per-step", type=_positive_int, help="queries per step")
-    setting(p, C, "--temperature", type=float, help="rollout temperature, also applied to the log-probabilities")
+    setting(p, C, "--steps", type=_positive_int)
+    setting(p, C, "--queries-per-step", type=_positive_int)
     add_sampler_settings(p, C, "rollout")
-    setting(p, C, "--rollout-backend", choices=list(ROLLOUT_BACKENDS),
-            help="hf: the training model generates; vllm: a vLLM engine with the step's LoRA adapter; openai: a "
-                 "server at --rollout-base-url; openvino: OpenVINO GenAI on CPU with the step's LoRA adapter "
-                 "(settings in the config's openvino_args)")
-    setting(p, C, "--rollout-base-url", help="openai rollouts: the server's URL (vLLM serve with --enable-lora); it "
-                                              "is sent the policy's LoRA adapter every step")
-    setting(p, C, "--rollout-adapter-dir", help="openai rollouts: where adapters are saved, a path the server can read")
-    setting(p, C, "--rollout-batch-size", type=_positive_int, help="hf rollouts: sequences per generation batch")
-    setting(p, C, "--overlap-rollouts", action="store_true",
-            help="rollout engines other than hf: generate the next step's rollouts while this step's update runs "
-                 "(one step stale; with vllm and --tis-cap importance-weighted)")
-    setting(p, C, "--learning-rate", "--lr", type=float, help="AdamW learning rate (default: 1e-6, with --lora 2e-5)")
-    setting(p, C, "--beta", type=float, help="KL coefficient to the reference policy; 0 drops the reference")
-    setting(p, C, "--lora", action="store_true", help="train LoRA adapters instead of all weights (needs mathloop[train])")
-    setting(p, C, "--lora-rank", type=int, help="LoRA rank")
-    setting(p, C, "--lora-layers", type=_positive_int,
-            help="LoRA in the last N transformer blocks only (no backward below them; default: every block)")
-    setting(p, C, "--micro-batch", type=_positive_int, help="sequences per forward/backward")
-    setting(p, C, "--no-skip-zero-advantage", dest="skip_zero_advantage", action="store_false",
-            help="with --beta 0, still run forward and backward on rollouts of advantage 0 (flat groups; their loss "
-                 "and gradient are 0, so this only costs time)")
-    setting(p, C, "--no-sort-by-length", dest="sort_by_length", action="store_false",
-            help="micro-batches in rollout order instead of rollouts of similar length together")
-    setting(p, C, "--threads", type=_positive_int, help="torch threads of the trainer (default: one per core)")
-    setting(p, C, "--gradient-checkpointing", action="store_true",
-            help="recompute activations in the backward pass to save memory")
-    setting(p, C, "--dtype", help="policy weights dtype (default: float32; bfloat16 saves memory with LoRA)")
-    setting(p, C, "--save-every", type=int, help="checkpoint every N steps (and always at the end)")
-    setting(p, C, "--seed", type=int, help="query order and sampling")
-    setting(p, C, "--loss-type", choices=["grpo", "dapo", "dr_grpo"],
-            help="loss aggregation: grpo (per-response token mean), dapo (batch token mean), dr_grpo (constant "
-                 "normalizer)")
-    setting(p, C, "--scale-rewards", choices=["group", "batch", "none"],
-            help="divide advantages by the group's reward std, the batch's, or none")
-    setting(p, C, "--dynamic-sampling", action="store_true",
-            help="drop groups whose rewards are all equal and sample more queries to fill the step (DAPO)")
-    setting(p, C, "--overlong", choices=["none", "mask", "soft_penalty"],
-            help="truncated responses: trained as is, masked out of the loss, or DAPO's soft length penalty")
-    setting(p, C, "--updates-per-batch", type=_positive_int,
-            help="optimizer steps per rollout batch; > 1 makes the clipped ratio act")
-    setting(p, C, "--clip-low", type=float, help="ratio clipped to [1 - clip_low, 1 + clip_high]")
-    setting(p, C, "--clip-high", type=float, help="upper clip (DAPO's clip-higher: 0.28)")
-    setting(p, C, "--tis-cap", type=float,
-            help="vllm rollouts: truncated importance sampling pi_old/mu capped at this (e.g. 2)")
-    setting(p, C, "--report-to", type=_csv,
-            help="also log metrics to tensorboard and/or wandb, comma-separated (<output-dir>/tensorboard; "
-                 "pip install 'mathloop[tensorboard]')")
+    setting(p, C, "--rollout-backend", choices=list(ROLLOUT_BACKENDS))
+    setting(p, C, "--rollout-batch-size", type=_positive_int)
+    setting(p, C, "--learning-rate", "--lr", type=float)
+    setting(p, C, "--lora-layers", type=_positive_int)
+    setting(p, C, "--micro-batch", type=_positive_int)
+    setting(p, C, "--no-skip-zero-advantage", dest="skip_zero_advantage", action="store_false")
+    setting(p, C, "--no-sort-by-length", dest="sort_by_length", action="store_false")
+    setting(p, C, "--threads", type=_positive_int)
+    setting(p, C, "--loss-type", choices=["grpo", "dapo", "dr_grpo"])
+    setting(p, C, "--scale-rewards", choices=["group", "batch", "none"])
+    setting(p, C, "--overlong", choices=["none", "mask", "soft_penalty"])
+    setting(p, C, "--updates-per-batch", type=_positive_int)
+    setting(p, C, "--report-to", type=_csv)
 
 
 def cmd_grpo(args: argparse.Namespace) -> int:
@@ -879,7 +831,21 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
         else:
             sub.add_parser(name, help=HELP[name])
         add_quiet_flag(sub.choices[name])
+        add_settings_flags(sub.choices[name])
     return parser
+
+
+def add_settings_flags(p: argparse.ArgumentParser) -> None:
+    """On a command and each of its actions with a settings class (`add_config_argument`): a flag for every field
+    of that class not declared by hand, made from the field (`mathloop.config.add_field_flags`)."""
+    from mathloop.config import add_field_flags
+
+    if getattr(p, "settings_class", None) is not None:
+        add_field_flags(p, p.settings_class)
+    for action in p._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for child in action.choices.values():
+                add_settings_flags(child)
 
 
 def add_quiet_flag(p: argparse.ArgumentParser) -> None:
@@ -890,6 +856,52 @@ def add_quiet_flag(p: argparse.ArgumentParser) -> None:
         if isinstance(action, argparse._SubParsersAction):
             for child in action.choices.values():
                 add_quiet_flag(child)
+
+
+def settings_parsers(parser: argparse.ArgumentParser, path: tuple[str, ...] = ()):
+    """(command words, parser) of every command and action of `parser` that reads a settings class."""
+    if getattr(parser, "settings_class", None) is not None:
+        yield path, parser
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for name, child in action.choices.items():
+                yield from settings_parsers(child, (*path, name))
+
+
+def settings_markdown(parser: argparse.ArgumentParser | None = None) -> str:
+    """docs/options.md: for each command with a settings class, every field with its flag, default, whether it is
+    a resume key and its help, all read from the dataclass and the flags made from it
+    (`python scripts/options_doc.py` writes the file; a test checks it is current)."""
+    import dataclasses
+    import re
+    import sys
+
+    from mathloop.config import field_default, resume_keys
+
+    lines = ["# Settings of every command", "",
+             "Generated from the settings dataclasses by `python scripts/options_doc.py` (a test fails when this page "
+             "misses a field). Each field is a YAML key of the command's `--config` file and a flag; flags win over "
+             "the file. A resume key must keep its value for a run folder to resume (`docs/runs.md`).", "",
+             "A new option is one field of the stage's dataclass, e.g. `warmup: int = field(default=0, metadata="
+             "{\"help\": \"...\", \"resume\": True})`: its flag (`--warmup`, type from the annotation), help, YAML "
+             "key, run record entry and resume check follow from it; then rerun the script above.", ""]
+    for path, p in settings_parsers(parser or build_parser()):
+        cls = p.settings_class
+        keys = getattr(sys.modules[cls.__module__], "_RESUME_KEYS", None) or resume_keys(cls) or None
+        flags = {action.dest: action for action in p._actions if action.option_strings}
+        lines += [f"## mathloop {' '.join(path)} ({cls.__name__})", "",
+                  "| field | flag | default | resume key | what it does |", "|---|---|---|---|---|"]
+        for f in dataclasses.fields(cls):
+            action = flags.get(f.name)
+            default = field_default(cls, f.name)
+            shown = "required" if default is dataclasses.MISSING else f"`{default!r}`"
+            what = re.sub(r" ?\((default: [^()]*|required, here or in --config)\)$", "",
+                          (action.help if action else "") or f.metadata.get("help", "")).replace("|", "\\|")
+            flag = ", ".join(f"`{o}`" for o in action.option_strings) if action else ""
+            resume = "" if keys is None else ("yes" if f.name in keys else "")
+            lines.append(f"| `{f.name}` | {flag} | {shown} | {resume} | {what} |")
+        lines.append("")
+    return "\n".join(lines)
 
 
 def add_report_parser(sub: argparse._SubParsersAction) -> None:

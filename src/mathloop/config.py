@@ -116,17 +116,97 @@ def add_setting_flag(parser: Any, cls: type, flag: str, *aliases: str, dest: str
     Its default is None (not given: the YAML value or the field's default applies) and its help ends with the
     field's default, so the default is written once, in the dataclass (a help text that explains what None or
     another default means says it itself). A `store_false` flag sets the field to False. A flag naming no field
-    is an error when the parser is built.
+    is an error when the parser is built. Without `help` the field's `metadata["help"]` is the help.
     """
     dest = dest or flag.lstrip("-").replace("-", "_")
     default = field_default(cls, dest)
+    help = help or next((f.metadata.get("help", "") for f in dataclasses.fields(cls) if f.name == dest), "")
     shown = ",".join(str(v) for v in default) if isinstance(default, (list, tuple)) else default
     switch = kwargs.get("action") in ("store_true", "store_false")
-    if default not in (dataclasses.MISSING, None, []) and not switch and "(default:" not in help:
+    if default not in (dataclasses.MISSING, None, [], {}) and not switch and "(default:" not in help:
         help = f"{help} (default: {shown})".strip()
     elif default is dataclasses.MISSING and not kwargs.get("required"):
         help = f"{help} (required, here or in --config)".strip()
     return parser.add_argument(flag, *aliases, dest=dest, default=None, help=help, **kwargs)
+
+
+def add_field_flags(parser: Any, cls: type) -> list[str]:
+    """A flag for every field of the dataclass `cls` that `parser` has no flag for yet (the hand-written flags of a
+    command keep their names, types and help): `--field-name`, its help from the field's `metadata["help"]` and
+    its type from the field's annotation (a bool defaulting to False is a switch, another bool gets `--x/--no-x`, a
+    Literal gives choices, a list takes comma-separated values, a mapping takes JSON). Returns the fields added, so
+    a new field of a stage's settings is a flag with help (and a YAML key) without any other change."""
+    import argparse
+
+    hints = typing.get_type_hints(cls)
+    taken = {action.dest for action in parser._actions}
+    added = []
+    for f in dataclasses.fields(cls):
+        if f.name in taken:
+            continue
+        hint, kwargs = _optional_inner(hints.get(f.name, str)), {}
+        default = field_default(cls, f.name)
+        if hint is bool:
+            kwargs["action"] = "store_true" if default is False else argparse.BooleanOptionalAction
+        elif typing.get_origin(hint) is Literal:
+            kwargs["choices"] = list(typing.get_args(hint))
+        elif hint in (int, float):
+            kwargs["type"] = hint
+        elif hint in (list, tuple) or typing.get_origin(hint) in (list, tuple):
+            item = (typing.get_args(hint) or (str,))[0]
+            kwargs["type"], kwargs["metavar"] = _csv_of(item if item in (int, float) else str), "A,B"
+        elif hint is dict or typing.get_origin(hint) is dict:
+            kwargs["type"], kwargs["metavar"] = _json_mapping, "JSON"
+        add_setting_flag(parser, cls, "--" + f.name.replace("_", "-"), dest=f.name,
+                         help=f.metadata.get("help", ""), **kwargs)
+        added.append(f.name)
+    return added
+
+
+def _optional_inner(hint: Any) -> Any:
+    """`X` of `X | None` (other hints as they are)."""
+    args = [a for a in typing.get_args(hint) if a is not type(None)]
+    return args[0] if typing.get_origin(hint) in (Union, types.UnionType) and len(args) == 1 else hint
+
+
+def _csv_of(item: type):
+    """argparse type: comma-separated values of `item`."""
+    def parse(text: str) -> list:
+        import argparse
+
+        try:
+            return [item(part.strip()) for part in text.split(",") if part.strip()]
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected comma-separated {item.__name__} values, got {text!r}") from None
+    return parse
+
+
+def _json_mapping(text: str) -> dict:
+    """argparse type: a JSON object, e.g. '{"gpu_memory_utilization": 0.4}'."""
+    import argparse
+    import json
+
+    try:
+        value = json.loads(text)
+    except ValueError:
+        value = None
+    if not isinstance(value, dict):
+        raise argparse.ArgumentTypeError(f"expected a JSON object such as '{{\"key\": 1}}', got {text!r}")
+    return value
+
+
+def resume_keys(cls: type, but: tuple[str, ...] = ()) -> tuple[str, ...]:
+    """The resume keys of the settings class `cls`: its fields marked `metadata={"resume": True}` (a setting that
+    decides what a run produces, so a run folder resumes only with the same value), in field order, less `but`.
+
+    >>> @dataclasses.dataclass
+    ... class Demo:
+    ...     n: int = dataclasses.field(default=4, metadata={"resume": True})
+    ...     out: str = "run"
+    >>> resume_keys(Demo)
+    ('n',)
+    """
+    return tuple(f.name for f in dataclasses.fields(cls) if f.metadata.get("resume") and f.name not in but)
 
 
 def flag_overrides(args: Any, cls: type) -> dict[str, Any]:

@@ -23,8 +23,9 @@ class SamplerOptions:
     same names (transformers `generate`, vLLM `SamplingParams`, the OpenAI-compatible request body). Stage configs
     inherit the fields, so a new option is one field here; `validate_sampler_options` checks the values."""
 
-    top_k: int = field(default=0, metadata={"help": "sample from the k most likely tokens only; 0 keeps all"})
-    min_p: float = field(default=0.0, metadata={
+    top_k: int = field(default=0, metadata={"resume": True,
+        "help": "sample from the k most likely tokens only; 0 keeps all"})
+    min_p: float = field(default=0.0, metadata={"resume": True,
         "help": "drop tokens less likely than min_p times the most likely one (Nguyen et al. 2024); 0 keeps all"})
 
 

@@ -47,25 +47,27 @@ class CorpusConfig(ClassifierConfig):
     out: str = ""  # output folder
     positives: list[str] = field(default_factory=list)  # math text files (JSONL "text" or one document a line)
     negatives: list[str] = field(default_factory=list)  # non-math text files, same forms
-    benchmark_seeds: bool = True  # the benchmarks' training splits are seed positives
+    benchmark_seeds: bool = field(default=True, metadata={"help": "the benchmarks' training splits are seed positives"})
     eval_file: str | None = None  # labelled JSONL ("text", "label": math|other) for the classifier's precision/recall
     classifier_model: str | None = None  # a trained fastText model.bin: no training
     data_dir: str | None = None  # benchmark folder (default: $MATHLOOP_DATA_DIR, else the packaged data)
-    text_key: str = "text"  # the text field of JSONL, Parquet and Hub rows
+    text_key: str = field(default="text", metadata={"help": "the text field of JSONL, Parquet and Hub rows"})
     limit: int = -1  # documents per reader (-1: all), for a first look at a big dump
     decontaminate: bool = True  # 13-gram + LCS against every available benchmark's test split
-    decontaminate_benchmarks: list[str] | None = None  # only these benchmarks (None: every available one)
+    decontaminate_benchmarks: list[str] | None = field(default=None, metadata={
+        "help": "only these benchmarks (None: every available one)"})
     dedup: bool = True  # MinHash near-duplicate removal
-    minhash_ngrams: int = 5
-    minhash_buckets: int = 14
-    minhash_hashes_per_bucket: int = 8
+    minhash_ngrams: int = field(default=5, metadata={"help": "dedup: word n-gram length of the MinHash shingles"})
+    minhash_buckets: int = field(default=14, metadata={"help": "dedup: MinHash LSH buckets"})
+    minhash_hashes_per_bucket: int = field(default=8, metadata={"help": "dedup: hashes per MinHash bucket"})
     quality_model: str | None = None  # small model scoring quality ("default", "smollm2", a folder); None: off
     quality_threshold: float = 0.5  # keep documents with P(yes) >= this
-    quality_batch_size: int = 8
+    quality_batch_size: int = field(default=8, metadata={"help": "quality model: documents per forward batch"})
     executor: str = "local"  # local | slurm | ray
     tasks: int = 1  # parallel tasks of the filter and final stages (input files are sharded over them)
     workers: int = 1  # local executor: processes at once
-    executor_args: dict[str, Any] = field(default_factory=dict)  # slurm: partition, time, ...; ray: cpus_per_task...
+    executor_args: dict[str, Any] = field(default_factory=dict, metadata={
+        "help": "slurm: partition, time, ...; ray: cpus_per_task..."})
 
     def validate(self) -> None:
         super().validate()

@@ -51,21 +51,26 @@ class ClassifierConfig:
 
     threshold: float = 0.5  # a document is math when P(math) >= this (the filter's cut)
     rounds: int = 2  # recall rounds after the seed round (0: the seed classifier only)
-    recall_threshold: float = 0.9  # P(math) at which a pool document joins the positives
-    negative_threshold: float = 0.1  # P(math) below which a pool document is a negative for the next round
-    domain_share: float = 0.5  # share of a domain's pool documents that must be hits to widen recall there
-    domain_min_docs: int = 3  # domains with fewer pool documents are not widened
-    domain_threshold: float = 0.5  # score a document of a widened domain needs to join the positives
+    recall_threshold: float = field(default=0.9, metadata={
+        "help": "P(math) at which a pool document joins the positives"})
+    negative_threshold: float = field(default=0.1, metadata={
+        "help": "P(math) below which a pool document is a negative for the next round"})
+    domain_share: float = field(default=0.5, metadata={
+        "help": "share of a domain's pool documents that must be hits to widen recall there"})
+    domain_min_docs: int = field(default=3, metadata={"help": "domains with fewer pool documents are not widened"})
+    domain_threshold: float = field(default=0.5, metadata={
+        "help": "score a document of a widened domain needs to join the positives"})
     random_negatives: int = -1  # input documents sampled as negatives for the seed round; -1: 2000 when no
     # negatives are given, else none (a sample of a web dump is mostly not math; of a math-rich input it is not)
-    pool_size: int = 20000  # input documents scored in each recall round
-    max_seed_positives: int = 20000  # benchmark training items used as seed positives
-    epoch: int = 10
-    lr: float = 0.1
-    word_ngrams: int = 2
-    dim: int = 64
-    buckets: int = 200_000  # hashed word n-gram rows (fastText's default 2M makes a 500 MB model at dim 64)
-    seed: int = 0
+    pool_size: int = field(default=20000, metadata={"help": "input documents scored in each recall round"})
+    max_seed_positives: int = field(default=20000, metadata={"help": "benchmark training items used as seed positives"})
+    epoch: int = field(default=10, metadata={"help": "classifier: fastText training epochs"})
+    lr: float = field(default=0.1, metadata={"help": "classifier: fastText learning rate"})
+    word_ngrams: int = field(default=2, metadata={"help": "classifier: fastText word n-gram length"})
+    dim: int = field(default=64, metadata={"help": "classifier: fastText vector size"})
+    buckets: int = field(default=200_000, metadata={
+        "help": "hashed word n-gram rows (fastText's default 2M makes a 500 MB model at dim 64)"})
+    seed: int = field(default=0, metadata={"help": "classifier: seed of sampling and training"})
 
     def validate(self) -> None:
         for name in ("threshold", "recall_threshold", "negative_threshold", "domain_share", "domain_threshold"):

@@ -52,16 +52,17 @@ class QAConfig:
     out: str = ""  # JSONL file of the kept pairs (appended; resumed when it exists)
     model: str = "default"  # embedded name (default, smollm2), folder or Hub id
     backend: str = "auto"
-    backend_args: dict[str, Any] = dataclasses.field(default_factory=dict)
+    backend_args: dict[str, Any] = dataclasses.field(default_factory=dict, metadata={
+        "help": "backend settings as JSON (the backend flags such as --batch-size set the same keys)"})
     n_answers: int = 4  # solutions per question
     min_agreement: float = 0.5  # share of the solutions the majority answer needs
     require_reference: bool = False  # also require the majority answer to equal the document's answer
     format: str = "sft"  # sft (prompt-completion rows) or text (pre-training text rows)
-    max_chars: int = 3000  # document characters shown to the model
+    max_chars: int = dataclasses.field(default=3000, metadata={"help": "document characters shown to the model"})
     max_new_tokens: int = 1024  # per solution
     limit: int | None = None  # documents to use (None: all)
-    chunk_size: int = 16  # documents per written chunk
-    seed: int = 0
+    chunk_size: int = dataclasses.field(default=16, metadata={"help": "documents per written chunk"})
+    seed: int = dataclasses.field(default=0, metadata={"help": "sampling seed"})
 
     def validate(self) -> None:
         if self.format not in FORMATS:

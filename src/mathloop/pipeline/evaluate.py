@@ -34,6 +34,7 @@ from mathloop.backends.base import (
     sampling_params,
     validate_sampler_options,
 )
+from mathloop.config import resume_keys
 from mathloop.data.benchmarks import data_record, get_benchmark, load_benchmark
 from mathloop.metrics import format_markdown, summarize
 from mathloop.generate import MODES, code_executor, generate_and_grade, pending_problems
@@ -51,27 +52,30 @@ class EvalConfig(SamplerOptions, RayOptions):
     """Everything that decides what an evaluation produces (recorded in run.json)."""
 
     out: str  # run folder (created; resumed when it exists)
-    model: str = "default"
+    model: str = field(default="default", metadata={"resume": True})
     benchmarks: list[str] = field(default_factory=lambda: ["gsm8k"])
-    backend: str = "auto"  # a registered backend, or auto: openvino where installed and no GPU, else hf
-    mode: str = "cot"
-    n: int = 1
-    temperature: float = 0.0
-    top_p: float = 1.0
-    max_new_tokens: int = SamplingParams.max_new_tokens
-    seed: int = 0
+    backend: str = field(default="auto", metadata={"resume": True,
+        "help": "a registered backend, or auto: openvino where installed and no GPU, else hf"})
+    mode: str = field(default="cot", metadata={"resume": True})
+    n: int = field(default=1, metadata={"resume": True})
+    temperature: float = field(default=0.0, metadata={"resume": True})
+    top_p: float = field(default=1.0, metadata={"resume": True})
+    max_new_tokens: int = field(default=SamplingParams.max_new_tokens, metadata={"resume": True})
+    seed: int = field(default=0, metadata={"resume": True})
     limit: int | None = None
     data_dir: str | None = None
     data_source: str = "local"  # "local": data_dir, else the packaged data; "hub": the Hugging Face Hub
-    split: str = "test"
-    shots: int | None = None  # None: the benchmark's official setting
-    max_tool_calls: int = 4  # TIR: code executions per response
+    split: str = field(default="test", metadata={"resume": True})
+    shots: int | None = field(default=None, metadata={"resume": True, "help": "None: the benchmark's official setting"})
+    max_tool_calls: int = field(default=4, metadata={"resume": True, "help": "TIR: code executions per response"})
     tool_timeout: float = 5.0  # TIR: seconds per code execution (the official harness's limit)
     unsafe_sandbox_file_access: bool = False  # TIR on a host that cannot confine files: run cells unconfined anyway
-    backend_args: dict[str, Any] = field(default_factory=dict)
+    backend_args: dict[str, Any] = field(default_factory=dict, metadata={
+        "help": "backend settings as JSON (the backend flags such as --batch-size set the same keys)"})
     rm: str | None = None  # reward model (folder or Hub id) that scores every sample, for RM@k
     rm_batch_size: int = 8
-    rm_max_length: int = 4096
+    rm_max_length: int = field(default=4096, metadata={
+        "help": "reward model: tokens per prompt + response; longer ones keep their end"})
     rm_dtype: str | None = None  # default: bfloat16 where the device computes it natively, else float32
 
     def validate(self) -> None:
@@ -122,8 +126,7 @@ def validate_generation_settings(config: Any, stage: str) -> None:
 
 
 # Fields that must match for a run folder to be resumed; `limit` and `benchmarks` may grow between runs.
-_RESUME_KEYS = ("model", "backend", "mode", "n", "temperature", "top_p", "max_new_tokens", "seed", "split", "shots",
-                "max_tool_calls", *SAMPLER_OPTIONS)
+_RESUME_KEYS = resume_keys(EvalConfig)  # its fields marked metadata={"resume": True}
 
 
 def run_eval(config: EvalConfig, backend: Backend | None = None, progress: bool = True,

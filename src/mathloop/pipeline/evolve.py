@@ -166,7 +166,8 @@ class SynthesizeConfig:
     out: str | None = None  # JSONL file of the kept problems (appended; resumed when it exists)
     model: str = "default"  # writes and answers the new problems: embedded name, folder or Hub id
     backend: str = "auto"  # a registered backend, or auto: openvino where installed and no GPU, else hf
-    backend_args: dict[str, Any] = field(default_factory=dict)
+    backend_args: dict[str, Any] = field(default_factory=dict, metadata={
+        "help": "backend settings as JSON (the backend flags such as --batch-size set the same keys)"})
     variants_per_seed: int = EvolutionSettings.variants_per_seed  # new problems per seed, one operation each
     n_answers: int = EvolutionSettings.n_answers  # sampled solutions per new problem
     min_agreement: float = EvolutionSettings.min_agreement  # share of the solutions the majority answer needs

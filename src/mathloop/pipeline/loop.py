@@ -88,30 +88,43 @@ log = logging.getLogger(__name__)
 @dataclass
 class LoopConfig:
     output_dir: str
-    model: str = "default"
-    problems: str = "gsm8k:train"  # "<benchmark>:<split>", "synthetic:<count>:<seed>" or a Problem JSONL file
-    limit: int | None = None
-    heldout: str = "gsm8k:test"  # the same forms as `problems`
-    heldout_limit: int | None = None
+    model: str = field(default="default", metadata={
+        "help": "starting model: embedded name (default, smollm2), folder or Hub id"})
+    problems: str = field(default="gsm8k:train", metadata={
+        "help": "\"<benchmark>:<split>\", \"synthetic:<count>:<seed>\" or a Problem JSONL file"})
+    limit: int | None = field(default=None, metadata={"help": "first N training problems (default: all)"})
+    heldout: str = field(default="gsm8k:test", metadata={"help": "the same forms as `problems`"})
+    heldout_limit: int | None = field(default=None, metadata={"help": "first N held-out problems (default: all)"})
     data_dir: str | None = None
     rounds: int = 1
-    sft_init: str = "base"  # "base" or "previous"
-    problems_per_round: int | None = None  # None: every round samples every training problem; N: the next N each round
-    decontaminate: bool = True  # training problems and selected responses against every benchmark in data_dir
-    dev_size: int | None = None  # the last N training problems are the dev split (dev.jsonl), sampled by no round
-    seed: int = 0
-    sample: dict[str, Any] = field(default_factory=dict)  # SampleConfig fields
-    reward_model: dict[str, Any] = field(default_factory=dict)  # RMTrainConfig fields, plus enabled: bool
-    select: dict[str, Any] = field(default_factory=dict)  # k, vote, min_agreement, near_duplicate
-    sft: dict[str, Any] = field(default_factory=dict)  # SFTRunConfig fields
-    eval: dict[str, Any] = field(default_factory=dict)  # EvalConfig fields (n, temperature, max_new_tokens, ...)
-    coverage: dict[str, Any] = field(default_factory=dict)  # EvalConfig fields of the k-sample evaluation, plus
-    # limit (held-out problems) and enabled
-    interpolate: dict[str, Any] = field(default_factory=dict)  # alphas, metric, enabled (needs dev_size)
-    grpo: dict[str, Any] = field(default_factory=dict)  # GRPO config fields, plus enabled: bool
-    synthesize: dict[str, Any] = field(default_factory=dict)  # problem synthesis before round 1 (see below)
-    ray: dict[str, Any] = field(default_factory=dict)  # address, replicas, num_cpus, num_gpus, chunk: sample and
-    # eval generate on Ray actors (`mathloop.replicas`; a stage section's own ray_* keys win)
+    sft_init: str = field(default="base", metadata={
+        "help": "'base' (each round fine-tunes the starting model) or 'previous' (the last round's)"})
+    problems_per_round: int | None = field(default=None, metadata={
+        "help": "the next N training problems each round (default: every round samples all of them)"})
+    decontaminate: bool = field(default=True, metadata={
+        "help": "training problems and selected responses against every benchmark in data_dir"})
+    dev_size: int | None = field(default=None, metadata={
+        "help": "the last N training problems are the dev split (dev.jsonl), sampled by no round"})
+    seed: int = field(default=0, metadata={"help": "seed of the problem split and every stage that samples"})
+    sample: dict[str, Any] = field(default_factory=dict, metadata={"help": "sample stage: SampleConfig fields"})
+    reward_model: dict[str, Any] = field(default_factory=dict, metadata={
+        "help": "reward model: RMTrainConfig fields, plus enabled: bool"})
+    select: dict[str, Any] = field(default_factory=dict, metadata={
+        "help": "select stage: SelectConfig fields (k, vote, ...)"})
+    sft: dict[str, Any] = field(default_factory=dict, metadata={"help": "SFT stage: SFTRunConfig fields"})
+    eval: dict[str, Any] = field(default_factory=dict, metadata={
+        "help": "held-out evaluation: EvalConfig fields (n, temperature, max_new_tokens, ...)"})
+    coverage: dict[str, Any] = field(default_factory=dict, metadata={
+        "help": "EvalConfig fields of the k-sample evaluation, plus limit (held-out problems) and enabled"})
+    interpolate: dict[str, Any] = field(default_factory=dict, metadata={
+        "help": "weight interpolation: alphas, metric, enabled (needs dev_size)"})
+    grpo: dict[str, Any] = field(default_factory=dict, metadata={
+        "help": "GRPO stage: GRPOConfig fields, plus enabled: bool"})
+    synthesize: dict[str, Any] = field(default_factory=dict, metadata={
+        "help": "problem synthesis before round 1: SynthesizeConfig fields, plus enabled"})
+    ray: dict[str, Any] = field(default_factory=dict, metadata={
+        "help": "address, replicas, num_cpus, num_gpus, chunk: sample and eval generate on Ray actors "
+                "(`mathloop.replicas`; a stage section's own ray_* keys win)"})
 
     def validate(self) -> None:
         """Check every section by building its stage config now, so a typo fails before hours of sampling."""

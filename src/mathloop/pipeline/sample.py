@@ -31,6 +31,7 @@ from mathloop.backends.base import (
     SamplingParams,
     sampling_params,
 )
+from mathloop.config import resume_keys
 from mathloop.data.benchmarks import load_problem_source, problem_source_data
 from mathloop.generate import generate_and_grade, pending_problems
 from mathloop.records import CORRECT, Problem, Sample, read_records
@@ -45,24 +46,28 @@ log = logging.getLogger(__name__)
 class SampleConfig(SamplerOptions, RayOptions):
     """Every setting of a sampling run (recorded in run.json)."""
 
-    problems: str  # "<benchmark>:<split>" from the data folder, or a Problem JSONL file
+    problems: str = field(metadata={"resume": True,
+        "help": "\"<benchmark>:<split>\" from the data folder, or a Problem JSONL file"})
     out: str  # sampling folder (created; resumed when it exists)
-    model: str = "default"
-    n: int = 8  # responses per problem per temperature
-    temperatures: list[float] = field(default_factory=lambda: [0.7, 1.0])
-    top_p: float = 0.95
-    max_new_tokens: int = SamplingParams.max_new_tokens
-    mode: str = "cot"
-    hard_n: int = 0  # extra responses for hard problems (0: no hard pass)
-    hard_max_correct: int = 0  # a problem is hard when it has at most this many correct responses
-    hard_temperature: float = 1.0
+    model: str = field(default="default", metadata={"resume": True})
+    n: int = field(default=8, metadata={"resume": True, "help": "responses per problem per temperature"})
+    temperatures: list[float] = field(default_factory=lambda: [0.7, 1.0], metadata={"resume": True})
+    top_p: float = field(default=0.95, metadata={"resume": True})
+    max_new_tokens: int = field(default=SamplingParams.max_new_tokens, metadata={"resume": True})
+    mode: str = field(default="cot", metadata={"resume": True})
+    hard_n: int = field(default=0, metadata={"resume": True,
+        "help": "extra responses for hard problems (0: no hard pass)"})
+    hard_max_correct: int = field(default=0, metadata={"resume": True,
+        "help": "a problem is hard when it has at most this many correct responses"})
+    hard_temperature: float = field(default=1.0, metadata={"resume": True})
     limit: int | None = None
     data_dir: str | None = None
-    seed: int = 0
+    seed: int = field(default=0, metadata={"resume": True})
     shard: int = 0
-    num_shards: int = 1
+    num_shards: int = field(default=1, metadata={"resume": True})
     backend: str = "auto"  # a registered backend, or auto: openvino where installed and no GPU, else hf
-    backend_args: dict[str, Any] = field(default_factory=dict)
+    backend_args: dict[str, Any] = field(default_factory=dict, metadata={
+        "help": "backend settings as JSON (the backend flags such as --batch-size set the same keys)"})
     max_tool_calls: int = 4
     tool_timeout: float = 5.0
     unsafe_sandbox_file_access: bool = False  # TIR on a host that cannot confine files: run cells unconfined anyway
@@ -84,8 +89,7 @@ class SampleConfig(SamplerOptions, RayOptions):
 
 
 # Settings that must match for a folder to be resumed (the problem list may grow with `limit`).
-_RESUME_KEYS = ("model", "problems", "n", "temperatures", "top_p", "max_new_tokens", "mode", "hard_n",
-                "hard_max_correct", "hard_temperature", "seed", "num_shards", *SAMPLER_OPTIONS)
+_RESUME_KEYS = resume_keys(SampleConfig)  # its fields marked metadata={"resume": True}
 
 
 def shard_of(problem_id: str, num_shards: int) -> int:

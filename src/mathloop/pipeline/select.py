@@ -55,8 +55,10 @@ class SelectConfig:
     shortest_first: bool = False  # without RM order: fewest completion tokens first (default: sampling order)
     min_agreement: float = 0.5  # pseudo-labels: share of the votes the majority answer needs
     near_duplicate: float = 0.8  # word 3-gram Jaccard similarity at which two responses count as one
-    difficulty: bool = False  # rows per problem ceil(k * share of wrong samples): none for problems always solved
-    negatives: int = 0  # wrong responses per problem kept as rows with reward -1 (for sft's negative_weight)
+    difficulty: bool = field(default=False, metadata={
+        "help": "rows per problem ceil(k * share of wrong samples): none for problems always solved"})
+    negatives: int = field(default=0, metadata={
+        "help": "wrong responses per problem kept as rows with reward -1 (for sft's negative_weight)"})
     decontaminate: bool = False  # remove responses and questions that match any benchmark of the data folder
     data_dir: str | None = None  # benchmark folder for decontaminate (default: $MATHLOOP_DATA_DIR)
 

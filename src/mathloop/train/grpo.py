@@ -82,7 +82,14 @@ from typing import Any
 import torch
 
 from mathloop.backends import Backend, backend_names, backend_settings, load_backend
-from mathloop.backends.base import SamplerOptions, SamplingParams, sampling_params, validate_sampler_options
+from mathloop.backends.base import (
+    SAMPLER_OPTIONS,
+    SamplerOptions,
+    SamplingParams,
+    sampling_params,
+    validate_sampler_options,
+)
+from mathloop.config import resume_keys
 from mathloop.generate import code_executor, generate, grade_samples, response_samples
 from mathloop.hardware import autocast
 from mathloop.progress import progress_bar
@@ -126,74 +133,121 @@ LOSS_AGGREGATION = {"grpo": "seq_mean_token_mean", "dapo": "token_mean", "dr_grp
 class GRPOConfig(SamplerOptions):
     """Every setting of a GRPO run (recorded in run.json; YAML keys use these names)."""
 
-    output_dir: str  # run folder: checkpoints, logs, rollouts, final/
-    model: str = "default"  # policy to train: 'default' (embedded model), a local folder or a Hub id
-    queries: str | None = None  # problems JSONL (question, gold) ...
-    benchmark: str | None = None  # ... or a benchmark in the harness layout (with split, data_dir)
-    split: str = "train"
-    data_dir: str | None = None  # benchmark folder (default: $MATHLOOP_DATA_DIR)
-    limit: int | None = None  # the first N queries only
-    selection_samples: str | None = None  # graded samples JSONL: keep queries with low..high of n correct
-    selection_low: int = 2
-    selection_high: int = 5
-    selection_n: int = 8
-    mode: str = "cot"  # cot | tir (the model's Python runs in the sandbox during rollouts)
-    max_tool_calls: int = 4  # tir: code executions per response
-    tool_timeout: float = 5.0  # tir: seconds per execution
+    output_dir: str = dataclasses.field(metadata={
+        "help": "run folder (created; resumed when it holds checkpoints): checkpoints, logs, rollouts, final/"})
+    model: str = dataclasses.field(default='default', metadata={"resume": True,
+        "help": "policy: 'default' (embedded Qwen2.5-Coder-0.5B-Instruct), a local folder or a Hub id"})
+    queries: str | None = dataclasses.field(default=None, metadata={"resume": True,
+        "help": "problems JSONL to train on (question, gold)"})
+    benchmark: str | None = dataclasses.field(default=None, metadata={"resume": True,
+        "help": "or a benchmark's split as the queries, e.g. gsm8k"})
+    split: str = dataclasses.field(default='train', metadata={"resume": True, "help": "split of --benchmark"})
+    data_dir: str | None = dataclasses.field(default=None, metadata={
+        "help": "benchmark folder (default: $MATHLOOP_DATA_DIR)"})
+    limit: int | None = dataclasses.field(default=None, metadata={"resume": True,
+        "help": "the first N queries only (default: all)"})
+    selection_samples: str | None = dataclasses.field(default=None, metadata={"resume": True,
+        "help": "graded samples JSONL: keep only queries with --selection-low..--selection-high of --selection-n "
+                "samples correct"})
+    selection_low: int = dataclasses.field(default=2, metadata={"resume": True,
+        "help": "fewest correct samples a kept query has"})
+    selection_high: int = dataclasses.field(default=5, metadata={"resume": True,
+        "help": "most correct samples a kept query has"})
+    selection_n: int = dataclasses.field(default=8, metadata={"resume": True,
+        "help": "samples per query the selection counts"})
+    mode: str = dataclasses.field(default='cot', metadata={"resume": True,
+        "help": "cot = chain of thought; tir = the model's Python runs in the sandbox"})
+    max_tool_calls: int = dataclasses.field(default=4, metadata={"help": "tir: code executions per response"})
+    tool_timeout: float = dataclasses.field(default=5.0, metadata={"help": "tir: seconds per execution"})
     unsafe_sandbox_file_access: bool = False  # tir on a host that cannot confine files: run cells unconfined anyway
-    group_size: int = 8  # responses per query (G; the paper uses 32)
-    queries_per_step: int = 16  # queries per optimizer step
-    steps: int = 100  # optimizer steps in all (one rollout batch each)
+    group_size: int = dataclasses.field(default=8, metadata={"resume": True, "help": "responses per query"})
+    queries_per_step: int = dataclasses.field(default=16, metadata={"resume": True, "help": "queries per step"})
+    steps: int = dataclasses.field(default=100, metadata={"help": "optimizer steps in all"})
     max_new_tokens: int = 1024  # per response
-    temperature: float = 1.0  # sampling temperature, also applied to the log-probabilities
+    temperature: float = dataclasses.field(default=1.0, metadata={
+        "help": "rollout temperature, also applied to the log-probabilities"})
     top_p: float = 1.0
-    rollout_batch_size: int = 64  # sequences per generation batch (hf rollouts)
-    rollout_backend: str = "hf"  # hf: the training model generates; vllm: a vLLM engine with the step's LoRA adapter;
-    # openai: an OpenAI-compatible server (vLLM serve, SGLang) at rollout_base_url, sent the step's LoRA adapter;
-    # openvino: OpenVINO GenAI on CPU (export of the starting model, the step's LoRA adapter applied at run time)
-    rollout_base_url: str | None = None  # openai rollouts: e.g. http://sampler:8000/v1
-    rollout_adapter_dir: str | None = None  # openai rollouts: where adapters are saved for the server to load, a
-    # path the server can read (default: <output_dir>/rollout-adapter; another machine needs a shared filesystem)
-    vllm_args: dict[str, Any] = dataclasses.field(default_factory=dict)  # e.g. gpu_memory_utilization: 0.4
-    openvino_args: dict[str, Any] = dataclasses.field(default_factory=dict)  # OpenVINOBackend settings, e.g.
-    # weight_format: int8 (default fp16 weights with f32 compute: the closest to the trained policy), threads
-    reward: str = "shaped"  # shaped | verifier | rm | 'module.path:function' (TRL signature)
-    rm: str | None = None  # reward model folder or Hub id, for reward shaped or rm
-    alpha: float = 0.5  # shaped reward: sigmoid(alpha * r_m) + (r_v - 1)
-    learning_rate: float | None = None  # default 1e-6 (full fine-tuning) or 2e-5 (LoRA: adapters need larger steps)
-    weight_decay: float = 0.0
-    max_grad_norm: float = 1.0
-    beta: float = 1e-3  # KL coefficient (k3 estimator) to the reference policy; 0 drops the reference
-    loss_type: str = "grpo"  # grpo (token mean per response, then mean) | dapo (token mean) | dr_grpo (sum / B*L_max)
-    scale_rewards: str = "group"  # advantages divided by the group's std | the batch's std | none (Dr. GRPO)
-    dynamic_sampling: bool = False  # DAPO: drop groups whose rewards are all equal, sample more queries to fill the step
-    dynamic_sampling_tries: int = 4  # rollout rounds per step at most (the first included) when dynamic_sampling
-    overlong: str = "none"  # none | mask (truncated responses out of the loss) | soft_penalty (DAPO's length ramp)
-    overlong_buffer: int = 256  # soft_penalty: tokens before max_new_tokens where the penalty ramps from 0 to -1
-    overlong_penalty: float = 1.0  # soft_penalty: the penalty at max_new_tokens
-    updates_per_batch: int = 1  # optimizer steps per rollout batch; > 1 makes the clipped ratio pi / pi_old act
-    clip_low: float = 0.2  # ratio clipped to [1 - clip_low, 1 + clip_high] (DAPO's clip-higher: clip_high 0.28)
-    clip_high: float = 0.2
-    tis_cap: float | None = None  # rollout-engine correction (vllm rollouts): per-token weight min(pi_old / mu, cap)
-    micro_batch: int = 8  # sequences per forward/backward (gradients accumulated over the step)
-    lora: bool = False  # train LoRA adapters instead of all weights (needs `mathloop[train]`)
-    lora_rank: int = 16
-    lora_alpha: int = 32
-    lora_layers: int | None = None  # LoRA in the last N transformer blocks only (None: all); the blocks below run
-    # without a backward pass (nothing below needs a gradient), a cheaper CPU step
-    skip_zero_advantage: bool = True  # beta = 0: rollouts with advantage 0 (flat groups) get no forward/backward;
-    # their loss and gradient are exactly 0, so the step is the same (a step of flat groups only costs nothing)
-    sort_by_length: bool = True  # micro-batches of rollouts of similar length (less padding; same gradient)
-    threads: int | None = None  # torch threads of the trainer (default: torch's choice, one per core)
-    overlap_rollouts: bool = False  # rollout engines other than hf: the next step's rollouts are generated (in a
-    # thread; the engine runs outside Python) while this step's update runs, from this step's adapter, so they are
-    # one step stale when trained on; with vllm and tis_cap each token is weighted by min(pi_old / mu, tis_cap)
-    gradient_checkpointing: bool = False
-    dtype: str | None = None  # policy weights: float32 by default; bfloat16 saves memory with LoRA
-    save_every: int = 25  # checkpoint every N steps (and always at the end)
-    keep_checkpoints: int = 2
-    report_to: list[str] = dataclasses.field(default_factory=list)  # tensorboard and/or wandb, besides metrics.jsonl
-    seed: int = 0
+    rollout_batch_size: int = dataclasses.field(default=64, metadata={
+        "help": "hf rollouts: sequences per generation batch"})
+    rollout_backend: str = dataclasses.field(default='hf', metadata={
+        "help": "hf: the training model generates; vllm: a vLLM engine with the step's LoRA adapter; openai: a server"
+                " at --rollout-base-url; openvino: OpenVINO GenAI on CPU with the step's LoRA adapter (settings in "
+                "the config's openvino_args)"})
+    rollout_base_url: str | None = dataclasses.field(default=None, metadata={
+        "help": "openai rollouts: the server's URL (vLLM serve with --enable-lora); it is sent the policy's LoRA "
+                "adapter every step"})
+    rollout_adapter_dir: str | None = dataclasses.field(default=None, metadata={
+        "help": "openai rollouts: where adapters are saved, a path the server can read (default: "
+                "<output_dir>/rollout-adapter; another machine needs a shared filesystem)"})
+    vllm_args: dict[str, Any] = dataclasses.field(default_factory=dict, metadata={
+        "help": "vllm rollouts: vLLM engine settings, e.g. gpu_memory_utilization: 0.4"})
+    openvino_args: dict[str, Any] = dataclasses.field(default_factory=dict, metadata={
+        "help": "openvino rollouts: OpenVINOBackend settings, e.g. weight_format: int8 (default fp16 weights with f32 "
+                "compute: the closest to the trained policy), threads"})
+    reward: str = dataclasses.field(default='shaped', metadata={"resume": True,
+        "help": "shaped (verifier + reward model), verifier, rm, or module.path:function with TRL's reward signature"})
+    rm: str | None = dataclasses.field(default=None, metadata={"resume": True,
+        "help": "reward model folder (`mathloop rm train`) or Hub id"})
+    alpha: float = dataclasses.field(default=0.5, metadata={"resume": True,
+        "help": "shaped reward: sigmoid(alpha * r_m) + (r_v - 1)"})
+    learning_rate: float | None = dataclasses.field(default=None, metadata={
+        "help": "AdamW learning rate (default: 1e-6, with --lora 2e-5)"})
+    weight_decay: float = dataclasses.field(default=0.0, metadata={"help": "AdamW weight decay"})
+    max_grad_norm: float = dataclasses.field(default=1.0, metadata={"help": "gradients clipped to this global norm"})
+    beta: float = dataclasses.field(default=0.001, metadata={
+        "help": "KL coefficient to the reference policy; 0 drops the reference"})
+    loss_type: str = dataclasses.field(default='grpo', metadata={
+        "help": "loss aggregation: grpo (per-response token mean), dapo (batch token mean), dr_grpo (constant "
+                "normalizer)"})
+    scale_rewards: str = dataclasses.field(default='group', metadata={
+        "help": "divide advantages by the group's reward std, the batch's, or none"})
+    dynamic_sampling: bool = dataclasses.field(default=False, metadata={
+        "help": "drop groups whose rewards are all equal and sample more queries to fill the step (DAPO)"})
+    dynamic_sampling_tries: int = dataclasses.field(default=4, metadata={
+        "help": "rollout rounds per step at most (the first included) when dynamic_sampling"})
+    overlong: str = dataclasses.field(default='none', metadata={
+        "help": "truncated responses: trained as is, masked out of the loss, or DAPO's soft length penalty"})
+    overlong_buffer: int = dataclasses.field(default=256, metadata={
+        "help": "soft_penalty: tokens before max_new_tokens where the penalty ramps from 0 to -1"})
+    overlong_penalty: float = dataclasses.field(default=1.0, metadata={
+        "help": "soft_penalty: the penalty at max_new_tokens"})
+    updates_per_batch: int = dataclasses.field(default=1, metadata={
+        "help": "optimizer steps per rollout batch; > 1 makes the clipped ratio act"})
+    clip_low: float = dataclasses.field(default=0.2, metadata={
+        "help": "ratio clipped to [1 - clip_low, 1 + clip_high]"})
+    clip_high: float = dataclasses.field(default=0.2, metadata={"help": "upper clip (DAPO's clip-higher: 0.28)"})
+    tis_cap: float | None = dataclasses.field(default=None, metadata={
+        "help": "vllm rollouts: truncated importance sampling pi_old/mu capped at this (e.g. 2)"})
+    micro_batch: int = dataclasses.field(default=8, metadata={"help": "sequences per forward/backward"})
+    lora: bool = dataclasses.field(default=False, metadata={"resume": True,
+        "help": "train LoRA adapters instead of all weights (needs mathloop[train])"})
+    lora_rank: int = dataclasses.field(default=16, metadata={"resume": True, "help": "LoRA rank"})
+    lora_alpha: int = dataclasses.field(default=32, metadata={"resume": True,
+        "help": "LoRA scaling alpha (the update is scaled by alpha / rank)"})
+    lora_layers: int | None = dataclasses.field(default=None, metadata={"resume": True,
+        "help": "LoRA in the last N transformer blocks only (no backward below them; default: every block)"})
+    skip_zero_advantage: bool = dataclasses.field(default=True, metadata={
+        "help": "with --beta 0, still run forward and backward on rollouts of advantage 0 (flat groups; their loss "
+                "and gradient are 0, so this only costs time)"})
+    sort_by_length: bool = dataclasses.field(default=True, metadata={
+        "help": "micro-batches in rollout order instead of rollouts of similar length together"})
+    threads: int | None = dataclasses.field(default=None, metadata={
+        "help": "torch threads of the trainer (default: one per core)"})
+    overlap_rollouts: bool = dataclasses.field(default=False, metadata={
+        "help": "rollout engines other than hf: generate the next step's rollouts while this step's update runs (one "
+                "step stale; with vllm and --tis-cap importance-weighted)"})
+    gradient_checkpointing: bool = dataclasses.field(default=False, metadata={
+        "help": "recompute activations in the backward pass to save memory"})
+    dtype: str | None = dataclasses.field(default=None, metadata={
+        "help": "policy weights dtype (default: float32; bfloat16 saves memory with LoRA)"})
+    save_every: int = dataclasses.field(default=25, metadata={
+        "help": "checkpoint every N steps (and always at the end)"})
+    keep_checkpoints: int = dataclasses.field(default=2, metadata={
+        "help": "checkpoints kept in the run folder (older ones are deleted)"})
+    report_to: list[str] = dataclasses.field(default_factory=list, metadata={
+        "help": "also log metrics to tensorboard and/or wandb, comma-separated (<output-dir>/tensorboard; pip install"
+                " 'mathloop[tensorboard]')"})
+    seed: int = dataclasses.field(default=0, metadata={"resume": True, "help": "query order and sampling"})
 
     def __post_init__(self) -> None:
         if self.learning_rate is None:
@@ -285,9 +339,9 @@ class GRPOConfig(SamplerOptions):
 
 
 # Settings a resumed run must share with the run that wrote the checkpoint.
-_RESUME_KEYS = ("model", "queries", "benchmark", "split", "limit", "selection_samples", "selection_low",
-                "selection_high", "selection_n", "mode", "group_size", "queries_per_step", "reward", "rm", "alpha",
-                "lora", "lora_rank", "lora_alpha", "lora_layers", "seed")
+# the resume keys: fields marked metadata={"resume": True}; rollout sampling (SAMPLER_OPTIONS, inherited) may change
+# between runs of one folder
+_RESUME_KEYS = resume_keys(GRPOConfig, but=SAMPLER_OPTIONS)
 
 
 def _is_function_spec(text: str) -> bool:

@@ -34,6 +34,7 @@ from typing import Any
 
 import torch
 
+from mathloop.config import resume_keys
 from mathloop.hardware import autocast
 from mathloop.progress import progress_bar
 from mathloop.records import Sample, read_records, write_jsonl
@@ -53,36 +54,45 @@ log = logging.getLogger(__name__)
 class RMTrainConfig:
     """Every setting of a reward-model training run (recorded in run.json; YAML keys use these names)."""
 
-    samples: list[str]  # graded sample JSONL files; several files are mixed per problem
+    samples: list[str] = field(metadata={"resume": True,
+        "help": "graded sample JSONL files; several files are mixed per problem"})
     output_dir: str  # run folder: checkpoints, logs, final/
-    model: str = "default"  # backbone: 'default' (embedded model), a local folder or a Hub id
-    fill_samples: list[str] = field(default_factory=list)  # other models' samples that complete short sides
-    decontaminate: list[str] = field(default_factory=list)  # benchmark names whose test questions are excluded
+    model: str = field(default="default", metadata={"resume": True,
+        "help": "backbone: 'default' (embedded model), a local folder or a Hub id"})
+    fill_samples: list[str] = field(default_factory=list, metadata={"resume": True,
+        "help": "other models' samples that complete short sides"})
+    decontaminate: list[str] = field(default_factory=list, metadata={"resume": True,
+        "help": "benchmark names whose test questions are excluded"})
     data_dir: str | None = None  # benchmark folder for `decontaminate` (default: $MATHLOOP_DATA_DIR)
-    group_size: int = 6  # responses per problem (the paper's 6)
-    max_ratio: float | None = 2.0  # majority label at most this times the minority label per group
-    heldout_fraction: float = 0.05  # problems held out for pairwise accuracy
+    group_size: int = field(default=6, metadata={"resume": True, "help": "responses per problem (the paper's 6)"})
+    max_ratio: float | None = field(default=2.0, metadata={"resume": True,
+        "help": "majority label at most this times the minority label per group"})
+    heldout_fraction: float = field(default=0.05, metadata={"resume": True,
+        "help": "problems held out for pairwise accuracy"})
     learning_rate: float = 1e-5
     warmup_steps: int = 0  # linear warm-up, then constant
-    weight_decay: float = 0.0
-    max_grad_norm: float = 1.0
-    epochs: int = 1
-    groups_per_batch: int = 8  # problems per optimizer step
+    weight_decay: float = field(default=0.0, metadata={"help": "AdamW weight decay"})
+    max_grad_norm: float = field(default=1.0, metadata={"help": "gradients clipped to this global norm"})
+    epochs: int = field(default=1, metadata={"resume": True})
+    groups_per_batch: int = field(default=8, metadata={"resume": True, "help": "problems per optimizer step"})
     micro_batch_groups: int | None = None  # problems per forward/backward (gradient accumulation); None = all
     max_length: int = 2048  # tokens per prompt + response (longer ones keep their end)
-    lora: bool = False  # train LoRA adapters + head instead of the full backbone (needs `mathloop[train]`)
-    lora_rank: int = 16
-    lora_alpha: int = 32
-    lora_layers: int | None = None  # LoRA in the last N transformer layers only (None: all); the layers below run
-    # without a backward pass, which makes a CPU step several times cheaper
+    lora: bool = field(default=False, metadata={"resume": True,
+        "help": "train LoRA adapters + head instead of the full backbone (needs `mathloop[train]`)"})
+    lora_rank: int = field(default=16, metadata={"resume": True})
+    lora_alpha: int = field(default=32, metadata={"help": "LoRA scaling alpha (the update is scaled by alpha / rank)"})
+    lora_layers: int | None = field(default=None, metadata={"resume": True,
+        "help": "LoRA in the last N transformer layers only (None: all); the layers below run without a backward "
+                "pass, which makes a CPU step several times cheaper"})
     gradient_checkpointing: bool = False
     dtype: str | None = None  # backbone weights: default bfloat16 on GPU, float32 on CPU
     eval_every: int = 0  # held-out evaluation every N steps (0: only at the end)
     save_every: int = 0  # checkpoint every N steps (0: only at the end)
-    keep_checkpoints: int = 2
-    log_every: int = 1
+    keep_checkpoints: int = field(default=2, metadata={
+        "help": "checkpoints kept in the run folder (older ones are deleted)"})
+    log_every: int = field(default=1, metadata={"help": "optimizer steps between metrics lines"})
     report_to: list[str] = field(default_factory=list)  # tensorboard and/or wandb, besides metrics.jsonl (rank 0)
-    seed: int = 0
+    seed: int = field(default=0, metadata={"resume": True})
 
     def validate(self) -> None:
         if not self.samples:
@@ -98,8 +108,7 @@ class RMTrainConfig:
 
 
 # Settings a resumed run must share with the run that wrote the checkpoint.
-_RESUME_KEYS = ("samples", "fill_samples", "model", "group_size", "max_ratio", "heldout_fraction", "epochs",
-                "groups_per_batch", "lora", "lora_rank", "lora_layers", "seed", "decontaminate")
+_RESUME_KEYS = resume_keys(RMTrainConfig)  # its fields marked metadata={"resume": True}
 
 
 def lr_at(step: int, config: RMTrainConfig) -> float:

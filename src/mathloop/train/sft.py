@@ -64,6 +64,7 @@ from typing import Any
 import torch
 from transformers import TrainerCallback
 
+from mathloop.config import resume_keys
 from mathloop.hardware import compute_dtype
 from mathloop.progress import quiet
 from mathloop.records import RecordError, read_jsonl
@@ -78,35 +79,55 @@ log = logging.getLogger(__name__)
 class SFTRunConfig:
     """Every setting of an SFT run (recorded in run.json; YAML keys use these names)."""
 
-    data: str  # JSONL of {"prompt": [messages], "completion": [assistant message]} examples
+    data: str = field(metadata={"resume": True,
+        "help": "JSONL of {\"prompt\": [messages], \"completion\": [assistant message]} examples"})
     output_dir: str  # run folder: checkpoints, logs, final/
-    model: str = "default"  # starting model: 'default' (embedded), a local folder or a Hub id
-    epochs: int = 3  # the paper's 3
-    learning_rate: float = 2e-5  # the paper's 2e-5 (1.5B/7B); it used 5e-6 for 72B
-    lr_scheduler: str = "cosine"  # any transformers scheduler name: cosine, linear, constant, ...
-    min_learning_rate: float = 0.0  # floor of the cosine decay (the paper decays to 7e-7); needs lr_scheduler cosine
-    warmup_ratio: float = 0.0  # fraction of the steps with a linear warm-up (not stated in the paper)
-    weight_decay: float = 0.0
-    max_grad_norm: float = 1.0
-    max_length: int = 4096  # tokens per prompt + completion (the paper's 4096); longer examples are dropped
-    per_device_batch_size: int = 8  # examples per forward/backward on each device
-    gradient_accumulation_steps: int = 16  # global batch = per_device_batch_size x this x devices (paper: 128)
+    model: str = field(default="default", metadata={"resume": True,
+        "help": "starting model: 'default' (embedded), a local folder or a Hub id"})
+    epochs: int = field(default=3, metadata={"resume": True, "help": "the paper's 3"})
+    learning_rate: float = field(default=2e-5, metadata={"resume": True,
+        "help": "the paper's 2e-5 (1.5B/7B); it used 5e-6 for 72B"})
+    lr_scheduler: str = field(default="cosine", metadata={"resume": True,
+        "help": "any transformers scheduler name: cosine, linear, constant, ..."})
+    min_learning_rate: float = field(default=0.0, metadata={"resume": True,
+        "help": "floor of the cosine decay (the paper decays to 7e-7); needs lr_scheduler cosine"})
+    warmup_ratio: float = field(default=0.0, metadata={"resume": True,
+        "help": "fraction of the steps with a linear warm-up (not stated in the paper)"})
+    weight_decay: float = field(default=0.0, metadata={"help": "AdamW weight decay"})
+    max_grad_norm: float = field(default=1.0, metadata={"help": "gradients clipped to this global norm"})
+    max_length: int = field(default=4096, metadata={"resume": True,
+        "help": "tokens per prompt + completion (the paper's 4096); longer examples are dropped"})
+    per_device_batch_size: int = field(default=8, metadata={"resume": True,
+        "help": "examples per forward/backward on each device"})
+    gradient_accumulation_steps: int = field(default=16, metadata={"resume": True,
+        "help": "global batch = per_device_batch_size x this x devices (paper: 128)"})
     gradient_checkpointing: bool = False  # recompute activations in the backward pass to save memory
-    packing: bool = False  # pack examples into max_length rows (needs FlashAttention; see the module docstring)
-    attn_implementation: str | None = None  # e.g. flash_attention_2 (GPU); default: transformers' choice (sdpa)
-    lora: bool = False  # train LoRA adapters instead of all weights; final/ holds the merged model
-    lora_rank: int = 16
-    lora_alpha: int = 32
-    lora_layers: int | None = None  # LoRA in the last N transformer layers only (None: all); the layers below run
-    # without a backward pass (needs gradient_checkpointing off), which makes a CPU step cheaper
-    negative_weight: float = 0.0  # weight of the wrong responses' term (rows with "reward": -1; mathloop.train.sft_loss)
-    negative_floor: float = 0.01  # a wrong response's token is pushed down only while its probability is above this
-    dtype: str = "float32"  # weights: float32 or bfloat16 (half the memory, coarser updates)
-    bf16: bool | None = None  # bfloat16 autocast; default: on for GPUs and CPUs that support it
-    save_steps: int = 200  # checkpoint every N optimizer steps (and at the end)
-    keep_checkpoints: int = 2
-    log_every: int = 10  # optimizer steps between metrics.jsonl lines (the first step is always logged)
-    seed: int = 0  # data order, LoRA initialisation, dropout
+    packing: bool = field(default=False, metadata={"resume": True,
+        "help": "pack examples into max_length rows (needs FlashAttention; see the module docstring)"})
+    attn_implementation: str | None = field(default=None, metadata={
+        "help": "e.g. flash_attention_2 (GPU); default: transformers' choice (sdpa)"})
+    lora: bool = field(default=False, metadata={"resume": True,
+        "help": "train LoRA adapters instead of all weights; final/ holds the merged model"})
+    lora_rank: int = field(default=16, metadata={"resume": True})
+    lora_alpha: int = field(default=32, metadata={"resume": True,
+        "help": "LoRA scaling alpha (the update is scaled by alpha / rank)"})
+    lora_layers: int | None = field(default=None, metadata={"resume": True,
+        "help": "LoRA in the last N transformer layers only (None: all); the layers below run without a backward pass"
+                " (needs gradient_checkpointing off), which makes a CPU step cheaper"})
+    negative_weight: float = field(default=0.0, metadata={"resume": True,
+        "help": "weight of the wrong responses' term (rows with \"reward\": -1; mathloop.train.sft_loss)"})
+    negative_floor: float = field(default=0.01, metadata={"resume": True,
+        "help": "a wrong response's token is pushed down only while its probability is above this"})
+    dtype: str = field(default="float32", metadata={"resume": True,
+        "help": "weights: float32 or bfloat16 (half the memory, coarser updates)"})
+    bf16: bool | None = field(default=None, metadata={"resume": True,
+        "help": "bfloat16 autocast; default: on for GPUs and CPUs that support it"})
+    save_steps: int = field(default=200, metadata={"help": "checkpoint every N optimizer steps (and at the end)"})
+    keep_checkpoints: int = field(default=2, metadata={
+        "help": "checkpoints kept in the run folder (older ones are deleted)"})
+    log_every: int = field(default=10, metadata={
+        "help": "optimizer steps between metrics.jsonl lines (the first step is always logged)"})
+    seed: int = field(default=0, metadata={"resume": True, "help": "data order, LoRA initialisation, dropout"})
     deepspeed: str | None = None  # DeepSpeed JSON config for multi-GPU runs, e.g. configs/deepspeed/zero2.json
     report_to: list[str] = field(default_factory=list)  # tensorboard and/or wandb through TRL, besides metrics.jsonl
 
@@ -152,9 +173,7 @@ class SFTRunConfig:
 
 
 # Settings a resumed run must share with the run that wrote the checkpoints.
-_RESUME_KEYS = ("data", "model", "epochs", "learning_rate", "lr_scheduler", "min_learning_rate", "warmup_ratio",
-                "max_length", "per_device_batch_size", "gradient_accumulation_steps", "packing", "lora", "lora_rank",
-                "lora_alpha", "lora_layers", "negative_weight", "negative_floor", "dtype", "bf16", "seed")
+_RESUME_KEYS = resume_keys(SFTRunConfig)  # its fields marked metadata={"resume": True}
 
 
 def read_sft_examples(path: str | Path) -> list[dict[str, Any]]:
