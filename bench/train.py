@@ -258,7 +258,9 @@ def main() -> None:
             done = subprocess.run([sys.executable, __file__, *sys.argv[1:], "--one", f"{trainer}:{variant}"],
                                   capture_output=True, text=True)
             if done.returncode:
-                print(f"{trainer} {variant}: failed\n{done.stderr[-2000:]}", file=sys.stderr)
+                why = ("killed by SIGKILL (out of memory?)" if done.returncode == -9 else
+                       f"exit {done.returncode}\n{done.stderr[-2000:]}")
+                print(f"{trainer} {variant}: failed, {why}", file=sys.stderr)
                 continue
             rows.append(json.loads(done.stdout.strip().splitlines()[-1]))
             print(table(rows[-1:], peak).splitlines()[-1], flush=True)
