@@ -340,6 +340,11 @@ def test_export_and_generate_tiny_model(tiny_model_dir, tmp_path, monkeypatch):
     params = SamplingParams(n=3, temperature=1.0, max_new_tokens=12, seed=1)
     first, again = backend.generate([prompt], params), backend.generate([prompt], params)
     assert len(first[0]) == 3 and [c.text for c in first[0]] == [c.text for c in again[0]]  # seeded
+    # each response's seed is its own (problem id, sample index): alone or beside another problem, the same tokens
+    other = backend.chat_prompt([{"role": "user", "content": "What is 7 * 6?"}])
+    both = backend.generate([other, prompt], params, seed_keys=["q2", "q1"])
+    alone = backend.generate([prompt], params, seed_keys=["q1"])
+    assert [c.text for c in both[1]] == [c.text for c in alone[0]] and len({c.text for c in alone[0]}) > 1
     assert backend.info["export_s"] > 0 and (tmp_path / "cache" / "openvino").is_dir()
 
 
