@@ -247,25 +247,35 @@ def precision_recall(predicted: Sequence[bool], labels: Sequence[bool]) -> dict[
 def math_classifier_filter(model: str | Path, threshold: float = 0.5, exclusion_writer=None):
     """The datatrove filter: keeps documents with P(math) >= threshold and writes the score to
     metadata["math_score"]; the fastText model is loaded in the worker on first use, not pickled with the pipeline."""
+    from functools import partial
+
+    return score_filter("math classifier", partial(MathClassifier, str(model)), "math_score", "not_math",
+                        threshold, 256, exclusion_writer)
+
+
+def score_filter(name: str, make_scorer, key: str, reason: str, threshold: float, batch_size: int,
+                 exclusion_writer=None):
+    """A datatrove filter that scores documents in batches with the scorer `make_scorer()` builds (in the worker, on
+    first use), writes each score to `metadata[key]` and keeps the documents scoring at least `threshold` (the others
+    are excluded with `reason`)."""
     from datatrove.pipeline.filters.base_filter import BaseFilter
 
-    class MathScoreFilter(BaseFilter):
-        name = "math classifier"
-
+    class ScoreFilter(BaseFilter):
         def __init__(self):
-            super().__init__(exclusion_writer, batch_size=256)
-            self.model_path, self.threshold, self._classifier = str(model), threshold, None
+            super().__init__(exclusion_writer, batch_size=batch_size)
+            self._scorer = None
 
         def filter_batch(self, batch):
-            if self._classifier is None:
-                self._classifier = MathClassifier(self.model_path)
+            if self._scorer is None:
+                self._scorer = make_scorer()
             results = []
-            for doc, score in zip(batch, self._classifier.score([d.text for d in batch])):
-                doc.metadata["math_score"] = round(score, 4)
-                results.append(True if score >= self.threshold else (False, "not_math"))
+            for doc, score in zip(batch, self._scorer.score([d.text for d in batch])):
+                doc.metadata[key] = round(score, 4)
+                results.append(True if score >= threshold else (False, reason))
             return results
 
         def filter(self, doc):
             return self.filter_batch([doc])[0]
 
-    return MathScoreFilter()
+    ScoreFilter.name = name  # datatrove names a step's statistics after its class attribute
+    return ScoreFilter()

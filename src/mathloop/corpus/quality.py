@@ -65,26 +65,11 @@ class QualityScorer:
 
 
 def quality_filter(model: str, threshold: float = 0.5, batch_size: int = 8, exclusion_writer=None):
-    """The datatrove filter; the model is loaded in the worker on first use."""
-    from datatrove.pipeline.filters.base_filter import BaseFilter
+    """The datatrove filter: keeps documents scoring at least `threshold`, the score in metadata["quality_score"];
+    the model is loaded in the worker on first use."""
+    from functools import partial
 
-    class QualityFilter(BaseFilter):
-        name = "quality"
+    from mathloop.corpus.classifier import score_filter
 
-        def __init__(self):
-            super().__init__(exclusion_writer, batch_size=batch_size)
-            self.model, self.threshold, self._scorer = model, threshold, None
-
-        def filter_batch(self, batch):
-            if self._scorer is None:
-                self._scorer = QualityScorer(self.model, batch_size=len(batch))
-            results = []
-            for doc, score in zip(batch, self._scorer.score([d.text for d in batch])):
-                doc.metadata["quality_score"] = round(score, 4)
-                results.append(True if score >= self.threshold else (False, "low_quality"))
-            return results
-
-        def filter(self, doc):
-            return self.filter_batch([doc])[0]
-
-    return QualityFilter()
+    return score_filter("quality", partial(QualityScorer, model, batch_size=batch_size), "quality_score",
+                        "low_quality", threshold, batch_size, exclusion_writer)
