@@ -2,8 +2,8 @@
 round-1 samples, each evaluated greedy on the held-out set and with k samples on the coverage subset, and paired
 with round 0 and with plain rejection-sampling SFT.
 
-The source is a loop folder whose round 1 has been sampled (e.g. `mathloop loop --config configs/cpu-gsm8k.yaml
---rounds 1`). For each arm the script makes `<out>/<arm>/`, copies in the source's round-0 evaluations and round-1
+The source is a loop folder whose round 1 has been sampled; by default it is the plain arm's own folder, which runs
+first from scratch (round 0's evaluations, round 1's samples, plain SFT). For each other arm the script makes `<out>/<arm>/`, copies in the source's round-0 evaluations and round-1
 samples (arms that sample more, `hard_n`, copy only the first pass and sample the rest themselves), writes
 `<out>/<arm>/arm.yaml` (the base config with the arm's changes) and runs `mathloop loop` on it; an arm whose select
 and sft settings are the source's also takes the source's SFT and evaluation (the same rows give the same model).
@@ -13,7 +13,10 @@ Then it prints the table: per arm the greedy accuracy and the coverage metrics (
 maj@k, pass@k), each as a change against round 0 and against the plain arm on the same problems (intervals, b / c,
 exact McNemar p), and the wall minutes per stage, with the CPU named. `--table-only` prints it from what exists.
 
-Usage: python bench/coverage_ablation.py --source runs/cov --out runs/ablation [--arms plain,interpolate]
+The scale flags (`--problems-per-round`, `--dev-size`, `--heldout-limit`, `--coverage-limit`) make a smaller
+ablation fit one session on 2 cores; the table names the scale it ran at.
+
+Usage: python bench/coverage_ablation.py --out runs/ablation [--arms plain,interpolate] [--source runs/cov]
 """
 
 from __future__ import annotations
@@ -50,9 +53,27 @@ ARMS: dict[str, dict] = {
 }
 
 
-def arm_config(base: dict, arm: str, out: Path) -> dict:
+def scaled(problems_per_round: int | None = None, dev_size: int | None = None, heldout_limit: int | None = None,
+           coverage_limit: int | None = None) -> dict:
+    """COMMON at a smaller scale: fewer problems per round (the training limit follows: the round's block, then the
+    dev split, then a margin for decontamination), a smaller dev split, the first N held-out problems for greedy and
+    the first M for the k-sample coverage."""
+    common = copy.deepcopy(COMMON)
+    if dev_size is not None:
+        common["dev_size"] = dev_size
+    if problems_per_round is not None:
+        common["problems_per_round"] = problems_per_round
+        common["limit"] = problems_per_round + common["dev_size"] + 10
+    if heldout_limit is not None:
+        common["heldout_limit"] = heldout_limit
+    if coverage_limit is not None:
+        common["coverage"]["limit"] = coverage_limit
+    return common
+
+
+def arm_config(base: dict, arm: str, out: Path, common: dict | None = None) -> dict:
     """The base config with the common settings and the arm's changes (sections merged key by key)."""
-    config = copy.deepcopy(base) | copy.deepcopy(COMMON) | {"output_dir": str(out)}
+    config = copy.deepcopy(base) | copy.deepcopy(common or COMMON) | {"output_dir": str(out)}
     for section, changes in ARMS[arm].items():
         config[section] = {**config.get(section, {}), **changes}
     return config
@@ -98,11 +119,14 @@ def prepare(source: Path, arm_dir: Path, config: dict, base: dict) -> None:
         timed.write_text(json.dumps(kept))
 
 
-def run_arm(source: Path, out: Path, arm: str, base: dict, data_dir: str | None) -> None:
+def run_arm(source: Path, out: Path, arm: str, base: dict, data_dir: str | None, common: dict) -> None:
     arm_dir = out / arm
-    config = arm_config(base, arm, arm_dir)
+    config = arm_config(base, arm, arm_dir, common)
     arm_dir.mkdir(parents=True, exist_ok=True)
-    prepare(source, arm_dir, config, base)
+    if source.resolve() != arm_dir.resolve():  # the source arm samples its own round 1
+        if not (source / "round-1" / "samples.jsonl").exists():
+            raise SystemExit(f"--source: {source} has no sampled round 1 (round-1/samples.jsonl); run its arm first")
+        prepare(source, arm_dir, config, base)
     (arm_dir / "arm.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
     command = [sys.executable, "-m", "mathloop.cli", "loop", "--config", str(arm_dir / "arm.yaml")]
     if data_dir:
@@ -120,7 +144,7 @@ def paired(entry: dict | None) -> str:
     return f"{delta}, {bc}, p {p}"
 
 
-def table(out: Path, arms: list[str]) -> str:
+def table(out: Path, arms: list[str], common: dict | None = None) -> str:
     """The ablation table from the arms' folders (arms without a finished round are left out)."""
     from mathloop.pipeline.compare import compare_benchmark, read_eval_folder
 
@@ -131,8 +155,11 @@ def table(out: Path, arms: list[str]) -> str:
     if not done:
         return "no arm has finished its round yet"
     reference = "plain" if "plain" in done else done[0]
-    lines = [f"Arms from the same round-1 samples; greedy on the held-out set and {COMMON['coverage']['n']} samples "
-             f"on its first {COMMON['coverage']['limit']} problems. Cells: value; change [95% CI], b / c, McNemar p "
+    common = common or COMMON
+    greedy_on = f"its first {common['heldout_limit']}" if common.get("heldout_limit") else "the whole"
+    lines = [f"Arms from the same round-1 samples ({common.get('problems_per_round', 'all')} training problems); "
+             f"greedy on {greedy_on} held-out set and {common['coverage']['n']} samples "
+             f"on its first {common['coverage']['limit']} problems. Cells: value; change [95% CI], b / c, McNemar p "
              f"(mean: paired bootstrap interval) against round 0 and against the `{reference}` arm.", "",
              "| arm | greedy | vs round 0 | vs " + reference + " | mean per sample | vs round 0 | vs " + reference +
              " | maj@8 | vs round 0 | vs " + reference + " | pass@8 | vs round 0 | vs " + reference +
@@ -174,28 +201,36 @@ def table(out: Path, arms: list[str]) -> str:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--source", required=True, help="loop folder whose round 1 is sampled")
+    parser.add_argument("--source", default=None,
+                        help="loop folder whose round 1 is sampled (default: the plain arm's folder, run first)")
     parser.add_argument("--out", default="runs/ablation")
     parser.add_argument("--config", default="configs/cpu-gsm8k.yaml", help="the base config the arms change")
     parser.add_argument("--arms", default=",".join(ARMS), help=f"comma-separated, of {', '.join(ARMS)}")
     parser.add_argument("--data-dir", default=None)
+    parser.add_argument("--problems-per-round", type=int, default=None, help="training problems in round 1")
+    parser.add_argument("--dev-size", type=int, default=None, help=f"dev split (default {COMMON['dev_size']})")
+    parser.add_argument("--heldout-limit", type=int, default=None, help="greedy on the first N held-out problems")
+    parser.add_argument("--coverage-limit", type=int, default=None,
+                        help=f"k samples on the first M held-out problems (default {COMMON['coverage']['limit']})")
     parser.add_argument("--table-only", action="store_true", help="print the table of what exists, run nothing")
     args = parser.parse_args()
     arms = [a for a in args.arms.split(",") if a]
     unknown = sorted(set(arms) - set(ARMS))
     if unknown:
         parser.error(f"--arms: unknown arm(s) {', '.join(unknown)}; known: {', '.join(ARMS)}")
-    source, out = Path(args.source), Path(args.out)
+    out = Path(args.out)
+    source = Path(args.source) if args.source else out / "plain"
+    common = scaled(args.problems_per_round, args.dev_size, args.heldout_limit, args.coverage_limit)
     if not args.table_only:
-        if not (source / "round-1" / "samples.jsonl").exists():
-            parser.error(f"--source: {source} has no sampled round 1 (round-1/samples.jsonl)")
+        if args.source is None and "plain" in arms:  # the plain arm makes the samples the others share
+            arms = ["plain"] + [arm for arm in arms if arm != "plain"]
         base = read_yaml_mapping(args.config, "loop")
         for arm in arms:
-            run_arm(source, out, arm, base, args.data_dir)
+            run_arm(source, out, arm, base, args.data_dir, common)
     import torch
 
     print(f"CPU: torch capability {torch.backends.cpu.get_cpu_capability()}")
-    print(table(out, arms))
+    print(table(out, arms, common))
     return 0
 
 
