@@ -96,7 +96,7 @@ from mathloop.progress import progress_bar
 from mathloop.prompts import build_messages
 from mathloop.records import CORRECT, Problem, Sample, read_records, write_jsonl
 from mathloop.reward.shaping import RewardFn, make_rm_reward, make_shaped_reward, select_queries, verifier_reward
-from mathloop.runs import lock_run_dir, new_run_record, write_json
+from mathloop.runs import lock_run_dir, new_run_record, refuse_other_kind, write_json
 from mathloop.tokens import pad_batch, pad_token_id, response_loss_mask
 from mathloop.train.checkpoint import (
     drop_metrics_after,
@@ -673,6 +673,8 @@ def train_grpo(config: GRPOConfig, stop_after: int | None = None) -> dict[str, A
 def _train_grpo(config: GRPOConfig, stop_after: int | None) -> dict[str, Any]:
     from mathloop.train.distributed import make_accelerator
 
+    out = Path(config.output_dir)
+    refuse_other_kind(out, "grpo")
     # Under `accelerate launch` every process rolls out its share of the step's queries and trains on them;
     # gradients are averaged across processes (DDP), and only the main process writes the run folder.
     accelerator = make_accelerator()
@@ -681,7 +683,6 @@ def _train_grpo(config: GRPOConfig, stop_after: int | None) -> dict[str, Any]:
     check_process_count(config, world)
     if config.threads:
         torch.set_num_threads(config.threads)
-    out = Path(config.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     queries, report = load_queries(config)
     log.info("grpo queries: %s", report)

@@ -68,7 +68,7 @@ from mathloop.config import resume_keys
 from mathloop.hardware import compute_dtype
 from mathloop.progress import quiet
 from mathloop.records import RecordError, read_jsonl
-from mathloop.runs import check_run_record, lock_run_dir, new_run_record, read_json, write_json
+from mathloop.runs import check_run_record, lock_run_dir, new_run_record, read_json, refuse_other_kind, write_json
 from mathloop.train.checkpoint import drop_metrics_after, final_done, finish_final, start_final
 from mathloop.train.tracking import MetricsReporter, check_report_to
 
@@ -410,6 +410,7 @@ def _train_sft(config: SFTRunConfig, stop_after: int | None) -> dict[str, Any]:
     from transformers.trainer_utils import get_last_checkpoint
 
     out = Path(config.output_dir)
+    refuse_other_kind(out, "sft")  # before final/: another kind's final model is not this run's
     if final_done(out):
         log.info("%s exists: SFT already done", out / "final")
         done = read_json(out / "summary.json") if (out / "summary.json").exists() else {}
