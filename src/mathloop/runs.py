@@ -16,7 +16,8 @@
   (`refuse_other_kind`).
 - `read_run_record(folder)`: what a folder holds, for the report, `compare` and the loop: its record's `kind` (and a
   loop's `stages`). Folders written before records had a kind are recognised from their files by one function,
-  `_guess_old_record`.
+  `_guess_old_record`. `run_done(folder, last_file)`: whether its run is done, by the marker (old folders: by the
+  file their stage writes last).
 """
 
 from __future__ import annotations
@@ -357,6 +358,26 @@ def run_finished(folder: str | os.PathLike) -> bool:
     """Whether the run record of `folder` carries the completion marker."""
     path = Path(folder) / RECORD_NAME
     return path.exists() and "finished" in read_json(path)
+
+
+def run_done(folder: str | os.PathLike, last_file: str) -> bool:
+    """Whether the run in `folder` is done: its record's completion marker (`finished`). A folder from before records
+    had a kind (a record without one, or none) may predate the marker too: it is done when `last_file`, the file
+    its stage writes last (relative to `folder`), exists.
+
+    >>> import tempfile
+    >>> folder = Path(tempfile.mkdtemp())
+    >>> (folder / "metrics.json").write_text("{}") and run_done(folder, "metrics.json")  # no record: the file
+    True
+    >>> write_json(folder / RECORD_NAME, {"kind": "eval", "config": {}})
+    >>> run_done(folder, "metrics.json")  # a record with a kind: its marker, not the file
+    False
+    """
+    path = Path(folder) / RECORD_NAME
+    record = read_json(path) if path.is_file() else {}
+    if isinstance(record, dict) and "kind" in record:
+        return "finished" in record
+    return Path(folder, last_file).exists()
 
 
 def read_run_record(folder: str | os.PathLike) -> dict[str, Any] | None:

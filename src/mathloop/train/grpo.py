@@ -104,6 +104,7 @@ from mathloop.train.checkpoint import (
     finish_final,
     latest_checkpoint,
     load_checkpoint,
+    mark_whole_final,
     save_checkpoint,
     start_final,
 )
@@ -778,8 +779,10 @@ def _train_grpo(config: GRPOConfig, stop_after: int | None) -> dict[str, Any]:
                     save_checkpoint(out, policy, optimizer, step, config, config.keep_checkpoints)
             accelerator.wait_for_everyone()
 
-    if step == config.steps and main and not final_done(out):
-        save_final(policy, tokenizer, out, config)
+    if step == config.steps and main:
+        if not final_done(out):
+            save_final(policy, tokenizer, out, config)
+        mark_whole_final(out)  # a final/ of an earlier session killed before its marker
     accelerator.wait_for_everyone()
     return {"step": step, "steps": config.steps, "final": str(out / "final") if step == config.steps else None,
             **{k: v for k, v in last.items() if k != "step"}}
