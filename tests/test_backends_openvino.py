@@ -451,18 +451,17 @@ def test_cli_names_the_engine_auto_chose_for_a_wrong_flag(openvino_here, tmp_pat
 def test_a_run_records_the_engine_auto_chose_and_refuses_to_resume_on_another(openvino_here, monkeypatch, tmp_path,
                                                                                data_dir):
     import mathloop.backends
-    import mathloop.pipeline.evaluate as evaluate
     from mathloop.backends.fake import FakeBackend
     from mathloop.pipeline.evaluate import EvalConfig, run_eval
     from mathloop.pipeline.sample import SampleConfig, run_sample
 
     loaded = []
 
-    def load(name, model, args):
+    def load(name, model, **args):
         loaded.append((name, args))
         return FakeBackend(["\\boxed{18}"])
 
-    monkeypatch.setattr(evaluate, "load_stage_backend", load)
+    monkeypatch.setattr(mathloop.backends, "load_backend", load)  # what eval and sample load their engine with
     config = EvalConfig(model="default", benchmarks=["gsm8k"], out=str(tmp_path / "eval"), limit=2,
                         data_dir=str(data_dir))
     assert config.backend == "auto"

@@ -60,6 +60,55 @@ def metric(run_dir, name):
     return [json.loads(line)[name] for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
 
 
+# ---- one step's math, apart from the processes -----------------------------------------------------------------
+
+@pytest.mark.parametrize("scale", ["group", "batch", "none"])
+def test_advantages_of_processes_are_those_of_one_process_on_the_same_rollouts(scale):
+    from mathloop.train.grpo import process_advantages
+    from mathloop.train.grpo_math import group_advantages
+
+    rewards = [1.0, 0.0, 0.0, 0.0, 3.0, 1.0, 2.0, 2.0, 0.5, 4.0, 1.0, 0.0]  # 6 groups of 2
+    one = process_advantages([rewards], 0, 2, scale)
+    assert one == pytest.approx(group_advantages(torch.tensor(rewards).view(-1, 2), scale=scale).flatten().tolist())
+    for parts in ([rewards[:6], rewards[6:]], [rewards[:2], rewards[2:8], rewards[8:]], [[], rewards]):
+        split = [a for rank in range(len(parts)) for a in process_advantages(parts, rank, 2, scale)]
+        assert split == pytest.approx(one, abs=1e-6), parts
+    assert process_advantages([[], rewards], 0, 2, scale) == []  # a process without rollouts this step
+
+
+def test_step_metrics_average_the_updates_and_weigh_by_tokens():
+    from mathloop.records import Problem
+    from mathloop.train.grpo import Rollout, UpdateSums, step_metrics
+
+    def rollout(reward, verdict, tokens, finish="stop"):
+        sample = Sample(problem_id="q", prompt="p", response="r", verdict=verdict, completion_tokens=tokens,
+                        finish_reason=finish)
+        return Rollout(sample, Problem(id="q", benchmark="test", question="?"), ended_by_eos=True, reward=reward)
+
+    sampled = [rollout(1.0, "correct", 4), rollout(0.0, "incorrect", 8, "length"), rollout(1.0, None, 6),
+               rollout(0.0, "incorrect", 2)]
+    sums = UpdateSums()
+    sums.add(0.8, {"tokens": torch.tensor(10), "kl": torch.tensor(0.2), "clip_fraction": torch.tensor(0.0),
+                   "entropy_sum": torch.tensor(5.0), "is_ratio_mean": torch.tensor(1.0),
+                   "is_ratio_max": torch.tensor(1.5)}, weight=0.5, first_update=True)
+    sums.add(0.4, {"tokens": torch.tensor(10), "kl": torch.tensor(0.4), "clip_fraction": torch.tensor(0.3),
+                   "is_ratio_mean": torch.tensor(3.0), "is_ratio_max": torch.tensor(9.0)}, weight=0.5,
+             first_update=False)  # the second update: entropy and importance ratios are the first update's
+    sums.grad_norm = 3.0
+    config = type("Config", (), {"updates_per_batch": 2, "group_size": 2})()
+    line = step_metrics(7, sampled, sampled[:2], sums, config, flat_groups=0.5, sampling_tries=1, stale=False,
+                        rollout_seconds=1.234, update_seconds=2.0)
+    assert line["step"] == 7 and line["reward_mean"] == 0.5 and line["reward_std"] == pytest.approx(0.57735, abs=1e-5)
+    assert line["accuracy"] == pytest.approx(1 / 3)  # of the graded responses only
+    assert (line["loss"], line["kl"], line["grad_norm"]) == pytest.approx((0.3, 0.15, 1.5))  # means over 2 updates
+    assert line["entropy"] == 0.5 and line["clip_fraction"] == pytest.approx(0.15)
+    assert (line["is_ratio_mean"], line["is_ratio_max"]) == (1.0, 1.5)
+    assert (line["response_length"], line["truncation_rate"], line["groups_trained"]) == (5.0, 0.25, 1)
+    assert line["rollout_seconds"] == 1.23 and json.dumps(line)
+    assert step_metrics(1, sampled[:1], [], UpdateSums(), config, flat_groups=1.0, sampling_tries=1, stale=True,
+                        rollout_seconds=0, update_seconds=0)["entropy"] is None
+
+
 # ---- learning --------------------------------------------------------------------------------------------------
 
 @pytest.mark.training

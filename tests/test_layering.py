@@ -49,6 +49,14 @@ def test_the_walk_sees_imports_inside_functions(tmp_path):
     assert "mathloop.runs.new_run_record" in imports(SRC / "train" / "rm.py")
 
 
+
+def test_a_stage_borrows_no_other_stages_helpers():
+    # what eval and sample share lives in pipeline/generate.py; a stage may still run another (the loop runs them all)
+    for stage in ("sample", "evolve"):
+        assert not {name for name in imports(SRC / "pipeline" / f"{stage}.py")
+                    if name.startswith("mathloop.pipeline.evaluate")}, stage
+    assert "mathloop.pipeline.generate.generation_resources" in imports(SRC / "pipeline" / "sample.py")
+
 # Import cycles that exist and are known, each to be removed (then dropped from here):
 KNOWN_CYCLES: list[set[str]] = []
 

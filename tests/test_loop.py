@@ -339,6 +339,59 @@ def test_stage_timer_sums_the_sessions_of_a_stage_and_counts_a_failed_one(tmp_pa
     assert loop.stage_seconds(tmp_path / "round-2") == {} and not (tmp_path / "round-2" / "stage_seconds.json").exists()
 
 
+@pytest.mark.parametrize("stage", ["rm", "sft", "grpo", "eval", "coverage"])
+def test_a_stage_that_is_a_run_is_done_by_its_records_marker_and_an_old_folder_by_its_last_file(tmp_path, stage):
+    from mathloop.pipeline.loop import STAGE_RUNS, stage_done
+    from mathloop.runs import mark_run_finished, new_run_record, write_json
+
+    folder, last_file = STAGE_RUNS[stage]
+    run = tmp_path / "round-1" / folder
+    (run / last_file).parent.mkdir(parents=True)
+    assert not stage_done(tmp_path / "round-1", stage)
+    (run / last_file).write_text("{}")
+    assert stage_done(tmp_path / "round-1", stage)  # a folder from before run records: its last file
+    write_json(run / "run.json", {"config": {}})
+    assert stage_done(tmp_path / "round-1", stage)  # a record from before kinds and done markers: the same
+    write_json(run / "run.json", new_run_record({}, kind=stage if stage != "coverage" else "eval"))
+    assert not stage_done(tmp_path / "round-1", stage)  # the file is there, the run did not mark itself done
+    mark_run_finished(run)
+    assert stage_done(tmp_path / "round-1", stage)
+    (run / last_file).unlink()
+    assert stage_done(tmp_path / "round-1", stage)  # the marker decides, not the file
+
+
+def test_the_loop_runs_again_a_trainer_whose_record_is_not_finished(tmp_path, monkeypatch):
+    import mathloop.train.sft
+    from mathloop.pipeline.loop import _sft
+    from mathloop.runs import mark_run_finished, new_run_record, write_json
+
+    trained = []
+    monkeypatch.setattr(mathloop.train.sft, "train_sft", trained.append)
+    config = loop_config_from_dict({"output_dir": str(tmp_path), "model": "m"})
+    sft = tmp_path / "round-1" / "sft"
+    (sft / "final").mkdir(parents=True)
+    (sft / "final" / "config.json").write_text("{}")
+    assert _sft(config, "m", tmp_path / "round-1") == str(sft / "final") and trained == []  # an old folder: done
+    write_json(sft / "run.json", new_run_record({}, kind="sft"))
+    _sft(config, "m", tmp_path / "round-1")
+    assert len(trained) == 1  # final/ is there, but the run never marked itself done: the trainer decides
+    mark_run_finished(sft)
+    _sft(config, "m", tmp_path / "round-1")
+    assert len(trained) == 1
+
+
+def test_a_trainer_finding_its_final_model_whole_marks_its_record_finished(tmp_path):
+    from mathloop.runs import new_run_record, run_finished, write_json
+    from mathloop.train.sft import SFTRunConfig, train_sft
+
+    (tmp_path / "data.jsonl").write_text("")
+    out = tmp_path / "sft"
+    (out / "final").mkdir(parents=True)  # a session killed between final/'s rename and its marker
+    write_json(out / "run.json", new_run_record({}, kind="sft"))
+    summary = train_sft(SFTRunConfig(model="m", data=str(tmp_path / "data.jsonl"), output_dir=str(out)))
+    assert summary["already_done"] and run_finished(out)
+
+
 def test_the_demo_does_not_warn_about_benchmarks_it_cannot_check(tmp_path):
     from mathloop.data import decontaminate
     from mathloop.pipeline.demo import demo_config

@@ -299,6 +299,24 @@ def test_a_checkpoint_is_refused_by_the_one_run_record_check(tmp_path):
         load_checkpoint(path, model, optimizer, other, ("seed",))
 
 
+@pytest.mark.parametrize("trainer, other", [("rm", "sft"), ("grpo", "sft"), ("sft", "grpo")])
+def test_a_trainer_starting_afresh_refuses_a_folder_of_another_kind(tmp_path, trainer, other, capsys):
+    from mathloop.cli import main
+
+    folder = _run_folder(tmp_path / "run", other)
+    (folder / "final").mkdir()  # a finished run: its model is not this trainer's either
+    before = {p.name: p.stat().st_mtime_ns for p in folder.iterdir()}
+    (tmp_path / "s.jsonl").write_text("")
+    (tmp_path / "d.jsonl").write_text("")
+    argv = {"rm": ["rm", "train", "--samples", str(tmp_path / "s.jsonl")],
+            "grpo": ["grpo", "--queries", str(tmp_path / "s.jsonl"), "--reward", "verifier"],
+            "sft": ["sft", "--data", str(tmp_path / "d.jsonl")]}[trainer]
+    assert main(argv + ["--output-dir", str(folder)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and f"{folder / 'run.json'} holds a run of kind {other}, not {trainer}" in err[0], err
+    assert {p.name: p.stat().st_mtime_ns for p in folder.iterdir() if p.name != LOCK_NAME} == before
+
+
 def test_a_trainers_final_model_marks_its_record_finished(tmp_path):
     from mathloop.runs import run_finished
     from mathloop.train.checkpoint import finish_final, start_final

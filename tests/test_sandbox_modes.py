@@ -21,7 +21,8 @@ import pytest
 from mathloop.backends.fake import FakeBackend
 from mathloop.cli import main
 from mathloop.generate import code_executor
-from mathloop.pipeline.evaluate import EvalConfig, generation_resources, run_eval
+from mathloop.pipeline.evaluate import EvalConfig, run_eval
+from mathloop.pipeline.generate import generation_resources
 from mathloop.tools.sandbox import Sandbox, SandboxUnavailable
 from mathloop.tools.sandbox_worker import landlock_abi
 
@@ -155,7 +156,7 @@ def test_commands_refuse_with_one_line_and_run_with_the_opt_in(tmp_path, data_di
     config.unsafe_sandbox_file_access = True  # the YAML key / flag of eval, sample and grpo, down to the sandbox
     seen = []
     monkeypatch.setattr("mathloop.generate.code_executor", lambda *args: seen.append(args) or nullcontext())
-    monkeypatch.setattr("mathloop.pipeline.evaluate.code_executor", lambda *args: seen.append(args) or nullcontext())
+    monkeypatch.setattr("mathloop.pipeline.generate.code_executor", lambda *args: seen.append(args) or nullcontext())
     with generation_resources(config):
         pass
     assert seen == [("tir", 5.0, True)]

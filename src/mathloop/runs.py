@@ -12,10 +12,12 @@
   versions, hardware and start time. A run that resumes a folder must be of the same kind and match the record on
   the resume keys and on every data file both read, else it is refused with what differs (`check_run_record`, also
   what a training checkpoint is checked with); `finish_run_record` / `mark_run_finished` write the completion marker
-  (`finished`, wall seconds).
+  (`finished`, wall seconds). A trainer starting afresh first checks that its folder holds no other kind of run
+  (`refuse_other_kind`).
 - `read_run_record(folder)`: what a folder holds, for the report, `compare` and the loop: its record's `kind` (and a
   loop's `stages`). Folders written before records had a kind are recognised from their files by one function,
-  `_guess_old_record`.
+  `_guess_old_record`. `run_done(folder, last_file)`: whether its run is done, by the marker (old folders: by the
+  file their stage writes last).
 """
 
 from __future__ import annotations
@@ -267,14 +269,37 @@ def check_run_record(record: Mapping[str, Any], config: Any, resume_keys: tuple[
     """
     from mathloop.config import changed_data, changed_settings, result_settings
 
-    if kind is not None and record.get("kind") not in (None, kind):
-        raise ValueError(f"{what} of kind {record['kind']}, not {kind}; {fix}")
+    _check_kind(record, kind, what, fix)
     old, current = result_settings(record.get("config", {})), result_settings(_settings_dict(config))
     keys = tuple(current) if resume_keys is None else resume_keys
     detail = (changed_settings(old, current, keys)
               or changed_data(record.get("data", {}), dict(data or {})))
     if detail:
         raise ValueError(f"{what} with other settings ({detail}); {fix}")
+
+
+def _check_kind(record: Mapping[str, Any], kind: str | None, what: str, fix: str) -> None:
+    if kind is not None and record.get("kind") not in (None, kind):
+        raise ValueError(f"{what} of kind {record['kind']}, not {kind}; {fix}")
+
+
+def refuse_other_kind(folder: str | os.PathLike, kind: str, fix: str = "use a new output_dir") -> None:
+    """Refuse to start a run of `kind` in `folder` when the run record there is of another kind, before the run
+    writes anything: a trainer starting afresh writes its own record, which would replace the other run's. A
+    record without a kind (written before records had one) is not refused.
+
+    >>> import tempfile
+    >>> folder = tempfile.mkdtemp()
+    >>> write_json(Path(folder, RECORD_NAME), {"kind": "sft", "config": {}})
+    >>> refuse_other_kind(folder, "sft")
+    >>> refuse_other_kind(folder, "grpo")  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    ValueError: .../run.json holds a run of kind sft, not grpo; use a new output_dir
+    """
+    path = Path(folder) / RECORD_NAME
+    if path.is_file():
+        record = read_json(path)
+        _check_kind(record if isinstance(record, dict) else {}, kind, f"{path} holds a run", fix)
 
 
 def start_run_record(path: str | os.PathLike, config: Any, resume_keys: tuple[str, ...] | None = None,
@@ -333,6 +358,26 @@ def run_finished(folder: str | os.PathLike) -> bool:
     """Whether the run record of `folder` carries the completion marker."""
     path = Path(folder) / RECORD_NAME
     return path.exists() and "finished" in read_json(path)
+
+
+def run_done(folder: str | os.PathLike, last_file: str) -> bool:
+    """Whether the run in `folder` is done: its record's completion marker (`finished`). A folder from before records
+    had a kind (a record without one, or none) may predate the marker too: it is done when `last_file`, the file
+    its stage writes last (relative to `folder`), exists.
+
+    >>> import tempfile
+    >>> folder = Path(tempfile.mkdtemp())
+    >>> (folder / "metrics.json").write_text("{}") and run_done(folder, "metrics.json")  # no record: the file
+    True
+    >>> write_json(folder / RECORD_NAME, {"kind": "eval", "config": {}})
+    >>> run_done(folder, "metrics.json")  # a record with a kind: its marker, not the file
+    False
+    """
+    path = Path(folder) / RECORD_NAME
+    record = read_json(path) if path.is_file() else {}
+    if isinstance(record, dict) and "kind" in record:
+        return "finished" in record
+    return Path(folder, last_file).exists()
 
 
 def read_run_record(folder: str | os.PathLike) -> dict[str, Any] | None:

@@ -18,7 +18,6 @@ are scored again, the generations are kept.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 import time
@@ -27,20 +26,20 @@ from pathlib import Path
 from typing import Any
 
 from mathloop.backends.base import (
-    SAMPLER_OPTIONS,
     Backend,
     SamplerOptions,
     SamplingParams,
     sampling_params,
-    validate_sampler_options,
 )
 from mathloop.config import resume_keys
 from mathloop.data.benchmarks import data_record, get_benchmark, load_benchmark
 from mathloop.metrics import format_markdown, summarize
-from mathloop.generate import MODES, code_executor, generate_and_grade, pending_problems
+from mathloop.generate import MODES, generate_and_grade, pending_problems
 from mathloop.records import Problem, Sample, read_records, write_jsonl
-from mathloop.replicas import RayOptions, ReplicaSpec, replica_pool, validate_ray_options
-from mathloop.verify import Verifier, same_answer
+from mathloop.pipeline.generate import (generation_resources, load_stage_backend, validate_generation_settings,
+                                       with_resolved_backend)
+from mathloop.replicas import RayOptions
+from mathloop.verify import same_answer
 from mathloop.runs import (finish_run_record, lock_run_dir, read_json, record_backend, start_run_record, write_json,
                            write_text_atomic)
 
@@ -89,40 +88,6 @@ class EvalConfig(SamplerOptions, RayOptions):
 
     def sampling(self) -> SamplingParams:
         return sampling_params(self)
-
-
-@contextlib.contextmanager
-def generation_resources(config: Any):
-    """What a generating stage (eval, sample) holds while it runs: the verifier's worker pool, the sandbox for TIR
-    (the replicas run their own when the stage runs on Ray) and `replicas()`, the Ray replica pool started on first
-    use and stopped with the stage."""
-    spec = ReplicaSpec(config.backend, config.model, config.backend_args, config.mode, config.tool_timeout,
-                       config.max_tool_calls, config.unsafe_sandbox_file_access)
-    local_mode = "cot" if config.ray_address else config.mode
-    with Verifier() as verifier, \
-            code_executor(local_mode, config.tool_timeout, config.unsafe_sandbox_file_access) as executor, \
-            contextlib.ExitStack() as stack:
-        started: list = []
-
-        def replicas():
-            if not started:
-                started.append(stack.enter_context(replica_pool(config, spec)))
-            return started[0]
-
-        yield verifier, executor, replicas
-
-
-def validate_generation_settings(config: Any, stage: str) -> None:
-    """The checks every generating stage (eval, sample) shares: limit, tool timeout, sampler and Ray options."""
-    if config.limit is not None and config.limit < 1:
-        raise ValueError(f"{stage}: limit must be >= 1 (or left out for all problems), got {config.limit}")
-    if not config.tool_timeout > 0:
-        raise ValueError(f"{stage}: tool_timeout must be > 0 seconds, got {config.tool_timeout}")
-    if config.max_tool_calls < 0:
-        raise ValueError(f"{stage}: max_tool_calls must be >= 0 (code executions per response), got "
-                         f"{config.max_tool_calls}")
-    validate_sampler_options(config, stage)
-    validate_ray_options(config, stage)
 
 
 # Fields that must match for a run folder to be resumed; `limit` and `benchmarks` may grow between runs.
@@ -180,27 +145,6 @@ def _run_eval(config: EvalConfig, backend: Backend | None, progress: bool, probl
     summary = write_metrics(out, list(problems), problems)
     finish_run_record(out / "run.json", run_info, started)
     return summary
-
-
-def with_resolved_backend(config: Any, backend: Backend | None = None) -> Any:
-    """A generating stage's config (eval, sample) with `backend: auto` replaced by the engine it stands for and that
-    engine's arguments (`resolve_backend`), so run.json names the engine that runs and a resume with another one is
-    refused. With a `backend` object given, `auto` becomes that object's name."""
-    import dataclasses
-
-    from mathloop.backends import AUTO, resolve_backend
-
-    if backend is not None:
-        name = backend.name
-        return dataclasses.replace(config, backend=name) if config.backend == AUTO and name else config
-    name, args = resolve_backend(config.backend, config.backend_args)
-    return dataclasses.replace(config, backend=name, backend_args=args)
-
-
-def load_stage_backend(backend: str, model: str, backend_args: dict[str, Any]) -> Backend:
-    from mathloop.backends import load_backend
-
-    return load_backend(backend, model, **backend_args)
 
 
 def score_with_rm(out: Path, config: EvalConfig, problems: dict[str, list[Problem]]) -> int:

@@ -5,9 +5,9 @@
     round r   sample -> [rm -> score] -> select -> sft -> [interpolate] -> eval [-> coverage]
     grpo      (optional) GRPO from the last model on queries its samples solve 2..5 of 8 times -> eval [-> coverage]
 
-Everything lives in one run folder; each stage writes its own sub-folder and is skipped when its output is complete,
-so re-running the same command after a kill continues with the stage that was interrupted (each stage also resumes
-inside itself):
+Everything lives in one run folder; each stage writes its own sub-folder and is skipped when it is done
+(`stage_done`: its run record's `finished`), so re-running the same command after a kill continues with the stage
+that was interrupted (each stage also resumes inside itself):
 
   run.json                    the run record (kind loop): the settings of the run and the version and sha256 of the
                               benchmark data it reads (a resumed run must match them, except paths, batch sizes and
@@ -80,7 +80,8 @@ from typing import Any
 from mathloop.config import read_yaml_mapping, settings_from_dict
 from mathloop.records import Problem, read_records, write_jsonl
 from mathloop.replicas import RAY_OPTIONS
-from mathloop.runs import lock_run_dir, mark_run_finished, read_json, start_run_record, write_json, write_text_atomic
+from mathloop.runs import (lock_run_dir, mark_run_finished, read_json, run_done, start_run_record, write_json,
+                           write_text_atomic)
 
 log = logging.getLogger(__name__)
 
@@ -405,11 +406,24 @@ def _run_loop(config: LoopConfig, progress: bool, backend, heldout: list[Problem
 
 STAGE_SECONDS = "stage_seconds.json"
 STAGES = ("sample", "rm", "select", "sft", "interpolate", "grpo", "eval", "coverage")
-# the file each stage writes last, under its round (or GRPO) folder; the RM has none that marks both training and
-# scoring done
-STAGE_DONE = {"sample": "samples.jsonl", "select": "select.json", "sft": "sft/final/config.json",
-              "interpolate": "interpolation.json", "grpo": "final/config.json", "eval": "eval/metrics.json",
-              "coverage": "coverage/metrics.json"}
+# The stages that are a run with a run record: the run's folder under the round (or GRPO) folder, and the file it
+# writes last there, by which a folder from before records carried their kind and done marker is judged.
+STAGE_RUNS = {"rm": ("rm", "final/reward_config.json"), "sft": ("sft", "final/config.json"),
+              "grpo": (".", "final/config.json"), "eval": ("eval", "metrics.json"),
+              "coverage": ("coverage", "metrics.json")}
+# The stages done when the loop has written the file that ends them, under the round folder: their output is the
+# loop's own (the merged samples, the selection's report, the interpolation's choice).
+STAGE_FILES = {"sample": "samples.jsonl", "select": "select.json", "interpolate": "interpolation.json"}
+
+
+def stage_done(stage_dir: Path, stage: str) -> bool:
+    """Whether `stage` of the round (or GRPO) folder `stage_dir` is done: for a stage that is a run, its run
+    record's done marker (`runs.run_done`: `finished`, or for a folder from before records had a kind, the file it
+    writes last); for the others, the file the loop writes when they end (`STAGE_FILES`)."""
+    if stage in STAGE_RUNS:
+        folder, last_file = STAGE_RUNS[stage]
+        return run_done(stage_dir / folder, last_file)
+    return stage in STAGE_FILES and (stage_dir / STAGE_FILES[stage]).exists()
 
 
 @contextlib.contextmanager
@@ -417,10 +431,10 @@ def stage_timer(stage_dir: Path, stage: str) -> Iterator[None]:
     """Add the wall seconds of the block to `stage` in `stage_dir`/stage_seconds.json, also when it fails or is
     interrupted, so a stage run in several sessions reports their sum (a session killed outright adds nothing).
 
-    When the stage's last file (`STAGE_DONE`) exists before the block, the stage was finished by an earlier
-    session and the resume's check adds nothing (a stage finished before timing existed stays untimed: a blank in
-    the summary, not 0.0)."""
-    if stage in STAGE_DONE and (stage_dir / STAGE_DONE[stage]).exists():
+    When the stage is done before the block (`stage_done`), an earlier session finished it and the resume's check
+    adds nothing (a stage finished before timing existed stays untimed: a blank in the summary, not 0.0). The RM
+    stage is always timed: after its run it scores the round's samples, which its run record does not cover."""
+    if stage != "rm" and stage_done(stage_dir, stage):
         yield
         return
     started = time.time()
@@ -549,9 +563,9 @@ def _synthesize(config: LoopConfig, out: Path, problems: list[Problem], index, b
 def _sample(config: LoopConfig, model: str, round_dir: Path, r: int, progress: bool, backend) -> dict:
     from mathloop.pipeline.sample import read_samples, run_sample
 
-    merged = round_dir / STAGE_DONE["sample"]
+    merged = round_dir / STAGE_FILES["sample"]
     sample_config = config.sample_config(model, round_dir, r)
-    if merged.exists():  # done (its samples may also have been copied in for an ablation on the same samples)
+    if stage_done(round_dir, "sample"):  # (or its samples were copied in for an ablation on the same samples)
         summary = Path(sample_config.out) / "summary.json"
         return read_json(summary) if summary.exists() else {}
     if config.problems_per_round and not (round_dir / "problems.jsonl").exists():
@@ -584,7 +598,7 @@ def _reward_model(config: LoopConfig, model: str, round_dir: Path) -> dict:
     rm_config = config.rm_config(model, round_dir / "samples.jsonl", round_dir)
     final = Path(rm_config.output_dir) / "final"
     summary_path = Path(rm_config.output_dir) / "summary.json"
-    if not (final / "reward_config.json").exists():
+    if not stage_done(round_dir, "rm"):
         summary = train(rm_config)
         write_json(summary_path, summary)
     samples_path = round_dir / "samples.jsonl"
@@ -616,10 +630,9 @@ def _sft(config: LoopConfig, init_model: str, round_dir: Path) -> str:
     from mathloop.train.sft import train_sft
 
     sft_config = config.sft_config(init_model, round_dir / "sft_data.jsonl", round_dir)
-    final = Path(sft_config.output_dir) / "final"
-    if not (final / "config.json").exists():
+    if not stage_done(round_dir, "sft"):
         train_sft(sft_config)
-    return str(final)
+    return str(Path(sft_config.output_dir) / "final")
 
 
 def _grpo(config: LoopConfig, model: str, grpo_dir: Path, last_round: int) -> str:
@@ -628,10 +641,9 @@ def _grpo(config: LoopConfig, model: str, grpo_dir: Path, last_round: int) -> st
     round_dir = Path(config.output_dir) / f"round-{last_round}"
     rm = str(round_dir / "rm" / "final") if config.rm_enabled else None
     grpo_config = config.grpo_config(model, round_dir / "samples.jsonl", grpo_dir, rm)
-    final = Path(grpo_config.output_dir) / "final"
-    if not (final / "config.json").exists():
+    if not stage_done(grpo_dir, "grpo"):
         train_grpo(grpo_config)
-    return str(final)
+    return str(Path(grpo_config.output_dir) / "final")
 
 
 def _evaluate(config: LoopConfig, model: str, stage_dir: Path, heldout: list[Problem], progress: bool,
@@ -662,7 +674,7 @@ def _coverage(config: LoopConfig, model: str, stage_dir: Path, heldout: list[Pro
         summary = run_eval(settings, backend=backend, progress=progress, problems={"coverage": problems})
     result = {"n": len(problems), "samples": settings.n, "metrics": summary["benchmarks"]["coverage"]}
     round_0 = Path(config.output_dir) / "round-0" / "coverage"
-    if stage_dir.name != "round-0" and (round_0 / "metrics.json").exists():
+    if stage_dir.name != "round-0" and stage_done(round_0.parent, "coverage"):
         before, after = read_eval_folder(round_0), read_eval_folder(stage_dir / "coverage")
         result["vs_round_0"] = compare_benchmark(before["coverage"], after["coverage"])
     return result
@@ -679,7 +691,7 @@ def _interpolate(config: LoopConfig, init: str, tuned: str, round_dir: Path, pro
     from mathloop.pipeline.evaluate import run_eval
     from mathloop.train.interpolate import interpolate_models
 
-    done = round_dir / STAGE_DONE["interpolate"]
+    done = round_dir / STAGE_FILES["interpolate"]
     if done.exists():
         return read_json(done)
     alphas, metric = config.interpolation_grid()
@@ -688,7 +700,7 @@ def _interpolate(config: LoopConfig, init: str, tuned: str, round_dir: Path, pro
     for alpha in alphas:
         folder = round_dir / "interpolate" / f"alpha-{alpha:g}"
         model = tuned if alpha == 1 else init if alpha == 0 else str(folder / "model")
-        if not (folder / "eval" / "metrics.json").exists() and not Path(model, "config.json").exists() \
+        if not stage_done(folder, "eval") and not Path(model, "config.json").exists() \
                 and model not in (tuned, init):
             interpolate_models(init, tuned, alpha, model)
         summary = run_eval(config.eval_config(model, folder), backend=backend, progress=progress,

@@ -25,7 +25,6 @@ from pathlib import Path
 from typing import Any
 
 from mathloop.backends.base import (
-    SAMPLER_OPTIONS,
     Backend,
     SamplerOptions,
     SamplingParams,
@@ -34,6 +33,8 @@ from mathloop.backends.base import (
 from mathloop.config import resume_keys
 from mathloop.data.benchmarks import load_problem_source, problem_source_data
 from mathloop.generate import generate_and_grade, pending_problems
+from mathloop.pipeline.generate import (generation_resources, load_stage_backend, validate_generation_settings,
+                                       with_resolved_backend)
 from mathloop.records import CORRECT, Problem, Sample, read_records
 from mathloop.replicas import RayOptions
 from mathloop.runs import (finish_run_record, lock_run_dir, record_backend, refuse_overwriting_inputs, start_run_record,
@@ -83,8 +84,6 @@ class SampleConfig(SamplerOptions, RayOptions):
             raise ValueError(f"sample: shard must be in 0..{self.num_shards - 1}, got {self.shard}")
         if self.hard_n < 0:
             raise ValueError(f"sample: hard_n must be >= 0, got {self.hard_n}")
-        from mathloop.pipeline.evaluate import validate_generation_settings
-
         validate_generation_settings(self, "sample")
 
 
@@ -105,8 +104,6 @@ def shard_of(problem_id: str, num_shards: int) -> int:
 def run_sample(config: SampleConfig, backend: Backend | None = None, progress: bool = True) -> dict:
     """Run (or resume) sampling; returns counts per pass and overall. The folder (this shard of it) is owned by
     this run while it works (`lock_run_dir`)."""
-    from mathloop.pipeline.evaluate import with_resolved_backend
-
     config = with_resolved_backend(config, backend)
     config.validate()
     problems = [p for p in load_problem_source(config.problems, config.data_dir, config.limit)
@@ -117,8 +114,6 @@ def run_sample(config: SampleConfig, backend: Backend | None = None, progress: b
 
 
 def _run_sample(config: SampleConfig, problems: list[Problem], backend: Backend | None, progress: bool) -> dict:
-    from mathloop.pipeline.evaluate import generation_resources, load_stage_backend
-
     out = Path(config.out)
     source = config.problems if Path(config.problems).is_file() else None
     refuse_overwriting_inputs({"--out": f"{out / 'samples'}/", "--out (run.json)": out / "run.json"}, {"--problems": source})

@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 
 from mathloop.records import drop_torn_last_line
-from mathloop.runs import check_run_record, mark_run_finished, read_json, write_json, write_text_atomic
+from mathloop.runs import check_run_record, mark_run_finished, read_json, run_finished, write_json, write_text_atomic
 
 
 def latest_checkpoint(out: Path) -> Path | None:
@@ -94,3 +94,10 @@ def finish_final(out: Path) -> Path:
     (out / "final.partial").rename(final)
     mark_run_finished(out)
     return final
+
+
+def mark_whole_final(out: Path) -> None:
+    """Mark the run in `out` finished when its final/ is whole but its record has no marker: a session killed between
+    `finish_final`'s rename and the marker, which the loop (reading the marker) runs again."""
+    if final_done(out) and not run_finished(out):
+        mark_run_finished(out)

@@ -96,7 +96,7 @@ from mathloop.progress import progress_bar
 from mathloop.prompts import build_messages
 from mathloop.records import CORRECT, Problem, Sample, read_records, write_jsonl
 from mathloop.reward.shaping import RewardFn, make_rm_reward, make_shaped_reward, select_queries, verifier_reward
-from mathloop.runs import lock_run_dir, new_run_record, write_json
+from mathloop.runs import lock_run_dir, new_run_record, refuse_other_kind, write_json
 from mathloop.tokens import pad_batch, pad_token_id, response_loss_mask
 from mathloop.train.checkpoint import (
     drop_metrics_after,
@@ -104,6 +104,7 @@ from mathloop.train.checkpoint import (
     finish_final,
     latest_checkpoint,
     load_checkpoint,
+    mark_whole_final,
     save_checkpoint,
     start_final,
 )
@@ -672,21 +673,17 @@ def train_grpo(config: GRPOConfig, stop_after: int | None = None) -> dict[str, A
 
 def _train_grpo(config: GRPOConfig, stop_after: int | None) -> dict[str, Any]:
     from mathloop.train.distributed import make_accelerator
-    from accelerate.utils import gather_object
 
+    out = Path(config.output_dir)
+    refuse_other_kind(out, "grpo")
     # Under `accelerate launch` every process rolls out its share of the step's queries and trains on them;
     # gradients are averaged across processes (DDP), and only the main process writes the run folder.
     accelerator = make_accelerator()
     device, main = accelerator.device, accelerator.is_main_process
     world, rank = accelerator.num_processes, accelerator.process_index
-    if world > 1 and config.overlap_rollouts:
-        raise ValueError("grpo: overlap_rollouts runs in one process only; drop it or launch one process")
-    if world > 1 and config.dynamic_sampling:
-        raise ValueError("grpo: dynamic_sampling runs in one process only (its extra rounds depend on every "
-                         "process's groups); drop it or launch one process")
+    check_process_count(config, world)
     if config.threads:
         torch.set_num_threads(config.threads)
-    out = Path(config.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     queries, report = load_queries(config)
     log.info("grpo queries: %s", report)
@@ -716,7 +713,6 @@ def _train_grpo(config: GRPOConfig, stop_after: int | None) -> dict[str, Any]:
     reward_fn = reward_function(config, device, {prompts[q.id]: q.question for q in queries})
 
     stop = config.steps if stop_after is None else min(config.steps, stop_after)
-    aggregation = LOSS_AGGREGATION[config.loss_type]
     last: dict[str, Any] = {}
     reporter = MetricsReporter(config.report_to, out, "grpo", dataclasses.asdict(config), resume_step=step,
                                main_process=main)
@@ -729,7 +725,7 @@ def _train_grpo(config: GRPOConfig, stop_after: int | None) -> dict[str, Any]:
         while step < stop:
             torch.manual_seed(config.seed + step)
 
-            # Rollout, grading and reward (dynamic sampling: until the step's groups all carry a signal).
+            # 1. Rollout, grading and reward (dynamic sampling: until the step's groups all carry a signal).
             started = time.time()
             policy.eval()
             stale = pending is not None  # sampled during the previous step's update, from its adapter
@@ -738,104 +734,38 @@ def _train_grpo(config: GRPOConfig, stop_after: int | None) -> dict[str, Any]:
                 sampled, trained, flat, tries = pending.result()
                 pending = None
             if backend.supports_lora:  # an engine besides the policy: it gets the step's adapter
-                adapters = Path(config.rollout_adapter_dir or out / "rollout-adapter")
-                if main:
-                    sync_adapter(backend, policy, adapters, step)
-                accelerator.wait_for_everyone()
-                if not main:
-                    if config.rollout_backend == "openvino":  # each process has its own engine
-                        backend.use_lora(str(adapter_folder(adapters, step).resolve()), adapter_name(step), step + 1)
-                    else:
-                        backend.model_id = adapter_name(step)  # the main process pushed it to the engine
+                share_adapter(backend, policy, config, out, step, accelerator)
             if sampled is None:
                 sampled, trained, flat, tries = rollout_step(step, queries, backend, executor, prompts, reward_fn,
                                                              config, device, rank, world)
             if ahead is not None and step + 1 < stop:
                 pending = ahead.submit(rollout_step, step + 1, queries, backend, executor, prompts, reward_fn, config,
                                        device, rank, world)
-            rewards = [r.reward for r in trained]
-            all_rewards = torch.tensor(gather_object([rewards]) if world > 1 else [rewards], dtype=torch.float32)
-            advantages = [group_advantages(part.view(-1, config.group_size), scale=config.scale_rewards)
-                          for part in all_rewards] if config.scale_rewards != "batch" else None
-            if advantages is None:  # the batch's std over every process's groups
-                whole = group_advantages(all_rewards.view(-1, config.group_size), scale="batch").flatten()
-                offset = sum(len(part) for part in all_rewards[:rank])
-                mine = whole[offset:offset + len(trained)]
-            else:
-                mine = advantages[rank if world > 1 else 0].flatten()
-            for r, advantage in zip(trained, mine.tolist()):
+
+            # 2. Advantages: group-relative, from every process's rewards (the batch std spans them all).
+            advantages = process_advantages(gather_rewards(accelerator, [r.reward for r in trained]), rank,
+                                            config.group_size, config.scale_rewards)
+            for r, advantage in zip(trained, advantages):
                 r.advantage = advantage
             rollout_seconds = time.time() - started
 
-            # `updates_per_batch` optimizer steps over the trained rollouts, micro-batch by micro-batch; each
-            # micro-batch's loss weighs by its share of what the loss averages over (responses or tokens) in the
-            # whole step, across processes (DDP averages the processes' gradients, hence the factor `world`).
-            # With beta = 0 a rollout of advantage 0 adds exactly 0 to loss and gradient: it is left out of the
-            # forward and backward, but still counts in what the loss averages over (`total_units`).
+            # 3. The loss and the optimizer steps.
             started = time.time()
             model.train()
             batches, units, total_units = update_batches(tokenizer, trained, config, device)
-            if world > 1:
+            if world > 1:  # what the loss averages over, in the whole step
                 total_units = accelerator.reduce(torch.tensor(total_units, device=device), "sum").item()
-            sums: dict[str, float] = dict.fromkeys(("loss", "kl", "grad_norm", "tokens", "clipped", "entropy",
-                                                    "entropy_tokens", "is_ratio", "is_tokens"), 0.0)
-            is_ratio_max = None
-            for update in range(config.updates_per_batch):
-                for i, (batch, n) in enumerate(zip(batches, units)):
-                    share = n * world / total_units if total_units else 0.0
-                    # gradients are averaged across processes once per update, on the last micro-batch
-                    with contextlib.nullcontext() if i == len(batches) - 1 else accelerator.no_sync(model):
-                        with autocast(device):
-                            loss, stats = micro_batch_loss(model, reference, batch, config, policy)
-                        accelerator.backward(loss * share)
-                    tokens = stats["tokens"].item()
-                    sums["loss"] += loss.item() * share / world
-                    sums["kl"] += stats["kl"].item() * share / world
-                    sums["tokens"] += tokens
-                    sums["clipped"] += stats["clip_fraction"].item() * tokens
-                    if "entropy_sum" in stats:
-                        sums["entropy"] += stats["entropy_sum"].item()
-                        sums["entropy_tokens"] += tokens
-                    if "is_ratio_mean" in stats and update == 0:
-                        sums["is_ratio"] += stats["is_ratio_mean"].item() * tokens
-                        sums["is_tokens"] += tokens
-                        is_ratio_max = max(is_ratio_max or 0.0, stats["is_ratio_max"].item())
-                if not batches:  # a process without rollouts this step still takes part in the gradient average
-                    accelerator.backward(sum(p.sum() for p in trainable) * 0.0)
-                sums["grad_norm"] += float(accelerator.clip_grad_norm_(trainable, config.max_grad_norm))
-                optimizer.step()
-                optimizer.zero_grad(set_to_none=True)
+            sums = update_policy(model, reference, policy, optimizer, trainable, batches, units, total_units, config,
+                                 accelerator)
             step += 1
             bar.update(1)
-            if world > 1:  # every process's share of the step, for the metrics and the rollouts file
-                summed = ("loss", "kl", "tokens", "clipped", "entropy", "entropy_tokens", "is_ratio", "is_tokens")
-                totals = accelerator.reduce(torch.tensor([sums[k] for k in summed], device=device), "sum").tolist()
-                sums.update(zip(summed, totals))
-                trained_ids = {id(r) for r in trained}
-                marked = gather_object([(r, id(r) in trained_ids) for r in sampled])
-                sampled = [r for r, _ in marked]
-                trained = [r for r, kept in marked if kept]
-                if is_ratio_max is not None:
-                    is_ratio_max = max(x for x in gather_object([is_ratio_max]) if x is not None)
 
-            graded = [r.sample for r in sampled if r.sample.verdict is not None]
-            n_updates = config.updates_per_batch
-            sampled_rewards = torch.tensor([r.reward for r in sampled], dtype=torch.float64)
-            last = {"step": step, "reward_mean": sampled_rewards.mean().item(),
-                    "reward_std": sampled_rewards.std().item() if len(sampled) > 1 else 0.0,
-                    "accuracy": sum(s.verdict == CORRECT for s in graded) / len(graded) if graded else None,
-                    "kl": sums["kl"] / n_updates, "loss": sums["loss"] / n_updates,
-                    "grad_norm": sums["grad_norm"] / n_updates,
-                    "response_length": sum(r.sample.completion_tokens for r in sampled) / len(sampled),
-                    "flat_groups": flat,
-                    "truncation_rate": sum(r.sample.finish_reason == "length" for r in sampled) / len(sampled),
-                    "entropy": sums["entropy"] / sums["entropy_tokens"] if sums["entropy_tokens"] else None,
-                    "clip_fraction": sums["clipped"] / sums["tokens"] if sums["tokens"] else 0.0,
-                    "is_ratio_mean": sums["is_ratio"] / sums["is_tokens"] if sums["is_tokens"] else None,
-                    "is_ratio_max": is_ratio_max,
-                    "sampling_tries": tries, "groups_trained": len(trained) // config.group_size,
-                    "stale_rollouts": stale,
-                    "rollout_seconds": round(rollout_seconds, 2), "update_seconds": round(time.time() - started, 2)}
+            # 4. Metrics and the rollouts file, of every process's share of the step, written by the main process.
+            if world > 1:
+                sums, sampled, trained = reduce_step(accelerator, sums, sampled, trained)
+            last = step_metrics(step, sampled, trained, sums, config, flat_groups=flat, sampling_tries=tries,
+                                stale=stale, rollout_seconds=rollout_seconds,
+                                update_seconds=time.time() - started)
             if main:
                 log.info("step %d/%d %s", step, config.steps,
                          " ".join(f"{k}={v:.4g}" for k, v in last.items() if isinstance(v, float)))
@@ -849,12 +779,179 @@ def _train_grpo(config: GRPOConfig, stop_after: int | None) -> dict[str, Any]:
                     save_checkpoint(out, policy, optimizer, step, config, config.keep_checkpoints)
             accelerator.wait_for_everyone()
 
-    if step == config.steps and main and not final_done(out):
-        save_final(policy, tokenizer, out, config)
+    if step == config.steps and main:
+        if not final_done(out):
+            save_final(policy, tokenizer, out, config)
+        mark_whole_final(out)  # a final/ of an earlier session killed before its marker
     accelerator.wait_for_everyone()
     return {"step": step, "steps": config.steps, "final": str(out / "final") if step == config.steps else None,
             **{k: v for k, v in last.items() if k != "step"}}
 
+
+# ---- one step's math: advantages, update, metrics --------------------------------------------------------------
+
+def process_advantages(rewards: Sequence[Sequence[float]], rank: int, group_size: int, scale: str) -> list[float]:
+    """The advantages of process `rank`'s trained rollouts, from every process's rewards (`rewards[p]`: process
+    p's, whole groups of `group_size` in order; one process: `[its rewards]`). With `scale` "group" or "none" a
+    process needs only its own groups; with "batch" the std is that of every process's rewards, so N processes get
+    the advantages one process gets on the same rollouts.
+
+    >>> process_advantages([[1.0, 0.0, 1.0, 1.0]], 0, 2, "none")
+    [0.5, -0.5, 0.0, 0.0]
+    >>> one = process_advantages([[1.0, 0.0, 3.0, 1.0]], 0, 2, "batch")
+    >>> process_advantages([[1.0, 0.0], [3.0, 1.0]], 1, 2, "batch") == one[2:]
+    True
+    """
+    if not rewards[rank]:
+        return []
+    if scale != "batch":
+        own = torch.tensor(list(rewards[rank]), dtype=torch.float32)
+        return group_advantages(own.view(-1, group_size), scale=scale).flatten().tolist()
+    every = torch.tensor([x for part in rewards for x in part], dtype=torch.float32)
+    whole = group_advantages(every.view(-1, group_size), scale="batch").flatten()
+    offset = sum(len(part) for part in rewards[:rank])
+    return whole[offset:offset + len(rewards[rank])].tolist()
+
+
+# the sums over processes that `reduce_step` adds up (grad_norm is the same in every process; is_ratio_max a max)
+SUMMED_OVER_PROCESSES = ("loss", "kl", "tokens", "clipped", "entropy", "entropy_tokens", "is_ratio", "is_tokens")
+
+
+@dataclass
+class UpdateSums:
+    """What a step's updates add up, for its metrics: `loss` and `kl` weighted by each micro-batch's share of the
+    step (so their sums over processes are the step's), summed over updates like `grad_norm`; `clipped` and
+    `is_ratio` weighted by tokens; `entropy` (the first update's) a sum over `entropy_tokens`."""
+
+    loss: float = 0.0
+    kl: float = 0.0
+    grad_norm: float = 0.0
+    tokens: float = 0.0
+    clipped: float = 0.0
+    entropy: float = 0.0
+    entropy_tokens: float = 0.0
+    is_ratio: float = 0.0
+    is_tokens: float = 0.0
+    is_ratio_max: float | None = None
+
+    def add(self, loss: float, stats: dict[str, torch.Tensor], weight: float, first_update: bool) -> None:
+        """A micro-batch's `loss` and `stats` (`micro_batch_loss`), its loss and KL counted with `weight`."""
+        tokens = stats["tokens"].item()
+        self.loss += loss * weight
+        self.kl += stats["kl"].item() * weight
+        self.tokens += tokens
+        self.clipped += stats["clip_fraction"].item() * tokens
+        if "entropy_sum" in stats:
+            self.entropy += stats["entropy_sum"].item()
+            self.entropy_tokens += tokens
+        if "is_ratio_mean" in stats and first_update:
+            self.is_ratio += stats["is_ratio_mean"].item() * tokens
+            self.is_tokens += tokens
+            self.is_ratio_max = max(self.is_ratio_max or 0.0, stats["is_ratio_max"].item())
+
+
+def update_policy(model: torch.nn.Module, reference: torch.nn.Module | None, policy: torch.nn.Module, optimizer,
+                  trainable: list[torch.nn.Parameter], batches: list[MicroBatch], units: list[int],
+                  total_units: float, config: GRPOConfig, accelerator) -> UpdateSums:
+    """`updates_per_batch` optimizer steps over this process's micro-batches (`update_batches`). Each micro-batch's
+    loss weighs by its share (`units`) of what the loss averages over in the whole step (`total_units`, across
+    processes: DDP averages the processes' gradients, hence the factor `world`). With beta = 0 a rollout of
+    advantage 0 adds exactly 0 to loss and gradient: it is in no micro-batch, but counts in `total_units`."""
+    world = accelerator.num_processes
+    sums = UpdateSums()
+    for update in range(config.updates_per_batch):
+        for i, (batch, n) in enumerate(zip(batches, units)):
+            share = n * world / total_units if total_units else 0.0
+            # gradients are averaged across processes once per update, on the last micro-batch
+            with contextlib.nullcontext() if i == len(batches) - 1 else accelerator.no_sync(model):
+                with autocast(accelerator.device):
+                    loss, stats = micro_batch_loss(model, reference, batch, config, policy)
+                accelerator.backward(loss * share)
+            sums.add(loss.item(), stats, share / world, first_update=update == 0)
+        if not batches:  # a process without rollouts this step still takes part in the gradient average
+            accelerator.backward(sum(p.sum() for p in trainable) * 0.0)
+        sums.grad_norm += float(accelerator.clip_grad_norm_(trainable, config.max_grad_norm))
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+    return sums
+
+
+def step_metrics(step: int, sampled: Sequence[Rollout], trained: Sequence[Rollout], sums: UpdateSums,
+                 config: GRPOConfig, *, flat_groups: float, sampling_tries: int, stale: bool,
+                 rollout_seconds: float, update_seconds: float) -> dict[str, Any]:
+    """The line of metrics.jsonl for step `step`, from its rollouts (every one sampled; those trained on) and its
+    updates' sums (of every process). Per-update figures (loss, KL, gradient norm) are means over the updates."""
+    graded = [r.sample for r in sampled if r.sample.verdict is not None]
+    n_updates = config.updates_per_batch
+    rewards = torch.tensor([r.reward for r in sampled], dtype=torch.float64)
+    return {"step": step, "reward_mean": rewards.mean().item(),
+            "reward_std": rewards.std().item() if len(sampled) > 1 else 0.0,
+            "accuracy": sum(s.verdict == CORRECT for s in graded) / len(graded) if graded else None,
+            "kl": sums.kl / n_updates, "loss": sums.loss / n_updates, "grad_norm": sums.grad_norm / n_updates,
+            "response_length": sum(r.sample.completion_tokens for r in sampled) / len(sampled),
+            "flat_groups": flat_groups,
+            "truncation_rate": sum(r.sample.finish_reason == "length" for r in sampled) / len(sampled),
+            "entropy": sums.entropy / sums.entropy_tokens if sums.entropy_tokens else None,
+            "clip_fraction": sums.clipped / sums.tokens if sums.tokens else 0.0,
+            "is_ratio_mean": sums.is_ratio / sums.is_tokens if sums.is_tokens else None,
+            "is_ratio_max": sums.is_ratio_max,
+            "sampling_tries": sampling_tries, "groups_trained": len(trained) // config.group_size,
+            "stale_rollouts": stale,
+            "rollout_seconds": round(rollout_seconds, 2), "update_seconds": round(update_seconds, 2)}
+
+
+# ---- the processes' share of a step (under `accelerate launch`) ------------------------------------------------
+
+def check_process_count(config: GRPOConfig, world: int) -> None:
+    """The settings that run in one process only."""
+    if world > 1 and config.overlap_rollouts:
+        raise ValueError("grpo: overlap_rollouts runs in one process only; drop it or launch one process")
+    if world > 1 and config.dynamic_sampling:
+        raise ValueError("grpo: dynamic_sampling runs in one process only (its extra rounds depend on every "
+                         "process's groups); drop it or launch one process")
+
+
+def gather_rewards(accelerator, rewards: list[float]) -> list[list[float]]:
+    """Every process's rewards, in process order (`process_advantages` reads them)."""
+    if accelerator.num_processes == 1:
+        return [rewards]
+    from accelerate.utils import gather_object
+
+    return gather_object([rewards])
+
+
+def reduce_step(accelerator, sums: UpdateSums, sampled: list[Rollout], trained: list[Rollout]
+                ) -> tuple[UpdateSums, list[Rollout], list[Rollout]]:
+    """The step of every process: its sums added up over the processes (the largest importance ratio the largest
+    of any), its rollouts gathered in process order (each still marked trained or not)."""
+    from accelerate.utils import gather_object
+
+    totals = accelerator.reduce(torch.tensor([getattr(sums, k) for k in SUMMED_OVER_PROCESSES],
+                                             device=accelerator.device), "sum").tolist()
+    sums = dataclasses.replace(sums, **dict(zip(SUMMED_OVER_PROCESSES, totals)))
+    maxima = [x for x in gather_object([sums.is_ratio_max]) if x is not None]  # every process asks, or none
+    sums.is_ratio_max = max(maxima) if maxima else None
+    trained_ids = {id(r) for r in trained}
+    marked = gather_object([(r, id(r) in trained_ids) for r in sampled])
+    return sums, [r for r, _ in marked], [r for r, kept in marked if kept]
+
+
+def share_adapter(backend, policy: torch.nn.Module, config: GRPOConfig, out: Path, step: int, accelerator) -> None:
+    """Make a rollout engine besides the policy sample through step `step`'s adapter: the main process saves it and
+    hands it over (`sync_adapter`); the others load it into their own OpenVINO engine, or name it on the engine
+    the main process pushed it to."""
+    adapters = Path(config.rollout_adapter_dir or out / "rollout-adapter")
+    if accelerator.is_main_process:
+        sync_adapter(backend, policy, adapters, step)
+    accelerator.wait_for_everyone()
+    if not accelerator.is_main_process:
+        if config.rollout_backend == "openvino":  # each process has its own engine
+            backend.use_lora(str(adapter_folder(adapters, step).resolve()), adapter_name(step), step + 1)
+        else:
+            backend.model_id = adapter_name(step)
+
+
+# ---- a step's rollouts and the rollout engine ------------------------------------------------------------------
 
 def rollout_step(step: int, queries: list[Problem], backend, executor, prompts: dict[str, str], reward_fn: RewardFn,
                  config: GRPOConfig, device: torch.device, rank: int = 0,

@@ -41,10 +41,10 @@ from mathloop.records import Sample, read_records, write_jsonl
 from mathloop.reward.data import RMGroup, build_rm_groups, split_groups
 from mathloop.reward.loss import listwise_loss, pairwise_accuracy
 from mathloop.reward.model import RewardModel
-from mathloop.runs import lock_run_dir, new_run_record, write_json
+from mathloop.runs import lock_run_dir, new_run_record, refuse_other_kind, write_json
 from mathloop.tokens import encode, pad_batch, pad_token_id
 from mathloop.train.checkpoint import drop_metrics_after, final_done, finish_final, latest_checkpoint
-from mathloop.train.checkpoint import load_checkpoint, save_checkpoint, start_final
+from mathloop.train.checkpoint import load_checkpoint, mark_whole_final, save_checkpoint, start_final
 from mathloop.train.tracking import MetricsReporter, check_report_to
 
 log = logging.getLogger(__name__)
@@ -206,8 +206,9 @@ def train(config: RMTrainConfig, stop_after: int | None = None) -> dict[str, Any
 def _train(config: RMTrainConfig, stop_after: int | None) -> dict[str, Any]:
     from mathloop.train.distributed import make_accelerator
 
-    accelerator = make_accelerator()
     out = Path(config.output_dir)
+    refuse_other_kind(out, "rm")
+    accelerator = make_accelerator()
     out.mkdir(parents=True, exist_ok=True)
 
     # Data: groups of responses per problem, split by problem into train and held-out.
@@ -297,9 +298,11 @@ def _train(config: RMTrainConfig, stop_after: int | None) -> dict[str, Any]:
     reporter.close()
 
     # The finished model.
-    if step == total_steps and accelerator.is_main_process and not final_done(out):
-        accelerator.unwrap_model(model).save(start_final(out), tokenizer)
-        finish_final(out)
+    if step == total_steps and accelerator.is_main_process:
+        if not final_done(out):
+            accelerator.unwrap_model(model).save(start_final(out), tokenizer)
+            finish_final(out)
+        mark_whole_final(out)  # a final/ of an earlier session killed before its marker
     return {"step": step, "total_steps": total_steps, "final": str(out / "final") if step == total_steps else None,
             **{k: v for k, v in last.items() if k != "step"}}
 

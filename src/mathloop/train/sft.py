@@ -68,8 +68,8 @@ from mathloop.config import resume_keys
 from mathloop.hardware import compute_dtype
 from mathloop.progress import quiet
 from mathloop.records import RecordError, read_jsonl
-from mathloop.runs import check_run_record, lock_run_dir, new_run_record, read_json, write_json
-from mathloop.train.checkpoint import drop_metrics_after, final_done, finish_final, start_final
+from mathloop.runs import check_run_record, lock_run_dir, new_run_record, read_json, refuse_other_kind, write_json
+from mathloop.train.checkpoint import drop_metrics_after, final_done, finish_final, mark_whole_final, start_final
 from mathloop.train.tracking import MetricsReporter, check_report_to
 
 log = logging.getLogger(__name__)
@@ -410,8 +410,10 @@ def _train_sft(config: SFTRunConfig, stop_after: int | None) -> dict[str, Any]:
     from transformers.trainer_utils import get_last_checkpoint
 
     out = Path(config.output_dir)
+    refuse_other_kind(out, "sft")  # before final/: another kind's final model is not this run's
     if final_done(out):
         log.info("%s exists: SFT already done", out / "final")
+        mark_whole_final(out)  # a final/ of an earlier session killed before its marker
         done = read_json(out / "summary.json") if (out / "summary.json").exists() else {}
         return {**done, "final": str(out / "final"), "already_done": True}
     out.mkdir(parents=True, exist_ok=True)
