@@ -42,7 +42,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from mathloop.backends import BACKEND_SETTING
 from mathloop.backends.base import Backend, SamplingParams
+from mathloop.config import positive_int
 from mathloop.generate import generate, grade_samples, response_samples
 from mathloop.progress import progress_bar
 from mathloop.metrics import majority
@@ -162,22 +164,33 @@ class SynthesizeConfig:
     training problems seed it and the loop sets `out`, `decontaminate` and `data_dir`); `evolution()` is the
     `EvolutionSettings` that decides the problems."""
 
-    seeds: str | int | None = None  # '<benchmark>:<split>:<count>' or a Problem JSONL file (loop: a count)
-    out: str | None = None  # JSONL file of the kept problems (appended; resumed when it exists)
-    model: str = "default"  # writes and answers the new problems: embedded name, folder or Hub id
-    backend: str = "auto"  # a registered backend, or auto: openvino where installed and no GPU, else hf
+    seeds: str | int | None = field(default=None, metadata={
+        "help": "'<benchmark>:<split>:<count>' from the data folder (e.g. gsm8k:train:100) or a Problem JSONL file "
+                "(the loop: how many of its training problems)"})
+    out: str | None = field(default=None, metadata={
+        "help": "JSONL file of the kept problems (appended; resumed when it exists)"})
+    model: str = field(default="default", metadata={
+        "help": "writes and answers the new problems: embedded name (default, smollm2), folder or Hub id"})
+    backend: str = field(default="auto", metadata=BACKEND_SETTING)
     backend_args: dict[str, Any] = field(default_factory=dict, metadata={
         "help": "backend settings as JSON (the backend flags such as --batch-size set the same keys)"})
-    variants_per_seed: int = EvolutionSettings.variants_per_seed  # new problems per seed, one operation each
-    n_answers: int = EvolutionSettings.n_answers  # sampled solutions per new problem
-    min_agreement: float = EvolutionSettings.min_agreement  # share of the solutions the majority answer needs
-    operations: list[str] | None = None  # a subset of OPERATIONS (None: all)
-    max_new_tokens: int = ANSWER_SAMPLING.max_new_tokens  # per answer
-    evolve_max_new_tokens: int = EVOLVE_SAMPLING.max_new_tokens  # per rewrite
-    seed: int = EvolutionSettings.seed  # operation choice and sampling
-    chunk_size: int = 32  # seeds per written chunk
-    decontaminate: bool = False  # reject new problems that match a test item of a benchmark in the data folder
-    data_dir: str | None = None  # benchmark folder (default: $MATHLOOP_DATA_DIR)
+    variants_per_seed: int = field(default=EvolutionSettings.variants_per_seed, metadata={
+        "flags": ("--variants",), "type": positive_int, "help": "new problems per seed, one operation each"})
+    n_answers: int = field(default=EvolutionSettings.n_answers, metadata={
+        "flags": ("--answers",), "type": positive_int, "help": "sampled solutions per new problem"})
+    min_agreement: float = field(default=EvolutionSettings.min_agreement, metadata={
+        "help": "share of the solutions the majority answer needs"})
+    operations: list[str] | None = field(default=None, metadata={
+        "help": f"comma-separated subset of {', '.join(OPERATIONS)} (default: all)"})
+    max_new_tokens: int = field(default=ANSWER_SAMPLING.max_new_tokens, metadata={
+        "type": positive_int, "help": "per solution"})
+    evolve_max_new_tokens: int = field(default=EVOLVE_SAMPLING.max_new_tokens, metadata={
+        "type": positive_int, "help": "per rewritten problem"})
+    seed: int = field(default=EvolutionSettings.seed, metadata={"help": "operation choice and sampling"})
+    chunk_size: int = field(default=32, metadata={"type": positive_int, "help": "seeds per written chunk"})
+    decontaminate: bool = field(default=False, metadata={
+        "help": "reject new problems that match a test item of any benchmark in the data folder"})
+    data_dir: str | None = field(default=None, metadata={"help": "benchmark folder (default: $MATHLOOP_DATA_DIR)"})
 
     def validate(self) -> None:
         if self.chunk_size < 1:
