@@ -620,7 +620,10 @@ def settings_markdown(parser: argparse.ArgumentParser | None = None) -> str:
              "key, run record entry and resume check follow from it; then rerun the script above.", ""]
     for path, p in settings_parsers(parser or build_parser()):
         cls = p.settings_class
-        keys = getattr(sys.modules[cls.__module__], "_RESUME_KEYS", None) or resume_keys(cls) or None
+        keys = resume_keys(cls) or None
+        narrowed = getattr(sys.modules[cls.__module__], "_RESUME_KEYS", None)  # a stage that narrows its fields'
+        if keys and narrowed is not None and set(narrowed) < set(keys):  # (GRPO: sampler options may change)
+            keys = narrowed
         flags = {action.dest: action for action in p._actions if action.option_strings}
         lines += [f"## mathloop {' '.join(path)} ({cls.__name__})", "",
                   "| field | flag | default | resume key | what it does |", "|---|---|---|---|---|"]
