@@ -1,31 +1,16 @@
-"""The `mathloop` command.
+"""The `mathloop` command: the stages of the self-improvement loop and the tools around them.
 
-  mathloop eval   generate, verify and score a model on benchmarks (resumable run folder)
-  mathloop grade  re-grade samples produced elsewhere (mathloop's or the official harness's output)
-  mathloop compare  paired comparison of two runs (delta with interval, McNemar p) on their shared problems
-  mathloop exec   run one Python file in the sandbox that TIR uses, print a JSON result
-  mathloop rm     reward model: `rm train` trains one on graded samples (resumable run folder)
-  mathloop score  add reward-model scores (rm_score) to samples
-  mathloop sample sample graded responses to training problems (several temperatures, resumable, shardable)
-  mathloop select pick the best responses per problem (RM score, majority pseudo-labels) as SFT chat rows
-  mathloop loop   self-improvement rounds from a YAML config (sample, RM, select, SFT, eval, GRPO)
-  mathloop grpo   reinforcement learning with GRPO (resumable run folder)
-  mathloop sft    supervised fine-tuning on prompt-completion chat rows with TRL (resumable run folder)
-  mathloop interpolate  base + alpha * (tuned - base): a model part of the way from a checkpoint to its fine-tuned one
-  mathloop synthesize  new problems evolved from seed problems, answered by majority vote (resumable)
-  mathloop demo   one round of the loop on the embedded model, before/after accuracy
-  mathloop data   the benchmark data: `data list` (sources, versions, licences), `data pull` (harness layout)
-  mathloop corpus the pre-training half: `corpus build` (math corpus from web data), `corpus qa`, `corpus sample`
-  mathloop report one self-contained HTML page of runs: metrics, comparison, plots, sample browser
-"""
+`mathloop COMMAND --help` lists a command's flags; docs/options.md lists every setting of every command."""
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import errno
 import json
 import sys
 import typing
+from collections.abc import Callable
 
 from mathloop import __version__
 from mathloop.config import positive_float, positive_int
@@ -108,8 +93,8 @@ def with_backend_flags(args: argparse.Namespace, config, command: str):
     return config
 
 
-# The backend flags of eval, sample and synthesize, per backend: each is a key of the stage's `backend_args` (the
-# backend's own default applies when it is not given).
+# The backend flags of the commands whose settings have `backend_args` (eval, sample, synthesize, corpus qa), per
+# backend: each is a key of the stage's `backend_args` (the backend's own default applies when it is not given).
 BACKEND_FLAGS = {"hf": ("batch_size", "dtype"), "openai": ("base_url", "tokenizer", "concurrency"),
                  "vllm": ("tensor_parallel_size", "dtype"), "openvino": ("weight_format",)}
 
@@ -136,14 +121,14 @@ def add_config_argument(p: argparse.ArgumentParser, cls) -> None:
     p.settings_class = cls
 
 
-def add_eval_parser(sub: argparse._SubParsersAction) -> None:
-    from mathloop.pipeline.evaluate import EvalConfig as C
+def add_eval_arguments(p: argparse.ArgumentParser) -> None:
+    from mathloop.pipeline.evaluate import EvalConfig
 
-    p = sub.add_parser("eval", help=HELP["eval"], description=(
+    p.description = (
         "Generate solutions, extract and verify answers, and write samples, metrics.json, results.md and "
         "results.json (lm-evaluation-harness layout) to --out. "
-        "Re-running with the same --out resumes and skips finished problems."))
-    add_config_argument(p, C)
+        "Re-running with the same --out resumes and skips finished problems.")
+    add_config_argument(p, EvalConfig)
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
@@ -155,10 +140,10 @@ def cmd_eval(args: argparse.Namespace) -> int:
     return 0
 
 
-def add_grade_parser(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("grade", help=HELP["grade"], description=(
+def add_grade_arguments(p: argparse.ArgumentParser) -> None:
+    p.description = (
         "Read mathloop samples or the official Qwen2.5-Math harness's output rows (question, gt, code, pred_score), "
-        "write every row back with a 'mathloop' field {preds, verdicts}, and write acc/maj@k/rm@k/pass@k."))
+        "write every row back with a 'mathloop' field {preds, verdicts}, and write acc/maj@k/rm@k/pass@k.")
     p.add_argument("--input", required=True, help="JSONL file to grade")
     p.add_argument("--output", required=True, help="JSONL file to write (input rows + 'mathloop' field)")
     p.add_argument("--metrics", default=None, help="JSON file for the metrics, in the layout and scale of eval's "
@@ -180,11 +165,11 @@ def cmd_grade(args: argparse.Namespace) -> int:
     return 0
 
 
-def add_compare_parser(sub: argparse._SubParsersAction) -> None:
+def add_compare_arguments(p: argparse.ArgumentParser) -> None:
     from mathloop.pipeline import compare
 
-    p = sub.add_parser("compare", help=HELP["compare"],
-                       description=compare.__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.description = compare.__doc__
+    p.formatter_class = argparse.RawDescriptionHelpFormatter
     p.add_argument("a", help="reference run: eval folder, LOOP_DIR:<round> (or LOOP_DIR:grpo), or graded JSONL file")
     p.add_argument("b", help="the run compared with it, in the same forms; differences are B - A")
     p.add_argument("--out", default=None, help="write the Markdown here instead of printing it")
@@ -204,11 +189,11 @@ def cmd_compare(args: argparse.Namespace) -> int:
     return 0
 
 
-def add_exec_parser(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("exec", help=HELP["exec"], description=(
+def add_exec_arguments(p: argparse.ArgumentParser) -> None:
+    p.description = (
         "Run FILE in the sandbox the TIR loop uses (no network, read-only file system, private temporary folder, "
         "memory and time limits) and print a JSON result {status, stdout, error, seconds}. "
-        "Exit code 0 when status is ok, else 1."))
+        "Exit code 0 when status is ok, else 1.")
     p.add_argument("file", help="Python file to run")
     p.add_argument("--timeout", type=positive_float, default=5.0, help="wall-clock seconds (default: %(default)s)")
     p.add_argument("--memory-mb", type=int, default=1024,
@@ -219,8 +204,6 @@ def add_exec_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def cmd_exec(args: argparse.Namespace) -> int:
-    import dataclasses
-
     from mathloop.tools.sandbox import Sandbox
 
     with open(args.file, "rb") as f:
@@ -236,17 +219,17 @@ def cmd_exec(args: argparse.Namespace) -> int:
     return 0 if result.status == "ok" else 1
 
 
-def add_rm_parser(sub: argparse._SubParsersAction) -> None:
-    from mathloop.train.rm import RMTrainConfig as C
+def add_rm_arguments(p: argparse.ArgumentParser) -> None:
+    from mathloop.train.rm import RMTrainConfig
 
-    p = sub.add_parser("rm", help=HELP["rm"], description="Reward-model commands.")
+    p.description = "Reward-model commands."
     actions = p.add_subparsers(dest="rm_command", required=True)
     t = actions.add_parser("train", help="train a reward model on graded samples", description=(
         "Group graded samples per problem (correct = positive), drop all-correct/all-wrong problems, balance the "
         "labels, and train a scalar-head reward model with the listwise ranking loss. Settings come from --config "
         "(YAML, keys as the flags with underscores) and flags, flags winning. Re-running with the same --output-dir "
         "resumes from the latest checkpoint. The model is written to <output-dir>/final."))
-    add_config_argument(t, C)
+    add_config_argument(t, RMTrainConfig)
 
 
 def cmd_rm(args: argparse.Namespace) -> int:
@@ -256,11 +239,11 @@ def cmd_rm(args: argparse.Namespace) -> int:
     return 0
 
 
-def add_score_parser(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("score", help=HELP["score"], description=(
+def add_score_arguments(p: argparse.ArgumentParser) -> None:
+    p.description = (
         "Score every sample of --input with a reward model and write the samples, with rm_score set, to --output. "
         "--rm is a folder written by `mathloop rm train` (its final/ folder), an AutoModelForSequenceClassification "
-        "reward model, or a Qwen2.5-Math-RM-style checkpoint (those read the question from metadata.question)."))
+        "reward model, or a Qwen2.5-Math-RM-style checkpoint (those read the question from metadata.question).")
     p.add_argument("--rm", required=True, help="reward model folder or Hugging Face Hub id")
     p.add_argument("--input", required=True, help="sample JSONL file")
     p.add_argument("--output", required=True, help="JSONL file to write (may equal --input)")
@@ -281,14 +264,14 @@ def cmd_score(args: argparse.Namespace) -> int:
     return 0
 
 
-def add_sample_parser(sub: argparse._SubParsersAction) -> None:
-    from mathloop.pipeline.sample import SampleConfig as C
+def add_sample_arguments(p: argparse.ArgumentParser) -> None:
+    from mathloop.pipeline.sample import SampleConfig
 
-    p = sub.add_parser("sample", help=HELP["sample"], description=(
+    p.description = (
         "Sample --n responses per problem at each of --temperatures (one pass each), grade them, and write them "
         "to --out/samples/. Re-running the same command resumes; --shard/--num-shards split the problems over "
-        "processes or machines writing into one folder."))
-    add_config_argument(p, C)
+        "processes or machines writing into one folder.")
+    add_config_argument(p, SampleConfig)
 
 
 def cmd_sample(args: argparse.Namespace) -> int:
@@ -299,15 +282,15 @@ def cmd_sample(args: argparse.Namespace) -> int:
     return 0
 
 
-def add_select_parser(sub: argparse._SubParsersAction) -> None:
-    from mathloop.pipeline.select import SelectConfig as C
+def add_select_arguments(p: argparse.ArgumentParser) -> None:
+    from mathloop.pipeline.select import SelectConfig
 
-    p = sub.add_parser("select", help=HELP["select"], description=(
+    p.description = (
         "Read samples (files, or `mathloop sample` folders), keep up to --k correct responses per problem (ranked "
         "by --vote), pseudo-label problems without a gold answer by a vote, "
         "drop truncated and near-duplicate responses, optionally remove responses that match a benchmark, and "
-        "write prompt-completion chat rows for `mathloop sft`."))
-    add_config_argument(p, C)
+        "write prompt-completion chat rows for `mathloop sft`.")
+    add_config_argument(p, SelectConfig)
 
 
 def cmd_select(args: argparse.Namespace) -> int:
@@ -317,14 +300,14 @@ def cmd_select(args: argparse.Namespace) -> int:
     return 0
 
 
-def add_loop_parser(sub: argparse._SubParsersAction) -> None:
-    from mathloop.pipeline.loop import LoopConfig as C
+def add_loop_arguments(p: argparse.ArgumentParser) -> None:
+    from mathloop.pipeline.loop import LoopConfig
 
-    p = sub.add_parser("loop", help=HELP["loop"], description=(
+    p.description = (
         "Rounds of sample -> verify -> train RM -> select -> SFT -> evaluate (and GRPO when configured) in one "
-        "resumable run folder; see configs/*.yaml. Re-running the same command skips finished stages."))
+        "resumable run folder; see configs/*.yaml. Re-running the same command skips finished stages.")
     p.add_argument("--config", required=True, help="loop YAML file (e.g. configs/cpu-default.yaml)")
-    p.settings_class = C
+    p.settings_class = LoopConfig
 
 
 def cmd_loop(args: argparse.Namespace) -> int:
@@ -339,11 +322,11 @@ def cmd_loop(args: argparse.Namespace) -> int:
     return 0
 
 
-def add_demo_parser(sub: argparse._SubParsersAction) -> None:
+def add_demo_arguments(p: argparse.ArgumentParser) -> None:
     from mathloop.pipeline import demo
 
-    p = sub.add_parser("demo", help=HELP["demo"],
-                       description=demo.__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.description = demo.__doc__
+    p.formatter_class = argparse.RawDescriptionHelpFormatter
     p.add_argument("--out", default="mathloop-demo", help="run folder (default: %(default)s; resumed when it exists)")
     p.add_argument("--model", default="default", help="starting model (default: %(default)s)")
 
@@ -355,16 +338,16 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
-def add_grpo_parser(sub: argparse._SubParsersAction) -> None:
-    from mathloop.train.grpo import GRPOConfig as C
+def add_grpo_arguments(p: argparse.ArgumentParser) -> None:
+    from mathloop.train.grpo import GRPOConfig
 
-    p = sub.add_parser("grpo", help=HELP["grpo"], description=(
+    p.description = (
         "Roll out groups of responses per query from the policy being trained (CoT, or TIR with the sandbox), grade "
         "them, reward them (default: the paper's shaped reward from verifier and reward model), and update the "
         "policy with GRPO. Settings come from --config (YAML, keys are GRPOConfig fields, flags with underscores) "
         "and flags, flags winning; every field is a YAML key and a flag (docs/options.md). Re-running with the "
-        "same --output-dir resumes from the latest checkpoint. The trained model is written to <output-dir>/final."))
-    add_config_argument(p, C)
+        "same --output-dir resumes from the latest checkpoint. The trained model is written to <output-dir>/final.")
+    add_config_argument(p, GRPOConfig)
 
 
 def cmd_grpo(args: argparse.Namespace) -> int:
@@ -374,16 +357,16 @@ def cmd_grpo(args: argparse.Namespace) -> int:
     return 0
 
 
-def add_sft_parser(sub: argparse._SubParsersAction) -> None:
-    from mathloop.train.sft import SFTRunConfig as C
+def add_sft_arguments(p: argparse.ArgumentParser) -> None:
+    from mathloop.train.sft import SFTRunConfig
 
-    p = sub.add_parser("sft", help=HELP["sft"], description=(
+    p.description = (
         "Fine-tune a model on a JSONL file of prompt-completion chat rows (`mathloop select` writes them) with "
         "TRL's SFTTrainer; the loss covers the completion only. Settings come from --config (YAML, keys are "
         "SFTRunConfig fields) and flags, flags winning. Re-running with the same --output-dir resumes from the "
         "latest checkpoint; the model is written to <output-dir>/final. Several GPUs: accelerate launch "
-        "--config_file configs/accelerate/multi_gpu.yaml -m mathloop.cli sft --config FILE.yaml"))
-    add_config_argument(p, C)
+        "--config_file configs/accelerate/multi_gpu.yaml -m mathloop.cli sft --config FILE.yaml")
+    add_config_argument(p, SFTRunConfig)
 
 
 def cmd_sft(args: argparse.Namespace) -> int:
@@ -393,11 +376,11 @@ def cmd_sft(args: argparse.Namespace) -> int:
     return 0
 
 
-def add_interpolate_parser(sub: argparse._SubParsersAction) -> None:
+def add_interpolate_arguments(p: argparse.ArgumentParser) -> None:
     from mathloop.train import interpolate
 
-    p = sub.add_parser("interpolate", help=HELP["interpolate"], description=interpolate.__doc__,
-                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.description = interpolate.__doc__
+    p.formatter_class = argparse.RawDescriptionHelpFormatter
     p.add_argument("--base", required=True, help="the starting model: folder, .gguf file or embedded name (default)")
     p.add_argument("--tuned", required=True, help="the fine-tuned model (a folder with the same weights' names)")
     p.add_argument("--alpha", type=float, required=True, help="0 gives the base, 1 the tuned model")
@@ -412,16 +395,16 @@ def cmd_interpolate(args: argparse.Namespace) -> int:
     return 0
 
 
-def add_synthesize_parser(sub: argparse._SubParsersAction) -> None:
-    from mathloop.pipeline.evolve import SynthesizeConfig as C
+def add_synthesize_arguments(p: argparse.ArgumentParser) -> None:
+    from mathloop.pipeline.evolve import SynthesizeConfig
 
-    p = sub.add_parser("synthesize", help=HELP["synthesize"], description=(
+    p.description = (
         "MuggleMath-style problem synthesis: the model rewrites each seed problem into --variants new ones (change "
         "the numbers, add fractions or percentages, add a condition, combine with a concept, ask for another "
         "quantity), answers each new problem --answers times, and keeps those whose majority answer holds at least "
         "--min-agreement of the answers, with that answer as gold. Kept problems go to --out, rejected candidates "
-        "with their reasons to <out>.rejected.jsonl; re-running the same command skips the seeds already done."))
-    add_config_argument(p, C)
+        "with their reasons to <out>.rejected.jsonl; re-running the same command skips the seeds already done.")
+    add_config_argument(p, SynthesizeConfig)
 
 
 def cmd_synthesize(args: argparse.Namespace) -> int:
@@ -437,23 +420,23 @@ def cmd_synthesize(args: argparse.Namespace) -> int:
     return 0
 
 
-def add_corpus_parser(sub: argparse._SubParsersAction) -> None:
-    from mathloop.corpus.build import CorpusConfig as C
-    from mathloop.corpus.qa import QAConfig as Q
+def add_corpus_arguments(p: argparse.ArgumentParser) -> None:
+    from mathloop.corpus.build import CorpusConfig
+    from mathloop.corpus.qa import QAConfig
 
-    p = sub.add_parser("corpus", help=HELP["corpus"], description=(
+    p.description = (
         "The pre-training half (docs/corpus.md; pip install 'mathloop[corpus]'): `build` recalls math documents from "
         "web data with a fastText classifier and filters them (decontamination, MinHash dedup, quality scores) on "
         "datatrove; `qa` writes question-answer pairs from kept documents; `sample` writes a small labelled web "
-        "corpus to try it offline. Continued pre-training: `mathloop sft --data <text rows>`."))
+        "corpus to try it offline. Continued pre-training: `mathloop sft --data <text rows>`.")
     actions = p.add_subparsers(dest="action", required=True)
     b = actions.add_parser("build", help="build a math corpus from web documents (resumable output folder)",
                            description="See `mathloop.corpus.build`: classifier (with iterative recall), filter "
                                        "(classifier, decontamination), MinHash dedup, quality; stats.json per step.")
-    add_config_argument(b, C)
+    add_config_argument(b, CorpusConfig)
     q = actions.add_parser("qa", help="question-answer pairs from corpus documents, kept when self-consistent",
                            description="See `mathloop.corpus.qa`. Re-running the same command skips done documents.")
-    add_config_argument(q, Q)
+    add_config_argument(q, QAConfig)
     t = actions.add_parser("text", help="a built corpus as {\"text\"} rows for continued pre-training (mathloop sft)")
     t.add_argument("--corpus", required=True, help="corpus folder (<build out>/corpus) or JSONL file")
     t.add_argument("--out", required=True, help="JSONL file to write")
@@ -490,10 +473,10 @@ def cmd_corpus(args: argparse.Namespace) -> int:
     return 0
 
 
-def add_data_parser(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("data", help=HELP["data"], description=(
+def add_data_arguments(p: argparse.ArgumentParser) -> None:
+    p.description = (
         "Benchmarks are read from --data-dir / $MATHLOOP_DATA_DIR when given, else from the test sets packaged with "
-        "mathloop (those whose licence allows it), else not at all; `--data-source hub` reads the Hub instead."))
+        "mathloop (those whose licence allows it), else not at all; `--data-source hub` reads the Hub instead.")
     actions = p.add_subparsers(dest="action", required=True)
     ls = actions.add_parser("list", help="each benchmark: where it is read from, version, rows, licence")
     ls.add_argument("--data-dir", default=None, help="benchmark folder (default: $MATHLOOP_DATA_DIR)")
@@ -523,25 +506,70 @@ def cmd_data(args: argparse.Namespace) -> int:
     return 0
 
 
-# Each command's one-line help, listed by `mathloop --help`.
-HELP = {
-    "eval": "evaluate a model on benchmarks",
-    "grade": "re-grade samples produced elsewhere",
-    "compare": "paired comparison of two runs on the problems both have",
-    "exec": "run a Python file in the TIR sandbox",
-    "rm": "train a reward model",
-    "score": "add reward-model scores to samples",
-    "sample": "sample graded responses to training problems",
-    "select": "pick the best responses per problem as SFT data",
-    "loop": "run self-improvement rounds from a YAML config",
-    "demo": "one round of the loop on the embedded model, sized for a laptop CPU",
-    "grpo": "reinforcement learning of a policy with GRPO",
-    "sft": "supervised fine-tuning on prompt-completion chat rows (TRL)",
-    "synthesize": "new problems evolved from seed problems",
-    "interpolate": "a model part of the way from a checkpoint to its fine-tuned one",
-    "data": "list or pull the benchmark data",
-    "corpus": "build a math pre-training corpus, QA pairs from it, or a sample corpus",
-    "report": "one self-contained HTML page of runs (plots, tables, sample browser)",
+def add_report_arguments(p: argparse.ArgumentParser) -> None:
+    from mathloop import report
+
+    p.description = report.__doc__
+    p.formatter_class = argparse.RawDescriptionHelpFormatter
+    p.add_argument("runs", nargs="+", metavar="RUN",
+                   help="eval folder, loop folder, rm/sft/grpo output folder, or graded JSONL file; several are shown "
+                        "side by side and paired with the first")
+    p.add_argument("--out", default="report.html", help="HTML file to write (default: %(default)s)")
+    p.add_argument("--title", default=None, help="page title (default: the run names)")
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from mathloop.report import build_report
+
+    print(json.dumps(build_report(args.runs, args.out, title=args.title)))
+    return 0
+
+
+@dataclasses.dataclass(frozen=True)
+class Command:
+    """A `mathloop` command: its line in `mathloop --help`, the function that adds its flags to its parser (and
+    imports what they need, so only the command being run pays for that) and the function that runs it."""
+
+    help: str
+    add_arguments: Callable[[argparse.ArgumentParser], None]
+    run: Callable[[argparse.Namespace], int]
+
+
+# Every command, in the order `mathloop --help` lists them: a new command is one entry here.
+COMMANDS = {
+    "eval": Command("generate, verify and score a model on benchmarks (resumable run folder)",
+                    add_eval_arguments, cmd_eval),
+    "grade": Command("re-grade samples produced elsewhere (mathloop's or the official harness's output)",
+                     add_grade_arguments, cmd_grade),
+    "compare": Command("paired comparison of two runs (delta with interval, McNemar p) on their shared problems",
+                       add_compare_arguments, cmd_compare),
+    "exec": Command("run one Python file in the sandbox that TIR uses, print a JSON result",
+                    add_exec_arguments, cmd_exec),
+    "rm": Command("reward model: `rm train` trains one on graded samples (resumable run folder)",
+                  add_rm_arguments, cmd_rm),
+    "score": Command("add reward-model scores (rm_score) to samples", add_score_arguments, cmd_score),
+    "sample": Command("sample graded responses to training problems (several temperatures, resumable, shardable)",
+                      add_sample_arguments, cmd_sample),
+    "select": Command("pick the best responses per problem (RM score, majority pseudo-labels) as SFT chat rows",
+                      add_select_arguments, cmd_select),
+    "loop": Command("self-improvement rounds from a YAML config (sample, RM, select, SFT, eval, GRPO)",
+                    add_loop_arguments, cmd_loop),
+    "demo": Command("one round of the loop on the embedded model, sized for a laptop CPU: before/after accuracy",
+                    add_demo_arguments, cmd_demo),
+    "grpo": Command("reinforcement learning of a policy with GRPO (resumable run folder)", add_grpo_arguments,
+                    cmd_grpo),
+    "sft": Command("supervised fine-tuning on prompt-completion chat rows with TRL (resumable run folder)",
+                   add_sft_arguments, cmd_sft),
+    "interpolate": Command("base + alpha * (tuned - base): a model part of the way from a checkpoint to its "
+                           "fine-tuned one", add_interpolate_arguments, cmd_interpolate),
+    "synthesize": Command("new problems evolved from seed problems, answered by majority vote (resumable)",
+                          add_synthesize_arguments, cmd_synthesize),
+    "data": Command("the benchmark data: `data list` (sources, versions, licences), `data pull` (harness layout)",
+                    add_data_arguments, cmd_data),
+    "corpus": Command("the pre-training half: `corpus build` (math corpus from web data), `corpus qa`, "
+                      "`corpus sample`", add_corpus_arguments, cmd_corpus),
+    "report": Command("one self-contained HTML page of runs: metrics, comparison, plots, sample browser",
+                      add_report_arguments, cmd_report),
 }
 
 
@@ -551,14 +579,13 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     parser = _Parser(prog="mathloop", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("-v", "--verbose", action="store_true", help="log debug information")
     parser.add_argument("--version", action="version", version=f"mathloop {__version__}")
-    sub = parser.add_subparsers(dest="command", required=True)
-    for name, add in ADD_PARSER.items():
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND", title="commands")
+    for name, entry in COMMANDS.items():
+        p = sub.add_parser(name, help=entry.help)
         if command is None or command == name:
-            add(sub)
-        else:
-            sub.add_parser(name, help=HELP[name])
-        add_quiet_flag(sub.choices[name])
-        add_settings_flags(sub.choices[name])
+            entry.add_arguments(p)
+        add_quiet_flag(p)
+        add_settings_flags(p)
     return parser
 
 
@@ -566,8 +593,6 @@ def add_settings_flags(p: argparse.ArgumentParser) -> None:
     """On a command and each of its actions with a settings class (`add_config_argument`): a flag for every field
     of that class not declared by hand, made from the field (`mathloop.config.add_field_flags`), and the backend
     flags where the class has `backend_args`."""
-    import dataclasses
-
     from mathloop.config import add_field_flags
 
     cls = getattr(p, "settings_class", None)
@@ -605,9 +630,7 @@ def settings_markdown(parser: argparse.ArgumentParser | None = None) -> str:
     """docs/options.md: for each command with a settings class, every field with its flag, default, whether it is
     a resume key and its help, all read from the dataclass and the flags made from it
     (`python scripts/options_doc.py` writes the file; a test checks it is current)."""
-    import dataclasses
     import re
-    import sys
 
     from mathloop.config import field_default, resume_keys
 
@@ -640,44 +663,13 @@ def settings_markdown(parser: argparse.ArgumentParser | None = None) -> str:
     return "\n".join(lines)
 
 
-def add_report_parser(sub: argparse._SubParsersAction) -> None:
-    from mathloop import report
-
-    p = sub.add_parser("report", help=HELP["report"],
-                       description=report.__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("runs", nargs="+", metavar="RUN",
-                   help="eval folder, loop folder, rm/sft/grpo output folder, or graded JSONL file; several are shown "
-                        "side by side and paired with the first")
-    p.add_argument("--out", default="report.html", help="HTML file to write (default: %(default)s)")
-    p.add_argument("--title", default=None, help="page title (default: the run names)")
-
-
-def cmd_report(args: argparse.Namespace) -> int:
-    from mathloop.report import build_report
-
-    print(json.dumps(build_report(args.runs, args.out, title=args.title)))
-    return 0
-
-
-ADD_PARSER = {"eval": add_eval_parser, "grade": add_grade_parser, "compare": add_compare_parser,
-              "exec": add_exec_parser, "rm": add_rm_parser, "score": add_score_parser, "sample": add_sample_parser,
-              "select": add_select_parser, "loop": add_loop_parser, "demo": add_demo_parser, "grpo": add_grpo_parser,
-              "sft": add_sft_parser, "interpolate": add_interpolate_parser, "synthesize": add_synthesize_parser, "data": add_data_parser,
-              "corpus": add_corpus_parser,
-              "report": add_report_parser}
-COMMANDS = {"eval": cmd_eval, "grade": cmd_grade, "compare": cmd_compare, "exec": cmd_exec, "rm": cmd_rm, "score": cmd_score,
-            "sample": cmd_sample, "select": cmd_select, "loop": cmd_loop, "demo": cmd_demo, "grpo": cmd_grpo,
-            "sft": cmd_sft, "interpolate": cmd_interpolate, "synthesize": cmd_synthesize, "data": cmd_data, "corpus": cmd_corpus,
-            "report": cmd_report}
-
-
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     command = next((a for a in argv if not a.startswith("-")), None)
-    args = build_parser(command if command in HELP else None).parse_args(argv)
+    args = build_parser(command if command in COMMANDS else None).parse_args(argv)
     configure_output(verbose=args.verbose, quiet=args.quiet)
     try:
-        return COMMANDS[args.command](args)
+        return COMMANDS[args.command].run(args)
     except USER_ERRORS as e:
         print(f"mathloop {args.command}: error: {_error_line(e, args)}", file=sys.stderr)
         return 2

@@ -1,10 +1,12 @@
 """Settings: every stage's settings are one dataclass, read from YAML with command-line overrides.
 
-The dataclass holds each default, once. `settings_from_dict` builds it from a YAML mapping plus overrides (the
-flags); `add_setting_flag` declares a flag for a field: its default is None ("not given"), and its help shows the
-field's default, read from the dataclass. One rule for all of them: an unknown key is an error that names it (a typo must not silently fall back to a
-default), a value of the wrong type names its key (`epochs: two`), an override of None means "not given on the
-command line", and a missing required key names itself. A malformed YAML file is named with its line.
+The dataclass holds each default, help text and resume flag, once, in its fields (`metadata={"help": ...,
+"resume": True}`). `settings_from_dict` builds it from a YAML mapping plus overrides (the flags); `add_field_flags`
+makes a flag for every field (name, type, choices from the annotation or the metadata): its default is None ("not
+given"), and its help shows the field's default. One rule for all of them: an unknown key is an error that names it
+(a typo must not silently fall back to a default), a value of the wrong type names its key (`epochs: two`), an
+override of None means "not given on the command line", and a missing required key names itself. A malformed YAML
+file is named with its line.
 """
 
 from __future__ import annotations
