@@ -632,7 +632,7 @@ def settings_markdown(parser: argparse.ArgumentParser | None = None) -> str:
     (`python scripts/options_doc.py` writes the file; a test checks it is current)."""
     import re
 
-    from mathloop.config import field_default, resume_keys
+    from mathloop.config import field_default, fields_own_first, resume_keys
 
     lines = ["# Settings of every command", "",
              "Generated from the settings dataclasses by `python scripts/options_doc.py` (a test fails when this page "
@@ -640,7 +640,9 @@ def settings_markdown(parser: argparse.ArgumentParser | None = None) -> str:
              "the file. A resume key must keep its value for a run folder to resume (`docs/runs.md`).", "",
              "A new option is one field of the stage's dataclass, e.g. `warmup: int = field(default=0, metadata="
              "{\"help\": \"...\", \"resume\": True})`: its flag (`--warmup`, type from the annotation), help, YAML "
-             "key, run record entry and resume check follow from it; then rerun the script above.", ""]
+             "key, run record entry and resume check follow from it; then rerun the script above. Where the "
+             "annotation does not say enough, the metadata does: `\"flags\": (\"--learning-rate\", \"--lr\")`, "
+             "`\"type\": positive_int` (`mathloop.config`), `\"choices\": [...]`, `\"action\": \"append\"`.", ""]
     for path, p in settings_parsers(parser or build_parser()):
         cls = p.settings_class
         keys = resume_keys(cls) or None
@@ -650,7 +652,7 @@ def settings_markdown(parser: argparse.ArgumentParser | None = None) -> str:
         flags = {action.dest: action for action in p._actions if action.option_strings}
         lines += [f"## mathloop {' '.join(path)} ({cls.__name__})", "",
                   "| field | flag | default | resume key | what it does |", "|---|---|---|---|---|"]
-        for f in dataclasses.fields(cls):
+        for f in fields_own_first(cls):
             action = flags.get(f.name)
             default = field_default(cls, f.name)
             shown = "required" if default is dataclasses.MISSING else f"`{default!r}`"

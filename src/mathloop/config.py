@@ -147,9 +147,8 @@ def add_field_flags(parser: Any, cls: type) -> list[str]:
     YAML key) without any other change."""
     hints = typing.get_type_hints(cls)
     taken = {action.dest for action in parser._actions}
-    own = cls.__dict__.get("__annotations__", {})
     added = []
-    for f in sorted(dataclasses.fields(cls), key=lambda f: f.name not in own):  # the class's own fields first
+    for f in fields_own_first(cls):
         if f.name in taken:
             continue
         given = {key: f.metadata[key] for key in FLAG_METADATA if key in f.metadata}
@@ -159,6 +158,13 @@ def add_field_flags(parser: Any, cls: type) -> list[str]:
         add_setting_flag(parser, cls, *flags, dest=f.name, help=f.metadata.get("help", ""), **kwargs)
         added.append(f.name)
     return added
+
+
+def fields_own_first(cls: type) -> list[dataclasses.Field]:
+    """The fields of the dataclass `cls`, those it declares itself first (a stage's own settings before the
+    sampler and Ray options it inherits), each group in field order: the order of its flags and docs rows."""
+    own = cls.__dict__.get("__annotations__", {})
+    return sorted(dataclasses.fields(cls), key=lambda f: f.name not in own)
 
 
 def _annotation_flag(hint: Any, default: Any) -> dict[str, Any]:
