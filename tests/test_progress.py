@@ -112,11 +112,11 @@ def _parsers(parser: argparse.ArgumentParser):
 
 
 def test_every_command_takes_quiet():
-    from mathloop.cli import HELP, build_parser
+    from mathloop.cli import COMMANDS, build_parser
 
     parser = build_parser()
     commands = [p for p in _parsers(parser) if p is not parser]
-    assert len(commands) > len(HELP)  # the commands and the actions of rm and data
+    assert len(commands) > len(COMMANDS)  # the commands and the actions of rm and data
     missing = [p.prog for p in commands if "--quiet" not in p._option_string_actions]
     assert not missing
     assert build_parser("data").parse_args(["data", "list", "--quiet"]).quiet

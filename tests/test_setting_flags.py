@@ -72,6 +72,8 @@ def test_generated_flags_refuse_bad_values(parser, argv, message, capsys):
 HAND_WRITTEN_RESUME_KEYS = {
     "mathloop.pipeline.evaluate": {"backend", "max_new_tokens", "max_tool_calls", "min_p", "mode", "model", "n", "seed",
                                    "shots", "split", "temperature", "top_k", "top_p"},
+    "mathloop.pipeline.evolve": {"model", "variants_per_seed", "n_answers", "min_agreement", "seed", "operations",
+                                 "evolve_sampling", "answer_sampling"},
     "mathloop.pipeline.sample": {"hard_max_correct", "hard_n", "hard_temperature", "max_new_tokens", "min_p", "mode",
                                  "model", "n", "num_shards", "problems", "seed", "temperatures", "top_k", "top_p"},
     "mathloop.train.grpo": {"alpha", "benchmark", "group_size", "limit", "lora", "lora_alpha", "lora_layers",
@@ -96,6 +98,27 @@ def test_resume_keys_from_field_metadata_equal_the_hand_written_lists(module):
     keys = importlib.import_module(module)._RESUME_KEYS
     assert len(keys) == len(set(keys)) and set(keys) == HAND_WRITTEN_RESUME_KEYS[module]
     assert not set(keys) & NOT_RESUME_KEYS
+
+
+def test_synthesize_resume_keys_are_the_settings_that_change_its_record():
+    """`mathloop synthesize` records the model and `EvolutionSettings`; the fields of its settings marked as resume
+    keys are exactly those that change that record (the docs' resume column is read from them)."""
+    import dataclasses as dc
+
+    from mathloop.config import resume_keys
+    from mathloop.pipeline.evolve import OPERATIONS, SynthesizeConfig
+
+    def record(config):
+        return {"model": config.model, **dc.asdict(config.evolution())}
+
+    base = SynthesizeConfig(seeds="seeds.jsonl", out="kept.jsonl")
+    other = {"seeds": "other.jsonl", "out": "other.jsonl", "model": "smollm2", "backend": "hf",
+             "backend_args": {"batch_size": 2}, "variants_per_seed": 1, "n_answers": 5, "min_agreement": 0.75,
+             "operations": list(OPERATIONS)[:2], "max_new_tokens": 100, "evolve_max_new_tokens": 100, "seed": 7,
+             "chunk_size": 3, "decontaminate": True, "data_dir": "data"}
+    assert set(other) == {f.name for f in dc.fields(SynthesizeConfig)}
+    changing = {name for name, value in other.items() if record(dc.replace(base, **{name: value})) != record(base)}
+    assert changing == set(resume_keys(SynthesizeConfig))
 
 
 def test_options_doc_lists_every_field_and_is_current(parser):

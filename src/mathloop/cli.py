@@ -1,34 +1,19 @@
-"""The `mathloop` command.
+"""The `mathloop` command: the stages of the self-improvement loop and the tools around them.
 
-  mathloop eval   generate, verify and score a model on benchmarks (resumable run folder)
-  mathloop grade  re-grade samples produced elsewhere (mathloop's or the official harness's output)
-  mathloop compare  paired comparison of two runs (delta with interval, McNemar p) on their shared problems
-  mathloop exec   run one Python file in the sandbox that TIR uses, print a JSON result
-  mathloop rm     reward model: `rm train` trains one on graded samples (resumable run folder)
-  mathloop score  add reward-model scores (rm_score) to samples
-  mathloop sample sample graded responses to training problems (several temperatures, resumable, shardable)
-  mathloop select pick the best responses per problem (RM score, majority pseudo-labels) as SFT chat rows
-  mathloop loop   self-improvement rounds from a YAML config (sample, RM, select, SFT, eval, GRPO)
-  mathloop grpo   reinforcement learning with GRPO (resumable run folder)
-  mathloop sft    supervised fine-tuning on prompt-completion chat rows with TRL (resumable run folder)
-  mathloop interpolate  base + alpha * (tuned - base): a model part of the way from a checkpoint to its fine-tuned one
-  mathloop synthesize  new problems evolved from seed problems, answered by majority vote (resumable)
-  mathloop demo   one round of the loop on the embedded model, before/after accuracy
-  mathloop data   the benchmark data: `data list` (sources, versions, licences), `data pull` (harness layout)
-  mathloop corpus the pre-training half: `corpus build` (math corpus from web data), `corpus qa`, `corpus sample`
-  mathloop report one self-contained HTML page of runs: metrics, comparison, plots, sample browser
-"""
+`mathloop COMMAND --help` lists a command's flags; docs/options.md lists every setting of every command."""
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import errno
 import json
 import sys
 import typing
+from collections.abc import Callable
 
 from mathloop import __version__
-from mathloop.config import add_setting_flag as setting
+from mathloop.config import positive_float, positive_int
 from mathloop.progress import configure_output
 from mathloop.records import RecordError
 from mathloop.runs import RunLockedError
@@ -46,77 +31,8 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 
-def add_sampler_settings(p: argparse.ArgumentParser, cls: type, what: str = "") -> None:
-    """--top-p, a flag for every `SamplerOptions` field (--top-k, --min-p, ...) and --max-new-tokens, for the stage
-    configs that generate (eval, sample, grpo); `what` names the responses in the help ("rollout")."""
-    import dataclasses
-
-    from mathloop.backends.base import SamplerOptions
-
-    setting(p, cls, "--top-p", type=float, help=f"{what} nucleus sampling".strip())
-    for f in dataclasses.fields(SamplerOptions):
-        setting(p, cls, f"--{f.name.replace('_', '-')}", type=type(f.default), help=f.metadata["help"])
-    setting(p, cls, "--max-new-tokens", type=_positive_int, help="per response")
-
-
-def add_ray_settings(p: argparse.ArgumentParser, cls: type) -> None:
-    """--ray [ADDRESS] and the other `RayOptions` fields (generation on Ray actors, `mathloop.replicas`)."""
-    setting(p, cls, "--ray", dest="ray_address", nargs="?", const="local", metavar="ADDRESS",
-            help="generate on Ray actors: no ADDRESS (or 'local') starts a cluster on this machine, 'auto' joins the "
-                 "running one, ray://HOST:10001 a remote one (pip install 'mathloop[ray]')")
-    setting(p, cls, "--ray-replicas", type=_positive_int, help="Ray: generation replicas (actors), one backend each")
-    setting(p, cls, "--ray-num-cpus", type=float, help="Ray: CPUs per replica")
-    setting(p, cls, "--ray-num-gpus", type=float, help="Ray: GPUs per replica")
-    setting(p, cls, "--ray-chunk", type=_positive_int, help="Ray: problems per chunk handed to a replica")
-
-
-def add_unsafe_sandbox_flag(p: argparse.ArgumentParser, cls: type) -> None:
-    """--unsafe-sandbox-file-access: the explicit opt-in to TIR on a host whose sandbox cannot confine files."""
-    setting(p, cls, "--unsafe-sandbox-file-access", action="store_true",
-            help="tir: where this host offers neither user namespaces nor Landlock, run the model's code anyway; it "
-                 "can then read and write every file you can (see docs/sandbox.md)")
-
-
 def _csv(text: str) -> list[str]:
     return [part.strip() for part in text.split(",") if part.strip()]
-
-
-def _int_at_least(minimum: int):
-    """argparse type: an integer >= `minimum`."""
-    def parse(text: str) -> int:
-        try:
-            value = int(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"expected a whole number >= {minimum}, got {text!r}") from None
-        if value < minimum:
-            raise argparse.ArgumentTypeError(f"must be >= {minimum}, got {value}")
-        return value
-    return parse
-
-
-_positive_int, _non_negative_int = _int_at_least(1), _int_at_least(0)
-
-
-def _positive_float(text: str) -> float:
-    """argparse type: a number > 0."""
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number > 0, got {text!r}") from None
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"must be > 0, got {text}")
-    return value
-
-
-def _temperatures(text: str) -> list[float]:
-    """argparse type: comma-separated temperatures >= 0, at least one."""
-    try:
-        values = [float(part) for part in _csv(text)]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated numbers such as 0.7,1.0, got {text!r}") from None
-    if not values or any(not t >= 0 for t in values):
-        raise argparse.ArgumentTypeError(f"expected one or more temperatures >= 0, got {text!r}")
-    return values
 
 
 # Modules of optional extras, by the extra that installs them (a ModuleNotFoundError names the install line).
@@ -177,29 +93,24 @@ def with_backend_flags(args: argparse.Namespace, config, command: str):
     return config
 
 
-# The backend flags of eval, sample and synthesize, per backend: each is a key of the stage's `backend_args` (the
-# backend's own default applies when it is not given).
+# The backend flags of the commands whose settings have `backend_args` (eval, sample, synthesize, corpus qa), per
+# backend: each is a key of the stage's `backend_args` (the backend's own default applies when it is not given).
 BACKEND_FLAGS = {"hf": ("batch_size", "dtype"), "openai": ("base_url", "tokenizer", "concurrency"),
                  "vllm": ("tensor_parallel_size", "dtype"), "openvino": ("weight_format",)}
 
 
-def add_backend_arguments(p: argparse.ArgumentParser, cls) -> None:
-    """The generation backend flags shared by eval, sample and synthesize (read by `with_backend_flags`)."""
-    from mathloop.backends import AUTO, BACKENDS, backend_names
-
-    setting(p, cls, "--backend", choices=[AUTO, *backend_names()],
-            help=f"{AUTO} = openvino with int8 weights where OpenVINO GenAI is installed and there is no CUDA GPU, "
-                 f"else hf (run.json names the one that ran); "
-                 + "; ".join(f"{name} = {BACKENDS[name].about}" for name in backend_names()))
-    p.add_argument("--batch-size", type=_positive_int, default=None, help="hf: sequences per forward batch")
+def add_backend_arguments(p: argparse.ArgumentParser) -> None:
+    """The generation backend flags of the commands whose settings have `backend_args` (eval, sample, synthesize,
+    corpus qa): each sets a key of `backend_args` (read by `with_backend_flags`); --backend itself is a field."""
+    p.add_argument("--batch-size", type=positive_int, default=None, help="hf: sequences per forward batch")
     p.add_argument("--dtype", default=None, choices=["auto", "float32", "bfloat16", "float16"],
                    help="model dtype; auto (the default) is bfloat16 where the device computes it natively, else float32")
     p.add_argument("--base-url", default=None, help="openai: server URL, e.g. http://localhost:8000/v1 (needed there)")
     p.add_argument("--tokenizer", default=None, help="openai: tokenizer folder or id for the chat template")
-    p.add_argument("--concurrency", type=_positive_int, default=None, help="openai: parallel requests")
+    p.add_argument("--concurrency", type=positive_int, default=None, help="openai: parallel requests")
     p.add_argument("--weight-format", default=None, choices=["fp32", "fp16", "int8", "int4"],
                    help="openvino: weights of the export (default fp16)")
-    p.add_argument("--tensor-parallel-size", type=_positive_int, default=None, help="vllm: GPUs per model")
+    p.add_argument("--tensor-parallel-size", type=positive_int, default=None, help="vllm: GPUs per model")
 
 
 def add_config_argument(p: argparse.ArgumentParser, cls) -> None:
@@ -210,44 +121,14 @@ def add_config_argument(p: argparse.ArgumentParser, cls) -> None:
     p.settings_class = cls
 
 
-def add_eval_parser(sub: argparse._SubParsersAction) -> None:
-    from mathloop.pipeline.evaluate import EvalConfig as C
+def add_eval_arguments(p: argparse.ArgumentParser) -> None:
+    from mathloop.pipeline.evaluate import EvalConfig
 
-    p = sub.add_parser("eval", help=HELP["eval"], description=(
+    p.description = (
         "Generate solutions, extract and verify answers, and write samples, metrics.json, results.md and "
         "results.json (lm-evaluation-harness layout) to --out. "
-        "Re-running with the same --out resumes and skips finished problems."))
-    add_config_argument(p, C)
-    setting(p, C, "--model",
-            help="'default' (embedded Qwen2.5-Coder-0.5B-Instruct), 'smollm2' (embedded SmolLM2-135M-Instruct), "
-                 "a local folder or .gguf file, or a Hugging Face Hub id")
-    setting(p, C, "--benchmarks", type=_csv, help="comma-separated benchmark names, e.g. gsm8k,math500")
-    setting(p, C, "--mode", choices=["cot", "tir"],
-            help="cot = chain of thought; tir = tool-integrated reasoning, the model's Python runs in the sandbox")
-    setting(p, C, "--max-tool-calls", type=_non_negative_int, help="tir: code executions per response")
-    setting(p, C, "--tool-timeout", type=_positive_float, help="tir: seconds per execution")
-    add_unsafe_sandbox_flag(p, C)
-    setting(p, C, "--n", type=_positive_int, help="samples per problem")
-    setting(p, C, "--temperature", type=float, help="0 = greedy")
-    add_sampler_settings(p, C)
-    setting(p, C, "--seed", type=int, help="sampling seed")
-    setting(p, C, "--limit", type=_positive_int, help="first N problems of each benchmark (default: all)")
-    setting(p, C, "--split", help="data split")
-    setting(p, C, "--shots", type=_non_negative_int,
-            help="few-shot examples for multiple-choice sets (default: the official setting, 5 for MC sets)")
-    setting(p, C, "--data-dir", help="benchmark folder in the official harness layout (default: $MATHLOOP_DATA_DIR); "
-                                      "sets it lacks come from the data packaged with mathloop")
-    setting(p, C, "--data-source", choices=["local", "hub"],
-            help="local = --data-dir, else the packaged data; hub = the Hugging Face Hub (pip install 'mathloop[hub]')")
-    setting(p, C, "--out", help="run folder (created; resumed when it exists)")
-    add_backend_arguments(p, C)
-    add_ray_settings(p, C)
-    setting(p, C, "--rm", help="reward model (a `mathloop rm train` final/ folder or Hub id): scores every sample and "
-                                "adds RM@k (best-of-k by RM score) next to Maj@k and pass@k; may be added to a "
-                                "finished run")
-    setting(p, C, "--rm-batch-size", type=_positive_int, help="reward model: sequences per forward pass")
-    setting(p, C, "--rm-dtype",
-            help="reward model dtype (default: bfloat16 where the device computes it natively, else float32)")
+        "Re-running with the same --out resumes and skips finished problems.")
+    add_config_argument(p, EvalConfig)
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
@@ -259,18 +140,18 @@ def cmd_eval(args: argparse.Namespace) -> int:
     return 0
 
 
-def add_grade_parser(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("grade", help=HELP["grade"], description=(
+def add_grade_arguments(p: argparse.ArgumentParser) -> None:
+    p.description = (
         "Read mathloop samples or the official Qwen2.5-Math harness's output rows (question, gt, code, pred_score), "
-        "write every row back with a 'mathloop' field {preds, verdicts}, and write acc/maj@k/rm@k/pass@k."))
+        "write every row back with a 'mathloop' field {preds, verdicts}, and write acc/maj@k/rm@k/pass@k.")
     p.add_argument("--input", required=True, help="JSONL file to grade")
     p.add_argument("--output", required=True, help="JSONL file to write (input rows + 'mathloop' field)")
     p.add_argument("--metrics", default=None, help="JSON file for the metrics, in the layout and scale of eval's "
                    "metrics.json (docs/metrics.md; default: printed only)")
     p.add_argument("--answer-type", choices=["math", "mc", "list"], default=None,
                    help="force the answer type (default: per row; letters as gold mean multiple choice)")
-    p.add_argument("--workers", type=_positive_int, default=None, help="verifier processes (default: all cores)")
-    p.add_argument("--timeout", type=_positive_float, default=5.0, help="seconds per comparison (default: %(default)s)")
+    p.add_argument("--workers", type=positive_int, default=None, help="verifier processes (default: all cores)")
+    p.add_argument("--timeout", type=positive_float, default=5.0, help="seconds per comparison (default: %(default)s)")
 
 
 def cmd_grade(args: argparse.Namespace) -> int:
@@ -284,16 +165,16 @@ def cmd_grade(args: argparse.Namespace) -> int:
     return 0
 
 
-def add_compare_parser(sub: argparse._SubParsersAction) -> None:
+def add_compare_arguments(p: argparse.ArgumentParser) -> None:
     from mathloop.pipeline import compare
 
-    p = sub.add_parser("compare", help=HELP["compare"],
-                       description=compare.__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.description = compare.__doc__
+    p.formatter_class = argparse.RawDescriptionHelpFormatter
     p.add_argument("a", help="reference run: eval folder, LOOP_DIR:<round> (or LOOP_DIR:grpo), or graded JSONL file")
     p.add_argument("b", help="the run compared with it, in the same forms; differences are B - A")
     p.add_argument("--out", default=None, help="write the Markdown here instead of printing it")
     p.add_argument("--json", default=None, help="also write the comparison as JSON here")
-    p.add_argument("--resamples", type=_positive_int, default=compare.BOOTSTRAP_RESAMPLES,
+    p.add_argument("--resamples", type=positive_int, default=compare.BOOTSTRAP_RESAMPLES,
                    help="bootstrap resamples for runs with several samples per problem (default: %(default)s)")
     p.add_argument("--seed", type=int, default=0, help="bootstrap seed (default: %(default)s)")
 
@@ -308,13 +189,13 @@ def cmd_compare(args: argparse.Namespace) -> int:
     return 0
 
 
-def add_exec_parser(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("exec", help=HELP["exec"], description=(
+def add_exec_arguments(p: argparse.ArgumentParser) -> None:
+    p.description = (
         "Run FILE in the sandbox the TIR loop uses (no network, read-only file system, private temporary folder, "
         "memory and time limits) and print a JSON result {status, stdout, error, seconds}. "
-        "Exit code 0 when status is ok, else 1."))
+        "Exit code 0 when status is ok, else 1.")
     p.add_argument("file", help="Python file to run")
-    p.add_argument("--timeout", type=_positive_float, default=5.0, help="wall-clock seconds (default: %(default)s)")
+    p.add_argument("--timeout", type=positive_float, default=5.0, help="wall-clock seconds (default: %(default)s)")
     p.add_argument("--memory-mb", type=int, default=1024,
                    help="memory the program may allocate beyond the preloaded interpreter (default: %(default)s)")
     p.add_argument("--unsafe-sandbox-file-access", action="store_true",
@@ -323,8 +204,6 @@ def add_exec_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def cmd_exec(args: argparse.Namespace) -> int:
-    import dataclasses
-
     from mathloop.tools.sandbox import Sandbox
 
     with open(args.file, "rb") as f:
@@ -340,51 +219,17 @@ def cmd_exec(args: argparse.Namespace) -> int:
     return 0 if result.status == "ok" else 1
 
 
-def add_rm_parser(sub: argparse._SubParsersAction) -> None:
-    from mathloop.train.rm import RMTrainConfig as C
+def add_rm_arguments(p: argparse.ArgumentParser) -> None:
+    from mathloop.train.rm import RMTrainConfig
 
-    p = sub.add_parser("rm", help=HELP["rm"], description="Reward-model commands.")
+    p.description = "Reward-model commands."
     actions = p.add_subparsers(dest="rm_command", required=True)
     t = actions.add_parser("train", help="train a reward model on graded samples", description=(
         "Group graded samples per problem (correct = positive), drop all-correct/all-wrong problems, balance the "
         "labels, and train a scalar-head reward model with the listwise ranking loss. Settings come from --config "
         "(YAML, keys as the flags with underscores) and flags, flags winning. Re-running with the same --output-dir "
         "resumes from the latest checkpoint. The model is written to <output-dir>/final."))
-    add_config_argument(t, C)
-    setting(t, C, "--model", help="backbone: 'default' (embedded Qwen2.5-Coder-0.5B-Instruct), a local folder or a Hub id")
-    setting(t, C, "--samples", type=_csv,
-            help="comma-separated graded sample JSONL files; responses of several files are mixed per problem")
-    setting(t, C, "--fill-samples", type=_csv,
-            help="comma-separated sample files of other models, used only to complete the short label side")
-    setting(t, C, "--decontaminate", type=_csv,
-            help="comma-separated benchmark names whose test questions are removed (13-gram + LCS rule)")
-    setting(t, C, "--data-dir", help="benchmark folder for --decontaminate (default: $MATHLOOP_DATA_DIR)")
-    setting(t, C, "--output-dir", help="run folder (created; resumed when it holds checkpoints)")
-    setting(t, C, "--group-size", type=int, help="responses per problem")
-    setting(t, C, "--max-ratio", type=float, help="majority label at most this times the minority label in a group")
-    setting(t, C, "--heldout-fraction", type=float, help="fraction of problems held out for pairwise accuracy")
-    setting(t, C, "--learning-rate", "--lr", type=float, help="AdamW learning rate")
-    setting(t, C, "--warmup-steps", type=int, help="linear warm-up steps")
-    setting(t, C, "--epochs", type=int, help="passes over the training groups")
-    setting(t, C, "--groups-per-batch", type=int, help="problems per optimizer step")
-    setting(t, C, "--micro-batch-groups", type=int,
-            help="problems per forward/backward, gradients accumulated (default: the whole batch)")
-    setting(t, C, "--max-length", type=int, help="tokens per prompt + response; longer ones keep their end")
-    setting(t, C, "--lora", action="store_true",
-            help="train LoRA adapters and the head instead of the full backbone (needs mathloop[train])")
-    setting(t, C, "--lora-rank", type=int, help="LoRA rank")
-    setting(t, C, "--lora-layers", type=int,
-            help="LoRA in the last N transformer layers only; the rest runs without backward (default: all)")
-    setting(t, C, "--gradient-checkpointing", action="store_true",
-            help="recompute activations in the backward pass to save memory")
-    setting(t, C, "--dtype", help="backbone weights dtype (default: bfloat16 on GPU, float32 on CPU; forward passes run "
-                                   "in bfloat16 autocast where the device computes it natively)")
-    setting(t, C, "--eval-every", type=int, help="held-out evaluation every N steps (0: at the end)")
-    setting(t, C, "--save-every", type=int, help="checkpoint every N steps (0: at the end)")
-    setting(t, C, "--seed", type=int, help="data order, splits and head init")
-    setting(t, C, "--report-to", type=_csv,
-            help="also log metrics to tensorboard and/or wandb, comma-separated (<output-dir>/tensorboard; "
-                 "pip install 'mathloop[tensorboard]')")
+    add_config_argument(t, RMTrainConfig)
 
 
 def cmd_rm(args: argparse.Namespace) -> int:
@@ -394,11 +239,11 @@ def cmd_rm(args: argparse.Namespace) -> int:
     return 0
 
 
-def add_score_parser(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("score", help=HELP["score"], description=(
+def add_score_arguments(p: argparse.ArgumentParser) -> None:
+    p.description = (
         "Score every sample of --input with a reward model and write the samples, with rm_score set, to --output. "
         "--rm is a folder written by `mathloop rm train` (its final/ folder), an AutoModelForSequenceClassification "
-        "reward model, or a Qwen2.5-Math-RM-style checkpoint (those read the question from metadata.question)."))
+        "reward model, or a Qwen2.5-Math-RM-style checkpoint (those read the question from metadata.question).")
     p.add_argument("--rm", required=True, help="reward model folder or Hugging Face Hub id")
     p.add_argument("--input", required=True, help="sample JSONL file")
     p.add_argument("--output", required=True, help="JSONL file to write (may equal --input)")
@@ -419,37 +264,14 @@ def cmd_score(args: argparse.Namespace) -> int:
     return 0
 
 
-def add_sample_parser(sub: argparse._SubParsersAction) -> None:
-    from mathloop.pipeline.sample import SampleConfig as C
+def add_sample_arguments(p: argparse.ArgumentParser) -> None:
+    from mathloop.pipeline.sample import SampleConfig
 
-    p = sub.add_parser("sample", help=HELP["sample"], description=(
+    p.description = (
         "Sample --n responses per problem at each of --temperatures (one pass each), grade them, and write them "
         "to --out/samples/. Re-running the same command resumes; --shard/--num-shards split the problems over "
-        "processes or machines writing into one folder."))
-    add_config_argument(p, C)
-    setting(p, C, "--model", help="embedded name (default, smollm2), folder or Hub id")
-    setting(p, C, "--problems", help="'<benchmark>:<split>' from the data folder (e.g. gsm8k:train), "
-                                      "'synthetic:<count>:<seed>' (built-in procedural problems) or a Problem JSONL file")
-    setting(p, C, "--out", help="sampling folder (created; resumed when it exists)")
-    setting(p, C, "--n", type=_positive_int, help="responses per problem per temperature")
-    setting(p, C, "--temperatures", type=_temperatures, help="comma-separated, one pass each")
-    add_sampler_settings(p, C)
-    setting(p, C, "--mode", choices=["cot", "tir"], help="cot = chain of thought; tir = the model's Python runs in the "
-                                                          "sandbox")
-    setting(p, C, "--max-tool-calls", type=_non_negative_int, help="tir: code executions per response")
-    setting(p, C, "--tool-timeout", type=_positive_float, help="tir: seconds per execution")
-    add_unsafe_sandbox_flag(p, C)
-    setting(p, C, "--hard-n", type=int,
-            help="extra responses for problems with at most --hard-max-correct correct ones")
-    setting(p, C, "--hard-max-correct", type=int, help="a problem is hard with at most this many correct responses")
-    setting(p, C, "--hard-temperature", type=float, help="temperature of the hard pass")
-    setting(p, C, "--limit", type=_positive_int, help="first N problems (default: all)")
-    setting(p, C, "--data-dir", help="benchmark folder (default: $MATHLOOP_DATA_DIR)")
-    setting(p, C, "--seed", type=int, help="sampling seed")
-    setting(p, C, "--shard", type=int, help="this process's shard, 0-based")
-    setting(p, C, "--num-shards", type=_positive_int, help="processes sharing the folder")
-    add_backend_arguments(p, C)
-    add_ray_settings(p, C)
+        "processes or machines writing into one folder.")
+    add_config_argument(p, SampleConfig)
 
 
 def cmd_sample(args: argparse.Namespace) -> int:
@@ -460,29 +282,15 @@ def cmd_sample(args: argparse.Namespace) -> int:
     return 0
 
 
-def add_select_parser(sub: argparse._SubParsersAction) -> None:
-    from mathloop.pipeline.select import SelectConfig as C
+def add_select_arguments(p: argparse.ArgumentParser) -> None:
+    from mathloop.pipeline.select import SelectConfig
 
-    p = sub.add_parser("select", help=HELP["select"], description=(
+    p.description = (
         "Read samples (files, or `mathloop sample` folders), keep up to --k correct responses per problem (ranked "
         "by --vote), pseudo-label problems without a gold answer by a vote, "
         "drop truncated and near-duplicate responses, optionally remove responses that match a benchmark, and "
-        "write prompt-completion chat rows for `mathloop sft`."))
-    add_config_argument(p, C)
-    setting(p, C, "--samples", type=_csv, help="comma-separated sample JSONL files or folders")
-    setting(p, C, "--output", help="SFT data JSONL to write")
-    setting(p, C, "--k", type=_positive_int, help="responses per problem")
-    setting(p, C, "--vote", choices=["auto", "majority", "rm-weighted", "confidence-weighted"],
-            help="how correct responses rank and pseudo-label votes weigh: by RM score (rm-weighted; auto when every "
-                 "sample has one), by the generator's confidence (confidence-weighted), or not (majority)")
-    setting(p, C, "--shortest-first", action="store_true",
-            help="without RM order, keep the responses with the fewest tokens (default: sampling order)")
-    setting(p, C, "--min-agreement", type=float, help="pseudo-labels: share of votes the majority answer needs")
-    setting(p, C, "--near-duplicate", type=float,
-            help="word 3-gram Jaccard similarity at which two responses count as one")
-    setting(p, C, "--decontaminate", action="store_true",
-            help="remove responses and questions that match any benchmark of the data folder")
-    setting(p, C, "--data-dir", help="benchmark folder (default: $MATHLOOP_DATA_DIR)")
+        "write prompt-completion chat rows for `mathloop sft`.")
+    add_config_argument(p, SelectConfig)
 
 
 def cmd_select(args: argparse.Namespace) -> int:
@@ -492,17 +300,14 @@ def cmd_select(args: argparse.Namespace) -> int:
     return 0
 
 
-def add_loop_parser(sub: argparse._SubParsersAction) -> None:
-    from mathloop.pipeline.loop import LoopConfig as C
+def add_loop_arguments(p: argparse.ArgumentParser) -> None:
+    from mathloop.pipeline.loop import LoopConfig
 
-    p = sub.add_parser("loop", help=HELP["loop"], description=(
+    p.description = (
         "Rounds of sample -> verify -> train RM -> select -> SFT -> evaluate (and GRPO when configured) in one "
-        "resumable run folder; see configs/*.yaml. Re-running the same command skips finished stages."))
+        "resumable run folder; see configs/*.yaml. Re-running the same command skips finished stages.")
     p.add_argument("--config", required=True, help="loop YAML file (e.g. configs/cpu-default.yaml)")
-    p.settings_class = C
-    setting(p, C, "--output-dir", help="run folder (overrides the config's output_dir)")
-    setting(p, C, "--rounds", type=int, help="number of rounds (overrides the config's)")
-    setting(p, C, "--data-dir", help="benchmark folder (default: $MATHLOOP_DATA_DIR)")
+    p.settings_class = LoopConfig
 
 
 def cmd_loop(args: argparse.Namespace) -> int:
@@ -517,11 +322,11 @@ def cmd_loop(args: argparse.Namespace) -> int:
     return 0
 
 
-def add_demo_parser(sub: argparse._SubParsersAction) -> None:
+def add_demo_arguments(p: argparse.ArgumentParser) -> None:
     from mathloop.pipeline import demo
 
-    p = sub.add_parser("demo", help=HELP["demo"],
-                       description=demo.__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.description = demo.__doc__
+    p.formatter_class = argparse.RawDescriptionHelpFormatter
     p.add_argument("--out", default="mathloop-demo", help="run folder (default: %(default)s; resumed when it exists)")
     p.add_argument("--model", default="default", help="starting model (default: %(default)s)")
 
@@ -533,39 +338,16 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
-def add_grpo_parser(sub: argparse._SubParsersAction) -> None:
-    from mathloop.train.grpo import ROLLOUT_BACKENDS
-    from mathloop.train.grpo import GRPOConfig as C
+def add_grpo_arguments(p: argparse.ArgumentParser) -> None:
+    from mathloop.train.grpo import GRPOConfig
 
-    p = sub.add_parser("grpo", help=HELP["grpo"], description=(
+    p.description = (
         "Roll out groups of responses per query from the policy being trained (CoT, or TIR with the sandbox), grade "
         "them, reward them (default: the paper's shaped reward from verifier and reward model), and update the "
         "policy with GRPO. Settings come from --config (YAML, keys are GRPOConfig fields, flags with underscores) "
         "and flags, flags winning; every field is a YAML key and a flag (docs/options.md). Re-running with the "
-        "same --output-dir resumes from the latest checkpoint. The trained model is written to <output-dir>/final."))
-    add_config_argument(p, C)
-    setting(p, C, "--limit", type=_positive_int)
-    setting(p, C, "--selection-n", type=_positive_int)
-    setting(p, C, "--mode", choices=["cot", "tir"])
-    setting(p, C, "--max-tool-calls", type=_positive_int)
-    setting(p, C, "--tool-timeout", type=_positive_float)
-    add_unsafe_sandbox_flag(p, C)
-    setting(p, C, "--steps", type=_positive_int)
-    setting(p, C, "--queries-per-step", type=_positive_int)
-    add_sampler_settings(p, C, "rollout")
-    setting(p, C, "--rollout-backend", choices=list(ROLLOUT_BACKENDS))
-    setting(p, C, "--rollout-batch-size", type=_positive_int)
-    setting(p, C, "--learning-rate", "--lr", type=float)
-    setting(p, C, "--lora-layers", type=_positive_int)
-    setting(p, C, "--micro-batch", type=_positive_int)
-    setting(p, C, "--no-skip-zero-advantage", dest="skip_zero_advantage", action="store_false")
-    setting(p, C, "--no-sort-by-length", dest="sort_by_length", action="store_false")
-    setting(p, C, "--threads", type=_positive_int)
-    setting(p, C, "--loss-type", choices=["grpo", "dapo", "dr_grpo"])
-    setting(p, C, "--scale-rewards", choices=["group", "batch", "none"])
-    setting(p, C, "--overlong", choices=["none", "mask", "soft_penalty"])
-    setting(p, C, "--updates-per-batch", type=_positive_int)
-    setting(p, C, "--report-to", type=_csv)
+        "same --output-dir resumes from the latest checkpoint. The trained model is written to <output-dir>/final.")
+    add_config_argument(p, GRPOConfig)
 
 
 def cmd_grpo(args: argparse.Namespace) -> int:
@@ -575,38 +357,16 @@ def cmd_grpo(args: argparse.Namespace) -> int:
     return 0
 
 
-def add_sft_parser(sub: argparse._SubParsersAction) -> None:
-    from mathloop.train.sft import SFTRunConfig as C
+def add_sft_arguments(p: argparse.ArgumentParser) -> None:
+    from mathloop.train.sft import SFTRunConfig
 
-    p = sub.add_parser("sft", help=HELP["sft"], description=(
+    p.description = (
         "Fine-tune a model on a JSONL file of prompt-completion chat rows (`mathloop select` writes them) with "
         "TRL's SFTTrainer; the loss covers the completion only. Settings come from --config (YAML, keys are "
         "SFTRunConfig fields) and flags, flags winning. Re-running with the same --output-dir resumes from the "
         "latest checkpoint; the model is written to <output-dir>/final. Several GPUs: accelerate launch "
-        "--config_file configs/accelerate/multi_gpu.yaml -m mathloop.cli sft --config FILE.yaml"))
-    add_config_argument(p, C)
-    setting(p, C, "--model", help="starting model: 'default' (embedded Qwen2.5-Coder-0.5B-Instruct), a local folder "
-                                  "or a Hub id")
-    setting(p, C, "--data", help="JSONL of {prompt: [messages], completion: [assistant message]}, or of {text: ...} rows "
-                                "(text mode: continued pre-training on every token)")
-    setting(p, C, "--output-dir", help="run folder (created; resumed when it holds checkpoints)")
-    setting(p, C, "--epochs", type=int, help="passes over the data")
-    setting(p, C, "--learning-rate", "--lr", type=float, help="peak learning rate")
-    setting(p, C, "--max-length", type=int, help="tokens per prompt + completion; longer examples are dropped")
-    setting(p, C, "--per-device-batch-size", type=int, help="examples per device per step")
-    setting(p, C, "--gradient-accumulation-steps", type=int, help="micro-batches per optimizer step")
-    setting(p, C, "--gradient-checkpointing", action="store_true",
-            help="recompute activations in the backward pass to save memory")
-    setting(p, C, "--lora", action="store_true",
-            help="train LoRA adapters instead of all weights; final/ holds the merged model (mathloop[train])")
-    setting(p, C, "--lora-rank", type=int, help="LoRA rank")
-    setting(p, C, "--lora-layers", type=int,
-            help="LoRA in the last N transformer layers only; the rest runs without backward (default: all)")
-    setting(p, C, "--dtype", choices=["float32", "bfloat16"], help="weights dtype")
-    setting(p, C, "--deepspeed", help="DeepSpeed JSON config, e.g. configs/deepspeed/zero2.json")
-    setting(p, C, "--seed", type=int, help="data order and initialisation")
-    setting(p, C, "--report-to", type=_csv,
-            help="also log to tensorboard and/or wandb through TRL, comma-separated (<output-dir>/tensorboard)")
+        "--config_file configs/accelerate/multi_gpu.yaml -m mathloop.cli sft --config FILE.yaml")
+    add_config_argument(p, SFTRunConfig)
 
 
 def cmd_sft(args: argparse.Namespace) -> int:
@@ -616,11 +376,11 @@ def cmd_sft(args: argparse.Namespace) -> int:
     return 0
 
 
-def add_interpolate_parser(sub: argparse._SubParsersAction) -> None:
+def add_interpolate_arguments(p: argparse.ArgumentParser) -> None:
     from mathloop.train import interpolate
 
-    p = sub.add_parser("interpolate", help=HELP["interpolate"], description=interpolate.__doc__,
-                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.description = interpolate.__doc__
+    p.formatter_class = argparse.RawDescriptionHelpFormatter
     p.add_argument("--base", required=True, help="the starting model: folder, .gguf file or embedded name (default)")
     p.add_argument("--tuned", required=True, help="the fine-tuned model (a folder with the same weights' names)")
     p.add_argument("--alpha", type=float, required=True, help="0 gives the base, 1 the tuned model")
@@ -635,34 +395,16 @@ def cmd_interpolate(args: argparse.Namespace) -> int:
     return 0
 
 
-def add_synthesize_parser(sub: argparse._SubParsersAction) -> None:
-    from mathloop.pipeline.evolve import OPERATIONS
-    from mathloop.pipeline.evolve import SynthesizeConfig as C
+def add_synthesize_arguments(p: argparse.ArgumentParser) -> None:
+    from mathloop.pipeline.evolve import SynthesizeConfig
 
-    p = sub.add_parser("synthesize", help=HELP["synthesize"], description=(
+    p.description = (
         "MuggleMath-style problem synthesis: the model rewrites each seed problem into --variants new ones (change "
         "the numbers, add fractions or percentages, add a condition, combine with a concept, ask for another "
         "quantity), answers each new problem --answers times, and keeps those whose majority answer holds at least "
         "--min-agreement of the answers, with that answer as gold. Kept problems go to --out, rejected candidates "
-        "with their reasons to <out>.rejected.jsonl; re-running the same command skips the seeds already done."))
-    add_config_argument(p, C)
-    setting(p, C, "--model", help="embedded name (default, smollm2), folder or Hub id")
-    setting(p, C, "--seeds", help="'<benchmark>:<split>:<count>' from the data folder (e.g. gsm8k:train:100) or a "
-                                  "Problem JSONL file")
-    setting(p, C, "--out", help="JSONL file of the kept problems (appended; resumed when it exists)")
-    setting(p, C, "--variants", dest="variants_per_seed", type=_positive_int, help="new problems per seed, one "
-                                                                                   "operation each")
-    setting(p, C, "--answers", dest="n_answers", type=_positive_int, help="sampled solutions per new problem")
-    setting(p, C, "--min-agreement", type=float, help="share of the solutions the majority answer needs")
-    setting(p, C, "--operations", type=_csv, help=f"comma-separated subset of {', '.join(OPERATIONS)} (default: all)")
-    setting(p, C, "--max-new-tokens", type=_positive_int, help="per solution")
-    setting(p, C, "--evolve-max-new-tokens", type=_positive_int, help="per rewritten problem")
-    setting(p, C, "--seed", type=int, help="operation choice and sampling")
-    setting(p, C, "--chunk-size", type=_positive_int, help="seeds per written chunk")
-    setting(p, C, "--decontaminate", action="store_true",
-            help="reject new problems that match a test item of any benchmark in the data folder")
-    setting(p, C, "--data-dir", help="benchmark folder (default: $MATHLOOP_DATA_DIR)")
-    add_backend_arguments(p, C)
+        "with their reasons to <out>.rejected.jsonl; re-running the same command skips the seeds already done.")
+    add_config_argument(p, SynthesizeConfig)
 
 
 def cmd_synthesize(args: argparse.Namespace) -> int:
@@ -678,55 +420,23 @@ def cmd_synthesize(args: argparse.Namespace) -> int:
     return 0
 
 
-def add_corpus_parser(sub: argparse._SubParsersAction) -> None:
-    from mathloop.corpus.build import CorpusConfig as C
-    from mathloop.corpus.qa import QAConfig as Q
+def add_corpus_arguments(p: argparse.ArgumentParser) -> None:
+    from mathloop.corpus.build import CorpusConfig
+    from mathloop.corpus.qa import QAConfig
 
-    p = sub.add_parser("corpus", help=HELP["corpus"], description=(
+    p.description = (
         "The pre-training half (docs/corpus.md; pip install 'mathloop[corpus]'): `build` recalls math documents from "
         "web data with a fastText classifier and filters them (decontamination, MinHash dedup, quality scores) on "
         "datatrove; `qa` writes question-answer pairs from kept documents; `sample` writes a small labelled web "
-        "corpus to try it offline. Continued pre-training: `mathloop sft --data <text rows>`."))
+        "corpus to try it offline. Continued pre-training: `mathloop sft --data <text rows>`.")
     actions = p.add_subparsers(dest="action", required=True)
     b = actions.add_parser("build", help="build a math corpus from web documents (resumable output folder)",
                            description="See `mathloop.corpus.build`: classifier (with iterative recall), filter "
                                        "(classifier, decontamination), MinHash dedup, quality; stats.json per step.")
-    add_config_argument(b, C)
-    setting(b, C, "--input", dest="inputs", action="append",
-            help="a .jsonl[.gz] / .parquet / .warc[.gz] / .wet[.gz] file, a folder of them, or "
-                 "hf:<dataset id>[:config][@split] (streamed); repeat for several")
-    setting(b, C, "--out", help="output folder (re-running resumes)")
-    setting(b, C, "--positives", action="append", help="math text file (JSONL \"text\" or one document a line)")
-    setting(b, C, "--negatives", action="append", help="non-math text file, same forms")
-    setting(b, C, "--eval-file", help="labelled JSONL (text, label: math|other) for the classifier's precision/recall")
-    setting(b, C, "--classifier-model", help="a trained fastText model.bin (no training)")
-    setting(b, C, "--threshold", type=float, help="P(math) a document needs")
-    setting(b, C, "--rounds", type=int, help="iterative recall rounds after the seed classifier")
-    setting(b, C, "--random-negatives", type=int, help="input documents sampled as negatives for the seed round")
-    setting(b, C, "--quality-model", help="small model for quality scores (default, smollm2, a folder); off if unset")
-    setting(b, C, "--quality-threshold", type=float, help="P(yes) a document needs")
-    setting(b, C, "--no-decontaminate", dest="decontaminate", action="store_const", const=False,
-            help="skip decontamination")
-    setting(b, C, "--no-dedup", dest="dedup", action="store_const", const=False, help="skip MinHash deduplication")
-    setting(b, C, "--executor", choices=["local", "slurm", "ray"], help="datatrove executor")
-    setting(b, C, "--tasks", type=_positive_int, help="parallel tasks (input files are sharded over them)")
-    setting(b, C, "--workers", type=_positive_int, help="local executor: processes at once")
-    setting(b, C, "--limit", type=int, help="documents per reader (-1: all)")
-    setting(b, C, "--data-dir", help="benchmark folder (default: $MATHLOOP_DATA_DIR)")
+    add_config_argument(b, CorpusConfig)
     q = actions.add_parser("qa", help="question-answer pairs from corpus documents, kept when self-consistent",
                            description="See `mathloop.corpus.qa`. Re-running the same command skips done documents.")
-    add_config_argument(q, Q)
-    setting(q, Q, "--corpus", help="corpus folder (<build out>/corpus) or JSONL file of {\"text\"}")
-    setting(q, Q, "--out", help="JSONL file of kept pairs (rejected ones beside it)")
-    setting(q, Q, "--model", help="embedded name (default, smollm2), folder or Hub id")
-    setting(q, Q, "--format", choices=["sft", "text"], help="SFT rows or pre-training text rows")
-    setting(q, Q, "--answers", dest="n_answers", type=_positive_int, help="solutions per question")
-    setting(q, Q, "--min-agreement", type=float, help="share of the solutions the majority answer needs")
-    setting(q, Q, "--require-reference", action="store_const", const=True,
-            help="also require the majority answer to equal the document's answer")
-    setting(q, Q, "--max-new-tokens", type=_positive_int, help="per solution")
-    setting(q, Q, "--limit", type=_positive_int, help="documents to use")
-    add_backend_arguments(q, Q)
+    add_config_argument(q, QAConfig)
     t = actions.add_parser("text", help="a built corpus as {\"text\"} rows for continued pre-training (mathloop sft)")
     t.add_argument("--corpus", required=True, help="corpus folder (<build out>/corpus) or JSONL file")
     t.add_argument("--out", required=True, help="JSONL file to write")
@@ -763,10 +473,10 @@ def cmd_corpus(args: argparse.Namespace) -> int:
     return 0
 
 
-def add_data_parser(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("data", help=HELP["data"], description=(
+def add_data_arguments(p: argparse.ArgumentParser) -> None:
+    p.description = (
         "Benchmarks are read from --data-dir / $MATHLOOP_DATA_DIR when given, else from the test sets packaged with "
-        "mathloop (those whose licence allows it), else not at all; `--data-source hub` reads the Hub instead."))
+        "mathloop (those whose licence allows it), else not at all; `--data-source hub` reads the Hub instead.")
     actions = p.add_subparsers(dest="action", required=True)
     ls = actions.add_parser("list", help="each benchmark: where it is read from, version, rows, licence")
     ls.add_argument("--data-dir", default=None, help="benchmark folder (default: $MATHLOOP_DATA_DIR)")
@@ -796,25 +506,70 @@ def cmd_data(args: argparse.Namespace) -> int:
     return 0
 
 
-# Each command's one-line help, listed by `mathloop --help`.
-HELP = {
-    "eval": "evaluate a model on benchmarks",
-    "grade": "re-grade samples produced elsewhere",
-    "compare": "paired comparison of two runs on the problems both have",
-    "exec": "run a Python file in the TIR sandbox",
-    "rm": "train a reward model",
-    "score": "add reward-model scores to samples",
-    "sample": "sample graded responses to training problems",
-    "select": "pick the best responses per problem as SFT data",
-    "loop": "run self-improvement rounds from a YAML config",
-    "demo": "one round of the loop on the embedded model, sized for a laptop CPU",
-    "grpo": "reinforcement learning of a policy with GRPO",
-    "sft": "supervised fine-tuning on prompt-completion chat rows (TRL)",
-    "synthesize": "new problems evolved from seed problems",
-    "interpolate": "a model part of the way from a checkpoint to its fine-tuned one",
-    "data": "list or pull the benchmark data",
-    "corpus": "build a math pre-training corpus, QA pairs from it, or a sample corpus",
-    "report": "one self-contained HTML page of runs (plots, tables, sample browser)",
+def add_report_arguments(p: argparse.ArgumentParser) -> None:
+    from mathloop import report
+
+    p.description = report.__doc__
+    p.formatter_class = argparse.RawDescriptionHelpFormatter
+    p.add_argument("runs", nargs="+", metavar="RUN",
+                   help="eval folder, loop folder, rm/sft/grpo output folder, or graded JSONL file; several are shown "
+                        "side by side and paired with the first")
+    p.add_argument("--out", default="report.html", help="HTML file to write (default: %(default)s)")
+    p.add_argument("--title", default=None, help="page title (default: the run names)")
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from mathloop.report import build_report
+
+    print(json.dumps(build_report(args.runs, args.out, title=args.title)))
+    return 0
+
+
+@dataclasses.dataclass(frozen=True)
+class Command:
+    """A `mathloop` command: its line in `mathloop --help`, the function that adds its flags to its parser (and
+    imports what they need, so only the command being run pays for that) and the function that runs it."""
+
+    help: str
+    add_arguments: Callable[[argparse.ArgumentParser], None]
+    run: Callable[[argparse.Namespace], int]
+
+
+# Every command, in the order `mathloop --help` lists them: a new command is one entry here.
+COMMANDS = {
+    "eval": Command("generate, verify and score a model on benchmarks (resumable run folder)",
+                    add_eval_arguments, cmd_eval),
+    "grade": Command("re-grade samples produced elsewhere (mathloop's or the official harness's output)",
+                     add_grade_arguments, cmd_grade),
+    "compare": Command("paired comparison of two runs (delta with interval, McNemar p) on their shared problems",
+                       add_compare_arguments, cmd_compare),
+    "exec": Command("run one Python file in the sandbox that TIR uses, print a JSON result",
+                    add_exec_arguments, cmd_exec),
+    "rm": Command("reward model: `rm train` trains one on graded samples (resumable run folder)",
+                  add_rm_arguments, cmd_rm),
+    "score": Command("add reward-model scores (rm_score) to samples", add_score_arguments, cmd_score),
+    "sample": Command("sample graded responses to training problems (several temperatures, resumable, shardable)",
+                      add_sample_arguments, cmd_sample),
+    "select": Command("pick the best responses per problem (RM score, majority pseudo-labels) as SFT chat rows",
+                      add_select_arguments, cmd_select),
+    "loop": Command("self-improvement rounds from a YAML config (sample, RM, select, SFT, eval, GRPO)",
+                    add_loop_arguments, cmd_loop),
+    "demo": Command("one round of the loop on the embedded model, sized for a laptop CPU: before/after accuracy",
+                    add_demo_arguments, cmd_demo),
+    "grpo": Command("reinforcement learning of a policy with GRPO (resumable run folder)", add_grpo_arguments,
+                    cmd_grpo),
+    "sft": Command("supervised fine-tuning on prompt-completion chat rows with TRL (resumable run folder)",
+                   add_sft_arguments, cmd_sft),
+    "interpolate": Command("base + alpha * (tuned - base): a model part of the way from a checkpoint to its "
+                           "fine-tuned one", add_interpolate_arguments, cmd_interpolate),
+    "synthesize": Command("new problems evolved from seed problems, answered by majority vote (resumable)",
+                          add_synthesize_arguments, cmd_synthesize),
+    "data": Command("the benchmark data: `data list` (sources, versions, licences), `data pull` (harness layout)",
+                    add_data_arguments, cmd_data),
+    "corpus": Command("the pre-training half: `corpus build` (math corpus from web data), `corpus qa`, "
+                      "`corpus sample`", add_corpus_arguments, cmd_corpus),
+    "report": Command("one self-contained HTML page of runs: metrics, comparison, plots, sample browser",
+                      add_report_arguments, cmd_report),
 }
 
 
@@ -824,24 +579,27 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     parser = _Parser(prog="mathloop", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("-v", "--verbose", action="store_true", help="log debug information")
     parser.add_argument("--version", action="version", version=f"mathloop {__version__}")
-    sub = parser.add_subparsers(dest="command", required=True)
-    for name, add in ADD_PARSER.items():
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND", title="commands")
+    for name, entry in COMMANDS.items():
+        p = sub.add_parser(name, help=entry.help)
         if command is None or command == name:
-            add(sub)
-        else:
-            sub.add_parser(name, help=HELP[name])
-        add_quiet_flag(sub.choices[name])
-        add_settings_flags(sub.choices[name])
+            entry.add_arguments(p)
+        add_quiet_flag(p)
+        add_settings_flags(p)
     return parser
 
 
 def add_settings_flags(p: argparse.ArgumentParser) -> None:
     """On a command and each of its actions with a settings class (`add_config_argument`): a flag for every field
-    of that class not declared by hand, made from the field (`mathloop.config.add_field_flags`)."""
+    of that class not declared by hand, made from the field (`mathloop.config.add_field_flags`), and the backend
+    flags where the class has `backend_args`."""
     from mathloop.config import add_field_flags
 
-    if getattr(p, "settings_class", None) is not None:
-        add_field_flags(p, p.settings_class)
+    cls = getattr(p, "settings_class", None)
+    if cls is not None:
+        add_field_flags(p, cls)
+        if "backend_args" in {f.name for f in dataclasses.fields(cls)}:
+            add_backend_arguments(p)
     for action in p._actions:
         if isinstance(action, argparse._SubParsersAction):
             for child in action.choices.values():
@@ -872,11 +630,9 @@ def settings_markdown(parser: argparse.ArgumentParser | None = None) -> str:
     """docs/options.md: for each command with a settings class, every field with its flag, default, whether it is
     a resume key and its help, all read from the dataclass and the flags made from it
     (`python scripts/options_doc.py` writes the file; a test checks it is current)."""
-    import dataclasses
     import re
-    import sys
 
-    from mathloop.config import field_default, resume_keys
+    from mathloop.config import field_default, fields_own_first, resume_keys
 
     lines = ["# Settings of every command", "",
              "Generated from the settings dataclasses by `python scripts/options_doc.py` (a test fails when this page "
@@ -884,14 +640,19 @@ def settings_markdown(parser: argparse.ArgumentParser | None = None) -> str:
              "the file. A resume key must keep its value for a run folder to resume (`docs/runs.md`).", "",
              "A new option is one field of the stage's dataclass, e.g. `warmup: int = field(default=0, metadata="
              "{\"help\": \"...\", \"resume\": True})`: its flag (`--warmup`, type from the annotation), help, YAML "
-             "key, run record entry and resume check follow from it; then rerun the script above.", ""]
+             "key, run record entry and resume check follow from it; then rerun the script above. Where the "
+             "annotation does not say enough, the metadata does: `\"flags\": (\"--learning-rate\", \"--lr\")`, "
+             "`\"type\": positive_int` (`mathloop.config`), `\"choices\": [...]`, `\"action\": \"append\"`.", ""]
     for path, p in settings_parsers(parser or build_parser()):
         cls = p.settings_class
-        keys = getattr(sys.modules[cls.__module__], "_RESUME_KEYS", None) or resume_keys(cls) or None
+        keys = resume_keys(cls) or None
+        narrowed = getattr(sys.modules[cls.__module__], "_RESUME_KEYS", None)  # a stage that narrows its fields'
+        if keys and narrowed is not None and set(narrowed) < set(keys):  # (GRPO: sampler options may change)
+            keys = narrowed
         flags = {action.dest: action for action in p._actions if action.option_strings}
         lines += [f"## mathloop {' '.join(path)} ({cls.__name__})", "",
                   "| field | flag | default | resume key | what it does |", "|---|---|---|---|---|"]
-        for f in dataclasses.fields(cls):
+        for f in fields_own_first(cls):
             action = flags.get(f.name)
             default = field_default(cls, f.name)
             shown = "required" if default is dataclasses.MISSING else f"`{default!r}`"
@@ -904,44 +665,13 @@ def settings_markdown(parser: argparse.ArgumentParser | None = None) -> str:
     return "\n".join(lines)
 
 
-def add_report_parser(sub: argparse._SubParsersAction) -> None:
-    from mathloop import report
-
-    p = sub.add_parser("report", help=HELP["report"],
-                       description=report.__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("runs", nargs="+", metavar="RUN",
-                   help="eval folder, loop folder, rm/sft/grpo output folder, or graded JSONL file; several are shown "
-                        "side by side and paired with the first")
-    p.add_argument("--out", default="report.html", help="HTML file to write (default: %(default)s)")
-    p.add_argument("--title", default=None, help="page title (default: the run names)")
-
-
-def cmd_report(args: argparse.Namespace) -> int:
-    from mathloop.report import build_report
-
-    print(json.dumps(build_report(args.runs, args.out, title=args.title)))
-    return 0
-
-
-ADD_PARSER = {"eval": add_eval_parser, "grade": add_grade_parser, "compare": add_compare_parser,
-              "exec": add_exec_parser, "rm": add_rm_parser, "score": add_score_parser, "sample": add_sample_parser,
-              "select": add_select_parser, "loop": add_loop_parser, "demo": add_demo_parser, "grpo": add_grpo_parser,
-              "sft": add_sft_parser, "interpolate": add_interpolate_parser, "synthesize": add_synthesize_parser, "data": add_data_parser,
-              "corpus": add_corpus_parser,
-              "report": add_report_parser}
-COMMANDS = {"eval": cmd_eval, "grade": cmd_grade, "compare": cmd_compare, "exec": cmd_exec, "rm": cmd_rm, "score": cmd_score,
-            "sample": cmd_sample, "select": cmd_select, "loop": cmd_loop, "demo": cmd_demo, "grpo": cmd_grpo,
-            "sft": cmd_sft, "interpolate": cmd_interpolate, "synthesize": cmd_synthesize, "data": cmd_data, "corpus": cmd_corpus,
-            "report": cmd_report}
-
-
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     command = next((a for a in argv if not a.startswith("-")), None)
-    args = build_parser(command if command in HELP else None).parse_args(argv)
+    args = build_parser(command if command in COMMANDS else None).parse_args(argv)
     configure_output(verbose=args.verbose, quiet=args.quiet)
     try:
-        return COMMANDS[args.command](args)
+        return COMMANDS[args.command].run(args)
     except USER_ERRORS as e:
         print(f"mathloop {args.command}: error: {_error_line(e, args)}", file=sys.stderr)
         return 2

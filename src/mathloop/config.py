@@ -1,10 +1,12 @@
 """Settings: every stage's settings are one dataclass, read from YAML with command-line overrides.
 
-The dataclass holds each default, once. `settings_from_dict` builds it from a YAML mapping plus overrides (the
-flags); `add_setting_flag` declares a flag for a field: its default is None ("not given"), and its help shows the
-field's default, read from the dataclass. One rule for all of them: an unknown key is an error that names it (a typo must not silently fall back to a
-default), a value of the wrong type names its key (`epochs: two`), an override of None means "not given on the
-command line", and a missing required key names itself. A malformed YAML file is named with its line.
+The dataclass holds each default, help text and resume flag, once, in its fields (`metadata={"help": ...,
+"resume": True}`). `settings_from_dict` builds it from a YAML mapping plus overrides (the flags); `add_field_flags`
+makes a flag for every field (name, type, choices from the annotation or the metadata): its default is None ("not
+given"), and its help shows the field's default. One rule for all of them: an unknown key is an error that names it
+(a typo must not silently fall back to a default), a value of the wrong type names its key (`epochs: two`), an
+override of None means "not given on the command line", and a missing required key names itself. A malformed YAML
+file is named with its line.
 """
 
 from __future__ import annotations
@@ -130,37 +132,110 @@ def add_setting_flag(parser: Any, cls: type, flag: str, *aliases: str, dest: str
     return parser.add_argument(flag, *aliases, dest=dest, default=None, help=help, **kwargs)
 
 
-def add_field_flags(parser: Any, cls: type) -> list[str]:
-    """A flag for every field of the dataclass `cls` that `parser` has no flag for yet (the hand-written flags of a
-    command keep their names, types and help): `--field-name`, its help from the field's `metadata["help"]` and
-    its type from the field's annotation (a bool defaulting to False is a switch, another bool gets `--x/--no-x`, a
-    Literal gives choices, a list takes comma-separated values, a mapping takes JSON). Returns the fields added, so
-    a new field of a stage's settings is a flag with help (and a YAML key) without any other change."""
-    import argparse
+# Field metadata keys that shape a field's flag, besides "help" (and "resume", which is not about flags): "flags"
+# are its option strings (default `--field-name`; e.g. ("--learning-rate", "--lr")), the others go to argparse as
+# they are and replace what the annotation gives ("type": positive_int, "choices": [...], "action": "append").
+FLAG_METADATA = ("flags", "type", "choices", "action", "nargs", "const", "metavar")
 
+
+def add_field_flags(parser: Any, cls: type) -> list[str]:
+    """A flag for every field of the dataclass `cls` that `parser` has no flag for yet: `--field-name`, its help
+    from the field's `metadata["help"]` and its type from the field's annotation (a bool defaulting to False is a
+    switch, another bool gets `--x/--no-x`, a Literal gives choices, a list takes comma-separated values, a mapping
+    takes JSON), or from the field's `FLAG_METADATA` where it has them (an "action" there replaces everything the
+    annotation gives). Returns the fields added, so a new field of a stage's settings is a flag with help (and a
+    YAML key) without any other change."""
     hints = typing.get_type_hints(cls)
     taken = {action.dest for action in parser._actions}
     added = []
-    for f in dataclasses.fields(cls):
+    for f in fields_own_first(cls):
         if f.name in taken:
             continue
-        hint, kwargs = _optional_inner(hints.get(f.name, str)), {}
-        default = field_default(cls, f.name)
-        if hint is bool:
-            kwargs["action"] = "store_true" if default is False else argparse.BooleanOptionalAction
-        elif typing.get_origin(hint) is Literal:
-            kwargs["choices"] = list(typing.get_args(hint))
-        elif hint in (int, float):
-            kwargs["type"] = hint
-        elif hint in (list, tuple) or typing.get_origin(hint) in (list, tuple):
-            item = (typing.get_args(hint) or (str,))[0]
-            kwargs["type"], kwargs["metavar"] = _csv_of(item if item in (int, float) else str), "A,B"
-        elif hint is dict or typing.get_origin(hint) is dict:
-            kwargs["type"], kwargs["metavar"] = _json_mapping, "JSON"
-        add_setting_flag(parser, cls, "--" + f.name.replace("_", "-"), dest=f.name,
-                         help=f.metadata.get("help", ""), **kwargs)
+        given = {key: f.metadata[key] for key in FLAG_METADATA if key in f.metadata}
+        kwargs = {} if "action" in given else _annotation_flag(hints.get(f.name, str), field_default(cls, f.name))
+        kwargs.update(given)
+        flags = kwargs.pop("flags", None) or ("--" + f.name.replace("_", "-"),)
+        add_setting_flag(parser, cls, *flags, dest=f.name, help=f.metadata.get("help", ""), **kwargs)
         added.append(f.name)
     return added
+
+
+def fields_own_first(cls: type) -> list[dataclasses.Field]:
+    """The fields of the dataclass `cls`, those it declares itself first (a stage's own settings before the
+    sampler and Ray options it inherits), each group in field order: the order of its flags and docs rows."""
+    own = cls.__dict__.get("__annotations__", {})
+    return sorted(dataclasses.fields(cls), key=lambda f: f.name not in own)
+
+
+def _annotation_flag(hint: Any, default: Any) -> dict[str, Any]:
+    """The argparse settings a field's annotation gives its flag (see `add_field_flags`)."""
+    import argparse
+
+    hint = _optional_inner(hint)
+    if hint is bool:
+        return {"action": "store_true" if default is False else argparse.BooleanOptionalAction}
+    if typing.get_origin(hint) is Literal:
+        return {"choices": list(typing.get_args(hint))}
+    if hint in (int, float):
+        return {"type": hint}
+    if hint in (list, tuple) or typing.get_origin(hint) in (list, tuple):
+        item = (typing.get_args(hint) or (str,))[0]
+        return {"type": _csv_of(item if item in (int, float) else str), "metavar": "A,B"}
+    if hint is dict or typing.get_origin(hint) is dict:
+        return {"type": _json_mapping, "metavar": "JSON"}
+    return {}
+
+
+def positive_int(text: str) -> int:
+    """argparse type for a field's metadata ({"type": positive_int}): an integer >= 1."""
+    return _int_at_least(text, 1)
+
+
+def non_negative_int(text: str) -> int:
+    """argparse type: an integer >= 0."""
+    return _int_at_least(text, 0)
+
+
+def _int_at_least(text: str, minimum: int) -> int:
+    import argparse
+
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= {minimum}, got {text!r}") from None
+    if value < minimum:
+        raise argparse.ArgumentTypeError(f"must be >= {minimum}, got {value}")
+    return value
+
+
+def positive_float(text: str) -> float:
+    """argparse type: a number > 0."""
+    import argparse
+
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number > 0, got {text!r}") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be > 0, got {text}")
+    return value
+
+
+def temperature_list(text: str) -> list[float]:
+    """argparse type: comma-separated temperatures >= 0, at least one.
+
+    >>> temperature_list("0.7, 1.0")
+    [0.7, 1.0]
+    """
+    import argparse
+
+    try:
+        values = [float(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated numbers such as 0.7,1.0, got {text!r}") from None
+    if not values or any(not t >= 0 for t in values):
+        raise argparse.ArgumentTypeError(f"expected one or more temperatures >= 0, got {text!r}")
+    return values
 
 
 def _optional_inner(hint: Any) -> Any:

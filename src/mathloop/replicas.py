@@ -37,6 +37,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from mathloop.backends.base import SamplingParams
+from mathloop.config import positive_int
 from mathloop.records import JsonlAppender, Problem, Sample
 
 log = logging.getLogger(__name__)
@@ -53,12 +54,14 @@ class RayOptions:
     fast a run goes, never what it writes, so they may change between runs of one folder."""
 
     ray_address: str | None = field(default=None, metadata={
-        "help": "run generation on Ray actors: 'local' starts a cluster on this machine, 'auto' joins the running "
-                "one, ray://HOST:10001 a remote one"})
-    ray_replicas: int = field(default=2, metadata={"help": "Ray: generation replicas (actors), one backend each"})
+        "flags": ("--ray",), "nargs": "?", "const": "local", "metavar": "ADDRESS",
+        "help": "generate on Ray actors: no ADDRESS (or 'local') starts a cluster on this machine, 'auto' joins the "
+                "running one, ray://HOST:10001 a remote one (pip install 'mathloop[ray]')"})
+    ray_replicas: int = field(default=2, metadata={"type": positive_int,
+        "help": "Ray: generation replicas (actors), one backend each"})
     ray_num_cpus: float = field(default=1.0, metadata={"help": "Ray: CPUs per replica"})
     ray_num_gpus: float = field(default=0.0, metadata={"help": "Ray: GPUs per replica (vllm, hf on CUDA)"})
-    ray_chunk: int | None = field(default=None, metadata={
+    ray_chunk: int | None = field(default=None, metadata={"type": positive_int,
         "help": "Ray: problems per chunk handed to a replica (default: the chunk of a run without Ray)"})
 
 

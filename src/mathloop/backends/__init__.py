@@ -47,6 +47,13 @@ def backend_names() -> list[str]:
 
 
 AUTO = "auto"
+# The field metadata of a generating stage's `backend` setting (`field(default=AUTO, metadata=BACKEND_SETTING)`):
+# its flag's choices and help, from the registry.
+BACKEND_SETTING: dict[str, Any] = {
+    "choices": [AUTO, *backend_names()],
+    "help": f"{AUTO} = openvino with int8 weights where OpenVINO GenAI is installed and there is no CUDA GPU, else hf "
+            "(run.json names the one that ran); "
+            + "; ".join(f"{name} = {BACKENDS[name].about}" for name in backend_names())}
 # What `auto` gives the openvino backend: int8 weights, its fast setting (its speed and accuracy against hf:
 # docs/results.md, "Generation engines").
 AUTO_OPENVINO_ARGS: dict[str, Any] = {"weight_format": "int8"}

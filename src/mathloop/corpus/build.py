@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from mathloop.config import positive_int
 from mathloop.corpus.classifier import ClassifierConfig
 from mathloop.corpus.dedup import DedupSettings
 
@@ -43,29 +44,41 @@ class CorpusConfig(ClassifierConfig):
     """Every setting of `mathloop corpus build` (YAML keys use these names); the classifier's fields are
     `ClassifierConfig`'s."""
 
-    inputs: list[str] = field(default_factory=list)  # files, folders or hf:<dataset id>[:config][@split]
-    out: str = ""  # output folder
-    positives: list[str] = field(default_factory=list)  # math text files (JSONL "text" or one document a line)
-    negatives: list[str] = field(default_factory=list)  # non-math text files, same forms
+    inputs: list[str] = field(default_factory=list, metadata={"flags": ("--input",), "action": "append",
+        "help": "a .jsonl[.gz] / .parquet / .warc[.gz] / .wet[.gz] file, a folder of them, or "
+                "hf:<dataset id>[:config][@split] (streamed); repeat for several"})
+    out: str = field(default="", metadata={"help": "output folder (re-running resumes)"})
+    positives: list[str] = field(default_factory=list, metadata={"action": "append",
+        "help": "math text file (JSONL \"text\" or one document a line); repeat for several"})
+    negatives: list[str] = field(default_factory=list, metadata={"action": "append",
+        "help": "non-math text file, same forms"})
     benchmark_seeds: bool = field(default=True, metadata={"help": "the benchmarks' training splits are seed positives"})
-    eval_file: str | None = None  # labelled JSONL ("text", "label": math|other) for the classifier's precision/recall
-    classifier_model: str | None = None  # a trained fastText model.bin: no training
-    data_dir: str | None = None  # benchmark folder (default: $MATHLOOP_DATA_DIR, else the packaged data)
+    eval_file: str | None = field(default=None, metadata={
+        "help": "labelled JSONL (text, label: math|other) for the classifier's precision/recall"})
+    classifier_model: str | None = field(default=None, metadata={
+        "help": "a trained fastText model.bin (no training)"})
+    data_dir: str | None = field(default=None, metadata={
+        "help": "benchmark folder (default: $MATHLOOP_DATA_DIR, else the packaged data)"})
     text_key: str = field(default="text", metadata={"help": "the text field of JSONL, Parquet and Hub rows"})
-    limit: int = -1  # documents per reader (-1: all), for a first look at a big dump
-    decontaminate: bool = True  # 13-gram + LCS against every available benchmark's test split
+    limit: int = field(default=-1, metadata={
+        "help": "documents per reader (-1: all), for a first look at a big dump"})
+    decontaminate: bool = field(default=True, metadata={"flags": ("--no-decontaminate",), "action": "store_false",
+        "help": "skip decontamination (13-gram + LCS against every available benchmark's test split)"})
     decontaminate_benchmarks: list[str] | None = field(default=None, metadata={
         "help": "only these benchmarks (None: every available one)"})
-    dedup: bool = True  # MinHash near-duplicate removal
+    dedup: bool = field(default=True, metadata={"flags": ("--no-dedup",), "action": "store_false",
+        "help": "skip MinHash near-duplicate removal"})
     minhash_ngrams: int = field(default=5, metadata={"help": "dedup: word n-gram length of the MinHash shingles"})
     minhash_buckets: int = field(default=14, metadata={"help": "dedup: MinHash LSH buckets"})
     minhash_hashes_per_bucket: int = field(default=8, metadata={"help": "dedup: hashes per MinHash bucket"})
-    quality_model: str | None = None  # small model scoring quality ("default", "smollm2", a folder); None: off
-    quality_threshold: float = 0.5  # keep documents with P(yes) >= this
+    quality_model: str | None = field(default=None, metadata={
+        "help": "small model for quality scores (default, smollm2, a folder); off if unset"})
+    quality_threshold: float = field(default=0.5, metadata={"help": "P(yes) a document needs"})
     quality_batch_size: int = field(default=8, metadata={"help": "quality model: documents per forward batch"})
-    executor: str = "local"  # local | slurm | ray
-    tasks: int = 1  # parallel tasks of the filter and final stages (input files are sharded over them)
-    workers: int = 1  # local executor: processes at once
+    executor: str = field(default="local", metadata={"choices": list(EXECUTORS), "help": "datatrove executor"})
+    tasks: int = field(default=1, metadata={"type": positive_int,
+        "help": "parallel tasks of the filter and final stages (input files are sharded over them)"})
+    workers: int = field(default=1, metadata={"type": positive_int, "help": "local executor: processes at once"})
     executor_args: dict[str, Any] = field(default_factory=dict, metadata={
         "help": "slurm: partition, time, ...; ray: cpus_per_task..."})
 

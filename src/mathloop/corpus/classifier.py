@@ -49,8 +49,9 @@ def classifier_text(text: str) -> str:
 class ClassifierConfig:
     """Training and recall settings (recorded in the run's classifier report)."""
 
-    threshold: float = 0.5  # a document is math when P(math) >= this (the filter's cut)
-    rounds: int = 2  # recall rounds after the seed round (0: the seed classifier only)
+    threshold: float = field(default=0.5, metadata={"help": "P(math) a document needs (the filter's cut)"})
+    rounds: int = field(default=2, metadata={
+        "help": "iterative recall rounds after the seed classifier (0: the seed classifier only)"})
     recall_threshold: float = field(default=0.9, metadata={
         "help": "P(math) at which a pool document joins the positives"})
     negative_threshold: float = field(default=0.1, metadata={
@@ -60,8 +61,11 @@ class ClassifierConfig:
     domain_min_docs: int = field(default=3, metadata={"help": "domains with fewer pool documents are not widened"})
     domain_threshold: float = field(default=0.5, metadata={
         "help": "score a document of a widened domain needs to join the positives"})
-    random_negatives: int = -1  # input documents sampled as negatives for the seed round; -1: 2000 when no
-    # negatives are given, else none (a sample of a web dump is mostly not math; of a math-rich input it is not)
+    # -1: 2000 when no negatives are given, else none (a sample of a web dump is mostly not math; of a math-rich
+    # input it is not)
+    random_negatives: int = field(default=-1, metadata={
+        "help": "input documents sampled as negatives for the seed round (-1: 2000 when no --negatives are given, "
+                "else none)"})
     pool_size: int = field(default=20000, metadata={"help": "input documents scored in each recall round"})
     max_seed_positives: int = field(default=20000, metadata={"help": "benchmark training items used as seed positives"})
     epoch: int = field(default=10, metadata={"help": "classifier: fastText training epochs"})

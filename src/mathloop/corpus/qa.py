@@ -26,7 +26,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
 
+from mathloop.backends import BACKEND_SETTING
 from mathloop.backends.base import Backend, SamplingParams
+from mathloop.config import positive_int
 from mathloop.records import Problem
 
 QA_PROMPT = """Read the text below and write one math question that it answers or teaches how to solve. The question \
@@ -48,19 +50,27 @@ FORMATS = ("sft", "text")
 class QAConfig:
     """Settings of `mathloop corpus qa` (YAML keys use these names)."""
 
-    corpus: str = ""  # a corpus folder (`mathloop corpus build`'s <out>/corpus) or a JSONL(.gz) file of {"text"}
-    out: str = ""  # JSONL file of the kept pairs (appended; resumed when it exists)
-    model: str = "default"  # embedded name (default, smollm2), folder or Hub id
-    backend: str = "auto"
+    corpus: str = dataclasses.field(default="", metadata={
+        "help": "corpus folder (<build out>/corpus) or JSONL(.gz) file of {\"text\"}"})
+    out: str = dataclasses.field(default="", metadata={
+        "help": "JSONL file of kept pairs, appended and resumed (rejected ones beside it)"})
+    model: str = dataclasses.field(default="default", metadata={
+        "help": "embedded name (default, smollm2), folder or Hub id"})
+    backend: str = dataclasses.field(default="auto", metadata=BACKEND_SETTING)
     backend_args: dict[str, Any] = dataclasses.field(default_factory=dict, metadata={
         "help": "backend settings as JSON (the backend flags such as --batch-size set the same keys)"})
-    n_answers: int = 4  # solutions per question
-    min_agreement: float = 0.5  # share of the solutions the majority answer needs
-    require_reference: bool = False  # also require the majority answer to equal the document's answer
-    format: str = "sft"  # sft (prompt-completion rows) or text (pre-training text rows)
+    n_answers: int = dataclasses.field(default=4, metadata={"flags": ("--answers",), "type": positive_int,
+        "help": "solutions per question"})
+    min_agreement: float = dataclasses.field(default=0.5, metadata={
+        "help": "share of the solutions the majority answer needs"})
+    require_reference: bool = dataclasses.field(default=False, metadata={
+        "help": "also require the majority answer to equal the document's answer"})
+    format: str = dataclasses.field(default="sft", metadata={"choices": list(FORMATS),
+        "help": "SFT rows (prompt-completion) or pre-training text rows"})
     max_chars: int = dataclasses.field(default=3000, metadata={"help": "document characters shown to the model"})
-    max_new_tokens: int = 1024  # per solution
-    limit: int | None = None  # documents to use (None: all)
+    max_new_tokens: int = dataclasses.field(default=1024, metadata={"type": positive_int, "help": "per solution"})
+    limit: int | None = dataclasses.field(default=None, metadata={"type": positive_int,
+        "help": "documents to use (default: all)"})
     chunk_size: int = dataclasses.field(default=16, metadata={"help": "documents per written chunk"})
     seed: int = dataclasses.field(default=0, metadata={"help": "sampling seed"})
 

@@ -31,7 +31,8 @@ from mathloop.backends.base import (
     SamplingParams,
     sampling_params,
 )
-from mathloop.config import resume_keys
+from mathloop.backends import BACKEND_SETTING
+from mathloop.config import non_negative_int, positive_float, positive_int, resume_keys
 from mathloop.data.benchmarks import data_record, get_benchmark, load_benchmark
 from mathloop.metrics import format_markdown, summarize
 from mathloop.generate import MODES, generate_and_grade, pending_problems
@@ -40,6 +41,7 @@ from mathloop.pipeline.generate import (generation_resources, load_stage_backend
                                        with_resolved_backend)
 from mathloop.replicas import RayOptions
 from mathloop.verify import same_answer
+from mathloop.tools.errors import UNSAFE_FILE_ACCESS_SETTING
 from mathloop.runs import (finish_run_record, lock_run_dir, read_json, record_backend, start_run_record, write_json,
                            write_text_atomic)
 
@@ -50,32 +52,47 @@ log = logging.getLogger(__name__)
 class EvalConfig(SamplerOptions, RayOptions):
     """Everything that decides what an evaluation produces (recorded in run.json)."""
 
-    out: str  # run folder (created; resumed when it exists)
-    model: str = field(default="default", metadata={"resume": True})
-    benchmarks: list[str] = field(default_factory=lambda: ["gsm8k"])
-    backend: str = field(default="auto", metadata={"resume": True,
-        "help": "a registered backend, or auto: openvino where installed and no GPU, else hf"})
-    mode: str = field(default="cot", metadata={"resume": True})
-    n: int = field(default=1, metadata={"resume": True})
-    temperature: float = field(default=0.0, metadata={"resume": True})
-    top_p: float = field(default=1.0, metadata={"resume": True})
-    max_new_tokens: int = field(default=SamplingParams.max_new_tokens, metadata={"resume": True})
-    seed: int = field(default=0, metadata={"resume": True})
-    limit: int | None = None
-    data_dir: str | None = None
-    data_source: str = "local"  # "local": data_dir, else the packaged data; "hub": the Hugging Face Hub
-    split: str = field(default="test", metadata={"resume": True})
-    shots: int | None = field(default=None, metadata={"resume": True, "help": "None: the benchmark's official setting"})
-    max_tool_calls: int = field(default=4, metadata={"resume": True, "help": "TIR: code executions per response"})
-    tool_timeout: float = 5.0  # TIR: seconds per code execution (the official harness's limit)
-    unsafe_sandbox_file_access: bool = False  # TIR on a host that cannot confine files: run cells unconfined anyway
+    out: str = field(metadata={"help": "run folder (created; resumed when it exists)"})
+    model: str = field(default="default", metadata={"resume": True,
+        "help": "'default' (embedded Qwen2.5-Coder-0.5B-Instruct), 'smollm2' (embedded SmolLM2-135M-Instruct), a "
+                "local folder or .gguf file, or a Hugging Face Hub id"})
+    benchmarks: list[str] = field(default_factory=lambda: ["gsm8k"], metadata={
+        "help": "comma-separated benchmark names, e.g. gsm8k,math500"})
+    backend: str = field(default="auto", metadata={**BACKEND_SETTING, "resume": True})
+    mode: str = field(default="cot", metadata={"resume": True, "choices": list(MODES),
+        "help": "cot = chain of thought; tir = tool-integrated reasoning, the model's Python runs in the sandbox"})
+    n: int = field(default=1, metadata={"resume": True, "type": positive_int, "help": "samples per problem"})
+    temperature: float = field(default=0.0, metadata={"resume": True, "help": "0 = greedy"})
+    top_p: float = field(default=1.0, metadata={"resume": True, "help": "nucleus sampling"})
+    max_new_tokens: int = field(default=SamplingParams.max_new_tokens, metadata={"resume": True,
+        "type": positive_int, "help": "per response"})
+    seed: int = field(default=0, metadata={"resume": True, "help": "sampling seed"})
+    limit: int | None = field(default=None, metadata={"type": positive_int,
+        "help": "first N problems of each benchmark (default: all)"})
+    data_dir: str | None = field(default=None, metadata={
+        "help": "benchmark folder in the official harness layout (default: $MATHLOOP_DATA_DIR); sets it lacks come "
+                "from the data packaged with mathloop"})
+    data_source: str = field(default="local", metadata={"choices": ["local", "hub"],
+        "help": "local = --data-dir, else the packaged data; hub = the Hugging Face Hub (pip install 'mathloop[hub]')"})
+    split: str = field(default="test", metadata={"resume": True, "help": "data split"})
+    shots: int | None = field(default=None, metadata={"resume": True, "type": non_negative_int,
+        "help": "few-shot examples for multiple-choice sets (default: the official setting, 5 for MC sets)"})
+    max_tool_calls: int = field(default=4, metadata={"resume": True, "type": non_negative_int,
+        "help": "tir: code executions per response"})
+    tool_timeout: float = field(default=5.0, metadata={"type": positive_float,
+        "help": "tir: seconds per execution (the official harness's limit)"})
+    unsafe_sandbox_file_access: bool = field(default=False, metadata=UNSAFE_FILE_ACCESS_SETTING)
     backend_args: dict[str, Any] = field(default_factory=dict, metadata={
         "help": "backend settings as JSON (the backend flags such as --batch-size set the same keys)"})
-    rm: str | None = None  # reward model (folder or Hub id) that scores every sample, for RM@k
-    rm_batch_size: int = 8
+    rm: str | None = field(default=None, metadata={
+        "help": "reward model (a `mathloop rm train` final/ folder or Hub id): scores every sample and adds RM@k "
+                "(best-of-k by RM score) next to Maj@k and pass@k; may be added to a finished run"})
+    rm_batch_size: int = field(default=8, metadata={"type": positive_int,
+        "help": "reward model: sequences per forward pass"})
     rm_max_length: int = field(default=4096, metadata={
         "help": "reward model: tokens per prompt + response; longer ones keep their end"})
-    rm_dtype: str | None = None  # default: bfloat16 where the device computes it natively, else float32
+    rm_dtype: str | None = field(default=None, metadata={
+        "help": "reward model dtype (default: bfloat16 where the device computes it natively, else float32)"})
 
     def validate(self) -> None:
         if self.mode not in MODES:

@@ -42,7 +42,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from mathloop.backends import BACKEND_SETTING
 from mathloop.backends.base import Backend, SamplingParams
+from mathloop.config import positive_int, resume_keys
 from mathloop.generate import generate, grade_samples, response_samples
 from mathloop.progress import progress_bar
 from mathloop.metrics import majority
@@ -130,15 +132,21 @@ class SynthesisReport:
 
 @dataclass(frozen=True)
 class EvolutionSettings:
-    """What decides the synthesized problems (recorded next to the output; a resumed file must keep it)."""
+    """What decides the synthesized problems (recorded next to the output; a resumed file must keep every field:
+    each is a resume key)."""
 
-    variants_per_seed: int = 2  # new problems asked for per seed, each by a different operation
-    n_answers: int = 4  # sampled solutions per new problem
-    min_agreement: float = 0.5  # share of the n solutions the majority answer needs
-    seed: int = 0  # operation choice per seed and sampling
-    operations: tuple[str, ...] = tuple(OPERATIONS)
-    evolve_sampling: SamplingParams = field(default_factory=lambda: EVOLVE_SAMPLING)
-    answer_sampling: SamplingParams = field(default_factory=lambda: ANSWER_SAMPLING)
+    variants_per_seed: int = field(default=2, metadata={"resume": True,
+        "help": "new problems asked for per seed, each by a different operation"})
+    n_answers: int = field(default=4, metadata={"resume": True, "help": "sampled solutions per new problem"})
+    min_agreement: float = field(default=0.5, metadata={"resume": True,
+        "help": "share of the n solutions the majority answer needs"})
+    seed: int = field(default=0, metadata={"resume": True, "help": "operation choice per seed and sampling"})
+    operations: tuple[str, ...] = field(default=tuple(OPERATIONS), metadata={"resume": True,
+        "help": "the operations a seed's variants are drawn from"})
+    evolve_sampling: SamplingParams = field(default_factory=lambda: EVOLVE_SAMPLING, metadata={"resume": True,
+        "help": "how a seed is rewritten into a new problem"})
+    answer_sampling: SamplingParams = field(default_factory=lambda: ANSWER_SAMPLING, metadata={"resume": True,
+        "help": "how a new problem's answers are sampled"})
 
     def validate(self) -> None:
         unknown = [op for op in self.operations if op not in OPERATIONS]
@@ -162,22 +170,34 @@ class SynthesizeConfig:
     training problems seed it and the loop sets `out`, `decontaminate` and `data_dir`); `evolution()` is the
     `EvolutionSettings` that decides the problems."""
 
-    seeds: str | int | None = None  # '<benchmark>:<split>:<count>' or a Problem JSONL file (loop: a count)
-    out: str | None = None  # JSONL file of the kept problems (appended; resumed when it exists)
-    model: str = "default"  # writes and answers the new problems: embedded name, folder or Hub id
-    backend: str = "auto"  # a registered backend, or auto: openvino where installed and no GPU, else hf
+    seeds: str | int | None = field(default=None, metadata={
+        "help": "'<benchmark>:<split>:<count>' from the data folder (e.g. gsm8k:train:100) or a Problem JSONL file "
+                "(the loop: how many of its training problems)"})
+    out: str | None = field(default=None, metadata={
+        "help": "JSONL file of the kept problems (appended; resumed when it exists)"})
+    model: str = field(default="default", metadata={"resume": True,
+        "help": "writes and answers the new problems: embedded name (default, smollm2), folder or Hub id"})
+    backend: str = field(default="auto", metadata=BACKEND_SETTING)
     backend_args: dict[str, Any] = field(default_factory=dict, metadata={
         "help": "backend settings as JSON (the backend flags such as --batch-size set the same keys)"})
-    variants_per_seed: int = EvolutionSettings.variants_per_seed  # new problems per seed, one operation each
-    n_answers: int = EvolutionSettings.n_answers  # sampled solutions per new problem
-    min_agreement: float = EvolutionSettings.min_agreement  # share of the solutions the majority answer needs
-    operations: list[str] | None = None  # a subset of OPERATIONS (None: all)
-    max_new_tokens: int = ANSWER_SAMPLING.max_new_tokens  # per answer
-    evolve_max_new_tokens: int = EVOLVE_SAMPLING.max_new_tokens  # per rewrite
-    seed: int = EvolutionSettings.seed  # operation choice and sampling
-    chunk_size: int = 32  # seeds per written chunk
-    decontaminate: bool = False  # reject new problems that match a test item of a benchmark in the data folder
-    data_dir: str | None = None  # benchmark folder (default: $MATHLOOP_DATA_DIR)
+    variants_per_seed: int = field(default=EvolutionSettings.variants_per_seed, metadata={"resume": True,
+        "flags": ("--variants",), "type": positive_int, "help": "new problems per seed, one operation each"})
+    n_answers: int = field(default=EvolutionSettings.n_answers, metadata={"resume": True,
+        "flags": ("--answers",), "type": positive_int, "help": "sampled solutions per new problem"})
+    min_agreement: float = field(default=EvolutionSettings.min_agreement, metadata={"resume": True,
+        "help": "share of the solutions the majority answer needs"})
+    operations: list[str] | None = field(default=None, metadata={"resume": True,
+        "help": f"comma-separated subset of {', '.join(OPERATIONS)} (default: all)"})
+    max_new_tokens: int = field(default=ANSWER_SAMPLING.max_new_tokens, metadata={"resume": True,
+        "type": positive_int, "help": "per solution"})
+    evolve_max_new_tokens: int = field(default=EVOLVE_SAMPLING.max_new_tokens, metadata={"resume": True,
+        "type": positive_int, "help": "per rewritten problem"})
+    seed: int = field(default=EvolutionSettings.seed, metadata={"resume": True,
+        "help": "operation choice and sampling"})
+    chunk_size: int = field(default=32, metadata={"type": positive_int, "help": "seeds per written chunk"})
+    decontaminate: bool = field(default=False, metadata={
+        "help": "reject new problems that match a test item of any benchmark in the data folder"})
+    data_dir: str | None = field(default=None, metadata={"help": "benchmark folder (default: $MATHLOOP_DATA_DIR)"})
 
     def validate(self) -> None:
         if self.chunk_size < 1:
@@ -443,8 +463,8 @@ def _seed_of(candidate_id: str) -> str:
     return candidate_id.rsplit("/evolved/", 1)[0]
 
 
-_RESUME_KEYS = ("model", "variants_per_seed", "n_answers", "min_agreement", "seed", "operations",
-                "evolve_sampling", "answer_sampling")
+# The record of a synthesis output: the model that wrote it and its `EvolutionSettings`, every field a resume key.
+_RESUME_KEYS = ("model", *resume_keys(EvolutionSettings))
 
 
 def _check_run_record(out: Path, backend: Backend, config: EvolutionSettings) -> None:

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from mathloop.metrics import format_markdown, summarize
-from mathloop.records import VERDICTS, JsonlAppender, RecordError, Sample, check_field_types, read_jsonl
+from mathloop.records import JsonlAppender, RecordError, Sample, check_field_types, read_jsonl
 from mathloop.verify import Verifier, same_answer
 from mathloop.runs import refuse_overwriting_inputs, write_json
 

@@ -88,7 +88,7 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class LoopConfig:
-    output_dir: str
+    output_dir: str = field(metadata={"help": "run folder (overrides the config's output_dir)"})
     model: str = field(default="default", metadata={
         "help": "starting model: embedded name (default, smollm2), folder or Hub id"})
     problems: str = field(default="gsm8k:train", metadata={
@@ -96,8 +96,8 @@ class LoopConfig:
     limit: int | None = field(default=None, metadata={"help": "first N training problems (default: all)"})
     heldout: str = field(default="gsm8k:test", metadata={"help": "the same forms as `problems`"})
     heldout_limit: int | None = field(default=None, metadata={"help": "first N held-out problems (default: all)"})
-    data_dir: str | None = None
-    rounds: int = 1
+    data_dir: str | None = field(default=None, metadata={"help": "benchmark folder (default: $MATHLOOP_DATA_DIR)"})
+    rounds: int = field(default=1, metadata={"help": "number of rounds (overrides the config's)"})
     sft_init: str = field(default="base", metadata={
         "help": "'base' (each round fine-tunes the starting model) or 'previous' (the last round's)"})
     problems_per_round: int | None = field(default=None, metadata={

@@ -30,13 +30,15 @@ from mathloop.backends.base import (
     SamplingParams,
     sampling_params,
 )
-from mathloop.config import resume_keys
+from mathloop.backends import BACKEND_SETTING
+from mathloop.config import non_negative_int, positive_float, positive_int, resume_keys, temperature_list
 from mathloop.data.benchmarks import load_problem_source, problem_source_data
 from mathloop.generate import generate_and_grade, pending_problems
 from mathloop.pipeline.generate import (generation_resources, load_stage_backend, validate_generation_settings,
                                        with_resolved_backend)
 from mathloop.records import CORRECT, Problem, Sample, read_records
 from mathloop.replicas import RayOptions
+from mathloop.tools.errors import UNSAFE_FILE_ACCESS_SETTING
 from mathloop.runs import (finish_run_record, lock_run_dir, record_backend, refuse_overwriting_inputs, start_run_record,
                            write_json)
 
@@ -48,30 +50,38 @@ class SampleConfig(SamplerOptions, RayOptions):
     """Every setting of a sampling run (recorded in run.json)."""
 
     problems: str = field(metadata={"resume": True,
-        "help": "\"<benchmark>:<split>\" from the data folder, or a Problem JSONL file"})
-    out: str  # sampling folder (created; resumed when it exists)
-    model: str = field(default="default", metadata={"resume": True})
-    n: int = field(default=8, metadata={"resume": True, "help": "responses per problem per temperature"})
-    temperatures: list[float] = field(default_factory=lambda: [0.7, 1.0], metadata={"resume": True})
-    top_p: float = field(default=0.95, metadata={"resume": True})
-    max_new_tokens: int = field(default=SamplingParams.max_new_tokens, metadata={"resume": True})
-    mode: str = field(default="cot", metadata={"resume": True})
+        "help": "'<benchmark>:<split>' from the data folder (e.g. gsm8k:train), 'synthetic:<count>:<seed>' (built-in "
+                "procedural problems) or a Problem JSONL file"})
+    out: str = field(metadata={"help": "sampling folder (created; resumed when it exists)"})
+    model: str = field(default="default", metadata={"resume": True,
+        "help": "embedded name (default, smollm2), folder or Hub id"})
+    n: int = field(default=8, metadata={"resume": True, "type": positive_int,
+        "help": "responses per problem per temperature"})
+    temperatures: list[float] = field(default_factory=lambda: [0.7, 1.0], metadata={"resume": True,
+        "type": temperature_list, "help": "comma-separated, one pass each"})
+    top_p: float = field(default=0.95, metadata={"resume": True, "help": "nucleus sampling"})
+    max_new_tokens: int = field(default=SamplingParams.max_new_tokens, metadata={"resume": True,
+        "type": positive_int, "help": "per response"})
+    mode: str = field(default="cot", metadata={"resume": True, "choices": ["cot", "tir"],
+        "help": "cot = chain of thought; tir = the model's Python runs in the sandbox"})
     hard_n: int = field(default=0, metadata={"resume": True,
-        "help": "extra responses for hard problems (0: no hard pass)"})
+        "help": "extra responses for problems with at most --hard-max-correct correct ones"})
     hard_max_correct: int = field(default=0, metadata={"resume": True,
-        "help": "a problem is hard when it has at most this many correct responses"})
-    hard_temperature: float = field(default=1.0, metadata={"resume": True})
-    limit: int | None = None
-    data_dir: str | None = None
-    seed: int = field(default=0, metadata={"resume": True})
-    shard: int = 0
-    num_shards: int = field(default=1, metadata={"resume": True})
-    backend: str = "auto"  # a registered backend, or auto: openvino where installed and no GPU, else hf
+        "help": "a problem is hard with at most this many correct responses"})
+    hard_temperature: float = field(default=1.0, metadata={"resume": True, "help": "temperature of the hard pass"})
+    limit: int | None = field(default=None, metadata={"type": positive_int, "help": "first N problems (default: all)"})
+    data_dir: str | None = field(default=None, metadata={"help": "benchmark folder (default: $MATHLOOP_DATA_DIR)"})
+    seed: int = field(default=0, metadata={"resume": True, "help": "sampling seed"})
+    shard: int = field(default=0, metadata={"help": "this process's shard, 0-based"})
+    num_shards: int = field(default=1, metadata={"resume": True, "type": positive_int,
+        "help": "processes sharing the folder"})
+    backend: str = field(default="auto", metadata=BACKEND_SETTING)
     backend_args: dict[str, Any] = field(default_factory=dict, metadata={
         "help": "backend settings as JSON (the backend flags such as --batch-size set the same keys)"})
-    max_tool_calls: int = 4
-    tool_timeout: float = 5.0
-    unsafe_sandbox_file_access: bool = False  # TIR on a host that cannot confine files: run cells unconfined anyway
+    max_tool_calls: int = field(default=4, metadata={"type": non_negative_int,
+        "help": "tir: code executions per response"})
+    tool_timeout: float = field(default=5.0, metadata={"type": positive_float, "help": "tir: seconds per execution"})
+    unsafe_sandbox_file_access: bool = field(default=False, metadata=UNSAFE_FILE_ACCESS_SETTING)
 
     def validate(self) -> None:
         if self.n < 1 or not self.temperatures:

@@ -31,12 +31,12 @@ import re
 from collections import Counter
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
+from mathloop.config import positive_int
 from mathloop.metrics import CONFIDENCE_MEASURE, majority
 from mathloop.prompts import build_messages
-from mathloop.records import Problem, Sample, read_records, write_jsonl
+from mathloop.records import Problem, Sample
 from mathloop.verify import same_answer
 
 
@@ -48,19 +48,25 @@ class SelectConfig:
     """Every setting of `mathloop select` (the loop's select section sets the selection rule; it fills in the
     files, and `decontaminate` and `data_dir` from its own settings)."""
 
-    samples: list[str]  # sample JSONL files or `mathloop sample` folders
-    output: str  # SFT data JSONL to write
-    k: int = 4  # responses per problem
-    vote: str = "auto"  # auto | majority | rm-weighted | confidence-weighted: how responses rank and votes weigh
-    shortest_first: bool = False  # without RM order: fewest completion tokens first (default: sampling order)
-    min_agreement: float = 0.5  # pseudo-labels: share of the votes the majority answer needs
-    near_duplicate: float = 0.8  # word 3-gram Jaccard similarity at which two responses count as one
+    samples: list[str] = field(metadata={"help": "comma-separated sample JSONL files or folders"})
+    output: str = field(metadata={"help": "SFT data JSONL to write"})
+    k: int = field(default=4, metadata={"type": positive_int, "help": "responses per problem"})
+    vote: str = field(default="auto", metadata={"choices": list(VOTES),
+        "help": "how correct responses rank and pseudo-label votes weigh: by RM score (rm-weighted; auto when every "
+                "sample has one), by the generator's confidence (confidence-weighted), or not (majority)"})
+    shortest_first: bool = field(default=False, metadata={
+        "help": "without RM order, keep the responses with the fewest tokens (default: sampling order)"})
+    min_agreement: float = field(default=0.5, metadata={
+        "help": "pseudo-labels: share of votes the majority answer needs"})
+    near_duplicate: float = field(default=0.8, metadata={
+        "help": "word 3-gram Jaccard similarity at which two responses count as one"})
     difficulty: bool = field(default=False, metadata={
         "help": "rows per problem ceil(k * share of wrong samples): none for problems always solved"})
     negatives: int = field(default=0, metadata={
         "help": "wrong responses per problem kept as rows with reward -1 (for sft's negative_weight)"})
-    decontaminate: bool = False  # remove responses and questions that match any benchmark of the data folder
-    data_dir: str | None = None  # benchmark folder for decontaminate (default: $MATHLOOP_DATA_DIR)
+    decontaminate: bool = field(default=False, metadata={
+        "help": "remove responses and questions that match any benchmark of the data folder"})
+    data_dir: str | None = field(default=None, metadata={"help": "benchmark folder (default: $MATHLOOP_DATA_DIR)"})
 
     def validate(self) -> None:
         if self.k < 1:

@@ -89,7 +89,7 @@ from mathloop.backends.base import (
     sampling_params,
     validate_sampler_options,
 )
-from mathloop.config import resume_keys
+from mathloop.config import positive_float, positive_int, resume_keys
 from mathloop.generate import code_executor, generate, grade_samples, response_samples
 from mathloop.hardware import autocast
 from mathloop.progress import progress_bar
@@ -97,6 +97,7 @@ from mathloop.prompts import build_messages
 from mathloop.records import CORRECT, Problem, Sample, read_records, write_jsonl
 from mathloop.reward.shaping import RewardFn, make_rm_reward, make_shaped_reward, select_queries, verifier_reward
 from mathloop.runs import lock_run_dir, new_run_record, refuse_other_kind, write_json
+from mathloop.tools.errors import UNSAFE_FILE_ACCESS_SETTING
 from mathloop.tokens import pad_batch, pad_token_id, response_loss_mask
 from mathloop.train.checkpoint import (
     drop_metrics_after,
@@ -145,7 +146,7 @@ class GRPOConfig(SamplerOptions):
     split: str = dataclasses.field(default='train', metadata={"resume": True, "help": "split of --benchmark"})
     data_dir: str | None = dataclasses.field(default=None, metadata={
         "help": "benchmark folder (default: $MATHLOOP_DATA_DIR)"})
-    limit: int | None = dataclasses.field(default=None, metadata={"resume": True,
+    limit: int | None = dataclasses.field(default=None, metadata={"resume": True, "type": positive_int,
         "help": "the first N queries only (default: all)"})
     selection_samples: str | None = dataclasses.field(default=None, metadata={"resume": True,
         "help": "graded samples JSONL: keep only queries with --selection-low..--selection-high of --selection-n "
@@ -154,23 +155,26 @@ class GRPOConfig(SamplerOptions):
         "help": "fewest correct samples a kept query has"})
     selection_high: int = dataclasses.field(default=5, metadata={"resume": True,
         "help": "most correct samples a kept query has"})
-    selection_n: int = dataclasses.field(default=8, metadata={"resume": True,
+    selection_n: int = dataclasses.field(default=8, metadata={"resume": True, "type": positive_int,
         "help": "samples per query the selection counts"})
-    mode: str = dataclasses.field(default='cot', metadata={"resume": True,
+    mode: str = dataclasses.field(default='cot', metadata={"resume": True, "choices": ["cot", "tir"],
         "help": "cot = chain of thought; tir = the model's Python runs in the sandbox"})
-    max_tool_calls: int = dataclasses.field(default=4, metadata={"help": "tir: code executions per response"})
-    tool_timeout: float = dataclasses.field(default=5.0, metadata={"help": "tir: seconds per execution"})
-    unsafe_sandbox_file_access: bool = False  # tir on a host that cannot confine files: run cells unconfined anyway
+    max_tool_calls: int = dataclasses.field(default=4, metadata={"type": positive_int,
+        "help": "tir: code executions per response"})
+    tool_timeout: float = dataclasses.field(default=5.0, metadata={"type": positive_float,
+        "help": "tir: seconds per execution"})
+    unsafe_sandbox_file_access: bool = dataclasses.field(default=False, metadata=UNSAFE_FILE_ACCESS_SETTING)
     group_size: int = dataclasses.field(default=8, metadata={"resume": True, "help": "responses per query"})
-    queries_per_step: int = dataclasses.field(default=16, metadata={"resume": True, "help": "queries per step"})
-    steps: int = dataclasses.field(default=100, metadata={"help": "optimizer steps in all"})
-    max_new_tokens: int = 1024  # per response
+    queries_per_step: int = dataclasses.field(default=16, metadata={"resume": True, "type": positive_int,
+        "help": "queries per step"})
+    steps: int = dataclasses.field(default=100, metadata={"type": positive_int, "help": "optimizer steps in all"})
+    max_new_tokens: int = dataclasses.field(default=1024, metadata={"type": positive_int, "help": "per response"})
     temperature: float = dataclasses.field(default=1.0, metadata={
         "help": "rollout temperature, also applied to the log-probabilities"})
-    top_p: float = 1.0
-    rollout_batch_size: int = dataclasses.field(default=64, metadata={
+    top_p: float = dataclasses.field(default=1.0, metadata={"help": "rollout nucleus sampling"})
+    rollout_batch_size: int = dataclasses.field(default=64, metadata={"type": positive_int,
         "help": "hf rollouts: sequences per generation batch"})
-    rollout_backend: str = dataclasses.field(default='hf', metadata={
+    rollout_backend: str = dataclasses.field(default='hf', metadata={"choices": list(ROLLOUT_BACKENDS),
         "help": "hf: the training model generates; vllm: a vLLM engine with the step's LoRA adapter; openai: a server"
                 " at --rollout-base-url; openvino: OpenVINO GenAI on CPU with the step's LoRA adapter (settings in "
                 "the config's openvino_args)"})
@@ -191,48 +195,51 @@ class GRPOConfig(SamplerOptions):
         "help": "reward model folder (`mathloop rm train`) or Hub id"})
     alpha: float = dataclasses.field(default=0.5, metadata={"resume": True,
         "help": "shaped reward: sigmoid(alpha * r_m) + (r_v - 1)"})
-    learning_rate: float | None = dataclasses.field(default=None, metadata={
+    learning_rate: float | None = dataclasses.field(default=None, metadata={"flags": ("--learning-rate", "--lr"),
         "help": "AdamW learning rate (default: 1e-6, with --lora 2e-5)"})
     weight_decay: float = dataclasses.field(default=0.0, metadata={"help": "AdamW weight decay"})
     max_grad_norm: float = dataclasses.field(default=1.0, metadata={"help": "gradients clipped to this global norm"})
     beta: float = dataclasses.field(default=0.001, metadata={
         "help": "KL coefficient to the reference policy; 0 drops the reference"})
-    loss_type: str = dataclasses.field(default='grpo', metadata={
+    loss_type: str = dataclasses.field(default='grpo', metadata={"choices": list(LOSS_AGGREGATION),
         "help": "loss aggregation: grpo (per-response token mean), dapo (batch token mean), dr_grpo (constant "
                 "normalizer)"})
-    scale_rewards: str = dataclasses.field(default='group', metadata={
+    scale_rewards: str = dataclasses.field(default='group', metadata={"choices": ["group", "batch", "none"],
         "help": "divide advantages by the group's reward std, the batch's, or none"})
     dynamic_sampling: bool = dataclasses.field(default=False, metadata={
         "help": "drop groups whose rewards are all equal and sample more queries to fill the step (DAPO)"})
     dynamic_sampling_tries: int = dataclasses.field(default=4, metadata={
         "help": "rollout rounds per step at most (the first included) when dynamic_sampling"})
-    overlong: str = dataclasses.field(default='none', metadata={
+    overlong: str = dataclasses.field(default='none', metadata={"choices": ["none", "mask", "soft_penalty"],
         "help": "truncated responses: trained as is, masked out of the loss, or DAPO's soft length penalty"})
     overlong_buffer: int = dataclasses.field(default=256, metadata={
         "help": "soft_penalty: tokens before max_new_tokens where the penalty ramps from 0 to -1"})
     overlong_penalty: float = dataclasses.field(default=1.0, metadata={
         "help": "soft_penalty: the penalty at max_new_tokens"})
-    updates_per_batch: int = dataclasses.field(default=1, metadata={
+    updates_per_batch: int = dataclasses.field(default=1, metadata={"type": positive_int,
         "help": "optimizer steps per rollout batch; > 1 makes the clipped ratio act"})
     clip_low: float = dataclasses.field(default=0.2, metadata={
         "help": "ratio clipped to [1 - clip_low, 1 + clip_high]"})
     clip_high: float = dataclasses.field(default=0.2, metadata={"help": "upper clip (DAPO's clip-higher: 0.28)"})
     tis_cap: float | None = dataclasses.field(default=None, metadata={
         "help": "vllm rollouts: truncated importance sampling pi_old/mu capped at this (e.g. 2)"})
-    micro_batch: int = dataclasses.field(default=8, metadata={"help": "sequences per forward/backward"})
+    micro_batch: int = dataclasses.field(default=8, metadata={"type": positive_int,
+        "help": "sequences per forward/backward"})
     lora: bool = dataclasses.field(default=False, metadata={"resume": True,
         "help": "train LoRA adapters instead of all weights (needs mathloop[train])"})
     lora_rank: int = dataclasses.field(default=16, metadata={"resume": True, "help": "LoRA rank"})
     lora_alpha: int = dataclasses.field(default=32, metadata={"resume": True,
         "help": "LoRA scaling alpha (the update is scaled by alpha / rank)"})
-    lora_layers: int | None = dataclasses.field(default=None, metadata={"resume": True,
+    lora_layers: int | None = dataclasses.field(default=None, metadata={"resume": True, "type": positive_int,
         "help": "LoRA in the last N transformer blocks only (no backward below them; default: every block)"})
     skip_zero_advantage: bool = dataclasses.field(default=True, metadata={
+        "flags": ("--no-skip-zero-advantage",), "action": "store_false",
         "help": "with --beta 0, still run forward and backward on rollouts of advantage 0 (flat groups; their loss "
                 "and gradient are 0, so this only costs time)"})
     sort_by_length: bool = dataclasses.field(default=True, metadata={
+        "flags": ("--no-sort-by-length",), "action": "store_false",
         "help": "micro-batches in rollout order instead of rollouts of similar length together"})
-    threads: int | None = dataclasses.field(default=None, metadata={
+    threads: int | None = dataclasses.field(default=None, metadata={"type": positive_int,
         "help": "torch threads of the trainer (default: one per core)"})
     overlap_rollouts: bool = dataclasses.field(default=False, metadata={
         "help": "rollout engines other than hf: generate the next step's rollouts while this step's update runs (one "

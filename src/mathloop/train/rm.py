@@ -55,44 +55,54 @@ class RMTrainConfig:
     """Every setting of a reward-model training run (recorded in run.json; YAML keys use these names)."""
 
     samples: list[str] = field(metadata={"resume": True,
-        "help": "graded sample JSONL files; several files are mixed per problem"})
-    output_dir: str  # run folder: checkpoints, logs, final/
+        "help": "comma-separated graded sample JSONL files; responses of several files are mixed per problem"})
+    output_dir: str = field(metadata={"help": "run folder (created; resumed when it holds checkpoints): "
+                                              "checkpoints, logs, final/"})
     model: str = field(default="default", metadata={"resume": True,
-        "help": "backbone: 'default' (embedded model), a local folder or a Hub id"})
+        "help": "backbone: 'default' (embedded Qwen2.5-Coder-0.5B-Instruct), a local folder or a Hub id"})
     fill_samples: list[str] = field(default_factory=list, metadata={"resume": True,
-        "help": "other models' samples that complete short sides"})
+        "help": "comma-separated sample files of other models, used only to complete the short label side"})
     decontaminate: list[str] = field(default_factory=list, metadata={"resume": True,
-        "help": "benchmark names whose test questions are excluded"})
-    data_dir: str | None = None  # benchmark folder for `decontaminate` (default: $MATHLOOP_DATA_DIR)
+        "help": "comma-separated benchmark names whose test questions are removed (13-gram + LCS rule)"})
+    data_dir: str | None = field(default=None, metadata={
+        "help": "benchmark folder for --decontaminate (default: $MATHLOOP_DATA_DIR)"})
     group_size: int = field(default=6, metadata={"resume": True, "help": "responses per problem (the paper's 6)"})
     max_ratio: float | None = field(default=2.0, metadata={"resume": True,
-        "help": "majority label at most this times the minority label per group"})
+        "help": "majority label at most this times the minority label in a group"})
     heldout_fraction: float = field(default=0.05, metadata={"resume": True,
-        "help": "problems held out for pairwise accuracy"})
-    learning_rate: float = 1e-5
-    warmup_steps: int = 0  # linear warm-up, then constant
+        "help": "fraction of problems held out for pairwise accuracy"})
+    learning_rate: float = field(default=1e-5, metadata={"flags": ("--learning-rate", "--lr"),
+        "help": "AdamW learning rate"})
+    warmup_steps: int = field(default=0, metadata={"help": "linear warm-up steps, then constant"})
     weight_decay: float = field(default=0.0, metadata={"help": "AdamW weight decay"})
     max_grad_norm: float = field(default=1.0, metadata={"help": "gradients clipped to this global norm"})
-    epochs: int = field(default=1, metadata={"resume": True})
+    epochs: int = field(default=1, metadata={"resume": True, "help": "passes over the training groups"})
     groups_per_batch: int = field(default=8, metadata={"resume": True, "help": "problems per optimizer step"})
-    micro_batch_groups: int | None = None  # problems per forward/backward (gradient accumulation); None = all
-    max_length: int = 2048  # tokens per prompt + response (longer ones keep their end)
+    micro_batch_groups: int | None = field(default=None, metadata={
+        "help": "problems per forward/backward, gradients accumulated (default: the whole batch)"})
+    max_length: int = field(default=2048, metadata={
+        "help": "tokens per prompt + response; longer ones keep their end"})
     lora: bool = field(default=False, metadata={"resume": True,
-        "help": "train LoRA adapters + head instead of the full backbone (needs `mathloop[train]`)"})
-    lora_rank: int = field(default=16, metadata={"resume": True})
+        "help": "train LoRA adapters and the head instead of the full backbone (needs mathloop[train])"})
+    lora_rank: int = field(default=16, metadata={"resume": True, "help": "LoRA rank"})
     lora_alpha: int = field(default=32, metadata={"help": "LoRA scaling alpha (the update is scaled by alpha / rank)"})
     lora_layers: int | None = field(default=None, metadata={"resume": True,
-        "help": "LoRA in the last N transformer layers only (None: all); the layers below run without a backward "
-                "pass, which makes a CPU step several times cheaper"})
-    gradient_checkpointing: bool = False
-    dtype: str | None = None  # backbone weights: default bfloat16 on GPU, float32 on CPU
-    eval_every: int = 0  # held-out evaluation every N steps (0: only at the end)
-    save_every: int = 0  # checkpoint every N steps (0: only at the end)
+        "help": "LoRA in the last N transformer layers only; the rest runs without backward, which makes a CPU step "
+                "several times cheaper (default: all)"})
+    gradient_checkpointing: bool = field(default=False, metadata={
+        "help": "recompute activations in the backward pass to save memory"})
+    dtype: str | None = field(default=None, metadata={
+        "help": "backbone weights dtype (default: bfloat16 on GPU, float32 on CPU; forward passes run in bfloat16 "
+                "autocast where the device computes it natively)"})
+    eval_every: int = field(default=0, metadata={"help": "held-out evaluation every N steps (0: at the end)"})
+    save_every: int = field(default=0, metadata={"help": "checkpoint every N steps (0: at the end)"})
     keep_checkpoints: int = field(default=2, metadata={
         "help": "checkpoints kept in the run folder (older ones are deleted)"})
     log_every: int = field(default=1, metadata={"help": "optimizer steps between metrics lines"})
-    report_to: list[str] = field(default_factory=list)  # tensorboard and/or wandb, besides metrics.jsonl (rank 0)
-    seed: int = field(default=0, metadata={"resume": True})
+    report_to: list[str] = field(default_factory=list, metadata={
+        "help": "also log metrics to tensorboard and/or wandb, comma-separated, besides metrics.jsonl "
+                "(<output-dir>/tensorboard; pip install 'mathloop[tensorboard]')"})
+    seed: int = field(default=0, metadata={"resume": True, "help": "data order, splits and head init"})
 
     def validate(self) -> None:
         if not self.samples:

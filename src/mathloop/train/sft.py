@@ -80,13 +80,15 @@ class SFTRunConfig:
     """Every setting of an SFT run (recorded in run.json; YAML keys use these names)."""
 
     data: str = field(metadata={"resume": True,
-        "help": "JSONL of {\"prompt\": [messages], \"completion\": [assistant message]} examples"})
-    output_dir: str  # run folder: checkpoints, logs, final/
+        "help": "JSONL of {prompt: [messages], completion: [assistant message]} rows, or of {text: ...} rows (text "
+                "mode: continued pre-training on every token)"})
+    output_dir: str = field(metadata={"help": "run folder (created; resumed when it holds checkpoints): "
+                                              "checkpoints, logs, final/"})
     model: str = field(default="default", metadata={"resume": True,
-        "help": "starting model: 'default' (embedded), a local folder or a Hub id"})
-    epochs: int = field(default=3, metadata={"resume": True, "help": "the paper's 3"})
-    learning_rate: float = field(default=2e-5, metadata={"resume": True,
-        "help": "the paper's 2e-5 (1.5B/7B); it used 5e-6 for 72B"})
+        "help": "starting model: 'default' (embedded Qwen2.5-Coder-0.5B-Instruct), a local folder or a Hub id"})
+    epochs: int = field(default=3, metadata={"resume": True, "help": "passes over the data (the paper's 3)"})
+    learning_rate: float = field(default=2e-5, metadata={"resume": True, "flags": ("--learning-rate", "--lr"),
+        "help": "peak learning rate (the paper's 2e-5 for 1.5B/7B; it used 5e-6 for 72B)"})
     lr_scheduler: str = field(default="cosine", metadata={"resume": True,
         "help": "any transformers scheduler name: cosine, linear, constant, ..."})
     min_learning_rate: float = field(default=0.0, metadata={"resume": True,
@@ -100,15 +102,17 @@ class SFTRunConfig:
     per_device_batch_size: int = field(default=8, metadata={"resume": True,
         "help": "examples per forward/backward on each device"})
     gradient_accumulation_steps: int = field(default=16, metadata={"resume": True,
-        "help": "global batch = per_device_batch_size x this x devices (paper: 128)"})
-    gradient_checkpointing: bool = False  # recompute activations in the backward pass to save memory
+        "help": "micro-batches per optimizer step: global batch = per_device_batch_size x this x devices (paper: "
+                "128)"})
+    gradient_checkpointing: bool = field(default=False, metadata={
+        "help": "recompute activations in the backward pass to save memory"})
     packing: bool = field(default=False, metadata={"resume": True,
         "help": "pack examples into max_length rows (needs FlashAttention; see the module docstring)"})
     attn_implementation: str | None = field(default=None, metadata={
         "help": "e.g. flash_attention_2 (GPU); default: transformers' choice (sdpa)"})
     lora: bool = field(default=False, metadata={"resume": True,
-        "help": "train LoRA adapters instead of all weights; final/ holds the merged model"})
-    lora_rank: int = field(default=16, metadata={"resume": True})
+        "help": "train LoRA adapters instead of all weights; final/ holds the merged model (mathloop[train])"})
+    lora_rank: int = field(default=16, metadata={"resume": True, "help": "LoRA rank"})
     lora_alpha: int = field(default=32, metadata={"resume": True,
         "help": "LoRA scaling alpha (the update is scaled by alpha / rank)"})
     lora_layers: int | None = field(default=None, metadata={"resume": True,
@@ -118,8 +122,8 @@ class SFTRunConfig:
         "help": "weight of the wrong responses' term (rows with \"reward\": -1; mathloop.train.sft_loss)"})
     negative_floor: float = field(default=0.01, metadata={"resume": True,
         "help": "a wrong response's token is pushed down only while its probability is above this"})
-    dtype: str = field(default="float32", metadata={"resume": True,
-        "help": "weights: float32 or bfloat16 (half the memory, coarser updates)"})
+    dtype: str = field(default="float32", metadata={"resume": True, "choices": ["float32", "bfloat16"],
+        "help": "weights dtype: float32 or bfloat16 (half the memory, coarser updates)"})
     bf16: bool | None = field(default=None, metadata={"resume": True,
         "help": "bfloat16 autocast; default: on for GPUs and CPUs that support it"})
     save_steps: int = field(default=200, metadata={"help": "checkpoint every N optimizer steps (and at the end)"})
@@ -128,8 +132,11 @@ class SFTRunConfig:
     log_every: int = field(default=10, metadata={
         "help": "optimizer steps between metrics.jsonl lines (the first step is always logged)"})
     seed: int = field(default=0, metadata={"resume": True, "help": "data order, LoRA initialisation, dropout"})
-    deepspeed: str | None = None  # DeepSpeed JSON config for multi-GPU runs, e.g. configs/deepspeed/zero2.json
-    report_to: list[str] = field(default_factory=list)  # tensorboard and/or wandb through TRL, besides metrics.jsonl
+    deepspeed: str | None = field(default=None, metadata={
+        "help": "DeepSpeed JSON config for multi-GPU runs, e.g. configs/deepspeed/zero2.json"})
+    report_to: list[str] = field(default_factory=list, metadata={
+        "help": "also log to tensorboard and/or wandb through TRL, comma-separated, besides metrics.jsonl "
+                "(<output-dir>/tensorboard)"})
 
     def validate(self) -> None:
         check_report_to(self.report_to, "sft")
