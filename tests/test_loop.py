@@ -3,6 +3,7 @@ sampler, finished stages are skipped on re-run, rounds can be added, and planted
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -145,6 +146,7 @@ def test_coverage_interpolation_difficulty_and_negatives_in_one_round(tiny_model
     config = tiny_loop(tmp_path, tiny_model_dir, data_dir, reward_model={}, grpo={}, dev_size=2,
                        coverage={"n": 4, "limit": 3, "max_new_tokens": 32},
                        interpolate={"alphas": [1.0, 0.5]}, select={"k": 2, "difficulty": True, "negatives": 1},
+                       explore={"temperatures": [0.9, 0.6], "problems": 2, "target": 2},
                        sft={"epochs": 1, "max_length": 512, "per_device_batch_size": 4,
                             "gradient_accumulation_steps": 1, "learning_rate": 1e-3, "negative_weight": 0.5})
     summary = run_loop(config, progress=False, backend=FakeBackend(half_right))
@@ -176,6 +178,9 @@ def test_coverage_interpolation_difficulty_and_negatives_in_one_round(tiny_model
     assert "Coverage: 4 samples per problem on the first 3 held-out problems" in text
     assert "| 1 | 50.0 | +0.0 [+0.0, +0.0] | 100.0 | +0.0 [-56.1, +56.1] | 0 / 0 | 1.000 | 100.0 |" in text
     assert {"interpolate", "coverage"} <= set(summary["rounds"][1]["stage_seconds"])
+    # the scripted sampler does not change with the temperature: both balance the same and the lower one wins
+    assert summary["rounds"][1]["temperature"]["temperature"] == 0.6
+    assert "round 1: temperature 0.6 (balance 0.6: 1.000, 0.9: 1.000)" in text
 
 def test_a_run_folder_refuses_other_settings(tiny_model_dir, data_dir, tmp_path):
     with pytest.raises(ValueError, match="grpo stage selects its queries from a round's samples"):
@@ -414,3 +419,61 @@ def test_accuracy_svg_is_the_reports_chart_with_its_own_style():
     assert svg.startswith('<svg class="chart"') and "<style>" in svg  # readable as a file on its own
     assert svg.count("<circle") == 3 and svg.count('stroke-width="1.5"') == 3  # a point and a 95% bar per round
     assert all(f">{name}</text>" in svg for name in ("0", "1", "grpo"))
+
+
+class TemperatureFake(FakeBackend):
+    """A sampler whose diversity and accuracy follow the temperature: at 0.3 it repeats one right solution, at 0.8
+    it writes a different right solution each time, at 1.5 it is wrong but for its first sample."""
+
+    def _complete(self, prompt, index, params):
+        completion = super()._complete(prompt, index, params)
+        gold = next((g for q, g in GOLDS.items() if q in prompt), "0")
+        if params.temperature <= 0.3:
+            text = f"Add the numbers and check the sum. The answer is \\boxed{{{gold}}}."
+        elif params.temperature <= 0.8:
+            steps = " ".join(f"step{index}x{j}" for j in range(6))
+            text = f"Solution {index}: {steps}. The answer is \\boxed{{{gold}}}."
+        else:
+            text = f"Guess {index}. The answer is \\boxed{{{gold if index == 0 else 987654}}}."
+        return dataclasses.replace(completion, text=text, finish_reason="stop", stop_string=None)
+
+
+def test_explore_samples_the_round_at_the_temperature_with_the_best_balance(tmp_path):
+    """The explore section probes each candidate temperature on the round's first problems, writes the balance
+    scores to temperature.json, samples the round at the best one, and a resumed round does not probe again."""
+    from mathloop.pipeline.loop import _sample
+
+    config = loop_config_from_dict({"output_dir": str(tmp_path / "run"),
+                                    "sample": {"n": 4, "temperatures": [1.0], "max_new_tokens": 64},
+                                    "explore": {"temperatures": [1.5, 0.3, 0.8], "problems": 3, "target": 4}})
+    config.validate()
+    write_jsonl(tmp_path / "run" / "problems.jsonl", TRAIN)
+    backend = TemperatureFake()
+    round_dir = tmp_path / "run" / "round-1"
+    _sample(config, "fake", round_dir, 1, progress=False, backend=backend)
+    chosen = json.loads((round_dir / "temperature.json").read_text())
+    grid = {entry["temperature"]: entry for entry in chosen["grid"]}
+    assert chosen["temperature"] == 0.8 and sorted(grid) == [0.3, 0.8, 1.5]
+    assert grid[0.3]["balance"] == pytest.approx(1 / 4 * 1 / 4)  # one distinct of four right answers
+    assert grid[0.8]["balance"] == 1.0 and grid[0.8]["distinct_correct_per_problem"] == 4
+    assert grid[1.5]["balance"] == pytest.approx(1 / 4) and grid[1.5]["solved"] == 1.0
+    assert len(read_records(Problem, round_dir / "explore" / "problems.jsonl")) == 3
+    samples = read_records(Sample, round_dir / "samples.jsonl")
+    assert len(samples) == len(TRAIN) * 4 and all(s.response.startswith("Solution") for s in samples)  # at 0.8
+    calls = len(backend.calls)
+    import shutil
+
+    (round_dir / "samples.jsonl").unlink()  # killed after the choice, before sampling: the round samples again
+    shutil.rmtree(round_dir / "samples")
+    _sample(config, "fake", round_dir, 1, progress=False, backend=backend)
+    again = [params.temperature for _, params in backend.calls[calls:]]
+    assert again and set(again) == {0.8}  # no probe ran again
+
+
+@pytest.mark.parametrize("explore, message", [
+    ({"temperature": [0.5]}, "unknown key"), ({"temperatures": []}, "list of numbers > 0"),
+    ({"temperatures": [0.0, 0.7]}, "list of numbers > 0"), ({"problems": 0}, "problems must be a whole number"),
+    ({"target": 2.5}, "target must be a whole number")])
+def test_explore_section_errors_name_the_key(tmp_path, explore, message):
+    with pytest.raises(ValueError, match=f"loop: explore: .*{message}"):
+        loop_config_from_dict({"output_dir": str(tmp_path / "run"), "explore": explore}).validate()

@@ -5,6 +5,7 @@ from fractions import Fraction
 import pytest
 
 from mathloop.metrics import (
+    balance_score,
     selector_at_k,
     format_markdown,
     maj_at_k,
@@ -269,3 +270,20 @@ def test_summarize_reports_confidence_picks_paired_with_majority():
     assert "confidence@1" not in entry  # one sample: nothing to pick
     assert "rm-weighted@4" not in entry and "confidence@4" not in summarize(
         [{k: v for k, v in r.items() if k != "confidences"} for r in rows], ks=[4])["benchmarks"]["gsm8k"]
+
+
+def test_balance_score_by_hand():
+    """min(u / target, 1) * u / c per problem, averaged; a problem without a correct response scores 0."""
+    assert balance_score([4], [4], target=4) == 1.0  # four different right answers: all it asks for
+    assert balance_score([8], [8], target=4) == 1.0  # more than the target adds nothing
+    assert balance_score([1], [8], target=4) == pytest.approx(1 / 4 * 1 / 8)  # one answer said eight times
+    assert balance_score([2, 0], [4, 0], target=4) == pytest.approx((2 / 4 * 2 / 4 + 0) / 2)
+    assert balance_score([3, 1, 0], [3, 2, 5 - 5], target=2) == pytest.approx((1 * 1 + 0.5 * 0.5 + 0) / 3)
+
+
+@pytest.mark.parametrize("distinct, correct, target, message", [
+    ([1], [1, 2], 4, "one count of each"), ([], [], 4, "one count of each"), ([1], [1], 0, "target"),
+    ([3], [2], 4, "between 0 and"), ([-1], [2], 4, "between 0 and")])
+def test_balance_score_rejects_bad_counts(distinct, correct, target, message):
+    with pytest.raises(ValueError, match=message):
+        balance_score(distinct, correct, target)

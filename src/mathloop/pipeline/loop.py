@@ -25,6 +25,8 @@ that was interrupted (each stage also resumes inside itself):
   round-<r>/coverage/         (coverage section) k samples on the first `limit` held-out problems: the mean share
                               of correct samples, maj@k and pass@k of every round, paired with round 0's
   round-<r>/problems.jsonl    the round's block of the training problems, when problems_per_round is set
+  round-<r>/explore/t-<T>/    (explore section) the probe's samples at each candidate temperature; temperature.json
+                              has the balance score per temperature and the one the round samples at
   round-<r>/samples/          mathloop sample folder; samples.jsonl merges its passes (with rm_score after scoring)
   round-<r>/rm/               reward model run (final/ is the RM), when the reward_model section is enabled
   round-<r>/sft_data.jsonl    selected responses as prompt-completion chat rows; select.json is the report
@@ -58,7 +60,10 @@ fields; `n` samples per problem on the first `limit` held-out problems, default 
 0.8) measures it every round; `interpolate` (`alphas`, default [0.25, 0.5, 0.75, 1.0], and `metric`, default acc: the
 dev split's greedy accuracy under the eval section's settings; ties go to the smaller alpha) moves each round's
 model only part of the way from its starting point (`mathloop.train.interpolate`); the select section's
-`difficulty` and `negatives` and the sft section's `negative_weight` change what is trained on.
+`difficulty` and `negatives` and the sft section's `negative_weight` change what is trained on; `explore`
+(`temperatures`, default [0.5, 0.7, 0.9, 1.1], `problems`, default 64, `target`, default 4) picks each round's
+sampling temperature from the model of that round (`choose_temperature`: B-STaR's balance score, with the verifier as
+the reward), replacing the sample section's temperatures.
 
 The `synthesize` section (`mathloop synthesize`'s settings; `seeds` is how many of the training problems seed it, and
 `model`/`backend`/`backend_args` may name another model, since the paper synthesized with a stronger model than the
@@ -78,7 +83,7 @@ from pathlib import Path
 from typing import Any
 
 from mathloop.config import read_yaml_mapping, settings_from_dict
-from mathloop.records import Problem, read_records, write_jsonl
+from mathloop.records import Problem, Sample, read_records, write_jsonl
 from mathloop.replicas import RAY_OPTIONS
 from mathloop.runs import (lock_run_dir, mark_run_finished, read_json, run_done, start_run_record, write_json,
                            write_text_atomic)
@@ -119,6 +124,9 @@ class LoopConfig:
         "help": "EvalConfig fields of the k-sample evaluation, plus limit (held-out problems) and enabled"})
     interpolate: dict[str, Any] = field(default_factory=dict, metadata={
         "help": "weight interpolation: alphas, metric, enabled (needs dev_size)"})
+    explore: dict[str, Any] = field(default_factory=dict, metadata={
+        "help": "each round's sampling temperature chosen on a probe of its problems by the balance score: "
+                "temperatures, problems, target, enabled"})
     grpo: dict[str, Any] = field(default_factory=dict, metadata={
         "help": "GRPO stage: GRPOConfig fields, plus enabled: bool"})
     synthesize: dict[str, Any] = field(default_factory=dict, metadata={
@@ -149,6 +157,8 @@ class LoopConfig:
             if self.dev_size is None:
                 raise ValueError("loop: interpolate picks alpha on the dev split: set dev_size (e.g. 200)")
             self.interpolation_grid()
+        if self.exploration_enabled:
+            self.exploration_settings()
         from mathloop.backends import resolve_backend
 
         probe = Path(self.output_dir) / "round-1"
@@ -195,6 +205,28 @@ class LoopConfig:
         if not isinstance(metric, str) or not (metric == "acc" or metric.split("@")[0] in ("maj", "pass")):
             raise ValueError(f"loop: interpolate: metric must be acc, maj@k or pass@k, got {metric!r}")
         return sorted(float(a) for a in alphas), metric
+
+    @property
+    def exploration_enabled(self) -> bool:
+        return bool(self.explore.get("enabled", bool(self.explore)))
+
+    def exploration_settings(self) -> dict[str, Any]:
+        """The explore section with its defaults: the candidate `temperatures`, the first `problems` of the round's
+        problems that probe them, and the `target` number of distinct correct responses per problem."""
+        unknown = sorted(set(self.explore) - {"enabled", "temperatures", "problems", "target"})
+        if unknown:
+            raise ValueError(f"loop: explore: unknown key(s) {', '.join(unknown)}; known: temperatures, problems, "
+                             f"target, enabled")
+        settings = {"temperatures": [0.5, 0.7, 0.9, 1.1], "problems": 64, "target": 4} | {
+            key: value for key, value in self.explore.items() if key != "enabled"}
+        temperatures = settings["temperatures"]
+        if not (isinstance(temperatures, list) and temperatures and all(
+                isinstance(t, (int, float)) and not isinstance(t, bool) and t > 0 for t in temperatures)):
+            raise ValueError(f"loop: explore: temperatures must be a list of numbers > 0, got {temperatures!r}")
+        for key in ("problems", "target"):
+            if not isinstance(settings[key], int) or isinstance(settings[key], bool) or settings[key] < 1:
+                raise ValueError(f"loop: explore: {key} must be a whole number >= 1, got {settings[key]!r}")
+        return settings | {"temperatures": sorted(float(t) for t in temperatures)}
 
     @property
     def rm_enabled(self) -> bool:
@@ -383,6 +415,8 @@ def _run_loop(config: LoopConfig, progress: bool, backend, heldout: list[Problem
         row["coverage"] = _coverage(config, model, round_dir, heldout, progress, backend)
         rows.append(row | {"round": r, "model": model, "samples": sample_summary, "rm": rm_summary,
                            "selection": selection, "interpolation": interpolation,
+                           "temperature": read_json(round_dir / "temperature.json")
+                           if (round_dir / "temperature.json").exists() else {},
                            "stage_seconds": stage_seconds(round_dir)})
         _write_summary(out, rows)
         _write_report(out)
@@ -572,9 +606,56 @@ def _sample(config: LoopConfig, model: str, round_dir: Path, r: int, progress: b
         problems = read_records(Problem, Path(config.output_dir) / "problems.jsonl")
         round_dir.mkdir(parents=True, exist_ok=True)
         write_jsonl(round_dir / "problems.jsonl", round_problems(problems, config.problems_per_round, r))
+    if config.exploration_enabled:
+        sample_config.temperatures = [choose_temperature(config, sample_config, round_dir, progress, backend)]
     summary = run_sample(sample_config, backend=backend, progress=progress)
     write_jsonl(merged, read_samples(sample_config.out))
     return summary
+
+
+def choose_temperature(config: LoopConfig, sample_config, round_dir: Path, progress: bool, backend) -> float:
+    """The round's sampling temperature: each candidate of the explore section samples the first `problems` of the
+    round's problems (under `round-<r>/explore/t-<T>/`, with the round's n, seed and other settings), and the one
+    with the highest balance score (`mathloop.metrics.balance_score`; distinct as the select stage counts them) wins,
+    the lower temperature on a tie. The grid and the choice are written to `round-<r>/temperature.json`, which a
+    resumed round reads instead of probing again."""
+    from mathloop.metrics import balance_score
+    from mathloop.pipeline.sample import read_samples, run_sample
+    from mathloop.pipeline.select import distinct_indices
+
+    chosen = round_dir / "temperature.json"
+    if chosen.exists():
+        return float(read_json(chosen)["temperature"])
+    settings = config.exploration_settings()
+    near_duplicate = config.select_config(round_dir).near_duplicate
+    probe_dir = round_dir / "explore"
+    probe_problems = probe_dir / "problems.jsonl"
+    if not probe_problems.exists():
+        probe_dir.mkdir(parents=True, exist_ok=True)
+        write_jsonl(probe_problems, read_records(Problem, sample_config.problems)[: settings["problems"]])
+    grid = []
+    for temperature in settings["temperatures"]:
+        probe = dataclasses.replace(sample_config, problems=str(probe_problems), out=str(probe_dir / f"t-{temperature:g}"),
+                        temperatures=[temperature], hard_n=0, limit=None)
+        log.info("explore: %d problems x %d at temperature %g", settings["problems"], probe.n, temperature)
+        run_sample(probe, backend=backend, progress=progress)
+        groups: dict[str, list[Sample]] = {}
+        for s in read_samples(probe.out):
+            groups.setdefault(s.problem_id, []).append(s)
+        right = [[s.response for s in group if s.verdict == "correct" and s.finish_reason != "length"]
+                 for group in groups.values()]
+        correct = [len(texts) for texts in right]
+        distinct = [sum(1 for _ in distinct_indices(texts, near_duplicate)) for texts in right]
+        solved = sum(1 for group in groups.values() if any(s.verdict == "correct" for s in group))
+        grid.append({"temperature": temperature, "balance": balance_score(distinct, correct, settings["target"]),
+                     "solved": solved / len(groups), "correct_per_problem": sum(correct) / len(groups),
+                     "distinct_correct_per_problem": sum(distinct) / len(groups)})
+    best = max(grid, key=lambda entry: (entry["balance"], -entry["temperature"]))
+    write_json(chosen, {"temperature": best["temperature"], "grid": grid, "problems": settings["problems"],
+                        "n": sample_config.n, "target": settings["target"], "near_duplicate": near_duplicate})
+    log.info("explore: temperature %g (balance %.3f; %s)", best["temperature"], best["balance"],
+             ", ".join(f"{entry['temperature']:g}: {entry['balance']:.3f}" for entry in grid))
+    return best["temperature"]
 
 
 def round_problems(problems: list, per_round: int, round_index: int) -> list:
@@ -762,8 +843,13 @@ def _write_summary(out: Path, rows: list[dict]) -> dict:
     note = ("delta: points against round 0 on the same held-out problems (first sample), Tango's 95% score interval "
             "for paired proportions; b = right only in round 0, c = right only in this round; p = exact two-sided "
             "McNemar test (`mathloop compare` gives the full comparison).")
-    write_text_atomic(out / "summary.md", f"# mathloop loop: {out}\n\n{table}\n\n{note}\n{coverage_table(rows)}"
-                                          f"{stage_table(rows)}")
+    explored = [f"round {row['round']}: temperature {row['temperature']['temperature']:g} (balance "
+                + ", ".join(f"{entry['temperature']:g}: {entry['balance']:.3f}" for entry in row["temperature"]["grid"])
+                + ")" for row in rows if row.get("temperature")]
+    temperatures = ("\nSampling temperature chosen on the probe (explore section): " + "; ".join(explored) + "\n"
+                    if explored else "")
+    write_text_atomic(out / "summary.md", f"# mathloop loop: {out}\n\n{table}\n\n{note}\n{temperatures}"
+                                          f"{coverage_table(rows)}{stage_table(rows)}")
     write_text_atomic(out / "accuracy.svg", accuracy_svg(rows))
     return summary
 

@@ -29,7 +29,7 @@ from __future__ import annotations
 import math
 import re
 from collections import Counter
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -139,6 +139,21 @@ def shingles(text: str, n: int = 3) -> set[tuple[str, ...]]:
     if len(words) < n:
         return {tuple(words)}
     return {tuple(words[i:i + n]) for i in range(len(words) - n + 1)}
+
+
+def distinct_indices(texts: Iterable[str], near_duplicate: float = 0.8) -> Iterator[int]:
+    """The indices of the texts selection keeps as distinct, lazily: each text that is not a near-duplicate (word
+    3-gram Jaccard >= `near_duplicate`) of an earlier kept one.
+
+    >>> list(distinct_indices(["x = 2 so the answer is 2", "x = 2 so the answer is 2", "first halve it, then add 1"]))
+    [0, 2]
+    """
+    kept: list[set] = []
+    for index, text in enumerate(texts):
+        mine = shingles(text)
+        if not any(jaccard(mine, other) >= near_duplicate for other in kept):
+            kept.append(mine)
+            yield index
 
 
 def jaccard(a: set, b: set) -> float:
@@ -270,16 +285,15 @@ def _finished(candidates: list[Sample], report: SelectionReport) -> list[Sample]
 def _distinct(candidates: list[Sample], limit: int, near_duplicate: float, report: SelectionReport) -> list[Sample]:
     """The first `limit` candidates that are not near-duplicates of an earlier kept one (word 3-gram Jaccard)."""
     kept: list[Sample] = []
-    kept_shingles: list[set] = []
-    for s in candidates:
+    examined = 0
+    for index in distinct_indices((s.response for s in candidates), near_duplicate):
+        kept.append(candidates[index])
+        examined = index + 1
         if len(kept) == limit:
             break
-        mine = shingles(s.response)
-        if any(jaccard(mine, other) >= near_duplicate for other in kept_shingles):
-            report.duplicates += 1
-            continue
-        kept.append(s)
-        kept_shingles.append(mine)
+    else:
+        examined = len(candidates)
+    report.duplicates += examined - len(kept)
     return kept
 
 
