@@ -477,3 +477,19 @@ def test_explore_samples_the_round_at_the_temperature_with_the_best_balance(tmp_
 def test_explore_section_errors_name_the_key(tmp_path, explore, message):
     with pytest.raises(ValueError, match=f"loop: explore: .*{message}"):
         loop_config_from_dict({"output_dir": str(tmp_path / "run"), "explore": explore}).validate()
+
+
+def test_the_rm_of_a_round_trains_on_that_round_or_on_every_round_so_far(tmp_path):
+    """reward_model.all_rounds: round r's RM reads the samples of rounds 1..r (more problems with both labels, as
+    the selection issue asks); by default only round r's."""
+    run = tmp_path / "run"
+    plain = loop_config_from_dict({"output_dir": str(run), "reward_model": {"enabled": True}})
+    every = loop_config_from_dict({"output_dir": str(run), "reward_model": {"all_rounds": True, "group_size": 4}})
+    plain.validate()
+    every.validate()
+    assert plain.rm_config("m", plain.rm_samples(3), run / "round-3").samples == [str(run / "round-3" / "samples.jsonl")]
+    config = every.rm_config("m", every.rm_samples(3), run / "round-3")
+    assert config.samples == [str(run / f"round-{r}" / "samples.jsonl") for r in (1, 2, 3)]
+    assert config.group_size == 4 and config.output_dir == str(run / "round-3" / "rm")
+    with pytest.raises(ValueError, match="loop: reward_model: all_rounds must be true or false"):
+        loop_config_from_dict({"output_dir": str(run), "reward_model": {"all_rounds": "yes"}}).validate()

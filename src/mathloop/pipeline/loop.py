@@ -114,7 +114,8 @@ class LoopConfig:
     seed: int = field(default=0, metadata={"help": "seed of the problem split and every stage that samples"})
     sample: dict[str, Any] = field(default_factory=dict, metadata={"help": "sample stage: SampleConfig fields"})
     reward_model: dict[str, Any] = field(default_factory=dict, metadata={
-        "help": "reward model: RMTrainConfig fields, plus enabled: bool"})
+        "help": "reward model: RMTrainConfig fields, plus enabled: bool and all_rounds: bool (train on the samples "
+                "of every round so far)"})
     select: dict[str, Any] = field(default_factory=dict, metadata={
         "help": "select stage: SelectConfig fields (k, vote, ...)"})
     sft: dict[str, Any] = field(default_factory=dict, metadata={"help": "SFT stage: SFTRunConfig fields"})
@@ -171,7 +172,7 @@ class LoopConfig:
             resolve_backend(stage.backend, stage.backend_args)
         self.select_config(probe)
         if self.rm_enabled:
-            self.rm_config(self.model, probe / "samples.jsonl", probe)
+            self.rm_config(self.model, self.rm_samples(1), probe)
         if self.rounds:
             self.sft_config(self.model, probe / "sft_data.jsonl", probe)
         if self.grpo_enabled:
@@ -260,12 +261,22 @@ class LoopConfig:
         config.seed += 1000 * round_index  # each round draws fresh samples
         return config
 
-    def rm_config(self, model: str, samples: Path, round_dir: Path):
+    def rm_samples(self, round_index: int) -> list[Path]:
+        """The sample files round `round_index`'s RM trains on: that round's, or with `all_rounds: true` in the
+        reward_model section every round's so far (rounds with new problems give the RM more problems)."""
+        rounds = range(1, round_index + 1) if self.reward_model.get("all_rounds", False) else [round_index]
+        return [Path(self.output_dir) / f"round-{r}" / "samples.jsonl" for r in rounds]
+
+    def rm_config(self, model: str, samples: list[Path], round_dir: Path):
         from mathloop.train.rm import RMTrainConfig
 
-        return self._stage(RMTrainConfig, "reward_model", self.reward_model,
-                           {"model": model, "samples": [str(samples)], "output_dir": str(round_dir / "rm"),
-                            "data_dir": self.data_dir})
+        if not isinstance(self.reward_model.get("all_rounds", False), bool):
+            raise ValueError(f"loop: reward_model: all_rounds must be true or false, got "
+                             f"{self.reward_model['all_rounds']!r}")
+        section = {k: v for k, v in self.reward_model.items() if k != "all_rounds"}
+        return self._stage(RMTrainConfig, "reward_model", section,
+                           {"model": model, "samples": [str(path) for path in samples],
+                            "output_dir": str(round_dir / "rm"), "data_dir": self.data_dir})
 
     def select_config(self, round_dir: Path):
         from mathloop.pipeline.select import SelectConfig
@@ -395,7 +406,7 @@ def _run_loop(config: LoopConfig, progress: bool, backend, heldout: list[Problem
         if config.rm_enabled:
             log.info("round %d: reward model", r)
             with stage_timer(round_dir, "rm"):
-                rm_summary = _reward_model(config, model, round_dir)
+                rm_summary = _reward_model(config, model, round_dir, r)
         with stage_timer(round_dir, "select"):
             selection = _select(config, round_dir)
         log.info("round %d: selected %s SFT rows; fine-tuning", r, selection.get("rows"))
@@ -669,14 +680,15 @@ def round_problems(problems: list, per_round: int, round_index: int) -> list:
     return [problems[(start + i) % len(problems)] for i in range(min(per_round, len(problems)))]
 
 
-def _reward_model(config: LoopConfig, model: str, round_dir: Path) -> dict:
-    """Train the round's RM on the round's samples, then score every sample with it (for selection)."""
+def _reward_model(config: LoopConfig, model: str, round_dir: Path, round_index: int) -> dict:
+    """Train the round's RM on the round's samples (or every round's, `all_rounds`), then score the round's samples
+    with it (for selection)."""
     from mathloop.records import Sample
     from mathloop.reward.model import load_reward_model
     from mathloop.reward.score import score_samples, scoring_progress
     from mathloop.train.rm import train
 
-    rm_config = config.rm_config(model, round_dir / "samples.jsonl", round_dir)
+    rm_config = config.rm_config(model, config.rm_samples(round_index), round_dir)
     final = Path(rm_config.output_dir) / "final"
     summary_path = Path(rm_config.output_dir) / "summary.json"
     if not stage_done(round_dir, "rm"):
