@@ -454,7 +454,7 @@ def test_explore_samples_the_round_at_the_temperature_with_the_best_balance(tmp_
     chosen = json.loads((round_dir / "temperature.json").read_text())
     grid = {entry["temperature"]: entry for entry in chosen["grid"]}
     assert chosen["temperature"] == 0.8 and sorted(grid) == [0.3, 0.8, 1.5]
-    assert grid[0.3]["balance"] == pytest.approx(1 / 4 * 1 / 4)  # one distinct of four right answers
+    assert grid[0.3]["balance"] == 0.25 and grid[0.3]["correct_per_problem"] == 4  # one distinct of four right
     assert grid[0.8]["balance"] == 1.0 and grid[0.8]["distinct_correct_per_problem"] == 4
     assert grid[1.5]["balance"] == pytest.approx(1 / 4) and grid[1.5]["solved"] == 1.0
     assert len(read_records(Problem, round_dir / "explore" / "problems.jsonl")) == 3

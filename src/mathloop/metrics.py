@@ -219,23 +219,22 @@ def confidence_summary(logprobs: Sequence[float] | None, window: int = CONFIDENC
             "tail": round(sum(values[-width:]) / width, 6)}
 
 
-def balance_score(distinct_correct: Sequence[int], correct: Sequence[int], target: int) -> float:
-    """The mean over problems of min(u / target, 1) * u / c, with c the problem's correct responses and u the
-    distinct ones among them (0 for a problem with none): the form of B-STaR's balance score (Zeng et al. 2024,
-    arXiv 2412.17256) with the verifier as the reward. The first factor rewards exploration (up to `target` different
-    correct solutions per problem), the second penalises a sampler that repeats itself; a temperature too low loses
-    on the second, one too high on the first.
+def balance_score(distinct_correct: Sequence[int], target: int) -> float:
+    """B-STaR's balance score (Zeng et al. 2024, arXiv 2412.17256) with the verifier as the reward: the mean over
+    problems of min(u / target, 1), u the problem's distinct correct responses. B-STaR multiplies by the share of
+    correct responses among those its reward selects, which is 1 when the verifier selects; it counts each response
+    once, so a sampler that repeats itself (a temperature too low) scores as low as one that is rarely right (too high).
 
-    >>> balance_score([4, 1, 0], [4, 4, 0], target=4)  # (1 * 1 + 0.25 * 0.25 + 0) / 3
-    0.3541666666666667
+    >>> balance_score([4, 1, 0, 6], target=4)  # (1 + 0.25 + 0 + 1) / 4
+    0.5625
     """
-    if len(distinct_correct) != len(correct) or not correct:
-        raise ValueError(f"balance_score: one count of each per problem, got {len(distinct_correct)} and {len(correct)}")
+    if not distinct_correct:
+        raise ValueError("balance_score: no problems")
     if target < 1:
         raise ValueError(f"balance_score: target must be >= 1, got {target}")
-    if any(not 0 <= u <= c for u, c in zip(distinct_correct, correct)):
-        raise ValueError("balance_score: distinct correct responses must be between 0 and the correct ones")
-    return sum(min(u / target, 1.0) * u / c if c else 0.0 for u, c in zip(distinct_correct, correct)) / len(correct)
+    if any(u < 0 for u in distinct_correct):
+        raise ValueError(f"balance_score: counts must be >= 0, got {list(distinct_correct)}")
+    return sum(min(u / target, 1.0) for u in distinct_correct) / len(distinct_correct)
 
 
 def mean_ci95(values: Sequence[float]) -> tuple[float, float, float]:

@@ -658,7 +658,7 @@ def choose_temperature(config: LoopConfig, sample_config, round_dir: Path, progr
         correct = [len(texts) for texts in right]
         distinct = [sum(1 for _ in distinct_indices(texts, near_duplicate)) for texts in right]
         solved = sum(1 for group in groups.values() if any(s.verdict == "correct" for s in group))
-        grid.append({"temperature": temperature, "balance": balance_score(distinct, correct, settings["target"]),
+        grid.append({"temperature": temperature, "balance": balance_score(distinct, settings["target"]),
                      "solved": solved / len(groups), "correct_per_problem": sum(correct) / len(groups),
                      "distinct_correct_per_problem": sum(distinct) / len(groups)})
     best = max(grid, key=lambda entry: (entry["balance"], -entry["temperature"]))
