@@ -50,11 +50,12 @@ ARMS: dict[str, dict] = {
     "negatives": {"select": {"negatives": 1}, "sft": {"negative_weight": 1.0}},
     "difficulty": {"select": {"k": 4, "difficulty": True},
                    "sample": {"hard_n": 8, "hard_max_correct": 1, "hard_temperature": 0.7}},
+    "explore": {"explore": {"temperatures": [0.6, 0.8, 1.0, 1.2], "problems": 32, "target": 3}},
 }
 
 
 def scaled(problems_per_round: int | None = None, dev_size: int | None = None, heldout_limit: int | None = None,
-           coverage_limit: int | None = None) -> dict:
+           coverage_limit: int | None = None, coverage_max_new_tokens: int | None = None) -> dict:
     """COMMON at a smaller scale: fewer problems per round (the training limit follows: the round's block, then the
     dev split, then a margin for decontamination), a smaller dev split, the first N held-out problems for greedy and
     the first M for the k-sample coverage."""
@@ -68,6 +69,8 @@ def scaled(problems_per_round: int | None = None, dev_size: int | None = None, h
         common["heldout_limit"] = heldout_limit
     if coverage_limit is not None:
         common["coverage"]["limit"] = coverage_limit
+    if coverage_max_new_tokens is not None:
+        common["coverage"]["max_new_tokens"] = coverage_max_new_tokens
     return common
 
 
@@ -95,7 +98,9 @@ def prepare(source: Path, arm_dir: Path, config: dict, base: dict) -> None:
     samples = source / "round-1" / "samples"
     if (source / "round-1" / "stage_seconds.json").exists():
         shutil.copy2(source / "round-1" / "stage_seconds.json", arm_dir / "round-1")
-    if config.get("sample", {}).get("hard_n"):  # the arm samples more: the first pass only, no run record
+    if config.get("explore"):  # the arm picks its own temperature: it samples its round itself
+        pass
+    elif config.get("sample", {}).get("hard_n"):  # the arm samples more: the first pass only, no run record
         (arm_dir / "round-1" / "samples" / "samples").mkdir(parents=True, exist_ok=True)
         shutil.copy2(samples / "samples" / "pass-0.jsonl", arm_dir / "round-1" / "samples" / "samples")
     else:
@@ -212,6 +217,8 @@ def main() -> int:
     parser.add_argument("--heldout-limit", type=int, default=None, help="greedy on the first N held-out problems")
     parser.add_argument("--coverage-limit", type=int, default=None,
                         help=f"k samples on the first M held-out problems (default {COMMON['coverage']['limit']})")
+    parser.add_argument("--coverage-max-new-tokens", type=int, default=None,
+                        help=f"tokens per coverage sample (default {COMMON['coverage']['max_new_tokens']})")
     parser.add_argument("--table-only", action="store_true", help="print the table of what exists, run nothing")
     args = parser.parse_args()
     arms = [a for a in args.arms.split(",") if a]
@@ -220,7 +227,8 @@ def main() -> int:
         parser.error(f"--arms: unknown arm(s) {', '.join(unknown)}; known: {', '.join(ARMS)}")
     out = Path(args.out)
     source = Path(args.source) if args.source else out / "plain"
-    common = scaled(args.problems_per_round, args.dev_size, args.heldout_limit, args.coverage_limit)
+    common = scaled(args.problems_per_round, args.dev_size, args.heldout_limit, args.coverage_limit,
+                    args.coverage_max_new_tokens)
     if not args.table_only:
         if args.source is None and "plain" in arms:  # the plain arm makes the samples the others share
             arms = ["plain"] + [arm for arm in arms if arm != "plain"]
