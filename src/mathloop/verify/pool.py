@@ -23,6 +23,7 @@ without ``prctl``).
 
 from __future__ import annotations
 
+import gc
 import json
 import os
 import queue
@@ -33,7 +34,10 @@ import sys
 import threading
 import time
 from pathlib import Path
-from typing import Any
+
+TYPE_CHECKING = False  # typing is only needed by type checkers: not imported at run time (cold start)
+if TYPE_CHECKING:
+    from typing import Any
 
 WORKER_MEMORY_LIMIT_MB = 2048
 STARTUP_TIMEOUT_S = 120.0
@@ -44,7 +48,7 @@ _WARM_UP = (r"\sqrt{12}", r"2\sqrt{3}", "math")  # exercises parse, simplify and
 # sympy, math-verify: about half a CPU second) costs as much as dozens of comparisons, so a small batch is not spread.
 TASKS_PER_WORKER = 64
 
-Task = dict[str, Any]  # {"gold": str, "pred": str, "answer_type": str, "rounding": bool}
+Task = dict[str, object]  # {"gold": str, "pred": str, "answer_type": str, "rounding": bool}
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -57,12 +61,19 @@ def serve(memory_limit_mb: int = WORKER_MEMORY_LIMIT_MB, parent_pid: int | None 
     protocol_out = os.fdopen(os.dup(1), "w", buffering=1)
     os.dup2(2, 1)  # anything a library prints goes to stderr, not into the protocol
     _limit_memory(memory_limit_mb)
+    # Start-up makes hundreds of thousands of objects that live as long as the worker (sympy's modules, caches): the
+    # cyclic collector would walk them again and again for nothing (about a sixth of the start-up CPU). It is off
+    # while importing and warming up (``_Worker`` turns it off on the command line, before this module's imports), and
+    # what start-up made is then frozen out of every later collection.
+    gc.disable()
     import logging
 
     logging.disable(logging.WARNING)  # math-verify warns about disabled timeouts: we enforce them from the parent
     from mathloop.verify.equivalence import symbolic_equivalent
 
     symbolic_equivalent(*_WARM_UP)  # imports sympy/math-verify and fills their caches before the first deadline
+    gc.freeze()
+    gc.enable()  # comparisons run with the collector on: the memory limit still bounds a runaway one
     protocol_out.write("ready\n")
     for line in sys.stdin:
         try:
@@ -173,7 +184,8 @@ class _Worker:
     """One worker subprocess and a line buffer for its output."""
 
     def __init__(self, memory_limit_mb: int) -> None:
-        code = f"from mathloop.verify.pool import serve; serve({memory_limit_mb}, {os.getpid()})"
+        # The collector is off from the first line: the worker's imports are its start-up cost (see ``serve``).
+        code = f"import gc; gc.disable(); from mathloop.verify.pool import serve; serve({memory_limit_mb}, {os.getpid()})"
         self.process = _spawn([sys.executable, "-c", code])
         self.fd = self.process.stdout.fileno()  # type: ignore[union-attr]
         self._buffer = b""
