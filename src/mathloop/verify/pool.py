@@ -277,7 +277,12 @@ def _fork_worker(memory_limit_mb: int) -> _ForkedProcess:
             os.dup2(task_read, 0)
             os.dup2(result_write, 1)
             os.dup2(devnull, 2)
-            os.closerange(3, os.sysconf("SC_OPEN_MAX") if hasattr(os, "sysconf") else 65536)  # files, sockets, pipes
+            for fd in os.listdir("/proc/self/fd"):  # the caller's files, sockets, other workers' pipes
+                if int(fd) > 2:
+                    try:
+                        os.close(int(fd))
+                    except OSError:
+                        pass  # the listing's own descriptor, already closed
             sys.stdin = open(0, encoding="utf-8", closefd=False)  # noqa: SIM115 - fd 0 is now the task pipe
             serve(memory_limit_mb, parent_pid, forked=True)
         finally:
