@@ -32,6 +32,10 @@ def __getattr__(name: str) -> Any:
     return value
 
 
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_HOME))
+
+
 def same_answer(a: str, b: str) -> bool:
     """Whether two extracted answers vote together in maj@k: equal text or mathematically equal.
 
