@@ -12,7 +12,9 @@ Verifiers:
 
 - math-verify, as its README shows: ``verify(parse("$" + gold + "$"), parse(response))`` sequentially in one process,
   with its default (signal-based) timeouts;
-- mathloop: ``Verifier(workers=N).grade_batch`` (extraction + equivalence, worker pool), with the questions.
+- mathloop: ``Verifier(workers=N).grade_batch`` (extraction + equivalence, worker pool), with the questions. Its
+  process has one thread, so its workers are forks of it; ``--no-fork`` starts them as new interpreters instead, as
+  for a caller with threads (a trainer, a server), which costs about 0.05 CPU seconds more per worker.
 
 Each (verifier, set) runs in a fresh process. "cold" is the first call there: imports, worker start-up and one pair
 that needs sympy (``COLD_PAIR``); "warm" is the whole set after it. CPU seconds are the process's own plus its children's (the worker
@@ -21,7 +23,7 @@ same run (below 1: mathloop is cheaper). "accuracy" on ``real`` is agreement wit
 time (by mathloop's verifier of that day), not an independent label. A default run (150 MATH-500 problems: 575 pairs,
 and 400 real responses) took 6.4 s of wall time on 2 shared cores.
 
-Usage: python bench/verify.py [--data-dir DIR] [--limit N] [--workers N] [--sets synthetic,real]
+Usage: python bench/verify.py [--data-dir DIR] [--limit N] [--workers N] [--sets synthetic,real] [--no-fork]
 """
 
 from __future__ import annotations
@@ -116,7 +118,7 @@ def _cpu_seconds() -> float:
 COLD_PAIR: Item = (r"2\sqrt{3}", respond(r"\sqrt{12}"), True, None)
 
 
-def _child(verifier: str, items: list[Item], workers: int) -> dict:
+def _child(verifier: str, items: list[Item], workers: int, fork: bool = True) -> dict:
     """Runs in a fresh process: one first call cold (imports, workers, ``COLD_PAIR``), then the whole set warm."""
     wall, cpu = time.perf_counter(), _cpu_seconds()
     if verifier == "math-verify":
@@ -133,8 +135,9 @@ def _child(verifier: str, items: list[Item], workers: int) -> dict:
         close = None
     else:
         sys.path.insert(0, str(SRC))
-        from mathloop.verify import Verifier
+        from mathloop.verify import Verifier, pool as worker_pool
 
+        worker_pool.START_BY_FORK = fork
         pool = Verifier(workers=workers)
 
         def grade(chunk: list[Item]) -> list[bool]:
@@ -155,7 +158,8 @@ def _child(verifier: str, items: list[Item], workers: int) -> dict:
 def measure(verifier: str, set_name: str, args: argparse.Namespace) -> dict:
     """One (verifier, set) in a fresh Python process; returns its timings and verdicts."""
     argv = [sys.executable, __file__, "--child", verifier, "--sets", set_name, "--workers", str(args.workers),
-            "--data-dir", str(args.data_dir)] + (["--limit", str(args.limit)] if args.limit else [])
+            "--data-dir", str(args.data_dir)] + (["--limit", str(args.limit)] if args.limit else []) \
+        + (["--no-fork"] if args.no_fork else [])
     done = subprocess.run(argv, capture_output=True, text=True, check=True)
     return json.loads(done.stdout.strip().splitlines()[-1])
 
@@ -171,14 +175,16 @@ def main() -> None:
     parser.add_argument("--limit", type=int, default=150, help="use only the first N MATH-500 problems (default 150)")
     parser.add_argument("--workers", type=int, default=os.cpu_count(), help="mathloop worker processes (default: all cores)")
     parser.add_argument("--sets", default="synthetic,real", help="comma-separated: synthetic, real (default: both)")
+    parser.add_argument("--no-fork", action="store_true",
+                        help="start mathloop's workers as new interpreters, as for a caller with threads (default: forks)")
     parser.add_argument("--child", choices=["math-verify", "mathloop"], help=argparse.SUPPRESS)
     args = parser.parse_args()
     logging.disable(logging.WARNING)
     if args.child:
-        print(json.dumps(_child(args.child, items_for(args.sets, args), args.workers)))
+        print(json.dumps(_child(args.child, items_for(args.sets, args), args.workers, fork=not args.no_fork)))
         return
 
-    print(f"workers: {args.workers}; cold = first call in a fresh process (imports, workers, one sympy pair), "
+    print(f"workers: {args.workers} ({'new interpreters' if args.no_fork else 'forks where safe'}); cold = first call in a fresh process (imports, workers, one sympy pair), "
           "warm = the whole set after it; seconds; CPU includes child processes")
     header = f"{'set':<10}{'pairs':>6}  {'verifier':<12}{'cold wall':>10}{'cold cpu':>10}{'warm wall':>10}{'warm cpu':>10}" \
              f"{'ms cpu/pair':>12}{'accuracy':>10}"

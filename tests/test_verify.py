@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import multiprocessing
+import os
+import subprocess
 import sys
 import threading
 import time
@@ -196,6 +198,30 @@ def test_verifier_batch_order_types_and_choices() -> None:
         assert verifier.is_equivalent_batch([("C", r"\text{(C)}"), ("1,2", "2,1")], answer_type=["mc", "list"]) == [True, True]
         graded = verifier.grade_batch([("B", r"\boxed{12}"), (None, "x"), ("5", "nope")], answer_type="mc", choices=["10", "12"])
     assert graded == [("B", "correct"), (None, "no_answer"), (None, "no_answer")]
+
+
+def test_verdicts_are_the_records_vocabulary() -> None:
+    from mathloop import records, verify
+
+    assert (verify.CORRECT, verify.INCORRECT, verify.NO_ANSWER) == (records.CORRECT, records.INCORRECT, records.NO_ANSWER)
+    with Verifier(workers=1) as verifier:
+        graded = verifier.grade_batch([("1", "\\boxed{1}"), ("1", "\\boxed{2}"), ("1", "")])
+    assert [verdict for _, verdict in graded] == [records.CORRECT, records.INCORRECT, records.NO_ANSWER]
+
+
+def test_worker_side_imports_only_the_comparison_layer() -> None:
+    """A worker imports ``mathloop.verify.pool`` and ``equivalence``: not the extraction and batching modules (cold start);
+    the package still gives every public name."""
+    code = ("import sys, mathloop.verify.pool, mathloop.verify.equivalence; "
+            "print(sorted(m for m in sys.modules if m.startswith('mathloop')))")
+    loaded = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                            env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1] / "src")}).stdout
+    assert "mathloop.verify.verifier" not in loaded and "mathloop.verify.extract" not in loaded and "mathloop.records" not in loaded
+    import mathloop.verify as package
+
+    assert all(callable(getattr(package, name)) or isinstance(getattr(package, name), str) for name in package.__all__)
+    with pytest.raises(AttributeError):
+        package.no_such_name  # noqa: B018
 
 
 def test_verifier_rejects_mismatched_types() -> None:

@@ -4,6 +4,7 @@ their parent. The time bounds are generous (they catch hangs and quadratic paths
 
 from __future__ import annotations
 
+import json
 import multiprocessing
 import os
 import random
@@ -228,3 +229,54 @@ def test_workers_die_when_a_multiprocessing_pool_is_terminated() -> None:
         pool.join()
     assert pids
     assert _wait_dead(pids) == set()
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# How workers start (issue 29, item 3): a fork of a single-threaded caller, else a new interpreter. Either way a worker
+# keeps its CPU deadline and memory limit, holds none of the caller's files and runs none of its signal handlers.
+
+_START = textwrap.dedent(r"""
+    import json, os, signal, sys, threading, time
+    from mathloop.verify import Verifier, pool
+
+    mode, marker = sys.argv[1], sys.argv[2]
+    pool.START_BY_FORK = mode != "spawn"
+    if mode == "threaded":
+        threading.Thread(target=threading.Event().wait, daemon=True).start()
+    held = open(os.devnull)  # a file of the caller's
+    signal.signal(signal.SIGTERM, lambda *_: open(marker, "w").write("the caller's handler ran"))
+    pairs = [(r"\sqrt{12}", r"2\sqrt{3}"), ("x+1", "1+x")]
+    if mode == "fork":
+        pairs.insert(1, (r"9^{9^{9^{9}}}", "1"))  # past its deadline: killed, replaced by a new fork
+    with Verifier(workers=1, timeout=1.0) as verifier:
+        verdicts = verifier.is_equivalent_batch(pairs)
+        worker = verifier.pool._idle[0].process
+        fds = sorted(int(fd) for fd in os.listdir(f"/proc/{worker.pid}/fd"))
+        limit = next(line for line in open(f"/proc/{worker.pid}/limits") if line.startswith("Max address space"))
+        os.kill(worker.pid, signal.SIGTERM)
+        end = time.monotonic() + 10
+        while time.monotonic() < end and not os.waitpid(worker.pid, os.WNOHANG)[0]:
+            time.sleep(0.05)
+        verifier.pool._idle.clear()
+    print(json.dumps({"verdicts": verdicts, "kind": type(worker).__name__, "fds": fds,
+                      "limit_mb": int(limit.split()[3]) // (1 << 20)}))
+""")
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
+@pytest.mark.parametrize(("mode", "kind"), [("fork", "_ForkedProcess"), ("threaded", "Popen"), ("spawn", "Popen")])
+def test_worker_start_keeps_the_limits_and_none_of_the_callers_state(mode: str, kind: str, tmp_path: Path) -> None:
+    from mathloop.verify.pool import FORK_MAX_VM_MB, WORKER_MEMORY_LIMIT_MB
+
+    marker = tmp_path / "handler-ran"
+    done = subprocess.run([sys.executable, "-c", _START, mode, str(marker)], capture_output=True, text=True,
+                          timeout=120, check=True)
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    assert result["kind"] == kind  # a caller with a second thread never forks
+    assert result["verdicts"] == ([True, False, True] if mode == "fork" else [True, True])
+    assert not marker.exists()  # SIGTERM ended the worker without running the caller's handler
+    if mode == "fork":
+        assert result["fds"] == [0, 1, 2, 3]  # task pipe, /dev/null, verdict pipe: not the caller's file
+        assert WORKER_MEMORY_LIMIT_MB < result["limit_mb"] <= WORKER_MEMORY_LIMIT_MB + FORK_MAX_VM_MB
+    else:
+        assert result["limit_mb"] == WORKER_MEMORY_LIMIT_MB

@@ -3,11 +3,37 @@
 >>> from mathloop.verify import grade
 >>> grade(r"\\frac{1}{2}", r"... so the answer is $\\boxed{0.5}$.")
 ('0.5', 'correct')
+
+The names below are imported on first use (PEP 562), so a worker process that imports only
+``mathloop.verify.equivalence`` does not pay for the extraction and batching modules it never runs.
 """
 
-from mathloop.verify.equivalence import normalize
-from mathloop.verify.extract import extract_answer
-from mathloop.verify.verifier import CORRECT, INCORRECT, NO_ANSWER, Verifier, grade, is_equivalent
+from __future__ import annotations
+
+import importlib
+
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (mypy reads this name too)
+if TYPE_CHECKING:
+    from typing import Any
+
+    from mathloop.verify.equivalence import normalize
+    from mathloop.verify.extract import extract_answer
+    from mathloop.verify.verifier import CORRECT, INCORRECT, NO_ANSWER, Verifier, grade, is_equivalent
+
+_HOME = {"normalize": "equivalence", "extract_answer": "extract", "CORRECT": "verifier", "INCORRECT": "verifier",
+         "NO_ANSWER": "verifier", "Verifier": "verifier", "grade": "verifier", "is_equivalent": "verifier"}
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _HOME:
+        raise AttributeError(f"module 'mathloop.verify' has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"mathloop.verify.{_HOME[name]}"), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_HOME))
 
 
 def same_answer(a: str, b: str) -> bool:
@@ -16,6 +42,8 @@ def same_answer(a: str, b: str) -> bool:
     >>> same_answer("0.5", "1/2"), same_answer("2", "3")
     (True, False)
     """
+    from mathloop.verify.verifier import is_equivalent
+
     return a.strip() == b.strip() or is_equivalent(a, b, timeout=2.0)
 
 

@@ -30,11 +30,14 @@ from __future__ import annotations
 import re
 from fractions import Fraction
 from functools import lru_cache, partial
-from typing import Any
 
 from mathloop.verify.latex import _LETTERS, clean_answer, final_boxes, option_letter
 from mathloop.verify.numeric import clearly_different, evaluate_constant
 from mathloop.verify.units import answer_unit, conversion
+
+TYPE_CHECKING = False  # typing is only needed by type checkers: not imported at run time (cold start)
+if TYPE_CHECKING:
+    from typing import Any
 
 MIN_DECIMALS_FOR_ROUNDING = 3
 # Bounds that keep every in-process path linear and fast: an answer longer than MAX_ANSWER_CHARS (after extraction) is

@@ -2,16 +2,20 @@
 
 from __future__ import annotations
 
-from typing import Sequence, TypeVar
-
-from mathloop.records import CORRECT, INCORRECT, NO_ANSWER
 from mathloop.verify.equivalence import fast_equivalent, question_allows_rounding
 from mathloop.verify.extract import copied_from, extract_answer, solution_answer
 from mathloop.verify.latex import clean_answer
 from mathloop.verify.pool import WorkerPool, default_pool
 
+# The verdict vocabulary, the same strings as ``mathloop.records``' (a test checks): not imported from there, so that
+# grading does not import ``records`` (dataclasses, inspect): a grader's cold start is compared with math-verify's.
+CORRECT, INCORRECT, NO_ANSWER = "correct", "incorrect", "no_answer"
 
-T = TypeVar("T")
+TYPE_CHECKING = False  # typing is only needed by type checkers: not imported at run time (cold start)
+if TYPE_CHECKING:
+    from typing import Sequence, TypeVar
+
+    T = TypeVar("T")
 
 
 def grade(
