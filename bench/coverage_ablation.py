@@ -47,6 +47,8 @@ COMMON = {"rounds": 1, "limit": 2360, "dev_size": 200,
 ARMS: dict[str, dict] = {
     "plain": {},
     "interpolate": {"interpolate": {"alphas": [0.25, 0.5, 0.75, 1.0]}},
+    # halfway, whatever the dev split prefers: what interpolation does to coverage when it is used
+    "interpolate-half": {"interpolate": {"alphas": [0.5]}},
     "negatives": {"select": {"negatives": 1}, "sft": {"negative_weight": 1.0}},
     "difficulty": {"select": {"k": 4, "difficulty": True},
                    "sample": {"hard_n": 8, "hard_max_correct": 1, "hard_temperature": 0.7}},

@@ -43,7 +43,7 @@ def test_smaller_scale_leaves_room_for_the_dev_split(ablation):
     assert ablation.COMMON["coverage"]["limit"] == 400  # scaling does not change the defaults
 
 
-@pytest.mark.parametrize("arm", ["plain", "interpolate", "negatives", "difficulty"])
+@pytest.mark.parametrize("arm", ["plain", "interpolate", "interpolate-half", "negatives", "difficulty", "explore"])
 def test_every_arm_is_a_valid_loop_config(ablation, arm, tmp_path):
     common = ablation.scaled(problems_per_round=240, dev_size=150, heldout_limit=500, coverage_limit=200)
     config = ablation.arm_config(BASE, arm, tmp_path / arm, common)
