@@ -222,8 +222,9 @@ def confidence_summary(logprobs: Sequence[float] | None, window: int = CONFIDENC
 def balance_score(distinct_correct: Sequence[int], target: int) -> float:
     """B-STaR's balance score (Zeng et al. 2024, arXiv 2412.17256) with the verifier as the reward: the mean over
     problems of min(u / target, 1), u the problem's distinct correct responses. B-STaR multiplies by the share of
-    correct responses among those its reward selects, which is 1 when the verifier selects; it counts each response
-    once, so a sampler that repeats itself (a temperature too low) scores as low as one that is rarely right (too high).
+    correct responses among those its reward selects, which is 1 when the verifier selects; it counts a repeated
+    response once (B-STaR drops exact repeats, the loop near-duplicates as selection does), so a sampler that repeats
+    itself (a temperature too low) scores as low as one that is rarely right (too high).
 
     >>> balance_score([4, 1, 0, 6], target=4)  # (1 + 0.25 + 0 + 1) / 4
     0.5625
