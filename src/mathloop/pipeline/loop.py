@@ -183,15 +183,15 @@ class LoopConfig:
 
     @property
     def synthesis_enabled(self) -> bool:
-        return bool(self.synthesize.get("enabled", bool(self.synthesize)))
+        return section_enabled(self.synthesize)
 
     @property
     def coverage_enabled(self) -> bool:
-        return bool(self.coverage.get("enabled", bool(self.coverage)))
+        return section_enabled(self.coverage)
 
     @property
     def interpolation_enabled(self) -> bool:
-        return bool(self.interpolate.get("enabled", bool(self.interpolate)))
+        return section_enabled(self.interpolate)
 
     def interpolation_grid(self) -> tuple[list[float], str]:
         """The alphas to try and the dev metric that picks one (a key of the eval metrics: acc, maj@k, pass@k)."""
@@ -209,7 +209,7 @@ class LoopConfig:
 
     @property
     def exploration_enabled(self) -> bool:
-        return bool(self.explore.get("enabled", bool(self.explore)))
+        return section_enabled(self.explore)
 
     def exploration_settings(self) -> dict[str, Any]:
         """The explore section with its defaults: the candidate `temperatures`, the first `problems` of the round's
@@ -231,11 +231,11 @@ class LoopConfig:
 
     @property
     def rm_enabled(self) -> bool:
-        return bool(self.reward_model.get("enabled", bool(self.reward_model)))
+        return section_enabled(self.reward_model)
 
     @property
     def grpo_enabled(self) -> bool:
-        return bool(self.grpo.get("enabled", bool(self.grpo)))
+        return section_enabled(self.grpo)
 
     # -- the stage configs ---------------------------------------------------------------------------------------
 
@@ -332,6 +332,15 @@ class LoopConfig:
             settings = {"seed": self.seed, **settings}
         fixed = tuple(k for k in filled if k != "rm") + fixed
         return settings_from_dict(cls, settings, filled, f"loop: {name}", fixed=fixed)
+
+
+def section_enabled(section: dict[str, Any]) -> bool:
+    """Whether an optional section of the loop config is on: its `enabled` key, else whether it sets anything.
+
+    >>> section_enabled({}), section_enabled({"alphas": [0.5]}), section_enabled({"alphas": [0.5], "enabled": False})
+    (False, True, False)
+    """
+    return bool(section.get("enabled", bool(section)))
 
 
 def load_loop_config(path: str, overrides: dict[str, Any] | None = None) -> LoopConfig:
