@@ -53,7 +53,27 @@ ARMS: dict[str, dict] = {
     "difficulty": {"select": {"k": 4, "difficulty": True},
                    "sample": {"hard_n": 8, "hard_max_correct": 1, "hard_temperature": 0.7}},
     "explore": {"explore": {"temperatures": [0.6, 0.8, 1.0, 1.2], "problems": 32, "target": 3}},
+    # combinations: the model of the named arm, interpolated halfway (they reuse that arm's SFT: evaluations only)
+    "negatives-half": {"select": {"negatives": 1}, "sft": {"negative_weight": 1.0}, "interpolate": {"alphas": [0.5]}},
+    "difficulty-half": {"select": {"k": 4, "difficulty": True},
+                        "sample": {"hard_n": 8, "hard_max_correct": 1, "hard_temperature": 0.7},
+                        "interpolate": {"alphas": [0.5]}},
+    # issue 32: the correct responses that become rows ranked by an RM trained on the round's own samples (the
+    # settings of configs/cpu-default.yaml, groups of 4 because the round samples 4 per problem)
+    "rm-ranked": {"reward_model": {"enabled": True, "group_size": 4, "lora": True, "lora_rank": 8, "lora_layers": 4,
+                                   "learning_rate": 1.0e-4, "epochs": 2, "groups_per_batch": 4,
+                                   "micro_batch_groups": 1, "max_length": 640, "heldout_fraction": 0.15},
+                  "select": {"vote": "rm-weighted"}},
 }
+
+
+def trainer_arm(arm: str) -> str | None:
+    """The arm whose SFT model this arm interpolates (its samples, rows and SFT are reused), or None when the arm
+    trains a model of its own. The interpolation arms of plain rows have the plain arm."""
+    changes = {section: value for section, value in ARMS[arm].items() if section != "interpolate"}
+    if changes == ARMS[arm]:
+        return None
+    return next((other for other, value in ARMS.items() if value == changes), None)
 
 
 def scaled(problems_per_round: int | None = None, dev_size: int | None = None, heldout_limit: int | None = None,
@@ -84,9 +104,10 @@ def arm_config(base: dict, arm: str, out: Path, common: dict | None = None) -> d
     return config
 
 
-def prepare(source: Path, arm_dir: Path, config: dict, base: dict) -> None:
+def prepare(source: Path, arm_dir: Path, config: dict, base: dict, trainer: Path | None = None) -> None:
     """Copy the source's round-0 evaluations and round-1 samples into the arm's folder (once), with the wall
-    seconds of the stages copied. Round 0's coverage evaluation comes from the first arm that made it."""
+    seconds of the stages copied. Round 0's coverage evaluation comes from the first arm that made it. With a
+    `trainer` (the folder of the arm whose SFT this arm interpolates), round 1's samples, rows and SFT come from it."""
     if (arm_dir / "round-1" / "problems.jsonl").exists():
         return
     (arm_dir / "round-1").mkdir(parents=True, exist_ok=True)
@@ -97,26 +118,28 @@ def prepare(source: Path, arm_dir: Path, config: dict, base: dict) -> None:
         made = read_json(covered[0].parents[1] / "stage_seconds.json")
         seconds = read_json(arm_dir / "round-0" / "stage_seconds.json")
         (arm_dir / "round-0" / "stage_seconds.json").write_text(json.dumps({**seconds, "coverage": made["coverage"]}))
-    samples = source / "round-1" / "samples"
-    if (source / "round-1" / "stage_seconds.json").exists():
-        shutil.copy2(source / "round-1" / "stage_seconds.json", arm_dir / "round-1")
-    if config.get("explore"):  # the arm picks its own temperature: it samples its round itself
+    origin = trainer or source
+    samples = origin / "round-1" / "samples"
+    if (origin / "round-1" / "stage_seconds.json").exists():
+        shutil.copy2(origin / "round-1" / "stage_seconds.json", arm_dir / "round-1")
+    if trainer is None and config.get("explore"):  # the arm picks its own temperature: it samples its round itself
         pass
-    elif config.get("sample", {}).get("hard_n"):  # the arm samples more: the first pass only, no run record
+    elif trainer is None and config.get("sample", {}).get("hard_n"):  # it samples more: the first pass only
         (arm_dir / "round-1" / "samples" / "samples").mkdir(parents=True, exist_ok=True)
         shutil.copy2(samples / "samples" / "pass-0.jsonl", arm_dir / "round-1" / "samples" / "samples")
     else:
         shutil.copytree(samples, arm_dir / "round-1" / "samples", dirs_exist_ok=True)
-        shutil.copy2(source / "round-1" / "samples.jsonl", arm_dir / "round-1")
-        if all(config.get(key) == base.get(key) for key in ("select", "sft")):  # the same rows: the same model
+        shutil.copy2(origin / "round-1" / "samples.jsonl", arm_dir / "round-1")
+        same_rows = all(config.get(key) == base.get(key) for key in ("select", "sft"))
+        if trainer is not None or same_rows:  # the same rows: the same model
             copied = ["select.json", "sft_data.jsonl", "sft"] + ([] if config.get("interpolate") else ["eval"])
             for name in copied:
-                path = source / "round-1" / name
+                path = origin / "round-1" / name
                 if path.is_dir():
                     shutil.copytree(path, arm_dir / "round-1" / name, dirs_exist_ok=True)
                 elif path.exists():
                     shutil.copy2(path, arm_dir / "round-1")
-    shutil.copy2(source / "round-1" / "problems.jsonl", arm_dir / "round-1")
+    shutil.copy2(origin / "round-1" / "problems.jsonl", arm_dir / "round-1")
     timed = arm_dir / "round-1" / "stage_seconds.json"
     if timed.exists():  # keep only the stages whose output was copied
         seconds = read_json(timed)
@@ -133,7 +156,15 @@ def run_arm(source: Path, out: Path, arm: str, base: dict, data_dir: str | None,
     if source.resolve() != arm_dir.resolve():  # the source arm samples its own round 1
         if not (source / "round-1" / "samples.jsonl").exists():
             raise SystemExit(f"--source: {source} has no sampled round 1 (round-1/samples.jsonl); run its arm first")
-        prepare(source, arm_dir, config, base)
+        trainer = trainer_arm(arm)
+        donor = out / trainer if trainer and trainer != "plain" else None  # plain: the source itself
+        if donor is not None:
+            from mathloop.pipeline.loop import stage_done
+
+            if not stage_done(donor / "round-1", "sft"):
+                raise SystemExit(f"{arm}: interpolates the SFT model of the {trainer} arm, which has not finished "
+                                 f"its SFT in {donor}; run that arm first (--arms {trainer},{arm})")
+        prepare(source, arm_dir, config, base, donor)
     (arm_dir / "arm.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
     command = [sys.executable, "-m", "mathloop.cli", "loop", "--config", str(arm_dir / "arm.yaml")]
     if data_dir:

@@ -2,6 +2,7 @@
 one-round settings plus its own changes, and a smaller scale keeps the training block and the dev split apart."""
 
 import importlib.util
+import json
 from pathlib import Path
 
 import pytest
@@ -11,12 +12,16 @@ from mathloop.pipeline.loop import loop_config_from_dict
 BENCH = Path(__file__).resolve().parents[1] / "bench" / "coverage_ablation.py"
 
 
-@pytest.fixture(scope="module")
-def ablation():
+def load_ablation():
     spec = importlib.util.spec_from_file_location("coverage_ablation", BENCH)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
+
+
+@pytest.fixture(scope="module")
+def ablation():
+    return load_ablation()
 
 
 BASE = {"output_dir": "runs/x", "model": "default", "problems": "gsm8k:train", "limit": 2160, "rounds": 3,
@@ -43,9 +48,69 @@ def test_smaller_scale_leaves_room_for_the_dev_split(ablation):
     assert ablation.COMMON["coverage"]["limit"] == 400  # scaling does not change the defaults
 
 
-@pytest.mark.parametrize("arm", ["plain", "interpolate", "interpolate-half", "negatives", "difficulty", "explore"])
+@pytest.mark.parametrize("arm", list(load_ablation().ARMS))
 def test_every_arm_is_a_valid_loop_config(ablation, arm, tmp_path):
     common = ablation.scaled(problems_per_round=240, dev_size=150, heldout_limit=500, coverage_limit=200)
     config = ablation.arm_config(BASE, arm, tmp_path / arm, common)
     loaded = loop_config_from_dict(config)
     assert loaded.rounds == 1 and loaded.dev_size == 150 and loaded.heldout_limit == 500
+
+
+def test_combination_arms_interpolate_the_model_of_their_arm(ablation):
+    assert ablation.trainer_arm("interpolate") == "plain" and ablation.trainer_arm("interpolate-half") == "plain"
+    assert ablation.trainer_arm("negatives-half") == "negatives"
+    assert ablation.trainer_arm("difficulty-half") == "difficulty"
+    for arm in ("plain", "negatives", "difficulty", "explore", "rm-ranked"):
+        assert ablation.trainer_arm(arm) is None
+
+
+def make_round(folder: Path, *, sft: bool = True) -> None:
+    """A finished loop folder's round 0 and round 1, with a marker file in each copied part."""
+    for part in ("round-0/eval", "round-0/coverage", "round-1/samples/samples", "round-1/eval"):
+        (folder / part).mkdir(parents=True, exist_ok=True)
+        (folder / part / "marker").write_text(str(folder))
+    (folder / "round-0" / "coverage" / "metrics.json").write_text("{}")
+    (folder / "round-0" / "stage_seconds.json").write_text('{"eval": 60, "coverage": 600}')
+    (folder / "round-1" / "samples" / "samples" / "pass-0.jsonl").write_text("")
+    for name in ("samples.jsonl", "problems.jsonl", "select.json", "sft_data.jsonl"):
+        (folder / "round-1" / name).write_text(str(folder))
+    stages = {"sample": 500, "select": 1, "eval": 200, "coverage": 800}
+    if sft:
+        (folder / "round-1" / "sft").mkdir()
+        (folder / "round-1" / "sft" / "marker").write_text(str(folder))
+        stages["sft"] = 1200
+    (folder / "round-1" / "stage_seconds.json").write_text(json.dumps(stages))
+
+
+def test_a_combination_arm_takes_samples_rows_and_sft_from_its_arm_but_evaluates_itself(ablation, tmp_path):
+    make_round(tmp_path / "plain")
+    make_round(tmp_path / "negatives")
+    arm_dir = tmp_path / "negatives-half"
+    config = ablation.arm_config(BASE, "negatives-half", arm_dir)
+    ablation.prepare(tmp_path / "plain", arm_dir, config, BASE, tmp_path / "negatives")
+    round1 = arm_dir / "round-1"
+    assert (round1 / "sft" / "marker").read_text() == str(tmp_path / "negatives")
+    assert (round1 / "samples.jsonl").read_text() == str(tmp_path / "negatives")
+    assert (round1 / "sft_data.jsonl").read_text() == str(tmp_path / "negatives")
+    assert not (round1 / "eval").exists()  # the interpolated model is evaluated by the arm itself
+    assert (arm_dir / "round-0" / "eval" / "marker").read_text() == str(tmp_path / "plain")
+    # the copied stages keep their wall seconds; the stages the arm runs itself start from none
+    assert json.loads((round1 / "stage_seconds.json").read_text()) == {"sample": 500, "select": 1, "sft": 1200}
+
+
+def test_an_arm_with_its_own_rows_takes_only_the_samples(ablation, tmp_path):
+    make_round(tmp_path / "plain")
+    arm_dir = tmp_path / "rm-ranked"
+    config = ablation.arm_config(BASE, "rm-ranked", arm_dir)
+    ablation.prepare(tmp_path / "plain", arm_dir, config, BASE)
+    round1 = arm_dir / "round-1"
+    assert (round1 / "samples" / "samples" / "marker").exists() and (round1 / "samples.jsonl").exists()
+    assert not (round1 / "sft").exists() and not (round1 / "select.json").exists() and not (round1 / "eval").exists()
+    assert config["select"]["vote"] == "rm-weighted" and config["reward_model"]["enabled"] is True
+
+
+def test_a_combination_arm_refuses_to_start_before_its_arm_has_trained(ablation, tmp_path):
+    make_round(tmp_path / "plain")
+    make_round(tmp_path / "negatives", sft=False)
+    with pytest.raises(SystemExit, match="negatives arm, which has not finished its SFT"):
+        ablation.run_arm(tmp_path / "plain", tmp_path, "negatives-half", BASE, None, ablation.COMMON)
