@@ -421,6 +421,26 @@ def test_accuracy_svg_is_the_reports_chart_with_its_own_style():
     assert all(f">{name}</text>" in svg for name in ("0", "1", "grpo"))
 
 
+def test_accuracy_svg_plots_coverage_over_rounds_where_it_was_measured():
+    from mathloop.pipeline.loop import accuracy_svg
+
+    def coverage(mean, maj, best):
+        return {"n": 120, "samples": 8, "metrics": {
+            "pass@1": {"mean": mean, "ci95": [mean - 0.05, mean + 0.05]},
+            "maj@8": {"mean": maj, "ci95": [maj - 0.08, maj + 0.08]},
+            "pass@8": {"mean": best, "ci95": [best - 0.08, best + 0.08]}}}
+
+    rows = [{"round": 0, "acc": 0.43, "ci95": [0.37, 0.49], "coverage": coverage(0.374, 0.483, 0.642)},
+            {"round": 1, "acc": 0.49, "ci95": [0.43, 0.55], "coverage": coverage(0.434, 0.542, 0.683)},
+            {"round": "grpo", "acc": 0.5, "ci95": [0.44, 0.56]}]  # no coverage run: no point there
+    svg = accuracy_svg(rows)
+    assert "accuracy and coverage per round" in svg
+    for name in ("greedy", "mean per sample (8 samples)", "maj@8", "pass@8"):
+        assert f'class="legend">{name}</text>' in svg
+    assert svg.count("<circle") == 3 + 3 * 2  # greedy in every round, the coverage metrics in rounds 0 and 1
+    assert svg.count('stroke-width="1.5"') == 3 + 3 * 2
+
+
 class TemperatureFake(FakeBackend):
     """A sampler whose diversity and accuracy follow the temperature: at 0.3 it repeats one right solution, at 0.8
     it writes a different right solution each time, at 1.5 it is wrong but for its first sample."""

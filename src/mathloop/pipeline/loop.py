@@ -942,10 +942,23 @@ def _write_report(out: Path) -> None:
 
 
 def accuracy_svg(rows: list[dict]) -> str:
-    """Held-out accuracy per round with 95% interval bars, as an SVG file of its own (the report's `line_chart`)."""
+    """Held-out accuracy per round with 95% interval bars, as an SVG file of its own (the report's `line_chart`);
+    with the coverage evaluation, also its mean share of correct samples, maj@k and pass@k per round."""
     from mathloop.report.plots import Series, line_chart
 
-    accuracy = Series("", list(range(len(rows))), [row["acc"] for row in rows], [row["ci95"][0] for row in rows],
-                      [row["ci95"][1] for row in rows])
-    return line_chart("held-out accuracy per round (95% CI)", [accuracy], x_label="round", percent=True,
-                      x_names=[str(row["round"]) for row in rows], width=480, height=300, standalone=True) + "\n"
+    x = list(range(len(rows)))
+    series = [Series("greedy" if any(row.get("coverage") for row in rows) else "", x, [row["acc"] for row in rows],
+                     [row["ci95"][0] for row in rows], [row["ci95"][1] for row in rows])]
+    covered = [row.get("coverage") or {} for row in rows]
+    k = next((c["samples"] for c in covered if c), None)
+    for metric, name in (("pass@1", "mean per sample"), (f"maj@{k}", f"maj@{k}"), (f"pass@{k}", f"pass@{k}")):
+        values = [c.get("metrics", {}).get(metric) for c in covered]
+        if any(values):
+            series.append(Series(f"{name} ({k} samples)" if metric == "pass@1" else name, x,
+                                 [v["mean"] if v else None for v in values],
+                                 [v["ci95"][0] if v else None for v in values],
+                                 [v["ci95"][1] if v else None for v in values]))
+    title = "held-out accuracy and coverage per round (95% CI)" if len(series) > 1 else \
+        "held-out accuracy per round (95% CI)"
+    return line_chart(title, series, x_label="round", percent=True, x_names=[str(row["round"]) for row in rows],
+                      width=480, height=300, standalone=True) + "\n"
