@@ -119,7 +119,8 @@ class SFTRunConfig:
         "help": "LoRA in the last N transformer layers only (None: all); the layers below run without a backward pass"
                 " (needs gradient_checkpointing off), which makes a CPU step cheaper"})
     negative_weight: float = field(default=0.0, metadata={"resume": True,
-        "help": "weight of the wrong responses' term (rows with \"reward\": -1; mathloop.train.sft_loss)"})
+        "help": "weight of the wrong responses' term (rows with \"reward\": -1; mathloop.train.sft_loss); 1.0 for "
+                "2 epochs took the demo model from 42.5% to 15.4% greedy (docs/loop.md): start at 0.05-0.1"})
     negative_floor: float = field(default=0.01, metadata={"resume": True,
         "help": "a wrong response's token is pushed down only while its probability is above this"})
     dtype: str = field(default="float32", metadata={"resume": True, "choices": ["float32", "bfloat16"],
