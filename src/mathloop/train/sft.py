@@ -120,7 +120,7 @@ class SFTRunConfig:
                 " (needs gradient_checkpointing off), which makes a CPU step cheaper"})
     negative_weight: float = field(default=0.0, metadata={"resume": True,
         "help": "weight of the wrong responses' term (rows with \"reward\": -1; mathloop.train.sft_loss); 1.0 for "
-                "2 epochs took the demo model from 42.5% to 15.4% greedy (docs/loop.md): start at 0.05-0.1"})
+                "2 epochs broke the demo model (greedy 42.5 -> 15.4, docs/loop.md): start at 0.05-0.1"})
     negative_floor: float = field(default=0.01, metadata={"resume": True,
         "help": "a wrong response's token is pushed down only while its probability is above this"})
     dtype: str = field(default="float32", metadata={"resume": True, "choices": ["float32", "bfloat16"],
