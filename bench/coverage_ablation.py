@@ -55,11 +55,6 @@ ARMS: dict[str, dict] = {
     "difficulty": {"select": {"k": 4, "difficulty": True},
                    "sample": {"hard_n": 8, "hard_max_correct": 1, "hard_temperature": 0.7}},
     "explore": {"explore": {"temperatures": [0.6, 0.8, 1.0, 1.2], "problems": 32, "target": 3}},
-    # combinations: the model of the named arm, interpolated halfway (they reuse that arm's SFT: evaluations only)
-    "negatives-half": {"select": {"negatives": 1}, "sft": {"negative_weight": 1.0}, "interpolate": {"alphas": [0.5]}},
-    "difficulty-half": {"select": {"k": 4, "difficulty": True},
-                        "sample": {"hard_n": 8, "hard_max_correct": 1, "hard_temperature": 0.7},
-                        "interpolate": {"alphas": [0.5]}},
     # issue 32: the correct responses that become rows ranked by an RM trained on the round's own samples (the
     # settings of configs/cpu-default.yaml, groups of 4 because the round samples 4 per problem)
     "rm-ranked": {"reward_model": {"enabled": True, "group_size": 4, "lora": True, "lora_rank": 8, "lora_layers": 4,
@@ -78,6 +73,9 @@ ARMS: dict[str, dict] = {
                       "save_every": 5}},
 }
 
+
+# combinations: the model of the named arm, interpolated halfway (they reuse that arm's SFT: evaluations only)
+ARMS |= {f"{arm}-half": ARMS[arm] | ARMS["interpolate-half"] for arm in ("negatives", "difficulty")}
 
 GRPO_STAGE = "grpo-after-round-1"  # the loop's folder of a GRPO stage after one round
 
