@@ -39,7 +39,7 @@ except ImportError:
 import yaml  # noqa: E402
 
 from mathloop.config import read_yaml_mapping  # noqa: E402
-from mathloop.runs import read_json  # noqa: E402
+from mathloop.runs import read_json, write_json  # noqa: E402
 
 # The settings every arm shares on top of the base config: one round, a dev split of 200 training problems after
 # the ones the rounds use, and the coverage evaluation (8 samples on the first 400 held-out problems).
@@ -64,11 +64,13 @@ ARMS: dict[str, dict] = {
     # issue 31: LoRA in the top 4 of 24 blocks only (2.4x faster SFT steps): does it learn as much as all blocks?
     "lora-top4": {"sft": {"lora_layers": 4}},
     # issue 31: GRPO after the plain round (its model, its round-1 samples pick the queries solved 1..3 of 4), with
-    # the verifier reward, beta 0, rollouts on OpenVINO overlapping the update; the GRPO stage is evaluated like a
-    # round and paired with round 0 and with the plain arm's round 1 (its starting model)
+    # the verifier reward, beta 0, rollouts on OpenVINO (int8, one thread) overlapping the update (one thread); the
+    # GRPO stage is evaluated like a round and paired with round 0 and with the plain arm's round 1 (its starting
+    # model). The learning rate gives about the Adam movement of the SFT round that gained (2e-4 x 74 steps).
     "grpo": {"grpo": {"enabled": True, "steps": 100, "group_size": 8, "queries_per_step": 2, "max_new_tokens": 320,
-                      "lora": True, "learning_rate": 5.0e-5, "beta": 0.0, "reward": "verifier",
-                      "rollout_backend": "openvino", "overlap_rollouts": True, "micro_batch": 4,
+                      "lora": True, "learning_rate": 1.0e-4, "beta": 0.0, "reward": "verifier",
+                      "rollout_backend": "openvino", "overlap_rollouts": True, "micro_batch": 4, "threads": 1,
+                      "openvino_args": {"weight_format": "int8", "threads": 1},
                       "gradient_checkpointing": True, "selection_n": 4, "selection_low": 1, "selection_high": 3,
                       "save_every": 5}},
 }
@@ -117,6 +119,22 @@ def arm_config(base: dict, arm: str, out: Path, common: dict | None = None) -> d
     return config
 
 
+def rehome(folder: Path, origin: Path, arm_dir: Path) -> None:
+    """The run records (run.json) of a stage copied from another arm's folder name the copies: the same model and
+    settings, now under the arm's folder (the loop refuses to resume a stage whose record names another model)."""
+    def moved(value):
+        if isinstance(value, str) and value.startswith(f"{origin}/"):
+            return f"{arm_dir}/{value[len(str(origin)) + 1:]}"
+        if isinstance(value, dict):
+            return {key: moved(item) for key, item in value.items()}
+        if isinstance(value, list):
+            return [moved(item) for item in value]
+        return value
+
+    for record in folder.rglob("run.json"):
+        write_json(record, moved(read_json(record)))
+
+
 def prepare(source: Path, arm_dir: Path, config: dict, base: dict, trainer: Path | None = None) -> None:
     """Copy the source's round-0 evaluations and round-1 samples into the arm's folder (once), with the wall
     seconds of the stages copied. Round 0's coverage evaluation comes from the first arm that made it. With a
@@ -151,6 +169,7 @@ def prepare(source: Path, arm_dir: Path, config: dict, base: dict, trainer: Path
                 path = origin / "round-1" / name
                 if path.is_dir():
                     shutil.copytree(path, arm_dir / "round-1" / name, dirs_exist_ok=True)
+                    rehome(arm_dir / "round-1" / name, origin, arm_dir)
                 elif path.exists():
                     shutil.copy2(path, arm_dir / "round-1")
     shutil.copy2(origin / "round-1" / "problems.jsonl", arm_dir / "round-1")

@@ -114,3 +114,26 @@ def test_a_combination_arm_refuses_to_start_before_its_arm_has_trained(ablation,
     make_round(tmp_path / "negatives", sft=False)
     with pytest.raises(SystemExit, match="negatives arm, which has not finished its SFT"):
         ablation.run_arm(tmp_path / "plain", tmp_path, "negatives-half", BASE, None, ablation.COMMON)
+
+
+def test_an_arm_with_the_same_rows_takes_the_model_and_its_evaluations_under_its_own_folder(ablation, tmp_path):
+    """The grpo arm trains on plain's round: it copies the SFT model and its evaluations, and their run records name
+    the copies (the loop refuses to resume an evaluation whose record names another model)."""
+    make_round(tmp_path / "plain")
+    record = {"kind": "eval", "config": {"model": str(tmp_path / "plain" / "round-1" / "sft" / "final"),
+                                         "out": str(tmp_path / "plain" / "round-1" / "eval"),
+                                         "benchmarks": [str(tmp_path / "plain-other" / "x")]}}
+    (tmp_path / "plain" / "round-1" / "eval" / "run.json").write_text(json.dumps(record))
+    arm_dir = tmp_path / "grpo"
+    config = ablation.arm_config(BASE, "grpo", arm_dir)
+    ablation.prepare(tmp_path / "plain", arm_dir, config, BASE)
+    round1 = arm_dir / "round-1"
+    assert (round1 / "sft" / "marker").read_text() == str(tmp_path / "plain")
+    assert (round1 / "eval" / "marker").exists() and (round1 / "select.json").exists()
+    copied = json.loads((round1 / "eval" / "run.json").read_text())["config"]
+    assert copied["model"] == str(arm_dir / "round-1" / "sft" / "final")
+    assert copied["out"] == str(arm_dir / "round-1" / "eval")
+    assert copied["benchmarks"] == [str(tmp_path / "plain-other" / "x")]  # only paths inside the origin move
+    # the source's own record is left as it was
+    assert json.loads((tmp_path / "plain" / "round-1" / "eval" / "run.json").read_text()) == record
+    assert config["grpo"]["enabled"] is True and config["grpo"]["overlap_rollouts"] is True
