@@ -52,6 +52,11 @@ ARMS: dict[str, dict] = {
     # halfway, whatever the dev split prefers: what interpolation does to coverage when it is used
     "interpolate-half": {"interpolate": {"alphas": [0.5]}},
     "negatives": {"select": {"negatives": 1}, "sft": {"negative_weight": 1.0}},
+    # weight 1.0 broke the demo model (greedy 42.5 -> 15.4): on a token that right and wrong rows share, the two terms
+    # cancel, so the wrong rows won wherever they outnumbered the right ones; at 0.1 the right rows dominate every
+    # shared token. Offline (samples of the starting model, 2 epochs), the negative side is the one to keep small
+    # (Asymmetric REINFORCE, arXiv 2506.20520); on-policy, Zhu et al. 2025 down-weighted the positive side instead.
+    "negatives-light": {"select": {"negatives": 1}, "sft": {"negative_weight": 0.1}},
     "difficulty": {"select": {"k": 4, "difficulty": True},
                    "sample": {"hard_n": 8, "hard_max_correct": 1, "hard_temperature": 0.7}},
     "explore": {"explore": {"temperatures": [0.6, 0.8, 1.0, 1.2], "problems": 32, "target": 3}},
