@@ -69,7 +69,8 @@ ARMS: dict[str, dict] = {
     # issue 31: LoRA in the top 4 of 24 blocks only (2.4x faster SFT steps): does it learn as much as all blocks?
     "lora-top4": {"sft": {"lora_layers": 4}},
     # issue 31: GRPO after the plain round (its model, its round-1 samples pick the queries solved 1..3 of 4), with
-    # the verifier reward, beta 0, rollouts on OpenVINO (int8, one thread) overlapping the update; the GRPO stage is
+    # the verifier reward, beta 0, rollouts on OpenVINO (int8, one thread) overlapping the update, corrected by
+    # truncated importance sampling (one step stale, int8 numerics); the GRPO stage is
     # evaluated like a round and paired with round 0 and with the plain arm's round 1 (its starting model). The
     # learning rate gives about the Adam movement of the SFT round that gained (2e-4 x 74 steps); LoRA in the top 4
     # blocks (it learned as much as all blocks in the lora-top4 arm) and no gradient checkpointing: with adapters in
@@ -77,7 +78,7 @@ ARMS: dict[str, dict] = {
     "grpo": {"grpo": {"enabled": True, "steps": 100, "group_size": 8, "queries_per_step": 2, "max_new_tokens": 320,
                       "lora": True, "lora_layers": 4, "learning_rate": 1.0e-4, "beta": 0.0, "reward": "verifier",
                       "rollout_backend": "openvino", "overlap_rollouts": True, "micro_batch": 4, "threads": 2,
-                      "openvino_args": {"weight_format": "int8", "threads": 1},
+                      "openvino_args": {"weight_format": "int8", "threads": 1}, "tis_cap": 2.0,
                       "selection_n": 4, "selection_low": 1, "selection_high": 3, "save_every": 5}},
 }
 

@@ -197,8 +197,12 @@ def test_outputs_map_to_completions(stub_genai, tiny_model_dir):
     assert eos[0].completion_tokens == len(backend.tokenizer("The answer is \\boxed{5}.")["input_ids"])  # no EOS
     assert eos[0].prompt_tokens == len(backend.tokenizer("a eos")["input_ids"])
     assert (long[0].finish_reason, long[0].completion_tokens) == ("length", 6)
-    # the engine's log-probability of each generated token (the EOS's left out) makes the sample's confidence
-    assert eos[0].metadata["token_logprobs"] == [-0.5] * eos[0].completion_tokens
+    # the engine's sampled ids, the EOS included (what GRPO trains on), each with its log-probability, which make
+    # the sample's confidence
+    ids = backend.tokenizer("The answer is \\boxed{5}.")["input_ids"]
+    assert eos[0].metadata["token_ids"] == ids + [backend.eos_token_ids[0]]
+    assert eos[0].metadata["token_logprobs"] == [-0.5] * (eos[0].completion_tokens + 1)
+    assert len(long[0].metadata["token_ids"]) == len(long[0].metadata["token_logprobs"]) == 6
     [sample, _] = response_samples([Problem("p", "b", "q", gold="5")], ["a eos"], [eos], params, "cot", "m")
     assert sample.confidence == {"mean": -0.5, "lowest_window": -0.5, "tail": -0.5}
     assert (tool[0].text, tool[0].stop_string, tool[0].finish_reason) == ("print(1 + 2)\n```\n", "```output", "stop")
@@ -340,6 +344,14 @@ def test_export_and_generate_tiny_model(tiny_model_dir, tmp_path, monkeypatch):
     params = SamplingParams(n=3, temperature=1.0, max_new_tokens=12, seed=1)
     first, again = backend.generate([prompt], params), backend.generate([prompt], params)
     assert len(first[0]) == 3 and [c.text for c in first[0]] == [c.text for c in again[0]]  # seeded
+    # at temperature 1, the sampled ids and their log-probabilities are the model's (mu for GRPO's tis_cap)
+    sampled = first[0][0].metadata
+    prompt_ids = backend.tokenizer(prompt, add_special_tokens=False)["input_ids"]
+    with torch.no_grad():
+        logits = load_causal_lm(str(tiny_model_dir), torch.float32)(torch.tensor([prompt_ids + sampled["token_ids"]]))
+    logp = torch.log_softmax(logits.logits[0, len(prompt_ids) - 1:-1].float(), -1)
+    direct = logp.gather(1, torch.tensor(sampled["token_ids"])[:, None])[:, 0]
+    assert sampled["token_logprobs"] == pytest.approx(direct.tolist(), abs=2e-3)
     # each response's seed is its own (problem id, sample index): alone or beside another problem, the same tokens
     other = backend.chat_prompt([{"role": "user", "content": "What is 7 * 6?"}])
     both = backend.generate([other, prompt], params, seed_keys=["q2", "q1"])

@@ -557,8 +557,13 @@ def test_openvino_rollouts_sample_through_the_adapter_of_each_step(tiny_model_di
                     openvino_args={"weights": "int8"}).validate()
     with pytest.raises(ValueError, match="openvino_args are for rollout_backend openvino"):
         grpo_config(tmp_path, tiny_model_dir, openvino_args={"weight_format": "int8"}).validate()
-    with pytest.raises(ValueError, match="tis_cap needs the engine's log-probabilities .* openvino does not"):
-        grpo_config(tmp_path, tiny_model_dir, rollout_backend="openvino", lora=True, tis_cap=2.0).validate()
+    with pytest.raises(ValueError, match="tis_cap needs the engine's sampled token ids .* openai does not"):
+        grpo_config(tmp_path, tiny_model_dir, rollout_backend="openai", lora=True, tis_cap=2.0,
+                    rollout_base_url="http://localhost:1").validate()
+    for reshaped in ({"temperature": 0.7}, {"top_p": 0.9}, {"top_k": 20}):
+        with pytest.raises(ValueError, match="tis_cap with rollout_backend openvino needs temperature 1 and top_p 1"):
+            grpo_config(tmp_path, tiny_model_dir, rollout_backend="openvino", lora=True, tis_cap=2.0,
+                        **reshaped).validate()
     monkeypatch.setattr(ov_backend, "OpenVINOBackend", StubEngine)
     config = grpo_config(tmp_path, tiny_model_dir, rollout_backend="openvino", lora=True, lora_rank=4, steps=2,
                          queries_per_step=2, group_size=4, openvino_args={"weight_format": "int8", "threads": 2})
@@ -568,6 +573,63 @@ def test_openvino_rollouts_sample_through_the_adapter_of_each_step(tiny_model_di
     assert engine.adapters == [("step-000000", "policy-step-0", 8.0), ("step-000001", "policy-step-1", 8.0)]
     assert metric(tmp_path / "run", "accuracy") == [0.5, 0.5] and summary["final"]
     assert [p.name for p in (tmp_path / "run" / "rollout-adapter").iterdir()] == ["step-000001"]
+
+
+def test_openvino_rollouts_are_trained_on_the_engines_tokens_and_corrected_by_their_log_probabilities(
+        tiny_model_dir, tmp_path, monkeypatch):
+    """The OpenVINO engine reports each sampled token's id and log-probability (its end token included): at
+    temperature 1 those are mu, and `tis_cap` weighs each token by min(pi_old / mu, cap), logged as is_ratio."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from mathloop.backends import Completion
+    from mathloop.backends import openvino as ov_backend
+    from mathloop.train.grpo import train_grpo
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
+    sent = []
+
+    class StubEngine(Backend):
+        supports_lora = True
+
+        def __init__(self, model, **settings):
+            self.model_id = model
+
+        def use_lora(self, path, name, lora_id=0):
+            pass
+
+        def chat_prompt(self, messages):
+            return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+
+        def generate(self, prompts, params):
+            completions = []
+            for _ in prompts:
+                group = []
+                for j in range(params.n):
+                    text = "so \\boxed{7}" if j % 2 == 0 else "so \\boxed{3}"
+                    ids = tokenizer(text, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
+                    sent.append(ids)
+                    group.append(Completion(text=text, prompt_tokens=3, completion_tokens=len(ids) - 1,
+                                            finish_reason="stop",
+                                            metadata={"token_ids": ids, "token_logprobs": [-1.0] * len(ids)}))
+                completions.append(group)
+            return completions
+
+    monkeypatch.setattr(ov_backend, "OpenVINOBackend", StubEngine)
+    config = grpo_config(tmp_path, tiny_model_dir, rollout_backend="openvino", lora=True, lora_rank=4, steps=1,
+                         queries_per_step=2, group_size=4, tis_cap=2.0, temperature=1.0)
+    train_grpo(config)
+    # the ratio pi_old / mu over the engine's tokens: the starting model's probabilities (the adapter starts at 0)
+    # times e, recomputed here from the prompts the trainer sent and the ids the engine returned
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32)
+    recorded = read_records(Sample, tmp_path / "run" / "rollouts" / "step-000001.jsonl")
+    ratios = []
+    for sample, ids in zip(recorded, sent):
+        prompt = tokenizer(sample.prompt, add_special_tokens=False)["input_ids"]
+        with torch.no_grad():
+            logits = model(torch.tensor([prompt + ids])).logits[0, len(prompt) - 1:-1].float()
+        ratios += torch.exp(torch.log_softmax(logits, -1).gather(1, torch.tensor(ids)[:, None])[:, 0] + 1.0).tolist()
+    assert metric(tmp_path / "run", "is_ratio_mean") == [pytest.approx(sum(ratios) / len(ratios), rel=1e-2)]
+    assert metric(tmp_path / "run", "is_ratio_max") == [pytest.approx(max(ratios), rel=1e-2)]
 
 
 def test_vllm_rollouts_are_corrected_by_truncated_importance_sampling(tiny_model_dir, tmp_path, stub_vllm):

@@ -226,11 +226,15 @@ class OpenVINOBackend(Backend):
         """One sequence's token ids (and the engine's log-probability of each) as a Completion. The pipeline keeps
         the EOS token and (asked to) the stop string in them, except in one case seen with openvino-genai 2026.4: a
         stop string matched at the very start of a response sometimes comes back as no tokens at all; with a single
-        stop string it is still named."""
+        stop string it is still named. `metadata["token_ids"]` are the sampled ids, the EOS included when the
+        model wrote one (what GRPO trains on), and `["token_logprobs"]` each one's log-probability, as vLLM reports
+        them."""
+        metadata = {"token_ids": list(generated)}
+        if logprobs:
+            metadata["token_logprobs"] = [float(x) for x in logprobs[:len(generated)]]
         ended_by_eos = bool(generated) and generated[-1] in self.eos_token_ids
         if ended_by_eos:
             generated = generated[:-1]
-        metadata = {"token_logprobs": [float(x) for x in logprobs[:len(generated)]]} if logprobs else {}
         text, stop_string = cut_at_stop(self.tokenizer.decode(generated, skip_special_tokens=True), params.stop)
         if engine_stopped and not ended_by_eos and stop_string is None and len(params.stop) == 1:
             stop_string = params.stop[0]

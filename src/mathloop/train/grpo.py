@@ -32,7 +32,7 @@ Choices the paper leaves open, or where mathloop differs from it:
     ratio is 1, so PPO's clip never acts; the gradient is A * grad log pi plus the KL pull. `updates_per_batch` > 1
     reuses the batch: pi_old is the trainer's log-probs from the first update (the weights of rollout time) and the
     ratio is clipped to [1 - clip_low, 1 + clip_high]. The behaviour policy mu is the rollout engine; with vLLM
-    rollouts and `tis_cap`, its reported log-probs weight each token by min(pi_old / mu, tis_cap);
+    or OpenVINO rollouts and `tis_cap`, its reported log-probs weight each token by min(pi_old / mu, tis_cap);
   - practitioners' variants, all off by default: dynamic sampling, overlong mask / soft penalty, loss_type dapo /
     dr_grpo, scale_rewards batch / none (docs/training.md);
   - beta = 1e-3 (the paper's KL coefficient), k3 estimator, token mean per response then mean over responses;
@@ -222,7 +222,8 @@ class GRPOConfig(SamplerOptions):
         "help": "ratio clipped to [1 - clip_low, 1 + clip_high]"})
     clip_high: float = dataclasses.field(default=0.2, metadata={"help": "upper clip (DAPO's clip-higher: 0.28)"})
     tis_cap: float | None = dataclasses.field(default=None, metadata={
-        "help": "vllm rollouts: truncated importance sampling pi_old/mu capped at this (e.g. 2)"})
+        "help": "vllm or openvino rollouts: truncated importance sampling pi_old/mu capped at this (e.g. 2); "
+                "openvino needs temperature 1 and top_p 1"})
     micro_batch: int = dataclasses.field(default=8, metadata={"type": positive_int,
         "help": "sequences per forward/backward"})
     lora: bool = dataclasses.field(default=False, metadata={"resume": True,
@@ -336,10 +337,18 @@ class GRPOConfig(SamplerOptions):
                 raise ValueError("grpo: tis_cap corrects rollouts from another engine; with rollout_backend hf the "
                                  "trained model samples itself (nothing to correct): use rollout_backend vllm or "
                                  "drop tis_cap")
-            if self.rollout_backend != "vllm":
-                raise ValueError(f"grpo: tis_cap needs the engine's log-probabilities of its sampled tokens, which "
-                                 f"rollout_backend vllm reports and {self.rollout_backend} does not: use "
-                                 f"rollout_backend vllm or drop tis_cap")
+            if self.rollout_backend not in ("vllm", "openvino"):
+                raise ValueError(f"grpo: tis_cap needs the engine's sampled token ids and their log-probabilities, "
+                                 f"which rollout_backend vllm and openvino report and {self.rollout_backend} does "
+                                 f"not: use one of those or drop tis_cap")
+            if self.rollout_backend == "openvino":
+                shaped = {"temperature": self.temperature, "top_p": self.top_p,
+                          **sampling_params(self).sampler_options()}
+                if shaped != {"temperature": 1.0, "top_p": 1.0}:
+                    raise ValueError(f"grpo: tis_cap with rollout_backend openvino needs temperature 1 and top_p 1 "
+                                     f"and no other sampler option (the engine reports the model's log-probabilities, "
+                                     f"not those of the distribution it sampled from once these reshape it); got "
+                                     f"{shaped}")
             if self.mode != "cot":
                 raise ValueError("grpo: tis_cap needs mode cot (TIR trajectories are several engine calls with "
                                  "executor text between them; their token log-probabilities are not kept)")
