@@ -218,3 +218,21 @@ def test_math_tir_code_and_changed_problems_in_chromium(browser, tmp_path):
     assert detail.locator(".block-label").all_inner_texts() == ["python", "executor output"]
     page.screenshot(path=str(tmp_path / "sample-detail.png"))
     assert problems == [] and all(url.startswith(("file:", "data:")) for url in requests)
+
+
+def test_a_long_grpo_run_draws_entropy_and_the_trend_of_each_curve():
+    """GRPO logs a few rollouts per step: past 20 steps each chart has the steps and their 10-step moving mean;
+    entropy and the importance ratio are among the charts."""
+    from mathloop.report import _curve_chart, curve_specs, moving_mean
+    from mathloop.report.runs import Curves
+
+    records = [{"step": i + 1, "reward_mean": (i % 2) * 1.0, "reward_std": 0.5, "entropy": 0.2 - 0.001 * i,
+                "is_ratio_mean": 1.0} for i in range(30)]
+    titles = [title for _, title, _ in curve_specs(Curves("run", "grpo", records))]
+    assert {"policy entropy (response tokens)", "importance ratio pi_old / mu (mean)"} <= set(titles)
+    chart = _curve_chart(Curves("run", "grpo", records), "reward_mean", "reward", False)
+    assert ">per step</text>" in chart and ">mean of the last 10 steps</text>" in chart
+    short = _curve_chart(Curves("run", "grpo", records[:19]), "reward_mean", "reward", False)
+    assert "mean of the last" not in short
+    assert moving_mean([0.0, 1.0] * 5, 10)[-1] == 0.5 and moving_mean([0.0, 1.0] * 5, 10)[:9] == [None] * 9
+    assert moving_mean([1.0], 3) == [None]

@@ -35,8 +35,9 @@ VERDICT_INDEX = {verdict: i for i, verdict in enumerate(VERDICTS)}
 CURVES = {
     "grpo": [("reward_mean", "reward (mean, band: +- std)", False), ("accuracy", "rollout accuracy", True),
              ("kl", "KL to the reference", False), ("response_length", "response length (tokens)", False),
+             ("entropy", "policy entropy (response tokens)", False),
              ("truncation_rate", "truncated responses", True), ("flat_groups", "groups with equal rewards", True),
-             ("loss", "loss", False)],
+             ("is_ratio_mean", "importance ratio pi_old / mu (mean)", False), ("loss", "loss", False)],
     "rm": [("loss", "listwise loss", False), ("heldout_accuracy", "held-out pairwise accuracy", True)],
     "sft": [("loss", "training loss", False), ("eval_loss", "eval loss", False),
             ("mean_token_accuracy", "token accuracy", True), ("learning_rate", "learning rate", False)],
@@ -244,7 +245,26 @@ def _curve_chart(curves: Curves, key: str, title: str, percent: bool) -> str | N
     if key == "reward_mean" and all(isinstance(r.get("reward_std"), (int, float)) for r in records):
         low = [y - r["reward_std"] for y, r in zip(ys, records)]
         high = [y + r["reward_std"] for y, r in zip(ys, records)]
-    return line_chart(title, [Series("", xs, ys, low, high, band=True)], x_label="step", percent=percent)
+    series = [Series("", xs, ys, low, high, band=True)]
+    if len(ys) >= 2 * TREND_WINDOW:  # a few rollouts per step are noisy: the trend beside the steps
+        series = [Series("per step", xs, ys, low, high, band=True),
+                  Series(f"mean of the last {TREND_WINDOW} steps", xs, moving_mean(ys, TREND_WINDOW))]
+    return line_chart(title, series, x_label="step", percent=percent)
+
+
+TREND_WINDOW = 10  # steps in the moving mean drawn over a training curve of at least twice as many steps
+
+
+def moving_mean(values: list[float], window: int) -> list[float | None]:
+    """The mean of each value and the `window - 1` before it; None where fewer than `window` values are behind.
+
+    >>> moving_mean([1.0, 2.0, 3.0, 5.0], 2)
+    [None, 1.5, 2.5, 4.0]
+    """
+    out: list[float | None] = [None] * min(window - 1, len(values))
+    for i in range(window - 1, len(values)):
+        out.append(sum(values[i - window + 1:i + 1]) / window)
+    return out
 
 
 def _reports_section(reports: list[tuple[str, Any]]) -> str:
