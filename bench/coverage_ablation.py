@@ -66,6 +66,8 @@ ARMS: dict[str, dict] = {
                                    "learning_rate": 1.0e-4, "epochs": 2, "groups_per_batch": 4,
                                    "micro_batch_groups": 1, "max_length": 640, "heldout_fraction": 0.15},
                   "select": {"vote": "rm-weighted"}},
+    # the control of every "vs plain" column: plain's rows, another SFT seed (data order, LoRA initialisation)
+    "plain-seed1": {"sft": {"seed": 1}},
     # issue 31: LoRA in the top 4 of 24 blocks only (2.4x faster SFT steps): does it learn as much as all blocks?
     "lora-top4": {"sft": {"lora_layers": 4}},
     # issue 31: GRPO after the plain round (its model, its round-1 samples pick the queries solved 1..3 of 4), with

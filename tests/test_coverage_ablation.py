@@ -60,7 +60,7 @@ def test_combination_arms_interpolate_the_model_of_their_arm(ablation):
     assert ablation.trainer_arm("interpolate") == "plain" and ablation.trainer_arm("interpolate-half") == "plain"
     assert ablation.trainer_arm("negatives-half") == "negatives"
     assert ablation.trainer_arm("difficulty-half") == "difficulty"
-    for arm in ("plain", "negatives", "negatives-light", "difficulty", "explore", "rm-ranked", "grpo"):
+    for arm in ("plain", "plain-seed1", "negatives", "negatives-light", "difficulty", "explore", "rm-ranked", "grpo"):
         assert ablation.trainer_arm(arm) is None
 
 
