@@ -336,7 +336,7 @@ class GRPOConfig(SamplerOptions):
             if self.rollout_backend == "hf":
                 raise ValueError("grpo: tis_cap corrects rollouts from another engine; with rollout_backend hf the "
                                  "trained model samples itself (nothing to correct): use rollout_backend vllm or "
-                                 "drop tis_cap")
+                                 "openvino, or drop tis_cap")
             if self.rollout_backend not in ("vllm", "openvino"):
                 raise ValueError(f"grpo: tis_cap needs the engine's sampled token ids and their log-probabilities, "
                                  f"which rollout_backend vllm and openvino report and {self.rollout_backend} does "
