@@ -114,3 +114,20 @@ def _cpu_model() -> str:
     except OSError:
         name = ""
     return name or platform.processor() or platform.machine()
+
+
+def release_freed_memory() -> bool:
+    """Give the heap memory that has been freed back to the operating system (glibc's `malloc_trim(0)`); True where
+    that ran. On a CPU, each training step allocates and frees activations of another shape (responses of other
+    lengths), and glibc keeps the freed pages: a GRPO run of the default model grew from 4.7 GB to 9.2 GB resident
+    over 40 steps, and one `malloc_trim(0)` brought it back to 6.2 GB. A no-op (False) off glibc."""
+    import ctypes
+    import ctypes.util
+
+    if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
+        return False
+    try:
+        ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        return False
+    return True

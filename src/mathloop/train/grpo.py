@@ -91,7 +91,7 @@ from mathloop.backends.base import (
 )
 from mathloop.config import positive_float, positive_int, resume_keys
 from mathloop.generate import code_executor, generate, grade_samples, response_samples
-from mathloop.hardware import autocast
+from mathloop.hardware import autocast, release_freed_memory
 from mathloop.progress import progress_bar
 from mathloop.prompts import build_messages
 from mathloop.records import CORRECT, Problem, Sample, read_records, write_jsonl
@@ -773,6 +773,9 @@ def _train_grpo(config: GRPOConfig, stop_after: int | None) -> dict[str, Any]:
                 total_units = accelerator.reduce(torch.tensor(total_units, device=device), "sum").item()
             sums = update_policy(model, reference, policy, optimizer, trainable, batches, units, total_units, config,
                                  accelerator)
+            del batches
+            if device.type == "cpu":  # the step's activations, freed, go back to the OS (else RSS climbs per step)
+                release_freed_memory()
             step += 1
             bar.update(1)
 

@@ -35,7 +35,7 @@ from typing import Any
 import torch
 
 from mathloop.config import resume_keys
-from mathloop.hardware import autocast
+from mathloop.hardware import autocast, release_freed_memory
 from mathloop.progress import progress_bar
 from mathloop.records import Sample, read_records, write_jsonl
 from mathloop.reward.data import RMGroup, build_rm_groups, split_groups
@@ -282,6 +282,8 @@ def _train(config: RMTrainConfig, stop_after: int | None) -> dict[str, Any]:
             accelerator.clip_grad_norm_(trainable, config.max_grad_norm)
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
+        if accelerator.device.type == "cpu":  # freed activations back to the OS (mathloop.hardware)
+            release_freed_memory()
         step += 1
         bar.update(1)
 

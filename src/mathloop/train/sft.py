@@ -65,7 +65,7 @@ import torch
 from transformers import TrainerCallback
 
 from mathloop.config import resume_keys
-from mathloop.hardware import compute_dtype
+from mathloop.hardware import compute_dtype, release_freed_memory
 from mathloop.progress import quiet
 from mathloop.records import RecordError, read_jsonl
 from mathloop.runs import check_run_record, lock_run_dir, new_run_record, read_json, refuse_other_kind, write_json
@@ -429,7 +429,8 @@ def _train_sft(config: SFTRunConfig, stop_after: int | None) -> dict[str, Any]:
     if checkpoint is not None:
         _check_resumable(out, config)
 
-    callbacks = [_MetricsLog(out / "metrics.jsonl", config)] + ([_StopAfter(stop_after)] if stop_after else [])
+    callbacks = [_MetricsLog(out / "metrics.jsonl", config)] + ([_StopAfter(stop_after)] if stop_after else []) + \
+        ([] if torch.cuda.is_available() else [_ReleaseFreedMemory()])
     trainer, report = build_trainer(config, callbacks)
     from mathloop.train.distributed import destroy_process_group_at_exit
 
@@ -535,6 +536,14 @@ class _MetricsLog(TrainerCallback):
     def on_train_end(self, args, state, control, **kwargs) -> None:
         if self.reporter is not None:
             self.reporter.close()
+
+
+class _ReleaseFreedMemory(TrainerCallback):
+    """On a CPU, give the step's freed activations back to the OS after every optimizer step
+    (`mathloop.hardware.release_freed_memory`): rows of other lengths leave the heap fragmented otherwise."""
+
+    def on_step_end(self, args, state, control, **kwargs) -> None:
+        release_freed_memory()
 
 
 class _StopAfter(TrainerCallback):
