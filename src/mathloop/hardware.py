@@ -120,7 +120,9 @@ def release_freed_memory() -> bool:
     """Give the heap memory that has been freed back to the operating system (glibc's `malloc_trim(0)`); True where
     that ran. On a CPU, each training step allocates and frees activations of another shape (responses of other
     lengths), and glibc keeps the freed pages: a GRPO run of the default model grew from 4.7 GB to 9.2 GB resident
-    over 40 steps, and one `malloc_trim(0)` brought it back to 6.2 GB. A no-op (False) off glibc."""
+    between steps over 40 steps, and one `malloc_trim(0)` brought it back to 6.2 GB (within a step it climbs to
+    its working size again: this lowers what a step holds between steps, not a step's peak). A no-op (False) off
+    glibc."""
     import ctypes
     import ctypes.util
 
