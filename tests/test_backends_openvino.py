@@ -51,8 +51,11 @@ def stub_genai(monkeypatch, tiny_model_dir, tmp_path):
             return types.SimpleNamespace(name="FINISHED" if self.pipeline.steps >= self.finish_at else "RUNNING")
 
         def read_all(self):  # like openvino-genai 2026.4, nothing for a sequence a stop string left empty
+            logprobs = [-0.5] * len(self.script)  # the end token's -0.1
+            if self.script and self.script[-1] == tokenizer.eos_token_id:
+                logprobs[-1] = -0.1
             output = types.SimpleNamespace(generated_ids=self.script, finish_reason=self.reason,
-                                           generated_log_probs=[-0.5] * len(self.script))
+                                           generated_log_probs=logprobs)
             return [output] * self.n if self.script else []
 
         def cancel(self):
@@ -197,11 +200,11 @@ def test_outputs_map_to_completions(stub_genai, tiny_model_dir):
     assert eos[0].completion_tokens == len(backend.tokenizer("The answer is \\boxed{5}.")["input_ids"])  # no EOS
     assert eos[0].prompt_tokens == len(backend.tokenizer("a eos")["input_ids"])
     assert (long[0].finish_reason, long[0].completion_tokens) == ("length", 6)
-    # the engine's sampled ids, the EOS included (what GRPO trains on), each with its log-probability, which make
-    # the sample's confidence
+    # the engine's sampled ids, the EOS included (what GRPO trains on), each with its log-probability; the sample's
+    # confidence is over the response's tokens, the EOS's left out
     ids = backend.tokenizer("The answer is \\boxed{5}.")["input_ids"]
     assert eos[0].metadata["token_ids"] == ids + [backend.eos_token_ids[0]]
-    assert eos[0].metadata["token_logprobs"] == [-0.5] * (eos[0].completion_tokens + 1)
+    assert eos[0].metadata["token_logprobs"] == [-0.5] * eos[0].completion_tokens + [-0.1]
     assert len(long[0].metadata["token_ids"]) == len(long[0].metadata["token_logprobs"]) == 6
     [sample, _] = response_samples([Problem("p", "b", "q", gold="5")], ["a eos"], [eos], params, "cot", "m")
     assert sample.confidence == {"mean": -0.5, "lowest_window": -0.5, "tail": -0.5}

@@ -94,6 +94,15 @@ def generate(backend: Backend, prompts: list[str], params: SamplingParams, mode:
     return completions
 
 
+def response_logprobs(completion: Completion) -> list[float] | None:
+    """The log-probabilities of a completion's counted tokens (`completion_tokens`): an end token an engine reports
+    beyond them (OpenVINO's, for GRPO's token ids) is left out of the sample's confidence."""
+    logprobs = completion.metadata.get("token_logprobs")
+    if logprobs and len(logprobs) == completion.completion_tokens + 1:
+        return logprobs[:-1]
+    return logprobs
+
+
 def response_samples(problems: list[Problem], prompts: list[str], completions: list[list[Completion]],
                      params: SamplingParams, mode: Mode, model: str, benchmark: str = "") -> list[Sample]:
     """One `Sample` per completion (problem by problem, `sample_index` in order), carrying the problem's question,
@@ -105,7 +114,7 @@ def response_samples(problems: list[Problem], prompts: list[str], completions: l
     return [Sample(problem_id=p.id, benchmark=p.benchmark or benchmark, prompt=prompt, response=c.text, mode=mode,
                    sample_index=j, gold=p.gold, prompt_tokens=c.prompt_tokens, completion_tokens=c.completion_tokens,
                    finish_reason=c.finish_reason, model=model, sampling=sampling,
-                   confidence=confidence_summary(c.metadata.get("token_logprobs")),
+                   confidence=confidence_summary(response_logprobs(c)),
                    tool_output_spans=c.tool_output_spans, question=p.question,
                    answer_type=p.metadata.get("answer_type", "math"),
                    benchmark_version=p.metadata.get("benchmark_version"),
