@@ -72,8 +72,8 @@ ARMS: dict[str, dict] = {
     "lora-top4": {"sft": {"lora_layers": 4}},
     # issue 31: GRPO after the plain round (its model, its round-1 samples pick the queries solved 1..3 of 4), with
     # the verifier reward, beta 0, rollouts on OpenVINO (int8, one thread) overlapping the update, corrected by
-    # truncated importance sampling (one step stale, int8 numerics); the GRPO stage is
-    # evaluated like a round and paired with round 0 and with the plain arm's round 1 (its starting model). The
+    # truncated importance sampling (one step stale, int8 numerics); the GRPO stage is evaluated like a round and
+    # paired with round 0 and with the plain arm's round 1 (its starting model). The
     # learning rate gives about the Adam movement of the SFT round that gained (2e-4 x 74 steps); LoRA in the top 4
     # blocks (it learned as much as all blocks in the lora-top4 arm) and no gradient checkpointing: with adapters in
     # every block and checkpointing, an update of 16 rollouts took 167 s on one thread against 48 s of rollouts.

@@ -13,6 +13,7 @@ records what was chosen (`hardware_info`).
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import platform
 from typing import Any
@@ -123,13 +124,22 @@ def release_freed_memory() -> bool:
     between steps over 40 steps, and one `malloc_trim(0)` brought it back to 6.2 GB (within a step it climbs to
     its working size again: this lowers what a step holds between steps, not a step's peak). A no-op (False) off
     glibc."""
+    if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
+        return False
+    trim = _malloc_trim()
+    if trim is None:
+        return False
+    trim(0)
+    return True
+
+
+@functools.cache
+def _malloc_trim() -> Any:
+    """glibc's `malloc_trim`, looked up once per process (every training step calls it); None where it is not."""
     import ctypes
     import ctypes.util
 
-    if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
-        return False
     try:
-        ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").malloc_trim(0)
+        return ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").malloc_trim
     except (OSError, AttributeError):
-        return False
-    return True
+        return None
