@@ -110,6 +110,7 @@ def test_pipeline_arguments_and_info(stub_genai, tiny_model_dir, tmp_path):
     assert backend.info["weight_format"] == "int8" and backend.info["export_path"] == str(tmp_path / "export")
     assert backend.info["engine"] == "openvino-genai 2026.0-stub" and backend.info["export_s"] == 1.5
     default = load_backend("openvino", str(tiny_model_dir))  # the accurate settings unless asked otherwise
+    assert stub_genai.pipelines[1].args[1] == 0  # a KV cache that grows with the requests, not a fixed reservation
     assert stub_genai.pipelines[1].args[3] == {"INFERENCE_PRECISION_HINT": "f32", "KV_CACHE_PRECISION": "f32"}
     assert default.info["weight_format"] == "fp16"
     load_backend("openvino", str(tiny_model_dir), weight_format="int8")  # asked for speed: the plugin's precisions
