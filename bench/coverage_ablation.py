@@ -224,8 +224,9 @@ def paired(entry: dict | None) -> str:
     return f"{delta}, {bc}, p {p}"
 
 
-def table(out: Path, arms: list[str], common: dict | None = None) -> str:
-    """The ablation table from the arms' folders (arms without a finished round are left out)."""
+def table(out: Path, arms: list[str], common: dict | None = None, reference: str = "plain") -> str:
+    """The ablation table from the arms' folders (arms without a finished round are left out), each arm paired
+    with round 0 and with the `reference` arm (the first finished arm when that one has not finished)."""
     from mathloop.pipeline.compare import compare_benchmark, read_eval_folder
 
     def outcomes(arm: str, stage: str, folder: str) -> dict:
@@ -237,7 +238,7 @@ def table(out: Path, arms: list[str], common: dict | None = None) -> str:
     done = [arm for arm in arms if (out / arm / result(arm) / "coverage" / "metrics.json").exists()]
     if not done:
         return "no arm has finished its round yet"
-    reference = "plain" if "plain" in done else done[0]
+    reference = reference if reference in done else done[0]
     common = common or COMMON
     greedy_on = f"its first {common['heldout_limit']}" if common.get("heldout_limit") else "the whole"
     lines = [f"Arms from the same round-1 samples ({common.get('problems_per_round', 'all')} training problems); "
@@ -298,6 +299,8 @@ def main() -> int:
     parser.add_argument("--coverage-max-new-tokens", type=int, default=None,
                         help=f"tokens per coverage sample (default {COMMON['coverage']['max_new_tokens']})")
     parser.add_argument("--table-only", action="store_true", help="print the table of what exists, run nothing")
+    parser.add_argument("--reference", default="plain",
+                        help="the arm every other is paired with besides round 0 (plain-seed1: the other seed)")
     args = parser.parse_args()
     arms = [a for a in args.arms.split(",") if a]
     unknown = sorted(set(arms) - set(ARMS))
@@ -316,7 +319,9 @@ def main() -> int:
     import torch
 
     print(f"CPU: torch capability {torch.backends.cpu.get_cpu_capability()}")
-    print(table(out, arms, common))
+    if args.reference not in ARMS:
+        parser.error(f"--reference: unknown arm {args.reference}; known: {', '.join(ARMS)}")
+    print(table(out, arms, common, args.reference))
     return 0
 
 

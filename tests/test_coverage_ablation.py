@@ -137,3 +137,35 @@ def test_an_arm_with_the_same_rows_takes_the_model_and_its_evaluations_under_its
     # the source's own record is left as it was
     assert json.loads((tmp_path / "plain" / "round-1" / "eval" / "run.json").read_text()) == record
     assert config["grpo"]["enabled"] is True and config["grpo"]["overlap_rollouts"] is True
+
+
+def _eval_folder(folder: Path, benchmark: str, right: list[list[bool]]) -> None:
+    """A `mathloop eval` folder as the table reads it: graded samples per problem and the metrics file."""
+    (folder / "samples").mkdir(parents=True)
+    rows = [{"problem_id": f"p{i}", "sample_index": j, "verdict": "correct" if ok else "incorrect",
+             "pred": "1" if ok else f"{i + 2}"} for i, oks in enumerate(right) for j, ok in enumerate(oks)]
+    (folder / "samples" / f"{benchmark}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    share = sum(map(sum, right)) / sum(map(len, right))
+    metrics = {key: {"mean": share} for key in ("acc", "pass@1", "maj@8", "pass@8")}
+    (folder / "metrics.json").write_text(json.dumps({"benchmarks": {benchmark: metrics}}))
+
+
+def test_the_table_pairs_every_arm_with_the_reference_arm_asked_for(ablation, tmp_path):
+    """`--reference plain-seed1`: the "vs" columns pair each arm with the other SFT seed, that arm's own cell is
+    empty, and plain is paired with it like any arm (here plain solved 4 problems more on greedy: 0 / 4)."""
+    greedy = {"plain": [True] * 6 + [False] * 4, "plain-seed1": [True] * 2 + [False] * 8,
+              "difficulty": [True] * 3 + [False] * 7}
+    for arm, right in greedy.items():
+        for round_ in ("round-0", "round-1"):
+            folder = tmp_path / arm / round_
+            _eval_folder(folder / "eval", "synthetic", [[ok] for ok in (right if round_ == "round-1" else [False] * 10)])
+            _eval_folder(folder / "coverage", "coverage", [[ok] * 8 for ok in right])
+    text = ablation.table(tmp_path, ["plain", "plain-seed1", "difficulty"], reference="plain-seed1")
+    header = next(line for line in text.splitlines() if line.startswith("| arm"))
+    assert header.count("vs plain-seed1") == 4 and "vs plain |" not in header
+    rows = {line.split(" | ")[0][2:]: line.split(" | ") for line in text.splitlines() if line.startswith("| p")
+            or line.startswith("| d")}
+    assert rows["plain-seed1"][3] == ""  # no pair with itself
+    assert rows["plain"][1] == "60.0" and "+40.0" in rows["plain"][3] and "0 / 4" in rows["plain"][3]
+    assert "+10.0" in rows["difficulty"][3] and "0 / 1" in rows["difficulty"][3]
+    assert ablation.table(tmp_path, ["plain", "difficulty"], reference="plain-seed1").count("vs plain |") == 4
