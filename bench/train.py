@@ -27,6 +27,7 @@ Run it alone (under the heavy-job lock on a shared machine): every figure is wal
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import resource
 import subprocess
@@ -49,7 +50,11 @@ VARIANTS = {
              ("beta0", {"beta": 0.0, "skip_zero_advantage": False, "sort_by_length": False}),
              ("skip", {"beta": 0.0, "sort_by_length": False}),
              ("sorted", {"beta": 0.0}),
-             ("top-N", {"beta": 0.0, "lora_layers": True})],
+             ("top-N", {"beta": 0.0, "lora_layers": True}),
+             # as the trainer runs on a CPU with native bfloat16: autocast over float32 weights, then a bfloat16
+             # frozen base (`dtype: bfloat16`; the adapters stay float32)
+             ("top-N-autocast", {"beta": 0.0, "lora_layers": True, "autocast": True}),
+             ("top-N-bf16", {"beta": 0.0, "lora_layers": True, "autocast": True, "dtype": "bfloat16"})],
 }
 
 
@@ -95,10 +100,18 @@ def run_one(trainer: str, variant: str, args: argparse.Namespace) -> dict:
 
         logprobs._decoder_and_head = lambda model: None  # the full-logits path: the code before issue 31
     lora_layers = args.lora_layers if settings.pop("lora_layers", False) else None
+    mixed = settings.pop("autocast", False)
     path, _ = resolve_model(args.model)
     tokenizer = load_tokenizer(path)
-    step, tokens = {"sft": sft_step, "rm": rm_step, "grpo": grpo_step}[trainer](path, tokenizer, lora_layers,
-                                                                                settings, args)
+    built, tokens = {"sft": sft_step, "rm": rm_step, "grpo": grpo_step}[trainer](path, tokenizer, lora_layers,
+                                                                                 settings, args)
+
+    def step():
+        from mathloop.hardware import autocast
+
+        with autocast("cpu") if mixed else contextlib.nullcontext():
+            built()
+
     loaded = time.perf_counter()
     with FlopCounterMode(display=False) as counter:  # the warm-up step, counted (its time is not used)
         step()
@@ -230,6 +243,7 @@ def main() -> None:
     parser.add_argument("--model", default="smollm2", help="'smollm2' (SmolLM2-135M), 'default' (0.5B) or a folder")
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
     parser.add_argument("--only", default="sft,rm,grpo", help="comma-separated trainers")
+    parser.add_argument("--variants", default=None, help="comma-separated variant names (default: all)")
     parser.add_argument("--lora-layers", type=int, default=4, help="the top-N variant's blocks with adapters")
     parser.add_argument("--max-new-tokens", type=int, default=320)
     parser.add_argument("--queries", type=int, default=2, help="grpo: groups per step")
@@ -255,6 +269,8 @@ def main() -> None:
     rows = []
     for trainer in args.only.split(","):
         for variant, _ in VARIANTS[trainer]:
+            if args.variants and variant not in args.variants.split(","):
+                continue
             done = subprocess.run([sys.executable, __file__, *sys.argv[1:], "--one", f"{trainer}:{variant}"],
                                   capture_output=True, text=True)
             if done.returncode:
