@@ -306,6 +306,8 @@ def main() -> int:
     unknown = sorted(set(arms) - set(ARMS))
     if unknown:
         parser.error(f"--arms: unknown arm(s) {', '.join(unknown)}; known: {', '.join(ARMS)}")
+    if args.reference not in ARMS:
+        parser.error(f"--reference: unknown arm {args.reference}; known: {', '.join(ARMS)}")
     out = Path(args.out)
     source = Path(args.source) if args.source else out / "plain"
     common = scaled(args.problems_per_round, args.dev_size, args.heldout_limit, args.coverage_limit,
@@ -319,8 +321,6 @@ def main() -> int:
     import torch
 
     print(f"CPU: torch capability {torch.backends.cpu.get_cpu_capability()}")
-    if args.reference not in ARMS:
-        parser.error(f"--reference: unknown arm {args.reference}; known: {', '.join(ARMS)}")
     print(table(out, arms, common, args.reference))
     return 0
 
