@@ -395,6 +395,24 @@ def test_config_errors_name_the_key(tmp_path):
     assert config_from_dict(verifier, {"lora": True}).learning_rate == 2e-5  # adapters need larger steps
 
 
+def test_shipped_grpo_configs_are_valid_and_make_the_cheap_cpu_step():
+    """configs/grpo/*.yaml load as GRPOConfig, and the CPU one keeps every saving the issue-31 step figures assume."""
+    from pathlib import Path
+
+    from mathloop.config import load_settings
+    from mathloop.train.grpo import GRPOConfig
+
+    paths = sorted((Path(__file__).resolve().parents[1] / "configs" / "grpo").glob("*.yaml"))
+    assert paths
+    configs = {path.name: load_settings(GRPOConfig, str(path)) for path in paths}
+    cpu = configs["cpu-gsm8k.yaml"]
+    assert cpu.group_size * cpu.queries_per_step == 16 and cpu.max_new_tokens == 384 and cpu.steps >= 100
+    assert cpu.beta == 0 and cpu.skip_zero_advantage and cpu.lora and cpu.lora_layers == 4
+    assert cpu.overlap_rollouts and cpu.rollout_backend == "openvino" and cpu.tis_cap == 2.0
+    assert (cpu.temperature, cpu.top_p) == (1.0, 1.0)  # what the OpenVINO importance correction needs
+    assert cpu.dtype == "bfloat16" and cpu.reward == "verifier" and cpu.benchmark == "gsm8k"
+
+
 def test_cli_runs_a_step_from_a_yaml_config(tiny_model_dir, tmp_path, capsys):
     from mathloop.cli import main
 

@@ -363,12 +363,15 @@ from mathloop.tools.sandbox import Sandbox, SandboxUnavailable
 probe = "try:\\n    open({!r}, 'w')\\n    print('ok')\\nexcept OSError:\\n    print('OSError')"
 listing = ("import os\\ntry:\\n    t = os.listdir('/tmp')\\nexcept OSError as e:\\n    t = type(e).__name__\\n"
            "print(os.listdir('.'), t, os.path.exists('mine.txt'))")
-report = {}
+from mathloop.tools.sandbox_worker import python_paths, unreachable_folder
+
+report, refused = {}, {}
 for without in ("", "namespaces"):
     os.environ["MATHLOOP_SANDBOX_WITHOUT"] = without
     try:
         sb = Sandbox(workers=1, timeout=20)
-    except SandboxUnavailable:
+    except SandboxUnavailable as e:
+        refused[without] = str(e)
         continue
     with sb:
         imports = sb.run("import sys, numpy, numpy.random, sympy.stats\\nprint(sys.prefix, numpy.__file__)\\n"
@@ -378,7 +381,7 @@ for without in ("", "namespaces"):
         seen = sb.run(listing, session="b").stdout
         normal = sb.run("print(sum(range(10)))")
         report[sb.mode] = [imports.status, imports.stdout, imports.error, writes, seen, normal.stdout]
-print(json.dumps(report))
+print(json.dumps({"modes": report, "refused": refused, "closed": unreachable_folder(python_paths())}))
 """
 
 
@@ -401,7 +404,8 @@ def test_interpreter_under_tmp_keeps_its_site_packages_and_its_name_stays_out_of
         proc = subprocess.run([str(venv / "bin" / "python"), str(script), str(site / "pwned")], capture_output=True,
                               text=True, env=env, timeout=300)
         assert proc.returncode == 0, proc.stderr[-2000:]
-        report = json.loads(proc.stdout.strip().splitlines()[-1])
+        result = json.loads(proc.stdout.strip().splitlines()[-1])
+        report = result["modes"]
         for mode, (status, stdout, error, writes, seen, normal) in report.items():
             assert (status, error) == ("ok", ""), (mode, stdout, error)
             prefix, numpy_file = stdout.splitlines()[0].split()
@@ -416,7 +420,12 @@ def test_interpreter_under_tmp_keeps_its_site_packages_and_its_name_stays_out_of
         assert not (site / "pwned").exists()
         from mathloop.tools.sandbox_worker import landlock_abi
 
-        assert landlock_abi() < 1 or "landlock" in report, report.keys()  # both confining modes where offered
+        # both confining modes where offered; as root, Landlock is refused, naming the folder, where the cells' uid
+        # cannot reach the interpreter (a Python under /root, closed to others), rather than failing every import
+        closed = result["closed"]
+        assert landlock_abi() < 1 or "landlock" in report or (
+            os.geteuid() == 0 and closed and f"cannot reach the Python installation: {closed} is closed to others"
+            in result["refused"]["namespaces"]), result
         assert report, "no confining mode on this machine"
     finally:
         shutil.rmtree(venv, ignore_errors=True)
@@ -593,3 +602,23 @@ def test_cli_exec(tmp_path, capsys):
     assert out["status"] == "ok" and out["stdout"] == "45" and set(out) == {"status", "stdout", "error", "seconds"}
     assert main(["exec", "--timeout", "0.5", "--memory-mb", "256", str(bad)]) == 1
     assert json.loads(capsys.readouterr().out)["status"] == "timeout"
+
+
+def test_unreachable_folder_names_the_first_folder_closed_to_other_users():
+    """Root's cells run as an unprivileged uid: every folder above the Python installation needs search permission
+    for others, and the installation's own folders read and search permission."""
+    from mathloop.tools.sandbox_worker import unreachable_folder
+
+    modes = {"/": 0o755, "/root": 0o700, "/root/.pyenv": 0o755, "/root/.pyenv/py": 0o755, "/usr": 0o755,
+             "/usr/lib": 0o755, "/usr/lib/python3": 0o751, "/opt": 0o711, "/opt/py": 0o755}
+
+    def mode_of(path):
+        if path not in modes:
+            raise FileNotFoundError(path)
+        return modes[path]
+
+    assert unreachable_folder(["/opt/py", "/usr/lib"], mode_of) is None  # search-only /opt is enough above
+    assert unreachable_folder(["/usr/lib", "/root/.pyenv/py"], mode_of) == "/root"
+    assert unreachable_folder(["/usr/lib/python3"], mode_of) == "/usr/lib/python3"  # not listable by others
+    assert unreachable_folder(["/opt/gone"], mode_of) == "/opt/gone"
+    assert unreachable_folder([], mode_of) is None

@@ -24,7 +24,7 @@ from mathloop.generate import code_executor
 from mathloop.pipeline.evaluate import EvalConfig, run_eval
 from mathloop.pipeline.generate import generation_resources
 from mathloop.tools.sandbox import Sandbox, SandboxUnavailable
-from mathloop.tools.sandbox_worker import landlock_abi
+from mathloop.tools.sandbox_worker import landlock_abi, python_paths, unreachable_folder
 
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the sandbox needs Linux")
 
@@ -43,6 +43,12 @@ def user_namespaces_work() -> bool:
     return probe.returncode == 0
 
 
+def python_closed_to_cells() -> str | None:
+    """As root without namespaces, cells run as an unprivileged uid: the folder that keeps it from this Python, if
+    any (a Python under /root; .ci/run opens the folders above the interpreter, as a user would with chmod o+x)."""
+    return unreachable_folder(python_paths()) if os.geteuid() == 0 else None
+
+
 def expected_mode(without: str) -> str:
     """The mode this machine must give with `without` turned off: the strongest it offers."""
     if "namespaces" not in without:
@@ -50,7 +56,7 @@ def expected_mode(without: str) -> str:
             return "root"
         if user_namespaces_work():
             return "userns"
-    if "landlock" not in without and landlock_abi() >= 1:
+    if "landlock" not in without and landlock_abi() >= 1 and not python_closed_to_cells():
         return "landlock"
     return "refused"
 
@@ -108,6 +114,12 @@ REFUSED_ALL = {"read home file": "refused", "write outside scratch": "refused", 
 def test_confining_modes_refuse_every_attack(without, home_secret, monkeypatch):
     monkeypatch.setenv("MATHLOOP_SANDBOX_WITHOUT", without)
     mode = expected_mode(without)
+    if mode == "refused" and python_closed_to_cells() and landlock_abi() >= 1:
+        with pytest.raises(SandboxUnavailable, match=f"cannot run code on this host: .*{python_closed_to_cells()} "
+                                                     "is closed to others"):
+            Sandbox(workers=1, preload=("math",))
+        pytest.skip(f"as root, {python_closed_to_cells()} keeps the cells' uid from Python, so Landlock is refused "
+                    "(checked); chmod o+x the folders above the interpreter to run the attacks")
     if mode == "refused":
         pytest.skip("this kernel offers no Landlock and no namespaces (the refused mode is tested below)")
     with Sandbox(workers=1, timeout=5, memory_mb=512, preload=("math",)) as sb:
@@ -125,6 +137,11 @@ def test_no_confinement_is_refused_unless_the_caller_opts_in(home_secret, monkey
     with pytest.raises(SandboxUnavailable) as refused:
         Sandbox(workers=1, preload=("math",))
     message = str(refused.value)
+    if python_closed_to_cells():  # even the opt-in could not run a cell: one line naming the folder instead
+        assert "\n" not in message and f"{python_closed_to_cells()} is closed to others" in message
+        with pytest.raises(SandboxUnavailable, match="cannot run code on this host"):
+            Sandbox(workers=1, preload=("math",), unsafe_file_access=True)
+        pytest.skip(f"as root, {python_closed_to_cells()} keeps the cells' uid from Python (the refusal is checked)")
     assert "\n" not in message and "--unsafe-sandbox-file-access" in message and "unsafe_sandbox_file_access" in message
     assert "MATHLOOP_SANDBOX_WITHOUT" in message  # says why
     with Sandbox(workers=1, timeout=5, memory_mb=512, preload=("math",), unsafe_file_access=True) as sb:
@@ -147,6 +164,9 @@ def test_commands_refuse_with_one_line_and_run_with_the_opt_in(tmp_path, data_di
     program.write_text("print(6 * 7)\n")
     assert main(["exec", str(program)]) == 2
     err = capsys.readouterr().err.strip()
+    if python_closed_to_cells():
+        assert len(err.splitlines()) == 1 and f"{python_closed_to_cells()} is closed to others" in err, err
+        pytest.skip(f"as root, {python_closed_to_cells()} keeps the cells' uid from Python (the refusal is checked)")
     assert len(err.splitlines()) == 1 and "--unsafe-sandbox-file-access" in err, err
     config = EvalConfig(out=str(tmp_path / "run"), model="fake", backend="fake", mode="tir", benchmarks=["gsm8k"],
                         limit=1, data_dir=str(data_dir))
@@ -217,4 +237,5 @@ def test_namespaces_failing_half_way_restart_the_zygote_without_them():
     assert mode == "retry" and "/x (mocked)" in layers["namespaces"]
     second = run({"namespaces_failed": layers["namespaces"]})
     mode, layers = json.loads(second.stdout)
-    assert mode == ("landlock" if landlock_abi() >= 1 else "refused") and "/x (mocked)" in layers["namespaces"]
+    landlock = landlock_abi() >= 1 and not python_closed_to_cells()
+    assert mode == ("landlock" if landlock else "refused") and "/x (mocked)" in layers["namespaces"]

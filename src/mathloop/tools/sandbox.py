@@ -365,6 +365,8 @@ class Sandbox:
             layers = self._zygote.info.get("layers", {})
             self._zygote.stop()
             self._closed = True
+            if layers.get("python") not in (None, True):  # no mode, not even the opt-in, could run a cell
+                raise SandboxUnavailable(f"the TIR sandbox cannot run code on this host: {layers['python']}")
             raise SandboxUnavailable(
                 "the TIR sandbox cannot confine file access on this host (" + "; ".join(
                     f"{k}: {layers.get(k)}" for k in ("namespaces", "landlock") if layers.get(k) not in (None, True))

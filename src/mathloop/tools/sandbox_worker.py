@@ -198,6 +198,24 @@ def python_paths() -> list[str]:
     return sorted(paths)
 
 
+def unreachable_folder(paths: list[str], mode_of=lambda path: os.stat(path).st_mode) -> str | None:
+    """The first folder that keeps a user with no claim on it (not the owner, not in the group) from the Python
+    installation: a folder above one of `paths` without search permission for others, or one of `paths` without
+    read and search permission (the import system lists the folders it imports from); None when all are open.
+    (Permission bits only: an ACL that grants more is not seen.)"""
+    for path in paths:
+        parts = [part for part in path.split("/") if part]
+        for depth in range(len(parts) + 1):
+            folder = "/" + "/".join(parts[:depth])
+            needed = stat.S_IXOTH | (stat.S_IROTH if depth == len(parts) else 0)
+            try:
+                if mode_of(folder) & needed != needed:
+                    return folder
+            except OSError:
+                return folder
+    return None
+
+
 def choose_mode(cfg: dict) -> tuple[str, dict]:
     """Set up the zygote's shared isolation in the strongest mode this host offers and return (mode, layers):
     root (namespaces as root), userns (the same namespaces inside an unprivileged user namespace), landlock (no
@@ -228,17 +246,25 @@ def choose_mode(cfg: dict) -> tuple[str, dict]:
     for key in ("netns", "pidns", "mountns", "readonly_fs", "hidden_home"):
         layers.setdefault(key, layers["namespaces"])
     abi = landlock_abi()
+    closed = unreachable_folder(cfg["python_paths"]) if os.geteuid() == 0 else None
+    if closed:  # no mount namespace to re-expose it in, and root's cells drop to a uid that cannot reach it
+        layers["python"] = (f"as root the cells run as an unprivileged uid, which cannot reach the Python "
+                            f"installation: {closed} is closed to others (chmod "
+                            f"{'o+rx' if closed in cfg['python_paths'] else 'o+x'} {closed}, or use a Python "
+                            f"installed outside /root)")
     if "landlock" in without:
         layers["landlock"] = "turned off by MATHLOOP_SANDBOX_WITHOUT"
     elif abi < 1:
         layers["landlock"] = "the kernel has no Landlock (Linux 5.13+ with landlock in its LSM list)"
+    elif closed:
+        layers["landlock"] = layers["python"]
     else:
         cfg["landlock_abi"] = abi
         cfg["readable"] = readable_paths(cfg)
         layers["landlock"] = True
         layers["readonly_fs"] = layers["hidden_home"] = "landlock (in each session process)"
         return "landlock", layers
-    return ("unsafe" if cfg.get("unsafe") else "refused"), layers
+    return ("unsafe" if cfg.get("unsafe") and not closed else "refused"), layers
 
 
 def enter_user_namespace() -> None:
