@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -113,13 +114,13 @@ REFUSED_ALL = {"read home file": "refused", "write outside scratch": "refused", 
 @pytest.mark.parametrize("without", ["", "namespaces"])
 def test_confining_modes_refuse_every_attack(without, home_secret, monkeypatch):
     monkeypatch.setenv("MATHLOOP_SANDBOX_WITHOUT", without)
-    mode = expected_mode(without)
-    if mode == "refused" and python_closed_to_cells() and landlock_abi() >= 1:
-        with pytest.raises(SandboxUnavailable, match=f"cannot run code on this host: .*{python_closed_to_cells()} "
+    mode, closed = expected_mode(without), python_closed_to_cells()
+    if mode == "refused" and closed and landlock_abi() >= 1:
+        with pytest.raises(SandboxUnavailable, match=f"cannot run code on this host: .*{re.escape(closed)} "
                                                      "is closed to others"):
             Sandbox(workers=1, preload=("math",))
-        pytest.skip(f"as root, {python_closed_to_cells()} keeps the cells' uid from Python, so Landlock is refused "
-                    "(checked); chmod o+x the folders above the interpreter to run the attacks")
+        pytest.skip(f"as root, {closed} keeps the cells' uid from Python, so Landlock is refused (checked); chmod "
+                    "o+x the folders above the interpreter to run the attacks")
     if mode == "refused":
         pytest.skip("this kernel offers no Landlock and no namespaces (the refused mode is tested below)")
     with Sandbox(workers=1, timeout=5, memory_mb=512, preload=("math",)) as sb:
@@ -137,11 +138,11 @@ def test_no_confinement_is_refused_unless_the_caller_opts_in(home_secret, monkey
     with pytest.raises(SandboxUnavailable) as refused:
         Sandbox(workers=1, preload=("math",))
     message = str(refused.value)
-    if python_closed_to_cells():  # even the opt-in could not run a cell: one line naming the folder instead
-        assert "\n" not in message and f"{python_closed_to_cells()} is closed to others" in message
+    if closed := python_closed_to_cells():  # even the opt-in could not run a cell: one line naming the folder instead
+        assert "\n" not in message and f"{closed} is closed to others" in message
         with pytest.raises(SandboxUnavailable, match="cannot run code on this host"):
             Sandbox(workers=1, preload=("math",), unsafe_file_access=True)
-        pytest.skip(f"as root, {python_closed_to_cells()} keeps the cells' uid from Python (the refusal is checked)")
+        pytest.skip(f"as root, {closed} keeps the cells' uid from Python (the refusal is checked)")
     assert "\n" not in message and "--unsafe-sandbox-file-access" in message and "unsafe_sandbox_file_access" in message
     assert "MATHLOOP_SANDBOX_WITHOUT" in message  # says why
     with Sandbox(workers=1, timeout=5, memory_mb=512, preload=("math",), unsafe_file_access=True) as sb:
@@ -164,9 +165,9 @@ def test_commands_refuse_with_one_line_and_run_with_the_opt_in(tmp_path, data_di
     program.write_text("print(6 * 7)\n")
     assert main(["exec", str(program)]) == 2
     err = capsys.readouterr().err.strip()
-    if python_closed_to_cells():
-        assert len(err.splitlines()) == 1 and f"{python_closed_to_cells()} is closed to others" in err, err
-        pytest.skip(f"as root, {python_closed_to_cells()} keeps the cells' uid from Python (the refusal is checked)")
+    if closed := python_closed_to_cells():
+        assert len(err.splitlines()) == 1 and f"{closed} is closed to others" in err, err
+        pytest.skip(f"as root, {closed} keeps the cells' uid from Python (the refusal is checked)")
     assert len(err.splitlines()) == 1 and "--unsafe-sandbox-file-access" in err, err
     config = EvalConfig(out=str(tmp_path / "run"), model="fake", backend="fake", mode="tir", benchmarks=["gsm8k"],
                         limit=1, data_dir=str(data_dir))
